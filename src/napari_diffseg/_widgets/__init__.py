@@ -1,0 +1,1 @@
+"""Qt / magicgui / napari widgets (the only Qt code in the package)."""
