@@ -23,5 +23,5 @@ class CheckpointError(DiffsegError):
     """Weights cannot be saved or loaded (missing files, incompatible version or architecture)."""
 
 
-class Cancelled(DiffsegError):  # noqa: N818 - reads better at call sites: `except Cancelled`
+class Cancelled(DiffsegError):
     """A long-running loop stopped because its cancel token was set."""

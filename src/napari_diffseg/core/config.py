@@ -1,0 +1,133 @@
+"""Presets: named compute budgets (``tiny`` for tests, ``cpu`` for a laptop, ``gpu`` for the paper's scale)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from .errors import ConfigError
+
+__all__ = ["PRESETS", "Preset", "get_preset"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything that sets the cost and the schedule of training and sampling."""
+
+    name: str
+    patch_size: int = 128
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    student_channels: tuple[int, ...] = (16, 32, 64, 128)
+    teacher_channels: tuple[int, ...] = (16, 32, 64, 128)
+    emb_dim: int = 64
+    # Stage A: unsupervised cycle pretraining of the teacher.
+    pretrain_steps: int = 200
+    pretrain_tau: float = 1.0
+    pretrain_marginal_weight: float = 1.0
+    pretrain_pixel_entropy_weight: float = 0.1
+    # Stage B: the teacher as a mask diffusion model on labeled images (warm-up before co-training).
+    teacher_steps: int = 300
+    # Stage C: co-training (and the baselines, which get the same number of student iterations).
+    cotrain_steps: int = 600
+    unsup_weight: float = 1.0
+    cps_weight: float = 0.5
+    teacher_unsup_weight: float = 0.5
+    rampup_frac: float = 0.3
+    consensus_threshold: float = 0.8
+    refresh_every: int = 200
+    correction_weight: float = 2.0
+    ema_decay: float = 0.99
+    # Sampling (proposals for the annotator, and pseudo-labels during co-training).
+    ddim_steps: int = 10
+    samples: int = 4
+    rounds: int = 2
+    refresh_ddim_steps: int = 5
+    refresh_samples: int = 2
+    # Inference.
+    roi_size: int = 256
+    sw_batch_size: int = 4
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.patch_size % 2 ** len(self.student_channels) or self.patch_size % 2 ** len(
+            self.teacher_channels
+        ):
+            raise ConfigError(
+                f"patch_size {self.patch_size} must be divisible by 2**levels of the networks "
+                f"({2 ** len(self.student_channels)})"
+            )
+        if self.roi_size % 2 ** len(self.teacher_channels):
+            raise ConfigError(
+                f"roi_size {self.roi_size} must be divisible by {2 ** len(self.teacher_channels)}"
+            )
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name.endswith("_steps") and (not isinstance(v, int) or v < 0):
+                raise ConfigError(f"{f.name} must be a non-negative integer, got {v!r}")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be >= 1")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["student_channels"] = list(self.student_channels)
+        d["teacher_channels"] = list(self.teacher_channels)
+        return d
+
+    def with_overrides(self, **kw: object) -> Preset:
+        known = {f.name for f in fields(self)}
+        unknown = set(kw) - known
+        if unknown:
+            raise ConfigError(f"unknown preset option(s) {sorted(unknown)}; known: {sorted(known)}")
+        return replace(self, **kw)
+
+
+PRESETS: dict[str, Preset] = {
+    # Seconds: for tests. Tiny networks, a handful of steps.
+    "tiny": Preset(
+        name="tiny",
+        patch_size=32,
+        batch_size=2,
+        student_channels=(8, 16),
+        teacher_channels=(8, 16),
+        emb_dim=16,
+        pretrain_steps=3,
+        teacher_steps=3,
+        cotrain_steps=4,
+        refresh_every=2,
+        ddim_steps=2,
+        samples=2,
+        rounds=2,
+        refresh_ddim_steps=1,
+        refresh_samples=2,
+        roi_size=64,
+        sw_batch_size=2,
+        checkpoint_every=2,
+    ),
+    # Minutes on a 2-core laptop: one GlaS run of `diffseg experiment` in under 10 minutes.
+    "cpu": Preset(name="cpu"),
+    # The paper's scale on one GPU (128x128 patches, batch 8, ~200 epochs of the unlabeled set).
+    "gpu": Preset(
+        name="gpu",
+        student_channels=(32, 64, 128, 256),
+        teacher_channels=(32, 64, 128, 256),
+        emb_dim=128,
+        pretrain_steps=4000,
+        teacher_steps=4000,
+        cotrain_steps=20000,
+        refresh_every=2000,
+        refresh_ddim_steps=10,
+        refresh_samples=4,
+        rounds=3,
+        roi_size=512,
+        sw_batch_size=8,
+        checkpoint_every=500,
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,114 @@
+"""Inference on images of any size: padding, sliding windows (MONAI) and the teacher's proposals.
+
+Both the students' single pass and every denoising step of the teacher run through
+``monai.inferers.sliding_window_inference`` with Gaussian blending once an image is larger than the
+region of interest, so a 4000×4000 image fits in memory and shows no tile seams. The teacher's noisy
+mask lives at the full (padded) image size, so its noise is consistent across tiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from torch import nn
+
+from .device import autocast
+from .diffusion import MaskDiffusion, Proposal, SamplerConfig
+
+__all__ = ["pad_to_multiple", "predict_probs", "propose"]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad (B, C, H, W) at the bottom/right to a multiple of ``multiple`` (replicate). Returns the old size."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x, (h, w)
+
+
+def _windowed(
+    fn: Callable[[torch.Tensor], torch.Tensor], inp: torch.Tensor, roi: int, sw_batch: int, overlap: float
+) -> torch.Tensor:
+    h, w = inp.shape[-2:]
+    if h <= roi and w <= roi:
+        return fn(inp)
+    return sliding_window_inference(
+        inp, roi_size=(roi, roi), sw_batch_size=sw_batch, predictor=fn, overlap=overlap, mode="gaussian"
+    )
+
+
+@torch.no_grad()
+def predict_probs(
+    nets: Sequence[nn.Module],
+    x: torch.Tensor,
+    *,
+    multiple: int,
+    roi: int = 256,
+    sw_batch: int = 4,
+    overlap: float = 0.25,
+) -> torch.Tensor:
+    """Mean softmax of one or more segmentation networks over (B, C, H, W) → (B, K, H, W)."""
+    dev = next(nets[0].parameters()).device
+    xp, (h, w) = pad_to_multiple(x.to(dev), multiple)
+    total = None
+    for net in nets:
+        was_training = net.training
+        net.eval()
+        with autocast(dev):
+            logits = _windowed(lambda t, net=net: net(t).float(), xp, roi, sw_batch, overlap)
+        p = torch.softmax(logits.float(), dim=1)
+        total = p if total is None else total + p
+        net.train(was_training)
+    assert total is not None
+    return (total / len(nets))[..., :h, :w]
+
+
+@torch.no_grad()
+def propose(
+    mask_net: nn.Module,
+    diffusion: MaskDiffusion,
+    x: torch.Tensor,
+    config: SamplerConfig,
+    generator: torch.Generator,
+    *,
+    multiple: int,
+    roi: int = 256,
+    sw_batch: int = 4,
+    overlap: float = 0.25,
+    init_probs: torch.Tensor | None = None,
+    init_t_frac: float | None = None,
+) -> Proposal:
+    """Teacher pseudo-labels with uncertainty for (B, C, H, W) images of any size."""
+    dev = next(mask_net.parameters()).device
+    was_training = mask_net.training
+    mask_net.eval()
+    xp, (h, w) = pad_to_multiple(x.to(dev), multiple)
+    k = diffusion.num_classes
+    if init_probs is not None:
+        init_probs, _ = pad_to_multiple(init_probs.to(dev), multiple)
+
+    def denoise(m_t: torch.Tensor, xe: torch.Tensor, t: int) -> torch.Tensor:
+        def fn(win: torch.Tensor) -> torch.Tensor:
+            tt = torch.full((win.shape[0],), t, device=win.device, dtype=torch.long)
+            return mask_net(win[:, :k], win[:, k:], tt).float()
+
+        with autocast(dev):
+            return _windowed(fn, torch.cat([m_t, xe], dim=1), roi, sw_batch, overlap)
+
+    try:
+        prop = diffusion.sample(
+            denoise, xp, config, generator, init_probs=init_probs, init_t_frac=init_t_frac
+        )
+    finally:
+        mask_net.train(was_training)
+    return Proposal(
+        probs=prop.probs[..., :h, :w],
+        uncertainty=prop.uncertainty[..., :h, :w],
+        variance=prop.variance[..., :h, :w],
+        round_masks=[m[..., :h, :w] for m in prop.round_masks],
+        rounds_run=prop.rounds_run,
+    )

@@ -1,0 +1,171 @@
+"""The model bundles that are trained, saved together and deployed.
+
+A bundle is a dict of named networks plus a ``ModelSpec`` that says how to rebuild them. Every method
+(diffseg and the baselines) produces one; ``deploy`` names the networks whose mean softmax is the
+prediction that ``predict`` and ``evaluate`` use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .diffusion import MaskDiffusion
+from .errors import CheckpointError, ConfigError
+from .networks import CondUNet, NetConfig, StudentNet, build_image_denoiser, build_mask_denoiser
+
+__all__ = ["METHODS", "ModelBundle", "ModelSpec"]
+
+METHODS = ("diffseg", "supervised", "mean-teacher", "cps")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to rebuild a bundle's networks (saved in config.json)."""
+
+    method: str
+    in_channels: int
+    num_classes: int
+    student_channels: tuple[int, ...]
+    teacher_channels: tuple[int, ...]
+    emb_dim: int
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.in_channels not in (1, 3):
+            raise ConfigError(f"images must have 1 or 3 channels, got {self.in_channels}")
+        if self.num_classes < 2:
+            raise ConfigError("num_classes must be >= 2 (background + at least one class)")
+
+    @property
+    def multiple(self) -> int:
+        return 2 ** max(len(self.student_channels), len(self.teacher_channels))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["student_channels"] = list(self.student_channels)
+        d["teacher_channels"] = list(self.teacher_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        try:
+            return cls(
+                **{
+                    **d,
+                    "student_channels": tuple(d["student_channels"]),
+                    "teacher_channels": tuple(d["teacher_channels"]),
+                }
+            )
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(
+                f"the model's config.json does not describe a napari-diffseg model ({exc}); "
+                "retrain it with this version"
+            ) from exc
+
+
+def _seeded(seed: int, build):  # type: ignore[no-untyped-def]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+class ModelBundle:
+    """Named networks for one method, built deterministically from ``seed``."""
+
+    def __init__(self, spec: ModelSpec, seed: int = 0) -> None:
+        self.spec = spec
+        s = spec
+        student_cfg = NetConfig(s.in_channels, s.num_classes, s.student_channels)
+        self.nets: dict[str, nn.Module] = {}
+        if s.method == "diffseg":
+            self.nets["teacher_mask"] = _seeded(
+                seed * 10 + 1,
+                lambda: build_mask_denoiser(s.num_classes, s.in_channels, s.teacher_channels, s.emb_dim),
+            )
+            self.nets["teacher_image"] = _seeded(
+                seed * 10 + 2,
+                lambda: build_image_denoiser(s.num_classes, s.in_channels, s.teacher_channels, s.emb_dim),
+            )
+        if s.method in ("diffseg", "cps"):
+            self.nets["student_a"] = _seeded(seed * 10 + 3, lambda: StudentNet(student_cfg))
+            self.nets["student_b"] = _seeded(seed * 10 + 4, lambda: StudentNet(student_cfg))
+        if s.method in ("supervised", "mean-teacher"):
+            self.nets["student"] = _seeded(seed * 10 + 3, lambda: StudentNet(student_cfg))
+        if s.method == "mean-teacher":
+            ema = _seeded(seed * 10 + 3, lambda: StudentNet(student_cfg))
+            ema.load_state_dict(self.nets["student"].state_dict())
+            for p in ema.parameters():
+                p.requires_grad_(False)
+            self.nets["ema"] = ema
+
+    @property
+    def deploy(self) -> list[str]:
+        """Networks averaged at prediction time."""
+        return {
+            "diffseg": ["student_a", "student_b"],
+            "cps": ["student_a", "student_b"],
+            "supervised": ["student"],
+            "mean-teacher": ["ema"],
+        }[self.spec.method]
+
+    @property
+    def mask_net(self) -> CondUNet:
+        net = self.nets.get("teacher_mask")
+        if net is None:
+            raise ConfigError(
+                f"a {self.spec.method!r} model has no diffusion teacher; train with method diffseg"
+            )
+        return net  # type: ignore[return-value]
+
+    @property
+    def has_teacher(self) -> bool:
+        return "teacher_mask" in self.nets
+
+    def diffusion(self) -> MaskDiffusion:
+        return MaskDiffusion(self.spec.num_classes, self.spec.num_train_timesteps)
+
+    def to(self, device: torch.device) -> ModelBundle:
+        from .device import prepare_module
+
+        self.nets = {k: prepare_module(v, device) for k, v in self.nets.items()}
+        return self
+
+    def deployed(self) -> list[nn.Module]:
+        return [self.nets[n] for n in self.deploy]
+
+
+def save_bundle(bundle: ModelBundle, directory, *, extra: dict | None = None, metrics: dict | None = None):  # type: ignore[no-untyped-def]
+    """Write weights (safetensors), config.json (spec + ``extra``) and metrics.json to ``directory``."""
+    from .checkpoint import save_model
+
+    config = {"spec": bundle.spec.to_dict(), "deploy": bundle.deploy, **(extra or {})}
+    return save_model(directory, bundle.nets, config, metrics)
+
+
+def load_bundle(directory, device: torch.device | None = None) -> tuple[ModelBundle, dict, dict]:  # type: ignore[no-untyped-def]
+    """Rebuild a bundle from a model folder; returns (bundle, config, metrics)."""
+    from .checkpoint import load_into, load_model_files
+
+    states, config, metrics = load_model_files(directory)
+    if "spec" not in config:
+        raise CheckpointError(
+            f"{directory} holds no model spec in config.json; it was not written by napari-diffseg"
+        )
+    bundle = ModelBundle(ModelSpec.from_dict(config["spec"]))
+    missing = set(bundle.nets) - set(states)
+    if missing:
+        raise CheckpointError(
+            f"{directory} lacks the weights of {sorted(missing)}; the model folder is incomplete"
+        )
+    for name, net in bundle.nets.items():
+        load_into(net, states[name], name=name)
+    if device is not None:
+        bundle.to(device)
+    for net in bundle.nets.values():
+        net.eval()
+    return bundle, config, metrics

@@ -1,0 +1,607 @@
+"""Training loops: Stage A (cycle pretraining), Stage B (mask diffusion), Stage C (co-training), baselines.
+
+Every loop is a generator that yields ``Event``s at least every ~0.25 s, checks its ``CancelToken``
+before each step (and inside long pseudo-label refreshes), checkpoints every ``checkpoint_every`` steps
+and when cancelled, and resumes bit-for-bit from its checkpoint: the checkpoint holds the networks, the
+optimiser, the random generator and the cached pseudo-labels, so an interrupted run continues exactly
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from torch import nn
+
+from .augment import intensity_jitter, sample_patches
+from .checkpoint import load_training_state, save_training_state
+from .config import Preset
+from .device import autocast
+from .diffusion import MaskDiffusion, SamplerConfig, normalized_entropy
+from .errors import Cancelled, ConfigError
+from .events import CancelToken, Event, Ticker
+from .inference import propose
+from .models import ModelBundle
+
+__all__ = ["TrainData", "cotrain", "pretrain_teacher", "rampup", "train_baseline", "train_teacher"]
+
+
+@dataclass
+class TrainData:
+    """Normalised images (C, H, W) float32; masks (H, W) long for the labeled ones."""
+
+    labeled_images: list[torch.Tensor] = field(default_factory=list)
+    labeled_masks: list[torch.Tensor] = field(default_factory=list)
+    labeled_weights: list[float] = field(default_factory=list)  # corrections weigh more than ground truth
+    unlabeled_images: list[torch.Tensor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.labeled_images) != len(self.labeled_masks):
+            raise ConfigError("labeled_images and labeled_masks must have the same length")
+        if not self.labeled_weights:
+            self.labeled_weights = [1.0] * len(self.labeled_images)
+        for i, (x, y) in enumerate(zip(self.labeled_images, self.labeled_masks, strict=True)):
+            if x.shape[-2:] != y.shape[-2:]:
+                raise ConfigError(f"labeled image {i} is {tuple(x.shape[-2:])} but its mask {tuple(y.shape)}")
+
+    @property
+    def all_images(self) -> list[torch.Tensor]:
+        return self.labeled_images + self.unlabeled_images
+
+
+def rampup(step: int, total: int, frac: float) -> float:
+    """Sigmoid ramp-up exp(-5 (1 - s)^2) over the first ``frac`` of training (Laine & Aila)."""
+    if frac <= 0:
+        return 1.0
+    s = min(1.0, step / max(1.0, frac * total))
+    return math.exp(-5.0 * (1.0 - s) ** 2)
+
+
+_dicece = DiceCELoss(to_onehot_y=True, softmax=True)
+
+
+def _sup_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return _dicece(logits.float(), y[:, None])
+
+
+def _weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    ce = F.cross_entropy(logits.float(), target, reduction="none")
+    return (ce * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+class _Loop:
+    """Bookkeeping shared by every loop: resume, events, checkpoints, cancellation."""
+
+    def __init__(
+        self,
+        phase: str,
+        total: int,
+        *,
+        modules: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        generator: torch.Generator,
+        cancel: CancelToken | None,
+        checkpoint: str | Path | None,
+        checkpoint_every: int,
+        is_main: bool = True,
+    ) -> None:
+        self.phase, self.total = phase, total
+        self.modules, self.optimizers, self.generator = modules, optimizers, generator
+        self.cancel = cancel or CancelToken()
+        self.path = Path(checkpoint) if checkpoint is not None else None
+        self.every = checkpoint_every
+        self.ticker = Ticker()
+        self.is_main = is_main
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def resume(self) -> int:
+        if self.path is None or not self.path.exists():
+            return 0
+        tensors, extra = load_training_state(
+            self.path, modules=self.modules, optimizers=self.optimizers, generators={"gen": self.generator}
+        )
+        if extra.get("phase") != self.phase:
+            raise ConfigError(
+                f"checkpoint {self.path} belongs to phase {extra.get('phase')!r}, not {self.phase!r}"
+            )
+        self.tensors = tensors
+        return int(extra["step"])
+
+    def save(self, step: int) -> Event | None:
+        if self.path is None or not self.is_main:
+            return None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        save_training_state(
+            self.path,
+            modules=self.modules,
+            optimizers=self.optimizers,
+            generators={"gen": self.generator},
+            tensors=self.tensors,
+            extra={"phase": self.phase, "step": step, "total": self.total},
+        )
+        return Event(
+            "checkpoint", self.phase, step, self.total, message=str(self.path), elapsed=self.ticker.elapsed
+        )
+
+    def check_cancel(self, step: int) -> Iterator[Event]:
+        if self.cancel.cancelled:
+            ev = self.save(step)
+            if ev is not None:
+                yield ev
+            raise Cancelled(
+                f"{self.phase} cancelled at step {step}/{self.total}; its checkpoint can be resumed"
+            )
+
+    def after_step(self, step: int, losses: dict[str, float], force: bool = False) -> Iterator[Event]:
+        """``step`` = number of steps completed."""
+        last = step == self.total
+        if self.ticker.due(force or last or step == 1):
+            yield Event("progress", self.phase, step, self.total, losses=losses, elapsed=self.ticker.elapsed)
+        if self.path is not None and (last or (self.every and step % self.every == 0)):
+            ev = self.save(step)
+            if ev is not None:
+                yield ev
+
+
+def _adam(params: Sequence[nn.Parameter], preset: Preset) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=preset.lr, weight_decay=preset.weight_decay)
+
+
+def _to(dev: torch.device, *ts: torch.Tensor) -> list[torch.Tensor]:
+    return [t.to(dev, non_blocking=True) for t in ts]
+
+
+def _pick(weights: Sequence[float], n: int, gen: torch.Generator) -> list[int]:
+    w = torch.tensor(weights, dtype=torch.float64)
+    return torch.multinomial(w, n, replacement=True, generator=gen).tolist()
+
+
+def _uniform(n_items: int, n: int, gen: torch.Generator) -> list[int]:
+    return torch.randint(0, n_items, (n,), generator=gen).tolist()
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage A: unsupervised cycle pretraining
+# ------------------------------------------------------------------------------------------------
+def pretrain_teacher(
+    bundle: ModelBundle,
+    images: Sequence[torch.Tensor],
+    preset: Preset,
+    *,
+    generator: torch.Generator,
+    device: torch.device,
+    cancel: CancelToken | None = None,
+    checkpoint: str | Path | None = None,
+) -> Iterator[Event]:
+    """Stage A: the mask pathway's one-step mask must help the image pathway denoise the image."""
+    if not images:
+        raise ConfigError("pretraining needs at least one image")
+    f, g = bundle.nets["teacher_mask"], bundle.nets["teacher_image"]
+    diff = bundle.diffusion()
+    k = diff.num_classes
+    opt = _adam([*f.parameters(), *g.parameters()], preset)
+    loop = _Loop(
+        "pretrain",
+        preset.pretrain_steps,
+        modules={"teacher_mask": f, "teacher_image": g},
+        optimizers={"opt": opt},
+        generator=generator,
+        cancel=cancel,
+        checkpoint=checkpoint,
+        checkpoint_every=preset.checkpoint_every,
+    )
+    start = loop.resume()
+    f.train()
+    g.train()
+    b, p = preset.batch_size, preset.patch_size
+    for step in range(start, loop.total):
+        yield from loop.check_cancel(step)
+        (x,) = sample_patches([list(images)], _uniform(len(images), b, generator), p, generator)
+        x = intensity_jitter(x, generator, 0.5)
+        m_T = torch.randn((b, k, p, p), generator=generator)
+        t = torch.randint(0, diff.T, (b,), generator=generator)
+        eps = torch.randn(x.shape, generator=generator)
+        x, m_T, eps = _to(device, x, m_T, eps)
+        with autocast(device):
+            logits = f(m_T, x, torch.full((b,), diff.T - 1, device=device, dtype=torch.long))
+            probs = torch.softmax(logits.float() / preset.pretrain_tau, dim=1)
+            x_t = diff.q_sample(x, t, eps)
+            eps_hat = g(x_t, probs, t.to(device))
+        rec = F.mse_loss(eps_hat.float(), eps)
+        marginal = math.log(k) - normalized_entropy(
+            probs.mean(dim=(0, 2, 3))[None, :, None]
+        ).mean() * math.log(k)
+        pixel = normalized_entropy(probs).mean()
+        loss = rec + preset.pretrain_marginal_weight * marginal + preset.pretrain_pixel_entropy_weight * pixel
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        yield from loop.after_step(
+            step + 1,
+            {
+                "loss": loss.item(),
+                "reconstruction": rec.item(),
+                "marginal": marginal.item(),
+                "pixel_entropy": pixel.item(),
+            },
+        )
+    yield Event("done", "pretrain", loop.total, loop.total, elapsed=loop.ticker.elapsed)
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage B: the teacher as a mask diffusion model on labeled images
+# ------------------------------------------------------------------------------------------------
+def _teacher_loss(
+    f: nn.Module,
+    diff: MaskDiffusion,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gen: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    b = x.shape[0]
+    t = diff.sample_timesteps(b, gen)
+    eps = torch.randn((b, diff.num_classes, *y.shape[-2:]), generator=gen).to(device)
+    m_t = diff.q_sample(diff.to_m0(y), t, eps)
+    with autocast(device):
+        logits = f(m_t, x, t.to(device))
+    return _sup_loss(logits, y)
+
+
+def train_teacher(
+    bundle: ModelBundle,
+    data: TrainData,
+    preset: Preset,
+    *,
+    generator: torch.Generator,
+    device: torch.device,
+    cancel: CancelToken | None = None,
+    checkpoint: str | Path | None = None,
+    steps: int | None = None,
+) -> Iterator[Event]:
+    """Stage B: x0-prediction mask diffusion, loss = Dice + cross-entropy against the labels."""
+    if not data.labeled_images:
+        raise ConfigError(
+            "the teacher needs at least one labeled (or corrected) image; correct a proposal first"
+        )
+    f = bundle.nets["teacher_mask"]
+    diff = bundle.diffusion()
+    opt = _adam(list(f.parameters()), preset)
+    loop = _Loop(
+        "teacher",
+        preset.teacher_steps if steps is None else steps,
+        modules={"teacher_mask": f},
+        optimizers={"opt": opt},
+        generator=generator,
+        cancel=cancel,
+        checkpoint=checkpoint,
+        checkpoint_every=preset.checkpoint_every,
+    )
+    start = loop.resume()
+    f.train()
+    b, p = preset.batch_size, preset.patch_size
+    for step in range(start, loop.total):
+        yield from loop.check_cancel(step)
+        idx = _pick(data.labeled_weights, b, generator)
+        x, y = sample_patches([data.labeled_images, data.labeled_masks], idx, p, generator)
+        x = intensity_jitter(x, generator, 1.0)
+        x, y = _to(device, x, y)
+        loss = _teacher_loss(f, diff, x, y, generator, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        yield from loop.after_step(step + 1, {"loss": loss.item()})
+    yield Event("done", "teacher", loop.total, loop.total, elapsed=loop.ticker.elapsed)
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage C: co-training of the teacher and the twin students
+# ------------------------------------------------------------------------------------------------
+class CoTrainModule(nn.Module):
+    """Teacher mask pathway + twin students; ``forward`` returns every loss of one co-training step.
+
+    One module, one forward, one backward: this is what DDP wraps when the loop runs under torchrun.
+    """
+
+    def __init__(self, bundle: ModelBundle, preset: Preset) -> None:
+        super().__init__()
+        self.teacher = bundle.nets["teacher_mask"]
+        self.student_a = bundle.nets["student_a"]
+        self.student_b = bundle.nets["student_b"]
+        self.diff = bundle.diffusion()
+        self.preset = preset
+
+    def forward(self, batch: dict[str, torch.Tensor], ramp: float) -> dict[str, torch.Tensor]:
+        pr = self.preset
+        xa_l, xb_l, y_l = batch["xa_l"], batch["xb_l"], batch["y_l"]
+        xa_u, xb_u = batch["xa_u"], batch["xb_u"]
+        pl_probs, pl_conf = batch["pl_probs"], batch["pl_conf"]
+        dev = xa_l.device
+        la_l, lb_l = self.student_a(xa_l), self.student_b(xb_l)
+        la_u, lb_u = self.student_a(xa_u), self.student_b(xb_u)
+        sup = _sup_loss(la_l, y_l) + _sup_loss(lb_l, y_l)
+        # students ← teacher pseudo-labels, weighted by the teacher's confidence
+        y_t = pl_probs.argmax(1)
+        pseudo = _weighted_ce(la_u, y_t, pl_conf) + _weighted_ce(lb_u, y_t, pl_conf)
+        # cross pseudo-supervision between the twins
+        pa, pb = torch.softmax(la_u.float(), 1).detach(), torch.softmax(lb_u.float(), 1).detach()
+        ones = torch.ones_like(pl_conf)
+        cps = _weighted_ce(la_u, pb.argmax(1), ones) + _weighted_ce(lb_u, pa.argmax(1), ones)
+        # teacher: Stage-B loss on labeled data, and towards the students' confident consensus
+        t_l, eps_l, t_u, eps_u = batch["t_l"], batch["eps_l"], batch["t_u"], batch["eps_u"]
+        m_l = self.diff.q_sample(self.diff.to_m0(y_l), t_l, eps_l)
+        teacher_sup = _sup_loss(self.teacher(m_l, xa_l, t_l.to(dev)), y_l)
+        pm = (pa + pb) / 2
+        y_c = pm.argmax(1)
+        agree = ((pa.argmax(1) == pb.argmax(1)) & (pm.amax(1) > pr.consensus_threshold)).float()
+        m_u = self.diff.q_sample(self.diff.to_m0(y_c), t_u, eps_u)
+        teacher_unsup = _weighted_ce(self.teacher(m_u, xa_u, t_u.to(dev)), y_c, agree)
+        loss = (
+            sup
+            + ramp * (pr.unsup_weight * pseudo + pr.cps_weight * cps)
+            + teacher_sup
+            + ramp * pr.teacher_unsup_weight * teacher_unsup
+        )
+        return {
+            "loss": loss,
+            "sup": sup.detach(),
+            "pseudo": pseudo.detach(),
+            "cps": cps.detach(),
+            "teacher_sup": teacher_sup.detach(),
+            "teacher_unsup": teacher_unsup.detach(),
+            "agree": agree.mean().detach(),
+        }
+
+
+def _refresh_generator(seed: int, refresh: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + refresh * 10_007 + index)
+
+
+def refresh_pseudo_labels(
+    bundle: ModelBundle,
+    images: Sequence[torch.Tensor],
+    preset: Preset,
+    cache: dict[str, torch.Tensor],
+    *,
+    refresh: int,
+    seed: int,
+    device: torch.device,
+    cancel: CancelToken | None = None,
+    rank: int = 0,
+    world: int = 1,
+) -> Iterator[Event]:
+    """Multi-round teacher pseudo-labels for every unlabeled image, cached in ``cache`` in place.
+
+    The first refresh samples from noise; later ones chain from the cached mask (re-noised to
+    ``round_t_fracs[0]``·T), so pseudo-labels keep improving across refreshes. Under DDP each rank
+    computes every ``world``-th image and broadcasts it.
+    """
+    cfg = SamplerConfig(steps=preset.refresh_ddim_steps, samples=preset.refresh_samples, rounds=preset.rounds)
+    diff = bundle.diffusion()
+    ticker = Ticker()
+    n = len(images)
+    for i, x in enumerate(images):
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled("pseudo-label refresh cancelled")
+        key_p, key_c = f"pl_probs_{i}", f"pl_conf_{i}"
+        if i % world == rank:
+            prev = cache.get(key_p)
+            prop = propose(
+                bundle.mask_net,
+                diff,
+                x[None],
+                cfg,
+                _refresh_generator(seed, refresh, i),
+                multiple=bundle.spec.multiple,
+                roi=preset.roi_size,
+                sw_batch=preset.sw_batch_size,
+                init_probs=None if prev is None else prev[None].float(),
+            )
+            probs = prop.probs[0].to(torch.float16).cpu()
+            conf = (1.0 - prop.uncertainty[0]).clamp(0, 1).to(torch.float16).cpu()
+        else:
+            probs = torch.empty((diff.num_classes, *x.shape[-2:]), dtype=torch.float16)
+            conf = torch.empty(x.shape[-2:], dtype=torch.float16)
+        if world > 1:
+            import torch.distributed as dist
+
+            probs, conf = probs.to(device), conf.to(device)
+            dist.broadcast(probs, src=i % world)
+            dist.broadcast(conf, src=i % world)
+            probs, conf = probs.cpu(), conf.cpu()
+        cache[key_p], cache[key_c] = probs, conf
+        if ticker.due(i + 1 == n):
+            yield Event(
+                "progress", "pseudo-labels", i + 1, n, elapsed=ticker.elapsed, message=f"refresh {refresh}"
+            )
+
+
+def cotrain(
+    bundle: ModelBundle,
+    data: TrainData,
+    preset: Preset,
+    *,
+    generator: torch.Generator,
+    seed: int,
+    device: torch.device,
+    cancel: CancelToken | None = None,
+    checkpoint: str | Path | None = None,
+    distributed: bool = False,
+) -> Iterator[Event]:
+    """Stage C: teacher + twin students, with pseudo-labels refreshed every ``refresh_every`` steps.
+
+    With ``distributed=True`` (inside ``torchrun``, process group initialised) the step runs under DDP:
+    each rank draws its own batches, gradients are averaged, and replicas stay identical.
+    """
+    if not data.labeled_images:
+        raise ConfigError("co-training needs at least one labeled or corrected image")
+    unl = (
+        data.unlabeled_images or data.labeled_images
+    )  # with nothing unlabeled, consistency on labeled images
+    module = CoTrainModule(bundle, preset)
+    rank, world = 0, 1
+    step_module: nn.Module = module
+    if distributed:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+        step_module = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = _adam(list(module.parameters()), preset)
+    loop = _Loop(
+        "cotrain",
+        preset.cotrain_steps,
+        modules={
+            "teacher_mask": module.teacher,
+            "student_a": module.student_a,
+            "student_b": module.student_b,
+        },
+        optimizers={"opt": opt},
+        generator=generator,
+        cancel=cancel,
+        checkpoint=checkpoint,
+        checkpoint_every=preset.checkpoint_every,
+        is_main=rank == 0,
+    )
+    start = loop.resume()
+    cache = loop.tensors  # pseudo-labels persist in the checkpoint
+    module.train()
+    b, p, diff = preset.batch_size, preset.patch_size, module.diff
+    every = max(1, preset.refresh_every)
+    for step in range(start, loop.total):
+        yield from loop.check_cancel(step)
+        if step % every == 0 or "pl_probs_0" not in cache:
+            yield from refresh_pseudo_labels(
+                bundle,
+                unl,
+                preset,
+                cache,
+                refresh=step // every,
+                seed=seed,
+                device=device,
+                cancel=loop.cancel,
+                rank=rank,
+                world=world,
+            )
+            module.train()
+        idx_l = _pick(data.labeled_weights, b, generator)
+        x_l, y_l = sample_patches([data.labeled_images, data.labeled_masks], idx_l, p, generator)
+        idx_u = _uniform(len(unl), b, generator)
+        probs = [cache[f"pl_probs_{i}"].float() for i in range(len(unl))]
+        confs = [cache[f"pl_conf_{i}"].float() for i in range(len(unl))]
+        x_u, pl_probs, pl_conf = sample_patches([list(unl), probs, confs], idx_u, p, generator)
+        batch = {
+            "xa_l": intensity_jitter(x_l, generator, 1.0),
+            "xb_l": intensity_jitter(x_l, generator, 1.0),
+            "xa_u": intensity_jitter(x_u, generator, 1.0),
+            "xb_u": intensity_jitter(x_u, generator, 1.0),
+            "y_l": y_l,
+            "pl_probs": pl_probs,
+            "pl_conf": pl_conf,
+            "t_l": diff.sample_timesteps(b, generator),
+            "t_u": diff.sample_timesteps(b, generator),
+        }
+        batch["eps_l"] = torch.randn((b, diff.num_classes, p, p), generator=generator)
+        batch["eps_u"] = torch.randn((b, diff.num_classes, p, p), generator=generator)
+        batch = {k: v.to(device) if k not in ("t_l", "t_u") else v for k, v in batch.items()}
+        ramp = rampup(step, loop.total, preset.rampup_frac)
+        with autocast(device):
+            out = step_module(batch, ramp)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        yield from loop.after_step(step + 1, {k: float(v.detach()) for k, v in out.items()} | {"ramp": ramp})
+    yield Event("done", "cotrain", loop.total, loop.total, elapsed=loop.ticker.elapsed)
+
+
+# ------------------------------------------------------------------------------------------------
+# Baselines sharing the student network, the budget and the labeled subset
+# ------------------------------------------------------------------------------------------------
+def train_baseline(
+    bundle: ModelBundle,
+    data: TrainData,
+    preset: Preset,
+    *,
+    generator: torch.Generator,
+    device: torch.device,
+    cancel: CancelToken | None = None,
+    checkpoint: str | Path | None = None,
+) -> Iterator[Event]:
+    """``supervised`` (labeled only), ``mean-teacher`` (EMA consistency) or ``cps`` (cross pseudo-supervision)."""
+    method = bundle.spec.method
+    if method == "diffseg":
+        raise ConfigError("use cotrain() for the diffseg method")
+    if not data.labeled_images:
+        raise ConfigError("a baseline needs at least one labeled image")
+    nets = bundle.nets
+    trainable = {k: v for k, v in nets.items() if k != "ema"}
+    opt = _adam([q for net in trainable.values() for q in net.parameters()], preset)
+    loop = _Loop(
+        method,
+        preset.cotrain_steps,
+        modules=dict(nets),
+        optimizers={"opt": opt},
+        generator=generator,
+        cancel=cancel,
+        checkpoint=checkpoint,
+        checkpoint_every=preset.checkpoint_every,
+    )
+    start = loop.resume()
+    for net in trainable.values():
+        net.train()
+    b, p = preset.batch_size, preset.patch_size
+    unl = data.unlabeled_images
+    for step in range(start, loop.total):
+        yield from loop.check_cancel(step)
+        idx_l = _pick(data.labeled_weights, b, generator)
+        x_l, y_l = sample_patches([data.labeled_images, data.labeled_masks], idx_l, p, generator)
+        ramp = rampup(step, loop.total, preset.rampup_frac)
+        losses: dict[str, torch.Tensor] = {}
+        if method == "supervised":
+            (x_l,) = _to(device, intensity_jitter(x_l, generator, 1.0))
+            y_l = y_l.to(device)
+            with autocast(device):
+                losses["sup"] = _sup_loss(nets["student"](x_l), y_l)
+            loss = losses["sup"]
+        else:
+            if not unl:
+                raise ConfigError(f"{method} needs unlabeled images; use --method supervised")
+            (x_u,) = sample_patches([list(unl)], _uniform(len(unl), b, generator), p, generator)
+            xa_l, xb_l = intensity_jitter(x_l, generator, 1.0), intensity_jitter(x_l, generator, 1.0)
+            xa_u, xb_u = intensity_jitter(x_u, generator, 1.0), intensity_jitter(x_u, generator, 1.0)
+            xa_l, xb_l, xa_u, xb_u, y_l = _to(device, xa_l, xb_l, xa_u, xb_u, y_l)
+            with autocast(device):
+                if method == "mean-teacher":
+                    s, ema = nets["student"], nets["ema"]
+                    losses["sup"] = _sup_loss(s(xa_l), y_l)
+                    with torch.no_grad():
+                        target = torch.softmax(ema(xb_u).float(), 1)
+                    losses["consistency"] = F.mse_loss(torch.softmax(s(xa_u).float(), 1), target)
+                    loss = losses["sup"] + ramp * preset.unsup_weight * 10.0 * losses["consistency"]
+                else:  # cps
+                    sa, sb = nets["student_a"], nets["student_b"]
+                    losses["sup"] = _sup_loss(sa(xa_l), y_l) + _sup_loss(sb(xb_l), y_l)
+                    la_u, lb_u = sa(xa_u), sb(xb_u)
+                    ones = torch.ones(la_u.shape[0], *la_u.shape[2:], device=la_u.device)
+                    losses["cps"] = _weighted_ce(la_u, lb_u.argmax(1).detach(), ones) + _weighted_ce(
+                        lb_u, la_u.argmax(1).detach(), ones
+                    )
+                    loss = losses["sup"] + ramp * preset.unsup_weight * losses["cps"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if method == "mean-teacher":
+            with torch.no_grad():
+                d = min(preset.ema_decay, (step + 1) / (step + 10))
+                for pe, ps in zip(nets["ema"].parameters(), nets["student"].parameters(), strict=True):
+                    pe.mul_(d).add_(ps.detach(), alpha=1 - d)
+        yield from loop.after_step(
+            step + 1, {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+        )
+    yield Event("done", method, loop.total, loop.total, elapsed=loop.ticker.elapsed)

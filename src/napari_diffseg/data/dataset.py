@@ -1,0 +1,235 @@
+"""Dataset folders: ``images/<id>.*``, optional ``masks/<id>.*`` and optional ``split.csv`` (DESIGN.md 2.1).
+
+::
+
+    DATASET/
+      images/<id>.{png,tif,tiff,jpg,jpeg,bmp}
+      masks/<id>.{png,tif,tiff}          optional, same id
+      split.csv                          optional, header ``id,split`` (more columns allowed)
+
+The split of an image is ``train``, ``val`` or a name starting with ``test`` (``testA``, ``testB``...). Without
+``split.csv`` every image is ``train``; with one, images it does not list are ``train`` too.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from napari_diffseg.core.errors import DataError
+from napari_diffseg.data.io import (
+    IMAGE_EXTENSIONS,
+    MASK_EXTENSIONS,
+    read_image,
+    read_image_shape,
+    read_mask,
+)
+
+__all__ = ["DEFAULT_SPLIT", "DatasetFolder", "is_valid_split"]
+
+DEFAULT_SPLIT = "train"
+"""Split of an image that ``split.csv`` does not list (or when there is no ``split.csv``)."""
+
+
+def is_valid_split(name: str) -> bool:
+    """True for ``train``, ``val`` and any name starting with ``test``."""
+    return name in ("train", "val") or name.startswith("test")
+
+
+def _scan(folder: Path, extensions: tuple[str, ...], what: str) -> dict[str, Path]:
+    """Map id (file stem) → path for the files in ``folder`` with one of ``extensions``.
+
+    Hidden files and files with other extensions are ignored. Two files with the same id are an error.
+    """
+    found: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or entry.suffix.lower() not in extensions or not entry.is_file():
+            continue
+        other = found.get(entry.stem)
+        if other is not None:
+            raise DataError(
+                f"Dataset folder {folder.parent}: {what} id {entry.stem!r} has two files, {other.name} and "
+                f"{entry.name}. Each id must have exactly one {what} file; remove or rename one of them."
+            )
+        found[entry.stem] = entry
+    return found
+
+
+class DatasetFolder:
+    """Read-only view of a dataset folder (see the module docstring for the layout).
+
+    Scanning happens once, in the constructor; pixels are read on demand by :meth:`load_image` and
+    :meth:`load_mask`.
+
+    Args:
+        root: The dataset folder.
+
+    Raises:
+        DataError: ``root`` or ``root/images`` is missing, there are no images, an id has two image (or two
+            mask) files, or ``split.csv`` is malformed (no ``id``/``split`` columns, an id without an image, a
+            repeated id, an unknown split name).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"Dataset folder {self.root} does not exist or is not a folder.")
+        images_dir = self.root / "images"
+        if not images_dir.is_dir():
+            raise DataError(
+                f"Dataset folder {self.root} has no images/ folder. A dataset folder holds images/<id>.png "
+                "(or .tif, .jpg...), optionally masks/<id>.png and split.csv with columns id,split."
+            )
+        self._images = _scan(images_dir, IMAGE_EXTENSIONS, "image")
+        if not self._images:
+            raise DataError(
+                f"Dataset folder {self.root}: images/ holds no image files "
+                f"(accepted extensions: {', '.join(IMAGE_EXTENSIONS)})."
+            )
+        masks_dir = self.root / "masks"
+        masks = _scan(masks_dir, MASK_EXTENSIONS, "mask") if masks_dir.is_dir() else {}
+        self._masks = {i: p for i, p in masks.items() if i in self._images}
+        self.ids: list[str] = sorted(self._images)
+        self._splits = self._read_splits()
+
+    # -- split.csv ------------------------------------------------------------------------------------------
+
+    def _read_splits(self) -> dict[str, str]:
+        splits = dict.fromkeys(self.ids, DEFAULT_SPLIT)
+        csv_path = self.root / "split.csv"
+        if not csv_path.is_file():
+            return splits
+        try:
+            with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                fields = [f.strip() for f in (reader.fieldnames or [])]
+                if "id" not in fields or "split" not in fields:
+                    raise DataError(
+                        f"{csv_path}: the header must have columns 'id' and 'split' (found {fields or 'none'}). "
+                        "Write a first line like `id,split`."
+                    )
+                reader.fieldnames = fields
+                rows = [(n + 2, row) for n, row in enumerate(reader)]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(
+                f"Cannot read {csv_path}: {exc}. Save it as UTF-8 CSV with columns id,split."
+            ) from exc
+
+        seen: dict[str, int] = {}
+        unknown: list[str] = []
+        for line, row in rows:
+            image_id = (row.get("id") or "").strip()
+            split = (row.get("split") or "").strip()
+            if not image_id:
+                continue
+            if image_id not in self._images:
+                unknown.append(image_id)
+                continue
+            if not is_valid_split(split):
+                raise DataError(
+                    f"{csv_path}, line {line}: unknown split {split!r} for id {image_id!r}. A split must be "
+                    "'train', 'val' or a name starting with 'test' (e.g. 'test', 'testA')."
+                )
+            if image_id in seen:
+                raise DataError(
+                    f"{csv_path}, line {line}: id {image_id!r} is listed again (first on line {seen[image_id]}). "
+                    "List each id once."
+                )
+            seen[image_id] = line
+            splits[image_id] = split
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise DataError(
+                f"{csv_path} lists {len(unknown)} id(s) with no image in {self.root / 'images'}: {shown}. "
+                "Remove those rows or add the images (the id is the file name without extension)."
+            )
+        return splits
+
+    # -- ids and splits -------------------------------------------------------------------------------------
+
+    def _check_id(self, image_id: str) -> None:
+        if image_id not in self._images:
+            raise DataError(f"Dataset folder {self.root} has no image with id {image_id!r}.")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._images
+
+    def __repr__(self) -> str:
+        return f"DatasetFolder({str(self.root)!r}, images={len(self.ids)}, masks={len(self._masks)})"
+
+    def split_of(self, image_id: str) -> str:
+        """The split name of ``image_id`` (``train``, ``val``, ``testA``...)."""
+        self._check_id(image_id)
+        return self._splits[image_id]
+
+    def ids_in_split(self, prefix: str) -> list[str]:
+        """Sorted ids whose split name starts with ``prefix`` (``'test'`` matches ``testA``, ``testB``...)."""
+        return [i for i in self.ids if self._splits[i].startswith(prefix)]
+
+    @property
+    def splits(self) -> dict[str, str]:
+        """A copy of the id → split mapping."""
+        return dict(self._splits)
+
+    @property
+    def train_ids(self) -> list[str]:
+        """Sorted ids in the ``train`` split."""
+        return [i for i in self.ids if self._splits[i] == "train"]
+
+    @property
+    def val_ids(self) -> list[str]:
+        """Sorted ids in the ``val`` split."""
+        return [i for i in self.ids if self._splits[i] == "val"]
+
+    @property
+    def test_ids(self) -> list[str]:
+        """Sorted ids in any split whose name starts with ``test``."""
+        return self.ids_in_split("test")
+
+    # -- files ----------------------------------------------------------------------------------------------
+
+    def image_path(self, image_id: str) -> Path:
+        """Path of the image file of ``image_id``."""
+        self._check_id(image_id)
+        return self._images[image_id]
+
+    def mask_path(self, image_id: str) -> Path | None:
+        """Path of the mask file of ``image_id``, or None if it has none."""
+        self._check_id(image_id)
+        return self._masks.get(image_id)
+
+    def has_mask(self, image_id: str) -> bool:
+        """True if ``image_id`` has a mask file."""
+        return self.mask_path(image_id) is not None
+
+    def load_image(self, image_id: str) -> np.ndarray:
+        """Raw float32 ``(C, H, W)`` image of ``image_id`` (see :func:`~napari_diffseg.data.io.read_image`)."""
+        return read_image(self.image_path(image_id))
+
+    def load_mask(self, image_id: str, binary: bool = True) -> np.ndarray:
+        """int64 ``(H, W)`` mask of ``image_id``, checked to have the image's height and width.
+
+        Raises:
+            DataError: No mask for this id, a bad mask file, or a mask whose shape differs from the image's.
+        """
+        mask_file = self.mask_path(image_id)
+        if mask_file is None:
+            raise DataError(
+                f"Dataset folder {self.root}: image {image_id!r} has no mask "
+                f"(expected masks/{image_id}.png or .tif)."
+            )
+        mask = read_mask(mask_file, binary=binary)
+        image_file = self._images[image_id]
+        hw = read_image_shape(image_file)
+        if mask.shape != hw:
+            raise DataError(
+                f"Mask {mask_file} has shape {mask.shape[0]}x{mask.shape[1]} but image {image_file} is "
+                f"{hw[0]}x{hw[1]} (H x W). A mask must have the same height and width as its image."
+            )
+        return mask

@@ -1,0 +1,262 @@
+"""End-to-end benchmark runs on a dataset folder (``diffseg experiment``), and model evaluation.
+
+Protocol (METHOD.md, "Evaluation hygiene"): the labeled subset is drawn with a seeded RNG from the
+sorted ``train`` ids and saved with the run; the remaining train images are unlabeled; ``test*``
+images are read only after training, for the final evaluation. No checkpoint, threshold or stopping
+point is chosen on them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .core.config import Preset, get_preset
+from .core.diffusion import SamplerConfig
+from .core.distributed import cleanup, setup_from_env
+from .core.errors import ConfigError
+from .core.events import CancelToken, Event
+from .core.inference import predict_probs, propose
+from .core.metrics import best_permutation_dice, segmentation_metrics, summarize
+from .core.models import METHODS, ModelBundle, ModelSpec, save_bundle
+from .core.training import TrainData, cotrain, pretrain_teacher, train_baseline, train_teacher
+from .data.dataset import DatasetFolder
+from .data.io import match_channels, normalize_image
+
+__all__ = ["choose_labeled", "evaluate_bundle", "load_images", "run_experiment"]
+
+Reporter = Callable[[Event], None]
+
+
+def choose_labeled(train_ids: Iterable[str], fraction: float, seed: int) -> list[str]:
+    """ceil(fraction × n) ids drawn with a seeded RNG from the sorted id list (at least one)."""
+    ids = sorted(train_ids)
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"--labeled-fraction must be in (0, 1], got {fraction}")
+    if not ids:
+        raise ConfigError("the dataset has no 'train' images; add split.csv or put images in images/")
+    n = max(1, math.ceil(fraction * len(ids) - 1e-9))
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(ids), size=n, replace=False)
+    return sorted(ids[i] for i in picked)
+
+
+def load_images(ds: DatasetFolder, ids: Iterable[str], channels: int) -> list[torch.Tensor]:
+    """Read, match channels and normalise each image → (C, H, W) float32 tensors."""
+    return [torch.from_numpy(normalize_image(match_channels(ds.load_image(i), channels))) for i in ids]
+
+
+def dataset_channels(ds: DatasetFolder, ids: Iterable[str]) -> int:
+    """3 if any image is colour, else 1."""
+    return 3 if any(ds.load_image(i).shape[0] == 3 for i in ids) else 1
+
+
+def consume(events: Iterator[Event], report: Reporter | None) -> None:
+    for ev in events:
+        if report is not None:
+            report(ev)
+
+
+def evaluate_bundle(
+    bundle: ModelBundle,
+    images: list[torch.Tensor],
+    masks: list[np.ndarray],
+    ids: list[str],
+    preset: Preset,
+) -> dict:
+    """Per-image Dice / IoU / HD95 of the deployed networks, plus their summary."""
+    per_image = []
+    nets = bundle.deployed()
+    for i, x, y in zip(ids, images, masks, strict=True):
+        probs = predict_probs(
+            nets, x[None], multiple=bundle.spec.multiple, roi=preset.roi_size, sw_batch=preset.sw_batch_size
+        )
+        pred = probs.argmax(1)[0].cpu().numpy()
+        m = segmentation_metrics(pred, y, bundle.spec.num_classes)
+        per_image.append({"id": i, **m})
+    s = summarize(per_image)
+    return {
+        "dice_mean": s["dice_mean"],
+        "dice_std": s["dice_std"],
+        "iou_mean": s["iou_mean"],
+        "hd95_mean": s["hd95_mean"],
+        "n": s["n"],
+        "per_image": per_image,
+    }
+
+
+def teacher_report(
+    bundle: ModelBundle,
+    images: list[torch.Tensor],
+    masks: list[np.ndarray],
+    preset: Preset,
+    *,
+    seed: int,
+    rounds: int = 3,
+) -> dict:
+    """Dice of the teacher's proposals after each chained round (R = 1..rounds) and with S = 1."""
+    diff = bundle.diffusion()
+    out: dict[str, list[float]] = {"dice_per_round": [[] for _ in range(rounds)], "dice_s1": []}  # type: ignore[dict-item]
+    cfg = SamplerConfig(steps=preset.ddim_steps, samples=preset.samples, rounds=rounds, tol=0.0)
+    cfg1 = SamplerConfig(steps=1, samples=preset.samples, rounds=1)
+    for j, (x, y) in enumerate(zip(images, masks, strict=True)):
+        kw = {"multiple": bundle.spec.multiple, "roi": preset.roi_size, "sw_batch": preset.sw_batch_size}
+        prop = propose(
+            bundle.mask_net, diff, x[None], cfg, torch.Generator().manual_seed(seed * 7919 + j), **kw
+        )
+        for r, m in enumerate(prop.round_masks):
+            out["dice_per_round"][r].append(segmentation_metrics(m[0].cpu().numpy(), y)["dice"])  # type: ignore[attr-defined]
+        p1 = propose(
+            bundle.mask_net, diff, x[None], cfg1, torch.Generator().manual_seed(seed * 7919 + j), **kw
+        )
+        out["dice_s1"].append(segmentation_metrics(p1.mask[0].cpu().numpy(), y)["dice"])
+    return {
+        "n_images": len(images),
+        "ddim_steps": preset.ddim_steps,
+        "samples": preset.samples,
+        "dice_per_round": [float(np.mean(v)) if v else float("nan") for v in out["dice_per_round"]],  # type: ignore[arg-type]
+        "dice_s1": float(np.mean(out["dice_s1"])) if out["dice_s1"] else float("nan"),
+    }
+
+
+@torch.no_grad()
+def pretrain_report(
+    bundle: ModelBundle, images: list[torch.Tensor], masks: list[np.ndarray], preset: Preset
+) -> float:
+    """Best-class-permutation Dice of the pretrained (label-free) teacher's one-step masks."""
+    diff = bundle.diffusion()
+    cfg = SamplerConfig(steps=1, samples=1, rounds=1)
+    scores = []
+    for j, (x, y) in enumerate(zip(images, masks, strict=True)):
+        prop = propose(
+            bundle.mask_net,
+            diff,
+            x[None],
+            cfg,
+            torch.Generator().manual_seed(j),
+            multiple=bundle.spec.multiple,
+            roi=preset.roi_size,
+            sw_batch=preset.sw_batch_size,
+        )
+        scores.append(best_permutation_dice(prop.mask[0].cpu().numpy(), y, diff.num_classes))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def run_experiment(
+    dataset: str | Path,
+    *,
+    labeled_fraction: float,
+    method: str,
+    preset: str | Preset = "cpu",
+    seed: int = 0,
+    device: str = "auto",
+    model_out: str | Path | None = None,
+    report: Reporter | None = None,
+    cancel: CancelToken | None = None,
+    teacher_eval_every: int = 4,
+) -> dict:
+    """Train ``method`` on a seeded labeled subset of the train split, evaluate on ``test*``."""
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    pr = get_preset(preset) if isinstance(preset, str) else preset
+    dist_info = setup_from_env(device)  # under torchrun: one process per GPU (or CPU, gloo)
+    dev = dist_info.device
+    torch.manual_seed(seed)
+    ds = DatasetFolder(dataset)
+    train_ids, test_ids = ds.train_ids, ds.test_ids
+    if not test_ids:
+        raise ConfigError(
+            f"{dataset} has no test images (split.csv split starting with 'test'); add some to evaluate"
+        )
+    labeled_ids = choose_labeled(train_ids, labeled_fraction, seed)
+    unlabeled_ids = [i for i in train_ids if i not in set(labeled_ids)]
+    channels = dataset_channels(ds, train_ids)
+    labeled_images = load_images(ds, labeled_ids, channels)
+    labeled_masks = [torch.from_numpy(ds.load_mask(i)) for i in labeled_ids]
+    unlabeled_images = load_images(ds, unlabeled_ids, channels) if method != "supervised" else []
+    data = TrainData(labeled_images, labeled_masks, unlabeled_images=unlabeled_images)
+    spec = ModelSpec(method, channels, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
+    bundle = ModelBundle(spec, seed=seed).to(dev)
+    gen = torch.Generator().manual_seed(seed)
+    extra: dict = {}
+    if method == "diffseg":
+        consume(
+            pretrain_teacher(bundle, data.all_images, pr, generator=gen, device=dev, cancel=cancel), report
+        )
+        # label-free check of Stage A on train images with ground truth (never the test split)
+        gt_ids = [i for i in train_ids if ds.has_mask(i)][::teacher_eval_every]
+        if gt_ids:
+            extra["pretrain_best_perm_dice"] = pretrain_report(
+                bundle, load_images(ds, gt_ids, channels), [ds.load_mask(i) for i in gt_ids], pr
+            )
+        consume(train_teacher(bundle, data, pr, generator=gen, device=dev, cancel=cancel), report)
+        consume(
+            cotrain(
+                bundle,
+                data,
+                pr,
+                generator=gen,
+                seed=seed,
+                device=dev,
+                cancel=cancel,
+                distributed=dist_info.enabled,
+            ),
+            report if dist_info.is_main else None,
+        )
+    else:
+        consume(train_baseline(bundle, data, pr, generator=gen, device=dev, cancel=cancel), report)
+    train_seconds = time.perf_counter() - t0
+    if dist_info.enabled:
+        cleanup()
+        if not dist_info.is_main:
+            return {"rank": dist_info.rank, "note": "non-zero ranks do not evaluate"}
+    # ---- final evaluation: the first time test images are read ----
+    test_images = load_images(ds, test_ids, channels)
+    test_masks = [ds.load_mask(i) for i in test_ids]
+    test = evaluate_bundle(bundle, test_images, test_masks, test_ids, pr)
+    result = {
+        "method": method,
+        "labeled_fraction": labeled_fraction,
+        "seed": seed,
+        "preset": pr.name,
+        "n_labeled": len(labeled_ids),
+        "n_unlabeled": len(unlabeled_ids),
+        "labeled_ids": labeled_ids,
+        "dataset": str(Path(dataset).resolve().name),
+        "test": test,
+        "train_seconds": train_seconds,
+        "device": str(dev),
+        "world_size": dist_info.world,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+    if method == "diffseg":
+        sub = slice(None, None, teacher_eval_every)
+        extra["teacher"] = teacher_report(bundle, test_images[sub], test_masks[sub], pr, seed=seed)
+        extra["teacher"]["note"] = (
+            f"every {teacher_eval_every}th test image; reporting only, nothing selected on it"
+        )
+    result.update(extra)
+    if model_out is not None:
+        save_bundle(
+            bundle, model_out, extra={"preset": pr.to_dict(), "labeled_ids": labeled_ids}, metrics=test
+        )
+        result["model"] = str(model_out)
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=True))
+    os.replace(tmp, path)

@@ -1,0 +1,97 @@
+"""Deploying a trained model: segment files (``diffseg predict``) and score a dataset (``diffseg evaluate``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .core.device import choose_device
+from .core.errors import CheckpointError, ConfigError, DataError
+from .core.inference import predict_probs
+from .core.metrics import segmentation_metrics, summarize
+from .core.models import ModelBundle, load_bundle
+from .data.dataset import DatasetFolder
+from .data.io import match_channels, normalize_image, read_image, write_mask, write_tiff
+
+__all__ = ["evaluate_folder", "load_model", "predict_files", "predict_image"]
+
+
+def load_model(path: str | Path, device: str = "auto") -> tuple[ModelBundle, dict]:
+    path = Path(path)
+    if (path / "project.db").exists():
+        raise ConfigError(
+            f"{path} is a project folder; pass one of its model folders (PROJECT/models/<id>) instead"
+        )
+    if not path.is_dir():
+        raise CheckpointError(f"model folder {path} does not exist")
+    bundle, config, _ = load_bundle(path, choose_device(device))
+    return bundle, config
+
+
+def _roi(config: dict) -> tuple[int, int]:
+    pr = config.get("preset") or {}
+    return int(pr.get("roi_size", 256)), int(pr.get("sw_batch_size", 4))
+
+
+def predict_image(bundle: ModelBundle, config: dict, image: np.ndarray) -> np.ndarray:
+    """Raw (C, H, W) image → (K, H, W) probabilities of the deployed networks."""
+    x = torch.from_numpy(normalize_image(match_channels(image, bundle.spec.in_channels)))
+    roi, swb = _roi(config)
+    probs = predict_probs(bundle.deployed(), x[None], multiple=bundle.spec.multiple, roi=roi, sw_batch=swb)
+    return probs[0].cpu().numpy()
+
+
+def predict_files(
+    model: str | Path,
+    images: Sequence[str | Path],
+    out: str | Path,
+    *,
+    device: str = "auto",
+    probabilities: bool = False,
+) -> list[Path]:
+    if not images:
+        raise DataError("no images given; pass one or more image files")
+    bundle, config = load_model(model, device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in images:
+        probs = predict_image(bundle, config, read_image(path))
+        target = out / f"{Path(path).stem}.png"
+        write_mask(target, probs.argmax(0).astype(np.uint8))
+        written.append(target)
+        if probabilities:
+            write_tiff(out / f"{Path(path).stem}_prob.tif", probs[1:].astype(np.float32))
+    return written
+
+
+def evaluate_folder(
+    model: str | Path, dataset: str | Path, *, split: str = "test", device: str = "auto"
+) -> dict:
+    bundle, config = load_model(model, device)
+    ds = DatasetFolder(dataset)
+    ids = ds.ids if split == "all" else ds.ids_in_split(split)
+    ids = [i for i in ids if ds.has_mask(i)]
+    if not ids:
+        raise DataError(f"{dataset} has no images with masks in split {split!r}; try --split all")
+    per_image = []
+    for i in ids:
+        probs = predict_image(bundle, config, ds.load_image(i))
+        per_image.append(
+            {"id": i, **segmentation_metrics(probs.argmax(0), ds.load_mask(i), bundle.spec.num_classes)}
+        )
+    s = summarize(per_image)
+    return {
+        "model": str(model),
+        "dataset": str(dataset),
+        "split": split,
+        "dice_mean": s["dice_mean"],
+        "dice_std": s["dice_std"],
+        "iou_mean": s["iou_mean"],
+        "hd95_mean": s["hd95_mean"],
+        "n": s["n"],
+        "per_image": per_image,
+    }

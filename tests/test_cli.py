@@ -1,0 +1,213 @@
+"""The diffseg command: experiment / predict / evaluate, and clear one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_diffseg.cli import main
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synth_dataset) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("exp")
+    rc = main(
+        [
+            "experiment",
+            str(synth_dataset),
+            "--labeled-fraction",
+            "0.2",
+            "--method",
+            "diffseg",
+            "--preset",
+            "tiny",
+            "--seed",
+            "1",
+            "--json",
+            str(tmp / "r.json"),
+            "--model-out",
+            str(tmp / "model"),
+            "-q",
+        ]
+    )
+    assert rc == 0
+    return tmp, json.loads((tmp / "r.json").read_text())
+
+
+def test_experiment_json_contract(trained, synth_dataset) -> None:
+    _, r = trained
+    assert (
+        r["method"] == "diffseg" and r["labeled_fraction"] == 0.2 and r["seed"] == 1 and r["preset"] == "tiny"
+    )
+    assert r["n_labeled"] == math.ceil(0.2 * 12) and r["n_unlabeled"] == 12 - r["n_labeled"]
+    t = r["test"]
+    for key in ("dice_mean", "dice_std", "iou_mean", "hd95_mean", "per_image"):
+        assert key in t
+    assert sorted(p["id"] for p in t["per_image"]) == [f"test_{i:03d}" for i in range(4)]
+    assert all(0.0 <= p["dice"] <= 1.0 and 0.0 <= p["iou"] <= 1.0 for p in t["per_image"])
+    assert abs(t["dice_mean"] - np.mean([p["dice"] for p in t["per_image"]])) < 1e-9
+    assert isinstance(r["seconds"], float) and r["device"] == "cpu"
+    assert len(r["teacher"]["dice_per_round"]) == 3
+    assert 0.0 <= r["pretrain_best_perm_dice"] <= 1.0
+
+
+def test_labeled_subset_is_seeded_and_saved(trained) -> None:
+    from napari_diffseg.experiment import choose_labeled
+
+    _, r = trained
+    ids = [f"train_{i:03d}" for i in range(12)]
+    assert r["labeled_ids"] == choose_labeled(ids, 0.2, 1)
+    assert choose_labeled(ids, 0.2, 1) == choose_labeled(list(reversed(ids)), 0.2, 1)
+    assert choose_labeled(ids, 0.2, 1) != choose_labeled(ids, 0.2, 2)
+    assert len(choose_labeled(ids, 0.05, 0)) == 1
+
+
+@pytest.mark.parametrize("method", ["supervised", "mean-teacher", "cps"])
+def test_baselines_run(capsys, synth_dataset, tmp_path, method) -> None:
+    rc, out, _ = _run(
+        capsys,
+        "experiment",
+        str(synth_dataset),
+        "-f",
+        "0.3",
+        "--method",
+        method,
+        "--preset",
+        "tiny",
+        "--json",
+        str(tmp_path / "r.json"),
+        "-q",
+    )
+    assert rc == 0, out
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["method"] == method and len(r["test"]["per_image"]) == 4
+
+
+def test_test_images_are_read_only_after_training(monkeypatch, synth_dataset) -> None:
+    from napari_diffseg.data import dataset as ds_mod
+    from napari_diffseg.experiment import run_experiment
+
+    log: list[tuple[str, str]] = []
+    orig = ds_mod.DatasetFolder.load_image
+
+    def spy(self, image_id):
+        log.append(("load", image_id))
+        return orig(self, image_id)
+
+    monkeypatch.setattr(ds_mod.DatasetFolder, "load_image", spy)
+    run_experiment(
+        synth_dataset,
+        labeled_fraction=0.2,
+        method="diffseg",
+        preset="tiny",
+        seed=0,
+        report=lambda ev: log.append(("event", ev.phase)),
+    )
+    last_train_event = max(i for i, (k, _) in enumerate(log) if k == "event")
+    first_test_load = min(i for i, (k, v) in enumerate(log) if k == "load" and v.startswith("test"))
+    assert first_test_load > last_train_event
+
+
+def test_predict_and_evaluate(capsys, trained, synth_dataset, tmp_path) -> None:
+    tmp, r = trained
+    imgs = sorted((synth_dataset / "images").glob("test_*.png"))[:2]
+    rc, out, err = _run(
+        capsys,
+        "predict",
+        str(tmp / "model"),
+        *map(str, imgs),
+        "--out",
+        str(tmp_path / "pred"),
+        "--probabilities",
+    )
+    assert rc == 0, err
+    from napari_diffseg.data.io import read_mask
+
+    m = read_mask(tmp_path / "pred" / f"{imgs[0].stem}.png", binary=False)
+    assert m.shape == (64, 64) and set(np.unique(m)) <= {0, 1}
+    assert (tmp_path / "pred" / f"{imgs[0].stem}_prob.tif").exists()
+    rc, out, err = _run(capsys, "evaluate", str(tmp / "model"), str(synth_dataset), "--json", "-")
+    assert rc == 0, err
+    ev = json.loads(out)
+    assert ev["n"] == 4
+    # evaluate reproduces the experiment's own test numbers
+    assert ev["dice_mean"] == pytest.approx(r["test"]["dice_mean"], abs=1e-6)
+
+
+def test_predict_large_image_is_tiled(trained, tmp_path) -> None:
+    from napari_diffseg.data.io import read_mask
+    from napari_diffseg.predict import predict_files
+
+    tmp, _ = trained
+    rng = np.random.default_rng(0)
+    img = (rng.random((300, 333, 3)) * 255).astype(np.uint8)
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "big.png", img)
+    out = predict_files(tmp / "model", [tmp_path / "big.png"], tmp_path / "o", device="cpu")
+    assert read_mask(out[0]).shape == (300, 333)
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["experiment", "/nonexistent/ds", "-f", "0.1", "--preset", "tiny"], "does not exist"),
+        (["experiment", "{ds}", "-f", "0.1", "--method", "magic", "--preset", "tiny"], "unknown method"),
+        (["experiment", "{ds}", "-f", "1.5", "--preset", "tiny"], "labeled-fraction"),
+        (["experiment", "{ds}", "-f", "0.1", "--preset", "huge"], "unknown preset"),
+        (["predict", "/nonexistent/model", "{img}", "--out", "{tmp}/o"], "does not exist"),
+        (["predict", "{model}", "{tmp}/corrupt.png", "--out", "{tmp}/o"], "corrupt.png"),
+        (["predict", "{model}", "{tmp}/empty.tif", "--out", "{tmp}/o"], "empty.tif"),
+        (["evaluate", "{model}", "{ds}", "--split", "val"], "no images with masks"),
+        (["experiment", "{ds}", "-f", "0.1", "--device", "cuda", "--preset", "tiny"], "cuda"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(capsys, trained, synth_dataset, tmp_path, argv, needle) -> None:
+    tmp, _ = trained
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (tmp_path / "empty.tif").write_bytes(b"")
+    img = next((synth_dataset / "images").glob("*.png"))
+    subs = {"ds": str(synth_dataset), "tmp": str(tmp_path), "model": str(tmp / "model"), "img": str(img)}
+    if needle == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    rc, out, err = _run(capsys, *[a.format(**subs) for a in argv])
+    assert rc == 2, (out, err)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert needle in lines[0]
+    assert "Traceback" not in err
+
+
+def test_console_script_help() -> None:
+    for args in ([], ["experiment"], ["predict"], ["evaluate"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "napari_diffseg.cli", *args, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "Usage" in proc.stdout
+
+
+def test_usage_error_exit_2() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_diffseg.cli", "experiment"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr

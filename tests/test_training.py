@@ -1,0 +1,217 @@
+"""Training loops: they learn, stop when cancelled, are seeded, and resume exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_diffseg.core.config import get_preset
+from napari_diffseg.core.errors import Cancelled, ConfigError
+from napari_diffseg.core.events import CancelToken, Event
+from napari_diffseg.core.models import ModelBundle, ModelSpec, load_bundle, save_bundle
+from napari_diffseg.core.training import TrainData, cotrain, pretrain_teacher, train_baseline, train_teacher
+
+CPU = torch.device("cpu")
+
+
+def _data(n_lab: int = 2, n_unl: int = 3, size: int = 48, seed: int = 0) -> TrainData:
+    g = torch.Generator().manual_seed(seed)
+    imgs, masks = [], []
+    for _ in range(n_lab + n_unl):
+        y = torch.zeros(size, size, dtype=torch.long)
+        cy, cx = torch.randint(12, size - 12, (2,), generator=g).tolist()
+        y[cy - 8 : cy + 8, cx - 8 : cx + 8] = 1
+        x = y.float()[None].repeat(3, 1, 1) * 2 - 1 + 0.3 * torch.randn((3, size, size), generator=g)
+        imgs.append(x)
+        masks.append(y)
+    return TrainData(imgs[:n_lab], masks[:n_lab], unlabeled_images=imgs[n_lab:])
+
+
+def _bundle(method: str = "diffseg", seed: int = 0) -> ModelBundle:
+    pr = get_preset("tiny")
+    return ModelBundle(
+        ModelSpec(method, 3, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim), seed=seed
+    )
+
+
+def _run(events) -> list[Event]:
+    return list(events)
+
+
+def _losses(events: list[Event]) -> list[float]:
+    return [e.losses["loss"] for e in events if e.kind == "progress" and "loss" in e.losses]
+
+
+def test_teacher_overfits_one_batch() -> None:
+    pr = get_preset("tiny").with_overrides(teacher_steps=60, batch_size=4, patch_size=32, lr=3e-3)
+    b = _bundle()
+    data = _data(1, 0)
+    ev = _run(train_teacher(b, data, pr, generator=torch.Generator().manual_seed(0), device=CPU))
+    # x0-prediction of a single image's mask at random noise levels: the loss must fall clearly
+    first = _supervised_loss(b, data)
+    assert ev[-1].kind == "done"
+    assert first < 0.35, first
+
+
+def _supervised_loss(b: ModelBundle, data: TrainData) -> float:
+    from napari_diffseg.core.diffusion import SamplerConfig
+    from napari_diffseg.core.inference import propose
+    from napari_diffseg.core.metrics import segmentation_metrics
+
+    prop = propose(
+        b.mask_net,
+        b.diffusion(),
+        data.labeled_images[0][None],
+        SamplerConfig(steps=1, samples=1),
+        torch.Generator().manual_seed(0),
+        multiple=b.spec.multiple,
+        roi=64,
+    )
+    return 1 - segmentation_metrics(prop.mask[0], data.labeled_masks[0])["dice"]
+
+
+def test_student_loss_falls_by_a_factor() -> None:
+    pr = get_preset("tiny").with_overrides(cotrain_steps=80, batch_size=4, lr=3e-3)
+    b = _bundle("supervised")
+    ev = _run(train_baseline(b, _data(1, 0), pr, generator=torch.Generator().manual_seed(0), device=CPU))
+    losses = [e.losses["loss"] for e in ev if e.kind == "progress"]
+    assert losses[-1] < losses[0] / 3, (losses[0], losses[-1])
+
+
+def test_pretraining_reduces_reconstruction_loss() -> None:
+    pr = get_preset("tiny").with_overrides(pretrain_steps=40, batch_size=4, lr=3e-3)
+    ticker_off = []
+    b = _bundle()
+    for ev in pretrain_teacher(
+        b, _data(0, 3).unlabeled_images, pr, generator=torch.Generator().manual_seed(0), device=CPU
+    ):
+        if ev.kind == "progress":
+            ticker_off.append(ev.losses["reconstruction"])
+    assert ticker_off[-1] < ticker_off[0]
+
+
+def test_cancel_stops_within_one_step(tmp_path) -> None:
+    pr = get_preset("tiny").with_overrides(cotrain_steps=50, checkpoint_every=1000)
+    token = CancelToken()
+    b = _bundle()
+    steps_seen = []
+    gen = cotrain(
+        b,
+        _data(),
+        pr,
+        generator=torch.Generator().manual_seed(0),
+        seed=0,
+        device=CPU,
+        cancel=token,
+        checkpoint=tmp_path / "state.safetensors",
+    )
+    with pytest.raises(Cancelled):
+        for ev in gen:
+            if ev.kind == "progress" and ev.phase == "cotrain":
+                steps_seen.append(ev.step)
+                if ev.step >= 3 and not token.cancelled:
+                    token.cancel()
+                    cancelled_at = ev.step
+    # the event for step k is emitted after step k; the loop must stop before running step k+2
+    assert max(steps_seen) <= cancelled_at + 1
+    assert (tmp_path / "state.safetensors").exists()  # checkpoint written on cancel
+
+
+def test_cancel_token_via_file(tmp_path) -> None:
+    token = CancelToken(tmp_path / "cancel")
+    assert not token.cancelled
+    (tmp_path / "cancel").touch()
+    assert token.cancelled
+
+
+def _weights(b: ModelBundle) -> dict[str, torch.Tensor]:
+    return {f"{n}.{k}": v.clone() for n, net in b.nets.items() for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["diffseg", "cps", "mean-teacher", "supervised"])
+def test_same_seed_same_weights(method: str) -> None:
+    def train(seed: int) -> dict[str, torch.Tensor]:
+        b = _bundle(method, seed)
+        pr = get_preset("tiny")
+        g = torch.Generator().manual_seed(seed)
+        if method == "diffseg":
+            _run(pretrain_teacher(b, _data().all_images, pr, generator=g, device=CPU))
+            _run(train_teacher(b, _data(), pr, generator=g, device=CPU))
+            _run(cotrain(b, _data(), pr, generator=g, seed=seed, device=CPU))
+        else:
+            _run(train_baseline(b, _data(), pr, generator=g, device=CPU))
+        return _weights(b)
+
+    a, b, c = train(0), train(0), train(1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_cotrain_resume_is_exact(tmp_path) -> None:
+    pr = get_preset("tiny").with_overrides(cotrain_steps=6, refresh_every=3, checkpoint_every=2)
+    data = _data()
+    ref = _bundle()
+    _run(cotrain(ref, data, pr, generator=torch.Generator().manual_seed(0), seed=0, device=CPU))
+
+    ck = tmp_path / "cotrain.safetensors"
+    b = _bundle()
+    token = CancelToken()
+    with pytest.raises(Cancelled):
+        for ev in cotrain(
+            b,
+            data,
+            pr,
+            generator=torch.Generator().manual_seed(0),
+            seed=0,
+            device=CPU,
+            cancel=token,
+            checkpoint=ck,
+        ):
+            if ev.kind == "checkpoint" and ev.step == 4:
+                token.cancel()
+    # a fresh process: new networks, new generator, same checkpoint
+    b2 = _bundle(seed=5)
+    ev = _run(
+        cotrain(b2, data, pr, generator=torch.Generator().manual_seed(99), seed=0, device=CPU, checkpoint=ck)
+    )
+    first_progress = next(e for e in ev if e.kind == "progress" and e.phase == "cotrain")
+    assert first_progress.step == 5  # resumed after step 4
+    wa, wb = _weights(ref), _weights(b2)
+    for k in wa:
+        if k.startswith(("teacher_mask", "student")):
+            assert torch.equal(wa[k], wb[k]), k
+
+
+def test_progress_events_are_frequent_and_typed() -> None:
+    pr = get_preset("tiny").with_overrides(cotrain_steps=5)
+    ev = _run(cotrain(_bundle(), _data(), pr, generator=torch.Generator().manual_seed(0), seed=0, device=CPU))
+    kinds = {e.kind for e in ev}
+    assert {"progress", "done"} <= kinds
+    prog = [e for e in ev if e.kind == "progress" and e.phase == "cotrain"]
+    assert prog[0].step == 1 and prog[-1].step == 5 and prog[-1].total == 5
+    assert {"sup", "pseudo", "cps", "teacher_sup", "teacher_unsup"} <= set(prog[-1].losses)
+    assert all(isinstance(v, float) for v in prog[-1].losses.values())
+    assert Event.from_dict(prog[-1].to_dict()) == prog[-1]
+
+
+def test_model_save_load_round_trip(tmp_path) -> None:
+    b = _bundle()
+    _run(
+        train_teacher(b, _data(), get_preset("tiny"), generator=torch.Generator().manual_seed(0), device=CPU)
+    )
+    save_bundle(b, tmp_path / "m", extra={"note": "x"}, metrics={"dice": 0.5})
+    b2, config, metrics = load_bundle(tmp_path / "m")
+    assert config["note"] == "x" and metrics["dice"] == 0.5
+    assert b2.deploy == ["student_a", "student_b"]
+    x = torch.randn(1, 3, 32, 32)
+    for name in b.nets:
+        b.nets[name].eval()
+        if name.startswith("student"):
+            assert torch.equal(b.nets[name](x), b2.nets[name](x))
+
+
+def test_loops_reject_missing_labels() -> None:
+    with pytest.raises(ConfigError, match="labeled"):
+        _run(
+            train_teacher(_bundle(), _data(0, 2), get_preset("tiny"), generator=torch.Generator(), device=CPU)
+        )
