@@ -105,7 +105,7 @@ PRESETS: dict[str, Preset] = {
         checkpoint_every=2,
     ),
     # Minutes on a 2-core laptop: one GlaS run of `diffseg experiment` in under 10 minutes.
-    "cpu": Preset(name="cpu"),
+    "cpu": Preset(name="cpu", pretrain_steps=150, cotrain_steps=500, refresh_every=250, roi_size=512),
     # The paper's scale on one GPU (128x128 patches, batch 8, ~200 epochs of the unlabeled set).
     "gpu": Preset(
         name="gpu",

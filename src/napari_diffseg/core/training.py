@@ -334,14 +334,16 @@ class CoTrainModule(nn.Module):
         ones = torch.ones_like(pl_conf)
         cps = _weighted_ce(la_u, pb.argmax(1), ones) + _weighted_ce(lb_u, pa.argmax(1), ones)
         # teacher: Stage-B loss on labeled data, and towards the students' confident consensus
-        t_l, eps_l, t_u, eps_u = batch["t_l"], batch["eps_l"], batch["t_u"], batch["eps_u"]
-        m_l = self.diff.q_sample(self.diff.to_m0(y_l), t_l, eps_l)
-        teacher_sup = _sup_loss(self.teacher(m_l, xa_l, t_l.to(dev)), y_l)
-        pm = (pa + pb) / 2
+        # (on the first half of each batch: the teacher is the dearer network)
+        h = max(1, y_l.shape[0] // 2)
+        t_l, eps_l, t_u, eps_u = batch["t_l"][:h], batch["eps_l"][:h], batch["t_u"][:h], batch["eps_u"][:h]
+        m_l = self.diff.q_sample(self.diff.to_m0(y_l[:h]), t_l, eps_l)
+        teacher_sup = _sup_loss(self.teacher(m_l, xa_l[:h], t_l.to(dev)), y_l[:h])
+        pm = (pa[:h] + pb[:h]) / 2
         y_c = pm.argmax(1)
-        agree = ((pa.argmax(1) == pb.argmax(1)) & (pm.amax(1) > pr.consensus_threshold)).float()
+        agree = ((pa[:h].argmax(1) == pb[:h].argmax(1)) & (pm.amax(1) > pr.consensus_threshold)).float()
         m_u = self.diff.q_sample(self.diff.to_m0(y_c), t_u, eps_u)
-        teacher_unsup = _weighted_ce(self.teacher(m_u, xa_u, t_u.to(dev)), y_c, agree)
+        teacher_unsup = _weighted_ce(self.teacher(m_u, xa_u[:h], t_u.to(dev)), y_c, agree)
         loss = (
             sup
             + ramp * (pr.unsup_weight * pseudo + pr.cps_weight * cps)
