@@ -28,6 +28,7 @@ class Preset:
     pretrain_pixel_entropy_weight: float = 0.1
     # Stage B: the teacher as a mask diffusion model on labeled images (warm-up before co-training).
     teacher_steps: int = 300
+    recycle_prob: float = 0.5  # share of teacher samples that start from its own estimate (refinement)
     # Stage C: co-training (and the baselines, which get the same number of student iterations).
     cotrain_steps: int = 600
     unsup_weight: float = 1.0

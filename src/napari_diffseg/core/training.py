@@ -237,6 +237,46 @@ def pretrain_teacher(
 # ------------------------------------------------------------------------------------------------
 # Stage B: the teacher as a mask diffusion model on labeled images
 # ------------------------------------------------------------------------------------------------
+def recycled_start(
+    f: nn.Module,
+    diff: MaskDiffusion,
+    m0: torch.Tensor,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    gen: torch.Generator,
+    prob: float,
+    t_max_frac: float = 0.7,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace a random part of the batch's clean masks by the teacher's own one-step estimate.
+
+    Chained rounds (and later DDIM steps) re-noise the teacher's *own* previous estimate, not a ground
+    truth; trained only on noised ground truth, a denoiser learns to trust the noisy mask at small t
+    and so copies its own mistakes. With probability ``prob`` a sample instead starts from the
+    teacher's detached one-step prediction, noised to t ~ U(0.1, t_max_frac)·T, and must still output
+    the true mask: the teacher learns to *refine*, which is what rounds r > 1 ask of it.
+    Returns the (possibly replaced) m0 and t.
+    """
+    b = m0.shape[0]
+    if prob <= 0:
+        return m0, t
+    pick = torch.rand(b, generator=gen) < prob
+    if not bool(pick.any()):
+        return m0, t
+    dev = m0.device
+    noise = torch.randn(m0.shape, generator=gen).to(dev)
+    t_rec = (0.1 + (t_max_frac - 0.1) * torch.rand(b, generator=gen)) * diff.T
+    t_rec = t_rec.long().clamp_(0, diff.T - 1)
+    with torch.no_grad():
+        idx = pick.nonzero().flatten().to(dev)
+        t_top = torch.full((len(idx),), diff.T - 1, dtype=torch.long, device=dev)
+        with autocast(dev):
+            est = 2.0 * torch.softmax(f(noise[idx], x[idx], t_top).float(), dim=1) - 1.0
+    m0 = m0.clone()
+    m0[idx] = est.to(m0.dtype)
+    t = torch.where(pick, t_rec, t)
+    return m0, t
+
+
 def _teacher_loss(
     f: nn.Module,
     diff: MaskDiffusion,
@@ -244,11 +284,13 @@ def _teacher_loss(
     y: torch.Tensor,
     gen: torch.Generator,
     device: torch.device,
+    recycle_prob: float = 0.0,
 ) -> torch.Tensor:
     b = x.shape[0]
     t = diff.sample_timesteps(b, gen)
+    m0, t = recycled_start(f, diff, diff.to_m0(y), x, t, gen, recycle_prob)
     eps = torch.randn((b, diff.num_classes, *y.shape[-2:]), generator=gen).to(device)
-    m_t = diff.q_sample(diff.to_m0(y), t, eps)
+    m_t = diff.q_sample(m0, t, eps)
     with autocast(device):
         logits = f(m_t, x, t.to(device))
     return _sup_loss(logits, y)
@@ -292,7 +334,7 @@ def train_teacher(
         x, y = sample_patches([data.labeled_images, data.labeled_masks], idx, p, generator)
         x = intensity_jitter(x, generator, 1.0)
         x, y = _to(device, x, y)
-        loss = _teacher_loss(f, diff, x, y, generator, device)
+        loss = _teacher_loss(f, diff, x, y, generator, device, preset.recycle_prob)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -337,7 +379,10 @@ class CoTrainModule(nn.Module):
         # (on the first half of each batch: the teacher is the dearer network)
         h = max(1, y_l.shape[0] // 2)
         t_l, eps_l, t_u, eps_u = batch["t_l"][:h], batch["eps_l"][:h], batch["t_u"][:h], batch["eps_u"][:h]
-        m_l = self.diff.q_sample(self.diff.to_m0(y_l[:h]), t_l, eps_l)
+        m0_l, t_l = recycled_start(
+            self.teacher, self.diff, self.diff.to_m0(y_l[:h]), xa_l[:h], t_l, batch["gen"], pr.recycle_prob
+        )
+        m_l = self.diff.q_sample(m0_l, t_l, eps_l)
         teacher_sup = _sup_loss(self.teacher(m_l, xa_l[:h], t_l.to(dev)), y_l[:h])
         pm = (pa[:h] + pb[:h]) / 2
         y_c = pm.argmax(1)
@@ -512,6 +557,7 @@ def cotrain(
         batch["eps_l"] = torch.randn((b, diff.num_classes, p, p), generator=generator)
         batch["eps_u"] = torch.randn((b, diff.num_classes, p, p), generator=generator)
         batch = {k: v.to(device) if k not in ("t_l", "t_u") else v for k, v in batch.items()}
+        batch["gen"] = generator
         ramp = rampup(step, loop.total, preset.rampup_frac)
         with autocast(device):
             out = step_module(batch, ramp)
