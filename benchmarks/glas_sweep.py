@@ -200,6 +200,7 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default cores / jobs)")
     ap.add_argument("--only", nargs="*", default=None, help="methods to run (default all)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument(
@@ -215,7 +216,7 @@ def main() -> None:
             for (m, f) in CONFIGS
             if (args.only is None or m in args.only) and not result_path(out, m, f, s).exists()
         ]
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
         print(f"{len(todo)} run(s) to do, {args.jobs} at a time, {threads} thread(s) each", flush=True)
         with ThreadPoolExecutor(args.jobs) as pool:
             futures = [

@@ -81,15 +81,7 @@ def evaluate_bundle(
         pred = probs.argmax(1)[0].cpu().numpy()
         m = segmentation_metrics(pred, y, bundle.spec.num_classes)
         per_image.append({"id": i, **m})
-    s = summarize(per_image)
-    return {
-        "dice_mean": s["dice_mean"],
-        "dice_std": s["dice_std"],
-        "iou_mean": s["iou_mean"],
-        "hd95_mean": s["hd95_mean"],
-        "n": s["n"],
-        "per_image": per_image,
-    }
+    return {**summarize(per_image), "per_image": per_image}
 
 
 def teacher_report(

@@ -83,15 +83,10 @@ def evaluate_folder(
         per_image.append(
             {"id": i, **segmentation_metrics(probs.argmax(0), ds.load_mask(i), bundle.spec.num_classes)}
         )
-    s = summarize(per_image)
     return {
         "model": str(model),
         "dataset": str(dataset),
         "split": split,
-        "dice_mean": s["dice_mean"],
-        "dice_std": s["dice_std"],
-        "iou_mean": s["iou_mean"],
-        "hd95_mean": s["hd95_mean"],
-        "n": s["n"],
+        **summarize(per_image),
         "per_image": per_image,
     }
