@@ -215,3 +215,21 @@ def test_loops_reject_missing_labels() -> None:
         _run(
             train_teacher(_bundle(), _data(0, 2), get_preset("tiny"), generator=torch.Generator(), device=CPU)
         )
+
+
+def test_recycled_starts_replace_masks_by_the_teachers_own_estimate() -> None:
+    from napari_diffseg.core.training import recycled_start
+
+    b = _bundle()
+    diff = b.diffusion()
+    data = _data(4, 0, size=32)
+    x = torch.stack(data.labeled_images)
+    m0 = diff.to_m0(torch.stack(data.labeled_masks))
+    t = torch.full((4,), 999)
+    same, t_same = recycled_start(b.mask_net, diff, m0, x, t, torch.Generator().manual_seed(0), prob=0.0)
+    assert same is m0 and torch.equal(t_same, t)
+    new, t_new = recycled_start(b.mask_net, diff, m0, x, t, torch.Generator().manual_seed(0), prob=1.0)
+    assert not torch.equal(new, m0)  # every sample now starts from the teacher's soft estimate
+    assert new.min() >= -1 and new.max() <= 1 and not set(new.unique().tolist()) <= {-1.0, 1.0}
+    assert ((t_new >= 100) & (t_new < 700)).all()  # refinement noise levels
+    assert all(p.grad is None for p in b.mask_net.parameters())  # no gradient through the estimate
