@@ -170,6 +170,178 @@ def sample_data(
     typer.echo(f"wrote {n_train} train + {n_test} test {kind} images with masks to {path}")
 
 
+# ------------------------------------------------------------------------------------------ project store
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, allow_nan=True))
+
+
+def _import_summary(result: Any) -> str:
+    parts = [f"{len(result.added)} new image(s)"]
+    if result.existing:
+        parts.append(f"{len(result.existing)} already in the project")
+    if result.masks_saved:
+        parts.append(f"{len(result.masks_saved)} mask(s) saved as ground truth")
+    if result.masks_skipped:
+        parts.append(
+            f"{len(result.masks_skipped)} mask(s) not saved because the image already has a different "
+            "annotation (save a correction instead)"
+        )
+    return ", ".join(parts)
+
+
+@app.command()
+def init(
+    project: Annotated[Path, typer.Argument(help="new or empty folder for the project")],
+    images: Annotated[
+        Path | None, typer.Option(help="dataset folder (images/, masks/, split.csv) or a folder of images")
+    ] = None,
+    masks: Annotated[
+        Path | None, typer.Option(help="masks folder for a plain --images folder (matched by file stem)")
+    ] = None,
+    multiclass: Annotated[
+        bool, typer.Option("--multiclass", help="keep mask label values instead of mapping >0 to 1")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Create a project and optionally import a dataset folder (or an images folder plus a masks folder)."""
+    from .project import Project, collect_paths
+    from .project.importing import load_item
+
+    if masks is not None and images is None:
+        raise _user_error("--masks needs --images: pass the images folder the masks belong to")
+    items = collect_paths([images], masks) if images is not None else []
+    for item in items:  # decode and check every file before the project is created
+        load_item(item, binary_masks=not multiclass)
+    with Project.create(project) as proj:
+        result = proj.import_items(items, binary_masks=not multiclass, validate=False) if items else None
+        counts = proj.counts()
+    if as_json:
+        _print_json({"project": str(project), **counts, "import": result.to_dict() if result else None})
+        return
+    msg = f"created project {project}"
+    if result is not None:
+        msg += f": {_import_summary(result)}"
+    typer.echo(msg)
+
+
+@app.command("import")
+def import_(
+    project: Annotated[Path, typer.Argument(help="project folder")],
+    paths: Annotated[list[Path], typer.Argument(help="image files, folders of images or dataset folders")],
+    masks: Annotated[
+        Path | None, typer.Option(help="ground-truth masks folder (matched by file stem)")
+    ] = None,
+    split: Annotated[str, typer.Option(help="split of the imported files: train, val, test...")] = "train",
+    multiclass: Annotated[
+        bool, typer.Option("--multiclass", help="keep mask label values instead of mapping >0 to 1")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Add images (and ground-truth masks) to a project; images already in it are skipped."""
+    from .project import Project
+
+    with Project.open(project) as proj:
+        result = proj.import_files(paths, masks, split=split, binary_masks=not multiclass)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    typer.echo(f"imported into {project}: {_import_summary(result)}")
+
+
+@app.command()
+def correct(
+    project: Annotated[Path, typer.Argument(help="project folder")],
+    image: Annotated[str, typer.Argument(help="image id or name (see `diffseg images`)")],
+    mask_file: Annotated[Path, typer.Argument(help="the corrected mask (PNG or TIFF, 0 = background)")],
+    replaces: Annotated[
+        int | None, typer.Option(help="version this edit started from (default: the current latest)")
+    ] = None,
+    proposal: Annotated[
+        int | None, typer.Option(help="proposal id the correction started from (records edit Dice)")
+    ] = None,
+    kind: Annotated[str, typer.Option(help="correction | ground_truth")] = "correction",
+    author: Annotated[str, typer.Option(help="who made the correction")] = "",
+    multiclass: Annotated[
+        bool, typer.Option("--multiclass", help="keep mask label values instead of mapping >0 to 1")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the new version as JSON")] = False,
+) -> None:
+    """Save a mask file as a new annotation version of an image (what the plugin's save does)."""
+    from .data.io import read_mask
+    from .project import Project
+
+    mask = read_mask(mask_file, binary=not multiclass)
+    with Project.open(project) as proj:
+        rec = proj.image(image)
+        base = replaces if replaces is not None else proj.latest_version(rec.id)
+        version = proj.save_annotation(
+            rec.id, mask, kind=kind, replaces=base, proposal_id=proposal, author=author
+        )
+        ann = proj.annotation(rec.id, version)
+    if as_json:
+        _print_json(ann.to_dict() if ann is not None else {})
+        return
+    extra = ""
+    if ann is not None and ann.edit_dice is not None:
+        extra = f" (edit Dice {ann.edit_dice:.3f}, {ann.pixels_changed} pixels changed)"
+    typer.echo(f"saved annotation version {version} of {rec.name} ({rec.id}) as {kind}{extra}")
+
+
+@app.command()
+def check(
+    project: Annotated[Path, typer.Argument(help="project folder")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Verify the database and that every file exists with its recorded hash; exit 1 if not ok."""
+    from .project import check_project
+
+    report = check_project(project)
+    if as_json:
+        _print_json(report)
+    else:
+        status = "ok" if report["ok"] else f"NOT OK ({len(report['problems'])} problem(s))"
+        typer.echo(
+            f"{project}: {status}: {report['images']} image(s), {report['annotations']} annotation "
+            f"version(s), {report['models']} model(s)"
+        )
+        for problem in report["problems"]:
+            typer.echo(f"  - {problem}")
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command("images")
+def images_(
+    project: Annotated[Path, typer.Argument(help="project folder")],
+    state: Annotated[str | None, typer.Option(help="only images in this state")] = None,
+    split: Annotated[str | None, typer.Option(help="only images in this split")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the list as JSON")] = False,
+) -> None:
+    """List a project's images: id, name, state, uncertainty, split."""
+    from .project import Project
+
+    with Project.open(project) as proj:
+        records = proj.images(state=state, split=split)
+    if as_json:
+        _print_json(
+            [
+                {"id": r.id, "name": r.name, "state": r.state, "uncertainty": r.uncertainty, "split": r.split}
+                for r in records
+            ]
+        )
+        return
+    if not records:
+        typer.echo("no images")
+        return
+    width = max(4, *(len(r.name) for r in records))
+    typer.echo(f"{'id':16}  {'name':{width}}  {'state':12}  {'uncertainty':>11}  split")
+    for r in records:
+        unc = "-" if r.uncertainty is None else f"{r.uncertainty:.4f}"
+        typer.echo(f"{r.id:16}  {r.name:{width}}  {r.state:12}  {unc:>11}  {r.split}")
+
+
 def _user_error(msg: str) -> Exception:
     from .core.errors import DiffsegError
 
@@ -181,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     from .core.errors import DiffsegError
 
     try:
-        app(args=argv, standalone_mode=False)
+        # without standalone mode, click returns (not raises) the code of a `typer.Exit(code)`
+        result = app(args=argv, standalone_mode=False)
     except DiffsegError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
@@ -196,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return 2
         raise
-    return 0
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 if __name__ == "__main__":

@@ -120,7 +120,11 @@ def _write_json(path: Path, payload: Any, what: str) -> None:
             f"cannot save {what}: it is not JSON-serialisable ({exc}); keep it to dicts, lists, str, "
             "numbers, bools and None (convert tuples/arrays/paths first)."
         ) from exc
-    _atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text + "\n", encoding="utf-8")
+
+    _atomic_write(path, write)
 
 
 def _read_json(path: Path, what: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 from .errors import ConfigError
 
@@ -75,7 +76,7 @@ class Preset:
         d["teacher_channels"] = list(self.teacher_channels)
         return d
 
-    def with_overrides(self, **kw: object) -> Preset:
+    def with_overrides(self, **kw: Any) -> Preset:
         known = {f.name for f in fields(self)}
         unknown = set(kw) - known
         if unknown:

@@ -46,5 +46,5 @@ def prepare_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Mo
     """Move to ``device``; channels-last memory format on CUDA."""
     module = module.to(device)
     if device.type == "cuda":
-        module = module.to(memory_format=torch.channels_last)
+        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return module

@@ -58,7 +58,7 @@ def _windowed(
     # A margin keeps the image's own border away from the windows' down-weighted edges.
     m = roi // 4
     padded = F.pad(inp, (m, m, m, m), mode="replicate")
-    out = sliding_window_inference(
+    out = sliding_window_inference(  # a tensor in, a tensor out
         padded,
         roi_size=(roi, roi),
         sw_batch_size=sw_batch,
@@ -66,6 +66,7 @@ def _windowed(
         overlap=overlap,
         roi_weight_map=window_weights(roi, overlap, inp.device),
     )
+    assert isinstance(out, torch.Tensor)
     return out[..., m : m + h, m : m + w]
 
 
@@ -82,16 +83,18 @@ def predict_probs(
     """Mean softmax of one or more segmentation networks over (B, C, H, W) → (B, K, H, W)."""
     dev = next(nets[0].parameters()).device
     xp, (h, w) = pad_to_multiple(x.to(dev), multiple)
-    total = None
+    total = torch.zeros(())
     for net in nets:
         was_training = net.training
         net.eval()
+
+        def fn(t: torch.Tensor, net: nn.Module = net) -> torch.Tensor:
+            return net(t).float()
+
         with autocast(dev):
-            logits = _windowed(lambda t, net=net: net(t).float(), xp, roi, sw_batch, overlap)
-        p = torch.softmax(logits.float(), dim=1)
-        total = p if total is None else total + p
+            logits = _windowed(fn, xp, roi, sw_batch, overlap)
+        total = total + torch.softmax(logits.float(), dim=1)
         net.train(was_training)
-    assert total is not None
     return (total / len(nets))[..., :h, :w]
 
 

@@ -7,7 +7,10 @@ prediction that ``predict`` and ``evaluate`` use.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -18,6 +21,7 @@ from .networks import CondUNet, NetConfig, StudentNet, build_image_denoiser, bui
 
 __all__ = ["METHODS", "ModelBundle", "ModelSpec"]
 
+T = TypeVar("T")
 METHODS = ("diffseg", "supervised", "mean-teacher", "cps")
 
 
@@ -68,7 +72,7 @@ class ModelSpec:
             ) from exc
 
 
-def _seeded(seed: int, build):  # type: ignore[no-untyped-def]
+def _seeded(seed: int, build: Callable[[], T]) -> T:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
@@ -139,7 +143,9 @@ class ModelBundle:
         return [self.nets[n] for n in self.deploy]
 
 
-def save_bundle(bundle: ModelBundle, directory, *, extra: dict | None = None, metrics: dict | None = None):  # type: ignore[no-untyped-def]
+def save_bundle(
+    bundle: ModelBundle, directory: str | Path, *, extra: dict | None = None, metrics: dict | None = None
+) -> Path:
     """Write weights (safetensors), config.json (spec + ``extra``) and metrics.json to ``directory``."""
     from .checkpoint import save_model
 
@@ -147,7 +153,7 @@ def save_bundle(bundle: ModelBundle, directory, *, extra: dict | None = None, me
     return save_model(directory, bundle.nets, config, metrics)
 
 
-def load_bundle(directory, device: torch.device | None = None) -> tuple[ModelBundle, dict, dict]:  # type: ignore[no-untyped-def]
+def load_bundle(directory: str | Path, device: torch.device | None = None) -> tuple[ModelBundle, dict, dict]:
     """Rebuild a bundle from a model folder; returns (bundle, config, metrics)."""
     from .checkpoint import load_into, load_model_files
 

@@ -359,7 +359,9 @@ class CoTrainModule(nn.Module):
         self.diff = bundle.diffusion()
         self.preset = preset
 
-    def forward(self, batch: dict[str, torch.Tensor], ramp: float) -> dict[str, torch.Tensor]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], ramp: float, gen: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         pr = self.preset
         xa_l, xb_l, y_l = batch["xa_l"], batch["xb_l"], batch["y_l"]
         xa_u, xb_u = batch["xa_u"], batch["xb_u"]
@@ -380,7 +382,7 @@ class CoTrainModule(nn.Module):
         h = max(1, y_l.shape[0] // 2)
         t_l, eps_l, t_u, eps_u = batch["t_l"][:h], batch["eps_l"][:h], batch["t_u"][:h], batch["eps_u"][:h]
         m0_l, t_l = recycled_start(
-            self.teacher, self.diff, self.diff.to_m0(y_l[:h]), xa_l[:h], t_l, batch["gen"], pr.recycle_prob
+            self.teacher, self.diff, self.diff.to_m0(y_l[:h]), xa_l[:h], t_l, gen, pr.recycle_prob
         )
         m_l = self.diff.q_sample(m0_l, t_l, eps_l)
         teacher_sup = _sup_loss(self.teacher(m_l, xa_l[:h], t_l.to(dev)), y_l[:h])
@@ -557,10 +559,9 @@ def cotrain(
         batch["eps_l"] = torch.randn((b, diff.num_classes, p, p), generator=generator)
         batch["eps_u"] = torch.randn((b, diff.num_classes, p, p), generator=generator)
         batch = {k: v.to(device) if k not in ("t_l", "t_u") else v for k, v in batch.items()}
-        batch["gen"] = generator
         ramp = rampup(step, loop.total, preset.rampup_frac)
         with autocast(device):
-            out = step_module(batch, ramp)
+            out = step_module(batch, ramp, generator)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()

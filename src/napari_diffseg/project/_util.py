@@ -1,0 +1,333 @@
+"""Validation of ids, names and arrays, content hashing and durable file helpers for the project store.
+
+Private to :mod:`napari_diffseg.project`; every failure is a :class:`DataError` that says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from napari_diffseg.core.errors import DataError
+from napari_diffseg.data.io import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    MIN_SIDE,
+    atomic_write_bytes,
+)
+from napari_diffseg.data.io import _check_dtype as _io_check_dtype
+from napari_diffseg.data.io import _load as _io_load
+
+IMAGE_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+"""An image id: 16 lowercase hex digits."""
+SAFE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+"""Model ids, job kinds and other ids used as file or folder names."""
+MAX_NAME_LENGTH = 200
+MAX_LABEL = 2**32 - 1
+_PROB_TOLERANCE = 1e-3
+_CHUNK = 1 << 20
+
+
+# ------------------------------------------------------------------------------------------ ids and names
+
+
+def check_safe_id(value: object, what: str) -> str:
+    """Return ``value`` if it is a safe id (``[A-Za-z0-9_-]``, 1-128 characters), else raise DataError."""
+    if not isinstance(value, str) or not SAFE_ID_RE.match(value):
+        raise DataError(
+            f"invalid {what} {value!r}: use 1 to 128 letters, digits, '_' or '-' (no '/', '..', spaces or "
+            "absolute paths)."
+        )
+    return value
+
+
+def check_name(value: object, what: str = "image name") -> str:
+    """Return a valid image name: non-empty, at most 200 characters, no path pieces or control characters.
+
+    Raises:
+        DataError: Empty, too long, contains ``/``, ``\\``, ``..``, a control character, or starts with ``.``.
+    """
+    if not isinstance(value, str):
+        raise DataError(f"invalid {what} {value!r}: it must be a string.")
+    bad = (
+        not value.strip()
+        or len(value) > MAX_NAME_LENGTH
+        or "/" in value
+        or "\\" in value
+        or ".." in value
+        or value.startswith(".")
+        or value != value.strip()
+        or any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
+    )
+    if bad:
+        raise DataError(
+            f"invalid {what} {value!r}: a name must be 1 to {MAX_NAME_LENGTH} printable characters without "
+            "'/', '\\', '..', a leading '.' or surrounding spaces. Rename the file or pass another name."
+        )
+    return value
+
+
+# ------------------------------------------------------------------------------------------ hashing
+
+
+def content_id(arr: np.ndarray) -> str:
+    """Image id: first 16 hex digits of sha256 over dtype name, shape and the C-order bytes of ``arr``."""
+    a = np.ascontiguousarray(arr)
+    h = hashlib.sha256()
+    h.update(f"{a.dtype.name}|{'x'.join(str(s) for s in a.shape)}|".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ TIFF files
+
+
+def tiff_bytes(arr: np.ndarray) -> bytes:
+    """Encode ``arr`` (any shape, numeric dtype) as a zlib-compressed TIFF; deterministic for equal input."""
+    buf = io.BytesIO()
+    tifffile.imwrite(
+        buf,
+        np.ascontiguousarray(arr),
+        photometric="minisblack",
+        compression="zlib",
+        compressionargs={"level": 6},
+    )
+    return buf.getvalue()
+
+
+def read_tiff(path: Path, what: str) -> np.ndarray:
+    """Read a TIFF written by :func:`tiff_bytes`; a missing or unreadable file is a DataError."""
+    try:
+        return np.asarray(tifffile.imread(path))
+    except FileNotFoundError as exc:
+        raise DataError(
+            f"the {what} file {path} is missing: the project is damaged; run `diffseg check` on it."
+        ) from exc
+    except Exception as exc:
+        raise DataError(
+            f"cannot read the {what} file {path} ({type(exc).__name__}: {exc}): the project is damaged; run "
+            "`diffseg check` on it."
+        ) from exc
+
+
+# ------------------------------------------------------------------------------------------ arrays
+
+
+def _native(arr: np.ndarray) -> np.ndarray:
+    """C-contiguous, native byte order, bool → uint8."""
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return np.ascontiguousarray(arr)
+
+
+def _check_pixels(chw: np.ndarray, what: str, max_pixels: int) -> np.ndarray:
+    """Final checks on a ``(C, H, W)`` image: dtype, channels (alpha dropped), size, finite values."""
+    if not (
+        chw.dtype == np.bool_ or np.issubdtype(chw.dtype, np.integer) or np.issubdtype(chw.dtype, np.floating)
+    ):
+        raise DataError(
+            f"{what}: pixel type {chw.dtype} is not supported; use integer or floating-point pixels."
+        )
+    c, h, w = chw.shape
+    if c == 4:
+        chw = chw[:3]  # alpha carries no image information
+    elif c not in (1, 3):
+        raise DataError(
+            f"{what}: {c} channels (shape {chw.shape}); napari-diffseg needs grey (1 channel) or RGB (3, "
+            "optionally with alpha)."
+        )
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise DataError(f"{what}: {h}x{w} pixels is smaller than the minimum of {MIN_SIDE} on a side.")
+    if h * w > max_pixels:
+        raise DataError(f"{what}: {h}x{w} pixels is more than the limit of {max_pixels}; crop or tile it.")
+    if np.issubdtype(chw.dtype, np.floating):
+        bad = int(chw.size - np.count_nonzero(np.isfinite(chw)))
+        if bad:
+            raise DataError(f"{what}: {bad} pixel(s) are NaN or infinite; replace them (e.g. with 0) first.")
+    return _native(chw)
+
+
+def read_raw_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as ``(C, H, W)`` in its stored dtype (bool → uint8, alpha dropped).
+
+    Uses the same file checks and layout rules as :func:`napari_diffseg.data.io.read_image`, which converts
+    to float32; the project keeps the original dtype.
+
+    Raises:
+        DataError: Everything :func:`~napari_diffseg.data.io.read_image` refuses.
+    """
+    chw = _io_load(path, "image", IMAGE_EXTENSIONS, max_pixels)
+    _io_check_dtype(chw, Path(path), "image")
+    return _check_pixels(chw, f"Cannot use image {path}", max_pixels)
+
+
+def image_from_array(array: object, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Validate an in-memory image and return it as ``(C, H, W)``.
+
+    Accepted layouts: ``(H, W)``; ``(H, W, C)`` with ``C`` in {1, 3, 4} (napari RGB layers); ``(C, H, W)``;
+    leading singleton axes are dropped. The channel axis is the one of size at most 4 while the other is
+    larger.
+
+    Raises:
+        DataError: Not a numeric array, not 2D, ambiguous channels, too small or large, NaN / infinite values.
+    """
+    what = f"Cannot import array {name!r}"
+    try:
+        arr = np.asarray(array)
+    except Exception as exc:
+        raise DataError(f"{what}: it is not an array ({type(array).__name__}).") from exc
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        chw = arr[np.newaxis]
+    elif arr.ndim == 3:
+        first_small, last_small = arr.shape[0] <= 4, arr.shape[2] <= 4
+        if first_small and not last_small:
+            chw = arr
+        elif last_small and not first_small:
+            chw = np.moveaxis(arr, 2, 0)
+        else:
+            raise DataError(
+                f"{what}: shape {arr.shape} is not a 2D image with a channel axis of 1, 3 or 4 first or last."
+            )
+    else:
+        raise DataError(f"{what}: shape {arr.shape} is not a 2D image (Y, X), optionally with channels.")
+    return _check_pixels(chw, what, max_pixels)
+
+
+def check_mask(mask: object, hw: tuple[int, int], what: str) -> np.ndarray:
+    """Validate a label mask for an image of size ``hw`` and return it in the smallest unsigned dtype.
+
+    Raises:
+        DataError: Not 2D, a different (H, W), non-integer / NaN / infinite values, negative labels, or labels
+            above 2**32 - 1.
+    """
+    try:
+        m = np.asarray(mask)
+    except Exception as exc:
+        raise DataError(f"{what}: the mask is not an array ({type(mask).__name__}).") from exc
+    if m.ndim != 2:
+        raise DataError(f"{what}: a mask must be 2D (H, W), got shape {m.shape}.")
+    if tuple(m.shape) != tuple(hw):
+        raise DataError(
+            f"{what}: the mask is {m.shape[0]}x{m.shape[1]} but the image is {hw[0]}x{hw[1]} (H x W); a mask "
+            "must have the image's height and width."
+        )
+    if m.dtype == np.bool_:
+        return np.ascontiguousarray(m, dtype=np.uint8)
+    if np.issubdtype(m.dtype, np.floating):
+        if not np.all(np.isfinite(m)):
+            raise DataError(f"{what}: the mask holds NaN or infinite values; labels must be integers.")
+        if not np.all(m == np.round(m)):
+            raise DataError(
+                f"{what}: the mask holds non-integer values (a probability map?); threshold it to integer "
+                "labels (0 = background) first."
+            )
+    elif not np.issubdtype(m.dtype, np.integer):
+        raise DataError(f"{what}: mask dtype {m.dtype} is not supported; use integer labels.")
+    lo = m.min() if m.size else 0
+    hi = m.max() if m.size else 0
+    if lo < 0:
+        raise DataError(f"{what}: the mask holds negative labels (min {lo}); labels must be >= 0.")
+    if hi > MAX_LABEL:
+        raise DataError(f"{what}: label {hi} is too large (at most {MAX_LABEL}).")
+    dtype = np.uint8 if hi < 2**8 else np.uint16 if hi < 2**16 else np.uint32
+    return np.ascontiguousarray(m, dtype=dtype)
+
+
+def check_proposal(probs: object, uncertainty: object, hw: tuple[int, int], what: str) -> np.ndarray:
+    """Validate class probabilities ``(K, H, W)`` and an uncertainty map ``(H, W)``; return them stacked.
+
+    Returns:
+        float32 ``(K + 1, H, W)``: the K probability maps, then the uncertainty.
+
+    Raises:
+        DataError: Wrong shapes, non-float or non-finite values, probabilities outside [0, 1].
+    """
+    p = np.asarray(probs)
+    u = np.asarray(uncertainty)
+    if p.ndim != 3 or p.shape[0] < 1 or tuple(p.shape[1:]) != tuple(hw):
+        raise DataError(f"{what}: probabilities must have shape (K, {hw[0]}, {hw[1]}), got {p.shape}.")
+    if tuple(u.shape) != tuple(hw):
+        raise DataError(f"{what}: the uncertainty map must have shape {tuple(hw)}, got {u.shape}.")
+    for arr, label in ((p, "probabilities"), (u, "uncertainty")):
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise DataError(f"{what}: {label} must be floating point, got {arr.dtype}.")
+        if not np.all(np.isfinite(arr)):
+            raise DataError(f"{what}: {label} hold NaN or infinite values.")
+    if p.size and (p.min() < -_PROB_TOLERANCE or p.max() > 1 + _PROB_TOLERANCE):
+        raise DataError(f"{what}: probabilities must lie in [0, 1], found [{p.min():.3g}, {p.max():.3g}].")
+    return np.ascontiguousarray(np.concatenate([p, u[np.newaxis]], axis=0), dtype=np.float32)
+
+
+def hard_mask(probs: np.ndarray) -> np.ndarray:
+    """The label map of class probabilities ``(K, H, W)``: argmax, or ``p >= 0.5`` when ``K == 1``."""
+    if probs.shape[0] == 1:
+        return (probs[0] >= 0.5).astype(np.int64)
+    return np.argmax(probs, axis=0).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------ durable files
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a directory entry to disk (POSIX); best effort."""
+    if os.name == "nt":
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def ensure_dir(folder: Path) -> Path:
+    """Create ``folder`` (and parents) if missing, making the new entry durable."""
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        fsync_dir(folder.parent)
+    return folder
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Atomic, durable write: temporary file in the same folder, fsync, os.replace, fsync the folder."""
+    ensure_dir(path.parent)
+    atomic_write_bytes(path, data)
+
+
+def copy_tree_durable(src: Path, dst: Path) -> None:
+    """Copy a folder tree to ``dst`` (which must not exist) and fsync every copied file and folder."""
+    shutil.copytree(src, dst, symlinks=False)
+    for root, _dirs, files in os.walk(dst):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(root))
