@@ -18,6 +18,7 @@ FORBIDDEN = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui
         "napari_diffseg.core.inference",
         "napari_diffseg.data",
         "napari_diffseg.data.dataset",
+        "napari_diffseg.project",
         "napari_diffseg.experiment",
         "napari_diffseg.cli",
     ],

@@ -253,6 +253,17 @@ def _count_nonfinite(arr: np.ndarray) -> int:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def read_image_raw(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image as ``(C, H, W)`` in its *stored* dtype (no conversion, channels not yet validated).
+
+    The same file checks as :func:`read_image` (missing, empty, corrupt, too large, unsupported pixel
+    type); used by the project store, which keeps each image's original dtype.
+    """
+    arr = _load(path, "image", IMAGE_EXTENSIONS, max_pixels)
+    _check_dtype(arr, Path(path), "image")
+    return arr
+
+
 def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read a 2D grey or RGB image as raw float32 intensities of shape ``(C, H, W)``, ``C`` in ``{1, 3}``.
 

@@ -19,12 +19,10 @@ import tifffile
 from napari_diffseg.core.errors import DataError
 from napari_diffseg.data.io import (
     DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
     MIN_SIDE,
     atomic_write_bytes,
+    read_image_raw,
 )
-from napari_diffseg.data.io import _check_dtype as _io_check_dtype
-from napari_diffseg.data.io import _load as _io_load
 
 IMAGE_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 """An image id: 16 lowercase hex digits."""
@@ -180,8 +178,7 @@ def read_raw_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
     Raises:
         DataError: Everything :func:`~napari_diffseg.data.io.read_image` refuses.
     """
-    chw = _io_load(path, "image", IMAGE_EXTENSIONS, max_pixels)
-    _io_check_dtype(chw, Path(path), "image")
+    chw = read_image_raw(path, max_pixels=max_pixels)
     return _check_pixels(chw, f"Cannot use image {path}", max_pixels)
 
 

@@ -819,8 +819,9 @@ class Project:
                     detail = "it has no annotation yet: save with replaces=None"
                 else:
                     detail = f"its latest version is {latest}"
+                edits = "a first annotation" if replaces is None else f"an edit of version {replaces}"
                 raise StaleVersionError(
-                    f"image {rec.name!r} ({rec.id}): this save replaces version {replaces} but {detail}. "
+                    f"image {rec.name!r} ({rec.id}): this save is {edits} but {detail}. "
                     "Reload the latest annotation, re-apply your edits and save again.",
                     current=latest,
                     image_id=rec.id,
@@ -1256,17 +1257,18 @@ class Project:
                 for image_id, name, sha in conn.execute(
                     "SELECT id, name, file_sha256 FROM images ORDER BY name"
                 ):
-                    bad_id = not IMAGE_ID_RE.match(image_id)
-                    if bad_id:
+                    counts["images"] += 1
+                    if not IMAGE_ID_RE.match(image_id):
                         problems.append(f"image {name!r}: invalid id {image_id!r}")
                         continue
                     files.append((f"image {name!r} ({image_id})", self._image_path(image_id), sha))
-                    counts["images"] += 1
                 for image_id, version, sha in conn.execute(
                     "SELECT image_id, version, file_sha256 FROM annotations ORDER BY image_id, version"
                 ):
                     counts["annotations"] += 1
-                    if IMAGE_ID_RE.match(image_id):
+                    if not IMAGE_ID_RE.match(image_id):
+                        problems.append(f"annotation v{version}: invalid image id {image_id!r}")
+                    else:
                         files.append(
                             (
                                 f"annotation v{version} of image {image_id}",
