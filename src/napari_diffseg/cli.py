@@ -342,6 +342,91 @@ def images_(
         typer.echo(f"{r.id:16}  {r.name:{width}}  {r.state:12}  {unc:>11}  {r.split}")
 
 
+def _run_job(project: Path, kind: str, params: dict, quiet: bool, as_json: bool) -> None:
+    from .backend.jobs import execute_job, start_job
+    from .project import Project
+
+    with Project.open(project) as proj:
+        job_id = start_job(proj, kind, params)
+    bars = _Bars(enabled=not quiet and not as_json)
+    try:
+        state = execute_job(project, job_id, report=bars)
+    finally:
+        bars.close()
+    with Project.open(project) as proj:
+        active = proj.active_model()
+        job = proj.job(job_id)
+    summary = {
+        "job": job_id,
+        "kind": kind,
+        "state": state,
+        "active_model": active.id if active else None,
+        "error": job.error,
+    }
+    if as_json:
+        _print_json(summary)
+    else:
+        typer.echo(f"job {job_id} ({kind}): {state}; active model: {summary['active_model']}")
+    if state != "done":
+        raise typer.Exit(1)
+
+
+@app.command()
+def pretrain(
+    project: Annotated[Path, typer.Argument(help="project folder")],
+    preset: Annotated[str, typer.Option(help="tiny | cpu | gpu")] = "cpu",
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+) -> None:
+    """Unsupervised teacher pretraining (cycle) on the project's training images; saves model round 0."""
+    _threads(threads)
+    _run_job(project, "pretrain", {"preset": preset, "seed": seed, "device": device}, quiet, as_json)
+
+
+@app.command()
+def propose(
+    project: Annotated[Path, typer.Argument(help="project folder")],
+    ids: Annotated[
+        list[str] | None, typer.Option("--ids", help="image ids or names (default: all unreviewed)")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="DDIM steps S")] = None,
+    samples: Annotated[int | None, typer.Option(help="samples E per image")] = None,
+    rounds: Annotated[int | None, typer.Option(help="chained rounds R")] = None,
+    preset: Annotated[str, typer.Option(help="defaults for S, E, R and tiling")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+) -> None:
+    """Teacher pseudo-labels with uncertainty for images, from the active model."""
+    _threads(threads)
+    params: dict[str, Any] = {"preset": preset, "device": device}
+    for k, v in (("ids", ids), ("steps", steps), ("samples", samples), ("rounds", rounds)):
+        if v:
+            params[k] = v
+    _run_job(project, "propose", params, quiet, as_json)
+
+
+@app.command()
+def cotrain(
+    project: Annotated[Path, typer.Argument(help="project folder")],
+    rounds: Annotated[int, typer.Option(help="co-training rounds")] = 1,
+    preset: Annotated[str, typer.Option(help="tiny | cpu | gpu")] = "cpu",
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+) -> None:
+    """Co-training round(s): teacher + twin students on annotations, unlabeled images and pseudo-labels."""
+    _threads(threads)
+    params = {"rounds": rounds, "preset": preset, "seed": seed, "device": device}
+    _run_job(project, "cotrain", params, quiet, as_json)
+
+
 def _user_error(msg: str) -> Exception:
     from .core.errors import DiffsegError
 

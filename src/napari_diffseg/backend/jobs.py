@@ -1,0 +1,365 @@
+"""Jobs on a project: teacher pretraining, proposals, co-training rounds.
+
+``execute_job(root, job_id)`` runs one job recorded in the project store: it marks it running, feeds
+every core event into the job's event log (so any client, now or after a reconnect, sees the history),
+honours a cancel file (``jobs/<id>/cancel``) and checkpoints into ``jobs/<id>/`` so that a cancelled,
+failed or killed job resumes where it stopped when executed again. The CLI runs jobs in-process; the
+backend service runs the same function in a child process.
+
+Only ``train``-split images (and never ``test*`` images) are used for training; labeled images are
+those with an annotation (ground truth or a human correction; corrections weigh more).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.config import Preset, get_preset
+from ..core.device import choose_device
+from ..core.diffusion import SamplerConfig
+from ..core.errors import Cancelled, ConfigError, DiffsegError
+from ..core.events import CancelToken, Event
+from ..core.inference import predict_probs, propose
+from ..core.metrics import segmentation_metrics, summarize
+from ..core.models import ModelBundle, ModelSpec, load_bundle, save_bundle
+from ..core.training import TrainData, cotrain, pretrain_teacher, train_teacher
+from ..data.io import match_channels, normalize_image
+from ..project import Project
+
+__all__ = ["JOB_KINDS", "JobFailed", "execute_job", "start_job"]
+
+JOB_KINDS = ("pretrain", "propose", "cotrain")
+Reporter = Callable[[Event], None]
+
+
+class JobFailed(DiffsegError):
+    """A job stopped with an error; the message says which job and why."""
+
+
+def start_job(project: Project, kind: str, params: dict[str, Any] | None = None) -> int:
+    """Validate parameters and record a queued job; returns its id."""
+    if kind not in JOB_KINDS:
+        raise ConfigError(f"unknown job kind {kind!r}; choose one of {', '.join(JOB_KINDS)}")
+    params = dict(params or {})
+    get_preset(params.get("preset", "cpu"))  # fail early on a bad preset
+    return project.create_job(kind, params)
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+def _channels(project: Project) -> int:
+    return 3 if any(r.channels >= 3 for r in project.images()) else 1
+
+
+def _tensor(project: Project, image_id: str, channels: int) -> torch.Tensor:
+    raw = project.load_image(image_id).astype(np.float32)
+    return torch.from_numpy(normalize_image(match_channels(raw, channels)))
+
+
+def _training_data(project: Project, channels: int, preset: Preset) -> tuple[TrainData, dict[str, int]]:
+    labeled_x, labeled_y, weights, unlabeled = [], [], [], []
+    for rec in project.images(split="train"):
+        if rec.state == "excluded":
+            continue
+        ann = project.annotation(rec.id)
+        x = _tensor(project, rec.id, channels)
+        if ann is not None:
+            mask = project.load_annotation(rec.id)
+            assert mask is not None
+            labeled_x.append(x)
+            labeled_y.append(torch.from_numpy(mask.astype(np.int64)))
+            weights.append(preset.correction_weight if ann.kind == "correction" else 1.0)
+        else:
+            unlabeled.append(x)
+    counts = {"labeled": len(labeled_x), "unlabeled": len(unlabeled)}
+    return TrainData(labeled_x, labeled_y, weights, unlabeled), counts
+
+
+def _num_classes(project: Project) -> int:
+    k = 2
+    for rec in project.images():
+        ann = project.annotation(rec.id)
+        if ann is not None:
+            k = max(k, int(ann.labels) + 1 if ann.labels else 2)
+    return k
+
+
+def _new_model_id(project: Project, job_id: int, what: str) -> str:
+    base = f"{what}-job{job_id}"
+    taken = {m.id for m in project.models()}
+    mid, n = base, 1
+    while mid in taken or project.model_dir(mid).exists():
+        n += 1
+        mid = f"{base}-{n}"
+    return mid
+
+
+def _save_model(
+    project: Project, bundle: ModelBundle, mid: str, *, round: int, preset: Preset, metrics: dict
+) -> str:
+    save_bundle(
+        bundle, project.model_dir(mid), extra={"preset": preset.to_dict(), "round": round}, metrics=metrics
+    )
+    project.register_model(mid, round=round, method=bundle.spec.method, metrics=metrics)
+    project.set_active_model(mid)
+    return mid
+
+
+def _load_active(project: Project, device: torch.device) -> tuple[ModelBundle, str, int] | None:
+    active = project.active_model()
+    if active is None:
+        return None
+    bundle, _, _ = load_bundle(project.model_dir(active.id), device)
+    if not bundle.has_teacher:
+        raise ConfigError(
+            f"the active model {active.id!r} has no diffusion teacher; activate a diffseg model"
+        )
+    return bundle, active.id, active.round
+
+
+# ------------------------------------------------------------------------------------------------
+# the three job kinds (generators of core events)
+# ------------------------------------------------------------------------------------------------
+def _pretrain(project: Project, job_id: int, params: dict, cancel: CancelToken) -> Iterator[Event]:
+    preset = get_preset(params.get("preset", "cpu"))
+    seed = int(params.get("seed", 0))
+    dev = choose_device(params.get("device", "auto"))
+    channels = _channels(project)
+    images = [
+        _tensor(project, r.id, channels) for r in project.images(split="train") if r.state != "excluded"
+    ]
+    if not images:
+        raise ConfigError("the project has no training images; import some first (diffseg import)")
+    spec = ModelSpec(
+        "diffseg",
+        channels,
+        _num_classes(project),
+        preset.student_channels,
+        preset.teacher_channels,
+        preset.emb_dim,
+    )
+    bundle = ModelBundle(spec, seed=seed).to(dev)
+    gen = torch.Generator().manual_seed(seed)
+    jd = project.job_dir(job_id)
+    yield from pretrain_teacher(
+        bundle,
+        images,
+        preset,
+        generator=gen,
+        device=dev,
+        cancel=cancel,
+        checkpoint=jd / "pretrain.safetensors",
+    )
+    mid = _save_model(
+        project,
+        bundle,
+        _new_model_id(project, job_id, "pretrained"),
+        round=0,
+        preset=preset,
+        metrics={"stage": "pretrain", "images": len(images)},
+    )
+    yield Event("log", "pretrain", message=f"saved model {mid} (round 0) and made it active")
+
+
+def _propose(project: Project, job_id: int, params: dict, cancel: CancelToken) -> Iterator[Event]:
+    dev = choose_device(params.get("device", "auto"))
+    loaded = _load_active(project, dev)
+    if loaded is None:
+        raise ConfigError("the project has no model yet; run pretraining or a co-training round first")
+    bundle, mid, _ = loaded
+    pr = get_preset(params.get("preset", "cpu"))
+    cfg = SamplerConfig(
+        steps=int(params.get("steps", pr.ddim_steps)),
+        samples=int(params.get("samples", pr.samples)),
+        rounds=int(params.get("rounds", pr.rounds)),
+    )
+    ids = params.get("ids")
+    if ids:
+        records = [project.image(i) for i in ids]
+    else:
+        records = [
+            r
+            for r in project.images()
+            if r.state in ("unlabeled", "proposed") and not r.split.startswith("test")
+        ]
+    seed = int(params.get("seed", 0))
+    diff = bundle.diffusion()
+    for n, rec in enumerate(records):
+        cancel.raise_if_cancelled("proposals")
+        x = _tensor(project, rec.id, bundle.spec.in_channels)
+        prop = propose(
+            bundle.mask_net,
+            diff,
+            x[None],
+            cfg,
+            torch.Generator().manual_seed(seed * 100_003 + n),
+            multiple=bundle.spec.multiple,
+            roi=pr.roi_size,
+            sw_batch=pr.sw_batch_size,
+        )
+        project.save_proposal(mid, rec.id, prop.probs[0].cpu().numpy(), prop.uncertainty[0].cpu().numpy())
+        yield Event(
+            "progress",
+            "propose",
+            n + 1,
+            len(records),
+            metrics={"uncertainty": float(prop.uncertainty.mean())},
+            message=rec.id,
+        )
+
+
+def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[str, float]:
+    per = []
+    for rec in project.images(split="val"):
+        mask = project.load_annotation(rec.id)
+        if mask is None:
+            continue
+        x = _tensor(project, rec.id, bundle.spec.in_channels)
+        probs = predict_probs(bundle.deployed(), x[None], multiple=bundle.spec.multiple, roi=preset.roi_size)
+        per.append(segmentation_metrics(probs.argmax(1)[0].cpu().numpy(), mask, bundle.spec.num_classes))
+    if not per:
+        return {}
+    s = summarize(per)
+    return {"val_dice": float(s["dice_mean"]), "val_iou": float(s["iou_mean"]), "val_n": int(s["n"])}
+
+
+def _cotrain(project: Project, job_id: int, params: dict, cancel: CancelToken) -> Iterator[Event]:
+    preset = get_preset(params.get("preset", "cpu"))
+    rounds = int(params.get("rounds", 1))
+    seed = int(params.get("seed", 0))
+    dev = choose_device(params.get("device", "auto"))
+    if rounds < 1:
+        raise ConfigError("--rounds must be >= 1")
+    jd = project.job_dir(job_id)
+    base_file = jd / "base.json"
+    # The model a job starts from is fixed at its first start, so a resumed job repeats nothing.
+    if base_file.exists():
+        base = json.loads(base_file.read_text())
+    else:
+        active = project.active_model()
+        base = {"model": active.id if active else None, "round": active.round if active else 0}
+        base_file.write_text(json.dumps(base))
+    channels = _channels(project)
+    data, counts = _training_data(project, channels, preset)
+    if counts["labeled"] == 0:
+        raise ConfigError(
+            "co-training needs at least one annotated image; correct a proposal or import masks"
+        )
+    yield Event(
+        "log", "cotrain", message=f"{counts['labeled']} labeled, {counts['unlabeled']} unlabeled images"
+    )
+    prev = base["model"]
+    for r in range(1, rounds + 1):
+        round_no = int(base["round"]) + r
+        done_id = f"round{round_no}-job{job_id}"
+        if done_id in {m.id for m in project.models()}:
+            prev = done_id  # finished before an interruption
+            continue
+        if prev is not None:
+            bundle, _, _ = load_bundle(project.model_dir(prev), dev)
+            if not bundle.has_teacher:
+                raise ConfigError(f"model {prev!r} has no diffusion teacher; activate a diffseg model first")
+        else:
+            spec = ModelSpec(
+                "diffseg",
+                channels,
+                _num_classes(project),
+                preset.student_channels,
+                preset.teacher_channels,
+                preset.emb_dim,
+            )
+            bundle = ModelBundle(spec, seed=seed).to(dev)
+            yield from pretrain_teacher(
+                bundle,
+                data.all_images,
+                preset,
+                generator=torch.Generator().manual_seed(seed),
+                device=dev,
+                cancel=cancel,
+                checkpoint=jd / "pretrain.safetensors",
+            )
+        for net in bundle.nets.values():
+            net.train()
+        gen = torch.Generator().manual_seed(seed * 1000 + round_no)
+        yield from train_teacher(
+            bundle,
+            data,
+            preset,
+            generator=gen,
+            device=dev,
+            cancel=cancel,
+            checkpoint=jd / f"round{round_no}_teacher.safetensors",
+        )
+        yield from cotrain(
+            bundle,
+            data,
+            preset,
+            generator=gen,
+            seed=seed * 1000 + round_no,
+            device=dev,
+            cancel=cancel,
+            checkpoint=jd / f"round{round_no}_cotrain.safetensors",
+        )
+        metrics = {"round": round_no, **counts, **_val_metrics(project, bundle, preset)}
+        prev = _save_model(project, bundle, done_id, round=round_no, preset=preset, metrics=metrics)
+        yield Event(
+            "metrics",
+            "cotrain",
+            r,
+            rounds,
+            metrics={k: float(v) for k, v in metrics.items()},
+            message=f"saved model {prev} (round {round_no}) and made it active",
+        )
+
+
+_RUNNERS = {"pretrain": _pretrain, "propose": _propose, "cotrain": _cotrain}
+
+
+def execute_job(
+    root: str | Path, job_id: int, *, report: Reporter | None = None, cancel: CancelToken | None = None
+) -> str:
+    """Run job ``job_id`` of the project at ``root`` to its end; returns its final state.
+
+    Our own errors mark the job failed and are re-raised as ``JobFailed`` (cause chained); anything
+    else is recorded the same way with its type name.
+    """
+    with Project.open(root) as project:
+        job = project.job(job_id)
+        if job.state == "done":
+            return "done"
+        if job.kind not in _RUNNERS:
+            raise ConfigError(f"job {job_id} has unknown kind {job.kind!r}")
+        token = cancel or CancelToken(project.job_dir(job_id) / "cancel")
+        if token.path is not None and token.path.exists():
+            token.path.unlink()  # a resumed job starts un-cancelled
+        project.set_job_state(job_id, "running", pid=os.getpid())
+        try:
+            for ev in _RUNNERS[job.kind](project, job_id, dict(job.params), token):
+                # progress events come at most ~4 per second; all of them are kept
+                project.append_event(job_id, ev.to_dict())
+                if report is not None:
+                    report(ev)
+        except Cancelled as exc:
+            project.append_event(job_id, Event("log", job.kind, message=str(exc)).to_dict())
+            project.set_job_state(job_id, "cancelled", error=str(exc))
+            return "cancelled"
+        except DiffsegError as exc:
+            project.append_event(job_id, Event("error", job.kind, message=str(exc)).to_dict())
+            project.set_job_state(job_id, "failed", error=str(exc))
+            raise JobFailed(f"job {job_id} ({job.kind}) failed: {exc}") from exc
+        except Exception as exc:
+            msg = f"{type(exc).__name__}: {exc}"
+            project.append_event(job_id, Event("error", job.kind, message=msg).to_dict())
+            project.set_job_state(job_id, "failed", error=msg)
+            raise JobFailed(f"job {job_id} ({job.kind}) failed unexpectedly: {msg}") from exc
+        project.append_event(job_id, Event("done", job.kind, message="finished").to_dict())
+        project.set_job_state(job_id, "done")
+        return "done"

@@ -1,0 +1,115 @@
+"""Project jobs (pretrain / propose / cotrain) run on the store, persist events, cancel and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_diffseg.backend.jobs import JobFailed, execute_job, start_job
+from napari_diffseg.cli import main
+from napari_diffseg.core.errors import ConfigError
+from napari_diffseg.core.events import CancelToken
+from napari_diffseg.data.io import read_mask
+from napari_diffseg.project import Project
+
+
+@pytest.fixture
+def project(tmp_path: Path, synth_dataset: Path) -> Path:
+    root = tmp_path / "proj"
+    with Project.create(root) as p:
+        for img in sorted((synth_dataset / "images").glob("train_*.png"))[:6]:
+            p.import_files([img])
+        for name in ("train_000", "train_001"):
+            mask = read_mask(synth_dataset / "masks" / f"{name}.png")
+            p.save_annotation(name, mask, kind="correction", replaces=None)
+        test_img = sorted((synth_dataset / "images").glob("test_*.png"))[0]
+        p.import_files([test_img], split="test")
+    return root
+
+
+def _run(p: Path, kind: str, **params) -> tuple[int, str]:
+    with Project.open(p) as proj:
+        job = start_job(proj, kind, {"preset": "tiny", **params})
+    return job, execute_job(p, job)
+
+
+def test_pretrain_propose_cotrain_loop(project: Path) -> None:
+    job, state = _run(project, "pretrain")
+    assert state == "done"
+    with Project.open(project) as p:
+        assert p.active_model().round == 0
+        events = p.events(job)
+        assert events[-1].data["kind"] == "done"
+        assert any(e.data["kind"] == "progress" and e.data["phase"] == "pretrain" for e in events)
+    _, state = _run(project, "propose")
+    assert state == "done"
+    with Project.open(project) as p:
+        proposed = [r for r in p.images() if r.state == "proposed"]
+        assert len(proposed) == 4  # the unlabeled train images; never the test image
+        assert all(r.split == "train" and 0.0 <= r.uncertainty <= 1.0 for r in proposed)
+        nxt = p.next_image()
+        assert nxt is not None and nxt.uncertainty == max(r.uncertainty for r in proposed)
+    _, state = _run(project, "cotrain", rounds=2)
+    assert state == "done"
+    with Project.open(project) as p:
+        active = p.active_model()
+        assert active.round == 2 and active.metrics["labeled"] == 2 and active.metrics["unlabeled"] == 4
+        assert p.check()["ok"]
+
+
+def test_cancelled_cotrain_resumes_to_done(project: Path) -> None:
+    with Project.open(project) as p:
+        job = start_job(p, "cotrain", {"preset": "tiny"})
+    token = CancelToken(Path(project) / "jobs" / str(job) / "cancel")
+
+    def report(ev) -> None:
+        if ev.phase == "cotrain" and ev.kind == "progress" and ev.step >= 2:
+            token.cancel()
+
+    assert execute_job(project, job, report=report, cancel=token) == "cancelled"
+    with Project.open(project) as p:
+        assert p.job(job).state == "cancelled"
+        assert p.active_model() is None
+    assert execute_job(project, job) == "done"  # resumes from its checkpoints
+    with Project.open(project) as p:
+        assert p.active_model().id == f"round1-job{job}"
+
+
+def test_job_errors_are_recorded(project: Path) -> None:
+    with Project.open(project) as p:
+        job = start_job(p, "propose", {"preset": "tiny"})
+    with pytest.raises(JobFailed, match="no model yet"):
+        execute_job(project, job)
+    with Project.open(project) as p:
+        assert p.job(job).state == "failed"
+        assert "no model" in (p.job(job).error or "")
+        assert p.events(job)[-1].data["kind"] == "error"
+    with Project.open(project) as p, pytest.raises(ConfigError):
+        start_job(p, "dance", {})
+
+
+def test_cli_job_commands(capsys, project: Path) -> None:
+    assert main(["pretrain", str(project), "--preset", "tiny", "-q"]) == 0
+    assert (
+        main(["propose", str(project), "--preset", "tiny", "--ids", "train_002", "--steps", "2", "-q"]) == 0
+    )
+    capsys.readouterr()
+    assert main(["cotrain", str(project), "--preset", "tiny", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["state"] == "done" and out["active_model"].startswith("round1")
+    with Project.open(project) as p:
+        rec, probs, unc = p.proposal("train_002")
+        assert rec.model_id.startswith("pretrained")
+        assert probs.shape[0] == 2 and np.isfinite(unc).all()
+
+
+def test_cli_cotrain_without_labels_fails_cleanly(capsys, tmp_path: Path, synth_dataset: Path) -> None:
+    root = tmp_path / "p"
+    with Project.create(root) as p:
+        p.import_files(sorted((synth_dataset / "images").glob("train_*.png"))[:2])
+    rc = main(["cotrain", str(root), "--preset", "tiny", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "annotated image" in err and "Traceback" not in err
