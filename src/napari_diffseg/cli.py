@@ -427,6 +427,60 @@ def cotrain(
     _run_job(project, "cotrain", params, quiet, as_json)
 
 
+@app.command()
+def serve(
+    project: Annotated[Path, typer.Argument(help="project folder")],
+    host: Annotated[
+        str, typer.Option(help="address to listen on; anything but loopback needs a token")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DIFFSEG_TOKEN",
+            help="require 'Authorization: Bearer TOKEN' (>= 16 characters); prefer the DIFFSEG_TOKEN "
+            "variable, which other users cannot see in the process list",
+        ),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="largest accepted upload, in MiB")] = 256.0,
+    max_pixels: Annotated[int, typer.Option(help="largest accepted H*W of an uploaded image")] = 2**26,
+    jobs: Annotated[
+        bool, typer.Option("--jobs/--no-jobs", help="run queued jobs (--no-jobs: only queue them)")
+    ] = True,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+) -> None:
+    """Run the training backend (HTTP API under /api/v1, OpenAPI at /openapi.json) for a project."""
+    from .backend.app import check_token, is_loopback
+    from .backend.app import serve as run_server
+
+    if max_upload_mb <= 0:
+        raise _user_error("--max-upload-mb must be positive")
+    if token is None and not is_loopback(host):
+        raise _user_error(
+            f"refusing to listen on {host} without a token: anyone who can reach it could read and change "
+            "the project. Pass --token (or set DIFFSEG_TOKEN), or listen on 127.0.0.1"
+        )
+    check_token(token)
+    from .project import Project
+
+    Project.open(project).close()  # a bad folder fails here, before the banner
+    typer.echo(
+        f"serving {project} on http://{host}:{port}/api/v1 "
+        f"({'token required' if token else 'no token: this machine only'}); Ctrl-C stops",
+        err=True,
+    )
+    run_server(
+        project,
+        host=host,
+        port=port,
+        token=token,
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        max_pixels=max_pixels,
+        run_jobs=jobs,
+        log_level=log_level,
+    )
+
+
 def _user_error(msg: str) -> Exception:
     from .core.errors import DiffsegError
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.config import Preset, get_preset
+from ..core.config import Preset
 from ..core.device import choose_device
 from ..core.diffusion import SamplerConfig
 from ..core.errors import Cancelled, ConfigError, DiffsegError
@@ -30,12 +30,12 @@ from ..core.inference import predict_probs, propose
 from ..core.metrics import segmentation_metrics, summarize
 from ..core.models import ModelBundle, ModelSpec, load_bundle, save_bundle
 from ..core.training import TrainData, cotrain, pretrain_teacher, train_teacher
-from ..data.io import match_channels, normalize_image
+from ..data.io import atomic_write_bytes, match_channels, normalize_image
 from ..project import Project
+from .params import JOB_KINDS, preset_for, validate_params
 
 __all__ = ["JOB_KINDS", "JobFailed", "execute_job", "start_job"]
 
-JOB_KINDS = ("pretrain", "propose", "cotrain")
 Reporter = Callable[[Event], None]
 
 
@@ -44,12 +44,9 @@ class JobFailed(DiffsegError):
 
 
 def start_job(project: Project, kind: str, params: dict[str, Any] | None = None) -> int:
-    """Validate parameters and record a queued job; returns its id."""
-    if kind not in JOB_KINDS:
-        raise ConfigError(f"unknown job kind {kind!r}; choose one of {', '.join(JOB_KINDS)}")
-    params = dict(params or {})
-    get_preset(params.get("preset", "cpu"))  # fail early on a bad preset
-    return project.create_job(kind, params)
+    """Validate parameters (see :mod:`.params`; ``params["overrides"]`` adjusts the preset) and record a
+    queued job; returns its id."""
+    return project.create_job(kind, validate_params(kind, params))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -64,21 +61,40 @@ def _tensor(project: Project, image_id: str, channels: int) -> torch.Tensor:
     return torch.from_numpy(normalize_image(match_channels(raw, channels)))
 
 
-def _training_data(project: Project, channels: int, preset: Preset) -> tuple[TrainData, dict[str, int]]:
+def _training_data(
+    project: Project, channels: int, preset: Preset, manifest: Path | None = None
+) -> tuple[TrainData, dict[str, int]]:
+    """The training images and the annotation version of each labeled one.
+
+    With ``manifest`` (``jobs/<id>/data.json``) the choice is written at a job's first start and read back
+    when it resumes, so a resumed job trains on exactly the data its checkpoints were made with, even if
+    annotations were saved in between (they count from the next job on).
+    """
+    if manifest is not None and manifest.exists():
+        entries = [
+            (str(i), None if v is None else int(v)) for i, v in json.loads(manifest.read_text())["images"]
+        ]
+    else:
+        entries = []
+        for rec in project.images(split="train"):
+            if rec.state == "excluded":
+                continue
+            ann = project.annotation(rec.id)
+            entries.append((rec.id, None if ann is None else ann.version))
+        if manifest is not None:
+            atomic_write_bytes(manifest, json.dumps({"images": entries}).encode())
     labeled_x, labeled_y, weights, unlabeled = [], [], [], []
-    for rec in project.images(split="train"):
-        if rec.state == "excluded":
-            continue
-        ann = project.annotation(rec.id)
-        x = _tensor(project, rec.id, channels)
-        if ann is not None:
-            mask = project.load_annotation(rec.id)
-            assert mask is not None
-            labeled_x.append(x)
-            labeled_y.append(torch.from_numpy(mask.astype(np.int64)))
-            weights.append(preset.correction_weight if ann.kind == "correction" else 1.0)
-        else:
+    for image_id, version in entries:
+        x = _tensor(project, image_id, channels)
+        if version is None:
             unlabeled.append(x)
+            continue
+        ann = project.annotation(image_id, version)
+        mask = project.load_annotation(image_id, version)
+        assert ann is not None and mask is not None
+        labeled_x.append(x)
+        labeled_y.append(torch.from_numpy(mask.astype(np.int64)))
+        weights.append(preset.correction_weight if ann.kind == "correction" else 1.0)
     counts = {"labeled": len(labeled_x), "unlabeled": len(unlabeled)}
     return TrainData(labeled_x, labeled_y, weights, unlabeled), counts
 
@@ -129,7 +145,7 @@ def _load_active(project: Project, device: torch.device) -> tuple[ModelBundle, s
 # the three job kinds (generators of core events)
 # ------------------------------------------------------------------------------------------------
 def _pretrain(project: Project, job_id: int, params: dict, cancel: CancelToken) -> Iterator[Event]:
-    preset = get_preset(params.get("preset", "cpu"))
+    preset = preset_for(params)
     seed = int(params.get("seed", 0))
     dev = choose_device(params.get("device", "auto"))
     channels = _channels(project)
@@ -175,7 +191,7 @@ def _propose(project: Project, job_id: int, params: dict, cancel: CancelToken) -
     if loaded is None:
         raise ConfigError("the project has no model yet; run pretraining or a co-training round first")
     bundle, mid, _ = loaded
-    pr = get_preset(params.get("preset", "cpu"))
+    pr = preset_for(params)
     cfg = SamplerConfig(
         steps=int(params.get("steps", pr.ddim_steps)),
         samples=int(params.get("samples", pr.samples)),
@@ -232,7 +248,7 @@ def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[
 
 
 def _cotrain(project: Project, job_id: int, params: dict, cancel: CancelToken) -> Iterator[Event]:
-    preset = get_preset(params.get("preset", "cpu"))
+    preset = preset_for(params)
     rounds = int(params.get("rounds", 1))
     seed = int(params.get("seed", 0))
     dev = choose_device(params.get("device", "auto"))
@@ -248,7 +264,7 @@ def _cotrain(project: Project, job_id: int, params: dict, cancel: CancelToken) -
         base = {"model": active.id if active else None, "round": active.round if active else 0}
         base_file.write_text(json.dumps(base))
     channels = _channels(project)
-    data, counts = _training_data(project, channels, preset)
+    data, counts = _training_data(project, channels, preset, jd / "data.json")
     if counts["labeled"] == 0:
         raise ConfigError(
             "co-training needs at least one annotated image; correct a proposal or import masks"

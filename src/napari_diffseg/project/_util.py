@@ -328,3 +328,25 @@ def copy_tree_durable(src: Path, dst: Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(Path(root))
+
+
+def edit_stats(proposed: np.ndarray, corrected: np.ndarray) -> tuple[float, int]:
+    """Edit Dice (mean foreground Dice over the labels present, both empty → 1) and pixels changed.
+
+    numpy only (a confusion matrix by ``bincount``): the store must not pull torch into the server
+    just to score a save.
+    """
+    p = proposed.astype(np.int64, copy=False).ravel()
+    t = corrected.astype(np.int64, copy=False).ravel()
+    changed = int(np.count_nonzero(p != t))
+    k = int(max(p.max(initial=0), t.max(initial=0))) + 1
+    if k < 2:
+        return 1.0, changed
+    conf = np.bincount(p * k + t, minlength=k * k).reshape(k, k)
+    dices = []
+    for c in range(1, k):
+        tp = conf[c, c]
+        denom = conf[c, :].sum() + conf[:, c].sum()
+        if denom > 0:
+            dices.append(2.0 * tp / denom)
+    return (float(np.mean(dices)) if dices else 1.0), changed

@@ -48,6 +48,7 @@ from napari_diffseg.project._util import (
     check_safe_id,
     content_id,
     copy_tree_durable,
+    edit_stats,
     ensure_dir,
     hard_mask,
     image_from_array,
@@ -806,11 +807,7 @@ class Project:
                     f"proposal {proposal_id} is for image {prop.image_id}, not {rec.name!r} ({rec.id}): pass "
                     "the proposal the correction started from."
                 )
-            from napari_diffseg.core.metrics import edit_dice, pixels_changed
-
-            proposed = hard_mask(probs)
-            edit = float(edit_dice(proposed, m.astype(np.int64)))
-            changed = int(pixels_changed(proposed, m.astype(np.int64)))
+            edit, changed = edit_stats(hard_mask(probs), m)
         data = tiff_bytes(m)
         with self._write() as tx:
             latest = self._latest(tx.conn, rec.id)

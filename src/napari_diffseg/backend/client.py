@@ -1,0 +1,400 @@
+"""The Python client of the backend (httpx): what the napari plugin and the CLI use.
+
+::
+
+    with DiffsegClient("http://127.0.0.1:8765", token=None) as client:
+        image = client.upload_image(array, name="cells-01")
+        pixels = client.image_pixels(image["id"])
+        saved = client.save_annotation(image["id"], mask, replaces=None)
+        job = client.start_job("cotrain", {"preset": "tiny"})
+        for event in client.stream_events(job["id"]):
+            print(event["data"]["kind"], event["data"].get("step"))
+
+Records come back as dicts (the JSON of the API's models, see ``/openapi.json``), pixels as numpy arrays.
+Failures raise :mod:`napari_diffseg.backend.errors` exceptions: :class:`BackendUnavailable` (not
+reachable, after ``retries`` attempts with backoff), :class:`AuthError` (401), :class:`StaleAnnotation`
+(409 on a save, with ``.current``), :class:`BackendError` (anything else, with ``.status`` and the server's
+message). Requests that may have changed something (POST) are retried only when the connection could not
+be made at all, so a save is never applied twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+
+from napari_diffseg.backend import codec
+from napari_diffseg.backend.errors import AuthError, BackendError, BackendUnavailable, StaleAnnotation
+
+__all__ = ["DiffsegClient"]
+
+Record = dict[str, Any]
+ArrayOrPath = np.ndarray | str | os.PathLike[str]
+_API = "/api/v1"
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+_IDEMPOTENT = ("GET", "HEAD")
+_TERMINAL = ("done", "failed", "cancelled", "interrupted")
+
+
+class DiffsegClient:
+    """A connection to one backend.
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8765`` (``/api/v1`` is added).
+        token: The backend's token, sent as ``Authorization: Bearer``.
+        timeout: Seconds to wait for a connection and for each read.
+        retries: Extra attempts after a connection failure (backoff 0.25 s, 0.5 s, 1 s...).
+    """
+
+    def __init__(
+        self, base_url: str, token: str | None = None, timeout: float = 30, retries: int = 3
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retries = max(0, int(retries))
+        self.timeout = timeout
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url + _API, headers=headers, timeout=timeout)
+
+    # -------------------------------------------------------------------------------------- plumbing
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> DiffsegClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DiffsegClient({self.base_url!r})"
+
+    @staticmethod
+    def _raise_for(resp: httpx.Response) -> None:
+        if resp.status_code < 400:
+            return
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        message = str(body.get("detail") or resp.reason_phrase or "error")
+        code = body.get("code")
+        if resp.status_code in (401, 403):
+            raise AuthError(resp.status_code, message, code)
+        if resp.status_code == 409 and code == "stale_annotation":
+            raise StaleAnnotation(resp.status_code, message, code, body.get("current"))
+        raise BackendError(resp.status_code, message, code)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send a request, retrying connection failures (and, for GET, dropped connections and 503)."""
+        attempt = 0
+        while True:
+            try:
+                resp = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                retryable = isinstance(exc, _NOT_SENT) or method in _IDEMPOTENT
+                if not retryable or attempt >= self.retries:
+                    raise BackendUnavailable(
+                        0,
+                        f"cannot reach the diffseg backend at {self.base_url} ({type(exc).__name__}: {exc}); "
+                        "is `diffseg serve` running there?",
+                    ) from exc
+            else:
+                if not (resp.status_code == 503 and method in _IDEMPOTENT and attempt < self.retries):
+                    self._raise_for(resp)
+                    return resp
+            time.sleep(min(2.0, 0.25 * 2**attempt))
+            attempt += 1
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    @staticmethod
+    def _array(resp: httpx.Response) -> np.ndarray:
+        arr = codec.from_npy(resp.content, "the backend's response")
+        shape = resp.headers.get("X-Shape")
+        if shape is not None and shape != ",".join(str(s) for s in arr.shape):
+            raise BackendError(resp.status_code, f"the response holds shape {arr.shape} but says {shape}")
+        return arr
+
+    @staticmethod
+    def _body(data: ArrayOrPath) -> tuple[bytes, str]:
+        if isinstance(data, np.ndarray):
+            return codec.to_npy(data), codec.NPY
+        path = Path(data)
+        return path.read_bytes(), codec.media_type_for(path)
+
+    # -------------------------------------------------------------------------------------- project
+
+    def health(self) -> Record:
+        """``{"status": "ok", "version", "jobs_running", "jobs_queued"}``."""
+        return self._json("GET", "/health")  # type: ignore[no-any-return]
+
+    def project(self) -> Record:
+        """Counts, schema version, images per state, active model, upload limits."""
+        return self._json("GET", "/project")  # type: ignore[no-any-return]
+
+    # -------------------------------------------------------------------------------------- images
+
+    def images(self, state: str | None = None, split: str | None = None) -> list[Record]:
+        """Every image (optionally of one state / split) with state, uncertainty, last edit Dice."""
+        params = {k: v for k, v in (("state", state), ("split", split)) if v is not None}
+        return self._json("GET", "/images", params=params)  # type: ignore[no-any-return]
+
+    def image(self, ref: str) -> Record:
+        """One image by id or unique name."""
+        return self._json("GET", f"/images/{_ref(ref)}")  # type: ignore[no-any-return]
+
+    def upload_image(self, image: ArrayOrPath, name: str | None = None, split: str = "train") -> Record:
+        """Upload an array or a .npy/.tif/.png file; returns ``{"image": {...}, "added": bool}``."""
+        if name is None:
+            if isinstance(image, np.ndarray):
+                raise ValueError("pass a name for an uploaded array")
+            name = Path(image).stem
+        content, media = self._body(image)
+        return self._json(  # type: ignore[no-any-return]
+            "POST",
+            "/images",
+            params={"name": name, "split": split},
+            content=content,
+            headers={"Content-Type": media},
+        )
+
+    def image_pixels(self, ref: str) -> np.ndarray:
+        """The stored pixels ``(C, H, W)`` in their original dtype."""
+        return self._array(self._request("GET", f"/images/{_ref(ref)}/pixels"))
+
+    def next_image(self, split: str | None = None) -> Record | None:
+        """The image to review next (highest uncertainty), or None when every image is reviewed."""
+        resp = self._request("GET", "/next", params={"split": split} if split else None)
+        return None if resp.status_code == 204 else resp.json()
+
+    # -------------------------------------------------------------------------------------- annotations
+
+    def annotations(self, ref: str) -> list[Record]:
+        """Every annotation version of an image, oldest first."""
+        return self._json("GET", f"/images/{_ref(ref)}/annotations")  # type: ignore[no-any-return]
+
+    def annotation_pixels(self, ref: str, version: int | None = None) -> np.ndarray | None:
+        """One version's label mask (default: the latest); None when the image has no annotation."""
+        if version is None:
+            versions = self.annotations(ref)
+            if not versions:
+                return None
+            version = int(versions[-1]["version"])
+        return self._array(self._request("GET", f"/images/{_ref(ref)}/annotations/{int(version)}/pixels"))
+
+    def save_annotation(
+        self,
+        ref: str,
+        mask: ArrayOrPath,
+        *,
+        replaces: int | None,
+        kind: str = "correction",
+        proposal_id: int | None = None,
+        author: str = "",
+    ) -> Record:
+        """Save a new annotation version; returns ``{"version", "annotation"}``.
+
+        Raises:
+            StaleAnnotation: ``replaces`` is not the latest version any more (``.current`` says which is).
+        """
+        content, media = self._body(mask)
+        params: dict[str, Any] = {"kind": kind, "author": author}
+        if replaces is not None:
+            params["replaces"] = int(replaces)
+        if proposal_id is not None:
+            params["proposal_id"] = int(proposal_id)
+        return self._json(  # type: ignore[no-any-return]
+            "POST",
+            f"/images/{_ref(ref)}/annotations",
+            params=params,
+            content=content,
+            headers={"Content-Type": media},
+        )
+
+    # -------------------------------------------------------------------------------------- proposals
+
+    def proposal(self, ref: str, model_id: str | None = None) -> Record | None:
+        """The latest proposal's record for an image, or None when it has none."""
+        try:
+            return self._json(  # type: ignore[no-any-return]
+                "GET", f"/images/{_ref(ref)}/proposal", params={"model_id": model_id} if model_id else None
+            )
+        except BackendError as exc:
+            if exc.code == "no_proposal":
+                return None
+            raise
+
+    def proposal_pixels(self, ref: str, part: str = "mask", model_id: str | None = None) -> np.ndarray:
+        """``probs`` (K, H, W) float32, ``uncertainty`` (H, W) float32 or ``mask`` (H, W) of the latest proposal."""
+        params: dict[str, str] = {"part": part}
+        if model_id:
+            params["model_id"] = model_id
+        return self._array(self._request("GET", f"/images/{_ref(ref)}/proposal/pixels", params=params))
+
+    def request_proposals(
+        self,
+        ids: list[str] | None = None,
+        *,
+        steps: int | None = None,
+        samples: int | None = None,
+        rounds: int | None = None,
+        preset: str | None = None,
+        seed: int | None = None,
+        device: str | None = None,
+    ) -> Record:
+        """Start a ``propose`` job (default: every unreviewed image); returns the job."""
+        body = {
+            k: v
+            for k, v in (
+                ("ids", ids),
+                ("steps", steps),
+                ("samples", samples),
+                ("rounds", rounds),
+                ("preset", preset),
+                ("seed", seed),
+                ("device", device),
+            )
+            if v is not None
+        }
+        return self._json("POST", "/proposals", json=body)  # type: ignore[no-any-return]
+
+    # -------------------------------------------------------------------------------------- jobs
+
+    def start_job(self, kind: str, params: dict[str, Any] | None = None) -> Record:
+        """Queue a ``pretrain`` / ``propose`` / ``cotrain`` job; returns it (state ``queued``)."""
+        return self._json("POST", "/jobs", json={"kind": kind, "params": params or {}})  # type: ignore[no-any-return]
+
+    def jobs(self, state: str | None = None) -> list[Record]:
+        """Every job, oldest first."""
+        return self._json("GET", "/jobs", params={"state": state} if state else None)  # type: ignore[no-any-return]
+
+    def job(self, job_id: int) -> Record:
+        """One job."""
+        return self._json("GET", f"/jobs/{int(job_id)}")  # type: ignore[no-any-return]
+
+    def events(self, job_id: int, since: int = 0, limit: int | None = None) -> Record:
+        """``{"job", "events", "next"}``: events after the cursor ``since``; poll again with ``since=next``."""
+        params: dict[str, int] = {"since": int(since)}
+        if limit is not None:
+            params["limit"] = int(limit)
+        return self._json("GET", f"/jobs/{int(job_id)}/events", params=params)  # type: ignore[no-any-return]
+
+    def stream_events(self, job_id: int, since: int = 0) -> Iterator[Record]:
+        """Yield a job's events (``{"job_id", "seq", "time", "data"}``) as they happen, starting after
+        ``since``; returns when the job has ended. A dropped stream is reopened where it stopped."""
+        cursor = int(since)
+        attempt = 0
+        while True:
+            try:
+                with self._http.stream(
+                    "GET",
+                    f"/jobs/{int(job_id)}/stream",
+                    params={"since": cursor},
+                    timeout=httpx.Timeout(self.timeout, read=max(60.0, self.timeout)),
+                ) as resp:
+                    if resp.status_code >= 400:
+                        resp.read()
+                        self._raise_for(resp)
+                    for name, data in _parse_sse(resp.iter_lines()):
+                        attempt = 0
+                        if name == "end":
+                            return
+                        if name == "job":
+                            cursor = int(data["seq"])
+                            yield data
+                problem, cause = "the server closed the stream before the job ended", None
+            except httpx.TransportError as exc:
+                problem, cause = f"{type(exc).__name__}: {exc}", exc
+            if attempt >= self.retries:
+                raise BackendUnavailable(
+                    0, f"lost the event stream of job {job_id} from {self.base_url} ({problem})"
+                ) from cause
+            time.sleep(min(2.0, 0.25 * 2**attempt))
+            attempt += 1
+
+    def wait(self, job_id: int, timeout: float | None = None, poll: float = 0.5) -> Record:
+        """Poll until a job has ended; returns its record.
+
+        Raises:
+            TimeoutError: It did not end within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["state"] in _TERMINAL:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job['state']} after {timeout} s")
+            time.sleep(poll)
+
+    def cancel_job(self, job_id: int) -> Record:
+        """Cancel a job (a running one stops at its next step); returns it."""
+        return self._json("POST", f"/jobs/{int(job_id)}/cancel")  # type: ignore[no-any-return]
+
+    def resume_job(self, job_id: int) -> Record:
+        """Queue a cancelled, failed or interrupted job again; returns it."""
+        return self._json("POST", f"/jobs/{int(job_id)}/resume")  # type: ignore[no-any-return]
+
+    # -------------------------------------------------------------------------------------- models
+
+    def models(self) -> list[Record]:
+        """Every model with its metrics, oldest first."""
+        return self._json("GET", "/models")  # type: ignore[no-any-return]
+
+    def model(self, model_id: str) -> Record:
+        """One model."""
+        return self._json("GET", f"/models/{_ref(model_id)}")  # type: ignore[no-any-return]
+
+    def activate_model(self, model_id: str) -> Record:
+        """Make a model the active one; returns it."""
+        return self._json("POST", f"/models/{_ref(model_id)}/activate")  # type: ignore[no-any-return]
+
+    def download_weights(self, model_id: str, dest: str | os.PathLike[str]) -> Path:
+        """Save a model's ``weights.safetensors`` to ``dest`` (a file, or a folder to put it in)."""
+        target = Path(dest)
+        if target.is_dir():
+            target = target / "weights.safetensors"
+        content = self._request("GET", f"/models/{_ref(model_id)}/weights").content
+        from napari_diffseg.data.io import atomic_write_bytes
+
+        return atomic_write_bytes(target, content)
+
+
+def _ref(value: str) -> str:
+    """A path segment: refuse separators and dot segments instead of letting them change the URL."""
+    text = str(value)
+    if not text or "/" in text or "\\" in text or text in (".", "..") or "?" in text or "#" in text:
+        raise BackendError(0, f"invalid id or name {value!r}: it must not contain '/', '\\', '?' or '#'.")
+    return quote(text, safe="")
+
+
+def _parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
+    """Parse server-sent events into ``(event name, decoded JSON data)``."""
+    name, data = "message", []
+    for line in lines:
+        if not line:
+            if data:
+                yield name, json.loads("\n".join(data))
+            name, data = "message", []
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
