@@ -30,6 +30,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -83,6 +84,12 @@ from napari_diffseg.project.schema import (
 )
 
 __all__ = ["DB_NAME", "SUBDIRS", "Project", "check_project"]
+
+# Hard masks of recently read proposals, shared by every Project of this process and keyed by
+# (project, proposal id, file hash): scoring a correction against the proposal it started from then
+# needs no TIFF decode, since the annotator has just fetched that proposal through the same server.
+_MASK_CACHE: OrderedDict[tuple[str, int, str], np.ndarray] = OrderedDict()
+_MASK_CACHE_LOCK = threading.Lock()
 
 PathLike = str | os.PathLike[str]
 ImageRef = str | ImageRecord
@@ -801,13 +808,13 @@ class Project:
         if proposal_id is not None:
             if isinstance(proposal_id, bool) or not isinstance(proposal_id, int):
                 raise DataError(f"proposal_id must be an integer, got {proposal_id!r}.")
-            prop, probs, _unc = self._load_proposal_by_id(proposal_id)
+            prop, proposed = self._proposal_hard_mask(proposal_id)
             if prop.image_id != rec.id:
                 raise DataError(
                     f"proposal {proposal_id} is for image {prop.image_id}, not {rec.name!r} ({rec.id}): pass "
                     "the proposal the correction started from."
                 )
-            edit, changed = edit_stats(hard_mask(probs), m)
+            edit, changed = edit_stats(proposed, m)
         data = tiff_bytes(m)
         with self._write() as tx:
             latest = self._latest(tx.conn, rec.id)
@@ -959,6 +966,30 @@ class Project:
             )
         return arr[:-1].astype(np.float32), arr[-1].astype(np.float32)
 
+    def _mask_key(self, prop: ProposalRecord) -> tuple[str, int, str]:
+        return (str(self._root), prop.id, prop.file_sha256)
+
+    def _remember_mask(self, prop: ProposalRecord, probs: np.ndarray) -> np.ndarray:
+        mask = hard_mask(probs)
+        with _MASK_CACHE_LOCK:
+            _MASK_CACHE[self._mask_key(prop)] = mask
+            while len(_MASK_CACHE) > 16:
+                _MASK_CACHE.popitem(last=False)
+        return mask
+
+    def _proposal_hard_mask(self, proposal_id: int) -> tuple[ProposalRecord, np.ndarray]:
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_PROP_COLS} FROM proposals WHERE id = ?", (proposal_id,)).fetchone()
+        if row is None:
+            raise DataError(f"there is no proposal {proposal_id} in project {self._root}.")
+        prop = _proposal(row)
+        with _MASK_CACHE_LOCK:
+            cached = _MASK_CACHE.get(self._mask_key(prop))
+        if cached is not None:
+            return prop, cached
+        probs, _ = self._load_proposal_file(prop)
+        return prop, self._remember_mask(prop, probs)
+
     def _load_proposal_by_id(self, proposal_id: int) -> tuple[ProposalRecord, np.ndarray, np.ndarray]:
         with self._read() as conn:
             row = conn.execute(f"SELECT {_PROP_COLS} FROM proposals WHERE id = ?", (proposal_id,)).fetchone()
@@ -978,6 +1009,7 @@ class Project:
             return None
         prop = found[-1]
         probs, unc = self._load_proposal_file(prop)
+        self._remember_mask(prop, probs)
         return prop, probs, unc
 
     # -------------------------------------------------------------------------------------- models
