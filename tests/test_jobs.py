@@ -114,3 +114,26 @@ def test_cli_cotrain_without_labels_fails_cleanly(capsys, tmp_path: Path, synth_
     rc = main(["cotrain", str(root), "--preset", "tiny", "-q"])
     err = capsys.readouterr().err
     assert rc == 2 and "annotated image" in err and "Traceback" not in err
+
+
+def test_cotrain_job_on_two_processes_under_torchrun(capsys, project: Path) -> None:
+    """`--nproc 2`: the same worker the backend launches, two gloo ranks, DDP co-training."""
+    rc = main(["cotrain", str(project), "--preset", "tiny", "--nproc", "2", "--device", "cpu", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["state"] == "done", out
+    with Project.open(project) as p:
+        job = p.job(out["job"])
+        assert job.params["nproc"] == 2
+        active = p.active_model()
+        assert active.id == f"round1-job{job.id}" and active.round == 1
+        steps = [
+            e.data["step"]
+            for e in p.events(job.id)
+            if e.data["kind"] == "progress" and e.data["phase"] == "cotrain"
+        ]
+        # rank 0 alone records events (a second rank writing would repeat every step)
+        assert steps and steps == sorted(set(steps))
+        assert p.events(job.id)[-1].data["kind"] == "done"
+        assert p.check()["ok"]
+    log = (project / "jobs" / str(out["job"]) / "data.json").read_text()
+    assert "images" in log

@@ -348,14 +348,25 @@ def _run_job(project: Path, kind: str, params: dict, quiet: bool, as_json: bool)
 
     with Project.open(project) as proj:
         job_id = start_job(proj, kind, params)
-    bars = _Bars(enabled=not quiet and not as_json)
-    try:
-        state = execute_job(project, job_id, report=bars)
-    finally:
-        bars.close()
+        record = proj.job(job_id)
+    if int(params.get("nproc", 1)) > 1:
+        # several processes under torchrun (DDP): the same worker the backend launches
+        import subprocess
+
+        from .backend.runner import worker_command
+
+        out = subprocess.DEVNULL if quiet or as_json else None
+        subprocess.call(worker_command(sys.executable, project, record), stdout=out, stderr=out)
+    else:
+        bars = _Bars(enabled=not quiet and not as_json)
+        try:
+            execute_job(project, job_id, report=bars)
+        finally:
+            bars.close()
     with Project.open(project) as proj:
         active = proj.active_model()
         job = proj.job(job_id)
+    state = job.state
     summary = {
         "job": job_id,
         "kind": kind,
@@ -419,11 +430,15 @@ def cotrain(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    nproc: Annotated[int, typer.Option(help="processes under torchrun (DDP): one per GPU")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
 ) -> None:
-    """Co-training round(s): teacher + twin students on annotations, unlabeled images and pseudo-labels."""
+    """Co-training round(s): teacher + twin students on annotations, unlabeled images and pseudo-labels.
+
+    ``--nproc N`` runs the round on N processes under torchrun with DDP (one per GPU; gloo on CPU).
+    """
     _threads(threads)
-    params = {"rounds": rounds, "preset": preset, "seed": seed, "device": device}
+    params = {"rounds": rounds, "preset": preset, "seed": seed, "device": device, "nproc": nproc}
     _run_job(project, "cotrain", params, quiet, as_json)
 
 

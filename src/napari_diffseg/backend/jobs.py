@@ -24,6 +24,7 @@ import torch
 from ..core.config import Preset
 from ..core.device import choose_device
 from ..core.diffusion import SamplerConfig
+from ..core.distributed import DistInfo
 from ..core.errors import Cancelled, ConfigError, DiffsegError
 from ..core.events import CancelToken, Event
 from ..core.inference import predict_probs, propose
@@ -144,7 +145,16 @@ def _load_active(project: Project, device: torch.device) -> tuple[ModelBundle, s
 # ------------------------------------------------------------------------------------------------
 # the three job kinds (generators of core events)
 # ------------------------------------------------------------------------------------------------
-def _pretrain(project: Project, job_id: int, params: dict, cancel: CancelToken) -> Iterator[Event]:
+def _barrier(dist_info: DistInfo | None) -> None:
+    if dist_info is not None and dist_info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _pretrain(
+    project: Project, job_id: int, params: dict, cancel: CancelToken, dist_info: DistInfo | None = None
+) -> Iterator[Event]:
     preset = preset_for(params)
     seed = int(params.get("seed", 0))
     dev = choose_device(params.get("device", "auto"))
@@ -185,7 +195,9 @@ def _pretrain(project: Project, job_id: int, params: dict, cancel: CancelToken) 
     yield Event("log", "pretrain", message=f"saved model {mid} (round 0) and made it active")
 
 
-def _propose(project: Project, job_id: int, params: dict, cancel: CancelToken) -> Iterator[Event]:
+def _propose(
+    project: Project, job_id: int, params: dict, cancel: CancelToken, dist_info: DistInfo | None = None
+) -> Iterator[Event]:
     dev = choose_device(params.get("device", "auto"))
     loaded = _load_active(project, dev)
     if loaded is None:
@@ -247,23 +259,31 @@ def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[
     return {"val_dice": float(s["dice_mean"]), "val_iou": float(s["iou_mean"]), "val_n": int(s["n"])}
 
 
-def _cotrain(project: Project, job_id: int, params: dict, cancel: CancelToken) -> Iterator[Event]:
+def _cotrain(
+    project: Project, job_id: int, params: dict, cancel: CancelToken, dist_info: DistInfo | None = None
+) -> Iterator[Event]:
+    """Co-training rounds. Under torchrun (``dist_info.enabled``) every rank runs this; rank 0 alone
+    writes to the project, and Stage C runs under DDP."""
     preset = preset_for(params)
     rounds = int(params.get("rounds", 1))
     seed = int(params.get("seed", 0))
-    dev = choose_device(params.get("device", "auto"))
+    distributed = dist_info is not None and dist_info.enabled
+    main = dist_info is None or dist_info.is_main
+    dev = dist_info.device if dist_info is not None else choose_device(params.get("device", "auto"))
     if rounds < 1:
         raise ConfigError("--rounds must be >= 1")
     jd = project.job_dir(job_id)
     base_file = jd / "base.json"
     # The model a job starts from is fixed at its first start, so a resumed job repeats nothing.
-    if base_file.exists():
-        base = json.loads(base_file.read_text())
-    else:
+    if main and not base_file.exists():
         active = project.active_model()
         base = {"model": active.id if active else None, "round": active.round if active else 0}
-        base_file.write_text(json.dumps(base))
+        atomic_write_bytes(base_file, json.dumps(base).encode())
     channels = _channels(project)
+    if main and not (jd / "data.json").exists():
+        _training_data(project, channels, preset, jd / "data.json")  # writes the manifest
+    _barrier(dist_info)  # every rank now reads the same base model and the same data manifest
+    base = json.loads(base_file.read_text())
     data, counts = _training_data(project, channels, preset, jd / "data.json")
     if counts["labeled"] == 0:
         raise ConfigError(
@@ -323,9 +343,13 @@ def _cotrain(project: Project, job_id: int, params: dict, cancel: CancelToken) -
             device=dev,
             cancel=cancel,
             checkpoint=jd / f"round{round_no}_cotrain.safetensors",
+            distributed=distributed,
         )
         metrics = {"round": round_no, **counts, **_val_metrics(project, bundle, preset)}
-        prev = _save_model(project, bundle, done_id, round=round_no, preset=preset, metrics=metrics)
+        if main:
+            _save_model(project, bundle, done_id, round=round_no, preset=preset, metrics=metrics)
+        _barrier(dist_info)
+        prev = done_id
         yield Event(
             "metrics",
             "cotrain",
@@ -340,13 +364,21 @@ _RUNNERS = {"pretrain": _pretrain, "propose": _propose, "cotrain": _cotrain}
 
 
 def execute_job(
-    root: str | Path, job_id: int, *, report: Reporter | None = None, cancel: CancelToken | None = None
+    root: str | Path,
+    job_id: int,
+    *,
+    report: Reporter | None = None,
+    cancel: CancelToken | None = None,
+    dist_info: DistInfo | None = None,
 ) -> str:
     """Run job ``job_id`` of the project at ``root`` to its end; returns its final state.
 
     Our own errors mark the job failed and are re-raised as ``JobFailed`` (cause chained); anything
-    else is recorded the same way with its type name.
+    else is recorded the same way with its type name. Under torchrun (``dist_info.world > 1``, a
+    ``cotrain`` job) every rank calls this; only rank 0 records state and events.
     """
+    if dist_info is not None and dist_info.enabled and not dist_info.is_main:
+        return _execute_follower(root, job_id, cancel, dist_info)
     with Project.open(root) as project:
         job = project.job(job_id)
         if job.state == "done":
@@ -358,7 +390,7 @@ def execute_job(
             token.path.unlink()  # a resumed job starts un-cancelled
         project.set_job_state(job_id, "running", pid=os.getpid())
         try:
-            for ev in _RUNNERS[job.kind](project, job_id, dict(job.params), token):
+            for ev in _RUNNERS[job.kind](project, job_id, dict(job.params), token, dist_info):
                 # progress events come at most ~4 per second; all of them are kept
                 project.append_event(job_id, ev.to_dict())
                 if report is not None:
@@ -378,4 +410,19 @@ def execute_job(
             raise JobFailed(f"job {job_id} ({job.kind}) failed unexpectedly: {msg}") from exc
         project.append_event(job_id, Event("done", job.kind, message="finished").to_dict())
         project.set_job_state(job_id, "done")
+        return "done"
+
+
+def _execute_follower(root: str | Path, job_id: int, cancel: CancelToken | None, dist_info: DistInfo) -> str:
+    """A rank > 0 of a distributed job: run the same steps, write nothing to the project."""
+    with Project.open(root) as project:
+        job = project.job(job_id)
+        if job.kind != "cotrain":
+            raise ConfigError(f"only cotrain jobs run on several processes, not {job.kind!r}")
+        token = cancel or CancelToken(project.job_dir(job_id) / "cancel")
+        try:
+            for _ in _cotrain(project, job_id, dict(job.params), token, dist_info):
+                pass
+        except Cancelled:
+            return "cancelled"
         return "done"

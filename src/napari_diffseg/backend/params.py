@@ -6,7 +6,8 @@ Light on purpose (no torch): the HTTP service validates a job request before it 
 Parameters every kind takes: ``preset`` (``tiny`` | ``cpu`` | ``gpu``), ``overrides`` (a dict of preset
 fields, e.g. ``{"cotrain_steps": 50}``, applied with :meth:`Preset.with_overrides`), ``seed`` and
 ``device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``). ``propose`` also takes ``ids`` (image
-ids or names), ``steps``, ``samples`` and ``rounds``; ``cotrain`` takes ``rounds``.
+ids or names), ``steps``, ``samples`` and ``rounds``; ``cotrain`` takes ``rounds`` and ``nproc`` (processes
+under ``torchrun``: one per GPU, or gloo processes on the CPU).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _COMMON = ("preset", "overrides", "seed", "device")
 _ALLOWED: dict[str, tuple[str, ...]] = {
     "pretrain": _COMMON,
     "propose": (*_COMMON, "ids", "steps", "samples", "rounds"),
-    "cotrain": (*_COMMON, "rounds"),
+    "cotrain": (*_COMMON, "rounds", "nproc"),
 }
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
 _LIMITS: dict[str, tuple[int, int]] = {
@@ -38,6 +39,7 @@ _LIMITS: dict[str, tuple[int, int]] = {
     "steps": (1, 1000),
     "samples": (1, 256),
     "rounds": (1, 100),
+    "nproc": (1, 64),
 }
 _MAX_IDS = 100_000
 _MAX_OVERRIDE_STEPS = 10**7

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -135,6 +136,29 @@ class _Worker:
     proc: subprocess.Popen[bytes]
     cancel_at: float | None = None
     killed: bool = False
+
+
+def worker_command(python: str, root: Path, job: JobRecord) -> list[str]:
+    """The command line of a job's worker: one process, or ``nproc`` ranks under torchrun (DDP)."""
+    nproc = int(job.params.get("nproc", 1) or 1)
+    worker = ["-m", WORKER_MODULE, str(root), str(job.id)]
+    if nproc <= 1:
+        return [python, *worker]
+    with socket.socket() as s:  # a free port for the rendezvous, on loopback only
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        *worker,
+    ]
 
 
 class JobManager:
@@ -422,7 +446,7 @@ class JobManager:
         try:
             with open(jd / "worker.log", "ab") as logfile:
                 proc = subprocess.Popen(
-                    [self.python, "-m", WORKER_MODULE, str(self.root), str(job.id)],
+                    worker_command(self.python, self.root, job),
                     stdin=subprocess.DEVNULL,
                     stdout=logfile,
                     stderr=subprocess.STDOUT,

@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Project.open(args.root) as project:
             job_dir = project.job_dir(args.job_id)
+            device = str(project.job(args.job_id).params.get("device", "auto"))
     except DiffsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -88,8 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    # launched by torchrun (a cotrain job with nproc > 1): join the process group, one rank per process
+    from napari_diffseg.core.distributed import cleanup, setup_from_env
+
+    dist_info = setup_from_env(device) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     try:
-        state = execute_job(args.root, args.job_id, cancel=token)
+        state = execute_job(args.root, args.job_id, cancel=token, dist_info=dist_info)
+        if dist_info is not None:
+            cleanup()
     except JobFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -75,6 +75,31 @@ def _weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     return (ce * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def synced_cancelled(token: CancelToken) -> bool:
+    """The token's state, agreed by every rank under torch.distributed (any rank cancelled → all stop).
+
+    Without the agreement a rank that saw a cancel file one step earlier than another would leave its
+    peers waiting forever in the next gradient all-reduce.
+    """
+    flag = token.cancelled
+    if _world()[1] > 1:
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flag = bool(t.item() > 0)
+    return flag
+
+
 class _Loop:
     """Bookkeeping shared by every loop: resume, events, checkpoints, cancellation."""
 
@@ -97,7 +122,7 @@ class _Loop:
         self.path = Path(checkpoint) if checkpoint is not None else None
         self.every = checkpoint_every
         self.ticker = Ticker()
-        self.is_main = is_main
+        self.is_main = is_main and _world()[0] == 0  # under torch.distributed only rank 0 writes
         self.tensors: dict[str, torch.Tensor] = {}
 
     def resume(self) -> int:
@@ -130,7 +155,7 @@ class _Loop:
         )
 
     def check_cancel(self, step: int) -> Iterator[Event]:
-        if self.cancel.cancelled:
+        if synced_cancelled(self.cancel):
             ev = self.save(step)
             if ev is not None:
                 yield ev
@@ -436,7 +461,7 @@ def refresh_pseudo_labels(
     ticker = Ticker()
     n = len(images)
     for i, x in enumerate(images):
-        if cancel is not None and cancel.cancelled:
+        if cancel is not None and synced_cancelled(cancel):
             raise Cancelled("pseudo-label refresh cancelled")
         key_p, key_c = f"pl_probs_{i}", f"pl_conf_{i}"
         if i % world == rank:
