@@ -109,6 +109,19 @@ def _num_classes(project: Project) -> int:
     return k
 
 
+def _new_bundle(project: Project, channels: int, preset: Preset, seed: int, dev: torch.device) -> ModelBundle:
+    """A fresh diffseg bundle (teacher + twin students) sized by the preset."""
+    spec = ModelSpec(
+        "diffseg",
+        channels,
+        _num_classes(project),
+        preset.student_channels,
+        preset.teacher_channels,
+        preset.emb_dim,
+    )
+    return ModelBundle(spec, seed=seed).to(dev)
+
+
 def _new_model_id(project: Project, job_id: int, what: str) -> str:
     base = f"{what}-job{job_id}"
     taken = {m.id for m in project.models()}
@@ -164,15 +177,7 @@ def _pretrain(
     ]
     if not images:
         raise ConfigError("the project has no training images; import some first (diffseg import)")
-    spec = ModelSpec(
-        "diffseg",
-        channels,
-        _num_classes(project),
-        preset.student_channels,
-        preset.teacher_channels,
-        preset.emb_dim,
-    )
-    bundle = ModelBundle(spec, seed=seed).to(dev)
+    bundle = _new_bundle(project, channels, preset, seed, dev)
     gen = torch.Generator().manual_seed(seed)
     jd = project.job_dir(job_id)
     yield from pretrain_teacher(
@@ -304,15 +309,7 @@ def _cotrain(
             if not bundle.has_teacher:
                 raise ConfigError(f"model {prev!r} has no diffusion teacher; activate a diffseg model first")
         else:
-            spec = ModelSpec(
-                "diffseg",
-                channels,
-                _num_classes(project),
-                preset.student_channels,
-                preset.teacher_channels,
-                preset.emb_dim,
-            )
-            bundle = ModelBundle(spec, seed=seed).to(dev)
+            bundle = _new_bundle(project, channels, preset, seed, dev)
             yield from pretrain_teacher(
                 bundle,
                 data.all_images,

@@ -371,7 +371,7 @@ def read_mask(path: PathLike, *, binary: bool = True, max_pixels: int = DEFAULT_
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Flush a directory entry to disk (POSIX); best effort, a no-op where unsupported."""
     if os.name == "nt":
         return
@@ -407,7 +407,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return dest
 
 

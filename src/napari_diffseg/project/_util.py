@@ -5,7 +5,6 @@ Private to :mod:`napari_diffseg.project`; every failure is a :class:`DataError` 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -21,6 +20,7 @@ from napari_diffseg.data.io import (
     DEFAULT_MAX_PIXELS,
     MIN_SIDE,
     atomic_write_bytes,
+    fsync_dir,
     read_image_raw,
 )
 
@@ -289,18 +289,6 @@ def hard_mask(probs: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ durable files
-
-
-def fsync_dir(folder: Path) -> None:
-    """Flush a directory entry to disk (POSIX); best effort."""
-    if os.name == "nt":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def ensure_dir(folder: Path) -> Path:
