@@ -1,0 +1,111 @@
+"""The npe2 manifest: it validates, every command it names imports, and none of them loads torch."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "monai")
+
+
+def _manifest():
+    npe2 = pytest.importorskip("npe2")
+    return npe2.PluginManifest.from_file(ROOT / "napari.yaml")
+
+
+def test_manifest_is_valid_and_shipped_in_the_package() -> None:
+    manifest = _manifest()
+    assert manifest.name == "napari-diffseg"
+    ids = {c.id for c in manifest.contributions.commands}
+    assert {
+        "napari-diffseg.project_widget",
+        "napari-diffseg.annotate_widget",
+        "napari-diffseg.train_widget",
+    } <= ids
+    packaged = ROOT / "src" / "napari_diffseg" / "napari.yaml"
+    assert packaged.resolve() == (ROOT / "napari.yaml").resolve()
+
+
+def test_every_command_imports() -> None:
+    pytest.importorskip("napari")
+    pytest.importorskip("qtpy")
+    for command in _manifest().contributions.commands:
+        module, _, attr = command.python_name.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), command.id
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "napari_diffseg._reader",
+        "napari_diffseg._writer",
+        "napari_diffseg._sample_data",
+        "napari_diffseg._widgets",
+    ],
+)
+def test_manifest_modules_load_no_torch(module: str) -> None:
+    code = (
+        f"import sys, importlib; importlib.import_module({module!r}); "
+        f"print(','.join(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"{module} imported {out.stdout.strip()}"
+
+
+def test_widget_modules_load_no_torch() -> None:
+    pytest.importorskip("napari")
+    pytest.importorskip("qtpy")
+    code = (
+        "import sys, napari_diffseg._widgets.project, napari_diffseg._widgets.annotate, "
+        "napari_diffseg._widgets.train; "
+        f"print(','.join(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_sample_data_needs_no_network_and_has_masks() -> None:
+    from napari_diffseg import _sample_data
+
+    (image, image_meta, kind), (mask, _meta, mask_kind) = _sample_data.synthetic_glands()
+    assert (kind, mask_kind) == ("image", "labels")
+    assert image.shape == (256, 256, 3) and image_meta["rgb"]
+    assert mask.shape == (256, 256) and set(np.unique(mask)) == {0, 1}
+    assert len(_sample_data.synthetic_nuclei()) == 2
+    ((ihc, meta, _),) = _sample_data.immunohistochemistry()
+    assert ihc.shape == (512, 512, 3) and meta["rgb"]
+
+
+def test_reader_opens_dataset_and_project_folders(tmp_path: Path) -> None:
+    from napari_diffseg._reader import get_reader
+    from napari_diffseg.data.synthetic import make_sample_dataset
+    from napari_diffseg.project import Project
+
+    ds = make_sample_dataset(tmp_path / "ds", n_train=2, n_test=1, size=(48, 40))
+    layers = get_reader(str(ds))(str(ds))
+    assert [kind for _, _, kind in layers] == ["image", "labels"] * 3
+    assert layers[0][0].shape == (48, 40, 3) and layers[0][1]["rgb"]
+    with Project.create(tmp_path / "proj") as project:
+        project.import_dataset(ds)
+    layers = get_reader([str(tmp_path / "proj")])(str(tmp_path / "proj"))
+    assert sum(kind == "image" for _, _, kind in layers) == 3
+    assert sum(kind == "labels" for _, _, kind in layers) == 3  # masks imported as ground truth
+    assert get_reader(str(tmp_path)) is None
+    assert get_reader(str(ds / "split.csv")) is None
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_writer_round_trips_labels(tmp_path: Path, suffix: str) -> None:
+    from napari_diffseg._writer import write_labels
+    from napari_diffseg.data.io import read_mask
+
+    labels = np.zeros((20, 30), np.int32)
+    labels[5:10, 3:20] = 2
+    (written,) = write_labels(str(tmp_path / f"m{suffix}"), labels, {})
+    assert np.array_equal(read_mask(written, binary=False), labels)
