@@ -62,6 +62,23 @@ def _tensor(project: Project, image_id: str, channels: int) -> torch.Tensor:
     return torch.from_numpy(normalize_image(match_channels(raw, channels)))
 
 
+def _data_manifest(project: Project, manifest: Path | None) -> list[tuple[str, int | None]]:
+    """(image id, annotation version or None) of every training image; written to / read from ``manifest``."""
+    if manifest is not None and manifest.exists():
+        return [
+            (str(i), None if v is None else int(v)) for i, v in json.loads(manifest.read_text())["images"]
+        ]
+    entries: list[tuple[str, int | None]] = []
+    for rec in project.images(split="train"):
+        if rec.state == "excluded":
+            continue
+        ann = project.annotation(rec.id)
+        entries.append((rec.id, None if ann is None else ann.version))
+    if manifest is not None:
+        atomic_write_bytes(manifest, json.dumps({"images": entries}).encode())
+    return entries
+
+
 def _training_data(
     project: Project, channels: int, preset: Preset, manifest: Path | None = None
 ) -> tuple[TrainData, dict[str, int]]:
@@ -71,19 +88,7 @@ def _training_data(
     when it resumes, so a resumed job trains on exactly the data its checkpoints were made with, even if
     annotations were saved in between (they count from the next job on).
     """
-    if manifest is not None and manifest.exists():
-        entries = [
-            (str(i), None if v is None else int(v)) for i, v in json.loads(manifest.read_text())["images"]
-        ]
-    else:
-        entries = []
-        for rec in project.images(split="train"):
-            if rec.state == "excluded":
-                continue
-            ann = project.annotation(rec.id)
-            entries.append((rec.id, None if ann is None else ann.version))
-        if manifest is not None:
-            atomic_write_bytes(manifest, json.dumps({"images": entries}).encode())
+    entries = _data_manifest(project, manifest)
     labeled_x, labeled_y, weights, unlabeled = [], [], [], []
     for image_id, version in entries:
         x = _tensor(project, image_id, channels)
@@ -285,8 +290,8 @@ def _cotrain(
         base = {"model": active.id if active else None, "round": active.round if active else 0}
         atomic_write_bytes(base_file, json.dumps(base).encode())
     channels = _channels(project)
-    if main and not (jd / "data.json").exists():
-        _training_data(project, channels, preset, jd / "data.json")  # writes the manifest
+    if main:
+        _data_manifest(project, jd / "data.json")  # written at the first start, read back on resume
     _barrier(dist_info)  # every rank now reads the same base model and the same data manifest
     base = json.loads(base_file.read_text())
     data, counts = _training_data(project, channels, preset, jd / "data.json")

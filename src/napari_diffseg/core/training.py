@@ -567,9 +567,11 @@ def cotrain(
         idx_l = _pick(data.labeled_weights, b, generator)
         x_l, y_l = sample_patches([data.labeled_images, data.labeled_masks], idx_l, p, generator)
         idx_u = _uniform(len(unl), b, generator)
-        probs = [cache[f"pl_probs_{i}"].float() for i in range(len(unl))]
-        confs = [cache[f"pl_conf_{i}"].float() for i in range(len(unl))]
+        # crop the cached float16 maps, convert only the batch (exact: the conversion is elementwise)
+        probs = [cache[f"pl_probs_{i}"] for i in range(len(unl))]
+        confs = [cache[f"pl_conf_{i}"] for i in range(len(unl))]
         x_u, pl_probs, pl_conf = sample_patches([list(unl), probs, confs], idx_u, p, generator)
+        pl_probs, pl_conf = pl_probs.float(), pl_conf.float()
         batch = {
             "xa_l": intensity_jitter(x_l, generator, 1.0),
             "xb_l": intensity_jitter(x_l, generator, 1.0),
