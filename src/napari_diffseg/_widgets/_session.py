@@ -10,10 +10,18 @@ from __future__ import annotations
 import subprocess
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_warning
+from napari.utils.notifications import (
+    Notification,
+    NotificationSeverity,
+    notification_manager,
+    show_error,
+    show_info,
+    show_warning,
+)
 from qtpy.QtCore import QObject, Signal
 
 from napari_diffseg.backend.errors import AuthError, BackendError, BackendUnavailable
@@ -30,26 +38,80 @@ class Session(QObject):
         client: The :class:`~napari_diffseg.backend.client.DiffsegClient`, or None before connecting.
         image: The record of the image under review (the last one opened), or None.
         server: The local ``diffseg serve`` child process this session started, if any.
+        interrupted_jobs: The jobs the backend reported ``interrupted`` when it was last connected to (a
+            backend stopped while they ran); :meth:`resume_job` continues one from its last checkpoint.
+        switch_guard: Called as ``switch_guard(proceed)`` before another image (or proposal) replaces the
+            one under review; it calls ``proceed()`` once unsaved edits are saved or discarded, or never
+            (the user cancelled). Set by the annotate widget; None: switch at once.
     """
 
     connected = Signal(object)  # the client
     image_opened = Signal(object)  # the image record
+    images_changed = Signal()  # images were imported, saved or rejected: listings are out of date
+    jobs_interrupted = Signal(object)  # the interrupted jobs found on connecting (a list of job records)
+    follow_job = Signal(int)  # a job id the train widget should follow (e.g. one just resumed)
 
     def __init__(self) -> None:
         super().__init__()
         self.client: Any = None
         self.image: dict[str, Any] | None = None
         self.server: subprocess.Popen[bytes] | None = None
+        self.switch_guard: Callable[[Callable[[], None]], None] | None = None
+        self.interrupted_jobs: list[dict[str, Any]] = []
 
     def set_client(self, client: Any) -> None:
+        """Use ``client`` from now on (the previous one is closed); then look for interrupted jobs."""
         if self.client is not None and self.client is not client:
             self.client.close()
         self.client = client
+        self.interrupted_jobs = []
         self.connected.emit(client)
+        run_in_thread(
+            _interrupted_jobs,
+            client,
+            on_done=partial(self._on_interrupted_jobs, client),
+            on_error=lambda _exc: None,  # the widgets' own refresh on `connected` reports a dead backend
+        )
+
+    def _on_interrupted_jobs(self, client: Any, jobs: list[dict[str, Any]]) -> None:
+        if client is not self.client or not jobs:
+            return
+        self.interrupted_jobs = jobs
+        self.jobs_interrupted.emit(jobs)
+        job = jobs[-1]
+        more = f" ({len(jobs) - 1} older interrupted job(s) too)" if len(jobs) > 1 else ""
+        notification_manager.dispatch(
+            Notification(
+                f"Job {job['id']} ({job['kind']}) was interrupted: the backend stopped while it ran{more}. "
+                "Its last checkpoint is kept: press Resume to continue it from there.",
+                severity=NotificationSeverity.WARNING,
+                actions=[("Resume", lambda _toast: self.resume_job(int(job["id"])))],
+            )
+        )
+
+    def resume_job(self, job_id: int) -> None:
+        """Queue a cancelled, failed or interrupted job again (it continues from its last checkpoint); the
+        train widget follows it (:attr:`follow_job`)."""
+        if self.client is None:
+            show_warning("Connect to a backend in the DiffSeg project widget first.")
+            return
+        run_in_thread(self.client.resume_job, int(job_id), on_done=self._on_resumed)
+
+    def _on_resumed(self, job: dict[str, Any]) -> None:
+        self.interrupted_jobs = [j for j in self.interrupted_jobs if j["id"] != job["id"]]
+        show_info(f"Job {job['id']} ({job['kind']}) resumed: it continues from its last checkpoint.")
+        self.follow_job.emit(int(job["id"]))
 
     def set_image(self, record: dict[str, Any]) -> None:
         self.image = record
         self.image_opened.emit(record)
+
+    def before_switch(self, proceed: Callable[[], None]) -> None:
+        """Run ``proceed`` once the image under review may be left (see :attr:`switch_guard`)."""
+        if self.switch_guard is None:
+            proceed()
+        else:
+            self.switch_guard(proceed)
 
     def stop_server(self) -> None:
         """Stop the local backend this session started (SIGTERM, then SIGKILL after 10 s)."""
@@ -82,10 +144,19 @@ def _forget(key: int) -> None:
         entry[1].stop_server()
 
 
+def _interrupted_jobs(client: Any) -> list[dict[str, Any]]:
+    """Worker: the backend's interrupted jobs, oldest first."""
+    return list(client.jobs(state="interrupted"))
+
+
 def describe(exc: BaseException) -> str:
     """One message for the user: what went wrong and what to do."""
     if isinstance(exc, BackendUnavailable):
-        return f"{exc} Start it in the DiffSeg project widget, or check the URL."
+        return (
+            f"{exc} Start it in the DiffSeg project widget (Start local backend), or run `diffseg serve "
+            "PROJECT` and Connect (check the URL). Nothing saved is lost; a job the backend was running "
+            "shows as interrupted once it is back and can be resumed from its last checkpoint."
+        )
     if isinstance(exc, AuthError):
         return f"The backend refused the token: {exc.message}. Enter the token `diffseg serve` was given."
     if isinstance(exc, BackendError):

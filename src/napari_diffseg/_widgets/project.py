@@ -1,4 +1,5 @@
-"""The project dock widget: connect to (or start) a backend, the image table, "Next image"."""
+"""The project dock widget: open or create a project (a local backend is started for it) or connect to a
+remote backend; import image layers or files; the image table; "Next image"."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -21,6 +24,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -29,12 +33,14 @@ from qtpy.QtWidgets import (
 )
 
 from napari_diffseg._layers import to_display
-from napari_diffseg._widgets._session import run_in_thread, session_for
-from napari_diffseg.backend.errors import BackendUnavailable
+from napari_diffseg._widgets._session import Session, notify_error, run_in_thread, session_for
+from napari_diffseg.backend.errors import AuthError, BackendUnavailable
 
-__all__ = ["ProjectWidget", "start_local_backend"]
+__all__ = ["ImportReport", "ProjectWidget", "ask_create", "show_image", "start_local_backend"]
 
-COLUMNS = ("name", "state", "uncertainty", "split")
+COLUMNS = ("name", "state", "uncertainty", "last edit Dice", "split")
+UPLOAD_SUFFIXES = (".npy", ".tif", ".tiff", ".png")  # sent as they are; other images are decoded here
+FILE_FILTER = "Images (*.tif *.tiff *.png *.jpg *.jpeg *.bmp *.npy);;All files (*)"
 DEFAULT_URL = "http://127.0.0.1:8765"
 
 
@@ -79,6 +85,68 @@ def start_local_backend(project: Path, timeout: float = 60.0) -> tuple[subproces
     )
 
 
+def ask_create(parent: QWidget | None, folder: Path) -> bool:
+    """Ask whether to create a new project in ``folder`` (tests replace this function)."""
+    answer = QMessageBox.question(
+        parent,
+        "Create a DiffSeg project?",
+        f"{folder} is not a DiffSeg project yet.\n\nCreate a new project there and start a local backend?",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.Yes,
+    )
+    return bool(answer == QMessageBox.StandardButton.Yes)
+
+
+def _create_and_start(folder: Path, create: bool) -> tuple[subprocess.Popen[bytes], str]:
+    """Worker: create the project (if asked), then start its local backend."""
+    if create:
+        from napari_diffseg.project import Project
+
+        Project.create(folder).close()
+    return start_local_backend(folder)
+
+
+@dataclass
+class ImportReport:
+    """What an import did: names added, names whose pixels were already in the project, and failures."""
+
+    added: list[str] = field(default_factory=list)
+    known: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (name or file, why)
+
+
+def _upload_all(client: Any, items: Sequence[tuple[str, np.ndarray | Path]]) -> ImportReport:
+    """Worker: upload each ``(name, array or file)``; a bad item is recorded and the others go on.
+
+    A lost connection or a refused token stops the import (every further upload would fail the same way).
+    """
+    from napari_diffseg.backend.errors import BackendError
+    from napari_diffseg.core.errors import DiffsegError
+
+    report = ImportReport()
+    for name, item in items:
+        label = item.name if isinstance(item, Path) else name
+        try:
+            if isinstance(item, Path) and item.suffix.lower() not in UPLOAD_SUFFIXES:
+                from napari_diffseg.data.io import read_image_raw
+
+                item = read_image_raw(item)  # JPEG, BMP...: decoded here, sent as an array
+            out = client.upload_image(item, name=name)
+        except (BackendUnavailable, AuthError):
+            raise
+        except (BackendError, DiffsegError, OSError, ValueError) as exc:
+            report.failed.append((label, _reason(exc)))
+            continue
+        (report.added if out["added"] else report.known).append(out["image"]["name"])
+    return report
+
+
+def _reason(exc: BaseException) -> str:
+    from napari_diffseg.backend.errors import BackendError
+
+    return exc.message if isinstance(exc, BackendError) else str(exc)
+
+
 def _fetch_image(client: Any, record: dict[str, Any] | None) -> tuple[dict[str, Any], np.ndarray] | None:
     """Worker: the record (``None`` → ``/next``) and the pixels of the image to open."""
     if record is None:
@@ -88,59 +156,105 @@ def _fetch_image(client: Any, record: dict[str, Any] | None) -> tuple[dict[str, 
     return record, client.image_pixels(record["id"])
 
 
+def show_image(viewer: Any, session: Session, result: tuple[dict[str, Any], np.ndarray] | None) -> None:
+    """Main thread: show a fetched image (replacing the previously opened one) and make it the image under
+    review; ``None`` (nothing left to review) gives a notification."""
+    if result is None:
+        show_info("Every image has been reviewed: start a training round in the DiffSeg train widget.")
+        return
+    record, pixels = result
+    data, rgb = to_display(pixels)
+    for layer in list(viewer.layers):
+        if "diffseg_image" in layer.metadata or layer.name == record["name"]:
+            viewer.layers.remove(layer)
+    viewer.add_image(data, name=record["name"], rgb=rgb, metadata={"diffseg_image": record})
+    session.set_image(record)
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
 class ProjectWidget(QWidget):
-    """Connect to a backend (URL + token) or start one for a project folder; browse and open images."""
+    """Open or create a project (its local backend starts by itself), or connect to a backend by URL and
+    token; import image layers or files; browse the images and open one for review."""
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
         self.images: list[dict[str, Any]] = []
+        self.last_import: ImportReport | None = None
 
+        self.folder = QLineEdit()
+        self.folder.setPlaceholderText("project folder (a new or empty folder creates a project)")
+        self.browse_button = QPushButton("Browse…")
+        self.browse_button.setToolTip("Choose a project folder, or an empty one to create a project in")
+        self.start_button = QPushButton("Open project")
+        self.start_button.setToolTip(
+            "Open the project in this folder (or create one in a new or empty folder) and start a local "
+            "backend for it on 127.0.0.1"
+        )
         self.url = QLineEdit(DEFAULT_URL)
         self.token = QLineEdit()
-        self.token.setEchoMode(QLineEdit.Password)
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
         self.token.setPlaceholderText("only for a remote backend")
         self.connect_button = QPushButton("Connect")
-        self.folder = QLineEdit()
-        self.folder.setPlaceholderText("project folder (with project.db)")
-        browse = QPushButton("Browse…")
-        self.start_button = QPushButton("Start local backend")
+        self.connect_button.setToolTip("Connect to a running `diffseg serve` (for example on a GPU server)")
         self.status = QLabel("not connected")
         self.status.setWordWrap(True)
+        self.import_layers_button = QPushButton("Import selected layers")
+        self.import_layers_button.setToolTip(
+            "Upload the selected Image layers (grey or RGB) into the project"
+        )
+        self.import_files_button = QPushButton("Import files…")
+        self.import_files_button.setToolTip(
+            "Upload image files (TIFF, PNG, JPEG, BMP, .npy) into the project"
+        )
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setToolTip("Double-click an image to open it")
+        self.table.verticalHeader().setVisible(False)
         self.refresh_button = QPushButton("Refresh")
         self.next_button = QPushButton("Next image")
         self.next_button.setToolTip("Open the unreviewed image with the highest uncertainty")
 
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.folder)
+        folder_row.addWidget(self.browse_button)
         form = QFormLayout()
         form.addRow("Backend URL", self.url)
         form.addRow("Token", self.token)
-        folder_row = QHBoxLayout()
-        folder_row.addWidget(self.folder)
-        folder_row.addWidget(browse)
+        imports = QHBoxLayout()
+        imports.addWidget(self.import_layers_button)
+        imports.addWidget(self.import_files_button)
         buttons = QHBoxLayout()
         buttons.addWidget(self.refresh_button)
         buttons.addWidget(self.next_button)
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.connect_button)
+        layout.addWidget(QLabel("<b>Local project</b>"))
         layout.addLayout(folder_row)
         layout.addWidget(self.start_button)
+        layout.addWidget(QLabel("<b>or a running backend</b>"))
+        layout.addLayout(form)
+        layout.addWidget(self.connect_button)
         layout.addWidget(self.status)
+        layout.addLayout(imports)
         layout.addWidget(self.table)
         layout.addLayout(buttons)
 
         self.connect_button.clicked.connect(self._on_connect)
-        browse.clicked.connect(self._on_browse)
-        self.start_button.clicked.connect(self._on_start_local)
+        self.browse_button.clicked.connect(self._on_browse)
+        self.start_button.clicked.connect(self._on_open_project)
+        self.import_layers_button.clicked.connect(self.import_selected_layers)
+        self.import_files_button.clicked.connect(lambda: self.import_files())
         self.refresh_button.clicked.connect(self.refresh)
         self.next_button.clicked.connect(self.open_next)
         self.table.cellDoubleClicked.connect(self._on_row_activated)
         self.session.connected.connect(self._on_connected)
+        self.session.images_changed.connect(self.refresh)
         self.destroyed.connect(self.session.stop_server)
 
     # ------------------------------------------------------------------------------ connection
@@ -161,22 +275,47 @@ class ProjectWidget(QWidget):
         client.close()
         self._failed(exc)
 
-    def start_local(self, folder: str | os.PathLike[str]) -> None:
-        """Start ``diffseg serve FOLDER`` on a free loopback port and connect to it."""
+    def open_project(self, folder: str | os.PathLike[str]) -> None:
+        """Open the project in ``folder`` and start its local backend; a new or empty folder is offered
+        to become a project first (:func:`ask_create`)."""
         path = Path(folder).expanduser()
-        if not (path / "project.db").is_file():
+        if not str(folder).strip():
+            show_warning("Choose a project folder first (Browse…).")
+            return
+        if (path / "project.db").is_file():
+            self.start_local(path)
+        elif path.is_file() or (path.is_dir() and any(path.iterdir())):
             self._failed(
                 BackendUnavailable(
-                    0, f"{path} is not a diffseg project (no project.db); create one with `diffseg init`."
+                    0,
+                    f"{path} is not a diffseg project and not empty: choose a project folder, or a new or "
+                    "empty folder to create a project in.",
+                )
+            )
+        elif ask_create(self, path):
+            self.start_local(path, create=True)
+
+    def start_local(self, folder: str | os.PathLike[str], create: bool = False) -> None:
+        """Start ``diffseg serve FOLDER`` on a free loopback port and connect to it; with ``create`` the
+        project is created first (in a worker thread, like the start)."""
+        path = Path(folder).expanduser()
+        if not create and not (path / "project.db").is_file():
+            self._failed(
+                BackendUnavailable(
+                    0,
+                    f"{path} is not a diffseg project (no project.db): create one with 'Open project' on a "
+                    "new or empty folder, or with `diffseg init`.",
                 )
             )
             return
         self.session.stop_server()
-        self.status.setText(f"starting a backend for {path}…")
+        verb = "creating a project and starting" if create else "starting"
+        self.status.setText(f"{verb} a backend for {path}…")
         self.start_button.setEnabled(False)
         run_in_thread(
-            start_local_backend,
+            _create_and_start,
             path,
+            create,
             on_done=self._on_local_started,
             on_error=self._failed,
             on_finish=lambda: self.start_button.setEnabled(True),
@@ -186,12 +325,13 @@ class ProjectWidget(QWidget):
         self.connect_to(self.url.text().strip(), self.token.text().strip())
 
     def _on_browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Project folder")
+        folder = QFileDialog.getExistingDirectory(self, "Project folder (or an empty folder for a new one)")
         if folder:
             self.folder.setText(folder)
+            self.open_project(folder)
 
-    def _on_start_local(self) -> None:
-        self.start_local(self.folder.text().strip())
+    def _on_open_project(self) -> None:
+        self.open_project(self.folder.text().strip())
 
     def _on_local_started(self, result: tuple[subprocess.Popen[bytes], str]) -> None:
         proc, url = result
@@ -204,10 +344,82 @@ class ProjectWidget(QWidget):
         self.refresh()
 
     def _failed(self, exc: BaseException) -> None:
-        from napari_diffseg._widgets._session import notify_error
-
         self.status.setText("not connected" if self.session.client is None else self.status.text())
         notify_error(exc)
+
+    def _require_client(self) -> Any:
+        if self.session.client is None:
+            self._failed(
+                BackendUnavailable(0, "not connected to a backend: open a project or connect first.")
+            )
+        return self.session.client
+
+    # ------------------------------------------------------------------------------ import
+
+    def import_selected_layers(self) -> None:
+        """Upload the selected Image layers (2D grey or RGB) under their layer names; other layers are
+        skipped with a notification. The upload runs in a worker thread on copies of the data."""
+        if self._require_client() is None:
+            return
+        items: list[tuple[str, np.ndarray | Path]] = []
+        skipped: list[str] = []
+        for layer in self.viewer.layers.selection:
+            why = _not_importable(layer)
+            if why:
+                skipped.append(f"{layer.name} ({why})")
+                continue
+            data = layer.data[0] if layer.multiscale else layer.data
+            items.append((layer.name, np.array(data, copy=True)))
+        if skipped:
+            show_warning("Not imported: " + "; ".join(skipped) + ".")
+        if not items:
+            if not skipped:
+                show_warning("Select one or more Image layers in the layer list, then import them.")
+            return
+        self._upload(items)
+
+    def import_files(self, paths: Sequence[str | os.PathLike[str]] | None = None) -> None:
+        """Upload image files (default: ask with a file dialog), each under its file name; a corrupt or
+        unsupported file is reported and the others are still imported."""
+        if self._require_client() is None:
+            return
+        if paths is None:
+            paths, _filter = QFileDialog.getOpenFileNames(self, "Import images", "", FILE_FILTER)
+        if not paths:
+            return
+        self._upload([(Path(p).stem, Path(p)) for p in paths])
+
+    def _upload(self, items: list[tuple[str, np.ndarray | Path]]) -> None:
+        self.status.setText(f"importing {len(items)} image(s)…")
+        for button in (self.import_layers_button, self.import_files_button):
+            button.setEnabled(False)
+        run_in_thread(
+            _upload_all,
+            self.session.client,
+            items,
+            on_done=self._on_imported,
+            on_error=self._failed,
+            on_finish=self._on_import_finished,
+        )
+
+    def _on_import_finished(self) -> None:
+        for button in (self.import_layers_button, self.import_files_button):
+            button.setEnabled(True)
+        if self.session.client is not None:
+            self.status.setText(f"connected to {self.session.client.base_url}")
+        self.session.images_changed.emit()
+
+    def _on_imported(self, report: ImportReport) -> None:
+        self.last_import = report
+        if report.added or report.known:
+            known = f" ({len(report.known)} already in the project)" if report.known else ""
+            show_info(f"Imported {len(report.added) + len(report.known)} image(s){known}.")
+        if report.failed:
+            show_warning(
+                "Not imported: "
+                + "; ".join(f"{name}: {why}" for name, why in report.failed)
+                + ". The other images were imported."
+            )
 
     # ------------------------------------------------------------------------------ images
 
@@ -221,34 +433,50 @@ class ProjectWidget(QWidget):
         self.images = list(images)
         self.table.setRowCount(len(self.images))
         for row, rec in enumerate(self.images):
-            unc = rec.get("uncertainty")
-            cells = (rec["name"], rec["state"], "" if unc is None else f"{unc:.3f}", rec["split"])
+            cells = (
+                rec["name"],
+                rec["state"],
+                _cell(rec.get("uncertainty")),
+                _cell(rec.get("last_edit_dice")),
+                rec["split"],
+            )
             for col, text in enumerate(cells):
                 self.table.setItem(row, col, QTableWidgetItem(str(text)))
         self.table.resizeColumnsToContents()
 
     def open_next(self) -> None:
-        """Open the most uncertain unreviewed image as an Image layer."""
+        """Open the most uncertain unreviewed image (unsaved edits are saved or discarded first)."""
         self.open_image(None)
 
     def open_image(self, record: dict[str, Any] | None) -> None:
-        """Open one image (``None``: the backend's next one) as an Image layer."""
-        if self.session.client is None:
-            self._failed(BackendUnavailable(0, "not connected to a backend: connect or start one first."))
+        """Open one image (``None``: the backend's next one) as an Image layer, after the annotate widget
+        has dealt with unsaved edits of the image under review (it may ask; cancelling keeps them)."""
+        if self._require_client() is None:
             return
-        run_in_thread(_fetch_image, self.session.client, record, on_done=self._add_image)
+        self.session.before_switch(partial(self._fetch_and_show, record))
+
+    def _fetch_and_show(self, record: dict[str, Any] | None) -> None:
+        client = self.session.client
+        if client is None:
+            return
+        run_in_thread(_fetch_image, client, record, on_done=self._add_image)
 
     def _on_row_activated(self, row: int, _col: int) -> None:
         if 0 <= row < len(self.images):
             self.open_image(self.images[row])
 
     def _add_image(self, result: tuple[dict[str, Any], np.ndarray] | None) -> None:
-        if result is None:
-            show_info("Every image has been reviewed: start a training round in the DiffSeg train widget.")
-            return
-        record, pixels = result
-        data, rgb = to_display(pixels)
-        if record["name"] in self.viewer.layers:
-            self.viewer.layers.remove(record["name"])
-        self.viewer.add_image(data, name=record["name"], rgb=rgb, metadata={"diffseg_image": record})
-        self.session.set_image(record)
+        show_image(self.viewer, self.session, result)
+
+
+def _not_importable(layer: Any) -> str:
+    """Why a layer cannot be imported ("" when it can)."""
+    from napari.layers import Image
+
+    if not isinstance(layer, Image):
+        return f"a {layer.__class__.__name__} layer, not an image"  # __class__: napari may pass a proxy
+    if "diffseg_image" in layer.metadata or "diffseg_image_id" in layer.metadata:
+        return "it comes from the project"
+    if layer.ndim != 2:
+        return f"{layer.ndim}D; only 2D grey or RGB images can be imported"
+    return ""

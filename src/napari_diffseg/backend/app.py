@@ -12,6 +12,8 @@ Endpoints (prefix ``/api/v1``)::
     POST /images?name=&split=                      upload an image (binary body); 201 new, 200 known pixels
     GET  /images/{ref}                             one image (ref = id or unique name)
     GET  /images/{ref}/pixels                      its pixels (C, H, W) as .npy
+    POST /images/{ref}/state                       {"state": "excluded"} rejects an image (no training,
+                                                   skipped by /next); {"state": "included"} undoes it
     GET  /images/{ref}/annotations                 every annotation version
     GET  /images/{ref}/annotations/{version}/pixels   one version's mask as .npy
     POST /images/{ref}/annotations?replaces=&kind=&proposal_id=&author=
@@ -82,6 +84,7 @@ from napari_diffseg.backend.schemas import (
     EventsOut,
     HealthOut,
     ImageOut,
+    ImageStateIn,
     ImageUploadOut,
     JobCreate,
     JobEventOut,
@@ -701,6 +704,29 @@ def image_pixels(ctx: Ctx, ref: RefPath) -> Response:
     project = ctx.project()
     rec = _get_image(project, ref)
     return _npy(codec.to_npy(project.load_image(rec.id)), {"X-Image-Id": rec.id})
+
+
+def _implied_state(project: Project, rec: ImageRecord) -> str:
+    """The state an image's data gives it: its latest annotation's kind, else proposed or unlabeled."""
+    ann = project.annotation(rec.id)
+    if ann is not None:
+        return "ground_truth" if ann.kind == "ground_truth" else "corrected"
+    return "proposed" if project.proposals(rec.id) else "unlabeled"
+
+
+@router.post("/images/{ref}/state", response_model=ImageOut, tags=["images"])
+def set_image_state(ctx: Ctx, ref: RefPath, body: ImageStateIn) -> ImageOut:
+    """Reject an image or include it again; nothing is deleted either way.
+
+    ``excluded``: the annotator found the proposal useless for this image; it is left out of every
+    training job and ``/next`` skips it. ``included``: it gets back the state its data implies (corrected
+    or ground_truth after its latest annotation, proposed when it has a proposal, else unlabeled).
+    Saving an annotation also includes an excluded image again.
+    """
+    project = ctx.project()
+    rec = _get_image(project, ref)
+    state = "excluded" if body.state == "excluded" else _implied_state(project, rec)
+    return _image_out(project, project.set_state(rec.id, state))
 
 
 # -------------------------------------------------------------------------------------- annotations

@@ -175,6 +175,13 @@ class DiffsegClient:
         """The stored pixels ``(C, H, W)`` in their original dtype."""
         return self._array(self._request("GET", f"/images/{_ref(ref)}/pixels"))
 
+    def set_image_state(self, ref: str, state: str) -> Record:
+        """``"excluded"``: reject an image (no training, skipped by :meth:`next_image`); ``"included"``:
+        undo that (back to the state its annotations and proposals imply). Returns the updated image."""
+        return self._json(  # type: ignore[no-any-return]
+            "POST", f"/images/{_ref(ref)}/state", json={"state": state}
+        )
+
     def next_image(self, split: str | None = None) -> Record | None:
         """The image to review next (highest uncertainty), or None when every image is reviewed."""
         resp = self._request("GET", "/next", params={"split": split} if split else None)

@@ -17,6 +17,7 @@ __all__ = [
     "EventsOut",
     "HealthOut",
     "ImageOut",
+    "ImageStateIn",
     "ImageUploadOut",
     "JobCreate",
     "JobEventOut",
@@ -113,6 +114,18 @@ class ImageOut(BaseModel):
     latest_version: int | None = Field(description="Latest annotation version (None: none yet).")
     last_edit_dice: float | None = Field(
         description="Edit Dice of the latest annotation against the proposal it started from."
+    )
+
+
+class ImageStateIn(BaseModel):
+    """Reject an image or include it again (``POST /images/{ref}/state``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["excluded", "included"] = Field(
+        description="excluded: not used for training and skipped by /next (the proposal is useless for "
+        "this image); included: back to the state its data implies (corrected or ground_truth after its "
+        "latest annotation, proposed when it has a proposal, else unlabeled)."
     )
 
 

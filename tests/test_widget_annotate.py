@@ -1,0 +1,282 @@
+"""The annotate widget against a real backend on loopback (Xvfb via pytest-xvfb): save with Shift-S, the
+last edit Dice in the project table, Reject / Include again, and the unsaved-edit guard."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    pytest.skip("no display: install Xvfb and pytest-xvfb to run the GUI tests", allow_module_level=True)
+
+from backend_server import Server
+from napari_diffseg.backend.client import DiffsegClient
+
+pytestmark = pytest.mark.timeout(240)
+
+WAIT_MS = 30_000
+NAMES = ("a", "b", "c", "d")  # "a" is the most uncertain, then "b"...
+SIZE = (48, 56)
+
+
+def make_proposed_project(root: Path) -> Path:
+    """Four RGB images, each with a proposal (a disc) from a registered stand-in model; no training."""
+    from napari_diffseg.project import Project
+
+    rng = np.random.default_rng(2)
+    model = root.parent / "teacher0"
+    model.mkdir()
+    (model / "config.json").write_text('{"format_version": 1}')
+    (model / "weights.safetensors").write_bytes(b"\x00" * 64)
+    yy, xx = np.mgrid[: SIZE[0], : SIZE[1]]
+    with Project.create(root) as proj:
+        proj.register_model(model, round=0, method="teacher")
+        for k, name in enumerate(NAMES):
+            proj.import_array(rng.integers(0, 255, (*SIZE, 3), dtype=np.uint8), name)
+            disc = ((yy - 20 - k) ** 2 + (xx - 25) ** 2 < 100).astype(np.float32)
+            fg = 0.1 + 0.8 * disc
+            unc = (rng.random(SIZE) * (0.9 - 0.2 * k)).astype(np.float32)
+            proj.save_proposal("teacher0", name, np.stack([1 - fg, fg]), unc)
+    return root
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    with Server(make_proposed_project(tmp_path / "proj")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server: Server):
+    with DiffsegClient(server.url) as c:
+        yield c
+
+
+@pytest.fixture
+def docked(make_napari_viewer, qtbot, server: Server):
+    """A viewer with the project and annotate widgets, connected, image "a" open and its proposal shown."""
+    viewer = make_napari_viewer()
+    _w, project = viewer.window.add_plugin_dock_widget("napari-diffseg", "Project")
+    _w, annotate = viewer.window.add_plugin_dock_widget("napari-diffseg", "Annotate")
+    project.connect_to(server.url)
+    qtbot.waitUntil(lambda: project.table.rowCount() == len(NAMES), timeout=WAIT_MS)
+    project.next_button.click()
+    qtbot.waitUntil(lambda: project.session.image is not None, timeout=WAIT_MS)
+    assert project.session.image["name"] == "a"
+    annotate.load_button.click()
+    qtbot.waitUntil(lambda: annotate.labels is not None, timeout=WAIT_MS)
+    return viewer, project, annotate
+
+
+@pytest.fixture
+def asked(monkeypatch):
+    """Replace the Save / Discard / Cancel dialog: set ``asked.answer``; ``asked.names`` records calls."""
+    from napari_diffseg._widgets import annotate as annotate_module
+
+    class Ask:
+        def __init__(self) -> None:
+            self.answer = "cancel"
+            self.names: list[str] = []
+
+        def __call__(self, _parent, name: str) -> str:
+            self.names.append(name)
+            return self.answer
+
+    ask = Ask()
+    monkeypatch.setattr(annotate_module, "ask_unsaved", ask)
+    return ask
+
+
+def _edit(annotate) -> np.ndarray:
+    edited = np.array(annotate.labels.data)
+    edited[2:12, 30:50] = 1
+    annotate.labels.data = edited
+    return edited
+
+
+def _row(project, name: str) -> dict[str, str]:
+    headers = [project.table.horizontalHeaderItem(c).text() for c in range(project.table.columnCount())]
+    for r in range(project.table.rowCount()):
+        if project.table.item(r, 0).text() == name:
+            return {h: project.table.item(r, c).text() for c, h in enumerate(headers)}
+    raise AssertionError(f"{name} is not in the table")
+
+
+def _image_layer(viewer):
+    return next(layer for layer in viewer.layers if "diffseg_image" in layer.metadata)
+
+
+# ------------------------------------------------------------------------------------------ save
+
+
+def test_shift_s_in_the_canvas_saves_a_new_version(docked, qtbot, client) -> None:
+    from qtpy.QtCore import Qt
+
+    viewer, _project, annotate = docked
+    assert client.annotations("a") == []
+    edited = _edit(annotate)
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key.Key_S, Qt.KeyboardModifier.ShiftModifier)
+    qtbot.waitUntil(lambda: len(client.annotations("a")) == 1, timeout=WAIT_MS)
+    assert np.array_equal(client.annotation_pixels("a"), edited)
+    qtbot.waitUntil(lambda: annotate.base_version == 1, timeout=WAIT_MS)
+    assert not annotate.has_unsaved_edits()
+
+
+def test_saving_a_correction_fills_the_last_edit_dice_column(docked, qtbot, client) -> None:
+    _viewer, project, annotate = docked
+    assert _row(project, "a")["last edit Dice"] == ""
+    _edit(annotate)
+    annotate.save_button.click()
+    qtbot.waitUntil(lambda: _row(project, "a")["state"] == "corrected", timeout=WAIT_MS)
+    dice = client.image("a")["last_edit_dice"]
+    assert dice is not None and 0.0 < dice < 1.0  # the edit changed part of the proposal
+    assert _row(project, "a")["last edit Dice"] == f"{dice:.3f}"
+    assert _row(project, "b")["last edit Dice"] == ""
+
+
+# ------------------------------------------------------------------------------------------ reject
+
+
+def test_reject_excludes_the_image_opens_the_next_and_can_be_undone(
+    docked, qtbot, client, asked, monkeypatch
+) -> None:
+    from napari_diffseg._widgets import annotate as annotate_module
+
+    infos: list[str] = []
+    monkeypatch.setattr(annotate_module, "show_info", infos.append)
+    viewer, project, annotate = docked
+    assert "excluded" in annotate.reject_button.toolTip() and "Next image" in annotate.reject_button.toolTip()
+    assert not annotate.include_button.isEnabled()
+
+    annotate.reject_button.click()
+    qtbot.waitUntil(lambda: project.session.image["name"] == "b", timeout=WAIT_MS)
+    assert asked.names == []  # nothing was edited: no question
+    assert client.image("a")["state"] == "excluded"
+    assert client.next_image()["name"] == "b"  # "a" is skipped from now on
+    assert [layer.name for layer in viewer.layers] == ["b"]  # a's image and proposal layers are gone
+    assert annotate.labels is None and annotate.include_button.isEnabled()
+    assert any("Rejected a" in m for m in infos)
+    qtbot.waitUntil(lambda: _row(project, "a")["state"] == "excluded", timeout=WAIT_MS)
+
+    annotate.include_button.click()
+    qtbot.waitUntil(lambda: client.image("a")["state"] == "proposed", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: _row(project, "a")["state"] == "proposed", timeout=WAIT_MS)
+    assert client.next_image()["name"] == "a"
+    assert not annotate.include_button.isEnabled()
+
+
+def test_reject_with_unsaved_edits_asks_first(docked, qtbot, client, asked) -> None:
+    _viewer, project, annotate = docked
+    edited = _edit(annotate)
+    asked.answer = "cancel"
+    annotate.reject()
+    assert asked.names == ["a proposal"]
+    qtbot.wait(500)
+    assert client.image("a")["state"] == "proposed" and project.session.image["name"] == "a"
+    assert np.array_equal(annotate.labels.data, edited)
+
+
+# ------------------------------------------------------------------------------------------ unsaved edits
+
+
+def test_unsaved_edits_cancel_keeps_them_and_stays(docked, qtbot, client, asked) -> None:
+    viewer, project, annotate = docked
+    image_layer = _image_layer(viewer)
+    edited = _edit(annotate)
+    asked.answer = "cancel"
+    project.next_button.click()
+    assert asked.names == ["a proposal"]
+    qtbot.wait(1000)  # nothing may happen
+    assert project.session.image["name"] == "a"
+    assert _image_layer(viewer) is image_layer  # the image was not opened again
+    assert annotate.labels in viewer.layers and np.array_equal(annotate.labels.data, edited)
+    assert annotate.has_unsaved_edits()
+    assert client.annotations("a") == []
+
+    # a table double-click to another image and loading the proposal again ask too
+    row = [project.table.item(r, 0).text() for r in range(project.table.rowCount())].index("c")
+    project.table.cellDoubleClicked.emit(row, 0)
+    annotate.load_proposal()
+    assert asked.names == ["a proposal"] * 3
+    qtbot.wait(500)
+    assert project.session.image["name"] == "a" and np.array_equal(annotate.labels.data, edited)
+
+
+def test_unsaved_edits_save_then_switch(docked, qtbot, client, asked) -> None:
+    viewer, project, annotate = docked
+    edited = _edit(annotate)
+    asked.answer = "save"
+    project.next_button.click()
+    qtbot.waitUntil(lambda: project.session.image["name"] == "b", timeout=WAIT_MS)
+    assert asked.names == ["a proposal"]
+    versions = client.annotations("a")
+    assert len(versions) == 1 and versions[0]["kind"] == "correction"
+    assert np.array_equal(client.annotation_pixels("a"), edited)
+    assert [layer.name for layer in viewer.layers] == ["b"]  # the saved proposal layers were closed
+
+
+def test_a_failed_save_never_switches(docked, qtbot, client, asked, monkeypatch) -> None:
+    from napari_diffseg._widgets import annotate as annotate_module
+
+    warnings: list[str] = []
+    monkeypatch.setattr(annotate_module, "show_warning", warnings.append)
+    viewer, project, annotate = docked
+    image_layer = _image_layer(viewer)
+    edited = _edit(annotate)
+    client.save_annotation("a", np.zeros(SIZE, np.uint8), replaces=None)  # someone else saves first
+    asked.answer = "save"
+    project.next_button.click()
+    qtbot.waitUntil(lambda: any("Not saved" in w for w in warnings), timeout=WAIT_MS)
+    qtbot.wait(500)
+    assert project.session.image["name"] == "a" and _image_layer(viewer) is image_layer
+    assert np.array_equal(annotate.labels.data, edited) and annotate.has_unsaved_edits()
+    assert len(client.annotations("a")) == 1  # only the other save
+
+
+def test_unsaved_edits_discard_switches_and_saves_nothing(docked, qtbot, client, asked) -> None:
+    viewer, project, annotate = docked
+    image_layer = _image_layer(viewer)
+    _edit(annotate)
+    asked.answer = "discard"
+    project.next_button.click()
+    assert asked.names == ["a proposal"]
+    qtbot.waitUntil(lambda: _image_layer(viewer) is not image_layer, timeout=WAIT_MS)
+    assert project.session.image["name"] == "a"  # still the most uncertain: opened again, fresh
+    assert [layer.name for layer in viewer.layers] == ["a"] and annotate.labels is None
+    assert client.annotations("a") == []
+
+
+def test_a_saved_layer_switches_without_asking(docked, qtbot, client, asked) -> None:
+    _viewer, project, annotate = docked
+    _edit(annotate)
+    annotate.save()
+    project.next_button.click()  # right away: the save in flight holds these edits
+    qtbot.waitUntil(lambda: project.session.image["name"] == "b", timeout=WAIT_MS)
+    assert asked.names == [] and len(client.annotations("a")) == 1
+
+
+def test_the_real_dialog_returns_the_clicked_choice(qtbot) -> None:
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    from napari_diffseg._widgets.annotate import ask_unsaved
+
+    def click(button) -> None:
+        box = QApplication.activeModalWidget()
+        if box is None:
+            QTimer.singleShot(50, lambda: click(button))
+            return
+        assert "x proposal" in box.text()
+        box.button(button).click()
+
+    buttons = QMessageBox.StandardButton
+    for button, answer in ((buttons.Discard, "discard"), (buttons.Save, "save"), (buttons.Cancel, "cancel")):
+        QTimer.singleShot(50, lambda b=button: click(b))
+        assert ask_unsaved(None, "x proposal") == answer

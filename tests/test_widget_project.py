@@ -1,0 +1,166 @@
+"""The project widget (Xvfb via pytest-xvfb): create a project from the widget (its local backend starts),
+import selected layers and files, and the image table."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    pytest.skip("no display: install Xvfb and pytest-xvfb to run the GUI tests", allow_module_level=True)
+
+from napari_diffseg.backend.client import DiffsegClient
+
+pytestmark = pytest.mark.timeout(240)
+
+WAIT_MS = 60_000
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    """The project widget's notifications: ``{"info": [...], "warning": [...]}``."""
+    from napari_diffseg._widgets import _session
+    from napari_diffseg._widgets import project as project_module
+
+    seen: dict[str, list[str]] = {"info": [], "warning": []}
+    monkeypatch.setattr(project_module, "show_info", seen["info"].append)
+    monkeypatch.setattr(project_module, "show_warning", seen["warning"].append)
+    monkeypatch.setattr(_session, "show_warning", seen["warning"].append)
+    return seen
+
+
+@pytest.fixture
+def widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-diffseg", "Project")
+    yield widget
+    widget.session.stop_server()
+
+
+def _open(widget, qtbot, folder: Path, monkeypatch, create: bool = True) -> list[Path]:
+    """Open ``folder`` through the widget's button; returns the folders ask_create was asked about."""
+    from napari_diffseg._widgets import project as project_module
+
+    asked: list[Path] = []
+    monkeypatch.setattr(project_module, "ask_create", lambda _parent, path: asked.append(path) or create)
+    widget.folder.setText(str(folder))
+    widget.start_button.click()
+    return asked
+
+
+def _names(widget) -> dict[str, str]:
+    return {
+        widget.table.item(r, 0).text(): widget.table.item(r, 1).text() for r in range(widget.table.rowCount())
+    }
+
+
+def test_create_a_project_then_import_the_selected_image_layers(
+    widget, qtbot, tmp_path, monkeypatch, messages
+) -> None:
+    folder = tmp_path / "new project"
+    asked = _open(widget, qtbot, folder, monkeypatch)
+    assert asked == [folder]
+    qtbot.waitUntil(lambda: widget.session.client is not None, timeout=WAIT_MS)
+    assert (folder / "project.db").is_file()
+    assert widget.session.server is not None and widget.session.server.poll() is None
+    assert "127.0.0.1" in widget.url.text() and widget.table.rowCount() == 0
+
+    viewer = widget.viewer
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 60000, (40, 50), dtype=np.uint16)
+    rgb = rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)
+    layers = [
+        viewer.add_image(grey, name="grey"),
+        viewer.add_image(rgb, name="rgb", rgb=True),
+        viewer.add_labels(np.zeros((40, 50), np.int32), name="mask"),
+        viewer.add_image(rng.random((3, 20, 20)), name="stack"),
+        viewer.add_image(rgb, name="not selected", rgb=True),
+    ]
+    viewer.layers.selection.clear()
+    viewer.layers.selection.update(layers[:4])
+    widget.import_layers_button.click()
+    qtbot.waitUntil(lambda: widget.table.rowCount() == 2, timeout=WAIT_MS)
+    assert _names(widget) == {"grey": "unlabeled", "rgb": "unlabeled"}
+    headers = [widget.table.horizontalHeaderItem(c).text() for c in range(widget.table.columnCount())]
+    assert headers == ["name", "state", "uncertainty", "last edit Dice", "split"]
+    skipped = messages["warning"][-1]
+    assert "mask (a Labels layer, not an image)" in skipped and "stack (3D" in skipped
+    assert "not selected" not in skipped
+    qtbot.waitUntil(lambda: any("Imported 2" in m for m in messages["info"]), timeout=WAIT_MS)
+
+    with DiffsegClient(widget.session.client.base_url) as client:
+        assert np.array_equal(client.image_pixels("grey"), grey[None])
+        assert np.array_equal(client.image_pixels("rgb"), np.moveaxis(rgb, -1, 0))
+
+    # the same layers again: nothing new, the table stays as it is
+    widget.import_selected_layers()
+    qtbot.waitUntil(lambda: any("2 already in the project" in m for m in messages["info"]), timeout=WAIT_MS)
+    assert widget.table.rowCount() == 2
+
+
+def test_declining_creation_creates_nothing(widget, qtbot, tmp_path, monkeypatch, messages) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _open(widget, qtbot, empty, monkeypatch, create=False) == [empty]
+    qtbot.wait(300)
+    assert list(empty.iterdir()) == [] and widget.session.server is None
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("not a project")
+    assert _open(widget, qtbot, busy, monkeypatch) == []  # not offered: the folder is not empty
+    assert "not a diffseg project and not empty" in messages["warning"][-1]
+    assert not (busy / "project.db").exists() and widget.session.client is None
+
+
+def test_import_files_reports_bad_files_and_imports_the_others(
+    widget, qtbot, tmp_path, monkeypatch, messages
+) -> None:
+    import imageio.v3 as iio
+    import tifffile
+
+    from napari_diffseg._widgets import project as project_module
+    from napari_diffseg.project import Project
+
+    Project.create(tmp_path / "proj").close()
+    _open(widget, qtbot, tmp_path / "proj", monkeypatch)
+    qtbot.waitUntil(lambda: widget.session.client is not None, timeout=WAIT_MS)
+
+    rng = np.random.default_rng(1)
+    files = tmp_path / "files"
+    files.mkdir()
+    iio.imwrite(files / "cells.png", rng.integers(0, 255, (32, 40, 3), dtype=np.uint8))
+    tifffile.imwrite(files / "nuclei.tif", rng.integers(0, 4000, (30, 30), dtype=np.uint16))
+    iio.imwrite(files / "photo.jpg", rng.integers(0, 255, (24, 28, 3), dtype=np.uint8))
+    good = (files / "cells.png").read_bytes()
+    (files / "broken.png").write_bytes(good[: len(good) // 3])  # truncated
+    (files / "notes.txt").write_text("not an image")
+    picked = [str(files / n) for n in ("cells.png", "broken.png", "nuclei.tif", "notes.txt", "photo.jpg")]
+    monkeypatch.setattr(
+        project_module.QFileDialog, "getOpenFileNames", staticmethod(lambda *_a, **_k: (picked, ""))
+    )
+
+    widget.import_files_button.click()
+    qtbot.waitUntil(lambda: widget.table.rowCount() == 3, timeout=WAIT_MS)
+    assert _names(widget) == {"cells": "unlabeled", "nuclei": "unlabeled", "photo": "unlabeled"}
+    qtbot.waitUntil(lambda: any("Not imported" in m for m in messages["warning"]), timeout=WAIT_MS)
+    report = widget.last_import
+    assert sorted(report.added) == ["cells", "nuclei", "photo"]
+    assert [name for name, _why in report.failed] == ["broken.png", "notes.txt"]
+    warning = next(m for m in messages["warning"] if "Not imported" in m)
+    assert "broken.png" in warning and "notes.txt" in warning and "other images were imported" in warning
+    assert any("Imported 3" in m for m in messages["info"])
+    assert widget.import_files_button.isEnabled() and widget.import_layers_button.isEnabled()
+
+
+def test_import_without_a_backend_says_what_to_do(widget, qtbot, messages) -> None:
+    widget.viewer.add_image(np.zeros((16, 16), np.uint8), name="x")
+    widget.import_selected_layers()
+    widget.import_files(["/nonexistent.png"])
+    assert len(messages["warning"]) == 2
+    assert all("open a project or connect first" in m for m in messages["warning"])
