@@ -170,6 +170,67 @@ def sample_data(
     typer.echo(f"wrote {n_train} train + {n_test} test {kind} images with masks to {path}")
 
 
+# ------------------------------------------------------------------------------------------ the main job
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="new or empty folder (or an earlier demo's); default ./diffseg-demo-DATE-TIME"),
+    ] = None,
+    gui: Annotated[
+        bool, typer.Option("--gui", help="afterwards, open napari with the project and the DiffSeg widgets")
+    ] = False,
+    preset: Annotated[
+        str, typer.Option(help="cpu (a few minutes on a laptop) | tiny (seconds, for tests)")
+    ] = "cpu",
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads of the training jobs (default: one per core but one)")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print report.json's numbers at the end")] = False,
+) -> None:
+    """The whole loop on generated sample data, through the real backend, with an HTML report.
+
+    Pretraining, co-training round 1, proposals, a simulated annotator, round 2, test Dice;
+    the report is OUT/report/report.html. --gui then opens napari on the project.
+    """
+    from .demo import DEMO_PRESETS, default_out, prepare_out, run_demo
+
+    if threads is not None and threads < 1:
+        raise _user_error("--threads must be at least 1")
+    if preset not in DEMO_PRESETS:
+        raise _user_error(f"unknown --preset {preset!r}; choose one of {', '.join(DEMO_PRESETS)}")
+    if gui:
+        from ._widgets.launch import check_gui
+
+        check_gui()  # before minutes of work, not after
+    folder = prepare_out(out if out is not None else default_out())
+    say = (lambda _msg: None) if as_json else (lambda msg: typer.echo(msg, err=True))
+    say(f"diffseg demo (preset {preset}) in {folder}")
+    try:
+        numbers = run_demo(
+            folder, DEMO_PRESETS[preset], progress=not quiet and not as_json, say=say, threads=threads
+        )
+    except KeyboardInterrupt:
+        typer.echo(f"aborted: the backend and its jobs were stopped; what was done is in {folder}", err=True)
+        raise typer.Exit(130) from None
+    if as_json:
+        _print_json(numbers)
+    else:
+        dice = ", ".join(f"round {r['round']} {r['test_dice_mean']:.3f}" for r in numbers["rounds"])
+        typer.echo(
+            f"students' test Dice: {dice}; mean edit Dice of the corrections "
+            f"{numbers['mean_edit_dice']:.3f}; {numbers['seconds']['total']:.0f} s in all"
+        )
+        typer.echo(f"report: {numbers['report']}")
+    if gui:
+        from ._widgets.launch import open_project
+
+        open_project(folder / "project")
+
+
 # ------------------------------------------------------------------------------------------ project store
 
 

@@ -4,11 +4,7 @@ remote backend; import image layers or files; the image table; "Next image"."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,6 +31,7 @@ from qtpy.QtWidgets import (
 from napari_diffseg._layers import to_display
 from napari_diffseg._widgets._session import Session, notify_error, run_in_thread, session_for
 from napari_diffseg.backend.errors import AuthError, BackendUnavailable
+from napari_diffseg.backend.local import start_local_backend
 
 __all__ = ["ImportReport", "ProjectWidget", "ask_create", "show_image", "start_local_backend"]
 
@@ -42,47 +39,6 @@ COLUMNS = ("name", "state", "uncertainty", "last edit Dice", "split")
 UPLOAD_SUFFIXES = (".npy", ".tif", ".tiff", ".png")  # sent as they are; other images are decoded here
 FILE_FILTER = "Images (*.tif *.tiff *.png *.jpg *.jpeg *.bmp *.npy);;All files (*)"
 DEFAULT_URL = "http://127.0.0.1:8765"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_local_backend(project: Path, timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``diffseg serve PROJECT`` on a free loopback port and wait for ``/health`` (worker thread).
-
-    Raises:
-        BackendUnavailable: The server exited or did not answer within ``timeout`` (its log is quoted).
-    """
-    from napari_diffseg.backend.client import DiffsegClient
-    from napari_diffseg.backend.errors import BackendError
-
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = Path(tempfile.gettempdir()) / f"diffseg-serve-{port}.log"
-    cmd = [sys.executable, "-m", "napari_diffseg.cli", "serve", str(project), "--port", str(port)]
-    env = {k: v for k, v in os.environ.items() if k != "DIFFSEG_TOKEN"}  # loopback: no token
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + timeout
-    with DiffsegClient(url, retries=0, timeout=2) as probe:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                break
-            try:
-                probe.health()
-                return proc, url
-            except BackendError:
-                time.sleep(0.2)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=5)
-    tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-    raise BackendUnavailable(
-        0, f"the local backend for {project} did not start: {' / '.join(tail) or 'no output'} (log: {log})"
-    )
 
 
 def ask_create(parent: QWidget | None, folder: Path) -> bool:
