@@ -109,3 +109,102 @@ def test_writer_round_trips_labels(tmp_path: Path, suffix: str) -> None:
     labels[5:10, 3:20] = 2
     (written,) = write_labels(str(tmp_path / f"m{suffix}"), labels, {})
     assert np.array_equal(read_mask(written, binary=False), labels)
+
+
+_LOADED_HEAVY = f"sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r})"
+
+
+def _run_fresh(code: str, **env: str) -> str:
+    """Run ``code`` in a fresh interpreter; its last stdout line is returned (a failure shows its stderr)."""
+    import os
+
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_npe2_discovery_and_every_non_widget_contribution_load_no_torch(tmp_path: Path) -> None:
+    """What napari does at start-up (discover the manifest) and when the reader, the writer or the sample
+    data are used: none of it may load torch or MONAI."""
+    pytest.importorskip("npe2")
+    from napari_diffseg.data.synthetic import make_sample_dataset
+    from napari_diffseg.project import Project
+
+    ds = make_sample_dataset(tmp_path / "ds", n_train=2, n_test=1, size=(32, 32))
+    with Project.create(tmp_path / "proj") as project:
+        project.import_dataset(ds)
+    code = f"""
+import sys
+import numpy as np
+import npe2
+pm = npe2.PluginManager.instance()
+pm.discover()
+assert pm.get_manifest("napari-diffseg").name == "napari-diffseg"
+loaded = {{"discover": {_LOADED_HEAVY}}}
+for key in ("sample_glands", "sample_nuclei", "sample_ihc"):
+    assert pm.commands.execute("napari-diffseg." + key)
+loaded["sample data"] = {_LOADED_HEAVY}
+for folder in ({str(ds)!r}, {str(tmp_path / "proj")!r}):
+    layers = npe2.read([folder], stack=False, plugin_name="napari-diffseg")
+    assert any(kind == "labels" for *_, kind in layers), folder
+loaded["reader"] = {_LOADED_HEAVY}
+labels = np.zeros((8, 8), np.int32)
+labels[2:5, 2:5] = 1
+assert npe2.write({str(tmp_path / "mask.tif")!r}, [(labels, {{}}, "labels")], plugin_name="napari-diffseg")
+loaded["writer"] = {_LOADED_HEAVY}
+print(loaded)
+"""
+    loaded = _run_fresh(code)
+    expected = {step: [] for step in ("discover", "sample data", "reader", "writer")}
+    assert loaded == repr(expected), loaded
+    assert (tmp_path / "mask.tif").is_file()
+
+
+def test_docked_widgets_talk_to_a_backend_without_torch(tmp_path: Path) -> None:
+    """The three widgets, built from the manifest and connected to a real backend (which runs the models
+    in its own process), list the images and open one without loading torch or MONAI in napari's process."""
+    pytest.importorskip("napari")
+    pytest.importorskip("qtpy")
+    from backend_server import Server, make_project
+
+    root = make_project(tmp_path / "proj", n_train=3, annotate=1)
+    with Server(root) as server:
+        code = f"""
+import sys, time
+import npe2
+from napari.components import ViewerModel
+from napari.qt import get_qapp
+
+app = get_qapp()
+pm = npe2.PluginManager.instance()
+pm.discover()
+viewer = ViewerModel()
+names = ("project_widget", "annotate_widget", "train_widget")
+widgets = [pm.commands.get("napari-diffseg." + name)(viewer) for name in names]
+loaded = {{"widgets": {_LOADED_HEAVY}}}
+project = widgets[0]
+
+
+def wait_for(condition, what):
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, what
+        app.processEvents()
+        time.sleep(0.01)
+
+
+project.connect_to({server.url!r})
+wait_for(lambda: project.table.rowCount() == 3, "the image table did not fill")
+project.open_next()
+wait_for(lambda: len(viewer.layers) == 1, "the next image did not open")
+loaded["connected, image open"] = {_LOADED_HEAVY}
+print(loaded)
+"""
+        loaded = _run_fresh(code, QT_QPA_PLATFORM="offscreen")
+    assert loaded == repr({"widgets": [], "connected, image open": []}), loaded
