@@ -1,5 +1,6 @@
-"""The annotate widget against a real backend on loopback (Xvfb via pytest-xvfb): save with Shift-S, the
-last edit Dice in the project table, Reject / Include again, and the unsaved-edit guard."""
+"""The annotate widget against a real backend on loopback (Xvfb via pytest-xvfb): the proposal shown by
+itself when an image opens (the active model's), save with Shift-S, the last edit Dice in the project
+table, Reject / Include again, and the unsaved-edit guard."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def client(server: Server):
 
 @pytest.fixture
 def docked(make_napari_viewer, qtbot, server: Server):
-    """A viewer with the project and annotate widgets, connected, image "a" open and its proposal shown."""
+    """A viewer with the project and annotate widgets, connected, image "a" open and its proposal shown
+    (it comes by itself: no click on "Load / request proposal")."""
     viewer = make_napari_viewer()
     _w, project = viewer.window.add_plugin_dock_widget("napari-diffseg", "Project")
     _w, annotate = viewer.window.add_plugin_dock_widget("napari-diffseg", "Annotate")
@@ -68,8 +70,7 @@ def docked(make_napari_viewer, qtbot, server: Server):
     project.next_button.click()
     qtbot.waitUntil(lambda: project.session.image is not None, timeout=WAIT_MS)
     assert project.session.image["name"] == "a"
-    annotate.load_button.click()
-    qtbot.waitUntil(lambda: annotate.labels is not None, timeout=WAIT_MS)
+    _wait_proposal(qtbot, annotate, "a")
     return viewer, project, annotate
 
 
@@ -109,6 +110,78 @@ def _row(project, name: str) -> dict[str, str]:
 
 def _image_layer(viewer):
     return next(layer for layer in viewer.layers if "diffseg_image" in layer.metadata)
+
+
+def _wait_proposal(qtbot, annotate, name: str) -> None:
+    """Wait until the proposal of the image under review, ``name``, is shown."""
+    session = annotate.session
+
+    def shown() -> bool:
+        image = session.image
+        return image is not None and image["name"] == name and annotate.image_id == image["id"]
+
+    qtbot.waitUntil(shown, timeout=WAIT_MS)
+    assert annotate.labels is not None and annotate.labels.name == f"{name} proposal"
+
+
+def _layers(viewer) -> list[str]:
+    return [layer.name for layer in viewer.layers]
+
+
+# ------------------------------------------------------------------------------------------ active model
+
+
+def test_the_proposal_shown_is_the_active_models_and_a_missing_one_is_requested(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+) -> None:
+    """A newer proposal of a model that is not active is not shown as current; the active model's is. An
+    image the active model has no proposal for gets a propose job, followed in the status line (here it
+    fails: the stand-in model has no real weights) and reported with a notification."""
+    from napari_diffseg._widgets import _session
+    from napari_diffseg.project import Project
+
+    warnings: list[str] = []
+    monkeypatch.setattr(_session, "show_warning", warnings.append)
+    root = make_proposed_project(tmp_path / "proj")
+    newer = tmp_path / "teacher1"
+    newer.mkdir()
+    (newer / "config.json").write_text('{"format_version": 1}')
+    (newer / "weights.safetensors").write_bytes(b"\x00" * 64)
+    other = np.zeros(SIZE, np.float32)
+    other[30:40, 5:15] = 1.0
+    with Project.open(root) as proj:
+        proj.register_model(newer, round=1, method="teacher")
+        proj.save_proposal("teacher1", "a", np.stack([1 - other, other]), np.full(SIZE, 0.5, np.float32))
+        proj.set_active_model("teacher0")
+    with Server(root) as server, DiffsegClient(server.url) as client:
+        assert client.proposal("a")["model_id"] == "teacher1"  # without a model id: the newest of any
+        viewer = make_napari_viewer()
+        _w, project = viewer.window.add_plugin_dock_widget("napari-diffseg", "Project")
+        _w, annotate = viewer.window.add_plugin_dock_widget("napari-diffseg", "Annotate")
+        project.connect_to(server.url)
+        qtbot.waitUntil(lambda: project.table.rowCount() == len(NAMES), timeout=WAIT_MS)
+        project.next_button.click()
+        _wait_proposal(qtbot, annotate, "a")
+        assert annotate.model_id == "teacher0"
+        assert np.array_equal(annotate.labels.data, client.proposal_pixels("a", "mask", model_id="teacher0"))
+        assert "teacher0" in annotate.current.text()
+
+        client.activate_model("teacher1")
+        annotate.load_button.click()  # the explicit button: the same path, now teacher1's proposal
+        qtbot.waitUntil(lambda: annotate.model_id == "teacher1", timeout=WAIT_MS)
+        assert np.array_equal(annotate.labels.data, other.astype(np.int32))
+
+        row = [project.table.item(r, 0).text() for r in range(project.table.rowCount())].index("b")
+        project.table.cellDoubleClicked.emit(row, 0)  # teacher1 has no proposal for b: one is requested
+        qtbot.waitUntil(lambda: "proposing" in annotate.current.text(), timeout=WAIT_MS)
+        assert "teacher1" in annotate.current.text()
+        assert _layers(viewer) == ["b"]  # teacher0's older proposal is not shown as current
+        jobs = [j for j in client.jobs() if j["kind"] == "propose"]
+        assert len(jobs) == 1 and jobs[0]["params"]["ids"] == [project.session.image["id"]]
+        qtbot.waitUntil(lambda: "no proposal shown" in annotate.current.text(), timeout=60_000)
+        assert client.job(jobs[0]["id"])["state"] == "failed"
+        assert any(f"job {jobs[0]['id']}" in w and "failed" in w for w in warnings), warnings
+        assert _layers(viewer) == ["b"] and annotate.labels is None
 
 
 # ------------------------------------------------------------------------------------------ save
@@ -160,8 +233,9 @@ def test_reject_excludes_the_image_opens_the_next_and_can_be_undone(
     assert asked.names == []  # nothing was edited: no question
     assert client.image("a")["state"] == "excluded"
     assert client.next_image()["name"] == "b"  # "a" is skipped from now on
-    assert [layer.name for layer in viewer.layers] == ["b"]  # a's image and proposal layers are gone
-    assert annotate.labels is None and annotate.include_button.isEnabled()
+    _wait_proposal(qtbot, annotate, "b")  # b's proposal comes by itself
+    assert _layers(viewer) == ["b", "b uncertainty", "b proposal"]  # a's image and proposal layers are gone
+    assert annotate.include_button.isEnabled()
     assert any("Rejected a" in m for m in infos)
     qtbot.waitUntil(lambda: _row(project, "a")["state"] == "excluded", timeout=WAIT_MS)
 
@@ -219,7 +293,8 @@ def test_unsaved_edits_save_then_switch(docked, qtbot, client, asked) -> None:
     versions = client.annotations("a")
     assert len(versions) == 1 and versions[0]["kind"] == "correction"
     assert np.array_equal(client.annotation_pixels("a"), edited)
-    assert [layer.name for layer in viewer.layers] == ["b"]  # the saved proposal layers were closed
+    _wait_proposal(qtbot, annotate, "b")
+    assert _layers(viewer) == ["b", "b uncertainty", "b proposal"]  # a's saved proposal layers were closed
 
 
 def test_a_failed_save_never_switches(docked, qtbot, client, asked, monkeypatch) -> None:
@@ -249,7 +324,9 @@ def test_unsaved_edits_discard_switches_and_saves_nothing(docked, qtbot, client,
     assert asked.names == ["a proposal"]
     qtbot.waitUntil(lambda: _image_layer(viewer) is not image_layer, timeout=WAIT_MS)
     assert project.session.image["name"] == "a"  # still the most uncertain: opened again, fresh
-    assert [layer.name for layer in viewer.layers] == ["a"] and annotate.labels is None
+    _wait_proposal(qtbot, annotate, "a")
+    assert _layers(viewer) == ["a", "a uncertainty", "a proposal"]
+    assert np.array_equal(annotate.labels.data, client.proposal_pixels("a", "mask"))  # the edits are gone
     assert client.annotations("a") == []
 
 

@@ -116,8 +116,8 @@ def test_annotate_saves_a_version_and_refuses_a_stale_save(
     image_id = project.session.image["id"]
     before = len(client.annotations(image_id))
 
-    annotate.load_proposal()
-    qtbot.waitUntil(lambda: annotate.labels is not None, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: annotate.labels is not None, timeout=WAIT_MS)  # shown on opening, no click
+    assert annotate.image_id == image_id
     proposal = client.proposal_pixels(image_id, "mask")
     assert np.array_equal(annotate.labels.data, proposal)
     uncertainty = viewer.layers[f"{project.session.image['name']} uncertainty"]

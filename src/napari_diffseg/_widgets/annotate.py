@@ -1,11 +1,16 @@
 """The annotate dock widget: the teacher's proposal as an editable Labels layer, its uncertainty as an
 Image layer; save the correction (Shift-S) as a new annotation version, revert to the proposal, or reject
 the image. Unsaved edits are never dropped silently: before another image or proposal replaces them the
-annotator chooses Save, Discard or Cancel (:func:`ask_unsaved`)."""
+annotator chooses Save, Discard or Cancel (:func:`ask_unsaved`).
+
+Proposals come by themselves: when an image is opened, the proposal of the **active model** is shown; when
+that model has none for the image yet, a ``propose`` job is requested for it, followed in a worker thread
+(the status line says "proposing…") and its result shown when it is done."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -15,9 +20,12 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QMessageBox, QPushButton, QVBoxL
 
 from napari_diffseg._widgets._session import notify_error, run_in_thread, session_for
 from napari_diffseg._widgets.project import _fetch_image, show_image
-from napari_diffseg.backend.errors import BackendUnavailable, StaleAnnotation
+from napari_diffseg.backend.errors import BackendError, StaleAnnotation
 
 __all__ = ["REJECT_HELP", "SAVE_KEY", "AnnotateWidget", "ask_unsaved", "uncertainty_limits"]
+
+JOB_POLL_S = 0.25  # how often a worker asks the backend about a propose job it follows
+_ENDED = ("done", "failed", "cancelled", "interrupted")
 
 SAVE_KEY = "Shift-S"
 REJECT_HELP = (
@@ -46,21 +54,74 @@ def ask_unsaved(parent: QWidget | None, name: str) -> str:
     return {buttons.Save: "save", buttons.Discard: "discard"}.get(clicked, "cancel")
 
 
-def _fetch_proposal(client: Any, image_id: str) -> dict[str, Any]:
-    """Worker: the proposal record, its mask and uncertainty, and the image's latest annotation version."""
-    record = client.proposal(image_id)
-    if record is None:
-        raise BackendUnavailable(
-            0,
-            "this image has no proposal yet: run `diffseg propose` (or pretrain first) and load it again.",
-        )
+def _active_model_id(client: Any) -> str | None:
+    """Worker: the id of the backend's active model (None before there is one)."""
+    return next((str(m["id"]) for m in client.models() if m.get("active")), None)
+
+
+def _fetch_proposal(client: Any, image_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Worker: the mask and uncertainty of the proposal ``record`` (of its model), and the image's latest
+    annotation version."""
+    model_id = str(record["model_id"])
     versions = client.annotations(image_id)
     return {
         "proposal": record,
-        "mask": client.proposal_pixels(image_id, "mask"),
-        "uncertainty": client.proposal_pixels(image_id, "uncertainty"),
+        "mask": client.proposal_pixels(image_id, "mask", model_id=model_id),
+        "uncertainty": client.proposal_pixels(image_id, "uncertainty", model_id=model_id),
         "base_version": int(versions[-1]["version"]) if versions else None,
     }
+
+
+def _proposal_or_request(
+    client: Any, image_id: str, options: dict[str, Any], job_id: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """Worker (generator): the proposal of the active model for ``image_id`` (see :func:`_fetch_proposal`).
+
+    When the active model has none for it yet (the image is new, or its proposals come from an older
+    model), a ``propose`` job is requested for this image (``options``: more :meth:`request_proposals`
+    arguments), or the job ``job_id`` requested earlier is followed; each state of the job is yielded as
+    ``{"job": record, "model_id": id}`` and the proposal is fetched once it is done. Without any model, the
+    image's latest proposal is shown if it has one.
+    """
+    model_id = _active_model_id(client)
+    record = client.proposal(image_id, model_id=model_id)
+    if record is None and model_id is None:
+        raise BackendError(
+            0,
+            "this image has no proposal and the project has no model yet: pretrain one in the DiffSeg "
+            "train widget (Job: pretrain), then load the proposal again.",
+            "no_model",
+        )
+    if record is None:
+        job = client.job(job_id) if job_id is not None else None
+        if job is None or job["state"] in _ENDED:
+            job = client.request_proposals([image_id], **options)
+        yield {"job": job, "model_id": model_id}
+        state = job["state"]
+        while job["state"] not in _ENDED:
+            time.sleep(JOB_POLL_S)
+            job = client.job(int(job["id"]))
+            if job["state"] != state:
+                state = job["state"]
+                yield {"job": job, "model_id": model_id}
+        if job["state"] != "done":
+            raise BackendError(
+                0,
+                f"the proposal job {job['id']} for this image ended {job['state']}"
+                + (f": {job['error']}" if job.get("error") else "")
+                + ". Fix what it says (or resume it in the train widget), then press 'Load / request "
+                "proposal'.",
+                "propose_failed",
+            )
+        record = client.proposal(image_id, model_id=model_id)
+        if record is None:
+            raise BackendError(
+                0,
+                f"the proposal job {job['id']} ended but left no proposal of model {model_id} (was another "
+                "model made active meanwhile?): press 'Load / request proposal' again.",
+                "no_proposal",
+            )
+    return _fetch_proposal(client, image_id, record)
 
 
 def _reject_and_next(client: Any, image_id: str) -> tuple[dict[str, Any], Any]:
@@ -79,8 +140,19 @@ def uncertainty_limits(uncertainty: np.ndarray) -> tuple[float, float]:
 
 
 class AnnotateWidget(QWidget):
-    """Load the proposal of the image under review, edit it with napari's label tools, then save it
+    """Show the proposal of the image under review, edit it with napari's label tools, then save it
     (Shift-S), revert to the proposal, or reject the image.
+
+    Opening an image (Next image, a table double-click, Reject) shows its proposal from the active model,
+    requesting one first when that model has none for it (see :func:`_proposal_or_request`); "Load /
+    request proposal" does the same on demand. Only the latest request is shown, and only while its image
+    is still the one under review.
+
+    Attributes:
+        model_id: The model whose proposal is shown (None when none is).
+        propose_options: Extra :meth:`~napari_diffseg.backend.client.DiffsegClient.request_proposals`
+            arguments for the propose jobs this widget requests (e.g. ``{"preset": "tiny"}``); default: the
+            backend's defaults.
 
     Unsaved edits: the Labels layer is compared with what was last loaded or saved whenever another image
     or proposal would replace it (Next image, a table double-click, Reject, Load proposal); if it differs,
@@ -99,7 +171,13 @@ class AnnotateWidget(QWidget):
         self.proposal_mask: np.ndarray | None = None
         self.image_id: str | None = None
         self.proposal_id: int | None = None
+        self.model_id: str | None = None
         self.base_version: int | None = None
+        self.propose_options: dict[str, Any] = {}
+        self._loading: str | None = None  # the image whose proposal is being fetched (or proposed)
+        self._load_token = 0  # only the latest fetch is shown
+        self._propose_jobs: dict[str, int] = {}  # image id → the propose job requested for it
+        self._alive = _Alive()  # False once Qt has deleted the widget (a fetch may still be under way)
         self.last_rejected: dict[str, Any] | None = None
         self._clean: np.ndarray | None = None  # the Labels data as last loaded or saved
         self._saving: np.ndarray | None = None  # the data of the save in flight
@@ -107,7 +185,11 @@ class AnnotateWidget(QWidget):
 
         self.current = QLabel("no image: open one in the DiffSeg project widget")
         self.current.setWordWrap(True)
-        self.load_button = QPushButton("Load proposal")
+        self.load_button = QPushButton("Load / request proposal")
+        self.load_button.setToolTip(
+            "Show the active model's proposal for this image again; when it has none yet, ask the backend "
+            "to propose one (it opens by itself when an image is opened)"
+        )
         self.save_button = QPushButton(f"Save correction ({SAVE_KEY})")
         self.save_button.setToolTip("Save the Labels layer as a new annotation version of this image")
         self.revert_button = QPushButton("Revert to proposal")
@@ -139,6 +221,7 @@ class AnnotateWidget(QWidget):
         self.session.image_opened.connect(self._on_image_opened)
         self.session.switch_guard = self.confirm_switch
         self.destroyed.connect(partial(_drop_guard, self.session))
+        self.destroyed.connect(partial(_mark_deleted, self._alive))
         self.viewer.bind_key(SAVE_KEY, self._on_save_key, overwrite=True)
         if self.session.image is not None:
             self._on_image_opened(self.session.image)
@@ -154,6 +237,8 @@ class AnnotateWidget(QWidget):
                 self._close_proposal()
         self.include_button.setEnabled(record["state"] == "excluded" or self.last_rejected is not None)
         self.current.setText(f"image: {record['name']} ({record['state']})")
+        if self.session.client is not None and not self.has_unsaved_edits():
+            self._request_proposal(record["id"], explicit=False)
 
     def _on_save_key(self, _viewer: Any) -> None:
         self.save()
@@ -196,23 +281,71 @@ class AnnotateWidget(QWidget):
                 self.viewer.layers.remove(layer)
         self.labels = self.uncertainty = None
         self.proposal_mask = self._clean = None
-        self.image_id = self.proposal_id = self.base_version = None
+        self.image_id = self.proposal_id = self.base_version = self.model_id = None
 
     # ------------------------------------------------------------------------------ load / revert
 
     def load_proposal(self) -> None:
-        """Fetch the proposal of the current image and show it (Labels) with its uncertainty (Image);
-        unsaved edits are dealt with first."""
+        """Fetch the active model's proposal of the current image (requesting one when there is none) and
+        show it (Labels) with its uncertainty (Image); unsaved edits are dealt with first."""
         image = self.session.image
         if self.session.client is None or image is None:
             show_warning("Open an image in the DiffSeg project widget first (connect, then 'Next image').")
             return
         self.session.before_switch(partial(self._request_proposal, image["id"]))
 
-    def _request_proposal(self, image_id: str) -> None:
-        if self.session.client is None:
+    def _request_proposal(self, image_id: str, explicit: bool = True) -> None:
+        """Fetch (or have proposed) the proposal of ``image_id`` in a worker; a fetch of the same image
+        already under way is not started twice. ``explicit``: asked for with the button (a missing model
+        is then a notification, not only a status line)."""
+        client = self.session.client
+        if client is None or self._loading == image_id:
             return
-        run_in_thread(_fetch_proposal, self.session.client, image_id, on_done=self._show_proposal)
+        self._load_token += 1
+        token = self._load_token
+        self._loading = image_id
+        self.current.setText(f"{self._image_name(image_id)}: loading the proposal…")
+        run_in_thread(
+            _proposal_or_request,
+            client,
+            image_id,
+            dict(self.propose_options),
+            self._propose_jobs.get(image_id),
+            on_yield=partial(self._on_proposing, token, image_id),
+            on_done=partial(self._on_proposal_fetched, token),
+            on_error=partial(self._on_proposal_failed, token, explicit),
+        )
+
+    def _image_name(self, image_id: str) -> str:
+        image = self.session.image
+        return str(image["name"]) if image is not None and image["id"] == image_id else image_id
+
+    def _on_proposing(self, token: int, image_id: str, item: dict[str, Any]) -> None:
+        job = item["job"]
+        self._propose_jobs[image_id] = int(job["id"])
+        if token == self._load_token and self._alive.value:
+            self.current.setText(
+                f"{self._image_name(image_id)}: no proposal from model {item['model_id']} yet: proposing… "
+                f"(job {job['id']}, {job['state']})"
+            )
+
+    def _on_proposal_fetched(self, token: int, result: dict[str, Any]) -> None:
+        self._propose_jobs.pop(str(result["proposal"]["image_id"]), None)
+        if token != self._load_token or not self._alive.value:
+            return  # a later request replaced this one, or the widget was closed
+        self._loading = None
+        self._show_proposal(result)
+
+    def _on_proposal_failed(self, token: int, explicit: bool, exc: BaseException) -> None:
+        if token != self._load_token or not self._alive.value:
+            return
+        image_id, self._loading = self._loading, None
+        if image_id is not None:
+            self._propose_jobs.pop(image_id, None)
+        message = exc.message if isinstance(exc, BackendError) else str(exc)
+        self.current.setText(f"no proposal shown: {message}")
+        if explicit or not (isinstance(exc, BackendError) and exc.code == "no_model"):
+            notify_error(exc)
 
     def _show_proposal(self, result: dict[str, Any]) -> None:
         image_id = result["proposal"]["image_id"]
@@ -226,6 +359,7 @@ class AnnotateWidget(QWidget):
         name = image["name"]
         self.image_id = image_id
         self.proposal_id = int(result["proposal"]["id"])
+        self.model_id = str(result["proposal"]["model_id"])
         self.base_version = result["base_version"]
         self.proposal_mask = np.asarray(result["mask"]).astype(np.int32)
         self._clean = self.proposal_mask
@@ -250,7 +384,9 @@ class AnnotateWidget(QWidget):
             metadata={"diffseg_image_id": image_id},
         )
         self.viewer.layers.selection.active = self.labels
-        self.current.setText(f"{name}: proposal {self.proposal_id}; edit, then {SAVE_KEY}")
+        self.current.setText(
+            f"{name}: proposal {self.proposal_id} of model {self.model_id}; edit, then {SAVE_KEY}"
+        )
 
     def revert(self) -> None:
         """Put the proposal back into the Labels layer (the edits since are dropped)."""
@@ -370,3 +506,14 @@ class AnnotateWidget(QWidget):
 
 def _drop_guard(session: Any, *_args: Any) -> None:
     session.switch_guard = None
+
+
+class _Alive:
+    """Whether a widget still exists (a plain object: it outlives the Qt widget it describes)."""
+
+    def __init__(self) -> None:
+        self.value = True
+
+
+def _mark_deleted(alive: _Alive, *_args: Any) -> None:
+    alive.value = False
