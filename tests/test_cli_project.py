@@ -154,3 +154,28 @@ def test_init_with_a_bad_dataset_creates_nothing(capsys, dataset: Path, tmp_path
     rc, _, err = _run(capsys, "init", str(proj), "--images", str(bad))
     _assert_one_line_error(rc, err)
     assert "b.png" in err and not proj.exists()
+
+
+def test_predict_and_evaluate_take_a_project_and_image_folders(capsys, dataset: Path, tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    assert _run(capsys, "init", str(proj), "--images", str(dataset))[0] == 0
+    rc, _, err = _run(capsys, "predict", str(proj), str(dataset / "images"), "--out", str(tmp_path / "m"))
+    assert rc == 2 and "no model yet" in err  # a project before any training: say what to do
+    assert _run(capsys, "cotrain", str(proj), "--preset", "tiny")[0] == 0
+    rc, out, err = _run(capsys, "predict", str(proj), str(dataset / "images"), "--out", str(tmp_path / "m"))
+    assert rc == 0, err
+    written = sorted(p.name for p in (tmp_path / "m").glob("*.png"))
+    assert written == sorted(p.stem + ".png" for p in (dataset / "images").iterdir())
+    assert iio.imread(tmp_path / "m" / written[0]).shape == (64, 64)
+    rc, out, err = _run(capsys, "evaluate", str(proj), str(dataset), "--json", "-")
+    assert rc == 0, err
+    result = json.loads(out)
+    with Project.open(proj) as project:
+        active = project.active_model()
+        assert active is not None
+        assert result["model"] == str(project.model_dir(active.id)) and result["n"] == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, _, err = _run(capsys, "predict", str(proj), str(empty), "--out", str(tmp_path / "m2"))
+    _assert_one_line_error(rc, err)
+    assert "holds no images" in err

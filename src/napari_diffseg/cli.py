@@ -111,8 +111,10 @@ def experiment(
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="model folder (weights.safetensors + config.json)")],
-    images: Annotated[list[Path], typer.Argument(help="image files to segment")],
+    model: Annotated[
+        Path, typer.Argument(help="model folder (weights.safetensors + config.json), or a project (its active model)")
+    ],
+    images: Annotated[list[Path], typer.Argument(help="image files or folders of images to segment")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder for the masks")],
     probabilities: Annotated[bool, typer.Option(help="also write foreground probability TIFFs")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
@@ -128,7 +130,7 @@ def predict(
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="model folder")],
+    model: Annotated[Path, typer.Argument(help="model folder, or a project (its active model)")],
     dataset: Annotated[Path, typer.Argument(help="dataset folder with masks")],
     split: Annotated[str, typer.Option(help="split prefix to evaluate: test, val, train, or 'all'")] = "test",
     json_out: Annotated[

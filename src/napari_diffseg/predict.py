@@ -16,15 +16,45 @@ from .core.models import ModelBundle, load_bundle
 from .data.dataset import DatasetFolder
 from .data.io import match_channels, normalize_image, read_image, write_mask, write_tiff
 
-__all__ = ["evaluate_folder", "load_model", "predict_files", "predict_image"]
+__all__ = ["evaluate_folder", "load_model", "predict_files", "predict_image", "resolve_model"]
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+def resolve_model(path: str | Path) -> Path:
+    """A model folder, or a project folder → the folder of its active model (DESIGN.md: MODEL_OR_PROJECT)."""
+    path = Path(path)
+    if (path / "project.db").exists():
+        from .project import Project
+
+        with Project.open(path) as project:
+            active = project.active_model()
+            if active is None:
+                raise ConfigError(
+                    f"project {path} has no model yet; run `diffseg pretrain` and `diffseg cotrain` first"
+                )
+            return project.model_dir(active.id)
+    return path
+
+
+def _image_files(items: Sequence[str | Path]) -> list[Path]:
+    """Files as given; a folder stands for the image files directly inside it (sorted)."""
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if not found:
+                raise DataError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            files.extend(found)
+        else:
+            files.append(p)
+    return files
 
 
 def load_model(path: str | Path, device: str = "auto") -> tuple[ModelBundle, dict]:
-    path = Path(path)
-    if (path / "project.db").exists():
-        raise ConfigError(
-            f"{path} is a project folder; pass one of its model folders (PROJECT/models/<id>) instead"
-        )
+    """Load a model folder (or a project's active model) for inference."""
+    path = resolve_model(path)
     if not path.is_dir():
         raise CheckpointError(f"model folder {path} does not exist")
     bundle, config, _ = load_bundle(path, choose_device(device))
@@ -54,11 +84,12 @@ def predict_files(
 ) -> list[Path]:
     if not images:
         raise DataError("no images given; pass one or more image files")
+    files = _image_files(images)
     bundle, config = load_model(model, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in images:
+    for path in files:
         probs = predict_image(bundle, config, read_image(path))
         target = out / f"{Path(path).stem}.png"
         write_mask(target, probs.argmax(0).astype(np.uint8))
@@ -84,7 +115,7 @@ def evaluate_folder(
             {"id": i, **segmentation_metrics(probs.argmax(0), ds.load_mask(i), bundle.spec.num_classes)}
         )
     return {
-        "model": str(model),
+        "model": str(resolve_model(model)),
         "dataset": str(dataset),
         "split": split,
         **summarize(per_image),
