@@ -112,7 +112,10 @@ def experiment(
 @app.command()
 def predict(
     model: Annotated[
-        Path, typer.Argument(help="model folder (weights.safetensors + config.json), or a project (its active model)")
+        Path,
+        typer.Argument(
+            help="model folder (weights.safetensors + config.json), or a project (its active model)"
+        ),
     ],
     images: Annotated[list[Path], typer.Argument(help="image files or folders of images to segment")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder for the masks")],
