@@ -1,0 +1,474 @@
+"""Human-in-the-loop simulation (issue #5): does the correct-and-retrain loop save annotators work?
+
+    python benchmarks/hitl.py --dataset glas                      # every arm that is missing, then report
+    python benchmarks/hitl.py --dataset drive --k 2 --b 2 --rounds 3
+    python benchmarks/hitl.py --dataset glas --arms uncertainty --jobs 1 --threads 2
+    python benchmarks/hitl.py --report-only
+
+The loop runs through the product itself: a real project store, the backend's own ``cotrain`` and
+``propose`` jobs (``backend.jobs.execute_job``, in-process) and the store's edit-Dice bookkeeping. Test
+images never enter the project; they are read only to score the students after each round.
+
+Arms (one process each; ``--jobs 2`` runs two at a time with ``--threads`` torch threads each):
+
+- ``uncertainty``: start with ``k`` ground-truth images; after each co-training round the teacher proposes
+  on every unlabeled training image and a simulated annotator corrects the ``b`` most uncertain ones (the
+  correction is the ground truth, saved against the proposal it started from, so the store records edit
+  Dice and pixels changed); then the next round, warm-started from the last model.
+- ``random``: the same, but the ``b`` images are drawn at random (proposals made only for them).
+- ``scratch``: annotating from scratch: a supervised student trained on the same number of fully drawn
+  (random) images, for as many student iterations as the diffseg students have had by that round.
+- ``full``: the fully supervised reference: every training image labeled, same iteration budget as the
+  last round.
+
+"Pixels drawn from scratch" for an image is its number of foreground pixels in the ground truth, so
+``changed / drawn`` is the share of painting a correction costs compared with drawing the mask.
+
+Results: ``benchmarks/results/hitl/<dataset>_<arm>_s<seed>.json`` (resumable: finished arms are skipped),
+``benchmarks/results/hitl/summary.md`` and ``benchmarks/results/hitl/<dataset>.png``. Working projects go
+to ``--work`` (default a temp folder), never into the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parents[1] / "shared" / "data"
+OUT = HERE / "results" / "hitl"
+ARMS = ("uncertainty", "random", "scratch", "full")
+
+# Per-round budget: the cpu preset with shorter stages, since every round warm-starts from the last one.
+OVERRIDES = {"teacher_steps": 200, "cotrain_steps": 300, "refresh_every": 150}
+PROPOSAL = {"steps": 5, "samples": 4}  # DDIM S=5 scores like S=10 (benchmarks/teacher_cost.py)
+
+
+def _arm_path(out: Path, dataset: str, arm: str, seed: int) -> Path:
+    return out / f"{dataset}_{arm}_s{seed}.json"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+# ------------------------------------------------------------------------------------------------
+# one arm (runs in its own process)
+# ------------------------------------------------------------------------------------------------
+def _fov(dataset_dir: Path, image_id: str):
+    """DRIVE's field-of-view mask (standard protocol: score inside the FOV only), else None."""
+    import numpy as np
+
+    from napari_diffseg.data.io import read_mask
+
+    path = dataset_dir / "fov" / f"{image_id}.png"
+    return read_mask(path).astype(bool) if path.exists() else np.ones((0, 0), bool)
+
+
+def _evaluate(bundle, test, preset) -> dict:
+    import numpy as np
+
+    from napari_diffseg.core.inference import predict_probs
+    from napari_diffseg.core.metrics import segmentation_metrics, summarize
+
+    per = []
+    nets = bundle.deployed()
+    for image_id, x, y, fov in test:
+        probs = predict_probs(
+            nets, x[None], multiple=bundle.spec.multiple, roi=preset.roi_size, sw_batch=preset.sw_batch_size
+        )
+        pred = probs.argmax(1)[0].cpu().numpy()
+        if fov.size:
+            pred = np.where(fov, pred, 0)
+        per.append({"id": image_id, **segmentation_metrics(pred, y, bundle.spec.num_classes)})
+    s = summarize(per)
+    return {"dice": float(s["dice_mean"]), "iou": float(s["iou_mean"]), "n": int(s["n"])}
+
+
+def run_arm(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+
+    from napari_diffseg.backend.jobs import execute_job, start_job
+    from napari_diffseg.backend.params import preset_for
+    from napari_diffseg.core.config import get_preset
+    from napari_diffseg.core.models import ModelBundle, ModelSpec, load_bundle
+    from napari_diffseg.core.training import TrainData, train_baseline
+    from napari_diffseg.data.dataset import DatasetFolder
+    from napari_diffseg.data.io import match_channels, normalize_image
+    from napari_diffseg.project import Project
+
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    dataset_dir = Path(args.data) / args.dataset
+    ds = DatasetFolder(dataset_dir)
+    train_ids, test_ids = sorted(ds.train_ids), sorted(ds.test_ids)
+    rng = np.random.default_rng(args.seed)
+    start_ids = sorted(rng.choice(train_ids, size=args.k, replace=False).tolist())  # same for every arm
+    arm_rng = np.random.default_rng(args.seed + 1)
+    channels = 3 if ds.load_image(train_ids[0]).shape[0] == 3 else 1
+
+    def tensor(image_id: str) -> torch.Tensor:
+        return torch.from_numpy(normalize_image(match_channels(ds.load_image(image_id), channels)))
+
+    test = [(i, tensor(i), ds.load_mask(i), _fov(dataset_dir, i)) for i in test_ids]
+    overrides = OVERRIDES if args.preset == "cpu" else {}
+    params = {"preset": args.preset, "overrides": overrides, "seed": args.seed, "device": "cpu"}
+    preset = preset_for(params)
+    rounds_out: list[dict] = []
+    result = {
+        "dataset": args.dataset,
+        "arm": args.arm,
+        "seed": args.seed,
+        "k": args.k,
+        "b": args.b,
+        "rounds": args.rounds,
+        "n_train": len(train_ids),
+        "n_test": len(test_ids),
+        "start_ids": start_ids,
+        "preset": args.preset,
+        "overrides": overrides,
+        "proposal": PROPOSAL,
+        "torch_threads": args.threads,
+        "machine": machine(),
+        "per_round": rounds_out,
+    }
+
+    if args.arm in ("scratch", "full"):
+        labeled = list(start_ids)
+        rounds = 1 if args.arm == "full" else args.rounds
+        for r in range(1, rounds + 1):
+            if args.arm == "full":
+                labeled = list(train_ids)
+                steps = preset.cotrain_steps * args.rounds
+            else:
+                steps = preset.cotrain_steps * r
+            t0 = time.perf_counter()
+            pr = get_preset(args.preset).with_overrides(**{**overrides, "cotrain_steps": steps})
+            spec = ModelSpec("supervised", channels, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
+            bundle = ModelBundle(spec, seed=args.seed)
+            data = TrainData(
+                [tensor(i) for i in labeled], [torch.from_numpy(ds.load_mask(i)) for i in labeled]
+            )
+            gen = torch.Generator().manual_seed(args.seed)
+            for _ in train_baseline(bundle, data, pr, generator=gen, device=torch.device("cpu")):
+                pass
+            t_train = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            score = _evaluate(bundle, test, pr)
+            rounds_out.append(
+                {
+                    "round": r,
+                    "n_labeled": len(labeled),
+                    "fraction_labeled": len(labeled) / len(train_ids),
+                    "student_steps": steps,
+                    "test_dice": score["dice"],
+                    "test_iou": score["iou"],
+                    "seconds_train": t_train,
+                    "seconds_eval": time.perf_counter() - t0,
+                    # from scratch every foreground pixel is drawn
+                    "drawn_pixels_per_image": float(
+                        np.mean([int((ds.load_mask(i) > 0).sum()) for i in labeled])
+                    ),
+                }
+            )
+            print(json.dumps(rounds_out[-1]), flush=True)
+            pool = [i for i in train_ids if i not in labeled]
+            labeled += sorted(arm_rng.choice(pool, size=min(args.b, len(pool)), replace=False).tolist())
+        result["seconds"] = time.perf_counter() - t_start
+        return result
+
+    work = Path(args.work) / f"{args.dataset}_{args.arm}_s{args.seed}"
+    if work.exists():
+        shutil.rmtree(work)
+    with Project.create(work) as project:
+        for i in train_ids:
+            mask = ds.load_mask(i) if i in start_ids else None
+            project.import_array(ds.load_image(i), i, mask, split="train")
+        labeled = list(start_ids)
+        for r in range(1, args.rounds + 1):
+            t0 = time.perf_counter()
+            job = start_job(project, "cotrain", params)
+            state = execute_job(work, job)
+            if state != "done":
+                raise SystemExit(f"cotrain job {job} ended {state}")
+            t_train = time.perf_counter() - t0
+            active = project.active_model()
+            assert active is not None
+            bundle, _, _ = load_bundle(project.model_dir(active.id), torch.device("cpu"))
+            t0 = time.perf_counter()
+            score = _evaluate(bundle, test, preset)
+            row: dict = {
+                "round": r,
+                "model": active.id,
+                "n_labeled": len(labeled),
+                "fraction_labeled": len(labeled) / len(train_ids),
+                "student_steps": preset.cotrain_steps * r,
+                "test_dice": score["dice"],
+                "test_iou": score["iou"],
+                "seconds_train": t_train,
+                "seconds_eval": time.perf_counter() - t0,
+            }
+            if r < args.rounds:
+                # ---- the annotator's turn: proposals from this round's teacher, correct b images ----
+                pool = [rec.id for rec in project.images(split="train") if rec.name not in labeled]
+                t0 = time.perf_counter()
+                if args.arm == "uncertainty":
+                    job = start_job(project, "propose", {**params, **PROPOSAL})
+                    execute_job(work, job)
+                    ranked = sorted(
+                        (project.image(i) for i in pool), key=lambda rec: -(rec.uncertainty or 0.0)
+                    )
+                    chosen = [rec.id for rec in ranked[: args.b]]
+                else:
+                    chosen = arm_rng.choice(pool, size=min(args.b, len(pool)), replace=False).tolist()
+                    job = start_job(project, "propose", {**params, **PROPOSAL, "ids": chosen})
+                    execute_job(work, job)
+                t_propose = time.perf_counter() - t0
+                edits = []
+                for image_id in chosen:
+                    rec = project.image(image_id)
+                    found = project.proposal(image_id, active.id)
+                    assert found is not None
+                    truth = ds.load_mask(rec.name)
+                    version = project.save_annotation(
+                        image_id, truth, kind="correction", replaces=None, proposal_id=found[0].id
+                    )
+                    ann = project.annotation(image_id, version)
+                    assert ann is not None and ann.pixels_changed is not None
+                    drawn = int((truth > 0).sum())
+                    edits.append(
+                        {
+                            "image": rec.name,
+                            "uncertainty": rec.uncertainty,
+                            "edit_dice": ann.edit_dice,
+                            "pixels_changed": int(ann.pixels_changed),
+                            "pixels_drawn_from_scratch": drawn,
+                            "changed_over_drawn": ann.pixels_changed / max(drawn, 1),
+                        }
+                    )
+                    labeled.append(rec.name)
+                row.update(
+                    {
+                        "seconds_propose": t_propose,
+                        "corrections": edits,
+                        "mean_edit_dice": float(np.mean([e["edit_dice"] for e in edits])),
+                        "mean_pixels_changed": float(np.mean([e["pixels_changed"] for e in edits])),
+                        "mean_changed_over_drawn": float(np.mean([e["changed_over_drawn"] for e in edits])),
+                    }
+                )
+            rounds_out.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "corrections"}), flush=True)
+        result["check"] = project.check().get("ok", None)
+    result["seconds"] = time.perf_counter() - t_start
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------
+def load(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*_s*.json"))]
+
+
+def _cell(by_arm: dict, arm: str, i: int, key: str = "test_dice") -> str:
+    run = by_arm.get(arm)
+    if run is None or i >= len(run["per_round"]) or key not in run["per_round"][i]:
+        return "—"
+    return f"{run['per_round'][i][key]:.3f}"
+
+
+def _edit(by_arm: dict, arm: str, i: int) -> str:
+    run = by_arm.get(arm)
+    if run is None or i >= len(run["per_round"]) or "mean_edit_dice" not in run["per_round"][i]:
+        return "—"
+    row = run["per_round"][i]
+    return f"{row['mean_edit_dice']:.3f} / {row['mean_changed_over_drawn']:.2f}"
+
+
+def report(out: Path) -> str:
+    runs = load(out)
+    if not runs:
+        return "no results yet"
+    lines = [f"Human-in-the-loop simulation. Machine: {runs[0]['machine']}.", ""]
+    for dataset in sorted({r["dataset"] for r in runs}):
+        by_arm = {r["arm"]: r for r in runs if r["dataset"] == dataset}
+        any_run = next(iter(by_arm.values()))
+        full = by_arm.get("full")
+        full_dice = full["per_round"][-1]["test_dice"] if full else math.nan
+        lines += [
+            f"### {dataset}: {any_run['n_train']} training images, {any_run['n_test']} test images, "
+            f"k = {any_run['k']} to start, b = {any_run['b']} corrected per round, seed {any_run['seed']}",
+            "",
+            f"Fully supervised ({any_run['n_train']} images, same iteration budget): test Dice **{full_dice:.3f}**"
+            if full
+            else "Fully supervised reference: not run yet.",
+            "",
+            "| round | labeled images | uncertainty: test Dice | random: test Dice | from scratch: test Dice "
+            "| uncertainty: edit Dice / changed÷drawn | random: edit Dice / changed÷drawn "
+            "| uncertainty: s train + propose |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        n_rounds = max(len(r["per_round"]) for r in by_arm.values() if r["arm"] != "full")
+        for i in range(n_rounds):
+            ref = by_arm.get("uncertainty") or any_run
+            row = ref["per_round"][min(i, len(ref["per_round"]) - 1)]
+            secs = "—"
+            if "uncertainty" in by_arm and i < len(by_arm["uncertainty"]["per_round"]):
+                u = by_arm["uncertainty"]["per_round"][i]
+                secs = f"{u['seconds_train']:.0f} + {u.get('seconds_propose', 0):.0f}"
+            lines.append(
+                f"| {i + 1} | {row['n_labeled']} ({100 * row['fraction_labeled']:.0f} %) "
+                f"| {_cell(by_arm, 'uncertainty', i)} | {_cell(by_arm, 'random', i)} "
+                f"| {_cell(by_arm, 'scratch', i)} | {_edit(by_arm, 'uncertainty', i)} | {_edit(by_arm, 'random', i)} "
+                f"| {secs} |"
+            )
+        lines += [
+            "",
+            "Edit Dice and changed÷drawn are for the images corrected *after* that round, from that round's "
+            "proposals (changed = pixels whose label the annotator had to change; drawn = foreground pixels "
+            "they would paint from scratch).",
+            "",
+        ]
+        u = by_arm.get("uncertainty")
+        if u and full:
+            target = 0.95 * full_dice
+            hit = [r for r in u["per_round"] if r["test_dice"] >= target]
+            if hit:
+                first = hit[0]
+                lines.append(
+                    f"- 95 % of fully supervised ({target:.3f}) first reached in round {first['round']} with "
+                    f"{first['n_labeled']} labeled images ({100 * first['fraction_labeled']:.0f} % of the "
+                    f"training set): test Dice {first['test_dice']:.3f}."
+                )
+            else:
+                lines.append(f"- 95 % of fully supervised ({target:.3f}) not reached within the rounds run.")
+            if len(u["per_round"]) >= 2 and "mean_changed_over_drawn" in u["per_round"][1]:
+                ratio = u["per_round"][1]["mean_changed_over_drawn"]
+                lines.append(
+                    f"- Round 2 corrections: the annotator changed {ratio:.2f} of the pixels they would draw "
+                    f"from scratch (target ≤ 0.33)."
+                )
+            lines.append(
+                f"- Wall time of the uncertainty arm: {u['seconds']:.0f} s ({u['torch_threads']} torch threads)."
+            )
+            lines.append("")
+    return "\n".join(lines)
+
+
+def plot(out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = load(out)
+    for dataset in sorted({r["dataset"] for r in runs}):
+        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+        by_arm = {r["arm"]: r for r in runs if r["dataset"] == dataset}
+        for arm, style in (("uncertainty", "o-"), ("random", "s--"), ("scratch", "^:")):
+            if arm in by_arm:
+                rows = by_arm[arm]["per_round"]
+                ax.plot([r["n_labeled"] for r in rows], [r["test_dice"] for r in rows], style, label=arm)
+        if "full" in by_arm:
+            full = by_arm["full"]["per_round"][-1]["test_dice"]
+            ax.axhline(full, color="k", lw=1, label=f"all {by_arm['full']['n_train']} labeled")
+            ax.axhline(0.95 * full, color="k", lw=1, ls=":", label="95 % of that")
+        ax.set_xlabel("labeled training images")
+        ax.set_ylabel("test Dice")
+        ax.set_title(f"{dataset}: human-in-the-loop simulation")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / f"{dataset}.png")
+        plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="glas", help="a folder under ../shared/data (glas, drive, ...)")
+    p.add_argument("--data", default=str(DATA), help="the folder holding the dataset folders")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--k", type=int, default=2, help="ground-truth images to start with")
+    p.add_argument("--b", type=int, default=5, help="images corrected per round")
+    p.add_argument("--rounds", type=int, default=4, help="co-training rounds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="cpu", help="cpu (the benchmark) or tiny (a smoke test)")
+    p.add_argument("--jobs", type=int, default=1, help="arms run at the same time")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per arm")
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "diffseg-hitl"))
+    p.add_argument("--out", default=str(OUT))
+    p.add_argument("--keep", action="store_true", help="keep the working projects")
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm in this process
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    if args.arm:
+        result = run_arm(args)
+        target = _arm_path(out, args.dataset, args.arm, args.seed)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, target)
+        return
+
+    if not args.report_only:
+        todo = [a for a in args.arms if not _arm_path(out, args.dataset, a, args.seed).exists()]
+
+        def launch(arm: str) -> tuple[str, int, float]:
+            cmd = [sys.executable, __file__, "--arm", arm] + [
+                f"--{k}={v}"
+                for k, v in (
+                    ("dataset", args.dataset),
+                    ("data", args.data),
+                    ("k", args.k),
+                    ("b", args.b),
+                    ("rounds", args.rounds),
+                    ("seed", args.seed),
+                    ("preset", args.preset),
+                    ("threads", args.threads),
+                    ("work", args.work),
+                    ("out", args.out),
+                )
+            ]
+            if args.keep:
+                cmd.append("--keep")
+            log = out / f"{args.dataset}_{arm}_s{args.seed}.log"
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            t0 = time.perf_counter()
+            with open(log, "w") as fh:
+                rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+            return arm, rc, time.perf_counter() - t0
+
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            for arm, rc, secs in pool.map(launch, todo):
+                print(f"{args.dataset} {arm}: exit {rc} after {secs:.0f} s", flush=True)
+    text = report(out)
+    (out / "summary.md").write_text(text + "\n")
+    plot(out)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
