@@ -1,8 +1,8 @@
 """Dock the napari-diffseg widgets in a real napari window and save screenshots of them.
 
 Builds a small synthetic project in a temporary folder, pretrains a ``tiny`` teacher and makes proposals
-(CLI, ~20 s on a CPU), starts a local backend from the Project widget, opens the next image, loads its
-proposal and runs a tiny pretraining job from the Train widget. Needs a display; headless::
+(CLI, ~20 s on a CPU), starts a local backend from the Project widget, opens the next image (the Annotate
+widget shows its proposal and uncertainty by itself) and runs a tiny pretraining job from the Train widget. Needs a display; headless::
 
     xvfb-run -a python examples/screenshot_widgets.py [--out examples/screenshots]
 """
@@ -67,12 +67,20 @@ def main() -> None:
             project.folder.setText(str(root))
             project.start_local(root)
             wait_until(lambda: project.table.rowCount() == 7)
-            project.open_next()
-            wait_until(lambda: len(viewer.layers) == 1)
-            viewer.screenshot(str(args.out / "project_widget.png"), canvas_only=False)
+            project.open_next()  # the annotate widget shows the image's proposal by itself
 
-            annotate.load_proposal()
-            wait_until(lambda: annotate.labels is not None)
+            def proposal_shown() -> bool:
+                image = project.session.image
+                return (
+                    image is not None
+                    and annotate.image_id == image["id"]
+                    and annotate.labels is not None
+                    and annotate.labels.visible
+                    and annotate.uncertainty is not None
+                )
+
+            wait_until(proposal_shown)
+            viewer.screenshot(str(args.out / "project_widget.png"), canvas_only=False)
             viewer.screenshot(str(args.out / "annotate_widget.png"), canvas_only=False)
 
             train.kind.setCurrentText("pretrain")

@@ -128,6 +128,11 @@ def _layers(viewer) -> list[str]:
     return [layer.name for layer in viewer.layers]
 
 
+def _visible_layers(viewer) -> list[str]:
+    """The layers shown (a closed proposal's layers stay, hidden, to be reused for the next one)."""
+    return [layer.name for layer in viewer.layers if layer.visible]
+
+
 # ------------------------------------------------------------------------------------------ active model
 
 
@@ -175,13 +180,13 @@ def test_the_proposal_shown_is_the_active_models_and_a_missing_one_is_requested(
         project.table.cellDoubleClicked.emit(row, 0)  # teacher1 has no proposal for b: one is requested
         qtbot.waitUntil(lambda: "proposing" in annotate.current.text(), timeout=WAIT_MS)
         assert "teacher1" in annotate.current.text()
-        assert _layers(viewer) == ["b"]  # teacher0's older proposal is not shown as current
+        assert _visible_layers(viewer) == ["b"]  # teacher0's older proposal is not shown as current
         jobs = [j for j in client.jobs() if j["kind"] == "propose"]
         assert len(jobs) == 1 and jobs[0]["params"]["ids"] == [project.session.image["id"]]
         qtbot.waitUntil(lambda: "no proposal shown" in annotate.current.text(), timeout=60_000)
         assert client.job(jobs[0]["id"])["state"] == "failed"
         assert any(f"job {jobs[0]['id']}" in w and "failed" in w for w in warnings), warnings
-        assert _layers(viewer) == ["b"] and annotate.labels is None
+        assert _visible_layers(viewer) == ["b"] and annotate.image_id is None
 
 
 # ------------------------------------------------------------------------------------------ save
@@ -322,9 +327,10 @@ def test_unsaved_edits_discard_switches_and_saves_nothing(docked, qtbot, client,
     asked.answer = "discard"
     project.next_button.click()
     assert asked.names == ["a proposal"]
-    qtbot.waitUntil(lambda: _image_layer(viewer) is not image_layer, timeout=WAIT_MS)
-    assert project.session.image["name"] == "a"  # still the most uncertain: opened again, fresh
+    assert annotate.image_id is None and not annotate.labels.visible  # closed at once
     _wait_proposal(qtbot, annotate, "a")
+    assert project.session.image["name"] == "a"  # still the most uncertain: opened again, fresh
+    assert _image_layer(viewer) is image_layer  # reused: new data in the same layer
     assert _layers(viewer) == ["a", "a uncertainty", "a proposal"]
     assert np.array_equal(annotate.labels.data, client.proposal_pixels("a", "mask"))  # the edits are gone
     assert client.annotations("a") == []
@@ -357,3 +363,156 @@ def test_the_real_dialog_returns_the_clicked_choice(qtbot) -> None:
     for button, answer in ((buttons.Discard, "discard"), (buttons.Save, "save"), (buttons.Cancel, "cancel")):
         QTimer.singleShot(50, lambda b=button: click(b))
         assert ask_unsaved(None, "x proposal") == answer
+
+
+# ------------------------------------------------------------------------------------------ layer reuse
+
+
+def test_opening_images_in_a_row_reuses_the_layers(docked, qtbot, client, asked) -> None:
+    """Next image three times: the image, uncertainty and Labels layers are the same objects with new
+    data (removing and adding layers crashes some OpenGL drivers), the canvas paints, and Ctrl-Z on the
+    Labels layer cannot bring back the previous image's mask."""
+    viewer, project, annotate = docked
+    image_layer, labels, uncertainty = _image_layer(viewer), annotate.labels, annotate.uncertainty
+    canvas = viewer.window._qt_viewer.canvas
+    for name in ("b", "c", "d"):
+        previous = np.array(labels.data)
+        labels.paint((5, 5), 7)  # an edit in the undo history of the previous image...
+        assert labels.data[5, 5] == 7
+        labels.undo()  # ...undone (so nothing is unsaved), but still in the redo history
+        client.set_image_state(project.session.image["name"], "excluded")  # Next goes on to `name`
+        project.next_button.click()
+        _wait_proposal(qtbot, annotate, name)
+        assert _layers(viewer) == [name, f"{name} uncertainty", f"{name} proposal"]
+        assert _image_layer(viewer) is image_layer and annotate.labels is labels
+        assert annotate.uncertainty is uncertainty
+        image_id = project.session.image["id"]
+        assert image_layer.rgb and image_layer.metadata["diffseg_image"]["id"] == image_id
+        assert np.array_equal(image_layer.data, np.moveaxis(client.image_pixels(image_id), 0, -1))
+        assert np.array_equal(labels.data, client.proposal_pixels(image_id, "mask"))
+        assert np.allclose(uncertainty.data, client.proposal_pixels(image_id, "uncertainty"))
+        assert labels.visible and uncertainty.visible and not np.array_equal(labels.data, previous)
+        labels.undo()
+        labels.redo()  # the history was reset: neither brings back the previous image's mask
+        assert np.array_equal(labels.data, client.proposal_pixels(image_id, "mask"))
+        canvas.native.update()
+        qtbot.wait(100)  # a paint with the new data (this used to crash with Mesa's software GL)
+    assert asked.names == []
+
+
+def test_an_annotated_image_opens_its_latest_annotation(docked, qtbot, client, asked) -> None:
+    """A corrected image shows its latest annotation version (no proposal is requested); saving replaces
+    that version, and a stale save is still refused."""
+    viewer, project, annotate = docked
+    edited = _edit(annotate)
+    annotate.save()
+    qtbot.waitUntil(lambda: annotate.base_version == 1, timeout=WAIT_MS)
+    project.next_button.click()
+    _wait_proposal(qtbot, annotate, "b")
+    jobs_before = len(client.jobs())
+
+    row = [project.table.item(r, 0).text() for r in range(project.table.rowCount())].index("a")
+    project.table.cellDoubleClicked.emit(row, 0)
+    qtbot.waitUntil(
+        lambda: project.session.image["name"] == "a" and annotate.image_id is not None, timeout=WAIT_MS
+    )
+    assert annotate.labels.name == "a annotation" and "annotation version 1" in annotate.current.text()
+    assert np.array_equal(annotate.labels.data, edited)
+    assert annotate.base_version == 1 and annotate.proposal_id is None
+    assert _layers(viewer) == ["a", "a uncertainty", "a annotation"]
+    assert len(client.jobs()) == jobs_before  # nothing was proposed
+
+    again = np.array(annotate.labels.data)
+    again[40:44, 0:10] = 2
+    annotate.labels.data = again
+    annotate.save()
+    qtbot.waitUntil(lambda: annotate.base_version == 2, timeout=WAIT_MS)
+    versions = client.annotations("a")
+    assert [v["version"] for v in versions] == [1, 2] and versions[-1]["replaces"] == 1
+    assert versions[-1]["proposal_id"] is None
+    assert np.array_equal(client.annotation_pixels("a"), again)
+
+
+# ------------------------------------------------------------------------------------------ requests
+
+
+class _FakeClient:
+    """Records the calls; ``teacher1`` is active, only it has a proposal; image "done" is annotated."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def models(self):
+        self.calls.append("models")
+        return [{"id": "teacher0", "active": False}, {"id": "teacher1", "active": True}]
+
+    def proposal(self, image_id, model_id=None):
+        self.calls.append(f"proposal {model_id}")
+        return (
+            {"id": 9, "image_id": image_id, "model_id": "teacher1"}
+            if model_id in (None, "teacher1")
+            else None
+        )
+
+    def proposal_pixels(self, image_id, part, model_id=None):
+        from napari_diffseg.backend.errors import BackendError
+
+        self.calls.append(f"pixels {part} {model_id}")
+        if model_id not in (None, "teacher1"):
+            raise BackendError(404, "no proposal", "no_proposal")
+        return np.ones((4, 4), np.uint8 if part == "mask" else np.float32)
+
+    def annotations(self, image_id):
+        self.calls.append("annotations")
+        return [{"version": 3}]
+
+    def annotation_pixels(self, image_id, version):
+        self.calls.append(f"annotation {version}")
+        return np.full((4, 4), 2, np.uint8)
+
+    def request_proposals(self, ids, **options):  # pragma: no cover - must not be reached
+        raise AssertionError("no propose job may be requested")
+
+
+def test_the_companion_fetch_makes_only_the_needed_requests() -> None:
+    from napari_diffseg._widgets.annotate import _load_for_image
+
+    client = _FakeClient()
+    out = _load_for_image(client, {"id": "x", "state": "proposed", "latest_version": None}, "teacher1")
+    assert out["kind"] == "proposal" and out["proposal"]["id"] == 9 and out["base_version"] is None
+    assert out["mask"].dtype == np.int32 and out["edit"] is not out["mask"] and out["limits"][1] > 0
+    assert sorted(client.calls) == [
+        "pixels mask teacher1",
+        "pixels uncertainty teacher1",
+        "proposal teacher1",
+    ]
+
+    client.calls.clear()  # a stale cached model: "missing" (the widget then takes the full path)
+    out = _load_for_image(client, {"id": "x", "state": "proposed", "latest_version": None}, "teacher0")
+    assert out["kind"] == "missing" and "models" not in client.calls
+
+    client.calls.clear()  # an annotated image: its latest version, never a proposal request
+    out = _load_for_image(client, {"id": "x", "state": "corrected", "latest_version": 3}, "teacher0")
+    assert out["kind"] == "annotation" and out["base_version"] == 3 and out["uncertainty"] is None
+    assert np.array_equal(out["edit"], np.full((4, 4), 2)) and "proposal teacher0" not in client.calls
+
+    client.calls.clear()  # the model not known yet: asked first
+    out = _load_for_image(client, {"id": "x", "state": "proposed", "latest_version": None}, None, False)
+    assert out["active_model"] == "teacher1" and out["kind"] == "proposal" and client.calls[0] == "models"
+
+
+def test_a_stale_cached_model_is_refreshed_before_proposing() -> None:
+    """The cached model has no proposal ('not found'): the active model is asked for again; it changed, so
+    its proposal is shown and no propose job is requested."""
+    from napari_diffseg._widgets.annotate import _proposal_or_request
+
+    client = _FakeClient()
+    gen = _proposal_or_request(client, "x", {}, None, "teacher0", True)
+    yielded = []
+    try:
+        while True:
+            yielded.append(next(gen))
+    except StopIteration as stop:
+        result = stop.value
+    assert yielded == [{"model_id": "teacher1"}]
+    assert result["model_id"] == "teacher1" and result["base_version"] == 3

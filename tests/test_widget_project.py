@@ -164,3 +164,34 @@ def test_import_without_a_backend_says_what_to_do(widget, qtbot, messages) -> No
     widget.import_files(["/nonexistent.png"])
     assert len(messages["warning"]) == 2
     assert all("open a project or connect first" in m for m in messages["warning"])
+
+
+def test_show_image_reuses_the_image_layer_and_adds_before_removing(make_napari_viewer, qtbot) -> None:
+    """Opening images in a row keeps one Image layer (new data, name, contrast); grey ↔ RGB needs a new
+    layer, added before the old one goes. The canvas paints after each (remove + add used to crash some
+    OpenGL drivers)."""
+    from napari_diffseg._widgets._session import Session
+    from napari_diffseg._widgets.project import show_image
+
+    viewer = make_napari_viewer()
+    session = Session()
+    rng = np.random.default_rng(0)
+    opened: list[str] = []
+    session.image_opened.connect(lambda rec: opened.append(rec["name"]))
+    grey = [(rng.random((1, 64, 80)) * k).astype(np.float32) for k in (1, 50, 1000)]
+    for k, pixels in enumerate(grey):
+        show_image(viewer, session, ({"id": f"g{k}", "name": f"g{k}"}, pixels))
+        viewer.window._qt_viewer.canvas.native.update()
+        qtbot.wait(50)
+    layer = viewer.layers[0]
+    assert [la.name for la in viewer.layers] == ["g2"] and opened == ["g0", "g1", "g2"]
+    assert np.array_equal(layer.data, grey[2][0]) and layer.metadata["diffseg_image"]["id"] == "g2"
+    assert layer.contrast_limits[1] > 100  # reset for the new data, not the first image's
+    rgb = rng.integers(0, 255, (3, 64, 80), dtype=np.uint8)
+    show_image(viewer, session, ({"id": "c", "name": "c"}, rgb))
+    qtbot.wait(50)
+    assert [la.name for la in viewer.layers] == ["c"] and viewer.layers[0].rgb
+    assert viewer.layers[0] is not layer and np.array_equal(viewer.layers[0].data, np.moveaxis(rgb, 0, -1))
+    show_image(viewer, session, ({"id": "c2", "name": "c2"}, rgb[::-1]))
+    qtbot.wait(50)
+    assert [la.name for la in viewer.layers] == ["c2"] and session.image["id"] == "c2"

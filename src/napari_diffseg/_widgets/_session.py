@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -26,7 +27,10 @@ from qtpy.QtCore import QObject, Signal
 
 from napari_diffseg.backend.errors import AuthError, BackendError, BackendUnavailable
 
-__all__ = ["Session", "notify_error", "run_in_thread", "session_for"]
+__all__ = ["FETCH_POOL", "Session", "active_model_id", "notify_error", "run_in_thread", "session_for"]
+
+FETCH_POOL = ThreadPoolExecutor(max_workers=6, thread_name_prefix="diffseg-fetch")
+"""Threads for the HTTP requests a worker makes at the same time (an image's pixels and its proposal)."""
 
 _SESSIONS: dict[int, tuple[weakref.ref, Session]] = {}
 
@@ -43,6 +47,15 @@ class Session(QObject):
         switch_guard: Called as ``switch_guard(proceed)`` before another image (or proposal) replaces the
             one under review; it calls ``proceed()`` once unsaved edits are saved or discarded, or never
             (the user cancelled). Set by the annotate widget; None: switch at once.
+        model_id: The backend's active model as last seen (None: none, or not known yet; see
+            :attr:`model_known`). Refreshed on connecting, when the train widget ends a job or sets a
+            model active, and when a proposal of the cached model is missing.
+        companion: Called in the image-opening worker as ``companion(client, record, model_id,
+            model_known)`` (the session's :attr:`model_id` and :attr:`model_known`), at the
+            same time as the image's pixels are fetched (so the proposal arrives with the image); what it
+            returns (or raises) is handed over with the image (:attr:`prefetched`). Set by the annotate
+            widget; None: nothing is fetched with the image.
+        prefetched: ``(image id, what companion returned or raised)`` for the image last opened, or None.
     """
 
     connected = Signal(object)  # the client
@@ -58,6 +71,27 @@ class Session(QObject):
         self.server: subprocess.Popen[bytes] | None = None
         self.switch_guard: Callable[[Callable[[], None]], None] | None = None
         self.interrupted_jobs: list[dict[str, Any]] = []
+        self.model_id: str | None = None
+        self.model_known = False
+        self.companion: Callable[[Any, dict[str, Any], str | None, bool], Any] | None = None
+        self.prefetched: tuple[str, Any] | None = None
+
+    def set_model_id(self, model_id: str | None) -> None:
+        """Remember the backend's active model (the proposals shown come from it)."""
+        self.model_id = None if model_id is None else str(model_id)
+        self.model_known = True
+
+    def refresh_model(self) -> None:
+        """Ask the backend which model is active (in a worker) and remember it."""
+        client = self.client
+        if client is None:
+            return
+        run_in_thread(
+            active_model_id,
+            client,
+            on_done=lambda mid: self.set_model_id(mid) if client is self.client else None,
+            on_error=lambda _exc: None,  # the next image open asks again
+        )
 
     def set_client(self, client: Any) -> None:
         """Use ``client`` from now on (the previous one is closed); then look for interrupted jobs."""
@@ -65,7 +99,9 @@ class Session(QObject):
             self.client.close()
         self.client = client
         self.interrupted_jobs = []
+        self.model_id, self.model_known = None, False
         self.connected.emit(client)
+        self.refresh_model()
         run_in_thread(
             _interrupted_jobs,
             client,
@@ -102,8 +138,10 @@ class Session(QObject):
         show_info(f"Job {job['id']} ({job['kind']}) resumed: it continues from its last checkpoint.")
         self.follow_job.emit(int(job["id"]))
 
-    def set_image(self, record: dict[str, Any]) -> None:
+    def set_image(self, record: dict[str, Any], prefetched: Any = None) -> None:
+        """Make ``record`` the image under review; ``prefetched``: what :attr:`companion` fetched with it."""
         self.image = record
+        self.prefetched = (str(record["id"]), prefetched) if prefetched is not None else None
         self.image_opened.emit(record)
 
     def before_switch(self, proceed: Callable[[], None]) -> None:
@@ -142,6 +180,11 @@ def _forget(key: int) -> None:
     entry = _SESSIONS.pop(key, None)
     if entry is not None:
         entry[1].stop_server()
+
+
+def active_model_id(client: Any) -> str | None:
+    """Worker: the id of the backend's active model (None before there is one)."""
+    return next((str(m["id"]) for m in client.models() if m.get("active")), None)
 
 
 def _interrupted_jobs(client: Any) -> list[dict[str, Any]]:

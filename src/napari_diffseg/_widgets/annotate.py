@@ -5,12 +5,24 @@ annotator chooses Save, Discard or Cancel (:func:`ask_unsaved`).
 
 Proposals come by themselves: when an image is opened, the proposal of the **active model** is shown; when
 that model has none for the image yet, a ``propose`` job is requested for it, followed in a worker thread
-(the status line says "proposing…") and its result shown when it is done."""
+(the status line says "proposing…") and its result shown when it is done. The cached proposal is fetched
+together with the image's pixels (the session's ``companion``, with the active model id the session
+caches), so the image and its proposal appear at once.
+
+An image that already has an annotation (state ``corrected`` or ``ground_truth``) opens with its **latest
+annotation version** as the editable Labels layer (named "… annotation"; no proposal is requested). Saving
+it sends a new version that replaces that one (``replaces=<latest>``, no proposal id), so a stale save is
+still refused; "Load / request proposal" shows the active model's proposal instead.
+
+The Labels and uncertainty layers are created once and reused for every image (new data, name and
+contrast; the Labels undo history is cleared so Ctrl-Z cannot bring back another image's mask): removing
+layers and adding new ones is several times slower, and crashed napari with Mesa's software OpenGL."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -18,7 +30,7 @@ import numpy as np
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
-from napari_diffseg._widgets._session import notify_error, run_in_thread, session_for
+from napari_diffseg._widgets._session import active_model_id, notify_error, run_in_thread, session_for
 from napari_diffseg._widgets.project import _fetch_image, show_image
 from napari_diffseg.backend.errors import BackendError, StaleAnnotation
 
@@ -26,6 +38,10 @@ __all__ = ["REJECT_HELP", "SAVE_KEY", "AnnotateWidget", "ask_unsaved", "uncertai
 
 JOB_POLL_S = 0.25  # how often a worker asks the backend about a propose job it follows
 _ENDED = ("done", "failed", "cancelled", "interrupted")
+CLOSED_LABELS = "(no proposal)"  # the names of the hidden layers kept for the next image
+CLOSED_UNCERTAINTY = "(no uncertainty)"
+ANNOTATED = ("corrected", "ground_truth")  # image states shown from their latest annotation
+_PARTS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="diffseg-parts")  # leaf requests only
 
 SAVE_KEY = "Shift-S"
 REJECT_HELP = (
@@ -56,43 +72,150 @@ def ask_unsaved(parent: QWidget | None, name: str) -> str:
 
 def _active_model_id(client: Any) -> str | None:
     """Worker: the id of the backend's active model (None before there is one)."""
-    return next((str(m["id"]) for m in client.models() if m.get("active")), None)
+    return active_model_id(client)
 
 
-def _fetch_proposal(client: Any, image_id: str, record: dict[str, Any]) -> dict[str, Any]:
-    """Worker: the mask and uncertainty of the proposal ``record`` (of its model), and the image's latest
-    annotation version."""
-    model_id = str(record["model_id"])
-    versions = client.annotations(image_id)
-    return {
-        "proposal": record,
-        "mask": client.proposal_pixels(image_id, "mask", model_id=model_id),
-        "uncertainty": client.proposal_pixels(image_id, "uncertainty", model_id=model_id),
-        "base_version": int(versions[-1]["version"]) if versions else None,
+def _proposal_parts(client: Any, image_id: str, model_id: str | None) -> dict[str, Any] | None:
+    """Worker: the record, mask and uncertainty of the latest proposal of ``model_id`` (None: of any model)
+    for ``image_id``, requested at the same time; None when there is none."""
+    if model_id is None:
+        record = client.proposal(image_id)
+        if record is None:
+            return None
+        model_id = str(record["model_id"])
+    else:
+        record = None
+    parts = {
+        part: _PARTS.submit(client.proposal_pixels, image_id, part, model_id=model_id)
+        for part in ("mask", "uncertainty")
     }
+    try:
+        if record is None:
+            record = client.proposal(image_id, model_id=model_id)
+        pixels = {part: future.result() for part, future in parts.items()}
+    except BackendError as exc:
+        if exc.code == "no_proposal":
+            return None
+        raise
+    finally:
+        for future in parts.values():
+            future.cancel()
+    if record is None:
+        return None
+    return _prepared(
+        {
+            "kind": "proposal",
+            "image_id": image_id,
+            "proposal": record,
+            "model_id": str(record["model_id"]),
+            "mask": pixels["mask"],
+            "uncertainty": pixels["uncertainty"],
+        }
+    )
+
+
+def _prepared(result: dict[str, Any]) -> dict[str, Any]:
+    """Worker: the arrays as the layers take them (int32 mask and its editable copy, float32 uncertainty
+    and its contrast limits), so the main thread only swaps data."""
+    mask = np.asarray(result["mask"]).astype(np.int32)
+    result["mask"], result["edit"] = mask, mask.copy()
+    if result.get("uncertainty") is not None:
+        unc = np.ascontiguousarray(result["uncertainty"], dtype=np.float32)
+        result["uncertainty"], result["limits"] = unc, uncertainty_limits(unc)
+    return result
+
+
+def _load_for_image(
+    client: Any, record: dict[str, Any], model_id: str | None, model_known: bool = True
+) -> dict[str, Any]:
+    """Worker (the session's companion, run while the image's pixels are fetched): what the annotate widget
+    shows for a freshly opened image, as ``{"kind": ...}``:
+
+    - ``"annotation"``: the image is corrected or ground truth: its latest annotation version (and the
+      uncertainty of the active model's proposal, if it has one cached; without an active model, of the
+      image's latest proposal). No proposal is requested.
+    - ``"proposal"``: the cached proposal of ``model_id`` (the session's active model).
+    - ``"missing"``: that model has no proposal for the image yet (the widget then asks for one).
+
+    ``model_known`` False: the session does not know the active model yet; it is asked for first and
+    returned as ``"active_model"``.
+    """
+    if not model_known:
+        model_id = _active_model_id(client)
+        result = _load_for_image(client, record, model_id)
+        result["active_model"] = model_id
+        return result
+    image_id = str(record["id"])
+    latest = record.get("latest_version")
+    if record.get("state") in ANNOTATED and latest is not None:
+        # model None (no active model): the uncertainty of the image's latest proposal, as shown for it
+        unc = _PARTS.submit(client.proposal_pixels, image_id, "uncertainty", model_id=model_id)
+        mask = client.annotation_pixels(image_id, int(latest))
+        try:
+            uncertainty = unc.result()
+        except BackendError as exc:
+            if exc.code != "no_proposal":
+                raise
+            uncertainty = None
+        return _prepared(
+            {
+                "kind": "annotation",
+                "image_id": image_id,
+                "version": int(latest),
+                "base_version": int(latest),
+                "model_id": model_id,
+                "mask": mask,
+                "uncertainty": uncertainty,
+            }
+        )
+    found = _proposal_parts(client, image_id, model_id)
+    if found is None:
+        return {"kind": "missing", "image_id": image_id, "model_id": model_id}
+    found["base_version"] = None if latest is None else int(latest)
+    return found
 
 
 def _proposal_or_request(
-    client: Any, image_id: str, options: dict[str, Any], job_id: int | None = None
+    client: Any,
+    image_id: str,
+    options: dict[str, Any],
+    job_id: int | None = None,
+    model_id: str | None = None,
+    model_known: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Worker (generator): the proposal of the active model for ``image_id`` (see :func:`_fetch_proposal`).
+    """Worker (generator): the proposal of the active model for ``image_id`` (see :func:`_proposal_parts`)
+    with the image's latest annotation version as ``base_version``.
 
-    When the active model has none for it yet (the image is new, or its proposals come from an older
-    model), a ``propose`` job is requested for this image (``options``: more :meth:`request_proposals`
-    arguments), or the job ``job_id`` requested earlier is followed; each state of the job is yielded as
-    ``{"job": record, "model_id": id}`` and the proposal is fetched once it is done. Without any model, the
-    image's latest proposal is shown if it has one.
+    ``model_id``: the active model as the session knows it (``model_known``), else it is asked for. When
+    that model has no proposal for the image, the backend is asked again which model is active (another
+    may have been made active meanwhile: ``{"model_id": id}`` is yielded when it changed). When the active
+    model has none (the image is new, or its proposals come from an older model), a ``propose`` job is
+    requested for this image (``options``: more :meth:`request_proposals` arguments), or the job
+    ``job_id`` requested earlier is followed; each state of the job is yielded as ``{"job": record,
+    "model_id": id}`` and the proposal is fetched once it is done. Without any model, the image's latest
+    proposal is shown if it has one.
     """
-    model_id = _active_model_id(client)
-    record = client.proposal(image_id, model_id=model_id)
-    if record is None and model_id is None:
-        raise BackendError(
-            0,
-            "this image has no proposal and the project has no model yet: pretrain one in the DiffSeg "
-            "train widget (Job: pretrain), then load the proposal again.",
-            "no_model",
-        )
-    if record is None:
+    versions = _PARTS.submit(client.annotations, image_id)
+    if not model_known:
+        model_id = _active_model_id(client)
+        yield {"model_id": model_id}
+    found = _proposal_parts(client, image_id, model_id) if model_id is not None else None
+    if found is None and model_known:
+        fresh = _active_model_id(client)  # a 'not found': is the cached model still the active one?
+        if fresh != model_id:
+            model_id = fresh
+            yield {"model_id": model_id}
+            found = _proposal_parts(client, image_id, model_id) if model_id is not None else None
+    if found is None and model_id is None:
+        found = _proposal_parts(client, image_id, None)
+        if found is None:
+            raise BackendError(
+                0,
+                "this image has no proposal and the project has no model yet: pretrain one in the DiffSeg "
+                "train widget (Job: pretrain), then load the proposal again.",
+                "no_model",
+            )
+    if found is None:
         job = client.job(job_id) if job_id is not None else None
         if job is None or job["state"] in _ENDED:
             job = client.request_proposals([image_id], **options)
@@ -113,21 +236,25 @@ def _proposal_or_request(
                 "proposal'.",
                 "propose_failed",
             )
-        record = client.proposal(image_id, model_id=model_id)
-        if record is None:
+        found = _proposal_parts(client, image_id, model_id)
+        if found is None:
             raise BackendError(
                 0,
                 f"the proposal job {job['id']} ended but left no proposal of model {model_id} (was another "
                 "model made active meanwhile?): press 'Load / request proposal' again.",
                 "no_proposal",
             )
-    return _fetch_proposal(client, image_id, record)
+    annotations = versions.result()
+    found["base_version"] = int(annotations[-1]["version"]) if annotations else None
+    return found
 
 
-def _reject_and_next(client: Any, image_id: str) -> tuple[dict[str, Any], Any]:
-    """Worker: mark the image excluded, then fetch the next one to review."""
+def _reject_and_next(
+    client: Any, image_id: str, companion: Any = None, model: tuple[str | None, bool] = (None, False)
+) -> tuple[dict[str, Any], Any]:
+    """Worker: mark the image excluded, then fetch the next one to review (and its proposal)."""
     rejected = client.set_image_state(image_id, "excluded")
-    return rejected, _fetch_image(client, None)
+    return rejected, _fetch_image(client, None, companion, model)
 
 
 def uncertainty_limits(uncertainty: np.ndarray) -> tuple[float, float]:
@@ -220,6 +347,7 @@ class AnnotateWidget(QWidget):
         self.include_button.clicked.connect(self.include_again)
         self.session.image_opened.connect(self._on_image_opened)
         self.session.switch_guard = self.confirm_switch
+        self.session.companion = _load_for_image  # the proposal is fetched with the image's pixels
         self.destroyed.connect(partial(_drop_guard, self.session))
         self.destroyed.connect(partial(_mark_deleted, self._alive))
         self.viewer.bind_key(SAVE_KEY, self._on_save_key, overwrite=True)
@@ -227,6 +355,8 @@ class AnnotateWidget(QWidget):
             self._on_image_opened(self.session.image)
 
     def _on_image_opened(self, record: dict[str, Any]) -> None:
+        prefetched = self.session.prefetched
+        self.session.prefetched = None
         if self.labels is not None and record["id"] != self.image_id:
             if self.has_unsaved_edits():  # only reachable around the guard: keep the edits
                 show_warning(
@@ -237,8 +367,41 @@ class AnnotateWidget(QWidget):
                 self._close_proposal()
         self.include_button.setEnabled(record["state"] == "excluded" or self.last_rejected is not None)
         self.current.setText(f"image: {record['name']} ({record['state']})")
-        if self.session.client is not None and not self.has_unsaved_edits():
-            self._request_proposal(record["id"], explicit=False)
+        if self.session.client is None or self.has_unsaved_edits():
+            return
+        self._load_token += 1  # whatever was being fetched for the previous image is not shown
+        self._loading = None
+        if prefetched is not None and prefetched[0] == str(record["id"]):
+            self._on_loaded(self._load_token, prefetched[1])
+        else:  # opened without the companion fetch (e.g. this widget docked later): fetch it now
+            token = self._load_token
+            self._loading = str(record["id"])
+            run_in_thread(
+                _load_for_image,
+                self.session.client,
+                record,
+                self.session.model_id,
+                self.session.model_known,
+                on_done=partial(self._on_loaded, token),
+                on_error=partial(self._on_loaded, token),
+            )
+
+    def _on_loaded(self, token: int, result: Any) -> None:
+        """Main thread: what :func:`_load_for_image` fetched for the image just opened (or the exception
+        it raised): shown, or for a missing proposal (or a failed fetch) the full load/request path."""
+        if token != self._load_token or not self._alive.value:
+            return
+        self._loading = None
+        image = self.session.image
+        if image is None:
+            return
+        if isinstance(result, dict) and "active_model" in result:
+            self.session.set_model_id(result["active_model"])
+        if isinstance(result, BaseException) or result.get("kind") == "missing":
+            # the full path: it checks that the cached model is still the active one, then proposes
+            self._request_proposal(str(image["id"]), explicit=False)
+            return
+        self._show_loaded(result)
 
     def _on_save_key(self, _viewer: Any) -> None:
         self.save()
@@ -247,7 +410,12 @@ class AnnotateWidget(QWidget):
 
     def has_unsaved_edits(self) -> bool:
         """Whether the Labels layer differs from what was last loaded or saved (one array comparison)."""
-        if self.labels is None or self._clean is None or self.labels not in self.viewer.layers:
+        if (
+            self.labels is None
+            or self._clean is None
+            or self.image_id is None
+            or self.labels not in self.viewer.layers
+        ):
             return False
         return not np.array_equal(np.asarray(self.labels.data), self._clean)
 
@@ -255,7 +423,7 @@ class AnnotateWidget(QWidget):
         """The session's switch guard: call ``proceed`` now when there is nothing unsaved, after the save
         when the annotator chooses Save (not at all if it fails), after dropping the edits on Discard, and
         never on Cancel."""
-        if self.labels is None or self.labels not in self.viewer.layers:
+        if self.labels is None or self.image_id is None or self.labels not in self.viewer.layers:
             proceed()
             return
         data = np.asarray(self.labels.data)
@@ -275,11 +443,16 @@ class AnnotateWidget(QWidget):
             show_info(f"Stayed on {self.labels.name}: your edits are still there.")
 
     def _close_proposal(self) -> None:
-        """Remove the proposal and uncertainty layers this widget added and forget them."""
-        for layer in (self.labels, self.uncertainty):
+        """Forget the shown proposal; its layers are hidden, and reused (new data) for the next one.
+
+        Layers are not removed: removing a Labels and an Image layer and adding new ones crashes napari
+        at the next paint with some OpenGL drivers, and swapping data is several times faster."""
+        for layer, name in ((self.labels, CLOSED_LABELS), (self.uncertainty, CLOSED_UNCERTAINTY)):
             if layer is not None and layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        self.labels = self.uncertainty = None
+                layer.visible = False
+                layer.name = name
+                if layer is self.labels:
+                    _clear_history(layer)  # Ctrl-Z must not bring back what was dropped
         self.proposal_mask = self._clean = None
         self.image_id = self.proposal_id = self.base_version = self.model_id = None
 
@@ -287,7 +460,9 @@ class AnnotateWidget(QWidget):
 
     def load_proposal(self) -> None:
         """Fetch the active model's proposal of the current image (requesting one when there is none) and
-        show it (Labels) with its uncertainty (Image); unsaved edits are dealt with first."""
+        show it (Labels) with its uncertainty (Image); unsaved edits are dealt with first. This also
+        replaces an annotation shown for a corrected image by the proposal (saving then replaces the
+        image's latest version, as before)."""
         image = self.session.image
         if self.session.client is None or image is None:
             show_warning("Open an image in the DiffSeg project widget first (connect, then 'Next image').")
@@ -311,7 +486,9 @@ class AnnotateWidget(QWidget):
             image_id,
             dict(self.propose_options),
             self._propose_jobs.get(image_id),
-            on_yield=partial(self._on_proposing, token, image_id),
+            self.session.model_id,
+            self.session.model_known and not explicit,  # the button asks which model is active
+            on_yield=partial(self._on_proposing, token, image_id, client),
             on_done=partial(self._on_proposal_fetched, token),
             on_error=partial(self._on_proposal_failed, token, explicit),
         )
@@ -320,8 +497,12 @@ class AnnotateWidget(QWidget):
         image = self.session.image
         return str(image["name"]) if image is not None and image["id"] == image_id else image_id
 
-    def _on_proposing(self, token: int, image_id: str, item: dict[str, Any]) -> None:
-        job = item["job"]
+    def _on_proposing(self, token: int, image_id: str, client: Any, item: dict[str, Any]) -> None:
+        if client is self.session.client:
+            self.session.set_model_id(item["model_id"])
+        job = item.get("job")
+        if job is None:
+            return
         self._propose_jobs[image_id] = int(job["id"])
         if token == self._load_token and self._alive.value:
             self.current.setText(
@@ -330,11 +511,11 @@ class AnnotateWidget(QWidget):
             )
 
     def _on_proposal_fetched(self, token: int, result: dict[str, Any]) -> None:
-        self._propose_jobs.pop(str(result["proposal"]["image_id"]), None)
+        self._propose_jobs.pop(str(result["image_id"]), None)
         if token != self._load_token or not self._alive.value:
             return  # a later request replaced this one, or the widget was closed
         self._loading = None
-        self._show_proposal(result)
+        self._show_loaded(result)
 
     def _on_proposal_failed(self, token: int, explicit: bool, exc: BaseException) -> None:
         if token != self._load_token or not self._alive.value:
@@ -348,48 +529,90 @@ class AnnotateWidget(QWidget):
             notify_error(exc)
 
     def _show_proposal(self, result: dict[str, Any]) -> None:
-        image_id = result["proposal"]["image_id"]
+        """Show a fetched proposal (``{"proposal", "mask", "uncertainty", "base_version"}``)."""
+        result = dict(result)
+        result.setdefault("kind", "proposal")
+        result.setdefault("image_id", str(result["proposal"]["image_id"]))
+        result.setdefault("model_id", str(result["proposal"]["model_id"]))
+        if "edit" not in result:
+            result = _prepared(result)
+        self._show_loaded(result)
+
+    def _show_loaded(self, result: dict[str, Any]) -> None:
+        """Show what :func:`_load_for_image` or :func:`_proposal_or_request` fetched: the mask in the
+        editable Labels layer, the uncertainty in the Image layer (both reused when they exist)."""
+        image_id = result["image_id"]
         image = self.session.image or {"id": image_id, "name": image_id}
         if image["id"] != image_id:
             return  # another image was opened meanwhile
         if self.has_unsaved_edits():
             show_warning(f"Not loaded: {self.labels.name} was edited meanwhile; save or revert it first.")
             return
-        self._close_proposal()
         name = image["name"]
         self.image_id = image_id
-        self.proposal_id = int(result["proposal"]["id"])
-        self.model_id = str(result["proposal"]["model_id"])
         self.base_version = result["base_version"]
-        self.proposal_mask = np.asarray(result["mask"]).astype(np.int32)
+        self.model_id = result.get("model_id")
+        self.proposal_mask = result["mask"]
         self._clean = self.proposal_mask
-        unc = np.asarray(result["uncertainty"], dtype=np.float32)
-        for layer_name in (f"{name} uncertainty", f"{name} proposal"):
-            if layer_name in self.viewer.layers:
-                self.viewer.layers.remove(layer_name)
-        self.uncertainty = self.viewer.add_image(
-            unc,
-            name=f"{name} uncertainty",
-            colormap="magma",
-            contrast_limits=uncertainty_limits(unc),
-            blending="translucent",
-            opacity=0.6,
-            visible=True,
-            metadata={"diffseg_image_id": image_id},
-        )
-        self.labels = self.viewer.add_labels(
-            self.proposal_mask.copy(),
-            name=f"{name} proposal",
-            opacity=0.5,
-            metadata={"diffseg_image_id": image_id},
-        )
-        self.viewer.layers.selection.active = self.labels
-        self.current.setText(
-            f"{name}: proposal {self.proposal_id} of model {self.model_id}; edit, then {SAVE_KEY}"
-        )
+        meta = {"diffseg_image_id": image_id}
+        if result["kind"] == "annotation":
+            self.proposal_id = None
+            what = f"annotation version {result['version']}"
+            title = f"{name} annotation"
+        else:
+            self.proposal_id = int(result["proposal"]["id"])
+            what = f"proposal {self.proposal_id} of model {self.model_id}"
+            title = f"{name} proposal"
+        self._set_uncertainty(name, result.get("uncertainty"), result.get("limits"), meta)
+        labels = self.labels
+        if labels is not None and labels in self.viewer.layers:
+            labels.data = result["edit"]
+            _clear_history(labels)  # Ctrl-Z must not bring back the previous image's mask
+            labels.metadata = meta
+            labels.visible = True
+        else:
+            labels = self.labels = self.viewer.add_labels(result["edit"], opacity=0.5, metadata=meta)
+        labels.name = title
+        self.viewer.layers.selection.active = labels
+        self.current.setText(f"{name}: {what}; edit, then {SAVE_KEY}")
+
+    def _set_uncertainty(
+        self, name: str, unc: np.ndarray | None, limits: tuple[float, float] | None, meta: dict[str, Any]
+    ) -> None:
+        layer = self.uncertainty
+        alive = layer is not None and layer in self.viewer.layers
+        if unc is None:
+            if alive:
+                layer.visible = False  # this image has no uncertainty to show
+                layer.metadata = meta
+                layer.name = CLOSED_UNCERTAINTY
+            return
+        limits = limits or uncertainty_limits(unc)
+        if alive and np.ndim(layer.data) == unc.ndim and not layer.multiscale:
+            low, high = limits
+            layer.data = unc
+            layer.contrast_limits_range = (min(low, float(unc.min())), max(high, float(unc.max())))
+            layer.contrast_limits = limits
+            layer.metadata = meta
+            layer.visible = True
+        else:
+            old = layer if alive else None
+            layer = self.uncertainty = self.viewer.add_image(
+                unc,
+                colormap="magma",
+                contrast_limits=limits,
+                blending="translucent",
+                opacity=0.6,
+                visible=True,
+                metadata=meta,
+            )
+            if old is not None:  # added before the old one goes (see _close_proposal)
+                self.viewer.layers.remove(old)
+        layer.name = f"{name} uncertainty"
 
     def revert(self) -> None:
-        """Put the proposal back into the Labels layer (the edits since are dropped)."""
+        """Put the proposal back into the Labels layer (the edits since are dropped); for an image opened
+        from its annotation, that annotation version."""
         if self.labels is None or self.proposal_mask is None:
             return
         self.labels.data = self.proposal_mask.copy()
@@ -464,6 +687,8 @@ class AnnotateWidget(QWidget):
             _reject_and_next,
             self.session.client,
             image["id"],
+            self.session.companion,
+            (self.session.model_id, self.session.model_known),
             on_done=self._on_rejected,
             on_finish=lambda: self.reject_button.setEnabled(True),
         )
@@ -504,8 +729,19 @@ class AnnotateWidget(QWidget):
         self.session.images_changed.emit()
 
 
+def _clear_history(labels: Any) -> None:
+    """Drop the undo / redo history of a Labels layer (napari clears it when a layer is made read-only;
+    the tool mode the annotator chose is kept)."""
+    mode = labels.mode
+    labels.editable = False
+    labels.editable = True
+    if labels.mode != mode:
+        labels.mode = mode
+
+
 def _drop_guard(session: Any, *_args: Any) -> None:
     session.switch_guard = None
+    session.companion = None
 
 
 class _Alive:

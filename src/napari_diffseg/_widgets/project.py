@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_diffseg._layers import to_display
-from napari_diffseg._widgets._session import Session, notify_error, run_in_thread, session_for
+from napari_diffseg._widgets._session import FETCH_POOL, Session, notify_error, run_in_thread, session_for
 from napari_diffseg.backend.errors import AuthError, BackendUnavailable
 from napari_diffseg.backend.local import start_local_backend
 
@@ -103,28 +103,79 @@ def _reason(exc: BaseException) -> str:
     return exc.message if isinstance(exc, BackendError) else str(exc)
 
 
-def _fetch_image(client: Any, record: dict[str, Any] | None) -> tuple[dict[str, Any], np.ndarray] | None:
-    """Worker: the record (``None`` → ``/next``) and the pixels of the image to open."""
+def _fetch_image(
+    client: Any,
+    record: dict[str, Any] | None,
+    companion: Callable[[Any, dict[str, Any], str | None, bool], Any] | None = None,
+    model: tuple[str | None, bool] = (None, False),
+) -> tuple[dict[str, Any], np.ndarray, Any, bool] | None:
+    """Worker: the fresh record (``None`` → ``/next``), the pixels of the image to open (as napari shows
+    them) and what ``companion(client, record, *model)`` fetched at the same time (the exception it
+    raised, if it failed: the image is still shown), and whether the pixels are RGB. ``model``: the
+    session's ``(model_id, model_known)``."""
+    record = client.next_image() if record is None else client.image(record["id"])
     if record is None:
-        record = client.next_image()
-        if record is None:
-            return None
-    return record, client.image_pixels(record["id"])
+        return None
+    extra = None
+    future = FETCH_POOL.submit(companion, client, record, *model) if companion is not None else None
+    try:
+        data, rgb = to_display(client.image_pixels(record["id"]))
+        data = np.ascontiguousarray(data)  # a (C, H, W) → (H, W, C) view uploads slower
+    finally:
+        if future is not None:
+            try:
+                extra = future.result()
+            except Exception as exc:  # handed to the main thread, which reports it
+                extra = exc
+    return record, data, extra, rgb
 
 
-def show_image(viewer: Any, session: Session, result: tuple[dict[str, Any], np.ndarray] | None) -> None:
-    """Main thread: show a fetched image (replacing the previously opened one) and make it the image under
-    review; ``None`` (nothing left to review) gives a notification."""
+def _unwrap(obj: Any) -> Any:
+    return getattr(obj, "__wrapped__", obj)
+
+
+def _reusable(layer: Any, data: np.ndarray, rgb: bool) -> bool:
+    """Whether ``layer`` (an Image layer of ours) can take ``data`` in place."""
+    from napari.layers import Image
+
+    return (
+        isinstance(layer, Image)
+        and not layer.multiscale
+        and bool(layer.rgb) == rgb
+        and np.ndim(layer.data) == data.ndim
+    )
+
+
+def show_image(viewer: Any, session: Session, result: tuple[Any, ...] | None) -> None:
+    """Main thread: show a fetched image (``(record, stored pixels)``, or what :func:`_fetch_image` returns)
+    and make it the image under review; ``None`` (nothing left to review) gives a notification.
+
+    The Image layer of the previously opened image is reused (new data, name, contrast): removing layers
+    and adding new ones is slow, and with some OpenGL drivers it crashes napari at the next paint. A new
+    layer is added only when there is none, or when the old one cannot take the image (RGB ↔ grey); it is
+    added before the old one is removed.
+    """
     if result is None:
         show_info("Every image has been reviewed: start a training round in the DiffSeg train widget.")
         return
-    record, pixels = result
-    data, rgb = to_display(pixels)
-    for layer in list(viewer.layers):
-        if "diffseg_image" in layer.metadata or layer.name == record["name"]:
-            viewer.layers.remove(layer)
-    viewer.add_image(data, name=record["name"], rgb=rgb, metadata={"diffseg_image": record})
-    session.set_image(record)
+    record, pixels = result[0], result[1]
+    prefetched = result[2] if len(result) > 2 else None
+    data, rgb = (pixels, bool(result[3])) if len(result) > 3 else to_display(pixels)
+    viewer = _unwrap(viewer)  # napari hands plugins proxies: a new one per access, so `is` fails on them
+    ours = [layer for layer in viewer.layers if "diffseg_image" in layer.metadata]
+    layer = next((lay for lay in ours if _reusable(lay, data, rgb)), None)
+    if layer is not None:
+        layer.data = data
+        layer.metadata = {"diffseg_image": record}
+        layer.reset_contrast_limits_range()
+        layer.reset_contrast_limits()
+    else:
+        layer = viewer.add_image(data, name=record["name"], rgb=rgb, metadata={"diffseg_image": record})
+    for other in list(viewer.layers):
+        if other is not layer and (any(other is o for o in ours) or other.name == record["name"]):
+            viewer.layers.remove(other)
+    layer.name = record["name"]
+    session.set_image(record, prefetched)
 
 
 def _cell(value: float | None) -> str:
@@ -415,13 +466,20 @@ class ProjectWidget(QWidget):
         client = self.session.client
         if client is None:
             return
-        run_in_thread(_fetch_image, client, record, on_done=self._add_image)
+        run_in_thread(
+            _fetch_image,
+            client,
+            record,
+            self.session.companion,
+            (self.session.model_id, self.session.model_known),
+            on_done=self._add_image,
+        )
 
     def _on_row_activated(self, row: int, _col: int) -> None:
         if 0 <= row < len(self.images):
             self.open_image(self.images[row])
 
-    def _add_image(self, result: tuple[dict[str, Any], np.ndarray] | None) -> None:
+    def _add_image(self, result: tuple[Any, ...] | None) -> None:
         show_image(self.viewer, self.session, result)
 
 

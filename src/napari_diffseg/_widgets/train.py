@@ -552,6 +552,7 @@ class TrainWidget(QWidget):
     def _show_models(self, models: list[dict[str, Any]]) -> None:
         selected = self.selected_model()
         self.models = list(models)
+        self.session.set_model_id(self.active_model())  # the proposals shown come from the active model
         table = self.models_table
         table.setRowCount(len(self.models))
         for row, model in enumerate(self.models):

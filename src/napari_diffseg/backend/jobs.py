@@ -12,6 +12,7 @@ those with an annotation (ground truth or a human correction; corrections weigh 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -148,16 +149,30 @@ def _save_model(
     return mid
 
 
-def _load_active(project: Project, device: torch.device) -> tuple[ModelBundle, str, int] | None:
+def _load_active(project: Project, device: torch.device) -> tuple[ModelBundle, str, dict] | None:
+    """The active model's bundle, id and config.json (None without an active model)."""
     active = project.active_model()
     if active is None:
         return None
-    bundle, _, _ = load_bundle(project.model_dir(active.id), device)
+    bundle, config, _ = load_bundle(project.model_dir(active.id), device)
     if not bundle.has_teacher:
         raise ConfigError(
             f"the active model {active.id!r} has no diffusion teacher; activate a diffseg model"
         )
-    return bundle, active.id, active.round
+    return bundle, active.id, config
+
+
+def _model_preset(config: dict) -> Preset | None:
+    """The preset a model was trained with (``config.json``'s ``preset``), None when it has none."""
+    stored = config.get("preset")
+    if not isinstance(stored, dict):
+        return None
+    known = {f.name for f in dataclasses.fields(Preset)}
+    try:
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in known}
+        return Preset(**values)
+    except (TypeError, ValueError, DiffsegError):
+        return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,8 +227,9 @@ def _propose(
     loaded = _load_active(project, dev)
     if loaded is None:
         raise ConfigError("the project has no model yet; run pretraining or a co-training round first")
-    bundle, mid, _ = loaded
-    pr = preset_for(params)
+    bundle, mid, config = loaded
+    # without an explicit preset, propose at the cost of the preset the active model was trained with
+    pr = preset_for(params, default=None if "preset" in params else _model_preset(config))
     cfg = SamplerConfig(
         steps=int(params.get("steps", pr.ddim_steps)),
         samples=int(params.get("samples", pr.samples)),

@@ -82,16 +82,20 @@ def _override_value(field: dataclasses.Field[Any], default: object, value: objec
     return value
 
 
-def preset_for(params: Mapping[str, Any]) -> Preset:
-    """The preset a job runs with: ``params["preset"]`` (default ``cpu``) with ``params["overrides"]``.
+def preset_for(params: Mapping[str, Any], default: Preset | None = None) -> Preset:
+    """The preset a job runs with: ``params["preset"]`` (without one: ``default``, else ``cpu``) with
+    ``params["overrides"]``.
 
     Raises:
         ConfigError: An unknown preset, override name or a badly typed override value.
     """
-    name = params.get("preset", "cpu")
-    if not isinstance(name, str) or name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
-    preset = get_preset(name)
+    if "preset" not in params and default is not None:
+        preset = default
+    else:
+        name = params.get("preset", "cpu")
+        if not isinstance(name, str) or name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+        preset = get_preset(name)
     overrides = params.get("overrides") or {}
     if not isinstance(overrides, Mapping):
         raise ConfigError("job parameter 'overrides' must be an object of preset fields and values.")

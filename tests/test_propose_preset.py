@@ -1,0 +1,59 @@
+"""A propose job without a ``preset`` runs at the cost of the preset the active model was trained with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from napari_diffseg.backend import jobs
+from napari_diffseg.backend.jobs import execute_job, start_job
+from napari_diffseg.core.config import get_preset
+from napari_diffseg.project import Project
+
+
+@pytest.fixture
+def project(tmp_path: Path, synth_dataset: Path) -> Path:
+    root = tmp_path / "proj"
+    with Project.create(root) as p:
+        for img in sorted((synth_dataset / "images").glob("train_*.png"))[:2]:
+            p.import_files([img])
+    return root
+
+
+def _run(root: Path, kind: str, params: dict) -> str:
+    with Project.open(root) as p:
+        job = start_job(p, kind, params)
+    return execute_job(root, job)
+
+
+def test_propose_uses_the_active_models_preset(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _run(project, "pretrain", {"preset": "tiny"}) == "done"
+    seen: list[tuple] = []
+    real = jobs.propose
+
+    def spy(net, diff, x, cfg, gen, **kw):
+        seen.append((cfg.steps, cfg.samples, cfg.rounds, kw["roi"], kw["sw_batch"]))
+        return real(net, diff, x, cfg, gen, **kw)
+
+    monkeypatch.setattr(jobs, "propose", spy)
+    assert _run(project, "propose", {"ids": ["train_000"]}) == "done"  # no preset given
+    tiny = get_preset("tiny")
+    assert seen == [(tiny.ddim_steps, tiny.samples, tiny.rounds, tiny.roi_size, tiny.sw_batch_size)]
+
+    seen.clear()  # an explicit preset (and overrides) still win
+    assert _run(project, "propose", {"ids": ["train_000"], "overrides": {"samples": 3}}) == "done"
+    assert seen[0][1] == 3 and seen[0][3] == tiny.roi_size
+    seen.clear()
+    cpu = get_preset("cpu")
+    monkeypatch.setattr(jobs, "propose", lambda *a, **kw: seen.append(kw["roi"]) or real(*a, **kw))
+    assert _run(project, "propose", {"ids": ["train_000"], "preset": "cpu", "steps": 1}) == "done"
+    assert seen == [cpu.roi_size]
+
+
+def test_model_preset_tolerates_old_or_odd_configs() -> None:
+    assert jobs._model_preset({}) is None
+    assert jobs._model_preset({"preset": "tiny"}) is None
+    assert jobs._model_preset({"preset": {"name": "x", "batch_size": 0}}) is None
+    tiny = get_preset("tiny")
+    assert jobs._model_preset({"preset": tiny.to_dict()}) == tiny
