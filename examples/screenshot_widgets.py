@@ -5,11 +5,19 @@ Builds a small synthetic project in a temporary folder, pretrains a ``tiny`` tea
 widget shows its proposal and uncertainty by itself) and runs a tiny pretraining job from the Train widget. Needs a display; headless::
 
     xvfb-run -a python examples/screenshot_widgets.py [--out examples/screenshots]
+
+The README's screenshots come from a trained project instead, so that proposals and plots look like real
+use: run the demo first, then point the script at a copy of its project (the copy is what it opens; the
+Train widget replays the demo's last co-training round from its persisted events)::
+
+    diffseg demo --out /tmp/demo
+    xvfb-run -a python examples/screenshot_widgets.py --project /tmp/demo/project
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,20 +61,29 @@ def build_project(folder: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "screenshots")
+    parser.add_argument("--project", type=Path, help="a trained project to show (a copy of it is opened)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = build_project(Path(tmp))
+        if args.project is not None:
+            root = Path(tmp) / "project"
+            shutil.copytree(args.project, root)
+        else:
+            root = build_project(Path(tmp))
+        with Project.open(root) as p:
+            n_images = len(p.images())
+            cotrain_jobs = [j.id for j in p.jobs() if j.kind == "cotrain" and j.state == "done"]
         viewer = napari.Viewer(title="napari-diffseg")
-        viewer.window.resize(1400, 900)
+        viewer.window.resize(1400, 1000)
         _, project = viewer.window.add_plugin_dock_widget("napari-diffseg", "Project")
         _, annotate = viewer.window.add_plugin_dock_widget("napari-diffseg", "Annotate")
         _, train = viewer.window.add_plugin_dock_widget("napari-diffseg", "Train")
         try:
             project.folder.setText(str(root))
             project.start_local(root)
-            wait_until(lambda: project.table.rowCount() == 7)
+            wait_until(lambda: project.table.rowCount() == n_images)
+            viewer.screenshot(str(args.out / "project_widget.png"), canvas_only=False)
             project.open_next()  # the annotate widget shows the image's proposal by itself
 
             def proposal_shown() -> bool:
@@ -80,12 +97,17 @@ def main() -> None:
                 )
 
             wait_until(proposal_shown)
-            viewer.screenshot(str(args.out / "project_widget.png"), canvas_only=False)
             viewer.screenshot(str(args.out / "annotate_widget.png"), canvas_only=False)
 
-            train.kind.setCurrentText("pretrain")
-            train.start()
-            wait_until(lambda: "done" in train.status.text())
+            if cotrain_jobs:  # a trained project: replay its last round's history
+                train.follow(cotrain_jobs[-1])
+                wait_until(lambda: "done" in train.status.text() and train.models_table.rowCount() > 0)
+                time.sleep(0.5)
+                wait_until(lambda: True)
+            else:
+                train.kind.setCurrentText("pretrain")
+                train.start()
+                wait_until(lambda: "done" in train.status.text())
             viewer.screenshot(str(args.out / "train_widget.png"), canvas_only=False)
         finally:
             project.session.stop_server()

@@ -312,6 +312,7 @@ class AnnotateWidget(QWidget):
 
         self.current = QLabel("no image: open one in the DiffSeg project widget")
         self.current.setWordWrap(True)
+        self.current.setMinimumHeight(2 * self.current.fontMetrics().lineSpacing() + 4)  # two lines
         self.load_button = QPushButton("Load / request proposal")
         self.load_button.setToolTip(
             "Show the active model's proposal for this image again; when it has none yet, ask the backend "

@@ -224,6 +224,7 @@ class ProjectWidget(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setToolTip("Double-click an image to open it")
         self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(170)  # about six rows, even when the three docks share the side
         self.refresh_button = QPushButton("Refresh")
         self.next_button = QPushButton("Next image")
         self.next_button.setToolTip("Open the unreviewed image with the highest uncertainty")
