@@ -258,11 +258,13 @@ def _reject_and_next(
 
 
 def uncertainty_limits(uncertainty: np.ndarray) -> tuple[float, float]:
-    """Contrast limits that make this image's most uncertain regions stand out: its 2nd to 99.5th
-    percentile (a span of at least 1e-3, so a flat map stays dark instead of amplifying noise)."""
+    """Contrast limits that make this image's most uncertain regions stand out: its median to its 99.5th
+    percentile, so (with additive blending) the typical half of the image stays black and only the more
+    uncertain regions glow (a span of at least 1e-3, so a flat map stays dark instead of amplifying
+    noise)."""
     if not uncertainty.size:
         return 0.0, 1.0
-    low, high = (float(v) for v in np.percentile(uncertainty, [2, 99.5]))
+    low, high = (float(v) for v in np.percentile(uncertainty, [50, 99.5]))
     return low, max(high, low + 1e-3)
 
 
@@ -602,8 +604,8 @@ class AnnotateWidget(QWidget):
                 unc,
                 colormap="magma",
                 contrast_limits=limits,
-                blending="translucent",
-                opacity=0.6,
+                blending="additive",  # black adds nothing: only the uncertain regions glow
+                opacity=0.8,
                 visible=True,
                 metadata=meta,
             )

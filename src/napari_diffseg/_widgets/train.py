@@ -217,6 +217,7 @@ class TrainWidget(QWidget):
         self.kind.addItems(list(KINDS))
         self.preset = QComboBox()
         self.preset.addItems(list(PRESETS))
+        self.preset.setCurrentText("cpu")  # a laptop's budget; tiny is for tests, gpu for a GPU server
         self.rounds = QSpinBox()
         self.rounds.setRange(1, 20)
         self.start_button = QPushButton("Start")
