@@ -290,6 +290,71 @@ def load(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("*_s*.json"))]
 
 
+def salvage(out: Path, dataset: str, arm: str, seed: int, args: argparse.Namespace) -> Path | None:
+    """An arm stopped before its end (time ran out): its JSON from the per-round lines of its log, marked
+    ``incomplete`` (the per-image corrections are not in the log; their means are)."""
+    target = _arm_path(out, dataset, arm, seed)
+    log = target.with_suffix(".log")
+    if target.exists() or not log.exists():
+        return None
+    rows = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            rows.append(json.loads(line))
+    if not rows:
+        return None
+    project_dir = Path(args.work) / f"{dataset}_{arm}_s{seed}"
+    if (project_dir / "project.db").exists():  # the per-image corrections, from the project it drove
+        import numpy as np
+
+        from napari_diffseg.project import Project
+
+        with Project.open(project_dir) as project:
+            by_id = {p.id: p for p in project.proposals()}
+            rounds = {m.id: m.round for m in project.models()}
+            for rec in project.images():
+                for ann in project.annotation_versions(rec.id):
+                    prop = by_id.get(ann.proposal_id) if ann.proposal_id is not None else None
+                    if ann.kind != "correction" or prop is None:
+                        continue
+                    r = rounds.get(prop.model_id)
+                    row = next((x for x in rows if x["round"] == r), None)
+                    if row is None or "mean_edit_dice" not in row:
+                        continue
+                    drawn = int(np.count_nonzero(project.load_annotation(rec.id, ann.version)))
+                    row.setdefault("corrections", []).append(
+                        {
+                            "image": rec.name,
+                            "uncertainty": prop.uncertainty,
+                            "edit_dice": ann.edit_dice,
+                            "pixels_changed": ann.pixels_changed,
+                            "pixels_drawn_from_scratch": drawn,
+                            "changed_over_drawn": (ann.pixels_changed or 0) / max(drawn, 1),
+                        }
+                    )
+    done = next((r for r in load(out) if r["dataset"] == dataset), {})
+    result = {
+        "dataset": dataset,
+        "arm": arm,
+        "seed": seed,
+        "k": args.k,
+        "b": args.b,
+        "rounds": args.rounds,
+        "n_train": done.get("n_train") or round(rows[0]["n_labeled"] / rows[0]["fraction_labeled"]),
+        "n_test": done.get("n_test"),
+        "preset": args.preset,
+        "torch_threads": args.threads,
+        "machine": machine(),
+        "incomplete": f"stopped after {len(rows)} of {args.rounds} rounds (session time); from its log",
+        "per_round": rows,
+        "seconds": sum(
+            r.get("seconds_train", 0) + r.get("seconds_propose", 0) + r.get("seconds_eval", 0) for r in rows
+        ),
+    }
+    target.write_text(json.dumps(result, indent=2))
+    return target
+
+
 def _cell(by_arm: dict, arm: str, i: int, key: str = "test_dice") -> str:
     run = by_arm.get(arm)
     if run is None or i >= len(run["per_round"]) or key not in run["per_round"][i]:
@@ -297,12 +362,25 @@ def _cell(by_arm: dict, arm: str, i: int, key: str = "test_dice") -> str:
     return f"{run['per_round'][i][key]:.3f}"
 
 
+def _pooled_ratio(row: dict) -> float:
+    """Pixels changed over pixels drawn from scratch, summed over the round's corrected images (a mean of
+    per-image ratios would let one image with a tiny mask dominate); the per-image mean when the
+    per-image numbers are not there (an arm salvaged from its log)."""
+    edits = row.get("corrections")
+    if edits:
+        return sum(e["pixels_changed"] for e in edits) / max(
+            1, sum(e["pixels_drawn_from_scratch"] for e in edits)
+        )
+    return float(row["mean_changed_over_drawn"])
+
+
 def _edit(by_arm: dict, arm: str, i: int) -> str:
     run = by_arm.get(arm)
     if run is None or i >= len(run["per_round"]) or "mean_edit_dice" not in run["per_round"][i]:
         return "—"
     row = run["per_round"][i]
-    return f"{row['mean_edit_dice']:.3f} / {row['mean_changed_over_drawn']:.2f}"
+    star = "" if row.get("corrections") else "*"
+    return f"{row['mean_edit_dice']:.3f} / {_pooled_ratio(row):.2f}{star}"
 
 
 def report(out: Path) -> str:
@@ -330,7 +408,8 @@ def report(out: Path) -> str:
         ]
         n_rounds = max(len(r["per_round"]) for r in by_arm.values() if r["arm"] != "full")
         for i in range(n_rounds):
-            ref = by_arm.get("uncertainty") or any_run
+            arms = [by_arm[a] for a in ("uncertainty", "random", "scratch") if a in by_arm]
+            ref = max(arms, key=lambda run: len(run["per_round"]), default=any_run)
             row = ref["per_round"][min(i, len(ref["per_round"]) - 1)]
             secs = "—"
             if "uncertainty" in by_arm and i < len(by_arm["uncertainty"]["per_round"]):
@@ -345,10 +424,14 @@ def report(out: Path) -> str:
         lines += [
             "",
             "Edit Dice and changed÷drawn are for the images corrected *after* that round, from that round's "
-            "proposals (changed = pixels whose label the annotator had to change; drawn = foreground pixels "
-            "they would paint from scratch).",
+            "proposals: mean edit Dice over the corrected images, and the pixels whose label the annotator had "
+            "to change over the foreground pixels they would paint from scratch, both summed over the round's "
+            "images (* = mean of per-image ratios: an arm salvaged from its log).",
             "",
         ]
+        for arm, run in sorted(by_arm.items()):
+            if run.get("incomplete"):
+                lines.append(f"- **{arm}**: {run['incomplete']}.")
         u = by_arm.get("uncertainty")
         if u and full:
             target = 0.95 * full_dice
@@ -363,7 +446,7 @@ def report(out: Path) -> str:
             else:
                 lines.append(f"- 95 % of fully supervised ({target:.3f}) not reached within the rounds run.")
             if len(u["per_round"]) >= 2 and "mean_changed_over_drawn" in u["per_round"][1]:
-                ratio = u["per_round"][1]["mean_changed_over_drawn"]
+                ratio = _pooled_ratio(u["per_round"][1])
                 lines.append(
                     f"- Round 2 corrections: the annotator changed {ratio:.2f} of the pixels they would draw "
                     f"from scratch (target ≤ 0.33)."
@@ -420,6 +503,7 @@ def main() -> None:
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--keep", action="store_true", help="keep the working projects")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--salvage", action="store_true", help="write JSON for stopped arms from their logs")
     p.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm in this process
     args = p.parse_args()
     out = Path(args.out)
@@ -464,6 +548,11 @@ def main() -> None:
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             for arm, rc, secs in pool.map(launch, todo):
                 print(f"{args.dataset} {arm}: exit {rc} after {secs:.0f} s", flush=True)
+    if args.salvage:
+        for arm in args.arms:
+            made = salvage(out, args.dataset, arm, args.seed, args)
+            if made is not None:
+                print(f"salvaged {made}")
     text = report(out)
     (out / "summary.md").write_text(text + "\n")
     plot(out)
