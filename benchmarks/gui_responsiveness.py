@@ -356,6 +356,8 @@ def measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         viewer.window.add_plugin_dock_widget("napari-diffseg", n)[1] for n in ("Project", "Annotate", "Train")
     )
     result: dict[str, Any] = {"load_before": load()}
+    train_w.activity_box.setChecked(args.activity_progress)
+    result["activity_progress"] = train_w.activity_progress
 
     project_w.start_local(folder)
     run_until(lambda: project_w.table.rowCount() == 11, 120, "the local backend and the image table")
@@ -450,6 +452,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the Qt thread during co-training")
     parser.add_argument("--keep", type=Path, help="make the project here (or reuse the one there)")
     parser.add_argument("--skip-train", action="store_true", help="skip the co-training window")
+    parser.add_argument(
+        "--no-activity-progress",
+        action="store_true",
+        help="the train widget without napari's activity-dock bar",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="diffseg-gui-bench-") as tmp:
         t = time.perf_counter()

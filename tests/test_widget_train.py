@@ -181,6 +181,8 @@ def _train_widget(make_napari_viewer, url: str, retries: int = 3) -> TrainWidget
     session_for(viewer).set_client(DiffsegClient(url, retries=retries))
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-diffseg", "Train")
     assert isinstance(widget, TrainWidget)
+    assert not widget.activity_box.isChecked()  # off by default (it slows software-GL windows down)
+    widget.activity_box.setChecked(True)  # these tests follow napari's activity dock too
     return widget
 
 
@@ -354,3 +356,23 @@ def test_an_unreachable_backend_is_a_notification(make_napari_viewer, qtbot, mes
     assert widget.status.text() == "the job did not start" and widget.napari_progress is None
     widget.export_weights()  # nothing to export: says so instead of failing
     assert "no model to export" in messages["warning"][-1]
+
+
+def test_activity_dock_is_opt_in(make_napari_viewer, qtbot, server, client, bars) -> None:
+    """Without the box, a job shows in the widget only (bar, ETA, plots); ticking it mid-job adds napari's
+    activity-dock bar, unticking removes it."""
+    job = client.start_job("pretrain", {"preset": "tiny", "overrides": {"pretrain_steps": 5000}})
+    widget = _train_widget(make_napari_viewer, server.url)
+    widget.activity_box.setChecked(False)
+    qtbot.waitUntil(lambda: widget.job_id == job["id"] and widget.history.step >= 3, timeout=JOB_MS)
+    qtbot.wait(1500)
+    assert widget.progress.value() >= 3 and widget.eta.text().startswith("pretrain ")
+    assert bars == [] and widget.napari_progress is None
+    widget.activity_box.setChecked(True)
+    qtbot.waitUntil(lambda: widget.napari_progress is not None, timeout=WAIT_MS)
+    widget.activity_box.setChecked(False)
+    assert widget.napari_progress is None and len(bars) == 1
+    widget.cancel()
+    qtbot.waitUntil(lambda: "cancelled" in widget.status.text(), timeout=WAIT_MS)
+    qtbot.waitUntil(widget.resume_button.isEnabled, timeout=WAIT_MS)  # the follow has ended
+    assert client.job(job["id"])["state"] == "cancelled" and widget.napari_progress is None
