@@ -453,9 +453,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="make the project here (or reuse the one there)")
     parser.add_argument("--skip-train", action="store_true", help="skip the co-training window")
     parser.add_argument(
-        "--no-activity-progress",
+        "--activity-progress",
         action="store_true",
-        help="the train widget without napari's activity-dock bar",
+        help="the train widget also drives napari's activity-dock bar (off by default, as in the widget)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="diffseg-gui-bench-") as tmp:
