@@ -380,7 +380,7 @@ def _edit(by_arm: dict, arm: str, i: int) -> str:
         return "—"
     row = run["per_round"][i]
     star = "" if row.get("corrections") else "*"
-    return f"{row['mean_edit_dice']:.3f} / {_pooled_ratio(row):.2f}{star}"
+    return f"{row['mean_edit_dice']:.3f} / {row['mean_pixels_changed'] / 1000:.1f}k / {_pooled_ratio(row):.2f}{star}"
 
 
 def report(out: Path) -> str:
@@ -402,7 +402,7 @@ def report(out: Path) -> str:
             else "Fully supervised reference: not run yet.",
             "",
             "| round | labeled images | uncertainty: test Dice | random: test Dice | from scratch: test Dice "
-            "| uncertainty: edit Dice / changed÷drawn | random: edit Dice / changed÷drawn "
+            "| uncertainty: edit Dice / px changed per image / changed÷drawn | random: the same "
             "| uncertainty: s train + propose |",
             "|---|---|---|---|---|---|---|---|",
         ]
@@ -424,9 +424,11 @@ def report(out: Path) -> str:
         lines += [
             "",
             "Edit Dice and changed÷drawn are for the images corrected *after* that round, from that round's "
-            "proposals: mean edit Dice over the corrected images, and the pixels whose label the annotator had "
-            "to change over the foreground pixels they would paint from scratch, both summed over the round's "
-            "images (* = mean of per-image ratios: an arm salvaged from its log).",
+            "proposals: mean edit Dice over the corrected images, mean pixels changed per corrected image, and "
+            "the pixels whose label the annotator had to change over the foreground pixels they would paint "
+            "from scratch, both summed over the round's images (* = mean of per-image ratios: an arm salvaged "
+            "from its log). Seconds: co-training round (incl. pretraining in round 1) + proposals, wall clock "
+            "with one torch thread while 3–4 other jobs shared the 2 cores.",
             "",
         ]
         for arm, run in sorted(by_arm.items()):
