@@ -454,7 +454,7 @@ def report(out: Path) -> str:
                     f"from scratch (target ≤ 0.33)."
                 )
             lines.append(
-                f"- Wall time of the uncertainty arm: {u['seconds']:.0f} s ({u['torch_threads']} torch threads)."
+                f"- Wall time of the uncertainty arm: {u['seconds']:.0f} s ({u['torch_threads']} torch thread(s))."
             )
             lines.append("")
     return "\n".join(lines)
