@@ -43,6 +43,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from glas_sweep import machine  # same folder: "CPU model, N cores"
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data"
 OUT = HERE / "results" / "hitl"
@@ -55,18 +57,6 @@ PROPOSAL = {"steps": 5, "samples": 4}  # DDIM S=5 scores like S=10 (benchmarks/t
 
 def _arm_path(out: Path, dataset: str, arm: str, seed: int) -> Path:
     return out / f"{dataset}_{arm}_s{seed}.json"
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 # ------------------------------------------------------------------------------------------------

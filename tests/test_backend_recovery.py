@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend_server import SRC, Server, make_project
+from backend_server import SRC, Server, alive, make_project
 from napari_diffseg.backend.client import DiffsegClient
 from napari_diffseg.project import Project
 
@@ -19,15 +19,6 @@ pytestmark = pytest.mark.timeout(240)
 
 # long enough to be killed in the middle (a few seconds), checkpointing often
 COTRAIN = {"preset": "tiny", "seed": 2, "overrides": {"cotrain_steps": 60, "checkpoint_every": 5}}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
@@ -84,7 +75,7 @@ def test_kill9_during_cotrain_then_restart_check_and_resume(tmp_path: Path) -> N
         )
         client.close()
         server.kill()
-        _wait_for(lambda: not _alive(worker_pid), 10, "the orphaned worker to stop")
+        _wait_for(lambda: not alive(worker_pid), 10, "the orphaned worker to stop")
 
         # the store is intact, and every annotation saved before the kill is there byte for byte
         report = _diffseg_check(root)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend_server import SRC
+from backend_server import SRC, alive
 
 FIGURES = (
     "dice_per_round.png",
@@ -36,15 +36,6 @@ def _env() -> dict[str, str]:
 def _demo(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "napari_diffseg.cli", "demo", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
 def _backend_pid(stderr: str) -> int:
@@ -145,10 +136,10 @@ def test_demo_leaves_a_valid_project_and_no_process(demo_run) -> None:
 
     out, result = demo_run
     assert check_project(out / "project")["ok"]
-    assert not _alive(_backend_pid(result.stderr))
+    assert not alive(_backend_pid(result.stderr))
     with Project.open(out / "project") as proj:
         pids = [j.pid for j in proj.jobs() if j.pid]
-    assert pids and not any(_alive(pid) for pid in pids)
+    assert pids and not any(alive(pid) for pid in pids)
 
 
 def test_demo_refuses_a_file_or_a_foreign_folder(tmp_path: Path) -> None:
@@ -206,12 +197,12 @@ def test_ctrl_c_stops_the_backend_and_its_jobs(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("aborted: the backend and its jobs were stopped")
-    assert not _alive(backend)
+    assert not alive(backend)
     from napari_diffseg.project import Project
 
     with Project.open(out / "project") as proj:
         jobs = proj.jobs()
-    assert jobs and not any(j.pid and _alive(j.pid) for j in jobs)
+    assert jobs and not any(j.pid and alive(j.pid) for j in jobs)
     assert not (out / "report" / "report.json").exists()
 
 
