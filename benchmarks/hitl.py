@@ -48,7 +48,8 @@ from glas_sweep import machine  # same folder: "CPU model, N cores"
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data"
 OUT = HERE / "results" / "hitl"
-ARMS = ("uncertainty", "random", "scratch", "full")
+ARMS = ("uncertainty", "power", "random", "scratch", "full")
+LOOP_ARMS = ("uncertainty", "power", "random")  # the correct-and-co-train loop, through the project
 
 # Per-round budget: the cpu preset with shorter stages, since every round warm-starts from the last one.
 OVERRIDES = {"teacher_steps": 200, "cotrain_steps": 300, "refresh_every": 150}
@@ -92,12 +93,46 @@ def _evaluate(bundle, test, preset) -> dict:
     return {"dice": float(s["dice_mean"]), "iou": float(s["iou_mean"]), "n": int(s["n"])}
 
 
+def _save_round1(project, work: Path, cache: Path, meta: dict) -> None:
+    """Snapshot the project after round 1 into ``cache`` (a consistent copy of the SQLite store through
+    its backup API, the files beside it copied; written to a temp folder and renamed into place)."""
+    import sqlite3
+
+    if cache.exists():
+        return
+    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(work, tmp, ignore=shutil.ignore_patterns("project.db*", "*.lock"))
+    src = sqlite3.connect(work / "project.db")
+    dst = sqlite3.connect(tmp / "project.db")
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    (tmp / "round1.json").write_text(json.dumps(meta))
+    try:
+        os.replace(tmp, cache)
+    except OSError:  # another arm got there first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _restore_round1(cache: Path, work: Path) -> dict | None:
+    """Copy a round-1 snapshot to ``work``; its metadata, or None when there is none."""
+    meta = cache / "round1.json"
+    if not meta.exists():
+        return None
+    shutil.copytree(cache, work, ignore=shutil.ignore_patterns("round1.json"))
+    return json.loads(meta.read_text())
+
+
 def run_arm(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
     from napari_diffseg.backend.jobs import execute_job, start_job
     from napari_diffseg.backend.params import preset_for
+    from napari_diffseg.core.acquisition import acquire
     from napari_diffseg.core.config import get_preset
     from napari_diffseg.core.models import ModelBundle, ModelSpec, load_bundle
     from napari_diffseg.core.training import TrainData, train_baseline
@@ -188,18 +223,32 @@ def run_arm(args: argparse.Namespace) -> dict:
     work = Path(args.work) / f"{args.dataset}_{args.arm}_s{args.seed}"
     if work.exists():
         shutil.rmtree(work)
-    with Project.create(work) as project:
-        for i in train_ids:
-            mask = ds.load_mask(i) if i in start_ids else None
-            project.import_array(ds.load_image(i), i, mask, split="train")
+    # Round 1 (pretraining + the first co-training round on the k start images) is the same for every
+    # loop arm of a seed: the first arm to get there snapshots it and the others start from the copy.
+    cache = Path(args.work) / (
+        f"_round1_{args.dataset}_s{args.seed}_k{args.k}_{args.preset}_t{args.threads}_"
+        + "_".join(f"{k}{v}" for k, v in sorted(overrides.items()))
+    )
+    cached = _restore_round1(cache, work)
+    result["round1_from_cache"] = cached is not None
+    with Project.open(work) if cached is not None else Project.create(work) as project:
+        if cached is None:
+            for i in train_ids:
+                mask = ds.load_mask(i) if i in start_ids else None
+                project.import_array(ds.load_image(i), i, mask, split="train")
         labeled = list(start_ids)
         for r in range(1, args.rounds + 1):
             t0 = time.perf_counter()
-            job = start_job(project, "cotrain", params)
-            state = execute_job(work, job)
-            if state != "done":
-                raise SystemExit(f"cotrain job {job} ended {state}")
-            t_train = time.perf_counter() - t0
+            if r == 1 and cached is not None:
+                t_train = float(cached["seconds_train"])  # as measured by the arm that trained it
+            else:
+                job = start_job(project, "cotrain", params)
+                state = execute_job(work, job)
+                if state != "done":
+                    raise SystemExit(f"cotrain job {job} ended {state}")
+                t_train = time.perf_counter() - t0
+                if r == 1:
+                    _save_round1(project, work, cache, {"seconds_train": t_train, "start_ids": start_ids})
             active = project.active_model()
             assert active is not None
             bundle, _, _ = load_bundle(project.model_dir(active.id), torch.device("cpu"))
@@ -220,13 +269,12 @@ def run_arm(args: argparse.Namespace) -> dict:
                 # ---- the annotator's turn: proposals from this round's teacher, correct b images ----
                 pool = [rec.id for rec in project.images(split="train") if rec.name not in labeled]
                 t0 = time.perf_counter()
-                if args.arm == "uncertainty":
+                if args.arm in ("uncertainty", "power"):
                     job = start_job(project, "propose", {**params, **PROPOSAL})
                     execute_job(work, job)
-                    ranked = sorted(
-                        (project.image(i) for i in pool), key=lambda rec: -(rec.uncertainty or 0.0)
-                    )
-                    chosen = [rec.id for rec in ranked[: args.b]]
+                    scores = [project.image(i).uncertainty for i in pool]
+                    picked = acquire(scores, args.b, args.arm, rng=arm_rng)
+                    chosen = [pool[j] for j in picked]
                 else:
                     chosen = arm_rng.choice(pool, size=min(args.b, len(pool)), replace=False).tolist()
                     job = start_job(project, "propose", {**params, **PROPOSAL, "ids": chosen})
@@ -345,6 +393,14 @@ def salvage(out: Path, dataset: str, arm: str, seed: int, args: argparse.Namespa
     return target
 
 
+ARM_TITLES = {
+    "uncertainty": "most uncertain",
+    "power": "uncertainty-weighted draw",
+    "random": "random",
+    "scratch": "from scratch",
+}
+
+
 def _cell(by_arm: dict, arm: str, i: int, key: str = "test_dice") -> str:
     run = by_arm.get(arm)
     if run is None or i >= len(run["per_round"]) or key not in run["per_round"][i]:
@@ -373,6 +429,34 @@ def _edit(by_arm: dict, arm: str, i: int) -> str:
     return f"{row['mean_edit_dice']:.3f} / {row['mean_pixels_changed'] / 1000:.1f}k / {_pooled_ratio(row):.2f}{star}"
 
 
+def _findings(arm: str, run: dict, full_dice: float) -> list[str]:
+    """Where a loop arm stands against the two targets of issue #5."""
+    title = ARM_TITLES[arm]
+    out = []
+    target = 0.95 * full_dice
+    hit = [r for r in run["per_round"] if r["test_dice"] >= target]
+    if hit:
+        first = hit[0]
+        out.append(
+            f"- **{title}**: 95 % of fully supervised ({target:.3f}) first reached in round {first['round']} "
+            f"with {first['n_labeled']} labeled images ({100 * first['fraction_labeled']:.0f} % of the "
+            f"training set): test Dice {first['test_dice']:.3f}."
+        )
+    else:
+        out.append(
+            f"- **{title}**: 95 % of fully supervised ({target:.3f}) not reached within the rounds run."
+        )
+    if len(run["per_round"]) >= 2 and "mean_changed_over_drawn" in run["per_round"][1]:
+        ratio = _pooled_ratio(run["per_round"][1])
+        verdict = "met" if ratio <= 1 / 3 else "missed"
+        out.append(
+            f"  Round 2 corrections changed {ratio:.2f} of the pixels the annotator would draw from scratch "
+            f"(target ≤ 0.33: {verdict}). Wall time {run['seconds']:.0f} s "
+            f"({run['torch_threads']} torch thread(s){', round 1 from the shared snapshot' if run.get('round1_from_cache') else ''})."
+        )
+    return out
+
+
 def report(out: Path) -> str:
     runs = load(out)
     if not runs:
@@ -383,6 +467,8 @@ def report(out: Path) -> str:
         any_run = next(iter(by_arm.values()))
         full = by_arm.get("full")
         full_dice = full["per_round"][-1]["test_dice"] if full else math.nan
+        dice_arms = [a for a in (*LOOP_ARMS, "scratch") if a in by_arm]
+        loop_arms = [a for a in LOOP_ARMS if a in by_arm]
         lines += [
             f"### {dataset}: {any_run['n_train']} training images, {any_run['n_test']} test images, "
             f"k = {any_run['k']} to start, b = {any_run['b']} corrected per round, seed {any_run['seed']}",
@@ -391,62 +477,66 @@ def report(out: Path) -> str:
             if full
             else "Fully supervised reference: not run yet.",
             "",
-            "| round | labeled images | uncertainty: test Dice | random: test Dice | from scratch: test Dice "
-            "| uncertainty: edit Dice / px changed per image / changed÷drawn | random: the same "
-            "| uncertainty: s train + propose |",
-            "|---|---|---|---|---|---|---|---|",
+            "Test Dice of the students after each round, by how the corrected images were picked:",
+            "",
+            "| round | labeled images | " + " | ".join(ARM_TITLES[a] for a in dice_arms) + " |",
+            "|---|---|" + "---|" * len(dice_arms),
         ]
         n_rounds = max(len(r["per_round"]) for r in by_arm.values() if r["arm"] != "full")
+        ref = max((by_arm[a] for a in dice_arms), key=lambda run: len(run["per_round"]), default=any_run)
         for i in range(n_rounds):
-            arms = [by_arm[a] for a in ("uncertainty", "random", "scratch") if a in by_arm]
-            ref = max(arms, key=lambda run: len(run["per_round"]), default=any_run)
             row = ref["per_round"][min(i, len(ref["per_round"]) - 1)]
-            secs = "—"
-            if "uncertainty" in by_arm and i < len(by_arm["uncertainty"]["per_round"]):
-                u = by_arm["uncertainty"]["per_round"][i]
-                secs = f"{u['seconds_train']:.0f} + {u.get('seconds_propose', 0):.0f}"
             lines.append(
-                f"| {i + 1} | {row['n_labeled']} ({100 * row['fraction_labeled']:.0f} %) "
-                f"| {_cell(by_arm, 'uncertainty', i)} | {_cell(by_arm, 'random', i)} "
-                f"| {_cell(by_arm, 'scratch', i)} | {_edit(by_arm, 'uncertainty', i)} | {_edit(by_arm, 'random', i)} "
-                f"| {secs} |"
+                f"| {i + 1} | {row['n_labeled']} ({100 * row['fraction_labeled']:.0f} %) | "
+                + " | ".join(_cell(by_arm, a, i) for a in dice_arms)
+                + " |"
             )
+        if loop_arms:
+            lines += [
+                "",
+                "The annotator's work on the images corrected after each round, from that round's proposals "
+                "(edit Dice / pixels changed per image / changed÷drawn), and seconds of the co-training round "
+                "(round 1 includes pretraining) + proposals:",
+                "",
+                "| round | "
+                + " | ".join(ARM_TITLES[a] for a in loop_arms)
+                + " | "
+                + " | ".join(f"{ARM_TITLES[a]}: s" for a in loop_arms)
+                + " |",
+                "|---|" + "---|" * (2 * len(loop_arms)),
+            ]
+            for i in range(n_rounds):
+                secs = []
+                for a in loop_arms:
+                    rows = by_arm[a]["per_round"]
+                    secs.append(
+                        f"{rows[i]['seconds_train']:.0f} + {rows[i].get('seconds_propose', 0):.0f}"
+                        if i < len(rows)
+                        else "—"
+                    )
+                lines.append(
+                    f"| {i + 1} | "
+                    + " | ".join(_edit(by_arm, a, i) for a in loop_arms)
+                    + " | "
+                    + " | ".join(secs)
+                    + " |"
+                )
         lines += [
             "",
-            "Edit Dice and changed÷drawn are for the images corrected *after* that round, from that round's "
-            "proposals: mean edit Dice over the corrected images, mean pixels changed per corrected image, and "
-            "the pixels whose label the annotator had to change over the foreground pixels they would paint "
-            "from scratch, both summed over the round's images (* = mean of per-image ratios: an arm salvaged "
-            "from its log). Seconds: co-training round (incl. pretraining in round 1) + proposals, wall clock "
-            "with one torch thread while 3–4 other jobs shared the 2 cores.",
+            "Edit Dice: between the proposal and the truth, mean over the corrected images. Changed÷drawn: the "
+            "pixels whose label the annotator had to change over the foreground pixels they would paint from "
+            "scratch, both summed over the round's images (* = mean of per-image ratios: an arm salvaged from "
+            "its log). Seconds are wall clock with one torch thread per arm and other jobs on the 2 cores; an "
+            "arm that started from the shared round-1 snapshot reports the round-1 time of the arm that made it.",
             "",
         ]
         for arm, run in sorted(by_arm.items()):
             if run.get("incomplete"):
                 lines.append(f"- **{arm}**: {run['incomplete']}.")
-        u = by_arm.get("uncertainty")
-        if u and full:
-            target = 0.95 * full_dice
-            hit = [r for r in u["per_round"] if r["test_dice"] >= target]
-            if hit:
-                first = hit[0]
-                lines.append(
-                    f"- 95 % of fully supervised ({target:.3f}) first reached in round {first['round']} with "
-                    f"{first['n_labeled']} labeled images ({100 * first['fraction_labeled']:.0f} % of the "
-                    f"training set): test Dice {first['test_dice']:.3f}."
-                )
-            else:
-                lines.append(f"- 95 % of fully supervised ({target:.3f}) not reached within the rounds run.")
-            if len(u["per_round"]) >= 2 and "mean_changed_over_drawn" in u["per_round"][1]:
-                ratio = _pooled_ratio(u["per_round"][1])
-                lines.append(
-                    f"- Round 2 corrections: the annotator changed {ratio:.2f} of the pixels they would draw "
-                    f"from scratch (target ≤ 0.33)."
-                )
-            lines.append(
-                f"- Wall time of the uncertainty arm: {u['seconds']:.0f} s ({u['torch_threads']} torch thread(s))."
-            )
-            lines.append("")
+        if full:
+            for arm in loop_arms:
+                lines += _findings(arm, by_arm[arm], full_dice)
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -460,10 +550,11 @@ def plot(out: Path) -> None:
     for dataset in sorted({r["dataset"] for r in runs}):
         fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
         by_arm = {r["arm"]: r for r in runs if r["dataset"] == dataset}
-        for arm, style in (("uncertainty", "o-"), ("random", "s--"), ("scratch", "^:")):
+        for arm, style in (("uncertainty", "o-"), ("power", "D-"), ("random", "s--"), ("scratch", "^:")):
             if arm in by_arm:
                 rows = by_arm[arm]["per_round"]
-                ax.plot([r["n_labeled"] for r in rows], [r["test_dice"] for r in rows], style, label=arm)
+                x = [r["n_labeled"] for r in rows]
+                ax.plot(x, [r["test_dice"] for r in rows], style, label=ARM_TITLES[arm])
         if "full" in by_arm:
             full = by_arm["full"]["per_round"][-1]["test_dice"]
             ax.axhline(full, color="k", lw=1, label=f"all {by_arm['full']['n_train']} labeled")

@@ -157,6 +157,8 @@ def test_cotrain_job_events_models_proposals_next(
     best = max(candidates, key=lambda r: -1 if r["uncertainty"] is None else r["uncertainty"])
     assert nxt is not None and nxt["id"] == best["id"] and nxt["uncertainty"] is not None
     assert client.next_image(split="test-none") is None
+    drawn = client.next_image(split="train", strategy="power")  # a draw weighted by uncertainty
+    assert drawn is not None and drawn["id"] in {r["id"] for r in candidates if r["uncertainty"] is not None}
 
     # a correction of a proposal records the edit Dice shown in the image list
     edited = mask.copy()

@@ -265,6 +265,7 @@ def _cases(img: str) -> Iterator[tuple[str, str, str, bytes, dict[str, str], dic
     yield "wrong method", "DELETE", "/api/v1/images", b"", {}, {}
     yield "foreign Host header", "GET", "/api/v1/project", b"", {"Host": "evil.example"}, {}
     yield "next bad split length", "GET", "/api/v1/next?split=" + "s" * 100, b"", {}, {}
+    yield "next unknown strategy", "GET", "/api/v1/next?strategy=bald", b"", {}, {}
 
 
 @pytest.fixture(scope="module")

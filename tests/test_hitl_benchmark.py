@@ -23,12 +23,13 @@ def test_hitl_script_tiny(tmp_path: Path) -> None:
     out, work = tmp_path / "out", tmp_path / "work"
     cmd = [sys.executable, str(SCRIPT), "--data", str(tmp_path / "data"), "--dataset", "synth"]
     cmd += ["--preset", "tiny", "--k", "1", "--b", "2", "--rounds", "2", "--threads", "1", "--keep"]
-    cmd += ["--arms", "uncertainty", "scratch", "--out", str(out), "--work", str(work)]
+    cmd += ["--arms", "uncertainty", "power", "scratch", "--out", str(out), "--work", str(work)]
     run = subprocess.run(
         cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "uncertainty: exit 0" in run.stdout and "scratch: exit 0" in run.stdout
+    for arm in ("uncertainty", "power", "scratch"):
+        assert f"{arm}: exit 0" in run.stdout
 
     u = json.loads((out / "synth_uncertainty_s0.json").read_text())
     s = json.loads((out / "synth_scratch_s0.json").read_text())
@@ -50,5 +51,16 @@ def test_hitl_script_tiny(tmp_path: Path) -> None:
             truth = project.load_annotation(c["image"])
             assert c["pixels_drawn_from_scratch"] == int(np.count_nonzero(truth))
         assert project.check()["ok"]
+    # the power arm started from the uncertainty arm's round-1 snapshot: same first model, its own picks
+    w = json.loads((out / "synth_power_s0.json").read_text())
+    assert not u["round1_from_cache"] and w["round1_from_cache"] and w["check"]
+    assert w["per_round"][0]["test_dice"] == first["test_dice"]
+    assert w["per_round"][0]["seconds_train"] == first["seconds_train"]
+    picked = [c["image"] for c in w["per_round"][0]["corrections"]]
+    assert len(set(picked)) == 2 and not set(picked) & start
+    with Project.open(work / "synth_uncertainty_s0") as project:
+        models = [m.id for m in project.models()]
+    with Project.open(work / "synth_power_s0") as project:
+        assert [m.id for m in project.models()] == models and project.check()["ok"]
     summary = (out / "summary.md").read_text()
     assert "| 1 | 1 (20 %) |" in summary and "| 2 | 3 (60 %) |" in summary

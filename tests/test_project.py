@@ -497,6 +497,13 @@ def test_proposals_round_trip_and_next_image_order(proj: Project, model_dir: Pat
     assert proj.image(ids[1]).state == "proposed"
     assert proj.image(ids[1]).uncertainty == pytest.approx(0.5)
     assert proj.proposal(ids[3]) is None
+    # a power draw only picks among images with an uncertainty, and is reproducible with a seed
+    drawn = {proj.next_image(strategy="power", rng=np.random.default_rng(s)).name for s in range(40)}
+    assert drawn == {"img0", "img1", "img2"}
+    one = proj.next_image(strategy="power", rng=np.random.default_rng(3))
+    assert one == proj.next_image(strategy="power", rng=np.random.default_rng(3))
+    with pytest.raises(ConfigError, match="unknown acquisition strategy"):
+        proj.next_image(strategy="random")
     order = []
     while (nxt := proj.next_image()) is not None:
         order.append(nxt.name)

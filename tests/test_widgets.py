@@ -85,7 +85,9 @@ def test_every_widget_docks(make_napari_viewer) -> None:
     assert widgets[0].session is widgets[1].session is widgets[2].session  # one connection per viewer
 
 
-def test_project_widget_lists_images_and_opens_the_next(make_napari_viewer, qtbot, server, client) -> None:
+def test_project_widget_lists_images_and_opens_the_next(
+    make_napari_viewer, qtbot, server, client, monkeypatch
+) -> None:
     viewer = make_napari_viewer()
     widget = _connected(viewer, qtbot, server)
     table = {widget.table.item(r, 0).text(): widget.table.item(r, 1).text() for r in range(5)}
@@ -99,6 +101,24 @@ def test_project_widget_lists_images_and_opens_the_next(make_napari_viewer, qtbo
     assert layer.name == expected["name"] and layer.rgb
     assert np.array_equal(layer.data, np.moveaxis(client.image_pixels(expected["id"]), 0, -1))
     assert widget.session.image["id"] == expected["id"]
+
+    # the order box: an uncertainty-weighted draw goes through /next?strategy=power, for Reject → next too
+    asked: list[str] = []
+    given: list[dict] = []
+    real = type(widget.session.client).next_image
+
+    def spy(self, split=None, strategy="uncertainty"):
+        asked.append(strategy)
+        given.append(real(self, split, strategy))
+        return given[-1]
+
+    monkeypatch.setattr(type(widget.session.client), "next_image", spy)
+    widget.next_order.setCurrentIndex(widget.next_order.findData("power"))
+    assert widget.session.next_strategy == "power"
+    widget.open_next()
+    qtbot.waitUntil(lambda: asked == ["power"], timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: bool(given) and widget.session.image["id"] == given[0]["id"], timeout=WAIT_MS)
+    assert viewer.layers[0].name == given[0]["name"]
 
 
 def test_annotate_saves_a_version_and_refuses_a_stale_save(

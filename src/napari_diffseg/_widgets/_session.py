@@ -75,6 +75,8 @@ class Session(QObject):
         self.model_known = False
         self.companion: Callable[[Any, dict[str, Any], str | None, bool], Any] | None = None
         self.prefetched: tuple[str, Any] | None = None
+        # how "Next image" (and Reject → next) picks: "uncertainty" (the most uncertain) or "power"
+        self.next_strategy = "uncertainty"
 
     def set_model_id(self, model_id: str | None) -> None:
         """Remember the backend's active model (the proposals shown come from it)."""

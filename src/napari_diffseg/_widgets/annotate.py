@@ -250,11 +250,15 @@ def _proposal_or_request(
 
 
 def _reject_and_next(
-    client: Any, image_id: str, companion: Any = None, model: tuple[str | None, bool] = (None, False)
+    client: Any,
+    image_id: str,
+    companion: Any = None,
+    model: tuple[str | None, bool] = (None, False),
+    strategy: str = "uncertainty",
 ) -> tuple[dict[str, Any], Any]:
     """Worker: mark the image excluded, then fetch the next one to review (and its proposal)."""
     rejected = client.set_image_state(image_id, "excluded")
-    return rejected, _fetch_image(client, None, companion, model)
+    return rejected, _fetch_image(client, None, companion, model, strategy)
 
 
 def uncertainty_limits(uncertainty: np.ndarray) -> tuple[float, float]:
@@ -692,6 +696,7 @@ class AnnotateWidget(QWidget):
             image["id"],
             self.session.companion,
             (self.session.model_id, self.session.model_known),
+            self.session.next_strategy,
             on_done=self._on_rejected,
             on_finish=lambda: self.reject_button.setEnabled(True),
         )

@@ -15,6 +15,7 @@ import numpy as np
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -108,12 +109,16 @@ def _fetch_image(
     record: dict[str, Any] | None,
     companion: Callable[[Any, dict[str, Any], str | None, bool], Any] | None = None,
     model: tuple[str | None, bool] = (None, False),
+    strategy: str = "uncertainty",
 ) -> tuple[dict[str, Any], np.ndarray, Any, bool] | None:
-    """Worker: the fresh record (``None`` → ``/next``), the pixels of the image to open (as napari shows
-    them) and what ``companion(client, record, *model)`` fetched at the same time (the exception it
-    raised, if it failed: the image is still shown), and whether the pixels are RGB. ``model``: the
-    session's ``(model_id, model_known)``."""
-    record = client.next_image() if record is None else client.image(record["id"])
+    """Worker: the fresh record (``None`` → ``/next`` with ``strategy``), the pixels of the image to open
+    (as napari shows them) and what ``companion(client, record, *model)`` fetched at the same time (the
+    exception it raised, if it failed: the image is still shown), and whether the pixels are RGB.
+    ``model``: the session's ``(model_id, model_known)``."""
+    if record is None:
+        record = client.next_image(strategy=strategy)
+    else:
+        record = client.image(record["id"])
     if record is None:
         return None
     extra = None
@@ -227,7 +232,16 @@ class ProjectWidget(QWidget):
         self.table.setMinimumHeight(170)  # about six rows, even when the three docks share the side
         self.refresh_button = QPushButton("Refresh")
         self.next_button = QPushButton("Next image")
-        self.next_button.setToolTip("Open the unreviewed image with the highest uncertainty")
+        self.next_button.setToolTip("Open the next unreviewed image, picked as the box beside it says")
+        self.next_order = QComboBox()
+        self.next_order.addItem("most uncertain", "uncertainty")
+        self.next_order.addItem("uncertainty-weighted draw", "power")
+        self.next_order.setToolTip(
+            "How 'Next image' picks among the unreviewed images.\n"
+            "most uncertain: fixes the worst proposals first (often atypical images that take long to correct).\n"
+            "uncertainty-weighted draw: a random pick, likelier the more uncertain the image is; mixes hard\n"
+            "and typical images (see the README's human-in-the-loop benchmark)."
+        )
 
         folder_row = QHBoxLayout()
         folder_row.addWidget(self.folder)
@@ -241,6 +255,7 @@ class ProjectWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.refresh_button)
         buttons.addWidget(self.next_button)
+        buttons.addWidget(self.next_order)
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("<b>Local project</b>"))
         layout.addLayout(folder_row)
@@ -260,6 +275,7 @@ class ProjectWidget(QWidget):
         self.import_files_button.clicked.connect(lambda: self.import_files())
         self.refresh_button.clicked.connect(self.refresh)
         self.next_button.clicked.connect(self.open_next)
+        self.next_order.currentIndexChanged.connect(self._on_next_order)
         self.table.cellDoubleClicked.connect(self._on_row_activated)
         self.session.connected.connect(self._on_connected)
         self.session.images_changed.connect(self.refresh)
@@ -453,8 +469,12 @@ class ProjectWidget(QWidget):
         self.table.resizeColumnsToContents()
 
     def open_next(self) -> None:
-        """Open the most uncertain unreviewed image (unsaved edits are saved or discarded first)."""
+        """Open the next unreviewed image, picked as the order box says (unsaved edits are saved or
+        discarded first)."""
         self.open_image(None)
+
+    def _on_next_order(self, _index: int) -> None:
+        self.session.next_strategy = str(self.next_order.currentData())
 
     def open_image(self, record: dict[str, Any] | None) -> None:
         """Open one image (``None``: the backend's next one) as an Image layer, after the annotate widget
@@ -473,6 +493,7 @@ class ProjectWidget(QWidget):
             record,
             self.session.companion,
             (self.session.model_id, self.session.model_known),
+            self.session.next_strategy,
             on_done=self._add_image,
         )
 

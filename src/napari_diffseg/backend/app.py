@@ -36,7 +36,8 @@ Endpoints (prefix ``/api/v1``)::
     GET  /models/{id}                              one model
     POST /models/{id}/activate                     make it the active model
     GET  /models/{id}/weights                      weights.safetensors
-    GET  /next?split=                              the image to review next (highest uncertainty) or 204
+    GET  /next?split=&strategy=                    the image to review next (highest uncertainty, or a
+                                                   draw weighted by it: strategy=power) or 204
 
 Errors are always JSON ``{"detail": "...", "code": "..."}`` with a 4xx status for anything the request
 got wrong (400 bad parameter, 401 token, 404 unknown resource, 409 stale save or job state, 413 body
@@ -1033,11 +1034,20 @@ def model_weights(ctx: Ctx, model_id: ModelIdPath) -> FileResponse:
     responses={204: {"description": "Every image has been reviewed."}},
 )
 def next_image(
-    ctx: Ctx, split: Annotated[str | None, Query(max_length=64, description="Only this split.")] = None
+    ctx: Ctx,
+    split: Annotated[str | None, Query(max_length=64, description="Only this split.")] = None,
+    strategy: Annotated[
+        Literal["uncertainty", "power"],
+        Query(
+            description="uncertainty: the most uncertain image; power: a draw with probability "
+            "proportional to the uncertainty (fewer atypical, hard-to-correct images in a row)."
+        ),
+    ] = "uncertainty",
 ) -> Any:
-    """The unreviewed image with the highest uncertainty (images without one come last), or 204."""
+    """The unreviewed image to review next (by default the one with the highest uncertainty; images
+    without one come last), or 204."""
     project = ctx.project()
-    rec = project.next_image(split=split)
+    rec = project.next_image(split=split, strategy=strategy)
     if rec is None:
         return Response(status_code=204)
     return _image_out(project, rec)

@@ -182,9 +182,13 @@ class DiffsegClient:
             "POST", f"/images/{_ref(ref)}/state", json={"state": state}
         )
 
-    def next_image(self, split: str | None = None) -> Record | None:
-        """The image to review next (highest uncertainty), or None when every image is reviewed."""
-        resp = self._request("GET", "/next", params={"split": split} if split else None)
+    def next_image(self, split: str | None = None, strategy: str = "uncertainty") -> Record | None:
+        """The image to review next (highest uncertainty; ``strategy="power"``: a draw weighted by it), or
+        None when every image is reviewed."""
+        params = {"split": split} if split else {}
+        if strategy != "uncertainty":
+            params["strategy"] = strategy
+        resp = self._request("GET", "/next", params=params or None)
         return None if resp.status_code == 204 else resp.json()
 
     # -------------------------------------------------------------------------------------- annotations

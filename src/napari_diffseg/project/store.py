@@ -534,21 +534,37 @@ class Project:
             tx.execute("UPDATE images SET split = ? WHERE id = ?", (split, rec.id))
         return self.image(rec.id)
 
-    def next_image(self, split: str | None = None) -> ImageRecord | None:
-        """The unreviewed image (state unlabeled or proposed) with the highest uncertainty; None when done.
+    def next_image(
+        self,
+        split: str | None = None,
+        strategy: str = "uncertainty",
+        rng: np.random.Generator | None = None,
+    ) -> ImageRecord | None:
+        """The unreviewed image (state unlabeled or proposed) to review next; None when done.
 
-        Images without an uncertainty come after all the others; ties are broken by name.
+        ``strategy="uncertainty"`` (default): the one with the highest uncertainty; images without an
+        uncertainty come after all the others; ties are broken by name. ``"power"``: a draw with
+        probability proportional to the uncertainty (:func:`napari_diffseg.core.acquisition.acquire`);
+        images without one only once every image has one. Unknown strategy → ConfigError.
         """
+        from napari_diffseg.core.acquisition import STRATEGIES, acquire
+
+        if strategy not in STRATEGIES:
+            acquire([], 0, strategy)  # raises the ConfigError that names the strategies
         placeholders = ", ".join("?" for _ in UNREVIEWED_STATES)
         sql = f"SELECT {_IMAGE_COLS} FROM images WHERE state IN ({placeholders})"
         params: list[Any] = list(UNREVIEWED_STATES)
         if split is not None:
             sql += " AND split = ?"
             params.append(split)
-        sql += " ORDER BY uncertainty IS NULL, uncertainty DESC, name LIMIT 1"
+        sql += " ORDER BY uncertainty IS NULL, uncertainty DESC, name"
         with self._read() as conn:
-            row = conn.execute(sql, params).fetchone()
-        return None if row is None else _image(row)
+            if strategy == "uncertainty":
+                row = conn.execute(sql + " LIMIT 1", params).fetchone()
+                return None if row is None else _image(row)
+            records = [_image(r) for r in conn.execute(sql, params).fetchall()]
+        picked = acquire([r.uncertainty for r in records], 1, strategy, rng=rng)
+        return records[picked[0]] if picked else None
 
     def counts(self) -> dict[str, int]:
         """Number of images, annotation versions, proposals, models and jobs."""
