@@ -457,86 +457,156 @@ def _findings(arm: str, run: dict, full_dice: float) -> list[str]:
     return out
 
 
+def _full_dice(runs: list[dict], seed: int) -> float:
+    """The fully supervised reference of this seed, else the mean over the seeds that have one."""
+    fulls = {r["seed"]: r["per_round"][-1]["test_dice"] for r in runs if r["arm"] == "full"}
+    if seed in fulls:
+        return fulls[seed]
+    return float(sum(fulls.values()) / len(fulls)) if fulls else math.nan
+
+
+def _seed_section(by_arm: dict, full_dice: float) -> list[str]:
+    """The per-seed tables of one dataset: test Dice per arm and round, then the annotator's work."""
+    any_run = next(iter(by_arm.values()))
+    dice_arms = [a for a in (*LOOP_ARMS, "scratch") if a in by_arm]
+    loop_arms = [a for a in LOOP_ARMS if a in by_arm]
+    lines = [
+        f"#### {any_run['dataset']}, seed {any_run['seed']}: {any_run['n_train']} training images, "
+        f"{any_run['n_test']} test images, k = {any_run['k']} to start, b = {any_run['b']} corrected per round",
+        "",
+        f"Fully supervised ({any_run['n_train']} images, same iteration budget): test Dice **{full_dice:.3f}**"
+        if "full" in by_arm
+        else (
+            f"Fully supervised reference: {full_dice:.3f} (the other seeds' mean)"
+            if not math.isnan(full_dice)
+            else "Fully supervised reference: not run yet."
+        ),
+        "",
+    ]
+    if not dice_arms:
+        return lines
+    lines += [
+        "| round | labeled images | " + " | ".join(ARM_TITLES[a] for a in dice_arms) + " |",
+        "|---|---|" + "---|" * len(dice_arms),
+    ]
+    n_rounds = max(len(by_arm[a]["per_round"]) for a in dice_arms)
+    ref = max((by_arm[a] for a in dice_arms), key=lambda run: len(run["per_round"]))
+    for i in range(n_rounds):
+        row = ref["per_round"][min(i, len(ref["per_round"]) - 1)]
+        lines.append(
+            f"| {i + 1} | {row['n_labeled']} ({100 * row['fraction_labeled']:.0f} %) | "
+            + " | ".join(_cell(by_arm, a, i) for a in dice_arms)
+            + " |"
+        )
+    if loop_arms:
+        lines += [
+            "",
+            "| after round | "
+            + " | ".join(f"{ARM_TITLES[a]}: edit Dice / px changed / changed÷drawn" for a in loop_arms)
+            + " | "
+            + " | ".join(f"{ARM_TITLES[a]}: s" for a in loop_arms)
+            + " |",
+            "|---|" + "---|" * (2 * len(loop_arms)),
+        ]
+        for i in range(n_rounds):
+            secs = []
+            for a in loop_arms:
+                rows = by_arm[a]["per_round"]
+                secs.append(
+                    f"{rows[i]['seconds_train']:.0f} + {rows[i].get('seconds_propose', 0):.0f}"
+                    if i < len(rows)
+                    else "—"
+                )
+            lines.append(
+                f"| {i + 1} | "
+                + " | ".join(_edit(by_arm, a, i) for a in loop_arms)
+                + " | "
+                + " | ".join(secs)
+                + " |"
+            )
+    lines.append("")
+    for arm, run in sorted(by_arm.items()):
+        if run.get("incomplete"):
+            lines.append(f"- **{arm}**: {run['incomplete']}.")
+    if not math.isnan(full_dice):
+        for arm in loop_arms:
+            lines += _findings(arm, by_arm[arm], full_dice)
+    lines.append("")
+    return lines
+
+
+def _mean_section(runs: list[dict], seeds: list[int]) -> list[str]:
+    """Across seeds: mean test Dice per arm and round, and the two targets per arm."""
+    lines = [
+        f"#### Mean over seeds {', '.join(map(str, seeds))}",
+        "",
+    ]
+    arms = [a for a in (*LOOP_ARMS, "scratch") if any(r["arm"] == a for r in runs)]
+    full = [_full_dice(runs, s) for s in seeds]
+    full_mean = float(sum(full) / len(full))
+    lines += [
+        f"Fully supervised: {full_mean:.3f}. Cells: mean test Dice (seeds that ran that round).",
+        "",
+        "| round | " + " | ".join(ARM_TITLES[a] for a in arms) + " |",
+        "|---|" + "---|" * len(arms),
+    ]
+    n_rounds = max(len(r["per_round"]) for r in runs if r["arm"] != "full")
+    for i in range(n_rounds):
+        cells = []
+        for a in arms:
+            vals = [r["per_round"][i]["test_dice"] for r in runs if r["arm"] == a and i < len(r["per_round"])]
+            cells.append(f"{sum(vals) / len(vals):.3f} ({len(vals)})" if vals else "—")
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| arm | 95 % of fully supervised first reached (labeled, per seed) | round-2 changed÷drawn (pooled over seeds) |",
+        "|---|---|---|",
+    ]
+    for a in [a for a in LOOP_ARMS if a in arms]:
+        reached, changed, drawn = [], 0, 0
+        for r in sorted((r for r in runs if r["arm"] == a), key=lambda r: r["seed"]):
+            target = 0.95 * _full_dice(runs, r["seed"])
+            hit = [x for x in r["per_round"] if x["test_dice"] >= target]
+            reached.append(
+                f"s{r['seed']}: {hit[0]['n_labeled']} ({100 * hit[0]['fraction_labeled']:.0f} %)"
+                if hit
+                else f"s{r['seed']}: not reached"
+            )
+            if len(r["per_round"]) >= 2 and r["per_round"][1].get("corrections"):
+                changed += sum(e["pixels_changed"] for e in r["per_round"][1]["corrections"])
+                drawn += sum(e["pixels_drawn_from_scratch"] for e in r["per_round"][1]["corrections"])
+        ratio = f"{changed / drawn:.2f}" if drawn else "—"
+        lines.append(f"| {ARM_TITLES[a]} | {'; '.join(reached)} | {ratio} |")
+    lines.append("")
+    return lines
+
+
 def report(out: Path) -> str:
     runs = load(out)
     if not runs:
         return "no results yet"
-    lines = [f"Human-in-the-loop simulation. Machine: {runs[0]['machine']}.", ""]
+    lines = [
+        f"Human-in-the-loop simulation. Machine: {runs[0]['machine']}.",
+        "",
+        "Edit Dice: between the proposal and the truth, mean over the images corrected after that round "
+        "(from that round's proposals). Changed÷drawn: the pixels whose label the annotator had to change "
+        "over the foreground pixels they would paint from scratch, both summed over the round's images "
+        "(* = mean of per-image ratios: an arm salvaged from its log). Seconds: the co-training round "
+        "(round 1 includes pretraining) + proposals, wall clock with one torch thread per arm and other "
+        "jobs on the 2 cores; an arm that started from the shared round-1 snapshot reports the round-1 "
+        "time of the arm that made it.",
+        "",
+    ]
     for dataset in sorted({r["dataset"] for r in runs}):
-        by_arm = {r["arm"]: r for r in runs if r["dataset"] == dataset}
-        any_run = next(iter(by_arm.values()))
-        full = by_arm.get("full")
-        full_dice = full["per_round"][-1]["test_dice"] if full else math.nan
-        dice_arms = [a for a in (*LOOP_ARMS, "scratch") if a in by_arm]
-        loop_arms = [a for a in LOOP_ARMS if a in by_arm]
-        lines += [
-            f"### {dataset}: {any_run['n_train']} training images, {any_run['n_test']} test images, "
-            f"k = {any_run['k']} to start, b = {any_run['b']} corrected per round, seed {any_run['seed']}",
-            "",
-            f"Fully supervised ({any_run['n_train']} images, same iteration budget): test Dice **{full_dice:.3f}**"
-            if full
-            else "Fully supervised reference: not run yet.",
-            "",
-            "Test Dice of the students after each round, by how the corrected images were picked:",
-            "",
-            "| round | labeled images | " + " | ".join(ARM_TITLES[a] for a in dice_arms) + " |",
-            "|---|---|" + "---|" * len(dice_arms),
-        ]
-        n_rounds = max(len(r["per_round"]) for r in by_arm.values() if r["arm"] != "full")
-        ref = max((by_arm[a] for a in dice_arms), key=lambda run: len(run["per_round"]), default=any_run)
-        for i in range(n_rounds):
-            row = ref["per_round"][min(i, len(ref["per_round"]) - 1)]
-            lines.append(
-                f"| {i + 1} | {row['n_labeled']} ({100 * row['fraction_labeled']:.0f} %) | "
-                + " | ".join(_cell(by_arm, a, i) for a in dice_arms)
-                + " |"
-            )
-        if loop_arms:
-            lines += [
-                "",
-                "The annotator's work on the images corrected after each round, from that round's proposals "
-                "(edit Dice / pixels changed per image / changed÷drawn), and seconds of the co-training round "
-                "(round 1 includes pretraining) + proposals:",
-                "",
-                "| round | "
-                + " | ".join(ARM_TITLES[a] for a in loop_arms)
-                + " | "
-                + " | ".join(f"{ARM_TITLES[a]}: s" for a in loop_arms)
-                + " |",
-                "|---|" + "---|" * (2 * len(loop_arms)),
-            ]
-            for i in range(n_rounds):
-                secs = []
-                for a in loop_arms:
-                    rows = by_arm[a]["per_round"]
-                    secs.append(
-                        f"{rows[i]['seconds_train']:.0f} + {rows[i].get('seconds_propose', 0):.0f}"
-                        if i < len(rows)
-                        else "—"
-                    )
-                lines.append(
-                    f"| {i + 1} | "
-                    + " | ".join(_edit(by_arm, a, i) for a in loop_arms)
-                    + " | "
-                    + " | ".join(secs)
-                    + " |"
-                )
-        lines += [
-            "",
-            "Edit Dice: between the proposal and the truth, mean over the corrected images. Changed÷drawn: the "
-            "pixels whose label the annotator had to change over the foreground pixels they would paint from "
-            "scratch, both summed over the round's images (* = mean of per-image ratios: an arm salvaged from "
-            "its log). Seconds are wall clock with one torch thread per arm and other jobs on the 2 cores; an "
-            "arm that started from the shared round-1 snapshot reports the round-1 time of the arm that made it.",
-            "",
-        ]
-        for arm, run in sorted(by_arm.items()):
-            if run.get("incomplete"):
-                lines.append(f"- **{arm}**: {run['incomplete']}.")
-        if full:
-            for arm in loop_arms:
-                lines += _findings(arm, by_arm[arm], full_dice)
-        lines.append("")
+        ds_runs = [r for r in runs if r["dataset"] == dataset]
+        seeds = sorted({r["seed"] for r in ds_runs})
+        lines += [f"### {dataset}", ""]
+        for seed in seeds:
+            by_arm = {r["arm"]: r for r in ds_runs if r["seed"] == seed}
+            lines += _seed_section(by_arm, _full_dice(ds_runs, seed))
+        loop_seeds = sorted({r["seed"] for r in ds_runs if r["arm"] in LOOP_ARMS})
+        if len(loop_seeds) > 1:
+            lines += _mean_section(ds_runs, loop_seeds)
     return "\n".join(lines)
 
 
@@ -545,24 +615,35 @@ def plot(out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     runs = load(out)
     for dataset in sorted({r["dataset"] for r in runs}):
+        ds_runs = [r for r in runs if r["dataset"] == dataset]
+        seeds = sorted({r["seed"] for r in ds_runs})
         fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
-        by_arm = {r["arm"]: r for r in runs if r["dataset"] == dataset}
         for arm, style in (("uncertainty", "o-"), ("power", "D-"), ("random", "s--"), ("scratch", "^:")):
-            if arm in by_arm:
-                rows = by_arm[arm]["per_round"]
-                x = [r["n_labeled"] for r in rows]
-                ax.plot(x, [r["test_dice"] for r in rows], style, label=ARM_TITLES[arm])
-        if "full" in by_arm:
-            full = by_arm["full"]["per_round"][-1]["test_dice"]
-            ax.axhline(full, color="k", lw=1, label=f"all {by_arm['full']['n_train']} labeled")
-            ax.axhline(0.95 * full, color="k", lw=1, ls=":", label="95 % of that")
+            arm_runs = [r for r in ds_runs if r["arm"] == arm]
+            if not arm_runs:
+                continue
+            n = min(len(r["per_round"]) for r in arm_runs)
+            x = [row["n_labeled"] for row in arm_runs[0]["per_round"][:n]]
+            y = np.array([[row["test_dice"] for row in r["per_round"][:n]] for r in arm_runs])
+            label = ARM_TITLES[arm] + (f" (mean of {len(arm_runs)} seeds)" if len(arm_runs) > 1 else "")
+            (line,) = ax.plot(x, y.mean(0), style, label=label)
+            if len(arm_runs) > 1:
+                ax.fill_between(x, y.min(0), y.max(0), color=line.get_color(), alpha=0.15)
+        full = [_full_dice(ds_runs, s) for s in seeds]
+        if not any(math.isnan(f) for f in full):
+            ref = float(np.mean(full))
+            ax.axhline(ref, color="k", lw=1, label=f"all {ds_runs[0]['n_train']} labeled")
+            ax.axhline(0.95 * ref, color="k", lw=1, ls=":", label="95 % of that")
         ax.set_xlabel("labeled training images")
         ax.set_ylabel("test Dice")
-        ax.set_title(f"{dataset}: human-in-the-loop simulation")
-        ax.legend(fontsize=8)
+        ax.set_title(
+            f"{dataset}: human-in-the-loop simulation" + (" (band: seed range)" if len(seeds) > 1 else "")
+        )
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / f"{dataset}.png")
