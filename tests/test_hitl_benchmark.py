@@ -37,6 +37,7 @@ def test_hitl_script_tiny(tmp_path: Path) -> None:
     assert all(0.0 <= r["test_dice"] <= 1.0 for r in u["per_round"] + s["per_round"])
     first = u["per_round"][0]
     assert len(first["corrections"]) == 2 and "corrections" not in u["per_round"][1]
+    assert first["pool"]["n"] == 4 and 0.0 <= first["pool"]["mean_edit_dice"] <= 1.0  # all 4 unlabeled
     # the corrected images were the two most uncertain, and the store recorded what the annotator changed
     with Project.open(work / "synth_uncertainty_s0") as project:
         unc = {r.name: r.uncertainty for r in project.images()}
