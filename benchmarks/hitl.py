@@ -590,6 +590,44 @@ def _mean_section(runs: list[dict], seeds: list[int]) -> list[str]:
             vals = [r["per_round"][i]["test_dice"] for r in runs if r["arm"] == a and i < len(r["per_round"])]
             cells.append(f"{sum(vals) / len(vals):.3f} ({len(vals)})" if vals else "—")
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+    loop = [a for a in LOOP_ARMS if a in arms]
+    lines += [
+        "",
+        "The annotator's work after each round (mean edit Dice / changed÷drawn pooled over the seeds' "
+        "corrected images); *average image*: the same over every unlabeled image's proposal, from the "
+        "arms that proposed on all of them:",
+        "",
+        "| after round | " + " | ".join(ARM_TITLES[a] for a in loop) + " | average image |",
+        "|---|" + "---|" * (len(loop) + 1),
+    ]
+    for i in range(n_rounds - 1):
+        cells = []
+        for a in loop:
+            edits = [
+                e
+                for r in runs
+                if r["arm"] == a and i < len(r["per_round"])
+                for e in r["per_round"][i].get("corrections", [])
+            ]
+            if edits:
+                ratio = sum(e["pixels_changed"] for e in edits) / max(
+                    1, sum(e["pixels_drawn_from_scratch"] for e in edits)
+                )
+                cells.append(f"{sum(e['edit_dice'] for e in edits) / len(edits):.3f} / {ratio:.2f}")
+            else:
+                cells.append("—")
+        pools = [
+            r["per_round"][i]["pool"]
+            for r in runs
+            if r["arm"] in LOOP_ARMS and i < len(r["per_round"]) and "pool" in r["per_round"][i]
+        ]
+        cells.append(
+            f"{sum(q['mean_edit_dice'] for q in pools) / len(pools):.3f} / "
+            f"{sum(q['changed_over_drawn'] for q in pools) / len(pools):.2f} ({len(pools)} runs)"
+            if pools
+            else "—"
+        )
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "| arm | 95 % of fully supervised first reached (labeled, per seed) | round-2 changed÷drawn (pooled over seeds) |",
