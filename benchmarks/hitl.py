@@ -616,17 +616,19 @@ def _mean_section(runs: list[dict], seeds: list[int]) -> list[str]:
                 cells.append(f"{sum(e['edit_dice'] for e in edits) / len(edits):.3f} / {ratio:.2f}")
             else:
                 cells.append("—")
-        pools = [
-            r["per_round"][i]["pool"]
-            for r in runs
-            if r["arm"] in LOOP_ARMS and i < len(r["per_round"]) and "pool" in r["per_round"][i]
-        ]
-        cells.append(
-            f"{sum(q['mean_edit_dice'] for q in pools) / len(pools):.3f} / "
-            f"{sum(q['changed_over_drawn'] for q in pools) / len(pools):.2f} ({len(pools)} runs)"
-            if pools
-            else "—"
-        )
+        by_seed: dict[int, list[dict]] = {}  # arms of one seed share round 1: average per seed first
+        for r in runs:
+            if r["arm"] in LOOP_ARMS and i < len(r["per_round"]) and "pool" in r["per_round"][i]:
+                by_seed.setdefault(r["seed"], []).append(r["per_round"][i]["pool"])
+        if by_seed:
+            dice = [sum(q["mean_edit_dice"] for q in qs) / len(qs) for qs in by_seed.values()]
+            ratio = [sum(q["changed_over_drawn"] for q in qs) / len(qs) for qs in by_seed.values()]
+            cells.append(
+                f"{sum(dice) / len(dice):.3f} / {sum(ratio) / len(ratio):.2f} "
+                f"(seed {', '.join(map(str, sorted(by_seed)))})"
+            )
+        else:
+            cells.append("—")
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     lines += [
         "",
