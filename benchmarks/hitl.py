@@ -4,6 +4,7 @@
     python benchmarks/hitl.py --dataset drive --k 2 --b 2 --rounds 3
     python benchmarks/hitl.py --dataset glas --arms uncertainty --jobs 1 --threads 2
     python benchmarks/hitl.py --report-only
+    python benchmarks/hitl.py --dataset glas --cotrain-steps 1200 --out benchmarks/results/hitl_long  # budget
 
 The loop runs through the product itself: a real project store, the backend's own ``cotrain`` and
 ``propose`` jobs (``backend.jobs.execute_job``, in-process) and the store's edit-Dice bookkeeping. Test
@@ -178,7 +179,7 @@ def run_arm(args: argparse.Namespace) -> dict:
         return torch.from_numpy(normalize_image(match_channels(ds.load_image(image_id), channels)))
 
     test = [(i, tensor(i), ds.load_mask(i), _fov(dataset_dir, i)) for i in test_ids]
-    overrides = OVERRIDES if args.preset == "cpu" else {}
+    overrides = {k: getattr(args, k) for k in OVERRIDES} if args.preset == "cpu" else {}
     params = {"preset": args.preset, "overrides": overrides, "seed": args.seed, "device": "cpu"}
     preset = preset_for(params)
     rounds_out: list[dict] = []
@@ -734,6 +735,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4, help="co-training rounds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="cpu", help="cpu (the benchmark) or tiny (a smoke test)")
+    for key, value in OVERRIDES.items():  # the cpu preset's per-round budget (a bigger one: another --out)
+        p.add_argument(
+            f"--{key.replace('_', '-')}", dest=key, type=int, default=value, help=f"default {value}"
+        )
     p.add_argument("--jobs", type=int, default=1, help="arms run at the same time")
     p.add_argument("--threads", type=int, default=2, help="torch threads per arm")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "diffseg-hitl"))
@@ -769,6 +774,7 @@ def main() -> None:
                     ("seed", args.seed),
                     ("preset", args.preset),
                     ("threads", args.threads),
+                    *((k.replace("_", "-"), getattr(args, k)) for k in OVERRIDES),
                     ("work", args.work),
                     ("out", args.out),
                 )
