@@ -29,6 +29,12 @@ DEFAULT_BETA = 1.0
 _FLOOR = 1e-12  # a zero uncertainty keeps a (tiny) chance instead of log(0)
 
 
+def check_strategy(strategy: str) -> None:
+    """Raise ConfigError naming the strategies when ``strategy`` is not one of them."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown acquisition strategy {strategy!r}: use one of {', '.join(STRATEGIES)}.")
+
+
 def acquire(
     scores: Sequence[float | None],
     b: int,
@@ -49,8 +55,7 @@ def acquire(
     Raises:
         ConfigError: unknown strategy, ``b < 0``, ``beta <= 0`` or a score that is not finite.
     """
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown acquisition strategy {strategy!r}: use one of {', '.join(STRATEGIES)}.")
+    check_strategy(strategy)
     if b < 0:
         raise ConfigError(f"cannot pick {b} images: b must be >= 0.")
     if not (np.isfinite(beta) and beta > 0):

@@ -547,10 +547,9 @@ class Project:
         probability proportional to the uncertainty (:func:`napari_diffseg.core.acquisition.acquire`);
         images without one only once every image has one. Unknown strategy → ConfigError.
         """
-        from napari_diffseg.core.acquisition import STRATEGIES, acquire
+        from napari_diffseg.core.acquisition import acquire, check_strategy
 
-        if strategy not in STRATEGIES:
-            acquire([], 0, strategy)  # raises the ConfigError that names the strategies
+        check_strategy(strategy)
         placeholders = ", ".join("?" for _ in UNREVIEWED_STATES)
         sql = f"SELECT {_IMAGE_COLS} FROM images WHERE state IN ({placeholders})"
         params: list[Any] = list(UNREVIEWED_STATES)
