@@ -4,7 +4,8 @@
     python benchmarks/hitl.py --dataset drive --k 2 --b 2 --rounds 3
     python benchmarks/hitl.py --dataset glas --arms uncertainty --jobs 1 --threads 2
     python benchmarks/hitl.py --report-only
-    python benchmarks/hitl.py --dataset glas --cotrain-steps 1200 --out benchmarks/results/hitl_long  # budget
+    python benchmarks/hitl.py --dataset glas --rounds 3 --arms power uncertainty full --threads 1 \
+        --cotrain-steps 600 --refresh-every 300 --out benchmarks/results/hitl_long   # 2x budget per round
 
 The loop runs through the product itself: a real project store, the backend's own ``cotrain`` and
 ``propose`` jobs (``backend.jobs.execute_job``, in-process) and the store's edit-Dice bookkeeping. Test
@@ -16,6 +17,8 @@ Arms (one process each; ``--jobs 2`` runs two at a time with ``--threads`` torch
   on every unlabeled training image and a simulated annotator corrects the ``b`` most uncertain ones (the
   correction is the ground truth, saved against the proposal it started from, so the store records edit
   Dice and pixels changed); then the next round, warm-started from the last model.
+- ``power``: the same, but the ``b`` images are drawn with probability proportional to their uncertainty
+  (stochastic power acquisition, Kirsch et al. 2023; ``core/acquisition.py``).
 - ``random``: the same, but the ``b`` images are drawn at random (proposals made only for them).
 - ``scratch``: annotating from scratch: a supervised student trained on the same number of fully drawn
   (random) images, for as many student iterations as the diffseg students have had by that round.
@@ -633,11 +636,12 @@ def _mean_section(runs: list[dict], seeds: list[int]) -> list[str]:
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| arm | 95 % of fully supervised first reached (labeled, per seed) | round-2 changed÷drawn (pooled over seeds) |",
+        "| arm | 95 % of fully supervised first reached (labeled, per seed) "
+        "| round-2 changed÷drawn (pooled over seeds; per seed) |",
         "|---|---|---|",
     ]
     for a in [a for a in LOOP_ARMS if a in arms]:
-        reached, changed, drawn = [], 0, 0
+        reached, changed, drawn, per_seed = [], 0, 0, []
         for r in sorted((r for r in runs if r["arm"] == a), key=lambda r: r["seed"]):
             target = 0.95 * _full_dice(runs, r["seed"])
             hit = [x for x in r["per_round"] if x["test_dice"] >= target]
@@ -647,9 +651,11 @@ def _mean_section(runs: list[dict], seeds: list[int]) -> list[str]:
                 else f"s{r['seed']}: not reached"
             )
             if len(r["per_round"]) >= 2 and r["per_round"][1].get("corrections"):
-                changed += sum(e["pixels_changed"] for e in r["per_round"][1]["corrections"])
-                drawn += sum(e["pixels_drawn_from_scratch"] for e in r["per_round"][1]["corrections"])
-        ratio = f"{changed / drawn:.2f}" if drawn else "—"
+                c = sum(e["pixels_changed"] for e in r["per_round"][1]["corrections"])
+                d = sum(e["pixels_drawn_from_scratch"] for e in r["per_round"][1]["corrections"])
+                changed, drawn = changed + c, drawn + d
+                per_seed.append(f"s{r['seed']}: {c / max(d, 1):.2f}")
+        ratio = f"{changed / drawn:.2f} ({'; '.join(per_seed)})" if drawn else "—"
         lines.append(f"| {ARM_TITLES[a]} | {'; '.join(reached)} | {ratio} |")
     lines.append("")
     return lines

@@ -65,3 +65,36 @@ def test_hitl_script_tiny(tmp_path: Path) -> None:
         assert [m.id for m in project.models()] == models and project.check()["ok"]
     summary = (out / "summary.md").read_text()
     assert "| 1 | 1 (20 %) |" in summary and "| 2 | 3 (60 %) |" in summary
+
+
+def test_hitl_report_pools_round2_over_seeds(tmp_path: Path) -> None:
+    """The report's mean-over-seeds targets table pools round-2 corrections over seeds and lists each
+    seed's own ratio (checked against the stored twice-the-budget GlaS results, recomputed here)."""
+    import shutil
+
+    results = SCRIPT.parent / "results" / "hitl_long"
+    for f in results.glob("glas_*_s*.json"):
+        shutil.copy(f, tmp_path)
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--report-only", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = (tmp_path / "summary.md").read_text()
+    for arm, title in (("uncertainty", "most uncertain"), ("power", "uncertainty-weighted draw")):
+        changed = drawn = 0
+        per_seed = []
+        for seed in (0, 1, 2):
+            edits = json.loads((tmp_path / f"glas_{arm}_s{seed}.json").read_text())["per_round"][1][
+                "corrections"
+            ]
+            c = sum(e["pixels_changed"] for e in edits)
+            d = sum(e["pixels_drawn_from_scratch"] for e in edits)
+            changed, drawn = changed + c, drawn + d
+            per_seed.append(f"s{seed}: {c / d:.2f}")
+        row = [line for line in summary.splitlines() if line.startswith(f"| {title} | s0:")]
+        assert len(row) == 1, summary
+        assert row[0].endswith(f"| {changed / drawn:.2f} ({'; '.join(per_seed)}) |")
+    assert "#### Mean over seeds 0, 1, 2" in summary
