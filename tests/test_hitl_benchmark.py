@@ -66,6 +66,24 @@ def test_hitl_script_tiny(tmp_path: Path) -> None:
     summary = (out / "summary.md").read_text()
     assert "| 1 | 1 (20 %) |" in summary and "| 2 | 3 (60 %) |" in summary
 
+    # the follow-up script scores the same round-1 proposals the benchmark pooled as the "average image"
+    cost_cmd = [
+        sys.executable,
+        str(SCRIPT.parent / "hitl_proposal_cost.py"),
+        str(work / "synth_uncertainty_s0"),
+    ]
+    cost_cmd += [first["model"], "--data", str(tmp_path / "data"), "--dataset", "synth", "--preset", "tiny"]
+    cost = subprocess.run(
+        cost_cmd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cost.returncode == 0, cost.stdout + cost.stderr
+    assert "4 images with a proposal" in cost.stdout
+    argmax = [line for line in cost.stdout.splitlines() if "proposal (argmax)" in line]
+    assert float(argmax[0].split()[-1]) == round(first["pool"]["changed_over_drawn"], 3)
+
 
 def test_hitl_report_pools_round2_over_seeds(tmp_path: Path) -> None:
     """The report's mean-over-seeds targets table pools round-2 corrections over seeds and lists each
