@@ -20,11 +20,24 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data"
 
 
+def _without_small_parts(mask, min_size: int):
+    """``mask`` without objects and holes smaller than ``min_size`` pixels (scikit-image's keyword for
+    this changed in 0.26: ``min_size``/``area_threshold`` became ``max_size``, inclusive)."""
+    import inspect
+
+    from skimage import morphology
+
+    if "max_size" in inspect.signature(morphology.remove_small_objects).parameters:
+        kept = morphology.remove_small_objects(mask, max_size=min_size - 1)
+        return morphology.remove_small_holes(kept, max_size=min_size - 1)
+    kept = morphology.remove_small_objects(mask, min_size=min_size)
+    return morphology.remove_small_holes(kept, area_threshold=min_size)
+
+
 def main() -> None:
     import numpy as np
     import torch
     from scipy.stats import spearmanr
-    from skimage import morphology
 
     from napari_diffseg.core.config import get_preset
     from napari_diffseg.core.inference import predict_probs
@@ -72,12 +85,12 @@ def main() -> None:
                 sw_batch=preset.sw_batch_size,
             )[0].numpy()
             masks = [probs.argmax(0), fg > 0.3, fg > 0.4, fg > 0.6]
-            clean = morphology.remove_small_objects(fg > 0.5, max_size=args.min_size - 1)
-            masks.append(morphology.remove_small_holes(clean, max_size=args.min_size - 1))
+            masks.append(_without_small_parts(fg > 0.5, args.min_size))
             masks.append(((probs + student) / 2).argmax(0))
-            for name, mask in zip(variants, masks, strict=True):
-                changed[name] += edit_stats(mask.astype(np.uint8), truth)[1]
-            dice, n = edit_stats(probs.argmax(0), truth)
+            stats = [edit_stats(mask.astype(np.uint8), truth) for mask in masks]
+            for name, (_, n) in zip(variants, stats, strict=True):
+                changed[name] += n
+            dice, n = stats[0]  # the proposal as made
             rows.append((float(unc.mean()), n, drawn, dice))
             drawn_total += drawn
     if not rows:
