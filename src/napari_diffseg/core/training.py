@@ -94,7 +94,9 @@ def synced_cancelled(token: CancelToken) -> bool:
     if _world()[1] > 1:
         import torch.distributed as dist
 
-        t = torch.tensor([1.0 if flag else 0.0])
+        # NCCL reduces only CUDA tensors (torchrun sets each rank's device: core/distributed.py)
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        t = torch.tensor([1.0 if flag else 0.0], device=dev)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         flag = bool(t.item() > 0)
     return flag
