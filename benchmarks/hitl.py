@@ -6,6 +6,8 @@
     python benchmarks/hitl.py --report-only
     python benchmarks/hitl.py --dataset glas --rounds 3 --arms power uncertainty full --threads 1 \
         --cotrain-steps 600 --refresh-every 300 --out benchmarks/results/hitl_long   # 2x budget per round
+    python benchmarks/hitl.py --dataset glas --rounds 3 --arms power full --threads 2 --device cuda \
+        --cotrain-steps 1200 --refresh-every 600 --out benchmarks/results/hitl_gpu   # 4x, on a GPU
 
 The loop runs through the product itself: a real project store, the backend's own ``cotrain`` and
 ``propose`` jobs (``backend.jobs.execute_job``, in-process) and the store's edit-Dice bookkeeping. Test
@@ -162,6 +164,7 @@ def run_arm(args: argparse.Namespace) -> dict:
     from napari_diffseg.backend.params import preset_for
     from napari_diffseg.core.acquisition import acquire
     from napari_diffseg.core.config import get_preset
+    from napari_diffseg.core.device import choose_device
     from napari_diffseg.core.models import ModelBundle, ModelSpec, load_bundle
     from napari_diffseg.core.training import TrainData, train_baseline
     from napari_diffseg.data.dataset import DatasetFolder
@@ -183,7 +186,8 @@ def run_arm(args: argparse.Namespace) -> dict:
 
     test = [(i, tensor(i), ds.load_mask(i), _fov(dataset_dir, i)) for i in test_ids]
     overrides = {k: getattr(args, k) for k in OVERRIDES} if args.preset == "cpu" else {}
-    params = {"preset": args.preset, "overrides": overrides, "seed": args.seed, "device": "cpu"}
+    params = {"preset": args.preset, "overrides": overrides, "seed": args.seed, "device": args.device}
+    device = choose_device(args.device)
     preset = preset_for(params)
     rounds_out: list[dict] = []
     result = {
@@ -200,7 +204,9 @@ def run_arm(args: argparse.Namespace) -> dict:
         "overrides": overrides,
         "proposal": PROPOSAL,
         "torch_threads": args.threads,
+        "device": args.device,
         "machine": machine(),
+        **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
         "per_round": rounds_out,
     }
 
@@ -216,12 +222,12 @@ def run_arm(args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             pr = get_preset(args.preset).with_overrides(**{**overrides, "cotrain_steps": steps})
             spec = ModelSpec("supervised", channels, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
-            bundle = ModelBundle(spec, seed=args.seed)
+            bundle = ModelBundle(spec, seed=args.seed).to(device)
             data = TrainData(
                 [tensor(i) for i in labeled], [torch.from_numpy(ds.load_mask(i)) for i in labeled]
             )
             gen = torch.Generator().manual_seed(args.seed)
-            for _ in train_baseline(bundle, data, pr, generator=gen, device=torch.device("cpu")):
+            for _ in train_baseline(bundle, data, pr, generator=gen, device=device):
                 pass
             t_train = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -256,6 +262,7 @@ def run_arm(args: argparse.Namespace) -> dict:
     cache = Path(args.work) / (
         f"_round1_{args.dataset}_s{args.seed}_k{args.k}_{args.preset}_t{args.threads}_"
         + "_".join(f"{k}{v}" for k, v in sorted(overrides.items()))
+        + ("" if device.type == "cpu" else f"_{device.type}")
     )
     cached = _restore_round1(cache, work)
     result["round1_from_cache"] = cached is not None
@@ -279,7 +286,7 @@ def run_arm(args: argparse.Namespace) -> dict:
                     _save_round1(project, work, cache, {"seconds_train": t_train, "start_ids": start_ids})
             active = project.active_model()
             assert active is not None
-            bundle, _, _ = load_bundle(project.model_dir(active.id), torch.device("cpu"))
+            bundle, _, _ = load_bundle(project.model_dir(active.id), device)
             t0 = time.perf_counter()
             score = _evaluate(bundle, test, preset)
             row: dict = {
@@ -344,7 +351,7 @@ def run_arm(args: argparse.Namespace) -> dict:
                     }
                 )
             rounds_out.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "corrections"}), flush=True)
+            print(json.dumps(row), flush=True)  # with its corrections: --salvage rebuilds an arm from this
         result["check"] = project.check().get("ok", None)
     result["seconds"] = time.perf_counter() - t_start
     if not args.keep:
@@ -361,7 +368,8 @@ def load(out: Path) -> list[dict]:
 
 def salvage(out: Path, dataset: str, arm: str, seed: int, args: argparse.Namespace) -> Path | None:
     """An arm stopped before its end (time ran out): its JSON from the per-round lines of its log, marked
-    ``incomplete`` (the per-image corrections are not in the log; their means are)."""
+    ``incomplete``. Logs written since the per-round lines carry the corrections hold them; for older logs
+    they come from the arm's kept project under ``--work``, or only their means are there."""
     target = _arm_path(out, dataset, arm, seed)
     log = target.with_suffix(".log")
     if target.exists() or not log.exists():
@@ -372,6 +380,7 @@ def salvage(out: Path, dataset: str, arm: str, seed: int, args: argparse.Namespa
             rows.append(json.loads(line))
     if not rows:
         return None
+    logged = {r["round"] for r in rows if "corrections" in r}  # logs written since the rows carry them
     project_dir = Path(args.work) / f"{dataset}_{arm}_s{seed}"
     if (project_dir / "project.db").exists():  # the per-image corrections, from the project it drove
         import numpy as np
@@ -388,7 +397,7 @@ def salvage(out: Path, dataset: str, arm: str, seed: int, args: argparse.Namespa
                         continue
                     r = rounds.get(prop.model_id)
                     row = next((x for x in rows if x["round"] == r), None)
-                    if row is None or "mean_edit_dice" not in row:
+                    if row is None or "mean_edit_dice" not in row or r in logged:
                         continue
                     drawn = int(np.count_nonzero(project.load_annotation(rec.id, ann.version)))
                     row.setdefault("corrections", []).append(
@@ -402,6 +411,8 @@ def salvage(out: Path, dataset: str, arm: str, seed: int, args: argparse.Namespa
                         }
                     )
     done = next((r for r in load(out) if r["dataset"] == dataset), {})
+    # where it ran: as the finished arms beside it, when they ran on the same kind of device
+    same = done.get("device", "cpu") == args.device
     result = {
         "dataset": dataset,
         "arm": arm,
@@ -412,8 +423,11 @@ def salvage(out: Path, dataset: str, arm: str, seed: int, args: argparse.Namespa
         "n_train": done.get("n_train") or round(rows[0]["n_labeled"] / rows[0]["fraction_labeled"]),
         "n_test": done.get("n_test"),
         "preset": args.preset,
+        "overrides": {k: getattr(args, k) for k in OVERRIDES} if args.preset == "cpu" else {},
         "torch_threads": args.threads,
-        "machine": machine(),
+        "device": args.device,
+        "machine": done["machine"] if same and "machine" in done else machine(),
+        **({"gpu": done["gpu"]} if same and "gpu" in done else {}),
         "incomplete": f"stopped after {len(rows)} of {args.rounds} rounds (session time); from its log",
         "per_round": rows,
         "seconds": sum(
@@ -564,7 +578,7 @@ def _seed_section(by_arm: dict, full_dice: float) -> list[str]:
     lines.append("")
     for arm, run in sorted(by_arm.items()):
         if run.get("incomplete"):
-            lines.append(f"- **{arm}**: {run['incomplete']}.")
+            lines.append(f"- **{ARM_TITLES.get(arm, arm)}**: {run['incomplete']}.")
     if not math.isnan(full_dice):
         for arm in loop_arms:
             lines += _findings(arm, by_arm[arm], full_dice)
@@ -665,16 +679,19 @@ def report(out: Path) -> str:
     runs = load(out)
     if not runs:
         return "no results yet"
+    gpus = sorted({r["gpu"] for r in runs if r.get("gpu")})
+    where = runs[0]["machine"] + "".join(f", {g}" for g in gpus)
+    threads = " or ".join(str(t) for t in sorted({r.get("torch_threads", 1) for r in runs}))
     lines = [
-        f"Human-in-the-loop simulation. Machine: {runs[0]['machine']}.",
+        f"Human-in-the-loop simulation. Machine: {where}.",
         "",
         "Edit Dice: between the proposal and the truth, mean over the images corrected after that round "
         "(from that round's proposals). Changed÷drawn: the pixels whose label the annotator had to change "
         "over the foreground pixels they would paint from scratch, both summed over the round's images "
         "(* = mean of per-image ratios: an arm salvaged from its log). Seconds: the co-training round "
-        "(round 1 includes pretraining) + proposals, wall clock with one torch thread per arm and other "
-        "jobs on the 2 cores; an arm that started from the shared round-1 snapshot reports the round-1 "
-        "time of the arm that made it.",
+        f"(round 1 includes pretraining) + proposals, wall clock with {threads} torch thread(s) per arm "
+        "and other arms running beside it; an arm that started from the shared round-1 snapshot reports "
+        "the round-1 time of the arm that made it.",
         "",
     ]
     for dataset in sorted({r["dataset"] for r in runs}):
@@ -745,6 +762,7 @@ def main() -> None:
         p.add_argument(
             f"--{key.replace('_', '-')}", dest=key, type=int, default=value, help=f"default {value}"
         )
+    p.add_argument("--device", default="cpu", help="cpu (the benchmark's figures), cuda, cuda:N or auto")
     p.add_argument("--jobs", type=int, default=1, help="arms run at the same time")
     p.add_argument("--threads", type=int, default=2, help="torch threads per arm")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "diffseg-hitl"))
@@ -780,6 +798,7 @@ def main() -> None:
                     ("seed", args.seed),
                     ("preset", args.preset),
                     ("threads", args.threads),
+                    ("device", args.device),
                     *((k.replace("_", "-"), getattr(args, k)) for k in OVERRIDES),
                     ("work", args.work),
                     ("out", args.out),

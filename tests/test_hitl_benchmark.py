@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,24 @@ def test_hitl_script_tiny(tmp_path: Path) -> None:
     assert "4 images with a proposal" in cost.stdout
     argmax = [line for line in cost.stdout.splitlines() if "proposal (argmax)" in line]
     assert float(argmax[0].split()[-1]) == round(first["pool"]["changed_over_drawn"], 3)
+
+    # an arm stopped early (session time) is rebuilt from its log alone: the per-round lines carry the
+    # corrections, so nothing is lost without its project and the pooled ratio stays exact (no "*")
+    assert u["device"] == "cpu"
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "synth_uncertainty_s0.log").write_text((out / "synth_uncertainty_s0.log").read_text())
+    salvage = [sys.executable, str(SCRIPT), "--report-only", "--salvage", "--arms", "uncertainty"]
+    salvage += ["--dataset", "synth", "--k", "1", "--b", "2", "--rounds", "3", "--preset", "tiny"]
+    salvage += ["--out", str(stopped), "--work", str(tmp_path / "no-work")]
+    run = subprocess.run(salvage, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rebuilt = json.loads((stopped / "synth_uncertainty_s0.json").read_text())
+    assert rebuilt["incomplete"].startswith("stopped after 2 of 3 rounds")
+    assert rebuilt["per_round"][0]["corrections"] == first["corrections"]
+    assert [r["test_dice"] for r in rebuilt["per_round"]] == [r["test_dice"] for r in u["per_round"]]
+    text = (stopped / "summary.md").read_text()
+    assert re.search(r"k / \d\.\d\d \|", text) and not re.search(r"k / \d\.\d\d\*", text), text
 
 
 def test_hitl_report_pools_round2_over_seeds(tmp_path: Path) -> None:
