@@ -428,7 +428,7 @@ def salvage(out: Path, dataset: str, arm: str, seed: int, args: argparse.Namespa
         "device": args.device,
         "machine": done["machine"] if same and "machine" in done else machine(),
         **({"gpu": done["gpu"]} if same and "gpu" in done else {}),
-        "incomplete": f"stopped after {len(rows)} of {args.rounds} rounds (session time); from its log",
+        "incomplete": f"stopped after {len(rows)} of {args.rounds} rounds; rebuilt from its log",
         "per_round": rows,
         "seconds": sum(
             r.get("seconds_train", 0) + r.get("seconds_propose", 0) + r.get("seconds_eval", 0) for r in rows
