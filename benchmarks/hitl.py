@@ -618,7 +618,13 @@ def _mean_section(runs: list[dict], seeds: list[int]) -> list[str]:
         "| after round | " + " | ".join(ARM_TITLES[a] for a in loop) + " | average image |",
         "|---|" + "---|" * (len(loop) + 1),
     ]
-    for i in range(n_rounds - 1):
+    for i in range(n_rounds):  # the rounds after which some arm corrected images (not the last, usually)
+        if not any(
+            "mean_edit_dice" in r["per_round"][i]
+            for r in runs
+            if r["arm"] in loop and i < len(r["per_round"])
+        ):
+            continue
         cells = []
         for a in loop:
             edits = [
@@ -662,7 +668,7 @@ def _mean_section(runs: list[dict], seeds: list[int]) -> list[str]:
             reached.append(
                 f"s{r['seed']}: {hit[0]['n_labeled']} ({100 * hit[0]['fraction_labeled']:.0f} %)"
                 if hit
-                else f"s{r['seed']}: not reached"
+                else f"s{r['seed']}: not reached" + (" (stopped early)" if r.get("incomplete") else "")
             )
             if len(r["per_round"]) >= 2 and r["per_round"][1].get("corrections"):
                 c = sum(e["pixels_changed"] for e in r["per_round"][1]["corrections"])

@@ -135,3 +135,33 @@ def test_hitl_report_pools_round2_over_seeds(tmp_path: Path) -> None:
         assert len(row) == 1, summary
         assert row[0].endswith(f"| {changed / drawn:.2f} ({'; '.join(per_seed)}) |")
     assert "#### Mean over seeds 0, 1, 2" in summary
+
+
+def test_hitl_report_shows_corrections_of_an_arm_stopped_after_them(tmp_path: Path) -> None:
+    """Arms stopped right after their round-2 corrections (the stored four-times-the-budget CPU run) still
+    get their round-2 row in the mean-over-seeds table of the annotator's work, recomputed here."""
+    import shutil
+
+    for f in (SCRIPT.parent / "results" / "hitl_4x").glob("glas_*_s*.json"):
+        shutil.copy(f, tmp_path)
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--report-only", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = (tmp_path / "summary.md").read_text()
+    cells = []
+    for arm in ("uncertainty", "power"):
+        edits = [
+            e
+            for seed in (0, 1)
+            for e in json.loads((tmp_path / f"glas_{arm}_s{seed}.json").read_text())["per_round"][1][
+                "corrections"
+            ]
+        ]
+        ratio = sum(e["pixels_changed"] for e in edits) / sum(e["pixels_drawn_from_scratch"] for e in edits)
+        cells.append(f"{sum(e['edit_dice'] for e in edits) / len(edits):.3f} / {ratio:.2f}")
+    assert f"| 2 | {cells[0]} | {cells[1]} | " in summary, summary
+    assert "not reached (stopped early)" in summary
