@@ -104,13 +104,11 @@ def test_hitl_script_tiny(tmp_path: Path) -> None:
     assert re.search(r"k / \d\.\d\d \|", text) and not re.search(r"k / \d\.\d\d\*", text), text
 
 
-def test_hitl_report_pools_round2_over_seeds(tmp_path: Path) -> None:
-    """The report's mean-over-seeds targets table pools round-2 corrections over seeds and lists each
-    seed's own ratio (checked against the stored twice-the-budget GlaS results, recomputed here)."""
+def _report_of_stored(folder: str, tmp_path: Path) -> str:
+    """``hitl.py --report-only`` over a copy of the stored arm JSONs of ``benchmarks/results/<folder>``."""
     import shutil
 
-    results = SCRIPT.parent / "results" / "hitl_long"
-    for f in results.glob("glas_*_s*.json"):
+    for f in (SCRIPT.parent / "results" / folder).glob("glas_*_s*.json"):
         shutil.copy(f, tmp_path)
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--report-only", "--out", str(tmp_path)],
@@ -119,7 +117,13 @@ def test_hitl_report_pools_round2_over_seeds(tmp_path: Path) -> None:
         timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    summary = (tmp_path / "summary.md").read_text()
+    return (tmp_path / "summary.md").read_text()
+
+
+def test_hitl_report_pools_round2_over_seeds(tmp_path: Path) -> None:
+    """The report's mean-over-seeds targets table pools round-2 corrections over seeds and lists each
+    seed's own ratio (checked against the stored twice-the-budget GlaS results, recomputed here)."""
+    summary = _report_of_stored("hitl_long", tmp_path)
     for arm, title in (("uncertainty", "most uncertain"), ("power", "uncertainty-weighted draw")):
         changed = drawn = 0
         per_seed = []
@@ -140,18 +144,7 @@ def test_hitl_report_pools_round2_over_seeds(tmp_path: Path) -> None:
 def test_hitl_report_shows_corrections_of_an_arm_stopped_after_them(tmp_path: Path) -> None:
     """Arms stopped right after their round-2 corrections (the stored four-times-the-budget CPU run) still
     get their round-2 row in the mean-over-seeds table of the annotator's work, recomputed here."""
-    import shutil
-
-    for f in (SCRIPT.parent / "results" / "hitl_4x").glob("glas_*_s*.json"):
-        shutil.copy(f, tmp_path)
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--report-only", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    summary = (tmp_path / "summary.md").read_text()
+    summary = _report_of_stored("hitl_4x", tmp_path)
     cells = []
     for arm in ("uncertainty", "power"):
         edits = [
