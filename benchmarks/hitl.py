@@ -162,8 +162,8 @@ def run_arm(args: argparse.Namespace) -> dict:
 
     from napari_diffseg.backend.jobs import execute_job, start_job
     from napari_diffseg.backend.params import preset_for
+    from napari_diffseg.base.presets import get_preset
     from napari_diffseg.core.acquisition import acquire
-    from napari_diffseg.core.config import get_preset
     from napari_diffseg.core.device import choose_device
     from napari_diffseg.core.models import ModelBundle, ModelSpec, load_bundle
     from napari_diffseg.core.training import TrainData, train_baseline

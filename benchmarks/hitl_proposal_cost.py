@@ -39,7 +39,7 @@ def main() -> None:
     import torch
     from scipy.stats import spearmanr
 
-    from napari_diffseg.core.config import get_preset
+    from napari_diffseg.base.presets import get_preset
     from napari_diffseg.core.inference import predict_probs
     from napari_diffseg.core.models import load_bundle
     from napari_diffseg.data.dataset import DatasetFolder

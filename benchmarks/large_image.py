@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from napari_diffseg.core.config import get_preset
+from napari_diffseg.base.presets import get_preset
 from napari_diffseg.core.inference import predict_probs
 from napari_diffseg.core.models import ModelBundle, ModelSpec, load_bundle
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_diffseg.core.config import get_preset
+from napari_diffseg.base.presets import get_preset
 from napari_diffseg.core.diffusion import SamplerConfig
 from napari_diffseg.core.inference import propose
 from napari_diffseg.core.metrics import segmentation_metrics

@@ -29,6 +29,6 @@ def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def tiny_preset():
-    from napari_diffseg.core.config import get_preset
+    from napari_diffseg.base.presets import get_preset
 
     return get_preset("tiny")

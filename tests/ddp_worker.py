@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from napari_diffseg.core.config import get_preset
+from napari_diffseg.base.presets import get_preset
 from napari_diffseg.core.distributed import cleanup, setup_from_env
 from napari_diffseg.core.models import ModelBundle, ModelSpec
 from napari_diffseg.core.training import TrainData, cotrain

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_diffseg.base.errors import ConfigError
 from napari_diffseg.core.acquisition import acquire
-from napari_diffseg.core.errors import ConfigError
 
 
 def test_uncertainty_is_top_b_with_ties_in_order_and_unscored_last() -> None:

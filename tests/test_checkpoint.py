@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from napari_diffseg.base.errors import CheckpointError
 from napari_diffseg.core.checkpoint import (
     FORMAT_VERSION,
     load_into,
@@ -18,7 +19,6 @@ from napari_diffseg.core.checkpoint import (
     save_model,
     save_training_state,
 )
-from napari_diffseg.core.errors import CheckpointError
 
 
 class TinyNet(nn.Module):

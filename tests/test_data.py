@@ -13,7 +13,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_diffseg.core.errors import ConfigError, DataError
+from napari_diffseg.base.errors import ConfigError, DataError
 from napari_diffseg.data.dataset import DatasetFolder
 from napari_diffseg.data.io import (
     atomic_write_bytes,

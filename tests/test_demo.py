@@ -164,7 +164,7 @@ def test_demo_refuses_a_file_or_a_foreign_folder(tmp_path: Path) -> None:
 
 
 def test_prepare_out_reuses_only_a_demo_folder(tmp_path: Path) -> None:
-    from napari_diffseg.core.errors import DataError
+    from napari_diffseg.base.errors import DataError
     from napari_diffseg.demo import MARKER, prepare_out
 
     empty = prepare_out(tmp_path / "fresh")

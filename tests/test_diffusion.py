@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from napari_diffseg.base.errors import ConfigError
 from napari_diffseg.core.diffusion import MaskDiffusion, SamplerConfig, normalized_entropy
-from napari_diffseg.core.errors import ConfigError
 from napari_diffseg.core.metrics import segmentation_metrics
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from napari_diffseg.backend.jobs import JobFailed, execute_job, start_job
+from napari_diffseg.base.errors import ConfigError
+from napari_diffseg.base.events import CancelToken
 from napari_diffseg.cli import main
-from napari_diffseg.core.errors import ConfigError
-from napari_diffseg.core.events import CancelToken
 from napari_diffseg.data.io import read_mask
 from napari_diffseg.project import Project
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_diffseg.core.errors import ConfigError, DataError
+from napari_diffseg.base.errors import ConfigError, DataError
 from napari_diffseg.core.metrics import (
     best_permutation_dice,
     edit_dice,

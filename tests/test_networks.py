@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_diffseg.core.errors import ConfigError
+from napari_diffseg.base.errors import ConfigError
 from napari_diffseg.core.networks import NetConfig, StudentNet, build_image_denoiser, build_mask_denoiser
 
 CH = (8, 16, 32)

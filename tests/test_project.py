@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_diffseg.core.errors import ConfigError, DataError, DiffsegError
+from napari_diffseg.base.errors import ConfigError, DataError, DiffsegError
 from napari_diffseg.project import (
     MIGRATIONS,
     SCHEMA_VERSION,

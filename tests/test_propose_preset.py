@@ -8,7 +8,7 @@ import pytest
 
 from napari_diffseg.backend import jobs
 from napari_diffseg.backend.jobs import execute_job, start_job
-from napari_diffseg.core.config import get_preset
+from napari_diffseg.base.presets import get_preset
 from napari_diffseg.project import Project
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_diffseg.core.config import get_preset
-from napari_diffseg.core.errors import Cancelled, ConfigError
-from napari_diffseg.core.events import CancelToken, Event
+from napari_diffseg.base.errors import Cancelled, ConfigError
+from napari_diffseg.base.events import CancelToken, Event
+from napari_diffseg.base.presets import get_preset
 from napari_diffseg.core.models import ModelBundle, ModelSpec, load_bundle, save_bundle
 from napari_diffseg.core.training import TrainData, cotrain, pretrain_teacher, train_baseline, train_teacher
 

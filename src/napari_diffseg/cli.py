@@ -563,14 +563,14 @@ def serve(
 
 
 def _user_error(msg: str) -> Exception:
-    from .core.errors import DiffsegError
+    from .base.errors import DiffsegError
 
     return DiffsegError(msg)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning our errors into one-line messages and exit code 2."""
-    from .core.errors import DiffsegError
+    from .base.errors import DiffsegError
 
     try:
         # without standalone mode, click returns (not raises) the code of a `typer.Exit(code)`

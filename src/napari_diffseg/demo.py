@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_diffseg.core.errors import ConfigError, DataError, DiffsegError
+from napari_diffseg.base.errors import ConfigError, DataError, DiffsegError
 
 __all__ = [
     "DEMO_PRESETS",

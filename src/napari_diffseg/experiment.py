@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core.config import Preset, get_preset
+from .base.errors import ConfigError
+from .base.events import CancelToken, Event
+from .base.presets import Preset, get_preset
 from .core.diffusion import SamplerConfig
 from .core.distributed import cleanup, setup_from_env
-from .core.errors import ConfigError
-from .core.events import CancelToken, Event
 from .core.inference import predict_probs, propose
 from .core.metrics import best_permutation_dice, segmentation_metrics, summarize
 from .core.models import METHODS, ModelBundle, ModelSpec, save_bundle

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .base.errors import CheckpointError, ConfigError, DataError
 from .core.device import choose_device
-from .core.errors import CheckpointError, ConfigError, DataError
 from .core.inference import predict_probs
 from .core.metrics import segmentation_metrics, summarize
 from .core.models import ModelBundle, load_bundle

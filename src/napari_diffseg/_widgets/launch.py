@@ -16,9 +16,9 @@ WIDGETS = ("Project", "Annotate", "Train")
 
 
 def check_gui() -> None:
-    """Raise a :class:`~napari_diffseg.core.errors.DiffsegError` saying what to install when napari or a
+    """Raise a :class:`~napari_diffseg.base.errors.DiffsegError` saying what to install when napari or a
     Qt binding is missing (call it before a long run that ends in the GUI)."""
-    from napari_diffseg.core.errors import DiffsegError
+    from napari_diffseg.base.errors import DiffsegError
 
     try:
         import napari  # noqa: F401

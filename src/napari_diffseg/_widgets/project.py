@@ -78,7 +78,7 @@ def _upload_all(client: Any, items: Sequence[tuple[str, np.ndarray | Path]]) -> 
     A lost connection or a refused token stops the import (every further upload would fail the same way).
     """
     from napari_diffseg.backend.errors import BackendError
-    from napari_diffseg.core.errors import DiffsegError
+    from napari_diffseg.base.errors import DiffsegError
 
     report = ImportReport()
     for name, item in items:

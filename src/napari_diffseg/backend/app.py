@@ -97,7 +97,7 @@ from napari_diffseg.backend.schemas import (
     ProposalsCreate,
     SaveAnnotationOut,
 )
-from napari_diffseg.core.errors import ConfigError, DataError, DiffsegError
+from napari_diffseg.base.errors import ConfigError, DataError, DiffsegError
 from napari_diffseg.project import IMAGE_STATES, Project, StaleVersionError
 from napari_diffseg.project.records import TERMINAL_JOB_STATES, ImageRecord, JobRecord, ProposalRecord
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_diffseg.core.errors import DataError
+from napari_diffseg.base.errors import DataError
 
 __all__ = [
     "MEDIA_TYPES",

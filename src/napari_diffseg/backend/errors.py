@@ -1,12 +1,12 @@
 """Errors the backend client raises: every HTTP or connection failure becomes one of these.
 
-They derive from :class:`~napari_diffseg.core.errors.DiffsegError`, so the CLI prints them as one line and
+They derive from :class:`~napari_diffseg.base.errors.DiffsegError`, so the CLI prints them as one line and
 the plugin shows their message. Light module: no httpx, no FastAPI.
 """
 
 from __future__ import annotations
 
-from napari_diffseg.core.errors import DiffsegError
+from napari_diffseg.base.errors import DiffsegError
 
 __all__ = ["AuthError", "BackendError", "BackendUnavailable", "StaleAnnotation"]
 

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.config import Preset
+from ..base.errors import Cancelled, ConfigError, DiffsegError
+from ..base.events import CancelToken, Event
+from ..base.presets import Preset
 from ..core.device import choose_device
 from ..core.diffusion import SamplerConfig
 from ..core.distributed import DistInfo
-from ..core.errors import Cancelled, ConfigError, DiffsegError
-from ..core.events import CancelToken, Event
 from ..core.inference import predict_probs, propose
 from ..core.metrics import segmentation_metrics, summarize
 from ..core.models import ModelBundle, ModelSpec, load_bundle, save_bundle

@@ -17,8 +17,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from napari_diffseg.core.config import PRESETS, Preset, get_preset
-from napari_diffseg.core.errors import ConfigError
+from napari_diffseg.base.errors import ConfigError
+from napari_diffseg.base.presets import PRESETS, Preset, get_preset
 
 __all__ = ["JOB_KINDS", "TRAINING_KINDS", "preset_for", "validate_params"]
 

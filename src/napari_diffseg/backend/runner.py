@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari_diffseg.core.errors import ConfigError
+from napari_diffseg.base.errors import ConfigError
 from napari_diffseg.project import Project
 from napari_diffseg.project.records import TERMINAL_JOB_STATES, JobRecord
 
@@ -49,7 +49,7 @@ class JobStateError(ConfigError):
 
 
 def _event(kind: str, phase: str, message: str) -> dict[str, Any]:
-    """A job event in the shape of :class:`napari_diffseg.core.events.Event`."""
+    """A job event in the shape of :class:`napari_diffseg.base.events.Event`."""
     return {
         "kind": kind,
         "phase": phase,

@@ -6,7 +6,7 @@ project store. Exit status: 0 done, 1 failed, 2 bad arguments (unknown project o
 starts again and marks it ``interrupted``).
 
 Cancel: create ``jobs/<id>/cancel`` (what the backend does) or send SIGTERM; the job checkpoints and
-stops at its next step. Unlike a plain :class:`~napari_diffseg.core.events.CancelToken` file, a cancel
+stops at its next step. Unlike a plain :class:`~napari_diffseg.base.events.CancelToken` file, a cancel
 file that appears before the job has started is honoured (the backend clears stale ones itself).
 """
 
@@ -20,8 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from napari_diffseg.core.errors import DiffsegError
-from napari_diffseg.core.events import CancelToken
+from napari_diffseg.base.errors import DiffsegError
+from napari_diffseg.base.events import CancelToken
 
 __all__ = ["CancelFile", "main"]
 

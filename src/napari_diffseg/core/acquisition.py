@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from ..base.errors import ConfigError
 
 STRATEGIES = ("uncertainty", "power")
 DEFAULT_BETA = 1.0

@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from napari_diffseg.core.errors import CheckpointError
+from napari_diffseg.base.errors import CheckpointError
 
 FORMAT_VERSION = 1
 

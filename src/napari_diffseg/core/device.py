@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .errors import ConfigError
+from ..base.errors import ConfigError
 
 __all__ = ["autocast", "choose_device", "prepare_module"]
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from .errors import ConfigError
+from ..base.errors import ConfigError
 
 __all__ = ["MaskDiffusion", "Proposal", "SamplerConfig", "normalized_entropy"]
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 
-from napari_diffseg.core.errors import ConfigError, DataError
+from napari_diffseg.base.errors import ConfigError, DataError
 
 LabelMap = np.ndarray | torch.Tensor
 

@@ -15,8 +15,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from ..base.errors import CheckpointError, ConfigError
 from .diffusion import MaskDiffusion
-from .errors import CheckpointError, ConfigError
 from .networks import CondUNet, NetConfig, StudentNet, build_image_denoiser, build_mask_denoiser
 
 __all__ = ["METHODS", "ModelBundle", "ModelSpec"]

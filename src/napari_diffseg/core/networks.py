@@ -23,7 +23,7 @@ from monai.networks.nets import UNet
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
-from .errors import ConfigError
+from ..base.errors import ConfigError
 
 __all__ = ["CondUNet", "NetConfig", "StudentNet", "build_image_denoiser", "build_mask_denoiser"]
 

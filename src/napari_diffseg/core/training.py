@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
+from ..base.errors import Cancelled, ConfigError
+from ..base.events import CancelToken, Event, Ticker
+from ..base.presets import Preset
 from .augment import intensity_jitter, sample_patches
 from .checkpoint import load_training_state, save_training_state
-from .config import Preset
 from .device import autocast
 from .diffusion import MaskDiffusion, SamplerConfig, normalized_entropy
-from .errors import Cancelled, ConfigError
-from .events import CancelToken, Event, Ticker
 from .inference import propose
 from .models import ModelBundle
 

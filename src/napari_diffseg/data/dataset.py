@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_diffseg.core.errors import DataError
+from napari_diffseg.base.errors import DataError
 from napari_diffseg.data.io import (
     IMAGE_EXTENSIONS,
     MASK_EXTENSIONS,

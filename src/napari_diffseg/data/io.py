@@ -1,7 +1,7 @@
 """Reading and writing images and masks, normalisation and channel matching.
 
 Images come back as float32 ``(C, H, W)`` arrays of raw intensities with ``C`` in ``{1, 3}``; masks as int64
-``(H, W)`` arrays. Every problem with a file is reported as a :class:`~napari_diffseg.core.errors.DataError`
+``(H, W)`` arrays. Every problem with a file is reported as a :class:`~napari_diffseg.base.errors.DataError`
 whose message names the file, says what is wrong and what to do about it.
 
 Writes are atomic: the bytes go to a temporary file in the destination folder, are flushed and fsynced, and
@@ -21,7 +21,7 @@ import imageio.v3 as iio
 import numpy as np
 import tifffile
 
-from napari_diffseg.core.errors import DataError
+from napari_diffseg.base.errors import DataError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",

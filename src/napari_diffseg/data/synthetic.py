@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_diffseg.core.errors import ConfigError, DataError
+from napari_diffseg.base.errors import ConfigError, DataError
 
 __all__ = ["KINDS", "make_sample", "make_sample_dataset"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_diffseg.core.errors import DataError
+from napari_diffseg.base.errors import DataError
 from napari_diffseg.data.io import (
     DEFAULT_MAX_PIXELS,
     MIN_SIDE,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from napari_diffseg.core.errors import DiffsegError
+from napari_diffseg.base.errors import DiffsegError
 
 __all__ = ["StaleVersionError"]
 

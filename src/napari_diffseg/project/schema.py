@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from napari_diffseg.core.errors import DataError
+from napari_diffseg.base.errors import DataError
 
 __all__ = [
     "APP_ID",

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_diffseg.core.errors import ConfigError, DataError, DiffsegError
+from napari_diffseg.base.errors import ConfigError, DataError, DiffsegError
 from napari_diffseg.data.dataset import DEFAULT_SPLIT, is_valid_split
 from napari_diffseg.project._util import (
     IMAGE_ID_RE,
