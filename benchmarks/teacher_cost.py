@@ -1,4 +1,4 @@
-"""Teacher cost and DDIM steps against quality (issue #2, METHOD.md "Cost").
+"""Teacher cost and DDIM steps against quality (issue #2, docs/method.md "What is measured so far").
 
     python benchmarks/teacher_cost.py                      # step costs only (no trained model needed)
     python benchmarks/teacher_cost.py --model M --dataset D  # + DDIM steps S vs Dice and seconds

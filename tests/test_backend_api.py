@@ -1,4 +1,4 @@
-"""The backend through its client, against a real ``diffseg serve`` on loopback (DESIGN.md §2.4)."""
+"""The backend through its client, against a real ``diffseg serve`` on loopback (docs/architecture.md §2.4)."""
 
 from __future__ import annotations
 

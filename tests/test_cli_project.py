@@ -1,4 +1,4 @@
-"""The diffseg store subcommands: init, import, correct, check, images (DESIGN.md §2.3)."""
+"""The diffseg store subcommands: init, import, correct, check, images (docs/architecture.md §2.3)."""
 
 from __future__ import annotations
 

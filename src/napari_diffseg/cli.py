@@ -1,4 +1,4 @@
-"""The ``diffseg`` command: one entry point, one subcommand per job (DESIGN.md §2.3).
+"""The ``diffseg`` command: one entry point, one subcommand per job (docs/architecture.md §2.3).
 
 User errors (bad files, bad options) exit with status 2 and one line on stderr saying what to do;
 they never print a traceback. Heavy imports (torch, MONAI) happen inside the subcommands so that

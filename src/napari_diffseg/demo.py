@@ -160,7 +160,7 @@ def default_threads() -> int:
 
 
 def write_sample_data(root: Path, s: DemoSettings) -> dict[str, list[str]]:
-    """A dataset folder (DESIGN.md §2.1) with ``train_*``, ``val_*`` and ``test_*`` images and masks."""
+    """A dataset folder (docs/architecture.md §2.1) with ``train_*``, ``val_*`` and ``test_*`` images and masks."""
     import imageio.v3 as iio
 
     from napari_diffseg.data.io import atomic_write_bytes, write_mask

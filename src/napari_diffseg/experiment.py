@@ -1,6 +1,6 @@
 """End-to-end benchmark runs on a dataset folder (``diffseg experiment``), and model evaluation.
 
-Protocol (METHOD.md, "Evaluation hygiene"): the labeled subset is drawn with a seeded RNG from the
+Protocol (docs/method.md, "Evaluation hygiene"): the labeled subset is drawn with a seeded RNG from the
 sorted ``train`` ids and saved with the run; the remaining train images are unlabeled; ``test*``
 images are read only after training, for the final evaluation. No checkpoint, threshold or stopping
 point is chosen on them.

@@ -22,7 +22,7 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
 def resolve_model(path: str | Path) -> Path:
-    """A model folder, or a project folder → the folder of its active model (DESIGN.md: MODEL_OR_PROJECT)."""
+    """A model folder, or a project folder → the folder of its active model (docs/architecture.md §2.3: MODEL_OR_PROJECT)."""
     path = Path(path)
     if (path / "project.db").exists():
         from .project import Project

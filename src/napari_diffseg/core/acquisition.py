@@ -1,7 +1,7 @@
 """Which unreviewed images to show the annotator next (active-learning acquisition).
 
 Two strategies, both driven by the teacher's per-image uncertainty (the mean of the proposal's
-normalised-entropy map, METHOD.md "uncertainty"):
+normalised-entropy map, docs/method.md "Stage B"):
 
 - ``"uncertainty"`` (the method's default): the ``b`` most uncertain images. It fixes the worst
   pseudo-labels first, but on a young model these are also the atypical images whose proposals are

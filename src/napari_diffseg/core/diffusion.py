@@ -6,7 +6,7 @@ logits (x0-prediction); the sampler turns logits into ``2·softmax − 1`` and h
 mean of their softmax maps is the pseudo-label probability and the normalised entropy of that mean is
 the uncertainty.
 
-Chained multi-round generation (METHOD.md): round 1 starts from pure noise; round r > 1 re-noises each
+Chained multi-round generation (docs/method.md): round 1 starts from pure noise; round r > 1 re-noises each
 sample's previous clean-mask estimate to a smaller timestep ``t_r`` and denoises it again, conditioned
 on the image. Rounds stop after R or when the hard mask changes by less than ``tol``.
 """

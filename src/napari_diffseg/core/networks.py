@@ -5,7 +5,7 @@
   modulated by the diffusion timestep through scale-and-shift (FiLM). The condition (the image for the
   mask pathway, the mask probabilities for the image pathway) is concatenated to the noisy input. It
   has no attention so that, at CPU presets, a teacher step costs about as much as a student step
-  (METHOD.md, "Cost").
+  (docs/method.md, "What the code adds").
 
 Every network here uses instance normalisation (no running statistics), so distributed replicas
 hold nothing but parameters and stay bit-identical under DDP.

@@ -1,4 +1,4 @@
-"""Dataset folders: ``images/<id>.*``, optional ``masks/<id>.*`` and optional ``split.csv`` (DESIGN.md 2.1).
+"""Dataset folders: ``images/<id>.*``, optional ``masks/<id>.*`` and optional ``split.csv`` (docs/architecture.md §2.1).
 
 ::
 

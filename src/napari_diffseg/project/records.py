@@ -33,7 +33,7 @@ IMAGE_STATES: tuple[str, ...] = (
     "ground_truth",
     "excluded",
 )
-"""Every state an image can be in (DESIGN.md §2.2)."""
+"""Every state an image can be in (docs/architecture.md §2.2)."""
 UNREVIEWED_STATES: tuple[str, ...] = ("unlabeled", "proposed")
 """States :meth:`Project.next_image` picks from."""
 ANNOTATION_KINDS: tuple[str, ...] = ("ground_truth", "correction")
