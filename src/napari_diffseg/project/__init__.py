@@ -1,4 +1,4 @@
-"""The project store: SQLite (WAL) + files on disk, the single source of truth (DESIGN.md §2.2).
+"""The project store: SQLite (WAL) + files on disk, the single source of truth (docs/architecture.md).
 
 No Qt, no HTTP, no torch at import time. Start with :meth:`Project.create` / :meth:`Project.open`.
 """

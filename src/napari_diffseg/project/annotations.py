@@ -1,0 +1,181 @@
+"""Annotations: append-only versions of an image's label mask, with the stale-version check."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import numpy as np
+
+from napari_diffseg.base.errors import DataError
+from napari_diffseg.project._db import _ANN_COLS, ImageRef, _annotation, _StoreBase, _Tx
+from napari_diffseg.project._util import check_mask, edit_stats, read_tiff, tiff_bytes
+from napari_diffseg.project.errors import StaleVersionError
+from napari_diffseg.project.records import ANNOTATION_KINDS, AnnotationRecord
+
+
+class _AnnotationsMixin(_StoreBase):
+    """The annotation methods of :class:`~napari_diffseg.project.store.Project`."""
+
+    @staticmethod
+    def _latest(conn: sqlite3.Connection, image_id: str) -> int | None:
+        row = conn.execute("SELECT MAX(version) FROM annotations WHERE image_id = ?", (image_id,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def latest_version(self, image: ImageRef) -> int | None:
+        """The image's latest annotation version, or None when it has none."""
+        rec = self.image(image)
+        with self._read() as conn:
+            return self._latest(conn, rec.id)
+
+    def _insert_annotation(
+        self,
+        tx: _Tx,
+        image_id: str,
+        version: int,
+        kind: str,
+        replaces: int | None,
+        proposal_id: int | None,
+        author: str,
+        edit: float | None,
+        changed: int | None,
+        mask: np.ndarray,
+        data: bytes,
+    ) -> None:
+        sha = tx.write(self._annotation_path(image_id, version), data)
+        tx.execute(
+            f"INSERT INTO annotations ({_ANN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                image_id,
+                version,
+                kind,
+                replaces,
+                proposal_id,
+                author,
+                edit,
+                changed,
+                int(mask.max()) if mask.size else 0,
+                sha,
+                time.time(),
+            ),
+        )
+        state = "ground_truth" if kind == "ground_truth" else "corrected"
+        tx.execute("UPDATE images SET state = ? WHERE id = ?", (state, image_id))
+
+    def save_annotation(
+        self,
+        image: ImageRef,
+        mask: object,
+        *,
+        kind: str = "correction",
+        replaces: int | None,
+        proposal_id: int | None = None,
+        author: str = "",
+    ) -> int:
+        """Append a new annotation version of an image; earlier versions are never changed.
+
+        Args:
+            image: Id or name.
+            mask: Integer label mask ``(H, W)`` of the image's size (0 = background); labels are kept.
+            kind: ``correction`` (image state → corrected) or ``ground_truth`` (→ ground_truth).
+            replaces: The version this edit started from: must be the current latest version, or None when
+                the image has no annotation yet. Anything else means someone saved in between.
+            proposal_id: The proposal the annotator started from; records edit Dice and pixels changed
+                against its hard mask.
+            author: Free text recorded with the version.
+
+        Returns:
+            The new version number.
+
+        Raises:
+            StaleVersionError: ``replaces`` is not the current latest version (nothing is written).
+            DataError: A bad mask (shape, NaN, non-integer, negative), kind, author or proposal.
+        """
+        rec = self.image(image)
+        if kind not in ANNOTATION_KINDS:
+            raise DataError(f"unknown annotation kind {kind!r}: use one of {', '.join(ANNOTATION_KINDS)}.")
+        if replaces is not None and (isinstance(replaces, bool) or not isinstance(replaces, int)):
+            raise DataError(f"replaces must be a version number or None, got {replaces!r}.")
+        if not isinstance(author, str) or len(author) > 200:
+            raise DataError("author must be a string of at most 200 characters.")
+        m = check_mask(mask, (rec.height, rec.width), f"Cannot save the annotation of image {rec.name!r}")
+        edit: float | None = None
+        changed: int | None = None
+        if proposal_id is not None:
+            if isinstance(proposal_id, bool) or not isinstance(proposal_id, int):
+                raise DataError(f"proposal_id must be an integer, got {proposal_id!r}.")
+            prop, proposed = self._proposal_hard_mask(proposal_id)
+            if prop.image_id != rec.id:
+                raise DataError(
+                    f"proposal {proposal_id} is for image {prop.image_id}, not {rec.name!r} ({rec.id}): pass "
+                    "the proposal the correction started from."
+                )
+            edit, changed = edit_stats(proposed, m)
+        data = tiff_bytes(m)
+        with self._write() as tx:
+            latest = self._latest(tx.conn, rec.id)
+            if replaces != latest:
+                if latest is None:
+                    detail = "it has no annotation yet: save with replaces=None"
+                else:
+                    detail = f"its latest version is {latest}"
+                edits = "a first annotation" if replaces is None else f"an edit of version {replaces}"
+                raise StaleVersionError(
+                    f"image {rec.name!r} ({rec.id}): this save is {edits} but {detail}. "
+                    "Reload the latest annotation, re-apply your edits and save again.",
+                    current=latest,
+                    image_id=rec.id,
+                )
+            version = (latest or 0) + 1
+            self._insert_annotation(
+                tx, rec.id, version, kind, replaces, proposal_id, author, edit, changed, m, data
+            )
+        return version
+
+    def annotation_versions(self, image: ImageRef) -> list[AnnotationRecord]:
+        """Every annotation version of an image, oldest first."""
+        rec = self.image(image)
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_ANN_COLS} FROM annotations WHERE image_id = ? ORDER BY version", (rec.id,)
+            ).fetchall()
+        return [_annotation(r) for r in rows]
+
+    def annotation(self, image: ImageRef, version: int | None = None) -> AnnotationRecord | None:
+        """The record of one annotation version (latest by default); None when the image has none.
+
+        Raises:
+            DataError: A specific ``version`` that does not exist.
+        """
+        rec = self.image(image)
+        with self._read() as conn:
+            if version is None:
+                row = conn.execute(
+                    f"SELECT {_ANN_COLS} FROM annotations WHERE image_id = ? ORDER BY version DESC LIMIT 1",
+                    (rec.id,),
+                ).fetchone()
+                return None if row is None else _annotation(row)
+            row = conn.execute(
+                f"SELECT {_ANN_COLS} FROM annotations WHERE image_id = ? AND version = ?", (rec.id, version)
+            ).fetchone()
+        if row is None:
+            raise DataError(
+                f"image {rec.name!r} ({rec.id}) has no annotation version {version}: list them with "
+                "annotation_versions()."
+            )
+        return _annotation(row)
+
+    def _read_annotation(self, image_id: str, version: int) -> np.ndarray:
+        arr = read_tiff(self._annotation_path(image_id, version), f"annotation {image_id} v{version}")
+        return arr.astype(np.int64)
+
+    def load_annotation(self, image: ImageRef, version: int | None = None) -> np.ndarray | None:
+        """The int64 ``(H, W)`` mask of an annotation version (latest by default); None when there is none.
+
+        Raises:
+            DataError: A specific ``version`` that does not exist.
+        """
+        ann = self.annotation(image, version)
+        if ann is None:
+            return None
+        return self._read_annotation(ann.image_id, ann.version)

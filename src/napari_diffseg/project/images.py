@@ -1,0 +1,306 @@
+"""Images: lookup, listing, pixels, state and split, the next image to review, counts, and import."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from napari_diffseg.base.errors import DataError
+from napari_diffseg.data.dataset import DEFAULT_SPLIT, is_valid_split
+from napari_diffseg.project._db import _IMAGE_COLS, ImageRef, PathLike, _image, _StoreBase, _Tx
+from napari_diffseg.project._util import (
+    check_mask,
+    check_name,
+    content_id,
+    image_from_array,
+    read_tiff,
+    tiff_bytes,
+)
+from napari_diffseg.project.importing import ImportItem, collect_dataset, collect_paths, load_item
+from napari_diffseg.project.records import IMAGE_STATES, UNREVIEWED_STATES, ImageRecord, ImportResult
+
+_PRELOAD_BYTES = 256 * 2**20
+"""Imports keep up to this many decoded bytes from the validation pass instead of decoding twice."""
+
+
+class _ImagesMixin(_StoreBase):
+    """The image methods of :class:`~napari_diffseg.project.store.Project`."""
+
+    def image(self, image: ImageRef) -> ImageRecord:
+        """The record of an image given its id or its unique name.
+
+        Raises:
+            DataError: No such image (the message says how to list them).
+        """
+        key = image.id if isinstance(image, ImageRecord) else image
+        if not isinstance(key, str) or not key:
+            raise DataError(f"an image id or name must be a non-empty string, got {key!r}.")
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_IMAGE_COLS} FROM images WHERE id = ?", (key,)).fetchone()
+            if row is None:
+                row = conn.execute(f"SELECT {_IMAGE_COLS} FROM images WHERE name = ?", (key,)).fetchone()
+        if row is None:
+            raise DataError(
+                f"project {self._root} has no image with id or name {key!r}: list the ids and names with "
+                f"`diffseg images {self._root}`."
+            )
+        return _image(row)
+
+    def images(self, state: str | None = None, split: str | None = None) -> list[ImageRecord]:
+        """Every image (optionally only those in ``state`` and/or ``split``), sorted by name.
+
+        Raises:
+            DataError: An unknown state.
+        """
+        where, params = [], []
+        if state is not None:
+            self._check_state(state)
+            where.append("state = ?")
+            params.append(state)
+        if split is not None:
+            where.append("split = ?")
+            params.append(split)
+        sql = f"SELECT {_IMAGE_COLS} FROM images"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._read() as conn:
+            rows = conn.execute(sql + " ORDER BY name", params).fetchall()
+        return [_image(r) for r in rows]
+
+    def load_image(self, image: ImageRef) -> np.ndarray:
+        """The stored pixels ``(C, H, W)`` in their original dtype."""
+        rec = self.image(image)
+        arr = read_tiff(self._image_path(rec.id), f"image {rec.name!r}")
+        shape = (rec.channels, rec.height, rec.width)
+        if arr.size != math.prod(shape) or arr.dtype.name != rec.dtype:
+            raise DataError(
+                f"the file of image {rec.name!r} ({rec.id}) holds {arr.dtype} {arr.shape}, not the recorded "
+                f"{rec.dtype} {shape}: the project is damaged; run `diffseg check`."
+            )
+        return arr.reshape(shape)
+
+    @staticmethod
+    def _check_state(state: str) -> None:
+        if state not in IMAGE_STATES:
+            raise DataError(f"unknown image state {state!r}: use one of {', '.join(IMAGE_STATES)}.")
+
+    def set_state(self, image: ImageRef, state: str) -> ImageRecord:
+        """Set an image's state (one of :data:`IMAGE_STATES`); returns the updated record."""
+        self._check_state(state)
+        rec = self.image(image)
+        with self._write() as tx:
+            tx.execute("UPDATE images SET state = ? WHERE id = ?", (state, rec.id))
+        return self.image(rec.id)
+
+    def set_split(self, image: ImageRef, split: str) -> ImageRecord:
+        """Set an image's split (``train``, ``val`` or ``test…``); returns the updated record."""
+        if not isinstance(split, str) or not is_valid_split(split):
+            raise DataError(f"unknown split {split!r}: use 'train', 'val' or a name starting with 'test'.")
+        rec = self.image(image)
+        with self._write() as tx:
+            tx.execute("UPDATE images SET split = ? WHERE id = ?", (split, rec.id))
+        return self.image(rec.id)
+
+    def next_image(
+        self,
+        split: str | None = None,
+        strategy: str = "uncertainty",
+        rng: np.random.Generator | None = None,
+    ) -> ImageRecord | None:
+        """The unreviewed image (state unlabeled or proposed) to review next; None when done.
+
+        ``strategy="uncertainty"`` (default): the one with the highest uncertainty; images without an
+        uncertainty come after all the others; ties are broken by name. ``"power"``: a draw with
+        probability proportional to the uncertainty (:func:`napari_diffseg.core.acquisition.acquire`);
+        images without one only once every image has one. Unknown strategy → ConfigError.
+        """
+        from napari_diffseg.core.acquisition import acquire, check_strategy
+
+        check_strategy(strategy)
+        placeholders = ", ".join("?" for _ in UNREVIEWED_STATES)
+        sql = f"SELECT {_IMAGE_COLS} FROM images WHERE state IN ({placeholders})"
+        params: list[Any] = list(UNREVIEWED_STATES)
+        if split is not None:
+            sql += " AND split = ?"
+            params.append(split)
+        sql += " ORDER BY uncertainty IS NULL, uncertainty DESC, name"
+        with self._read() as conn:
+            if strategy == "uncertainty":
+                row = conn.execute(sql + " LIMIT 1", params).fetchone()
+                return None if row is None else _image(row)
+            records = [_image(r) for r in conn.execute(sql, params).fetchall()]
+        picked = acquire([r.uncertainty for r in records], 1, strategy, rng=rng)
+        return records[picked[0]] if picked else None
+
+    def counts(self) -> dict[str, int]:
+        """Number of images, annotation versions, proposals, models and jobs."""
+        with self._snapshot() as conn:
+            return {
+                table: int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+                for table in ("images", "annotations", "proposals", "models", "jobs")
+            }
+
+    # -------------------------------------------------------------------------------------- import
+
+    def import_array(
+        self,
+        array: object,
+        name: str,
+        mask: object | None = None,
+        *,
+        split: str = DEFAULT_SPLIT,
+        source: str | None = None,
+    ) -> str:
+        """Import an in-memory image (what the plugin sends), optionally with a ground-truth mask.
+
+        Args:
+            array: ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` with ``C`` in {1, 3, 4}; any integer or float
+                dtype (kept as is).
+            name: Its name (made unique with ``-2``, ``-3``... when another image has it).
+            mask: Optional integer label mask ``(H, W)``, saved as a ``ground_truth`` annotation (labels kept).
+            split: ``train``, ``val`` or ``test…``.
+            source: Recorded provenance (default ``array:<name>``).
+
+        Returns:
+            The image id; the existing id when the same pixels are already in the project.
+
+        Raises:
+            DataError: A bad array, mask, name or split.
+        """
+        check_name(name)
+        self._check_split(split)
+        chw = image_from_array(array, name)
+        m = None
+        if mask is not None:
+            m = check_mask(mask, (chw.shape[1], chw.shape[2]), f"Cannot import the mask of {name!r}")
+        image_id, _added, _mask = self._store_image(chw, name, source or f"array:{name}", split, m)
+        return image_id
+
+    def import_dataset(self, folder: PathLike, *, binary_masks: bool = True) -> ImportResult:
+        """Import a dataset folder: every image, its mask as a ``ground_truth`` annotation, its split.
+
+        Every file is decoded and checked before anything is written, so a bad file changes nothing.
+
+        Args:
+            folder: ``images/``, optional ``masks/`` and ``split.csv`` (docs/architecture.md).
+            binary_masks: Map every mask value > 0 to 1.
+        """
+        return self.import_items(collect_dataset(folder), binary_masks=binary_masks)
+
+    def import_files(
+        self,
+        paths: Iterable[PathLike],
+        masks_dir: PathLike | None = None,
+        *,
+        split: str = DEFAULT_SPLIT,
+        binary_masks: bool = True,
+    ) -> ImportResult:
+        """Import image files, plain folders of images and dataset folders (see :func:`.collect_paths`).
+
+        Masks in ``masks_dir`` are matched to images by file stem. Every file is decoded and checked before
+        anything is written.
+        """
+        return self.import_items(collect_paths(paths, masks_dir, split=split), binary_masks=binary_masks)
+
+    def import_items(
+        self, items: Sequence[ImportItem], *, binary_masks: bool = True, validate: bool = True
+    ) -> ImportResult:
+        """Import collected items; with ``validate`` (default) every item is decoded and checked first.
+
+        Each image (with its mask) is committed in its own short transaction, so a later I/O failure keeps
+        the images stored before it (importing again skips them).
+        """
+        for item in items:
+            self._check_split(item.split)
+        preloaded: list[tuple[np.ndarray, np.ndarray | None] | None] = [None] * len(items)
+        if validate:
+            budget = _PRELOAD_BYTES
+            for i, item in enumerate(items):
+                chw, mask = load_item(item, binary_masks=binary_masks)
+                size = chw.nbytes + (0 if mask is None else mask.nbytes)
+                if size <= budget:
+                    preloaded[i] = (chw, mask)
+                    budget -= size
+        ids: list[str] = []
+        added: list[str] = []
+        existing: list[str] = []
+        saved: list[str] = []
+        skipped: list[str] = []
+        for item, pre in zip(items, preloaded, strict=True):
+            chw, mask = pre if pre is not None else load_item(item, binary_masks=binary_masks)
+            m = None if mask is None else check_mask(mask, (chw.shape[1], chw.shape[2]), f"mask {item.mask}")
+            image_id, is_new, mask_outcome = self._store_image(
+                chw, item.name, str(item.image.resolve()), item.split, m
+            )
+            ids.append(image_id)
+            (added if is_new else existing).append(image_id)
+            if mask_outcome == "saved":
+                saved.append(image_id)
+            elif mask_outcome == "skipped":
+                skipped.append(image_id)
+        return ImportResult(tuple(ids), tuple(added), tuple(existing), tuple(saved), tuple(skipped))
+
+    @staticmethod
+    def _check_split(split: str) -> None:
+        if not isinstance(split, str) or not is_valid_split(split):
+            raise DataError(f"unknown split {split!r}: use 'train', 'val' or a name starting with 'test'.")
+
+    def _unique_name(self, tx: _Tx, name: str) -> str:
+        candidate, n = name, 1
+        while tx.execute("SELECT 1 FROM images WHERE name = ?", (candidate,)).fetchone() is not None:
+            n += 1
+            suffix = f"-{n}"
+            candidate = name[: 200 - len(suffix)] + suffix
+        return candidate
+
+    def _store_image(
+        self, chw: np.ndarray, name: str, source: str, split: str, mask: np.ndarray | None
+    ) -> tuple[str, bool, str | None]:
+        """Store pixels (deduplicated by content) and an optional ground-truth mask in one transaction.
+
+        Returns:
+            (image id, whether the image is new, what happened to the mask: "saved", "same", "skipped", None).
+        """
+        image_id = content_id(chw)
+        with self._read() as conn:
+            known = conn.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone() is not None
+        data = None if known else tiff_bytes(chw)
+        mask_data = None if mask is None else tiff_bytes(mask)
+        with self._write() as tx:
+            is_new = tx.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone() is None
+            if is_new:
+                if data is None:  # removed in between: impossible today (no deletes), but stay correct
+                    data = tiff_bytes(chw)
+                unique = self._unique_name(tx, name)
+                sha = tx.write(self._image_path(image_id), data)
+                tx.execute(
+                    f"INSERT INTO images ({_IMAGE_COLS}) VALUES (?, ?, 'unlabeled', NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        image_id,
+                        unique,
+                        split,
+                        int(chw.shape[1]),
+                        int(chw.shape[2]),
+                        int(chw.shape[0]),
+                        chw.dtype.name,
+                        source,
+                        sha,
+                        time.time(),
+                    ),
+                )
+            outcome: str | None = None
+            if mask is not None and mask_data is not None:
+                latest = self._latest(tx.conn, image_id)
+                if latest is None:
+                    self._insert_annotation(
+                        tx, image_id, 1, "ground_truth", None, None, "import", None, None, mask, mask_data
+                    )
+                    outcome = "saved"
+                else:
+                    current = self._read_annotation(image_id, latest)
+                    outcome = "same" if np.array_equal(current, mask) else "skipped"
+        return image_id, is_new, outcome

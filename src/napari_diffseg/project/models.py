@@ -1,0 +1,140 @@
+"""Models: registering model folders, listing them, the active model."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from napari_diffseg.base.errors import DataError
+from napari_diffseg.project._db import _MODEL_COLS, PathLike, _model, _StoreBase, _to_json
+from napari_diffseg.project._util import SAFE_ID_RE, check_safe_id, copy_tree_durable
+from napari_diffseg.project.records import ModelRecord
+
+
+class _ModelsMixin(_StoreBase):
+    """The model methods of :class:`~napari_diffseg.project.store.Project`."""
+
+    def model_dir(self, model_id: str) -> Path:
+        """The folder ``models/<model_id>/`` (the id is validated, the folder need not exist)."""
+        return self._root / "models" / check_safe_id(model_id, "model id")
+
+    def register_model(
+        self,
+        model_dir_or_id: PathLike,
+        *,
+        round: int,
+        method: str,
+        metrics: Mapping[str, Any] | None = None,
+        model_id: str | None = None,
+    ) -> str:
+        """Record a model folder in the project.
+
+        A folder outside the project is copied to ``models/<model_id>/`` (id: ``model_id`` or the folder's
+        name); a folder already in ``models/`` (or the bare id of one) is recorded in place.
+
+        Args:
+            model_dir_or_id: A model folder, or the id of a folder already in ``models/``.
+            round: Co-training round (0 for a pretrained teacher).
+            method: How it was trained.
+            metrics: JSON-serialisable metrics to record.
+            model_id: Id for a copied folder (default: the folder's name).
+
+        Returns:
+            The model id.
+
+        Raises:
+            DataError: No such folder, an invalid or already registered id, metrics that are not JSON.
+        """
+        if isinstance(round, bool) or not isinstance(round, int) or round < 0:
+            raise DataError(f"round must be a non-negative integer, got {round!r}.")
+        if not isinstance(method, str) or len(method) > 100:
+            raise DataError(f"method must be a short string, got {method!r}.")
+        metrics_json = _to_json(dict(metrics or {}), "model metrics")
+        models_root = self._root / "models"
+        raw = os.fspath(model_dir_or_id)
+        src = Path(raw)
+        if SAFE_ID_RE.match(raw) and (models_root / raw).is_dir():
+            src = models_root / raw
+        if not src.is_dir():
+            raise DataError(
+                f"cannot register model {raw!r}: it is neither a folder nor a folder in {models_root}."
+            )
+        in_place = src.resolve().parent == models_root.resolve()
+        if in_place:
+            mid = check_safe_id(src.name, "model id")
+            if model_id is not None and model_id != mid:
+                raise DataError(
+                    f"{src} is already in the project as {mid!r}; it cannot be registered as {model_id!r}."
+                )
+        else:
+            mid = check_safe_id(model_id if model_id is not None else src.name, "model id")
+        dest = models_root / mid
+        tmp: Path | None = None
+        with self._read() as conn:
+            if conn.execute("SELECT 1 FROM models WHERE id = ?", (mid,)).fetchone() is not None:
+                raise DataError(f"model {mid!r} is already registered; choose another id.")
+        if not in_place:
+            if dest.exists():
+                raise DataError(f"{dest} already exists; register it by id or choose another model id.")
+            tmp = models_root / f".tmp-{mid}-{secrets.token_hex(4)}"
+            try:
+                copy_tree_durable(src, tmp)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise DataError(f"cannot copy model folder {src} into the project: {exc}.") from exc
+        try:
+            with self._write() as tx:
+                if tx.execute("SELECT 1 FROM models WHERE id = ?", (mid,)).fetchone() is not None:
+                    raise DataError(f"model {mid!r} is already registered; choose another id.")
+                if tmp is not None:
+                    try:
+                        os.rename(tmp, dest)
+                    except OSError as exc:
+                        raise DataError(f"cannot move the model into {dest}: {exc}.") from exc
+                    tx.on_rollback(lambda: shutil.rmtree(dest))
+                tx.execute(
+                    f"INSERT INTO models ({_MODEL_COLS}) VALUES (?, ?, ?, ?, 0, ?)",
+                    (mid, round, method, metrics_json, time.time()),
+                )
+        finally:
+            if tmp is not None and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return mid
+
+    def models(self) -> list[ModelRecord]:
+        """Every registered model, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT {_MODEL_COLS} FROM models ORDER BY created_at, id").fetchall()
+        return [_model(r) for r in rows]
+
+    def model(self, model_id: str) -> ModelRecord:
+        """One model's record.
+
+        Raises:
+            DataError: Unknown model id.
+        """
+        check_safe_id(model_id, "model id")
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_MODEL_COLS} FROM models WHERE id = ?", (model_id,)).fetchone()
+        if row is None:
+            raise DataError(f"project {self._root} has no model {model_id!r}: list the models with models().")
+        return _model(row)
+
+    def set_active_model(self, model_id: str) -> ModelRecord:
+        """Make ``model_id`` the one active model; returns its record."""
+        self.model(model_id)
+        with self._write() as tx:
+            tx.execute("UPDATE models SET active = 0 WHERE active = 1 AND id != ?", (model_id,))
+            tx.execute("UPDATE models SET active = 1 WHERE id = ?", (model_id,))
+        return self.model(model_id)
+
+    def active_model(self) -> ModelRecord | None:
+        """The active model, or None before one is set."""
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_MODEL_COLS} FROM models WHERE active = 1").fetchone()
+        return None if row is None else _model(row)

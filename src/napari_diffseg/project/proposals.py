@@ -1,0 +1,150 @@
+"""Proposals: a model's class probabilities and uncertainty for an image, and a cache of hard masks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from napari_diffseg.base.errors import DataError
+from napari_diffseg.project._db import _PROP_COLS, ImageRef, _proposal, _StoreBase
+from napari_diffseg.project._util import check_proposal, check_safe_id, hard_mask, read_tiff, tiff_bytes
+from napari_diffseg.project.records import ProposalRecord
+
+# Hard masks of recently read proposals, shared by every Project of this process and keyed by
+# (project, proposal id, file hash): scoring a correction against the proposal it started from then
+# needs no TIFF decode, since the annotator has just fetched that proposal through the same server.
+_MASK_CACHE: OrderedDict[tuple[str, int, str], np.ndarray] = OrderedDict()
+_MASK_CACHE_LOCK = threading.Lock()
+
+
+class _ProposalsMixin(_StoreBase):
+    """The proposal methods of :class:`~napari_diffseg.project.store.Project`."""
+
+    def save_proposal(self, model_id: str, image: ImageRef, probs: object, uncertainty: object) -> int:
+        """Store a model's proposal for an image; replaces that model's earlier proposal for the image.
+
+        Also sets the image's uncertainty to the mean of ``uncertainty`` and moves it from unlabeled to
+        proposed (other states are kept).
+
+        Args:
+            model_id: A registered model.
+            image: Id or name.
+            probs: Class probabilities ``(K, H, W)`` in [0, 1].
+            uncertainty: Per-pixel uncertainty ``(H, W)``.
+
+        Returns:
+            The proposal id (the same id when the model proposes for the image again).
+
+        Raises:
+            DataError: Unknown model or image, bad shapes or values.
+        """
+        check_safe_id(model_id, "model id")
+        rec = self.image(image)
+        stacked = check_proposal(probs, uncertainty, (rec.height, rec.width), f"proposal for {rec.name!r}")
+        mean_u = float(stacked[-1].mean(dtype=np.float64))
+        data = tiff_bytes(stacked)
+        with self._write() as tx:
+            if tx.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone() is None:
+                raise DataError(
+                    f"model {model_id!r} is not registered: register it with register_model first."
+                )
+            sha = tx.write(self._proposal_path(model_id, rec.id), data)
+            now = time.time()
+            row = tx.execute(
+                "SELECT id FROM proposals WHERE model_id = ? AND image_id = ?", (model_id, rec.id)
+            ).fetchone()
+            if row is None:
+                cur = tx.execute(
+                    f"INSERT INTO proposals ({_PROP_COLS}) VALUES (NULL, ?, ?, ?, ?, ?, ?)",
+                    (rec.id, model_id, int(stacked.shape[0] - 1), mean_u, sha, now),
+                )
+                proposal_id = int(cur.lastrowid or 0)
+            else:
+                proposal_id = int(row[0])
+                tx.execute(
+                    "UPDATE proposals SET classes = ?, uncertainty = ?, file_sha256 = ?, created_at = ? "
+                    "WHERE id = ?",
+                    (int(stacked.shape[0] - 1), mean_u, sha, now, proposal_id),
+                )
+            tx.execute(
+                "UPDATE images SET uncertainty = ?, "
+                "state = CASE WHEN state = 'unlabeled' THEN 'proposed' ELSE state END WHERE id = ?",
+                (mean_u, rec.id),
+            )
+        return proposal_id
+
+    def proposals(self, image: ImageRef | None = None, model_id: str | None = None) -> list[ProposalRecord]:
+        """Proposal records, optionally for one image and/or one model, oldest first."""
+        where, params = [], []
+        if image is not None:
+            where.append("image_id = ?")
+            params.append(self.image(image).id)
+        if model_id is not None:
+            where.append("model_id = ?")
+            params.append(check_safe_id(model_id, "model id"))
+        sql = f"SELECT {_PROP_COLS} FROM proposals"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._read() as conn:
+            rows = conn.execute(sql + " ORDER BY created_at, id", params).fetchall()
+        return [_proposal(r) for r in rows]
+
+    def _load_proposal_file(self, prop: ProposalRecord) -> tuple[np.ndarray, np.ndarray]:
+        arr = read_tiff(self._proposal_path(prop.model_id, prop.image_id), f"proposal {prop.id}")
+        if arr.ndim == 2:
+            arr = arr[np.newaxis]
+        if arr.ndim != 3 or arr.shape[0] != prop.classes + 1:
+            raise DataError(
+                f"the file of proposal {prop.id} has shape {arr.shape}, not ({prop.classes + 1}, H, W): the "
+                "project is damaged; run `diffseg check`."
+            )
+        return arr[:-1].astype(np.float32), arr[-1].astype(np.float32)
+
+    def _mask_key(self, prop: ProposalRecord) -> tuple[str, int, str]:
+        return (str(self._root), prop.id, prop.file_sha256)
+
+    def _remember_mask(self, prop: ProposalRecord, probs: np.ndarray) -> np.ndarray:
+        mask = hard_mask(probs)
+        with _MASK_CACHE_LOCK:
+            _MASK_CACHE[self._mask_key(prop)] = mask
+            while len(_MASK_CACHE) > 16:
+                _MASK_CACHE.popitem(last=False)
+        return mask
+
+    def _proposal_hard_mask(self, proposal_id: int) -> tuple[ProposalRecord, np.ndarray]:
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_PROP_COLS} FROM proposals WHERE id = ?", (proposal_id,)).fetchone()
+        if row is None:
+            raise DataError(f"there is no proposal {proposal_id} in project {self._root}.")
+        prop = _proposal(row)
+        with _MASK_CACHE_LOCK:
+            cached = _MASK_CACHE.get(self._mask_key(prop))
+        if cached is not None:
+            return prop, cached
+        probs, _ = self._load_proposal_file(prop)
+        return prop, self._remember_mask(prop, probs)
+
+    def _load_proposal_by_id(self, proposal_id: int) -> tuple[ProposalRecord, np.ndarray, np.ndarray]:
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_PROP_COLS} FROM proposals WHERE id = ?", (proposal_id,)).fetchone()
+        if row is None:
+            raise DataError(f"there is no proposal {proposal_id} in project {self._root}.")
+        prop = _proposal(row)
+        probs, unc = self._load_proposal_file(prop)
+        return prop, probs, unc
+
+    def proposal(
+        self, image: ImageRef, model_id: str | None = None
+    ) -> tuple[ProposalRecord, np.ndarray, np.ndarray] | None:
+        """The latest proposal for an image (of ``model_id`` if given): record, probs ``(K, H, W)``,
+        uncertainty ``(H, W)`` (float32); None when there is none."""
+        found = self.proposals(image, model_id)
+        if not found:
+            return None
+        prop = found[-1]
+        probs, unc = self._load_proposal_file(prop)
+        self._remember_mask(prop, probs)
+        return prop, probs, unc
