@@ -14,12 +14,10 @@ then `os.replace`, so a crash never leaves a half-written checkpoint behind.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from napari_diffseg.base.errors import CheckpointError
+from napari_diffseg.base.fileio import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -81,36 +80,6 @@ def _storable(t: torch.Tensor) -> torch.Tensor:
     return t.to("cpu", copy=True).contiguous() if t.device.type != "cpu" else t.clone().contiguous()
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Flush a directory entry to disk where the OS allows it (not on Windows)."""
-    if os.name != "posix":  # pragma: no cover
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, fsync it, then rename it over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
 def _write_json(path: Path, payload: Any, what: str) -> None:
     """Atomically write ``payload`` as indented JSON, turning serialisation failures into CheckpointError."""
     try:
@@ -124,7 +93,7 @@ def _write_json(path: Path, payload: Any, what: str) -> None:
     def write(tmp: Path) -> None:
         tmp.write_text(text + "\n", encoding="utf-8")
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -199,7 +168,7 @@ def save_model(
     }
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(
+        atomic_write(
             directory / WEIGHTS_FILE,
             lambda tmp: save_file(tensors, str(tmp), metadata={"format_version": str(FORMAT_VERSION)}),
         )
@@ -452,7 +421,7 @@ def save_training_state(
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda tmp: save_file(flat, str(tmp), metadata=metadata))
+        atomic_write(path, lambda tmp: save_file(flat, str(tmp), metadata=metadata))
     except OSError as exc:
         raise CheckpointError(
             f"cannot write the training state to {path}: {exc}. Check that the folder is writable and the "

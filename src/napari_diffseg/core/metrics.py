@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 
+from napari_diffseg.base import labels as _labels
 from napari_diffseg.base.errors import ConfigError, DataError
 
 LabelMap = np.ndarray | torch.Tensor
@@ -193,24 +194,6 @@ def summarize(per_image: Sequence[Mapping[str, float]]) -> dict[str, float | int
     }
 
 
-def _confusion(p: torch.Tensor, t: torch.Tensor, num_classes: int) -> np.ndarray:
-    """Confusion counts ``C[i, j]`` = number of pixels with pred == i and target == j."""
-    idx = (p.reshape(-1) * num_classes + t.reshape(-1)).numpy()
-    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def _foreground_dice_from_confusion(conf: np.ndarray) -> float:
-    """Mean foreground Dice (same conventions as `segmentation_metrics`) from a confusion matrix."""
-    pred_count = conf.sum(axis=1)
-    target_count = conf.sum(axis=0)
-    scores = [
-        2.0 * conf[c, c] / (pred_count[c] + target_count[c])
-        for c in range(1, conf.shape[0])
-        if pred_count[c] + target_count[c] > 0
-    ]
-    return float(np.mean(scores)) if scores else 1.0
-
-
 def best_permutation_dice(pred: LabelMap, target: LabelMap, num_classes: int = 2) -> float:
     """Best foreground Dice over all relabellings of ``pred``'s classes (background included).
 
@@ -228,13 +211,13 @@ def best_permutation_dice(pred: LabelMap, target: LabelMap, num_classes: int = 2
             f"(at most {MAX_PERMUTATION_CLASSES}): match classes by another method (e.g. Hungarian)."
         )
     p, t = _check_pair(pred, target, num_classes)
-    conf = _confusion(p, t, num_classes)
+    conf = _labels.confusion(p.numpy(), t.numpy(), num_classes)
     best = 0.0
     for perm in itertools.permutations(range(num_classes)):
         # pred label i becomes perm[i]: row perm[i] of the relabelled confusion is row i of the original.
         relabelled = np.empty_like(conf)
         relabelled[list(perm)] = conf
-        best = max(best, _foreground_dice_from_confusion(relabelled))
+        best = max(best, _labels.foreground_dice(relabelled))
     return best
 
 
@@ -250,10 +233,7 @@ def edit_dice(proposal: LabelMap, correction: LabelMap) -> float:
     p, t = _check_pair(proposal, correction, None)
     if p.numel() and min(int(p.min()), int(t.min())) < 0:
         raise DataError("label maps must not contain negative labels: 0 is background, 1..K-1 are classes.")
-    num_classes = max(int(p.max()) if p.numel() else 0, int(t.max()) if t.numel() else 0) + 1
-    if num_classes < 2:
-        return 1.0
-    return _foreground_dice_from_confusion(_confusion(p, t, num_classes))
+    return _labels.edit_dice(p.numpy(), t.numpy())
 
 
 def pixels_changed(proposal: LabelMap, correction: LabelMap) -> int:
@@ -263,4 +243,4 @@ def pixels_changed(proposal: LabelMap, correction: LabelMap) -> int:
         DataError: different shapes or non-integer values.
     """
     p, t = _check_pair(proposal, correction, None)
-    return int((p != t).sum())
+    return _labels.pixels_changed(p.numpy(), t.numpy())

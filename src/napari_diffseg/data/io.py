@@ -10,10 +10,7 @@ the temporary file is renamed over the destination with :func:`os.replace`, so a
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import secrets
 from collections.abc import Collection
 from pathlib import Path
 
@@ -22,6 +19,9 @@ import numpy as np
 import tifffile
 
 from napari_diffseg.base.errors import DataError
+from napari_diffseg.base.fileio import atomic_write_bytes, fsync_dir
+from napari_diffseg.base.formats import IMAGE_EXTENSIONS, MASK_EXTENSIONS, TIFF_EXTENSIONS, tiff_bytes
+from napari_diffseg.base.preprocessing import match_channels, normalize_image
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -30,6 +30,7 @@ __all__ = [
     "MIN_SIDE",
     "TIFF_EXTENSIONS",
     "atomic_write_bytes",
+    "fsync_dir",
     "match_channels",
     "normalize_image",
     "read_image",
@@ -41,19 +42,12 @@ __all__ = [
 
 PathLike = str | os.PathLike[str]
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-"""File extensions accepted for images (compared case-insensitively)."""
-MASK_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff")
-"""File extensions accepted for masks: lossless formats only."""
-TIFF_EXTENSIONS: tuple[str, ...] = (".tif", ".tiff")
 DEFAULT_MAX_PIXELS: int = 2**28
 """Default upper limit on ``H * W`` for one image (about 268 megapixels)."""
 MIN_SIDE: int = 8
 """Smallest accepted image side, in pixels."""
 _MAX_CHANNELS = 4
 """An axis of at most this size is taken to be the channel axis."""
-_PERCENTILES = (0.5, 99.5)
-_STD_FLOOR = 1e-6
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -371,52 +365,6 @@ def read_mask(path: PathLike, *, binary: bool = True, max_pixels: int = DEFAULT_
 # ----------------------------------------------------------------------------------------------------------
 
 
-def fsync_dir(folder: Path) -> None:
-    """Flush a directory entry to disk (POSIX); best effort, a no-op where unsupported."""
-    if os.name == "nt":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, flush, fsync, os.replace.
-
-    The parent folder is created if needed. On failure the temporary file is removed and ``path`` is left as
-    it was.
-
-    Returns:
-        The destination path.
-    """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(dest.parent)
-    return dest
-
-
-def _tiff_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, array, photometric="minisblack", compression="zlib", compressionargs={"level": 6})
-    return buf.getvalue()
-
-
 def write_tiff(path: PathLike, array: np.ndarray) -> Path:
     """Write ``array`` (any shape and numeric dtype) as a zlib-compressed TIFF, atomically.
 
@@ -428,7 +376,7 @@ def write_tiff(path: PathLike, array: np.ndarray) -> Path:
     dest = Path(path)
     if dest.suffix.lower() not in TIFF_EXTENSIONS:
         raise DataError(f"Cannot write {dest}: a TIFF file name must end in .tif or .tiff.")
-    return atomic_write_bytes(dest, _tiff_bytes(np.ascontiguousarray(array)))
+    return atomic_write_bytes(dest, tiff_bytes(np.ascontiguousarray(array)))
 
 
 def write_mask(path: PathLike, mask: np.ndarray) -> Path:
@@ -470,69 +418,7 @@ def write_mask(path: PathLike, mask: np.ndarray) -> Path:
         )
     data = np.ascontiguousarray(m, dtype=dtype)
     if suffix in TIFF_EXTENSIONS:
-        payload = _tiff_bytes(data)
+        payload = tiff_bytes(data)
     else:
         payload = iio.imwrite("<bytes>", data, extension=".png")
     return atomic_write_bytes(dest, payload)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# normalisation and channels
-# ----------------------------------------------------------------------------------------------------------
-
-
-def normalize_image(img: np.ndarray) -> np.ndarray:
-    """Per-image, per-channel normalisation of a ``(C, H, W)`` image to float32.
-
-    Each channel is clipped to its 0.5 / 99.5 percentiles, then standardised: minus its mean, divided by its
-    standard deviation (floored at 1e-6). A constant channel becomes all zeros, never NaN.
-
-    Raises:
-        DataError: The array is not 3D or holds NaN / infinite values.
-    """
-    arr = np.asarray(img)
-    if arr.ndim != 3:
-        raise DataError(f"normalize_image expects a (C, H, W) array, got shape {arr.shape}.")
-    x = arr.astype(np.float32, copy=True)
-    if x.size == 0:
-        return x
-    flat = x.reshape(x.shape[0], -1)
-    if not np.all(np.isfinite(flat)):
-        raise DataError("normalize_image: the image holds NaN or infinite values; clean it first.")
-    lo, hi = np.percentile(flat, _PERCENTILES, axis=1)
-    for c in range(x.shape[0]):
-        ch = x[c]
-        if hi[c] <= lo[c]:  # constant after clipping: exactly zero, no rounding noise amplified by the floor
-            ch[...] = 0.0
-            continue
-        np.clip(ch, lo[c], hi[c], out=ch)
-        mean = float(ch.mean(dtype=np.float64))
-        std = max(float(ch.std(dtype=np.float64)), _STD_FLOOR)
-        ch -= np.float32(mean)
-        ch /= np.float32(std)
-    return x
-
-
-def match_channels(img: np.ndarray, n: int) -> np.ndarray:
-    """Convert a ``(C, H, W)`` image to ``n`` channels: 1 → 3 replicates, 3 → 1 averages, C == n unchanged.
-
-    Floating-point inputs keep their dtype; the average of an integer image is float32.
-
-    Raises:
-        DataError: Any other conversion (the message says which channel counts are possible).
-    """
-    arr = np.asarray(img)
-    if arr.ndim != 3:
-        raise DataError(f"match_channels expects a (C, H, W) array, got shape {arr.shape}.")
-    c = arr.shape[0]
-    if c == n:
-        return arr
-    if c == 1 and n == 3:
-        return np.repeat(arr, 3, axis=0)
-    if c == 3 and n == 1:
-        out_dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float32
-        return arr.mean(axis=0, keepdims=True, dtype=np.float64).astype(out_dtype)
-    raise DataError(
-        f"Cannot convert an image with {c} channel(s) to {n}: only 1 → 3, 3 → 1 and unchanged are supported. "
-        "Use a model trained for this number of channels, or convert the image to grey or RGB."
-    )

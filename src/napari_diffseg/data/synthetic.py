@@ -355,7 +355,8 @@ def make_sample_dataset(
     """
     import imageio.v3 as iio
 
-    from napari_diffseg.data.io import atomic_write_bytes, write_mask
+    from napari_diffseg.base.fileio import atomic_write_bytes
+    from napari_diffseg.data.io import write_mask
 
     root = Path(out_dir)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):

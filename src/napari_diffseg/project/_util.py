@@ -6,7 +6,6 @@ Private to :mod:`napari_diffseg.project`; every failure is a :class:`DataError` 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -16,13 +15,10 @@ import numpy as np
 import tifffile
 
 from napari_diffseg.base.errors import DataError
-from napari_diffseg.data.io import (
-    DEFAULT_MAX_PIXELS,
-    MIN_SIDE,
-    atomic_write_bytes,
-    fsync_dir,
-    read_image_raw,
-)
+from napari_diffseg.base.fileio import atomic_write_bytes, fsync_dir
+from napari_diffseg.base.formats import tiff_bytes as tiff_bytes  # re-exported for the store
+from napari_diffseg.base.labels import edit_stats as edit_stats  # re-exported for the store
+from napari_diffseg.data.io import DEFAULT_MAX_PIXELS, MIN_SIDE, read_image_raw
 
 IMAGE_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 """An image id: 16 lowercase hex digits."""
@@ -100,19 +96,6 @@ def sha256_file(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------ TIFF files
-
-
-def tiff_bytes(arr: np.ndarray) -> bytes:
-    """Encode ``arr`` (any shape, numeric dtype) as a zlib-compressed TIFF; deterministic for equal input."""
-    buf = io.BytesIO()
-    tifffile.imwrite(
-        buf,
-        np.ascontiguousarray(arr),
-        photometric="minisblack",
-        compression="zlib",
-        compressionargs={"level": 6},
-    )
-    return buf.getvalue()
 
 
 def read_tiff(path: Path, what: str) -> np.ndarray:
@@ -316,25 +299,3 @@ def copy_tree_durable(src: Path, dst: Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(Path(root))
-
-
-def edit_stats(proposed: np.ndarray, corrected: np.ndarray) -> tuple[float, int]:
-    """Edit Dice (mean foreground Dice over the labels present, both empty → 1) and pixels changed.
-
-    numpy only (a confusion matrix by ``bincount``): the store must not pull torch into the server
-    just to score a save.
-    """
-    p = proposed.astype(np.int64, copy=False).ravel()
-    t = corrected.astype(np.int64, copy=False).ravel()
-    changed = int(np.count_nonzero(p != t))
-    k = int(max(p.max(initial=0), t.max(initial=0))) + 1
-    if k < 2:
-        return 1.0, changed
-    conf = np.bincount(p * k + t, minlength=k * k).reshape(k, k)
-    dices = []
-    for c in range(1, k):
-        tp = conf[c, c]
-        denom = conf[c, :].sum() + conf[:, c].sum()
-        if denom > 0:
-            dices.append(2.0 * tp / denom)
-    return (float(np.mean(dices)) if dices else 1.0), changed
