@@ -39,13 +39,12 @@ def main() -> None:
     import torch
     from scipy.stats import spearmanr
 
+    from napari_diffseg.base.labels import edit_stats
     from napari_diffseg.base.presets import get_preset
     from napari_diffseg.core.inference import predict_probs
     from napari_diffseg.core.models import load_bundle
     from napari_diffseg.data.dataset import DatasetFolder
-    from napari_diffseg.data.io import match_channels, normalize_image
     from napari_diffseg.project import Project
-    from napari_diffseg.project._util import edit_stats
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("project", help="a project kept by hitl.py --keep")
@@ -76,10 +75,10 @@ def main() -> None:
             truth = ds.load_mask(rec.name)
             drawn = int(np.count_nonzero(truth))
             fg = probs[1]
-            x = normalize_image(match_channels(ds.load_image(rec.name), bundle.spec.in_channels))
+            x = bundle.preprocess(ds.load_image(rec.name))
             student = predict_probs(
                 nets,
-                torch.from_numpy(x)[None],
+                x[None],
                 multiple=bundle.spec.multiple,
                 roi=preset.roi_size,
                 sw_batch=preset.sw_batch_size,

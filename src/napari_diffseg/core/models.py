@@ -12,14 +12,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..base.errors import CheckpointError, ConfigError
+from ..base.preprocessing import match_channels, normalize_image
 from .diffusion import MaskDiffusion
 from .networks import CondUNet, NetConfig, StudentNet, build_image_denoiser, build_mask_denoiser
 
-__all__ = ["METHODS", "ModelBundle", "ModelSpec"]
+__all__ = ["METHODS", "ModelBundle", "ModelSpec", "preprocess"]
 
 T = TypeVar("T")
 METHODS = ("diffseg", "supervised", "mean-teacher", "cps")
@@ -70,6 +72,20 @@ class ModelSpec:
                 f"the model's config.json does not describe a napari-diffseg model ({exc}); "
                 "retrain it with this version"
             ) from exc
+
+
+def preprocess(image: np.ndarray, channels: int) -> torch.Tensor:
+    """The input every network sees: a raw ``(C, H, W)`` image → ``channels`` channels (1 → 3 replicates,
+    3 → 1 averages), each clipped to its 0.5 / 99.5 percentiles and standardised → float32 tensor.
+
+    The one preprocessing of training, proposals, prediction, the demo and the benchmarks; with a bundle,
+    use :meth:`ModelBundle.preprocess`. Only for training data read before the bundle exists call it
+    directly.
+
+    Raises:
+        DataError: Not a ``(C, H, W)`` array, NaN / infinite values, or channels that cannot be matched.
+    """
+    return torch.from_numpy(normalize_image(match_channels(image, channels)))
 
 
 def _seeded(seed: int, build: Callable[[], T]) -> T:
@@ -132,6 +148,11 @@ class ModelBundle:
 
     def diffusion(self) -> MaskDiffusion:
         return MaskDiffusion(self.spec.num_classes, self.spec.num_train_timesteps)
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """A raw ``(C, H, W)`` image → the normalised ``(in_channels, H, W)`` float32 tensor the networks
+        take (see :func:`preprocess`)."""
+        return preprocess(image, self.spec.in_channels)
 
     def to(self, device: torch.device) -> ModelBundle:
         from .device import prepare_module
