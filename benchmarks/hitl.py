@@ -137,7 +137,7 @@ def _pool_cost(project, ds, pool: list, model_id: str) -> dict:
     its proposal from ``model_id``: the cost of an average image, beside that of the picked ones."""
     import numpy as np
 
-    from napari_diffseg.project._util import edit_stats
+    from napari_diffseg.base.labels import edit_stats
 
     changed = drawn = 0
     dices = []
@@ -165,10 +165,10 @@ def run_arm(args: argparse.Namespace) -> dict:
     from napari_diffseg.base.presets import get_preset
     from napari_diffseg.core.acquisition import acquire
     from napari_diffseg.core.device import choose_device
-    from napari_diffseg.core.models import ModelBundle, ModelSpec, load_bundle
-    from napari_diffseg.core.training import TrainData, train_baseline
+    from napari_diffseg.core.models import ModelBundle, ModelSpec, load_bundle, preprocess
+    from napari_diffseg.core.pipeline import run_stages
+    from napari_diffseg.core.training import TrainData
     from napari_diffseg.data.dataset import DatasetFolder
-    from napari_diffseg.data.io import match_channels, normalize_image
     from napari_diffseg.project import Project
 
     torch.set_num_threads(args.threads)
@@ -182,7 +182,7 @@ def run_arm(args: argparse.Namespace) -> dict:
     channels = 3 if ds.load_image(train_ids[0]).shape[0] == 3 else 1
 
     def tensor(image_id: str) -> torch.Tensor:
-        return torch.from_numpy(normalize_image(match_channels(ds.load_image(image_id), channels)))
+        return preprocess(ds.load_image(image_id), channels)
 
     test = [(i, tensor(i), ds.load_mask(i), _fov(dataset_dir, i)) for i in test_ids]
     overrides = {k: getattr(args, k) for k in OVERRIDES} if args.preset == "cpu" else {}
@@ -227,7 +227,7 @@ def run_arm(args: argparse.Namespace) -> dict:
                 [tensor(i) for i in labeled], [torch.from_numpy(ds.load_mask(i)) for i in labeled]
             )
             gen = torch.Generator().manual_seed(args.seed)
-            for _ in train_baseline(bundle, data, pr, generator=gen, device=device):
+            for _ in run_stages(bundle, data, pr, generator=gen, seed=args.seed, device=device):
                 pass
             t_train = time.perf_counter() - t0
             t0 = time.perf_counter()

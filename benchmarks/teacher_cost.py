@@ -91,18 +91,15 @@ def ddim_sweep(
     crops: list[tuple[torch.Tensor, np.ndarray | None]] = []
     if dataset is not None:
         from napari_diffseg.data.dataset import DatasetFolder
-        from napari_diffseg.data.io import match_channels, normalize_image
 
         ds = DatasetFolder(dataset)
         for i in ds.test_ids[::8]:
-            x = normalize_image(match_channels(ds.load_image(i), bundle.spec.in_channels))
+            x = bundle.preprocess(ds.load_image(i))
             y = ds.load_mask(i)
             h0, w0 = (x.shape[1] - 256) // 2, (x.shape[2] - 256) // 2
             if h0 < 0 or w0 < 0:
                 continue
-            crops.append(
-                (torch.from_numpy(x[:, h0 : h0 + 256, w0 : w0 + 256].copy()), y[h0 : h0 + 256, w0 : w0 + 256])
-            )
+            crops.append((x[:, h0 : h0 + 256, w0 : w0 + 256].clone(), y[h0 : h0 + 256, w0 : w0 + 256]))
     else:
         crops = [(torch.randn(bundle.spec.in_channels, 256, 256), None) for _ in range(3)]
     rows = []

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from .base.progress import EventBars
+
 app = typer.Typer(
     name="diffseg",
     help="Few-label biomedical segmentation: diffusion teacher, twin students, human in the loop.",
@@ -21,34 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-
-class _Bars:
-    """Terminal progress: one tqdm bar per phase, fed by core events."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.bar: Any = None
-        self.phase = ""
-
-    def __call__(self, ev: Any) -> None:
-        if not self.enabled or ev.kind not in ("progress", "done"):
-            return
-        from tqdm.auto import tqdm
-
-        if ev.phase != self.phase or self.bar is None:
-            self.close()
-            self.phase = ev.phase
-            self.bar = tqdm(total=ev.total, desc=ev.phase, unit="step", leave=False, file=sys.stderr)
-        self.bar.n = ev.step
-        if ev.losses:
-            self.bar.set_postfix({k: f"{v:.3g}" for k, v in list(ev.losses.items())[:3]}, refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def _threads(n: int | None) -> None:
@@ -83,7 +57,7 @@ def experiment(
 
     if not dataset.is_dir():
         raise _user_error(f"dataset folder {dataset} does not exist")
-    bars = _Bars(enabled=not quiet)
+    bars = EventBars(enabled=not quiet, leave=False)
     try:
         result = run_experiment(
             dataset,
@@ -424,7 +398,7 @@ def _run_job(project: Path, kind: str, params: dict, quiet: bool, as_json: bool)
         out = subprocess.DEVNULL if quiet or as_json else None
         subprocess.call(worker_command(sys.executable, project, record), stdout=out, stderr=out)
     else:
-        bars = _Bars(enabled=not quiet and not as_json)
+        bars = EventBars(enabled=not quiet and not as_json, leave=False)
         try:
             execute_job(project, job_id, report=bars)
         finally:

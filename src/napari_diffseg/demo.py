@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from napari_diffseg.base.errors import ConfigError, DataError, DiffsegError
+from napari_diffseg.base.progress import EventBars
 
 __all__ = [
     "DEMO_PRESETS",
@@ -163,7 +164,8 @@ def write_sample_data(root: Path, s: DemoSettings) -> dict[str, list[str]]:
     """A dataset folder (docs/architecture.md §2.1) with ``train_*``, ``val_*`` and ``test_*`` images and masks."""
     import imageio.v3 as iio
 
-    from napari_diffseg.data.io import atomic_write_bytes, write_mask
+    from napari_diffseg.base.fileio import atomic_write_bytes
+    from napari_diffseg.data.io import write_mask
     from napari_diffseg.data.synthetic import make_sample
 
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
@@ -196,49 +198,6 @@ def _read_mask(path: Path) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ progress
-
-
-class _JobBars:
-    """Terminal progress for one job: a tqdm bar per phase, fed by the job's streamed events."""
-
-    def __init__(self, label: str, enabled: bool) -> None:
-        self.label = label
-        self.enabled = enabled
-        self.bar: Any = None
-        self.phase = ""
-
-    def __call__(self, data: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        if data.get("kind") == "log" and data.get("message"):
-            self._write(f"  {self.label}: {data['message']}")
-            return
-        if data.get("kind") not in ("progress", "done") or not data.get("total"):
-            return
-        from tqdm.auto import tqdm
-
-        phase = str(data.get("phase", ""))
-        if phase != self.phase or self.bar is None:
-            self.close()
-            self.phase = phase
-            self.bar = tqdm(
-                total=int(data["total"]), desc=f"{self.label} · {phase}", unit="step", file=sys.stderr
-            )
-        self.bar.n = int(data.get("step", 0))
-        losses = data.get("losses") or {}
-        if losses:
-            self.bar.set_postfix({k: f"{v:.3g}" for k, v in list(losses.items())[:3]}, refresh=False)
-        self.bar.refresh()
-
-    def _write(self, text: str) -> None:
-        from tqdm.auto import tqdm
-
-        tqdm.write(text, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 @contextlib.contextmanager
@@ -291,7 +250,7 @@ class _Run:
     def run_job(self, client: Any, key: str, kind: str, params: dict[str, Any], label: str) -> dict[str, Any]:
         """Start a job, show its streamed events as progress bars, keep its persisted events."""
         job = client.start_job(kind, params)
-        bars = _JobBars(label, self.progress)
+        bars = EventBars(label, self.progress, logs=True)
         try:
             for event in client.stream_events(job["id"]):
                 bars(event["data"])
@@ -433,14 +392,15 @@ def _supervised_baseline(
 
     from napari_diffseg.backend.params import preset_for
     from napari_diffseg.core.device import choose_device
-    from napari_diffseg.core.models import ModelBundle, ModelSpec
-    from napari_diffseg.core.training import TrainData, train_baseline
-    from napari_diffseg.data.io import match_channels, normalize_image, read_image
+    from napari_diffseg.core.models import ModelBundle, ModelSpec, preprocess
+    from napari_diffseg.core.pipeline import run_stages
+    from napari_diffseg.core.training import TrainData
+    from napari_diffseg.data.io import read_image
     from napari_diffseg.experiment import evaluate_bundle
 
     def tensor(image_id: str) -> torch.Tensor:
         raw = read_image(data_dir / "images" / f"{image_id}.png").astype(np.float32)
-        return torch.from_numpy(normalize_image(match_channels(raw, 3)))
+        return preprocess(raw, 3)
 
     s = run.settings
     pr = preset_for(run.job_params())
@@ -449,12 +409,12 @@ def _supervised_baseline(
     data = TrainData([tensor(i) for i in labeled], masks)
     spec = ModelSpec("supervised", 3, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
     bundle = ModelBundle(spec, seed=s.seed).to(dev)
-    bars = _JobBars(label, run.progress)
+    bars = EventBars(label, run.progress, logs=True)
     try:
-        for ev in train_baseline(
-            bundle, data, pr, generator=torch.Generator().manual_seed(s.seed), device=dev
+        for ev in run_stages(
+            bundle, data, pr, generator=torch.Generator().manual_seed(s.seed), seed=s.seed, device=dev
         ):
-            bars(ev.to_dict())
+            bars(ev)
     finally:
         bars.close()
     test_masks = [_read_mask(data_dir / "masks" / f"{i}.png") for i in test_ids]
@@ -641,9 +601,10 @@ def _mean(values: Iterator[Any] | Any) -> float:
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    denom = int(a.sum() + b.sum())
-    return 1.0 if denom == 0 else float(2 * (a & b).sum() / denom)
+    """Foreground Dice of two masks (any label > 0 is foreground; both empty → 1)."""
+    from napari_diffseg.base.labels import edit_dice
+
+    return edit_dice(np.asarray(a) > 0, np.asarray(b) > 0)
 
 
 def _numbers(run: _Run, splits: dict[str, list[str]], labeled: list[str]) -> dict[str, Any]:

@@ -20,15 +20,16 @@ import torch
 
 from .base.errors import ConfigError
 from .base.events import CancelToken, Event
+from .base.fileio import atomic_write_bytes
 from .base.presets import Preset, get_preset
 from .core.diffusion import SamplerConfig
 from .core.distributed import cleanup, setup_from_env
 from .core.inference import predict_probs, propose
 from .core.metrics import best_permutation_dice, segmentation_metrics, summarize
-from .core.models import METHODS, ModelBundle, ModelSpec, save_bundle
-from .core.training import TrainData, cotrain, pretrain_teacher, train_baseline, train_teacher
+from .core.models import METHODS, ModelBundle, ModelSpec, preprocess, save_bundle
+from .core.pipeline import run_stages
+from .core.training import TrainData
 from .data.dataset import DatasetFolder
-from .data.io import match_channels, normalize_image
 
 __all__ = ["choose_labeled", "evaluate_bundle", "load_images", "run_experiment"]
 
@@ -49,8 +50,9 @@ def choose_labeled(train_ids: Iterable[str], fraction: float, seed: int) -> list
 
 
 def load_images(ds: DatasetFolder, ids: Iterable[str], channels: int) -> list[torch.Tensor]:
-    """Read, match channels and normalise each image → (C, H, W) float32 tensors."""
-    return [torch.from_numpy(normalize_image(match_channels(ds.load_image(i), channels))) for i in ids]
+    """Read and preprocess each image (:func:`~napari_diffseg.core.models.preprocess`) → (C, H, W) float32
+    tensors."""
+    return [preprocess(ds.load_image(i), channels) for i in ids]
 
 
 def dataset_channels(ds: DatasetFolder, ids: Iterable[str]) -> int:
@@ -177,34 +179,30 @@ def run_experiment(
     data = TrainData(labeled_images, labeled_masks, unlabeled_images=unlabeled_images)
     spec = ModelSpec(method, channels, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
     bundle = ModelBundle(spec, seed=seed).to(dev)
-    gen = torch.Generator().manual_seed(seed)
     extra: dict = {}
-    if method == "diffseg":
-        consume(
-            pretrain_teacher(bundle, data.all_images, pr, generator=gen, device=dev, cancel=cancel), report
-        )
-        # label-free check of Stage A on train images with ground truth (never the test split)
+
+    def pretrain_check() -> None:
+        """Label-free check of Stage A on train images with ground truth (never the test split)."""
         gt_ids = [i for i in train_ids if ds.has_mask(i)][::teacher_eval_every]
         if gt_ids:
             extra["pretrain_best_perm_dice"] = pretrain_report(
                 bundle, load_images(ds, gt_ids, channels), [ds.load_mask(i) for i in gt_ids], pr
             )
-        consume(train_teacher(bundle, data, pr, generator=gen, device=dev, cancel=cancel), report)
-        consume(
-            cotrain(
-                bundle,
-                data,
-                pr,
-                generator=gen,
-                seed=seed,
-                device=dev,
-                cancel=cancel,
-                distributed=dist_info.enabled,
-            ),
-            report if dist_info.is_main else None,
-        )
-    else:
-        consume(train_baseline(bundle, data, pr, generator=gen, device=dev, cancel=cancel), report)
+
+    events = run_stages(
+        bundle,
+        data,
+        pr,
+        generator=torch.Generator().manual_seed(seed),  # one generator through every stage
+        seed=seed,
+        device=dev,
+        cancel=cancel,
+        distributed=dist_info.enabled,
+        after_pretrain=pretrain_check,
+    )
+    if not dist_info.is_main:  # co-training runs on every rank; rank 0 alone reports it
+        events = (ev for ev in events if ev.phase not in ("cotrain", "pseudo-labels"))
+    consume(events, report)
     train_seconds = time.perf_counter() - t0
     if dist_info.enabled:
         cleanup()
@@ -247,8 +245,5 @@ def run_experiment(
 
 
 def write_json(path: str | Path, obj: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=True))
-    os.replace(tmp, path)
+    """Write ``obj`` as indented JSON, atomically (the folder is created if needed)."""
+    atomic_write_bytes(path, json.dumps(obj, indent=2, allow_nan=True).encode())

@@ -6,19 +6,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .base.errors import CheckpointError, ConfigError, DataError
+from .base.formats import IMAGE_EXTENSIONS
 from .core.device import choose_device
 from .core.inference import predict_probs
 from .core.metrics import segmentation_metrics, summarize
 from .core.models import ModelBundle, load_bundle
 from .data.dataset import DatasetFolder
-from .data.io import match_channels, normalize_image, read_image, write_mask, write_tiff
+from .data.io import read_image, write_mask, write_tiff
 
 __all__ = ["evaluate_folder", "load_model", "predict_files", "predict_image", "resolve_model"]
-
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
 def resolve_model(path: str | Path) -> Path:
@@ -43,9 +41,9 @@ def _image_files(items: Sequence[str | Path]) -> list[Path]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
             if not found:
-                raise DataError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise DataError(f"folder {p} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             files.extend(found)
         else:
             files.append(p)
@@ -68,7 +66,7 @@ def _roi(config: dict) -> tuple[int, int]:
 
 def predict_image(bundle: ModelBundle, config: dict, image: np.ndarray) -> np.ndarray:
     """Raw (C, H, W) image → (K, H, W) probabilities of the deployed networks."""
-    x = torch.from_numpy(normalize_image(match_channels(image, bundle.spec.in_channels)))
+    x = bundle.preprocess(image)
     roi, swb = _roi(config)
     probs = predict_probs(bundle.deployed(), x[None], multiple=bundle.spec.multiple, roi=roi, sw_batch=swb)
     return probs[0].cpu().numpy()

@@ -24,15 +24,16 @@ import torch
 
 from ..base.errors import Cancelled, ConfigError, DiffsegError
 from ..base.events import CancelToken, Event
+from ..base.fileio import atomic_write_bytes
 from ..base.presets import Preset
 from ..core.device import choose_device
 from ..core.diffusion import SamplerConfig
 from ..core.distributed import DistInfo
 from ..core.inference import predict_probs, propose
 from ..core.metrics import segmentation_metrics, summarize
-from ..core.models import ModelBundle, ModelSpec, load_bundle, save_bundle
-from ..core.training import TrainData, cotrain, pretrain_teacher, train_teacher
-from ..data.io import atomic_write_bytes, match_channels, normalize_image
+from ..core.models import ModelBundle, ModelSpec, load_bundle, preprocess, save_bundle
+from ..core.pipeline import run_stages
+from ..core.training import TrainData, pretrain_teacher
 from ..project import Project
 from .params import JOB_KINDS, preset_for, validate_params
 
@@ -58,9 +59,14 @@ def _channels(project: Project) -> int:
     return 3 if any(r.channels >= 3 for r in project.images()) else 1
 
 
+def _image(project: Project, image_id: str) -> np.ndarray:
+    """An image's raw intensities, (C, H, W) float32."""
+    return project.load_image(image_id).astype(np.float32)
+
+
 def _tensor(project: Project, image_id: str, channels: int) -> torch.Tensor:
-    raw = project.load_image(image_id).astype(np.float32)
-    return torch.from_numpy(normalize_image(match_channels(raw, channels)))
+    """A training image, preprocessed before any bundle exists (with one: ``bundle.preprocess``)."""
+    return preprocess(_image(project, image_id), channels)
 
 
 def _data_manifest(project: Project, manifest: Path | None) -> list[tuple[str, int | None]]:
@@ -248,7 +254,7 @@ def _propose(
     diff = bundle.diffusion()
     for n, rec in enumerate(records):
         cancel.raise_if_cancelled("proposals")
-        x = _tensor(project, rec.id, bundle.spec.in_channels)
+        x = bundle.preprocess(_image(project, rec.id))
         prop = propose(
             bundle.mask_net,
             diff,
@@ -276,7 +282,7 @@ def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[
         mask = project.load_annotation(rec.id)
         if mask is None:
             continue
-        x = _tensor(project, rec.id, bundle.spec.in_channels)
+        x = bundle.preprocess(_image(project, rec.id))
         probs = predict_probs(bundle.deployed(), x[None], multiple=bundle.spec.multiple, roi=preset.roi_size)
         per.append(segmentation_metrics(probs.argmax(1)[0].cpu().numpy(), mask, bundle.spec.num_classes))
     if not per:
@@ -331,36 +337,21 @@ def _cotrain(
                 raise ConfigError(f"model {prev!r} has no diffusion teacher; activate a diffseg model first")
         else:
             bundle = _new_bundle(project, channels, preset, seed, dev)
-            yield from pretrain_teacher(
-                bundle,
-                data.all_images,
-                preset,
-                generator=torch.Generator().manual_seed(seed),
-                device=dev,
-                cancel=cancel,
-                checkpoint=jd / "pretrain.safetensors",
-            )
-        for net in bundle.nets.values():
-            net.train()
-        gen = torch.Generator().manual_seed(seed * 1000 + round_no)
-        yield from train_teacher(
+        yield from run_stages(
             bundle,
             data,
             preset,
-            generator=gen,
-            device=dev,
-            cancel=cancel,
-            checkpoint=jd / f"round{round_no}_teacher.safetensors",
-        )
-        yield from cotrain(
-            bundle,
-            data,
-            preset,
-            generator=gen,
+            generator=torch.Generator().manual_seed(seed * 1000 + round_no),
             seed=seed * 1000 + round_no,
             device=dev,
             cancel=cancel,
-            checkpoint=jd / f"round{round_no}_cotrain.safetensors",
+            checkpoints={
+                "pretrain": jd / "pretrain.safetensors",
+                "teacher": jd / f"round{round_no}_teacher.safetensors",
+                "cotrain": jd / f"round{round_no}_cotrain.safetensors",
+            },
+            pretrain=prev is None,  # a warm start from a trained model skips Stage A
+            pretrain_generator=torch.Generator().manual_seed(seed),
             distributed=distributed,
         )
         metrics = {"round": round_no, **counts, **_val_metrics(project, bundle, preset)}
