@@ -20,13 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_diffseg.base.errors import DataError
-from napari_diffseg.data.io import (
-    IMAGE_EXTENSIONS,
-    MASK_EXTENSIONS,
-    read_image,
-    read_image_shape,
-    read_mask,
-)
+from napari_diffseg.base.formats import IMAGE_EXTENSIONS, MASK_EXTENSIONS
+from napari_diffseg.data.io import read_image, read_image_shape, read_mask
 
 __all__ = ["DEFAULT_SPLIT", "DatasetFolder", "is_valid_split"]
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_diffseg.base.errors import DataError
+from napari_diffseg.base.formats import IMAGE_EXTENSIONS, MASK_EXTENSIONS
 from napari_diffseg.data.dataset import DEFAULT_SPLIT, DatasetFolder, is_valid_split
-from napari_diffseg.data.io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, read_mask
+from napari_diffseg.data.io import read_mask
 from napari_diffseg.project._util import check_name, read_raw_image
 
 __all__ = ["ImportItem", "collect_dataset", "collect_paths", "load_item"]
