@@ -24,20 +24,14 @@ from backend_server import Server, free_port, make_project
 from napari_diffseg._widgets import train as train_module
 from napari_diffseg._widgets.train import JobHistory, TrainWidget, format_duration
 from napari_diffseg.backend.client import DiffsegClient
+from napari_diffseg.base.contracts import EventData, Model
 
 WAIT_MS = 30_000
 JOB_MS = 120_000
 
 
-def _progress(phase: str, step: int, total: int, elapsed: float, **losses: float) -> dict:
-    return {
-        "kind": "progress",
-        "phase": phase,
-        "step": step,
-        "total": total,
-        "losses": losses,
-        "elapsed": elapsed,
-    }
+def _progress(phase: str, step: int, total: int, elapsed: float, **losses: float) -> EventData:
+    return EventData(kind="progress", phase=phase, step=step, total=total, losses=losses, elapsed=elapsed)
 
 
 # ------------------------------------------------------------------------------------ no backend
@@ -47,7 +41,7 @@ def test_history_segments_losses_by_phase_and_skips_non_losses() -> None:
     h = JobHistory()
     h.add(_progress("teacher", 1, 4, 0.5, loss=2.0))
     h.add(_progress("teacher", 4, 4, 2.0, loss=1.0))
-    h.add({"kind": "checkpoint", "phase": "teacher", "step": 4, "total": 4, "elapsed": 2.1})
+    h.add(EventData(kind="checkpoint", phase="teacher", step=4, total=4, elapsed=2.1))
     h.add(_progress("cotrain", 2, 10, 1.0, loss=0.8, sup=0.5, ramp=0.1))
     h.add(_progress("pseudo-labels", 1, 3, 0.2))  # no losses: the cotrain segment goes on
     h.add(_progress("cotrain", 6, 10, 3.0, loss=0.4, sup=0.3, ramp=0.5))
@@ -78,8 +72,8 @@ def test_history_eta_from_the_step_rate_of_the_current_phase() -> None:
 
 def test_history_collects_validation_dice_per_round() -> None:
     h = JobHistory()
-    h.add({"kind": "metrics", "phase": "cotrain", "metrics": {"round": 1.0, "labeled": 1.0}})  # no val set
-    h.add({"kind": "metrics", "phase": "cotrain", "metrics": {"round": 2.0, "val_dice": 0.75}})
+    h.add(EventData(kind="metrics", phase="cotrain", metrics={"round": 1.0, "labeled": 1.0}))  # no val set
+    h.add(EventData(kind="metrics", phase="cotrain", metrics={"round": 2.0, "val_dice": 0.75}))
     assert h.val_dice == {2: 0.75}
 
 
@@ -186,10 +180,10 @@ def _train_widget(make_napari_viewer, url: str, retries: int = 3) -> TrainWidget
     return widget
 
 
-def _ensure_models(client: DiffsegClient, count: int) -> list[dict]:
+def _ensure_models(client: DiffsegClient, count: int) -> list[Model]:
     while len(client.models()) < count:
         job = client.start_job("pretrain", {"preset": "tiny"})
-        assert client.wait(int(job["id"]), timeout=120)["state"] == "done"
+        assert client.wait(job.id, timeout=120).state == "done"
     return client.models()
 
 
@@ -206,14 +200,12 @@ def test_cotrain_round_is_plotted_with_progress_and_listed(
     etas: list[str] = []
     qtbot.waitUntil(lambda: etas.append(widget.eta.text()) or "done" in widget.status.text(), timeout=JOB_MS)
     job_id = widget.job_id
-    assert client.job(job_id)["state"] == "done"
+    assert client.job(job_id).state == "done"
     assert any(f"Job {job_id} (cotrain) finished" in m for m in messages["info"])
 
     # the plot holds every loss point the backend recorded, one segment per phase
-    recorded = [e["data"] for e in client.events(job_id)["events"]]
-    n_points = sum(
-        len([k for k in (d.get("losses") or {}) if k != "ramp"]) for d in recorded if d["kind"] == "progress"
-    )
+    recorded = [e.data for e in client.events(job_id).events]
+    n_points = sum(len([k for k in d.losses if k != "ramp"]) for d in recorded if d.kind == "progress")
     qtbot.waitUntil(lambda: widget.loss_plot.point_count() == n_points > 0, timeout=WAIT_MS)
     phases = [name for _x, name in widget.loss_plot.marks]
     assert {"teacher", "cotrain"} <= set(phases)
@@ -230,14 +222,14 @@ def test_cotrain_round_is_plotted_with_progress_and_listed(
     assert all(d.startswith(f"DiffSeg job {job_id}: ") for d in descs)
 
     # the model table lists the new model as active; the Dice plot shows its validation Dice
-    newest = max(client.models(), key=lambda m: m["created_at"])
-    assert newest["active"] and newest["metrics"]["round"] == 1
-    qtbot.waitUntil(lambda: widget.active_model() == newest["id"], timeout=WAIT_MS)
+    newest = max(client.models(), key=lambda m: m.created_at)
+    assert newest.active and newest.metrics["round"] == 1
+    qtbot.waitUntil(lambda: widget.active_model() == newest.id, timeout=WAIT_MS)
     row = [widget.models_table.item(r, 1).text() for r in range(widget.models_table.rowCount())].index(
-        newest["id"]
+        newest.id
     )
     assert widget.models_table.item(row, 0).text() == "●"
-    val_dice = newest["metrics"]["val_dice"]
+    val_dice = newest.metrics["val_dice"]
     assert widget.models_table.item(row, 4).text() == f"{val_dice:.3f}"
     xs, ys = widget.dice_plot.series["val Dice"]
     assert dict(zip(xs, ys, strict=True))[1] == pytest.approx(val_dice)
@@ -252,19 +244,19 @@ def test_set_active_and_export_weights(
     models = _ensure_models(client, 2)
     widget = _train_widget(make_napari_viewer, server.url)
     qtbot.waitUntil(lambda: widget.models_table.rowCount() == len(models), timeout=WAIT_MS)
-    other = next(m for m in models if not m["active"])
-    row = [m["id"] for m in widget.models].index(other["id"])
+    other = next(m for m in models if not m.active)
+    row = [m.id for m in widget.models].index(other.id)
     widget.models_table.selectRow(row)
-    assert widget.selected_model() == other["id"]
+    assert widget.selected_model() == other.id
 
     widget.activate_button.click()
-    qtbot.waitUntil(lambda: widget.active_model() == other["id"], timeout=WAIT_MS)
-    assert client.project()["active_model"]["id"] == other["id"]
+    qtbot.waitUntil(lambda: widget.active_model() == other.id, timeout=WAIT_MS)
+    assert client.project().active_model.id == other.id
     assert widget.models_table.item(row, 0).text() == "●"
     assert sum(widget.models_table.item(r, 0).text() == "●" for r in range(len(models))) == 1
-    assert any(other["id"] in m and "active" in m for m in messages["info"])
+    assert any(other.id in m and "active" in m for m in messages["info"])
 
-    widget.export_weights(other["id"], tmp_path)  # a folder: weights.safetensors in it
+    widget.export_weights(other.id, tmp_path)  # a folder: weights.safetensors in it
     target = tmp_path / "weights.safetensors"
     qtbot.waitUntil(lambda: any(str(target) in m for m in messages["info"]), timeout=WAIT_MS)
     tensors = load_file(target)
@@ -282,17 +274,17 @@ def test_set_active_and_export_weights(
 def test_follows_a_running_job_after_connecting(make_napari_viewer, qtbot, server, client, messages) -> None:
     job = client.start_job("pretrain", {"preset": "tiny"})
     widget = _train_widget(make_napari_viewer, server.url)  # connecting finds the running job
-    qtbot.waitUntil(lambda: widget.job_id == job["id"], timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: widget.job_id == job.id, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: "done" in widget.status.text(), timeout=JOB_MS)
     qtbot.waitUntil(lambda: widget.loss_plot.point_count() > 0, timeout=WAIT_MS)
     assert widget.history.phase == "pretrain" and widget.history.step == widget.history.total > 0
 
     # following a finished job replays its whole history from the backend
     again = _train_widget(make_napari_viewer, server.url)
-    again.follow(job["id"])
+    again.follow(job.id)
     qtbot.waitUntil(lambda: "done" in again.status.text() and again.start_button.isEnabled(), timeout=WAIT_MS)
     assert again.history.losses == widget.history.losses
-    assert again.history.count == len(client.events(job["id"])["events"])
+    assert again.history.count == len(client.events(job.id).events)
     qtbot.waitUntil(lambda: again.loss_plot.point_count() == widget.loss_plot.point_count(), timeout=WAIT_MS)
 
 
@@ -301,7 +293,7 @@ def test_cancel_then_resume_continues_from_the_checkpoint(
 ) -> None:
     job = client.start_job("pretrain", {"preset": "tiny", "overrides": {"pretrain_steps": 5000}})
     widget = _train_widget(make_napari_viewer, server.url)
-    qtbot.waitUntil(lambda: widget.job_id == job["id"], timeout=WAIT_MS)  # found when connecting
+    qtbot.waitUntil(lambda: widget.job_id == job.id, timeout=WAIT_MS)  # found when connecting
     qtbot.waitUntil(lambda: widget.history.step >= 4, timeout=JOB_MS)
     qtbot.waitUntil(lambda: widget.napari_progress is not None, timeout=WAIT_MS)
     assert widget.eta.text().startswith("pretrain ") and widget.napari_progress.total == 5000
@@ -310,18 +302,16 @@ def test_cancel_then_resume_continues_from_the_checkpoint(
     qtbot.waitUntil(widget.resume_button.isEnabled, timeout=WAIT_MS)
     assert any("Resume continues it" in m for m in messages["info"])
     stopped_at = widget.history.step
-    seen = client.events(job["id"])["next"]
+    seen = client.events(job.id).next
 
     widget.resume()
     qtbot.waitUntil(lambda: widget.history.step > stopped_at, timeout=JOB_MS)
-    first = next(
-        e["data"] for e in client.events(job["id"], since=seen)["events"] if e["data"]["kind"] == "progress"
-    )
-    assert first["step"] > 1  # continued from the checkpoint, not from the start
+    first = next(e.data for e in client.events(job.id, since=seen).events if e.data.kind == "progress")
+    assert first.step > 1  # continued from the checkpoint, not from the start
     assert widget.cancel_button.isEnabled() and not widget.start_button.isEnabled()
     widget.cancel()
     qtbot.waitUntil(lambda: "cancelled" in widget.status.text(), timeout=WAIT_MS)
-    assert client.job(job["id"])["state"] == "cancelled"
+    assert client.job(job.id).state == "cancelled"
 
 
 def test_a_failed_job_is_a_notification_and_the_widget_stays_usable(
@@ -364,7 +354,7 @@ def test_activity_dock_is_opt_in(make_napari_viewer, qtbot, server, client, bars
     job = client.start_job("pretrain", {"preset": "tiny", "overrides": {"pretrain_steps": 5000}})
     widget = _train_widget(make_napari_viewer, server.url)
     widget.activity_box.setChecked(False)
-    qtbot.waitUntil(lambda: widget.job_id == job["id"] and widget.history.step >= 3, timeout=JOB_MS)
+    qtbot.waitUntil(lambda: widget.job_id == job.id and widget.history.step >= 3, timeout=JOB_MS)
     qtbot.wait(1500)
     assert widget.progress.value() >= 3 and widget.eta.text().startswith("pretrain ")
     assert bars == [] and widget.napari_progress is None
@@ -375,4 +365,4 @@ def test_activity_dock_is_opt_in(make_napari_viewer, qtbot, server, client, bars
     widget.cancel()
     qtbot.waitUntil(lambda: "cancelled" in widget.status.text(), timeout=WAIT_MS)
     qtbot.waitUntil(widget.resume_button.isEnabled, timeout=WAIT_MS)  # the follow has ended
-    assert client.job(job["id"])["state"] == "cancelled" and widget.napari_progress is None
+    assert client.job(job.id).state == "cancelled" and widget.napari_progress is None

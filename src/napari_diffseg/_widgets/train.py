@@ -39,25 +39,24 @@ from qtpy.QtWidgets import (
 
 from napari_diffseg._widgets._plot import COLORS, CurvePlot
 from napari_diffseg._widgets._session import notify_error, run_in_thread, session_for
+from napari_diffseg.base.contracts import TRAINING_KINDS, EventData, Job, JobEventOut, Model
 
 __all__ = ["PRESETS", "JobHistory", "TrainWidget", "describe_event", "format_duration"]
 
 PRESETS = ("tiny", "cpu", "gpu")
-KINDS = ("cotrain", "pretrain")
-TERMINAL = ("done", "failed", "cancelled", "interrupted")
-RESUMABLE = ("failed", "cancelled", "interrupted")
+KINDS = TRAINING_KINDS
 MODEL_COLUMNS = ("active", "model", "round", "method", "val Dice", "created")
 NOT_LOSSES = frozenset({"ramp"})  # reported with the losses, but a schedule weight, not a loss
 VIEW_INTERVAL_MS = 250  # the progress bars, the ETA and the plots are refreshed at most 4× a second
 BAR_INTERVAL_S = 1.0  # napari's progress bar at most once a second: each update runs the event loop
 
 
-def describe_event(data: dict[str, Any]) -> str:
+def describe_event(data: EventData) -> str:
     """One status line for a progress event's ``data`` (phase, step, losses)."""
-    losses = ", ".join(f"{k} {v:.3g}" for k, v in (data.get("losses") or {}).items())
-    step = f"{data.get('step', 0)}/{data.get('total', 0)}" if data.get("total") else ""
-    text = " ".join(p for p in (str(data.get("phase", "")), step, losses) if p)
-    return text or str(data.get("message", ""))
+    losses = ", ".join(f"{k} {v:.3g}" for k, v in data.losses.items())
+    step = f"{data.step}/{data.total}" if data.total else ""
+    text = " ".join(p for p in (data.phase, step, losses) if p)
+    return text or data.message
 
 
 def format_duration(seconds: float) -> str:
@@ -87,7 +86,7 @@ class JobHistory:
         self.losses: dict[str, tuple[list[float], list[float]]] = {}
         self.marks: list[tuple[float, str]] = []
         self.val_dice: dict[int, float] = {}
-        self.last: dict[str, Any] = {}
+        self.last: EventData | None = None
         self.count = 0
         self._anchor: dict[str, tuple[int, float]] = {}  # phase → (step, elapsed) where its timing starts
         self._elapsed: dict[str, tuple[int, float]] = {}  # phase → latest (step, elapsed)
@@ -95,27 +94,26 @@ class JobHistory:
         self._offset = 0.0
         self._end = 0.0
 
-    def add(self, data: dict[str, Any]) -> None:
+    def add(self, data: EventData) -> None:
         """Take one event's ``data`` into account."""
         self.count += 1
         self.last = data
-        kind = data.get("kind")
-        if kind == "progress" and data.get("total"):
+        if data.kind == "progress" and data.total:
             self._progress(data)
-        elif kind == "metrics":
-            metrics = data.get("metrics") or {}
+        elif data.kind == "metrics":
+            metrics = data.metrics
             if "val_dice" in metrics and "round" in metrics:
                 self.val_dice[int(metrics["round"])] = float(metrics["val_dice"])
 
-    def _progress(self, data: dict[str, Any]) -> None:
-        phase, step, total = str(data.get("phase", "")), int(data.get("step", 0)), int(data["total"])
-        elapsed = float(data.get("elapsed") or 0.0)
+    def _progress(self, data: EventData) -> None:
+        phase, step, total = data.phase, data.step, data.total
+        elapsed = data.elapsed
         previous = self._elapsed.get(phase)
         if previous is None or step < previous[0] or elapsed < previous[1]:  # (re)starts: new round, resumed
             self._anchor[phase] = (step, elapsed)
         self._elapsed[phase] = (step, elapsed)
         self.phase, self.step, self.total = phase, step, total
-        losses = {k: v for k, v in (data.get("losses") or {}).items() if k not in NOT_LOSSES}
+        losses = {k: v for k, v in data.losses.items() if k not in NOT_LOSSES}
         if not losses:
             return
         if self._segment is None or self._segment[0] != phase or step < self._segment[1]:
@@ -164,20 +162,20 @@ def _follow(
     each new event as ``{"events": [...]}``, and at the end ``{"job", "final": True}``."""
     if job_id is None:
         job = client.start_job(kind, params or {})
-        job_id = int(job["id"])
+        job_id = job.id
         yield {"job": job}
     page = client.events(job_id, since=0)  # the history, in one batch
-    yield {"job": page["job"], "events": page["events"]}
-    if page["job"]["state"] not in TERMINAL:
-        for event in client.stream_events(job_id, since=int(page["next"])):
+    yield {"job": page.job, "events": page.events}
+    if not page.job.ended:
+        for event in client.stream_events(job_id, since=page.next):
             yield {"events": [event]}
     yield {"job": client.job(job_id), "final": True}
 
 
-def _latest_open_job(client: Any) -> dict[str, Any] | None:
+def _latest_open_job(client: Any) -> Job | None:
     """Worker: the newest running (else queued) pretrain or co-training job, if any."""
     for state in ("running", "queued"):
-        jobs = [j for j in client.jobs(state=state) if j["kind"] in KINDS]
+        jobs = [j for j in client.jobs(state=state) if j.kind in KINDS]
         if jobs:
             return jobs[-1]  # type: ignore[no-any-return]
     return None
@@ -209,9 +207,9 @@ class TrainWidget(QWidget):
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
         self.job_id: int | None = None
-        self.job: dict[str, Any] | None = None
+        self.job: Job | None = None
         self.history = JobHistory()
-        self.models: list[dict[str, Any]] = []
+        self.models: list[Model] = []
         self.napari_progress: cancelable_progress | None = None
         self.following = False
         self._token = 0  # events from a worker of an earlier follow are ignored
@@ -382,21 +380,21 @@ class TrainWidget(QWidget):
             return
         if "job" in item:
             self._on_job(item["job"], final=bool(item.get("final")))
-        events = item.get("events") or []
+        events: list[JobEventOut] = item.get("events") or []
         for event in events:
-            self.history.add(event.get("data") or {})
+            self.history.add(event.data)
         if events:
             self._status_pending = True  # the view shows the latest event at its next refresh
             self._schedule_view()
-        if len(events) == 1 and events[0].get("data", {}).get("kind") == "metrics":
+        if len(events) == 1 and events[0].data.kind == "metrics":
             self.refresh_models()  # a co-training round saved its model
 
-    def _on_job(self, job: dict[str, Any], final: bool) -> None:
-        self.job, self.job_id = job, int(job["id"])
+    def _on_job(self, job: Job, final: bool) -> None:
+        self.job, self.job_id = job, job.id
         self._status_pending = False
-        state = job["state"]
-        self.cancel_button.setEnabled(state in ("queued", "running") and not job.get("cancel_requested"))
-        text = f"job {job['id']} ({job['kind']}): {state}"
+        state = job.state
+        self.cancel_button.setEnabled(not job.ended and not job.cancel_requested)
+        text = f"job {job.id} ({job.kind}): {state}"
         if not final:
             self.status.setText(text)
             return
@@ -404,24 +402,22 @@ class TrainWidget(QWidget):
             self.progress.setRange(0, max(1, self.progress.maximum()))
             self.progress.setValue(self.progress.maximum())
             self.status.setText(text)
-            show_info(f"Job {job['id']} ({job['kind']}) finished.")
+            show_info(f"Job {job.id} ({job.kind}) finished.")
         elif state == "failed":
-            error = job.get("error") or "no message"
+            error = job.error or "no message"
             self.status.setText(f"{text}: {error}")
             show_error(
-                f"Job {job['id']} ({job['kind']}) failed: {error}. "
+                f"Job {job.id} ({job.kind}) failed: {error}. "
                 "Fix what the message says, then press Resume (it continues from its last checkpoint) "
                 "or Start a new job."
             )
         elif state == "cancelled":
             self.status.setText(text)
-            show_info(
-                f"Job {job['id']} ({job['kind']}) was cancelled; Resume continues it from its checkpoint."
-            )
+            show_info(f"Job {job.id} ({job.kind}) was cancelled; Resume continues it from its checkpoint.")
         else:
             self.status.setText(text)
             show_warning(
-                f"Job {job['id']} ({job['kind']}) is {state}: the backend stopped while it ran. "
+                f"Job {job.id} ({job.kind}) is {state}: the backend stopped while it ran. "
                 "Press Resume to continue it from its last checkpoint."
             )
         self.refresh_models()
@@ -442,7 +438,7 @@ class TrainWidget(QWidget):
         self.following = False
         self.start_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-        self.resume_button.setEnabled(self.job is not None and self.job["state"] in RESUMABLE)
+        self.resume_button.setEnabled(self.job is not None and self.job.resumable)
         self._close_napari_progress()
 
     def _on_connected(self, client: Any) -> None:
@@ -457,9 +453,9 @@ class TrainWidget(QWidget):
             on_error=lambda exc: None,  # the models refresh already reports an unreachable backend
         )
 
-    def _follow_open_job(self, token: int, job: dict[str, Any] | None) -> None:
+    def _follow_open_job(self, token: int, job: Job | None) -> None:
         if job is not None and token == self._token and not self.following:
-            self.follow(int(job["id"]))
+            self.follow(job.id)
 
     # ------------------------------------------------------------------------------------ view
 
@@ -481,10 +477,10 @@ class TrainWidget(QWidget):
             h = self.history
             if self._view_dirty:
                 self._view_dirty = False
-                if self._status_pending:
+                if self._status_pending and h.last is not None:
                     self._status_pending = False
                     self.status.setText(f"job {self.job_id}: {describe_event(h.last)}")
-                if h.total and (self.job is None or self.job["state"] not in TERMINAL):
+                if h.total and (self.job is None or not self.job.ended):
                     self.progress.setRange(0, h.total)
                     self.progress.setValue(min(h.step, h.total))
                 self.eta.setText(h.eta_text())
@@ -560,10 +556,10 @@ class TrainWidget(QWidget):
 
     def _table_dice(self) -> dict[int, float]:
         dice: dict[int, float] = {}
-        for model in sorted(self.models, key=lambda m: m.get("created_at", 0.0)):
-            value = (model.get("metrics") or {}).get("val_dice")
+        for model in sorted(self.models, key=lambda m: m.created_at):
+            value = model.metrics.get("val_dice")
             if value is not None:
-                dice[int(model["round"])] = float(value)
+                dice[model.round] = float(value)
         return dice
 
     # ------------------------------------------------------------------------------------ models
@@ -574,38 +570,38 @@ class TrainWidget(QWidget):
             return
         run_in_thread(self.session.client.models, on_done=self._show_models)
 
-    def _show_models(self, models: list[dict[str, Any]]) -> None:
+    def _show_models(self, models: list[Model]) -> None:
         selected = self.selected_model()
         self.models = list(models)
         self.session.set_model_id(self.active_model())  # the proposals shown come from the active model
         table = self.models_table
         table.setRowCount(len(self.models))
         for row, model in enumerate(self.models):
-            dice = (model.get("metrics") or {}).get("val_dice")
+            dice = model.metrics.get("val_dice")
             cells = (
-                "●" if model.get("active") else "",
-                str(model["id"]),
-                str(model["round"]),
-                str(model.get("method", "")),
+                "●" if model.active else "",
+                model.id,
+                str(model.round),
+                model.method,
                 "–" if dice is None else f"{float(dice):.3f}",
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(float(model.get("created_at", 0.0)))),
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(model.created_at)),
             )
             for col, text in enumerate(cells):
                 table.setItem(row, col, QTableWidgetItem(text))
-            if model["id"] == selected:
+            if model.id == selected:
                 table.selectRow(row)
         self._redraw_dice()
 
     def active_model(self) -> str | None:
         """The id of the active model, as the table last showed it."""
-        return next((str(m["id"]) for m in self.models if m.get("active")), None)
+        return next((m.id for m in self.models if m.active), None)
 
     def selected_model(self) -> str | None:
         """The id of the model selected in the table, or None."""
         rows = {index.row() for index in self.models_table.selectionModel().selectedRows()}
         if not rows or min(rows) >= len(self.models):
             return None
-        return str(self.models[min(rows)]["id"])
+        return self.models[min(rows)].id
 
     def set_active(self, model_id: str | None = None) -> None:
         """Make ``model_id`` (default: the selected row) the active model: new proposals come from it."""
@@ -617,8 +613,8 @@ class TrainWidget(QWidget):
             show_warning("Connect to a backend in the DiffSeg project widget first.")
             return
 
-        def done(model: dict[str, Any]) -> None:
-            show_info(f"Model {model['id']} is now active: new proposals come from it.")
+        def done(model: Model) -> None:
+            show_info(f"Model {model.id} is now active: new proposals come from it.")
             self.refresh_models()
 
         run_in_thread(self.session.client.activate_model, model_id, on_done=done)
