@@ -17,6 +17,7 @@ if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
 
 from backend_server import Server
 from napari_diffseg.backend.client import DiffsegClient
+from napari_diffseg.base.contracts import Annotation, Image, Model, Proposal
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -69,7 +70,7 @@ def docked(make_napari_viewer, qtbot, server: Server):
     qtbot.waitUntil(lambda: project.table.rowCount() == len(NAMES), timeout=WAIT_MS)
     project.next_button.click()
     qtbot.waitUntil(lambda: project.session.image is not None, timeout=WAIT_MS)
-    assert project.session.image["name"] == "a"
+    assert project.session.image.name == "a"
     _wait_proposal(qtbot, annotate, "a")
     return viewer, project, annotate
 
@@ -118,7 +119,7 @@ def _wait_proposal(qtbot, annotate, name: str) -> None:
 
     def shown() -> bool:
         image = session.image
-        return image is not None and image["name"] == name and annotate.image_id == image["id"]
+        return image is not None and image.name == name and annotate.image_id == image.id
 
     qtbot.waitUntil(shown, timeout=WAIT_MS)
     assert annotate.labels is not None and annotate.labels.name == f"{name} proposal"
@@ -159,7 +160,7 @@ def test_the_proposal_shown_is_the_active_models_and_a_missing_one_is_requested(
         proj.save_proposal("teacher1", "a", np.stack([1 - other, other]), np.full(SIZE, 0.5, np.float32))
         proj.set_active_model("teacher0")
     with Server(root) as server, DiffsegClient(server.url) as client:
-        assert client.proposal("a")["model_id"] == "teacher1"  # without a model id: the newest of any
+        assert client.proposal("a").model_id == "teacher1"  # without a model id: the newest of any
         viewer = make_napari_viewer()
         _w, project = viewer.window.add_plugin_dock_widget("napari-diffseg", "Project")
         _w, annotate = viewer.window.add_plugin_dock_widget("napari-diffseg", "Annotate")
@@ -181,10 +182,10 @@ def test_the_proposal_shown_is_the_active_models_and_a_missing_one_is_requested(
         qtbot.waitUntil(lambda: "proposing" in annotate.current.text(), timeout=WAIT_MS)
         assert "teacher1" in annotate.current.text()
         assert _visible_layers(viewer) == ["b"]  # teacher0's older proposal is not shown as current
-        jobs = [j for j in client.jobs() if j["kind"] == "propose"]
-        assert len(jobs) == 1 and jobs[0]["params"]["ids"] == [project.session.image["id"]]
+        jobs = [j for j in client.jobs() if j.kind == "propose"]
+        assert len(jobs) == 1 and jobs[0].params["ids"] == [project.session.image.id]
         qtbot.waitUntil(lambda: "no proposal shown" in annotate.current.text(), timeout=60_000)
-        assert client.job(jobs[0]["id"])["state"] == "failed"
+        assert client.job(jobs[0].id).state == "failed"
         assert any(f"job {jobs[0]['id']}" in w and "failed" in w for w in warnings), warnings
         assert _visible_layers(viewer) == ["b"] and annotate.image_id is None
 
@@ -213,7 +214,7 @@ def test_saving_a_correction_fills_the_last_edit_dice_column(docked, qtbot, clie
     _edit(annotate)
     annotate.save_button.click()
     qtbot.waitUntil(lambda: _row(project, "a")["state"] == "corrected", timeout=WAIT_MS)
-    dice = client.image("a")["last_edit_dice"]
+    dice = client.image("a").last_edit_dice
     assert dice is not None and 0.0 < dice < 1.0  # the edit changed part of the proposal
     assert _row(project, "a")["last edit Dice"] == f"{dice:.3f}"
     assert _row(project, "b")["last edit Dice"] == ""
@@ -234,10 +235,10 @@ def test_reject_excludes_the_image_opens_the_next_and_can_be_undone(
     assert not annotate.include_button.isEnabled()
 
     annotate.reject_button.click()
-    qtbot.waitUntil(lambda: project.session.image["name"] == "b", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: project.session.image.name == "b", timeout=WAIT_MS)
     assert asked.names == []  # nothing was edited: no question
-    assert client.image("a")["state"] == "excluded"
-    assert client.next_image()["name"] == "b"  # "a" is skipped from now on
+    assert client.image("a").state == "excluded"
+    assert client.next_image().name == "b"  # "a" is skipped from now on
     _wait_proposal(qtbot, annotate, "b")  # b's proposal comes by itself
     assert _layers(viewer) == ["b", "b uncertainty", "b proposal"]  # a's image and proposal layers are gone
     assert annotate.include_button.isEnabled()
@@ -245,9 +246,9 @@ def test_reject_excludes_the_image_opens_the_next_and_can_be_undone(
     qtbot.waitUntil(lambda: _row(project, "a")["state"] == "excluded", timeout=WAIT_MS)
 
     annotate.include_button.click()
-    qtbot.waitUntil(lambda: client.image("a")["state"] == "proposed", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: client.image("a").state == "proposed", timeout=WAIT_MS)
     qtbot.waitUntil(lambda: _row(project, "a")["state"] == "proposed", timeout=WAIT_MS)
-    assert client.next_image()["name"] == "a"
+    assert client.next_image().name == "a"
     assert not annotate.include_button.isEnabled()
 
 
@@ -258,7 +259,7 @@ def test_reject_with_unsaved_edits_asks_first(docked, qtbot, client, asked) -> N
     annotate.reject()
     assert asked.names == ["a proposal"]
     qtbot.wait(500)
-    assert client.image("a")["state"] == "proposed" and project.session.image["name"] == "a"
+    assert client.image("a").state == "proposed" and project.session.image.name == "a"
     assert np.array_equal(annotate.labels.data, edited)
 
 
@@ -273,7 +274,7 @@ def test_unsaved_edits_cancel_keeps_them_and_stays(docked, qtbot, client, asked)
     project.next_button.click()
     assert asked.names == ["a proposal"]
     qtbot.wait(1000)  # nothing may happen
-    assert project.session.image["name"] == "a"
+    assert project.session.image.name == "a"
     assert _image_layer(viewer) is image_layer  # the image was not opened again
     assert annotate.labels in viewer.layers and np.array_equal(annotate.labels.data, edited)
     assert annotate.has_unsaved_edits()
@@ -285,7 +286,7 @@ def test_unsaved_edits_cancel_keeps_them_and_stays(docked, qtbot, client, asked)
     annotate.load_proposal()
     assert asked.names == ["a proposal"] * 3
     qtbot.wait(500)
-    assert project.session.image["name"] == "a" and np.array_equal(annotate.labels.data, edited)
+    assert project.session.image.name == "a" and np.array_equal(annotate.labels.data, edited)
 
 
 def test_unsaved_edits_save_then_switch(docked, qtbot, client, asked) -> None:
@@ -293,10 +294,10 @@ def test_unsaved_edits_save_then_switch(docked, qtbot, client, asked) -> None:
     edited = _edit(annotate)
     asked.answer = "save"
     project.next_button.click()
-    qtbot.waitUntil(lambda: project.session.image["name"] == "b", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: project.session.image.name == "b", timeout=WAIT_MS)
     assert asked.names == ["a proposal"]
     versions = client.annotations("a")
-    assert len(versions) == 1 and versions[0]["kind"] == "correction"
+    assert len(versions) == 1 and versions[0].kind == "correction"
     assert np.array_equal(client.annotation_pixels("a"), edited)
     _wait_proposal(qtbot, annotate, "b")
     assert _layers(viewer) == ["b", "b uncertainty", "b proposal"]  # a's saved proposal layers were closed
@@ -315,7 +316,7 @@ def test_a_failed_save_never_switches(docked, qtbot, client, asked, monkeypatch)
     project.next_button.click()
     qtbot.waitUntil(lambda: any("Not saved" in w for w in warnings), timeout=WAIT_MS)
     qtbot.wait(500)
-    assert project.session.image["name"] == "a" and _image_layer(viewer) is image_layer
+    assert project.session.image.name == "a" and _image_layer(viewer) is image_layer
     assert np.array_equal(annotate.labels.data, edited) and annotate.has_unsaved_edits()
     assert len(client.annotations("a")) == 1  # only the other save
 
@@ -329,7 +330,7 @@ def test_unsaved_edits_discard_switches_and_saves_nothing(docked, qtbot, client,
     assert asked.names == ["a proposal"]
     assert annotate.image_id is None and not annotate.labels.visible  # closed at once
     _wait_proposal(qtbot, annotate, "a")
-    assert project.session.image["name"] == "a"  # still the most uncertain: opened again, fresh
+    assert project.session.image.name == "a"  # still the most uncertain: opened again, fresh
     assert _image_layer(viewer) is image_layer  # reused: new data in the same layer
     assert _layers(viewer) == ["a", "a uncertainty", "a proposal"]
     assert np.array_equal(annotate.labels.data, client.proposal_pixels("a", "mask"))  # the edits are gone
@@ -341,7 +342,7 @@ def test_a_saved_layer_switches_without_asking(docked, qtbot, client, asked) -> 
     _edit(annotate)
     annotate.save()
     project.next_button.click()  # right away: the save in flight holds these edits
-    qtbot.waitUntil(lambda: project.session.image["name"] == "b", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: project.session.image.name == "b", timeout=WAIT_MS)
     assert asked.names == [] and len(client.annotations("a")) == 1
 
 
@@ -380,14 +381,14 @@ def test_opening_images_in_a_row_reuses_the_layers(docked, qtbot, client, asked)
         labels.paint((5, 5), 7)  # an edit in the undo history of the previous image...
         assert labels.data[5, 5] == 7
         labels.undo()  # ...undone (so nothing is unsaved), but still in the redo history
-        client.set_image_state(project.session.image["name"], "excluded")  # Next goes on to `name`
+        client.set_image_state(project.session.image.name, "excluded")  # Next goes on to `name`
         project.next_button.click()
         _wait_proposal(qtbot, annotate, name)
         assert _layers(viewer) == [name, f"{name} uncertainty", f"{name} proposal"]
         assert _image_layer(viewer) is image_layer and annotate.labels is labels
         assert annotate.uncertainty is uncertainty
-        image_id = project.session.image["id"]
-        assert image_layer.rgb and image_layer.metadata["diffseg_image"]["id"] == image_id
+        image_id = project.session.image.id
+        assert image_layer.rgb and image_layer.metadata["diffseg_image"].id == image_id
         assert np.array_equal(image_layer.data, np.moveaxis(client.image_pixels(image_id), 0, -1))
         assert np.array_equal(labels.data, client.proposal_pixels(image_id, "mask"))
         assert np.allclose(uncertainty.data, client.proposal_pixels(image_id, "uncertainty"))
@@ -414,7 +415,7 @@ def test_an_annotated_image_opens_its_latest_annotation(docked, qtbot, client, a
     row = [project.table.item(r, 0).text() for r in range(project.table.rowCount())].index("a")
     project.table.cellDoubleClicked.emit(row, 0)
     qtbot.waitUntil(
-        lambda: project.session.image["name"] == "a" and annotate.image_id is not None, timeout=WAIT_MS
+        lambda: project.session.image.name == "a" and annotate.image_id is not None, timeout=WAIT_MS
     )
     assert annotate.labels.name == "a annotation" and "annotation version 1" in annotate.current.text()
     assert np.array_equal(annotate.labels.data, edited)
@@ -428,12 +429,62 @@ def test_an_annotated_image_opens_its_latest_annotation(docked, qtbot, client, a
     annotate.save()
     qtbot.waitUntil(lambda: annotate.base_version == 2, timeout=WAIT_MS)
     versions = client.annotations("a")
-    assert [v["version"] for v in versions] == [1, 2] and versions[-1]["replaces"] == 1
-    assert versions[-1]["proposal_id"] is None
+    assert [v.version for v in versions] == [1, 2] and versions[-1].replaces == 1
+    assert versions[-1].proposal_id is None
     assert np.array_equal(client.annotation_pixels("a"), again)
 
 
 # ------------------------------------------------------------------------------------------ requests
+
+
+def _model(model_id: str, active: bool) -> Model:
+    return Model(id=model_id, round=0, method="pretrain", metrics={}, active=active, created_at=0.0)
+
+
+def _proposal(proposal_id: int, image_id: str, model_id: str) -> Proposal:
+    return Proposal(
+        id=proposal_id,
+        image_id=image_id,
+        model_id=model_id,
+        classes=2,
+        uncertainty=0.5,
+        file_sha256="0" * 64,
+        created_at=0.0,
+    )
+
+
+def _annotation(image_id: str, version: int) -> Annotation:
+    return Annotation(
+        image_id=image_id,
+        version=version,
+        kind="correction",
+        replaces=None,
+        proposal_id=None,
+        author="",
+        edit_dice=None,
+        pixels_changed=None,
+        labels=1,
+        file_sha256="0" * 64,
+        created_at=0.0,
+    )
+
+
+def _image(image_id: str, state: str, latest_version: int | None) -> Image:
+    return Image(
+        id=image_id,
+        name=image_id,
+        state=state,
+        uncertainty=None,
+        split="train",
+        height=4,
+        width=4,
+        channels=1,
+        dtype="uint8",
+        source="",
+        file_sha256="0" * 64,
+        created_at=0.0,
+        latest_version=latest_version,
+    )
 
 
 class _FakeClient:
@@ -444,15 +495,11 @@ class _FakeClient:
 
     def models(self):
         self.calls.append("models")
-        return [{"id": "teacher0", "active": False}, {"id": "teacher1", "active": True}]
+        return [_model("teacher0", active=False), _model("teacher1", active=True)]
 
     def proposal(self, image_id, model_id=None):
         self.calls.append(f"proposal {model_id}")
-        return (
-            {"id": 9, "image_id": image_id, "model_id": "teacher1"}
-            if model_id in (None, "teacher1")
-            else None
-        )
+        return _proposal(9, image_id, "teacher1") if model_id in (None, "teacher1") else None
 
     def proposal_pixels(self, image_id, part, model_id=None):
         from napari_diffseg.backend.errors import BackendError
@@ -464,7 +511,7 @@ class _FakeClient:
 
     def annotations(self, image_id):
         self.calls.append("annotations")
-        return [{"version": 3}]
+        return [_annotation("x", 3)]
 
     def annotation_pixels(self, image_id, version):
         self.calls.append(f"annotation {version}")
@@ -478,8 +525,8 @@ def test_the_companion_fetch_makes_only_the_needed_requests() -> None:
     from napari_diffseg._widgets.annotate import _load_for_image
 
     client = _FakeClient()
-    out = _load_for_image(client, {"id": "x", "state": "proposed", "latest_version": None}, "teacher1")
-    assert out["kind"] == "proposal" and out["proposal"]["id"] == 9 and out["base_version"] is None
+    out = _load_for_image(client, _image("x", "proposed", None), "teacher1")
+    assert out["kind"] == "proposal" and out["proposal"].id == 9 and out["base_version"] is None
     assert out["mask"].dtype == np.int32 and out["edit"] is not out["mask"] and out["limits"][1] > 0
     assert sorted(client.calls) == [
         "pixels mask teacher1",
@@ -488,16 +535,16 @@ def test_the_companion_fetch_makes_only_the_needed_requests() -> None:
     ]
 
     client.calls.clear()  # a stale cached model: "missing" (the widget then takes the full path)
-    out = _load_for_image(client, {"id": "x", "state": "proposed", "latest_version": None}, "teacher0")
+    out = _load_for_image(client, _image("x", "proposed", None), "teacher0")
     assert out["kind"] == "missing" and "models" not in client.calls
 
     client.calls.clear()  # an annotated image: its latest version, never a proposal request
-    out = _load_for_image(client, {"id": "x", "state": "corrected", "latest_version": 3}, "teacher0")
+    out = _load_for_image(client, _image("x", "corrected", 3), "teacher0")
     assert out["kind"] == "annotation" and out["base_version"] == 3 and out["uncertainty"] is None
     assert np.array_equal(out["edit"], np.full((4, 4), 2)) and "proposal teacher0" not in client.calls
 
     client.calls.clear()  # the model not known yet: asked first
-    out = _load_for_image(client, {"id": "x", "state": "proposed", "latest_version": None}, None, False)
+    out = _load_for_image(client, _image("x", "proposed", None), None, False)
     assert out["active_model"] == "teacher1" and out["kind"] == "proposal" and client.calls[0] == "models"
 
 

@@ -2,7 +2,7 @@
 
 Also the two helpers every widget uses: :func:`run_in_thread` (a backend call off the Qt thread, its result
 delivered to a main-thread handler) and :func:`notify_error` (an exception → a napari notification that
-says what to do).
+says what to do); and :func:`fetch_image`, the worker that opens an image (project and annotate widgets).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import (
     Notification,
@@ -25,9 +26,19 @@ from napari.utils.notifications import (
 )
 from qtpy.QtCore import QObject, Signal
 
+from napari_diffseg._layers import to_display
 from napari_diffseg.backend.errors import AuthError, BackendError, BackendUnavailable
+from napari_diffseg.base.contracts import Image, Job
 
-__all__ = ["FETCH_POOL", "Session", "active_model_id", "notify_error", "run_in_thread", "session_for"]
+__all__ = [
+    "FETCH_POOL",
+    "Session",
+    "active_model_id",
+    "fetch_image",
+    "notify_error",
+    "run_in_thread",
+    "session_for",
+]
 
 FETCH_POOL = ThreadPoolExecutor(max_workers=6, thread_name_prefix="diffseg-fetch")
 """Threads for the HTTP requests a worker makes at the same time (an image's pixels and its proposal)."""
@@ -67,13 +78,13 @@ class Session(QObject):
     def __init__(self) -> None:
         super().__init__()
         self.client: Any = None
-        self.image: dict[str, Any] | None = None
+        self.image: Image | None = None
         self.server: subprocess.Popen[bytes] | None = None
         self.switch_guard: Callable[[Callable[[], None]], None] | None = None
-        self.interrupted_jobs: list[dict[str, Any]] = []
+        self.interrupted_jobs: list[Job] = []
         self.model_id: str | None = None
         self.model_known = False
-        self.companion: Callable[[Any, dict[str, Any], str | None, bool], Any] | None = None
+        self.companion: Callable[[Any, Image, str | None, bool], Any] | None = None
         self.prefetched: tuple[str, Any] | None = None
         # how "Next image" (and Reject → next) picks: "uncertainty" (the most uncertain) or "power"
         self.next_strategy = "uncertainty"
@@ -111,7 +122,7 @@ class Session(QObject):
             on_error=lambda _exc: None,  # the widgets' own refresh on `connected` reports a dead backend
         )
 
-    def _on_interrupted_jobs(self, client: Any, jobs: list[dict[str, Any]]) -> None:
+    def _on_interrupted_jobs(self, client: Any, jobs: list[Job]) -> None:
         if client is not self.client or not jobs:
             return
         self.interrupted_jobs = jobs
@@ -120,10 +131,10 @@ class Session(QObject):
         more = f" ({len(jobs) - 1} older interrupted job(s) too)" if len(jobs) > 1 else ""
         notification_manager.dispatch(
             Notification(
-                f"Job {job['id']} ({job['kind']}) was interrupted: the backend stopped while it ran{more}. "
+                f"Job {job.id} ({job.kind}) was interrupted: the backend stopped while it ran{more}. "
                 "Its last checkpoint is kept: press Resume to continue it from there.",
                 severity=NotificationSeverity.WARNING,
-                actions=[("Resume", lambda _toast: self.resume_job(int(job["id"])))],
+                actions=[("Resume", lambda _toast: self.resume_job(job.id))],
             )
         )
 
@@ -135,15 +146,15 @@ class Session(QObject):
             return
         run_in_thread(self.client.resume_job, int(job_id), on_done=self._on_resumed)
 
-    def _on_resumed(self, job: dict[str, Any]) -> None:
-        self.interrupted_jobs = [j for j in self.interrupted_jobs if j["id"] != job["id"]]
-        show_info(f"Job {job['id']} ({job['kind']}) resumed: it continues from its last checkpoint.")
-        self.follow_job.emit(int(job["id"]))
+    def _on_resumed(self, job: Job) -> None:
+        self.interrupted_jobs = [j for j in self.interrupted_jobs if j.id != job.id]
+        show_info(f"Job {job.id} ({job.kind}) resumed: it continues from its last checkpoint.")
+        self.follow_job.emit(job.id)
 
-    def set_image(self, record: dict[str, Any], prefetched: Any = None) -> None:
+    def set_image(self, record: Image, prefetched: Any = None) -> None:
         """Make ``record`` the image under review; ``prefetched``: what :attr:`companion` fetched with it."""
         self.image = record
-        self.prefetched = (str(record["id"]), prefetched) if prefetched is not None else None
+        self.prefetched = (record.id, prefetched) if prefetched is not None else None
         self.image_opened.emit(record)
 
     def before_switch(self, proceed: Callable[[], None]) -> None:
@@ -186,10 +197,41 @@ def _forget(key: int) -> None:
 
 def active_model_id(client: Any) -> str | None:
     """Worker: the id of the backend's active model (None before there is one)."""
-    return next((str(m["id"]) for m in client.models() if m.get("active")), None)
+    return next((m.id for m in client.models() if m.active), None)
 
 
-def _interrupted_jobs(client: Any) -> list[dict[str, Any]]:
+def fetch_image(
+    client: Any,
+    record: Image | None,
+    companion: Callable[[Any, Image, str | None, bool], Any] | None = None,
+    model: tuple[str | None, bool] = (None, False),
+    strategy: str = "uncertainty",
+) -> tuple[Image, np.ndarray, Any, bool] | None:
+    """Worker: the fresh record (``None`` → ``/next`` with ``strategy``), the pixels of the image to open
+    (as napari shows them) and what ``companion(client, record, *model)`` fetched at the same time (the
+    exception it raised, if it failed: the image is still shown), and whether the pixels are RGB.
+    ``model``: the session's ``(model_id, model_known)``."""
+    if record is None:
+        record = client.next_image(strategy=strategy)
+    else:
+        record = client.image(record.id)
+    if record is None:
+        return None
+    extra = None
+    future = FETCH_POOL.submit(companion, client, record, *model) if companion is not None else None
+    try:
+        data, rgb = to_display(client.image_pixels(record.id))
+        data = np.ascontiguousarray(data)  # a (C, H, W) → (H, W, C) view uploads slower
+    finally:
+        if future is not None:
+            try:
+                extra = future.result()
+            except Exception as exc:  # handed to the main thread, which reports it
+                extra = exc
+    return record, data, extra, rgb
+
+
+def _interrupted_jobs(client: Any) -> list[Job]:
     """Worker: the backend's interrupted jobs, oldest first."""
     return list(client.jobs(state="interrupted"))
 

@@ -30,14 +30,20 @@ import numpy as np
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
-from napari_diffseg._widgets._session import active_model_id, notify_error, run_in_thread, session_for
-from napari_diffseg._widgets.project import _fetch_image, show_image
+from napari_diffseg._widgets._session import (
+    active_model_id,
+    fetch_image,
+    notify_error,
+    run_in_thread,
+    session_for,
+)
+from napari_diffseg._widgets.project import show_image
 from napari_diffseg.backend.errors import BackendError, StaleAnnotation
+from napari_diffseg.base.contracts import Image, Job, SavedAnnotation
 
 __all__ = ["REJECT_HELP", "SAVE_KEY", "AnnotateWidget", "ask_unsaved", "uncertainty_limits"]
 
 JOB_POLL_S = 0.25  # how often a worker asks the backend about a propose job it follows
-_ENDED = ("done", "failed", "cancelled", "interrupted")
 CLOSED_LABELS = "(no proposal)"  # the names of the hidden layers kept for the next image
 CLOSED_UNCERTAINTY = "(no uncertainty)"
 ANNOTATED = ("corrected", "ground_truth")  # image states shown from their latest annotation
@@ -82,7 +88,7 @@ def _proposal_parts(client: Any, image_id: str, model_id: str | None) -> dict[st
         record = client.proposal(image_id)
         if record is None:
             return None
-        model_id = str(record["model_id"])
+        model_id = record.model_id
     else:
         record = None
     parts = {
@@ -107,7 +113,7 @@ def _proposal_parts(client: Any, image_id: str, model_id: str | None) -> dict[st
             "kind": "proposal",
             "image_id": image_id,
             "proposal": record,
-            "model_id": str(record["model_id"]),
+            "model_id": record.model_id,
             "mask": pixels["mask"],
             "uncertainty": pixels["uncertainty"],
         }
@@ -126,7 +132,7 @@ def _prepared(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_for_image(
-    client: Any, record: dict[str, Any], model_id: str | None, model_known: bool = True
+    client: Any, record: Image, model_id: str | None, model_known: bool = True
 ) -> dict[str, Any]:
     """Worker (the session's companion, run while the image's pixels are fetched): what the annotate widget
     shows for a freshly opened image, as ``{"kind": ...}``:
@@ -145,9 +151,9 @@ def _load_for_image(
         result = _load_for_image(client, record, model_id)
         result["active_model"] = model_id
         return result
-    image_id = str(record["id"])
-    latest = record.get("latest_version")
-    if record.get("state") in ANNOTATED and latest is not None:
+    image_id = record.id
+    latest = record.latest_version
+    if record.state in ANNOTATED and latest is not None:
         # model None (no active model): the uncertainty of the image's latest proposal, as shown for it
         unc = _PARTS.submit(client.proposal_pixels, image_id, "uncertainty", model_id=model_id)
         mask = client.annotation_pixels(image_id, int(latest))
@@ -217,21 +223,21 @@ def _proposal_or_request(
             )
     if found is None:
         job = client.job(job_id) if job_id is not None else None
-        if job is None or job["state"] in _ENDED:
+        if job is None or job.ended:
             job = client.request_proposals([image_id], **options)
         yield {"job": job, "model_id": model_id}
-        state = job["state"]
-        while job["state"] not in _ENDED:
+        state = job.state
+        while not job.ended:
             time.sleep(JOB_POLL_S)
-            job = client.job(int(job["id"]))
-            if job["state"] != state:
-                state = job["state"]
+            job = client.job(job.id)
+            if job.state != state:
+                state = job.state
                 yield {"job": job, "model_id": model_id}
-        if job["state"] != "done":
+        if job.state != "done":
             raise BackendError(
                 0,
-                f"the proposal job {job['id']} for this image ended {job['state']}"
-                + (f": {job['error']}" if job.get("error") else "")
+                f"the proposal job {job.id} for this image ended {job.state}"
+                + (f": {job.error}" if job.error else "")
                 + ". Fix what it says (or resume it in the train widget), then press 'Load / request "
                 "proposal'.",
                 "propose_failed",
@@ -240,12 +246,12 @@ def _proposal_or_request(
         if found is None:
             raise BackendError(
                 0,
-                f"the proposal job {job['id']} ended but left no proposal of model {model_id} (was another "
+                f"the proposal job {job.id} ended but left no proposal of model {model_id} (was another "
                 "model made active meanwhile?): press 'Load / request proposal' again.",
                 "no_proposal",
             )
     annotations = versions.result()
-    found["base_version"] = int(annotations[-1]["version"]) if annotations else None
+    found["base_version"] = annotations[-1].version if annotations else None
     return found
 
 
@@ -255,10 +261,10 @@ def _reject_and_next(
     companion: Any = None,
     model: tuple[str | None, bool] = (None, False),
     strategy: str = "uncertainty",
-) -> tuple[dict[str, Any], Any]:
+) -> tuple[Image, Any]:
     """Worker: mark the image excluded, then fetch the next one to review (and its proposal)."""
     rejected = client.set_image_state(image_id, "excluded")
-    return rejected, _fetch_image(client, None, companion, model, strategy)
+    return rejected, fetch_image(client, None, companion, model, strategy)
 
 
 def uncertainty_limits(uncertainty: np.ndarray) -> tuple[float, float]:
@@ -311,7 +317,7 @@ class AnnotateWidget(QWidget):
         self._load_token = 0  # only the latest fetch is shown
         self._propose_jobs: dict[str, int] = {}  # image id → the propose job requested for it
         self._alive = _Alive()  # False once Qt has deleted the widget (a fetch may still be under way)
-        self.last_rejected: dict[str, Any] | None = None
+        self.last_rejected: Image | None = None
         self._clean: np.ndarray | None = None  # the Labels data as last loaded or saved
         self._saving: np.ndarray | None = None  # the data of the save in flight
         self._after_save: list[Callable[[], None]] = []
@@ -361,10 +367,10 @@ class AnnotateWidget(QWidget):
         if self.session.image is not None:
             self._on_image_opened(self.session.image)
 
-    def _on_image_opened(self, record: dict[str, Any]) -> None:
+    def _on_image_opened(self, record: Image) -> None:
         prefetched = self.session.prefetched
         self.session.prefetched = None
-        if self.labels is not None and record["id"] != self.image_id:
+        if self.labels is not None and record.id != self.image_id:
             if self.has_unsaved_edits():  # only reachable around the guard: keep the edits
                 show_warning(
                     f"The edits in layer {self.labels.name!r} are not saved; they stay in that layer: save "
@@ -372,17 +378,17 @@ class AnnotateWidget(QWidget):
                 )
             else:
                 self._close_proposal()
-        self.include_button.setEnabled(record["state"] == "excluded" or self.last_rejected is not None)
-        self.current.setText(f"image: {record['name']} ({record['state']})")
+        self.include_button.setEnabled(record.state == "excluded" or self.last_rejected is not None)
+        self.current.setText(f"image: {record.name} ({record.state})")
         if self.session.client is None or self.has_unsaved_edits():
             return
         self._load_token += 1  # whatever was being fetched for the previous image is not shown
         self._loading = None
-        if prefetched is not None and prefetched[0] == str(record["id"]):
+        if prefetched is not None and prefetched[0] == record.id:
             self._on_loaded(self._load_token, prefetched[1])
         else:  # opened without the companion fetch (e.g. this widget docked later): fetch it now
             token = self._load_token
-            self._loading = str(record["id"])
+            self._loading = record.id
             run_in_thread(
                 _load_for_image,
                 self.session.client,
@@ -406,7 +412,7 @@ class AnnotateWidget(QWidget):
             self.session.set_model_id(result["active_model"])
         if isinstance(result, BaseException) or result.get("kind") == "missing":
             # the full path: it checks that the cached model is still the active one, then proposes
-            self._request_proposal(str(image["id"]), explicit=False)
+            self._request_proposal(image.id, explicit=False)
             return
         self._show_loaded(result)
 
@@ -474,7 +480,7 @@ class AnnotateWidget(QWidget):
         if self.session.client is None or image is None:
             show_warning("Open an image in the DiffSeg project widget first (connect, then 'Next image').")
             return
-        self.session.before_switch(partial(self._request_proposal, image["id"]))
+        self.session.before_switch(partial(self._request_proposal, image.id))
 
     def _request_proposal(self, image_id: str, explicit: bool = True) -> None:
         """Fetch (or have proposed) the proposal of ``image_id`` in a worker; a fetch of the same image
@@ -502,19 +508,19 @@ class AnnotateWidget(QWidget):
 
     def _image_name(self, image_id: str) -> str:
         image = self.session.image
-        return str(image["name"]) if image is not None and image["id"] == image_id else image_id
+        return image.name if image is not None and image.id == image_id else image_id
 
     def _on_proposing(self, token: int, image_id: str, client: Any, item: dict[str, Any]) -> None:
         if client is self.session.client:
             self.session.set_model_id(item["model_id"])
-        job = item.get("job")
+        job: Job | None = item.get("job")
         if job is None:
             return
-        self._propose_jobs[image_id] = int(job["id"])
+        self._propose_jobs[image_id] = job.id
         if token == self._load_token and self._alive.value:
             self.current.setText(
                 f"{self._image_name(image_id)}: no proposal from model {item['model_id']} yet: proposing… "
-                f"(job {job['id']}, {job['state']})"
+                f"(job {job.id}, {job.state})"
             )
 
     def _on_proposal_fetched(self, token: int, result: dict[str, Any]) -> None:
@@ -539,8 +545,8 @@ class AnnotateWidget(QWidget):
         """Show a fetched proposal (``{"proposal", "mask", "uncertainty", "base_version"}``)."""
         result = dict(result)
         result.setdefault("kind", "proposal")
-        result.setdefault("image_id", str(result["proposal"]["image_id"]))
-        result.setdefault("model_id", str(result["proposal"]["model_id"]))
+        result.setdefault("image_id", result["proposal"].image_id)
+        result.setdefault("model_id", result["proposal"].model_id)
         if "edit" not in result:
             result = _prepared(result)
         self._show_loaded(result)
@@ -549,13 +555,13 @@ class AnnotateWidget(QWidget):
         """Show what :func:`_load_for_image` or :func:`_proposal_or_request` fetched: the mask in the
         editable Labels layer, the uncertainty in the Image layer (both reused when they exist)."""
         image_id = result["image_id"]
-        image = self.session.image or {"id": image_id, "name": image_id}
-        if image["id"] != image_id:
+        image = self.session.image
+        if image is not None and image.id != image_id:
             return  # another image was opened meanwhile
         if self.has_unsaved_edits():
             show_warning(f"Not loaded: {self.labels.name} was edited meanwhile; save or revert it first.")
             return
-        name = image["name"]
+        name = image_id if image is None else image.name
         self.image_id = image_id
         self.base_version = result["base_version"]
         self.model_id = result.get("model_id")
@@ -567,7 +573,7 @@ class AnnotateWidget(QWidget):
             what = f"annotation version {result['version']}"
             title = f"{name} annotation"
         else:
-            self.proposal_id = int(result["proposal"]["id"])
+            self.proposal_id = result["proposal"].id
             what = f"proposal {self.proposal_id} of model {self.model_id}"
             title = f"{name} proposal"
         self._set_uncertainty(name, result.get("uncertainty"), result.get("limits"), meta)
@@ -648,8 +654,8 @@ class AnnotateWidget(QWidget):
             on_error=self._on_save_failed,
         )
 
-    def _on_saved(self, image_id: str, mask: np.ndarray, saved: dict[str, Any]) -> None:
-        version = int(saved["version"])
+    def _on_saved(self, image_id: str, mask: np.ndarray, saved: SavedAnnotation) -> None:
+        version = saved.version
         if image_id == self.image_id:
             self.base_version = version
             self._clean = mask
@@ -686,14 +692,14 @@ class AnnotateWidget(QWidget):
             return
         self.session.before_switch(partial(self._reject, image))
 
-    def _reject(self, image: dict[str, Any]) -> None:
+    def _reject(self, image: Image) -> None:
         if self.session.client is None:
             return
         self.reject_button.setEnabled(False)
         run_in_thread(
             _reject_and_next,
             self.session.client,
-            image["id"],
+            image.id,
             self.session.companion,
             (self.session.model_id, self.session.model_known),
             self.session.next_strategy,
@@ -701,14 +707,14 @@ class AnnotateWidget(QWidget):
             on_finish=lambda: self.reject_button.setEnabled(True),
         )
 
-    def _on_rejected(self, result: tuple[dict[str, Any], Any]) -> None:
+    def _on_rejected(self, result: tuple[Image, Any]) -> None:
         rejected, following = result
         self.last_rejected = rejected
         self.include_button.setEnabled(True)
-        if self.image_id == rejected["id"] and not self.has_unsaved_edits():
+        if self.image_id == rejected.id and not self.has_unsaved_edits():
             self._close_proposal()
         show_info(
-            f"Rejected {rejected['name']}: it is excluded from training and from 'Next image'. "
+            f"Rejected {rejected.name}: it is excluded from training and from 'Next image'. "
             "'Include again' undoes it."
         )
         self.session.images_changed.emit()
@@ -718,22 +724,20 @@ class AnnotateWidget(QWidget):
         """Undo a rejection: the image under review if it is excluded, else the last rejected image gets
         back the state its annotations and proposals imply."""
         image = self.session.image
-        target = image if image is not None and image["state"] == "excluded" else self.last_rejected
+        target = image if image is not None and image.state == "excluded" else self.last_rejected
         if self.session.client is None or target is None:
             show_warning("Nothing to include again: no image was rejected.")
             return
-        run_in_thread(
-            self.session.client.set_image_state, target["id"], "included", on_done=self._on_included
-        )
+        run_in_thread(self.session.client.set_image_state, target.id, "included", on_done=self._on_included)
 
-    def _on_included(self, record: dict[str, Any]) -> None:
-        if self.last_rejected is not None and self.last_rejected["id"] == record["id"]:
+    def _on_included(self, record: Image) -> None:
+        if self.last_rejected is not None and self.last_rejected.id == record.id:
             self.last_rejected = None
         image = self.session.image
-        if image is not None and image["id"] == record["id"]:
-            image["state"] = record["state"]
+        if image is not None and image.id == record.id:
+            image.state = record.state
         self.include_button.setEnabled(self.last_rejected is not None)
-        show_info(f"{record['name']} is included again ({record['state']}).")
+        show_info(f"{record.name} is included again ({record.state}).")
         self.session.images_changed.emit()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,9 +30,10 @@ from qtpy.QtWidgets import (
 )
 
 from napari_diffseg._layers import to_display
-from napari_diffseg._widgets._session import FETCH_POOL, Session, notify_error, run_in_thread, session_for
+from napari_diffseg._widgets._session import Session, fetch_image, notify_error, run_in_thread, session_for
 from napari_diffseg.backend.errors import AuthError, BackendUnavailable
-from napari_diffseg.backend.local import start_local_backend
+from napari_diffseg.backend.local import create_project, start_local_backend
+from napari_diffseg.base.contracts import Image
 
 __all__ = ["ImportReport", "ProjectWidget", "ask_create", "show_image", "start_local_backend"]
 
@@ -57,9 +58,7 @@ def ask_create(parent: QWidget | None, folder: Path) -> bool:
 def _create_and_start(folder: Path, create: bool) -> tuple[subprocess.Popen[bytes], str]:
     """Worker: create the project (if asked), then start its local backend."""
     if create:
-        from napari_diffseg.project import Project
-
-        Project.create(folder).close()
+        create_project(folder)
     return start_local_backend(folder)
 
 
@@ -94,7 +93,7 @@ def _upload_all(client: Any, items: Sequence[tuple[str, np.ndarray | Path]]) -> 
         except (BackendError, DiffsegError, OSError, ValueError) as exc:
             report.failed.append((label, _reason(exc)))
             continue
-        (report.added if out["added"] else report.known).append(out["image"]["name"])
+        (report.added if out.added else report.known).append(out.image.name)
     return report
 
 
@@ -102,37 +101,6 @@ def _reason(exc: BaseException) -> str:
     from napari_diffseg.backend.errors import BackendError
 
     return exc.message if isinstance(exc, BackendError) else str(exc)
-
-
-def _fetch_image(
-    client: Any,
-    record: dict[str, Any] | None,
-    companion: Callable[[Any, dict[str, Any], str | None, bool], Any] | None = None,
-    model: tuple[str | None, bool] = (None, False),
-    strategy: str = "uncertainty",
-) -> tuple[dict[str, Any], np.ndarray, Any, bool] | None:
-    """Worker: the fresh record (``None`` → ``/next`` with ``strategy``), the pixels of the image to open
-    (as napari shows them) and what ``companion(client, record, *model)`` fetched at the same time (the
-    exception it raised, if it failed: the image is still shown), and whether the pixels are RGB.
-    ``model``: the session's ``(model_id, model_known)``."""
-    if record is None:
-        record = client.next_image(strategy=strategy)
-    else:
-        record = client.image(record["id"])
-    if record is None:
-        return None
-    extra = None
-    future = FETCH_POOL.submit(companion, client, record, *model) if companion is not None else None
-    try:
-        data, rgb = to_display(client.image_pixels(record["id"]))
-        data = np.ascontiguousarray(data)  # a (C, H, W) → (H, W, C) view uploads slower
-    finally:
-        if future is not None:
-            try:
-                extra = future.result()
-            except Exception as exc:  # handed to the main thread, which reports it
-                extra = exc
-    return record, data, extra, rgb
 
 
 def _unwrap(obj: Any) -> Any:
@@ -152,7 +120,7 @@ def _reusable(layer: Any, data: np.ndarray, rgb: bool) -> bool:
 
 
 def show_image(viewer: Any, session: Session, result: tuple[Any, ...] | None) -> None:
-    """Main thread: show a fetched image (``(record, stored pixels)``, or what :func:`_fetch_image` returns)
+    """Main thread: show a fetched image (``(record, stored pixels)``, or what :func:`~napari_diffseg._widgets._session.fetch_image` returns)
     and make it the image under review; ``None`` (nothing left to review) gives a notification.
 
     The Image layer of the previously opened image is reused (new data, name, contrast): removing layers
@@ -175,11 +143,11 @@ def show_image(viewer: Any, session: Session, result: tuple[Any, ...] | None) ->
         layer.reset_contrast_limits_range()
         layer.reset_contrast_limits()
     else:
-        layer = viewer.add_image(data, name=record["name"], rgb=rgb, metadata={"diffseg_image": record})
+        layer = viewer.add_image(data, name=record.name, rgb=rgb, metadata={"diffseg_image": record})
     for other in list(viewer.layers):
-        if other is not layer and (any(other is o for o in ours) or other.name == record["name"]):
+        if other is not layer and (any(other is o for o in ours) or other.name == record.name):
             viewer.layers.remove(other)
-    layer.name = record["name"]
+    layer.name = record.name
     session.set_image(record, prefetched)
 
 
@@ -195,7 +163,7 @@ class ProjectWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
-        self.images: list[dict[str, Any]] = []
+        self.images: list[Image] = []
         self.last_import: ImportReport | None = None
 
         self.folder = QLineEdit()
@@ -453,16 +421,16 @@ class ProjectWidget(QWidget):
             return
         run_in_thread(self.session.client.images, on_done=self._show_images)
 
-    def _show_images(self, images: list[dict[str, Any]]) -> None:
+    def _show_images(self, images: list[Image]) -> None:
         self.images = list(images)
         self.table.setRowCount(len(self.images))
         for row, rec in enumerate(self.images):
             cells = (
-                rec["name"],
-                rec["state"],
-                _cell(rec.get("uncertainty")),
-                _cell(rec.get("last_edit_dice")),
-                rec["split"],
+                rec.name,
+                rec.state,
+                _cell(rec.uncertainty),
+                _cell(rec.last_edit_dice),
+                rec.split,
             )
             for col, text in enumerate(cells):
                 self.table.setItem(row, col, QTableWidgetItem(str(text)))
@@ -476,19 +444,19 @@ class ProjectWidget(QWidget):
     def _on_next_order(self, _index: int) -> None:
         self.session.next_strategy = str(self.next_order.currentData())
 
-    def open_image(self, record: dict[str, Any] | None) -> None:
+    def open_image(self, record: Image | None) -> None:
         """Open one image (``None``: the backend's next one) as an Image layer, after the annotate widget
         has dealt with unsaved edits of the image under review (it may ask; cancelling keeps them)."""
         if self._require_client() is None:
             return
         self.session.before_switch(partial(self._fetch_and_show, record))
 
-    def _fetch_and_show(self, record: dict[str, Any] | None) -> None:
+    def _fetch_and_show(self, record: Image | None) -> None:
         client = self.session.client
         if client is None:
             return
         run_in_thread(
-            _fetch_image,
+            fetch_image,
             client,
             record,
             self.session.companion,

@@ -1,4 +1,5 @@
-"""A local backend: ``diffseg serve PROJECT`` as a child process on a free loopback port.
+"""A local backend: ``diffseg serve PROJECT`` as a child process on a free loopback port, and the creation
+of a new project folder for it.
 
 Used by the project dock widget ("Start local backend") and by ``diffseg demo``. No Qt.
 """
@@ -16,7 +17,19 @@ from pathlib import Path
 
 from napari_diffseg.backend.errors import BackendUnavailable
 
-__all__ = ["start_local_backend", "stop_local_backend"]
+__all__ = ["create_project", "start_local_backend", "stop_local_backend"]
+
+
+def create_project(path: str | os.PathLike[str]) -> Path:
+    """Create a new, empty project in ``path`` (a new or empty folder) for a local backend to serve.
+
+    Raises:
+        DataError: ``path`` is a file, a non-empty folder, or already a project.
+    """
+    from napari_diffseg.project import Project
+
+    Project.create(path).close()
+    return Path(path)
 
 
 def _free_port() -> int:
