@@ -161,7 +161,7 @@ def run_arm(args: argparse.Namespace) -> dict:
     import torch
 
     from napari_diffseg.backend.jobs import execute_job, start_job
-    from napari_diffseg.backend.params import preset_for
+    from napari_diffseg.base.contracts import parse_job_params
     from napari_diffseg.base.presets import get_preset
     from napari_diffseg.core.acquisition import acquire
     from napari_diffseg.core.device import choose_device
@@ -188,7 +188,7 @@ def run_arm(args: argparse.Namespace) -> dict:
     overrides = {k: getattr(args, k) for k in OVERRIDES} if args.preset == "cpu" else {}
     params = {"preset": args.preset, "overrides": overrides, "seed": args.seed, "device": args.device}
     device = choose_device(args.device)
-    preset = preset_for(params)
+    preset = parse_job_params("cotrain", params).resolve_preset()
     rounds_out: list[dict] = []
     result = {
         "dataset": args.dataset,

@@ -53,25 +53,23 @@ def test_kill9_during_cotrain_then_restart_check_and_resume(tmp_path: Path) -> N
 
         # kill the backend once co-training is under way and has checkpointed
         def checkpointed() -> bool:
-            events = client.events(job["id"])["events"]
+            events = client.events(job.id).events
             return any(
-                e["data"]["kind"] == "checkpoint"
-                and e["data"]["phase"] == "cotrain"
-                and e["data"]["step"] >= 10
+                e.data.kind == "checkpoint" and e.data.phase == "cotrain" and e.data.step >= 10
                 for e in events
             )  # by step 10 the checkpoint also holds refreshed pseudo-labels
 
         _wait_for(checkpointed, 120, "a co-training checkpoint")
         # a save while the job runs: the resumed job keeps training on the data it started with
         mask = rng.integers(0, 2, (64, 64), dtype=np.uint8)
-        version = client.save_annotation("train_003", mask, replaces=None)["version"]
+        version = client.save_annotation("train_003", mask, replaces=None).version
         saved[("train_003", version)] = mask
-        worker_pid = client.job(job["id"])["pid"]
-        assert worker_pid and client.job(job["id"])["state"] == "running"
+        worker_pid = client.job(job.id).pid
+        assert worker_pid and client.job(job.id).state == "running"
         last_ckpt = max(
-            e["data"]["step"]
-            for e in client.events(job["id"])["events"]
-            if e["data"]["kind"] == "checkpoint" and e["data"]["phase"] == "cotrain"
+            e.data.step
+            for e in client.events(job.id).events
+            if e.data.kind == "checkpoint" and e.data.phase == "cotrain"
         )
         client.close()
         server.kill()
@@ -81,7 +79,7 @@ def test_kill9_during_cotrain_then_restart_check_and_resume(tmp_path: Path) -> N
         report = _diffseg_check(root)
         assert report.returncode == 0, report.stdout + report.stderr
         with Project.open(root) as project:
-            assert project.job(job["id"]).state == "running"  # nobody has looked yet
+            assert project.job(job.id).state == "running"  # nobody has looked yet
             for (ref, version), mask in saved.items():
                 assert np.array_equal(project.load_annotation(ref, version), mask)
             assert project.annotation("train_001", 2).author == "before-kill"
@@ -89,23 +87,19 @@ def test_kill9_during_cotrain_then_restart_check_and_resume(tmp_path: Path) -> N
         # a new backend marks the job interrupted; resume finishes it from its checkpoint
         server = Server(root).start()
         client = DiffsegClient(server.url)
-        assert client.job(job["id"])["state"] == "interrupted"
+        assert client.job(job.id).state == "interrupted"
         for (ref, version), mask in saved.items():
             assert np.array_equal(client.annotation_pixels(ref, version), mask)
-        seen = client.events(job["id"])["next"]
-        assert client.resume_job(job["id"])["state"] == "queued"
-        after = list(client.stream_events(job["id"], since=seen))
-        final = client.job(job["id"])
-        assert final["state"] == "done", final["error"]
-        steps = [
-            e["data"]["step"]
-            for e in after
-            if e["data"]["kind"] == "progress" and e["data"]["phase"] == "cotrain"
-        ]
+        seen = client.events(job.id).next
+        assert client.resume_job(job.id).state == "queued"
+        after = list(client.stream_events(job.id, since=seen))
+        final = client.job(job.id)
+        assert final.state == "done", final.error
+        steps = [e.data.step for e in after if e.data.kind == "progress" and e.data.phase == "cotrain"]
         assert steps and steps[0] > last_ckpt >= 5  # continued from the checkpoint, not from step 0
-        models = {m["id"]: m for m in client.models()}
-        new = [m for m in models.values() if m["id"].endswith(f"job{job['id']}")]
-        assert len(new) == 1 and new[0]["active"]
+        models = {m.id: m for m in client.models()}
+        new = [m for m in models.values() if m.id.endswith(f"job{job.id}")]
+        assert len(new) == 1 and new[0].active
         client.close()
     finally:
         server.stop()
@@ -120,14 +114,14 @@ def test_cancel_running_job_then_resume(tmp_path: Path) -> None:
             "cotrain", {**COTRAIN, "overrides": {"cotrain_steps": 30, "checkpoint_every": 5}}
         )
         _wait_for(
-            lambda: any(e["data"]["phase"] == "cotrain" for e in client.events(job["id"])["events"]),
+            lambda: any(e.data.phase == "cotrain" for e in client.events(job.id).events),
             120,
             "co-training to start",
         )
-        assert client.cancel_job(job["id"])["cancel_requested"] in (True, False)
-        stopped = client.wait(job["id"], timeout=60)
-        assert stopped["state"] == "cancelled" and "checkpoint" in stopped["error"]
-        assert client.resume_job(job["id"])["state"] == "queued"
-        assert client.wait(job["id"], timeout=120)["state"] == "done"
+        assert client.cancel_job(job.id).cancel_requested in (True, False)
+        stopped = client.wait(job.id, timeout=60)
+        assert stopped.state == "cancelled" and "checkpoint" in stopped.error
+        assert client.resume_job(job.id).state == "queued"
+        assert client.wait(job.id, timeout=120).state == "done"
         with pytest.raises(Exception, match="already done"):
-            client.cancel_job(job["id"])
+            client.cancel_job(job.id)

@@ -50,37 +50,37 @@ def client(server: Server) -> DiffsegClient:
 
 
 def test_excluding_skips_the_image_in_next_and_including_restores_its_state(client: DiffsegClient) -> None:
-    assert client.next_image()["name"] == "proposed"
+    assert client.next_image().name == "proposed"
     rejected = client.set_image_state("proposed", "excluded")
-    assert rejected["name"] == "proposed" and rejected["state"] == "excluded"
-    assert client.image("proposed")["state"] == "excluded"
-    assert [r["name"] for r in client.images(state="excluded")] == ["proposed"]
-    assert client.next_image()["name"] != "proposed"  # the rejected image is skipped
+    assert rejected.name == "proposed" and rejected.state == "excluded"
+    assert client.image("proposed").state == "excluded"
+    assert [r.name for r in client.images(state="excluded")] == ["proposed"]
+    assert client.next_image().name != "proposed"  # the rejected image is skipped
 
     restored = client.set_image_state("proposed", "included")
-    assert restored["state"] == "proposed"  # it has a proposal
-    assert client.next_image()["name"] == "proposed"
+    assert restored.state == "proposed"  # it has a proposal
+    assert client.next_image().name == "proposed"
 
 
 @pytest.mark.parametrize(("name", "implied"), [("plain", "unlabeled"), ("gt", "ground_truth")])
 def test_including_gives_back_the_state_the_data_implies(
     client: DiffsegClient, name: str, implied: str
 ) -> None:
-    assert client.set_image_state(name, "excluded")["state"] == "excluded"
-    assert client.set_image_state(name, "included")["state"] == implied
-    assert client.set_image_state(name, "included")["state"] == implied  # idempotent
+    assert client.set_image_state(name, "excluded").state == "excluded"
+    assert client.set_image_state(name, "included").state == implied
+    assert client.set_image_state(name, "included").state == implied  # idempotent
 
 
 def test_saving_a_correction_includes_an_excluded_image(client: DiffsegClient) -> None:
     client.set_image_state("quiet", "excluded")
     client.save_annotation("quiet", np.zeros((24, 32), np.uint8), replaces=None)
-    assert client.image("quiet")["state"] == "corrected"
+    assert client.image("quiet").state == "corrected"
     client.set_image_state("quiet", "excluded")
-    assert client.set_image_state("quiet", "included")["state"] == "corrected"
+    assert client.set_image_state("quiet", "included").state == "corrected"
 
 
 def test_bad_state_requests_are_refused_and_change_nothing(client: DiffsegClient, server: Server) -> None:
-    before = {r["name"]: r["state"] for r in client.images()}
+    before = {r.name: r.state for r in client.images()}
     with pytest.raises(BackendError) as err:
         client.set_image_state("plain", "corrected")  # only excluded / included may be set
     assert err.value.status == 422
@@ -89,10 +89,10 @@ def test_bad_state_requests_are_refused_and_change_nothing(client: DiffsegClient
     assert err.value.status == 404 and "GET /images" in err.value.message
     raw = httpx.post(server.url + "/api/v1/images/plain/state", json={"state": "excluded", "x": 1})
     assert raw.status_code == 422  # unknown fields are refused
-    assert {r["name"]: r["state"] for r in client.images()} == before
+    assert {r.name: r.state for r in client.images()} == before
 
 
 def test_the_endpoint_is_in_the_openapi_schema(server: Server) -> None:
     schema = httpx.get(server.url + "/openapi.json").json()
     op = schema["paths"]["/api/v1/images/{ref}/state"]["post"]
-    assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ImageOut")
+    assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Image")

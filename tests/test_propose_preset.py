@@ -52,8 +52,8 @@ def test_propose_uses_the_active_models_preset(project: Path, monkeypatch: pytes
 
 
 def test_model_preset_tolerates_old_or_odd_configs() -> None:
-    assert jobs._model_preset({}) is None
-    assert jobs._model_preset({"preset": "tiny"}) is None
-    assert jobs._model_preset({"preset": {"name": "x", "batch_size": 0}}) is None
+    assert Preset.from_config({}) is None
+    assert Preset.from_config({"preset": "tiny"}) is None
+    assert Preset.from_config({"preset": {"name": "x", "batch_size": 0}}) is None
     tiny = get_preset("tiny")
-    assert jobs._model_preset({"preset": tiny.to_dict()}) == tiny
+    assert Preset.from_config({"preset": tiny.to_dict()}) == tiny

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .base.contracts import PRESET_NAMES
 from .base.progress import EventBars
 
 app = typer.Typer(
@@ -23,6 +24,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _preset_name(value: str) -> str:
+    """Parse ``--preset``: one of :data:`~napari_diffseg.base.contracts.PRESET_NAMES`, else a one-line error."""
+    if value not in PRESET_NAMES:
+        from .base.errors import ConfigError
+
+        raise ConfigError(f"unknown preset {value!r}; choose one of {', '.join(PRESET_NAMES)}.")
+    return value
+
+
+def _preset_option(help: str) -> Any:
+    """A ``--preset`` option whose choices come from the presets themselves."""
+    return typer.Option(parser=_preset_name, metavar="|".join(PRESET_NAMES), help=help)
 
 
 def _threads(n: int | None) -> None:
@@ -39,7 +54,7 @@ def experiment(
         float, typer.Option("--labeled-fraction", "-f", help="fraction of train images labeled")
     ],
     method: Annotated[str, typer.Option(help="diffseg | supervised | mean-teacher | cps")] = "diffseg",
-    preset: Annotated[str, typer.Option(help="tiny | cpu | gpu")] = "cpu",
+    preset: Annotated[str, _preset_option("compute budget")] = "cpu",
     seed: Annotated[
         int, typer.Option(help="seed for the subset, initialisation, augmentation, sampling")
     ] = 0,
@@ -382,14 +397,17 @@ def images_(
         typer.echo(f"{r.id:16}  {r.name:{width}}  {r.state:12}  {unc:>11}  {r.split}")
 
 
-def _run_job(project: Path, kind: str, params: dict, quiet: bool, as_json: bool) -> None:
+def _run_job(project: Path, kind: str, params: dict[str, Any], quiet: bool, as_json: bool) -> None:
+    """Validate ``params`` as the typed parameters of a ``kind`` job, record it, run it here."""
     from .backend.jobs import execute_job, start_job
+    from .base.contracts import CotrainParams, parse_job_params
     from .project import Project
 
+    typed = parse_job_params(kind, params)
     with Project.open(project) as proj:
-        job_id = start_job(proj, kind, params)
+        job_id = start_job(proj, kind, typed)
         record = proj.job(job_id)
-    if int(params.get("nproc", 1)) > 1:
+    if isinstance(typed, CotrainParams) and typed.nproc > 1:
         # several processes under torchrun (DDP): the same worker the backend launches
         import subprocess
 
@@ -425,7 +443,7 @@ def _run_job(project: Path, kind: str, params: dict, quiet: bool, as_json: bool)
 @app.command()
 def pretrain(
     project: Annotated[Path, typer.Argument(help="project folder")],
-    preset: Annotated[str, typer.Option(help="tiny | cpu | gpu")] = "cpu",
+    preset: Annotated[str, _preset_option("compute budget")] = "cpu",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
@@ -446,7 +464,12 @@ def propose(
     steps: Annotated[int | None, typer.Option(help="DDIM steps S")] = None,
     samples: Annotated[int | None, typer.Option(help="samples E per image")] = None,
     rounds: Annotated[int | None, typer.Option(help="chained rounds R")] = None,
-    preset: Annotated[str, typer.Option(help="defaults for S, E, R and tiling")] = "cpu",
+    preset: Annotated[
+        str | None,
+        _preset_option(
+            "defaults for S, E, R and tiling (default: the preset the active model was trained with)"
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
@@ -454,10 +477,8 @@ def propose(
 ) -> None:
     """Teacher pseudo-labels with uncertainty for images, from the active model."""
     _threads(threads)
-    params: dict[str, Any] = {"preset": preset, "device": device}
-    for k, v in (("ids", ids), ("steps", steps), ("samples", samples), ("rounds", rounds)):
-        if v:
-            params[k] = v
+    given = {"ids": ids, "steps": steps, "samples": samples, "rounds": rounds, "preset": preset}
+    params: dict[str, Any] = {"device": device, **{k: v for k, v in given.items() if v is not None}}
     _run_job(project, "propose", params, quiet, as_json)
 
 
@@ -465,7 +486,7 @@ def propose(
 def cotrain(
     project: Annotated[Path, typer.Argument(help="project folder")],
     rounds: Annotated[int, typer.Option(help="co-training rounds")] = 1,
-    preset: Annotated[str, typer.Option(help="tiny | cpu | gpu")] = "cpu",
+    preset: Annotated[str, _preset_option("compute budget")] = "cpu",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,

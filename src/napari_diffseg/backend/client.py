@@ -3,14 +3,15 @@
 ::
 
     with DiffsegClient("http://127.0.0.1:8765", token=None) as client:
-        image = client.upload_image(array, name="cells-01")
-        pixels = client.image_pixels(image["id"])
-        saved = client.save_annotation(image["id"], mask, replaces=None)
+        upload = client.upload_image(array, name="cells-01")
+        pixels = client.image_pixels(upload.image.id)
+        saved = client.save_annotation(upload.image.id, mask, replaces=None)
         job = client.start_job("cotrain", {"preset": "tiny"})
-        for event in client.stream_events(job["id"]):
-            print(event["data"]["kind"], event["data"].get("step"))
+        for event in client.stream_events(job.id):
+            print(event.data.kind, event.data.step)
 
-Records come back as dicts (the JSON of the API's models, see ``/openapi.json``), pixels as numpy arrays.
+Records come back as the typed models of :mod:`napari_diffseg.base.contracts` (the same ones the server
+answers with, see ``/openapi.json``), pixels as numpy arrays.
 Failures raise :mod:`napari_diffseg.backend.errors` exceptions: :class:`BackendUnavailable` (not
 reachable, after ``retries`` attempts with backoff), :class:`AuthError` (401), :class:`StaleAnnotation`
 (409 on a save, with ``.current``), :class:`BackendError` (anything else, with ``.status`` and the server's
@@ -20,28 +21,60 @@ be made at all, so a save is never applied twice.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 import numpy as np
+from httpx_sse import connect_sse
+from pydantic import BaseModel
+from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from napari_diffseg.backend import codec
 from napari_diffseg.backend.errors import AuthError, BackendError, BackendUnavailable, StaleAnnotation
+from napari_diffseg.base.contracts import (
+    Annotation,
+    CotrainParams,
+    EventsPage,
+    Health,
+    Image,
+    ImageUpload,
+    Job,
+    JobEventOut,
+    Model,
+    PretrainParams,
+    ProjectInfo,
+    Proposal,
+    ProposeParams,
+    SavedAnnotation,
+)
 
 __all__ = ["DiffsegClient"]
 
-Record = dict[str, Any]
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _backoff(retry: int) -> float:
+    """Seconds to wait before retry ``retry`` (0, 1, 2...): 0.25, 0.5, 1, 2, 2..."""
+    return min(2.0, 0.25 * 2**retry)
+
+
+class _Busy(Exception):
+    """A 503 answer to an idempotent request: retried, and returned as it is when retries run out."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__("503")
+        self.response = response
+
+
 ArrayOrPath = np.ndarray | str | os.PathLike[str]
 _API = "/api/v1"
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 _IDEMPOTENT = ("GET", "HEAD")
-_TERMINAL = ("done", "failed", "cancelled", "interrupted")
 
 
 class DiffsegClient:
@@ -97,28 +130,50 @@ class DiffsegClient:
         raise BackendError(resp.status_code, message, code)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send a request, retrying connection failures (and, for GET, dropped connections and 503)."""
-        attempt = 0
-        while True:
-            try:
-                resp = self._http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                retryable = isinstance(exc, _NOT_SENT) or method in _IDEMPOTENT
-                if not retryable or attempt >= self.retries:
-                    raise BackendUnavailable(
-                        0,
-                        f"cannot reach the diffseg backend at {self.base_url} ({type(exc).__name__}: {exc}); "
-                        "is `diffseg serve` running there?",
-                    ) from exc
-            else:
-                if not (resp.status_code == 503 and method in _IDEMPOTENT and attempt < self.retries):
-                    self._raise_for(resp)
-                    return resp
-            time.sleep(min(2.0, 0.25 * 2**attempt))
-            attempt += 1
+        """Send a request, retrying (with backoff) connection failures and, for GET, dropped connections
+        and 503 answers; a POST that may have reached the server is never sent twice."""
+        idempotent = method in _IDEMPOTENT
+
+        def send() -> httpx.Response:
+            resp = self._http.request(method, path, **kwargs)
+            if resp.status_code == 503 and idempotent:
+                raise _Busy(resp)
+            return resp
+
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, _NOT_SENT) or (
+                idempotent and isinstance(exc, httpx.TransportError | _Busy)
+            )
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=lambda state: _backoff(state.attempt_number - 1),
+            retry=retry_if_exception(retryable),
+            reraise=True,
+        )
+        try:
+            resp = retrying(send)
+        except _Busy as busy:
+            resp = busy.response
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(
+                0,
+                f"cannot reach the diffseg backend at {self.base_url} ({type(exc).__name__}: {exc}); "
+                "is `diffseg serve` running there?",
+            ) from exc
+        self._raise_for(resp)
+        return resp
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
+
+    def _one(self, model: type[_M], method: str, path: str, **kwargs: Any) -> _M:
+        """One record of type ``model`` from the JSON answer."""
+        return model.model_validate(self._json(method, path, **kwargs))
+
+    def _many(self, model: type[_M], method: str, path: str, **kwargs: Any) -> list[_M]:
+        """A list of records of type ``model`` from the JSON answer."""
+        return [model.model_validate(item) for item in self._json(method, path, **kwargs)]
 
     @staticmethod
     def _array(resp: httpx.Response) -> np.ndarray:
@@ -137,33 +192,34 @@ class DiffsegClient:
 
     # -------------------------------------------------------------------------------------- project
 
-    def health(self) -> Record:
+    def health(self) -> Health:
         """``{"status": "ok", "version", "jobs_running", "jobs_queued"}``."""
-        return self._json("GET", "/health")  # type: ignore[no-any-return]
+        return self._one(Health, "GET", "/health")
 
-    def project(self) -> Record:
+    def project(self) -> ProjectInfo:
         """Counts, schema version, images per state, active model, upload limits."""
-        return self._json("GET", "/project")  # type: ignore[no-any-return]
+        return self._one(ProjectInfo, "GET", "/project")
 
     # -------------------------------------------------------------------------------------- images
 
-    def images(self, state: str | None = None, split: str | None = None) -> list[Record]:
+    def images(self, state: str | None = None, split: str | None = None) -> list[Image]:
         """Every image (optionally of one state / split) with state, uncertainty, last edit Dice."""
         params = {k: v for k, v in (("state", state), ("split", split)) if v is not None}
-        return self._json("GET", "/images", params=params)  # type: ignore[no-any-return]
+        return self._many(Image, "GET", "/images", params=params)
 
-    def image(self, ref: str) -> Record:
+    def image(self, ref: str) -> Image:
         """One image by id or unique name."""
-        return self._json("GET", f"/images/{_ref(ref)}")  # type: ignore[no-any-return]
+        return self._one(Image, "GET", f"/images/{_ref(ref)}")
 
-    def upload_image(self, image: ArrayOrPath, name: str | None = None, split: str = "train") -> Record:
-        """Upload an array or a .npy/.tif/.png file; returns ``{"image": {...}, "added": bool}``."""
+    def upload_image(self, image: ArrayOrPath, name: str | None = None, split: str = "train") -> ImageUpload:
+        """Upload an array or a .npy/.tif/.png file; returns the image and whether it was new (``added``)."""
         if name is None:
             if isinstance(image, np.ndarray):
                 raise ValueError("pass a name for an uploaded array")
             name = Path(image).stem
         content, media = self._body(image)
-        return self._json(  # type: ignore[no-any-return]
+        return self._one(
+            ImageUpload,
             "POST",
             "/images",
             params={"name": name, "split": split},
@@ -175,27 +231,25 @@ class DiffsegClient:
         """The stored pixels ``(C, H, W)`` in their original dtype."""
         return self._array(self._request("GET", f"/images/{_ref(ref)}/pixels"))
 
-    def set_image_state(self, ref: str, state: str) -> Record:
+    def set_image_state(self, ref: str, state: str) -> Image:
         """``"excluded"``: reject an image (no training, skipped by :meth:`next_image`); ``"included"``:
         undo that (back to the state its annotations and proposals imply). Returns the updated image."""
-        return self._json(  # type: ignore[no-any-return]
-            "POST", f"/images/{_ref(ref)}/state", json={"state": state}
-        )
+        return self._one(Image, "POST", f"/images/{_ref(ref)}/state", json={"state": state})
 
-    def next_image(self, split: str | None = None, strategy: str = "uncertainty") -> Record | None:
+    def next_image(self, split: str | None = None, strategy: str = "uncertainty") -> Image | None:
         """The image to review next (highest uncertainty; ``strategy="power"``: a draw weighted by it), or
         None when every image is reviewed."""
         params = {"split": split} if split else {}
         if strategy != "uncertainty":
             params["strategy"] = strategy
         resp = self._request("GET", "/next", params=params or None)
-        return None if resp.status_code == 204 else resp.json()
+        return None if resp.status_code == 204 else Image.model_validate(resp.json())
 
     # -------------------------------------------------------------------------------------- annotations
 
-    def annotations(self, ref: str) -> list[Record]:
+    def annotations(self, ref: str) -> list[Annotation]:
         """Every annotation version of an image, oldest first."""
-        return self._json("GET", f"/images/{_ref(ref)}/annotations")  # type: ignore[no-any-return]
+        return self._many(Annotation, "GET", f"/images/{_ref(ref)}/annotations")
 
     def annotation_pixels(self, ref: str, version: int | None = None) -> np.ndarray | None:
         """One version's label mask (default: the latest); None when the image has no annotation."""
@@ -203,7 +257,7 @@ class DiffsegClient:
             versions = self.annotations(ref)
             if not versions:
                 return None
-            version = int(versions[-1]["version"])
+            version = versions[-1].version
         return self._array(self._request("GET", f"/images/{_ref(ref)}/annotations/{int(version)}/pixels"))
 
     def save_annotation(
@@ -215,8 +269,8 @@ class DiffsegClient:
         kind: str = "correction",
         proposal_id: int | None = None,
         author: str = "",
-    ) -> Record:
-        """Save a new annotation version; returns ``{"version", "annotation"}``.
+    ) -> SavedAnnotation:
+        """Save a new annotation version; returns it (``.version``, ``.annotation``).
 
         Raises:
             StaleAnnotation: ``replaces`` is not the latest version any more (``.current`` says which is).
@@ -227,7 +281,8 @@ class DiffsegClient:
             params["replaces"] = int(replaces)
         if proposal_id is not None:
             params["proposal_id"] = int(proposal_id)
-        return self._json(  # type: ignore[no-any-return]
+        return self._one(
+            SavedAnnotation,
             "POST",
             f"/images/{_ref(ref)}/annotations",
             params=params,
@@ -237,11 +292,14 @@ class DiffsegClient:
 
     # -------------------------------------------------------------------------------------- proposals
 
-    def proposal(self, ref: str, model_id: str | None = None) -> Record | None:
+    def proposal(self, ref: str, model_id: str | None = None) -> Proposal | None:
         """The latest proposal's record for an image, or None when it has none."""
         try:
-            return self._json(  # type: ignore[no-any-return]
-                "GET", f"/images/{_ref(ref)}/proposal", params={"model_id": model_id} if model_id else None
+            return self._one(
+                Proposal,
+                "GET",
+                f"/images/{_ref(ref)}/proposal",
+                params={"model_id": model_id} if model_id else None,
             )
         except BackendError as exc:
             if exc.code == "no_proposal":
@@ -265,7 +323,7 @@ class DiffsegClient:
         preset: str | None = None,
         seed: int | None = None,
         device: str | None = None,
-    ) -> Record:
+    ) -> Job:
         """Start a ``propose`` job (default: every unreviewed image); returns the job."""
         body = {
             k: v
@@ -280,63 +338,74 @@ class DiffsegClient:
             )
             if v is not None
         }
-        return self._json("POST", "/proposals", json=body)  # type: ignore[no-any-return]
+        return self._one(Job, "POST", "/proposals", json=body)
 
     # -------------------------------------------------------------------------------------- jobs
 
-    def start_job(self, kind: str, params: dict[str, Any] | None = None) -> Record:
-        """Queue a ``pretrain`` / ``propose`` / ``cotrain`` job; returns it (state ``queued``)."""
-        return self._json("POST", "/jobs", json={"kind": kind, "params": params or {}})  # type: ignore[no-any-return]
+    def start_job(
+        self, kind: str, params: dict[str, Any] | PretrainParams | ProposeParams | CotrainParams | None = None
+    ) -> Job:
+        """Queue a ``pretrain`` / ``propose`` / ``cotrain`` job; returns it (state ``queued``).
 
-    def jobs(self, state: str | None = None) -> list[Record]:
+        ``params`` is a JSON dict or the typed parameters (:data:`~napari_diffseg.base.contracts.JobParams`);
+        the server validates them either way."""
+        body = (
+            params.stored() if isinstance(params, PretrainParams | ProposeParams | CotrainParams) else params
+        )
+        return self._one(Job, "POST", "/jobs", json={"kind": kind, "params": body or {}})
+
+    def jobs(self, state: str | None = None) -> list[Job]:
         """Every job, oldest first."""
-        return self._json("GET", "/jobs", params={"state": state} if state else None)  # type: ignore[no-any-return]
+        return self._many(Job, "GET", "/jobs", params={"state": state} if state else None)
 
-    def job(self, job_id: int) -> Record:
+    def job(self, job_id: int) -> Job:
         """One job."""
-        return self._json("GET", f"/jobs/{int(job_id)}")  # type: ignore[no-any-return]
+        return self._one(Job, "GET", f"/jobs/{int(job_id)}")
 
-    def events(self, job_id: int, since: int = 0, limit: int | None = None) -> Record:
-        """``{"job", "events", "next"}``: events after the cursor ``since``; poll again with ``since=next``."""
+    def events(self, job_id: int, since: int = 0, limit: int | None = None) -> EventsPage:
+        """The job and its events after the cursor ``since``; poll again with ``since=page.next``."""
         params: dict[str, int] = {"since": int(since)}
         if limit is not None:
             params["limit"] = int(limit)
-        return self._json("GET", f"/jobs/{int(job_id)}/events", params=params)  # type: ignore[no-any-return]
+        return self._one(EventsPage, "GET", f"/jobs/{int(job_id)}/events", params=params)
 
-    def stream_events(self, job_id: int, since: int = 0) -> Iterator[Record]:
-        """Yield a job's events (``{"job_id", "seq", "time", "data"}``) as they happen, starting after
-        ``since``; returns when the job has ended. A dropped stream is reopened where it stopped."""
+    def stream_events(self, job_id: int, since: int = 0) -> Iterator[JobEventOut]:
+        """Yield a job's events as they happen (server-sent events, read with httpx-sse), starting after
+        ``since``; returns when the job has ended. A dropped stream is reopened where it stopped (after
+        ``retries`` failed reopenings without a new event, :class:`BackendUnavailable`)."""
         cursor = int(since)
-        attempt = 0
+        failures = 0
         while True:
             try:
-                with self._http.stream(
+                with connect_sse(
+                    self._http,
                     "GET",
                     f"/jobs/{int(job_id)}/stream",
                     params={"since": cursor},
                     timeout=httpx.Timeout(self.timeout, read=max(60.0, self.timeout)),
-                ) as resp:
-                    if resp.status_code >= 400:
-                        resp.read()
-                        self._raise_for(resp)
-                    for name, data in _parse_sse(resp.iter_lines()):
-                        attempt = 0
-                        if name == "end":
+                ) as source:
+                    if source.response.status_code >= 400:
+                        source.response.read()
+                        self._raise_for(source.response)
+                    for sse in source.iter_sse():
+                        failures = 0
+                        if sse.event == "end":
                             return
-                        if name == "job":
-                            cursor = int(data["seq"])
-                            yield data
+                        if sse.event == "job":
+                            event = JobEventOut.model_validate_json(sse.data)
+                            cursor = event.seq
+                            yield event
                 problem, cause = "the server closed the stream before the job ended", None
             except httpx.TransportError as exc:
                 problem, cause = f"{type(exc).__name__}: {exc}", exc
-            if attempt >= self.retries:
+            if failures >= self.retries:
                 raise BackendUnavailable(
                     0, f"lost the event stream of job {job_id} from {self.base_url} ({problem})"
                 ) from cause
-            time.sleep(min(2.0, 0.25 * 2**attempt))
-            attempt += 1
+            time.sleep(_backoff(failures))
+            failures += 1
 
-    def wait(self, job_id: int, timeout: float | None = None, poll: float = 0.5) -> Record:
+    def wait(self, job_id: int, timeout: float | None = None, poll: float = 0.5) -> Job:
         """Poll until a job has ended; returns its record.
 
         Raises:
@@ -345,33 +414,33 @@ class DiffsegClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             job = self.job(job_id)
-            if job["state"] in _TERMINAL:
+            if job.ended:
                 return job
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} is still {job['state']} after {timeout} s")
+                raise TimeoutError(f"job {job_id} is still {job.state} after {timeout} s")
             time.sleep(poll)
 
-    def cancel_job(self, job_id: int) -> Record:
+    def cancel_job(self, job_id: int) -> Job:
         """Cancel a job (a running one stops at its next step); returns it."""
-        return self._json("POST", f"/jobs/{int(job_id)}/cancel")  # type: ignore[no-any-return]
+        return self._one(Job, "POST", f"/jobs/{int(job_id)}/cancel")
 
-    def resume_job(self, job_id: int) -> Record:
+    def resume_job(self, job_id: int) -> Job:
         """Queue a cancelled, failed or interrupted job again; returns it."""
-        return self._json("POST", f"/jobs/{int(job_id)}/resume")  # type: ignore[no-any-return]
+        return self._one(Job, "POST", f"/jobs/{int(job_id)}/resume")
 
     # -------------------------------------------------------------------------------------- models
 
-    def models(self) -> list[Record]:
+    def models(self) -> list[Model]:
         """Every model with its metrics, oldest first."""
-        return self._json("GET", "/models")  # type: ignore[no-any-return]
+        return self._many(Model, "GET", "/models")
 
-    def model(self, model_id: str) -> Record:
+    def model(self, model_id: str) -> Model:
         """One model."""
-        return self._json("GET", f"/models/{_ref(model_id)}")  # type: ignore[no-any-return]
+        return self._one(Model, "GET", f"/models/{_ref(model_id)}")
 
-    def activate_model(self, model_id: str) -> Record:
+    def activate_model(self, model_id: str) -> Model:
         """Make a model the active one; returns it."""
-        return self._json("POST", f"/models/{_ref(model_id)}/activate")  # type: ignore[no-any-return]
+        return self._one(Model, "POST", f"/models/{_ref(model_id)}/activate")
 
     def download_weights(self, model_id: str, dest: str | os.PathLike[str]) -> Path:
         """Save a model's ``weights.safetensors`` to ``dest`` (a file, or a folder to put it in)."""
@@ -390,22 +459,3 @@ def _ref(value: str) -> str:
     if not text or "/" in text or "\\" in text or text in (".", "..") or "?" in text or "#" in text:
         raise BackendError(0, f"invalid id or name {value!r}: it must not contain '/', '\\', '?' or '#'.")
     return quote(text, safe="")
-
-
-def _parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
-    """Parse server-sent events into ``(event name, decoded JSON data)``."""
-    name, data = "message", []
-    for line in lines:
-        if not line:
-            if data:
-                yield name, json.loads("\n".join(data))
-            name, data = "message", []
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if field == "event":
-                name = value
-            elif field == "data":
-                data.append(value)

@@ -12,7 +12,6 @@ those with an annotation (ground truth or a human correction; corrections weigh 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..base.contracts import JOB_KINDS, CotrainParams, PretrainParams, ProposeParams, parse_job_params
 from ..base.errors import Cancelled, ConfigError, DiffsegError
 from ..base.events import CancelToken, Event
 from ..base.fileio import atomic_write_bytes
@@ -35,7 +35,6 @@ from ..core.models import ModelBundle, ModelSpec, load_bundle, preprocess, save_
 from ..core.pipeline import run_stages
 from ..core.training import TrainData, pretrain_teacher
 from ..project import Project
-from .params import JOB_KINDS, preset_for, validate_params
 
 __all__ = ["JOB_KINDS", "JobFailed", "execute_job", "start_job"]
 
@@ -46,10 +45,21 @@ class JobFailed(DiffsegError):
     """A job stopped with an error; the message says which job and why."""
 
 
-def start_job(project: Project, kind: str, params: dict[str, Any] | None = None) -> int:
-    """Validate parameters (see :mod:`.params`; ``params["overrides"]`` adjusts the preset) and record a
+def start_job(
+    project: Project,
+    kind: str,
+    params: dict[str, Any] | PretrainParams | ProposeParams | CotrainParams | None = None,
+) -> int:
+    """Validate parameters (:data:`~napari_diffseg.base.contracts.JobParams`; ``overrides`` adjusts the preset) and record a
     queued job; returns its id."""
-    return project.create_job(kind, validate_params(kind, params))
+    typed = (
+        params
+        if isinstance(params, PretrainParams | ProposeParams | CotrainParams)
+        else parse_job_params(kind, params)
+    )
+    if typed.kind != kind:
+        raise ConfigError(f"{typed.kind} parameters given for a {kind} job")
+    return project.create_job(kind, typed.stored())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,19 +178,6 @@ def _load_active(project: Project, device: torch.device) -> tuple[ModelBundle, s
     return bundle, active.id, config
 
 
-def _model_preset(config: dict) -> Preset | None:
-    """The preset a model was trained with (``config.json``'s ``preset``), None when it has none."""
-    stored = config.get("preset")
-    if not isinstance(stored, dict):
-        return None
-    known = {f.name for f in dataclasses.fields(Preset)}
-    try:
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in known}
-        return Preset(**values)
-    except (TypeError, ValueError, DiffsegError):
-        return None
-
-
 # ------------------------------------------------------------------------------------------------
 # the three job kinds (generators of core events)
 # ------------------------------------------------------------------------------------------------
@@ -192,11 +189,15 @@ def _barrier(dist_info: DistInfo | None) -> None:
 
 
 def _pretrain(
-    project: Project, job_id: int, params: dict, cancel: CancelToken, dist_info: DistInfo | None = None
+    project: Project,
+    job_id: int,
+    params: PretrainParams,
+    cancel: CancelToken,
+    dist_info: DistInfo | None = None,
 ) -> Iterator[Event]:
-    preset = preset_for(params)
-    seed = int(params.get("seed", 0))
-    dev = choose_device(params.get("device", "auto"))
+    preset = params.resolve_preset()
+    seed = params.seed
+    dev = choose_device(params.device)
     channels = _channels(project)
     images = [
         _tensor(project, r.id, channels) for r in project.images(split="train") if r.state != "excluded"
@@ -227,21 +228,25 @@ def _pretrain(
 
 
 def _propose(
-    project: Project, job_id: int, params: dict, cancel: CancelToken, dist_info: DistInfo | None = None
+    project: Project,
+    job_id: int,
+    params: ProposeParams,
+    cancel: CancelToken,
+    dist_info: DistInfo | None = None,
 ) -> Iterator[Event]:
-    dev = choose_device(params.get("device", "auto"))
+    dev = choose_device(params.device)
     loaded = _load_active(project, dev)
     if loaded is None:
         raise ConfigError("the project has no model yet; run pretraining or a co-training round first")
     bundle, mid, config = loaded
     # without an explicit preset, propose at the cost of the preset the active model was trained with
-    pr = preset_for(params, default=None if "preset" in params else _model_preset(config))
+    pr = params.resolve_preset(default=Preset.from_config(config))
     cfg = SamplerConfig(
-        steps=int(params.get("steps", pr.ddim_steps)),
-        samples=int(params.get("samples", pr.samples)),
-        rounds=int(params.get("rounds", pr.rounds)),
+        steps=params.steps or pr.ddim_steps,
+        samples=params.samples or pr.samples,
+        rounds=params.rounds or pr.rounds,
     )
-    ids = params.get("ids")
+    ids = params.ids
     if ids:
         records = [project.image(i) for i in ids]
     else:
@@ -250,7 +255,7 @@ def _propose(
             for r in project.images()
             if r.state in ("unlabeled", "proposed") and not r.split.startswith("test")
         ]
-    seed = int(params.get("seed", 0))
+    seed = params.seed
     diff = bundle.diffusion()
     for n, rec in enumerate(records):
         cancel.raise_if_cancelled("proposals")
@@ -292,16 +297,20 @@ def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[
 
 
 def _cotrain(
-    project: Project, job_id: int, params: dict, cancel: CancelToken, dist_info: DistInfo | None = None
+    project: Project,
+    job_id: int,
+    params: CotrainParams,
+    cancel: CancelToken,
+    dist_info: DistInfo | None = None,
 ) -> Iterator[Event]:
     """Co-training rounds. Under torchrun (``dist_info.enabled``) every rank runs this; rank 0 alone
     writes to the project, and Stage C runs under DDP."""
-    preset = preset_for(params)
-    rounds = int(params.get("rounds", 1))
-    seed = int(params.get("seed", 0))
+    preset = params.resolve_preset()
+    rounds = params.rounds
+    seed = params.seed
     distributed = dist_info is not None and dist_info.enabled
     main = dist_info is None or dist_info.is_main
-    dev = dist_info.device if dist_info is not None else choose_device(params.get("device", "auto"))
+    dev = dist_info.device if dist_info is not None else choose_device(params.device)
     if rounds < 1:
         raise ConfigError("--rounds must be >= 1")
     jd = project.job_dir(job_id)
@@ -399,7 +408,8 @@ def execute_job(
             token.path.unlink()  # a resumed job starts un-cancelled
         project.set_job_state(job_id, "running", pid=os.getpid())
         try:
-            for ev in _RUNNERS[job.kind](project, job_id, dict(job.params), token, dist_info):
+            params = parse_job_params(job.kind, job.params)
+            for ev in _RUNNERS[job.kind](project, job_id, params, token, dist_info):  # type: ignore[operator]
                 # progress events come at most ~4 per second; all of them are kept
                 project.append_event(job_id, ev.to_dict())
                 if report is not None:
@@ -430,7 +440,9 @@ def _execute_follower(root: str | Path, job_id: int, cancel: CancelToken | None,
             raise ConfigError(f"only cotrain jobs run on several processes, not {job.kind!r}")
         token = cancel or CancelToken(project.job_dir(job_id) / "cancel")
         try:
-            for _ in _cotrain(project, job_id, dict(job.params), token, dist_info):
+            params = parse_job_params(job.kind, job.params)
+            assert isinstance(params, CotrainParams)
+            for _ in _cotrain(project, job_id, params, token, dist_info):
                 pass
         except Cancelled:
             return "cancelled"

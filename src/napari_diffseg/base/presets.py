@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -82,6 +83,76 @@ class Preset:
         if unknown:
             raise ConfigError(f"unknown preset option(s) {sorted(unknown)}; known: {sorted(known)}")
         return replace(self, **kw)
+
+    def parse_overrides(self, overrides: Mapping[str, Any] | None) -> Preset:
+        """This preset with ``overrides`` from JSON (a job's ``overrides``, the CLI's ``--set``) applied.
+
+        The one place where override values are checked: each must have the type of the preset's own
+        value (lists become tuples of channel widths, ints stay ints), step counts lie in
+        ``[0, 10**7]`` and other integers are positive; ``name`` cannot be overridden.
+
+        Raises:
+            ConfigError: An unknown field or a badly typed or out-of-range value (the message names it).
+        """
+        if not overrides:
+            return self
+        if not isinstance(overrides, Mapping):
+            raise ConfigError("preset overrides must be an object of preset fields and values.")
+        known = {f.name for f in fields(self) if f.name != "name"}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown preset option(s) {unknown}; known: {sorted(known)}.")
+        clean = {k: _override_value(k, getattr(self, k), v) for k, v in overrides.items()}
+        return self.with_overrides(**clean)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Preset | None:
+        """The preset a saved model was trained with (its ``config.json``'s ``preset`` dict); None when
+        the config has none or an unusable one (an older model: callers fall back to a named preset)."""
+        stored = config.get("preset")
+        if not isinstance(stored, Mapping):
+            return None
+        known = {f.name for f in fields(cls)}
+        try:
+            values: dict[str, Any] = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in known
+            }
+            return cls(**values)
+        except (TypeError, ValueError, ConfigError):
+            return None
+
+
+_MAX_OVERRIDE_STEPS = 10**7
+
+
+def _override_value(name: str, default: object, value: object) -> object:
+    """Check one preset override against the type of the preset's own value; return it normalised."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and name.endswith("_steps") and not 0 <= value <= _MAX_OVERRIDE_STEPS:  # type: ignore[operator]
+            raise ConfigError(f"preset override {name!r} must lie in [0, {_MAX_OVERRIDE_STEPS}].")
+        if ok and not name.endswith("_steps") and value <= 0:  # type: ignore[operator]
+            raise ConfigError(f"preset override {name!r} must be a positive integer, got {value!r}.")
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value
+        value = float(value) if ok else value  # type: ignore[arg-type]
+    elif isinstance(default, tuple):
+        ok = (
+            isinstance(value, list | tuple)
+            and 1 <= len(value) <= 8
+            and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in value)
+        )
+        value = tuple(value) if ok else value  # type: ignore[arg-type]
+    else:
+        ok = False  # `name` and anything else that is not a number
+    if not ok:
+        raise ConfigError(
+            f"preset override {name!r} must be of the same type as the preset's value {default!r}, "
+            f"got {value!r}."
+        )
+    return value
 
 
 PRESETS: dict[str, Preset] = {
