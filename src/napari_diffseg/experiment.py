@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,7 +75,7 @@ def evaluate_bundle(
     preset: Preset,
 ) -> dict:
     """Per-image Dice / IoU / HD95 of the deployed networks, plus their summary."""
-    per_image = []
+    per_image: list[dict[str, Any]] = []
     nets = bundle.deployed()
     for i, x, y in zip(ids, images, masks, strict=True):
         probs = predict_probs(
@@ -97,16 +98,20 @@ def teacher_report(
 ) -> dict:
     """Dice of the teacher's proposals after each chained round (R = 1..rounds) and with S = 1."""
     diff = bundle.diffusion()
-    out: dict[str, list[float]] = {"dice_per_round": [[] for _ in range(rounds)], "dice_s1": []}  # type: ignore[dict-item]
+    out: dict[str, Any] = {"dice_per_round": [[] for _ in range(rounds)], "dice_s1": []}
     cfg = SamplerConfig(steps=preset.ddim_steps, samples=preset.samples, rounds=rounds, tol=0.0)
     cfg1 = SamplerConfig(steps=1, samples=preset.samples, rounds=1)
     for j, (x, y) in enumerate(zip(images, masks, strict=True)):
-        kw = {"multiple": bundle.spec.multiple, "roi": preset.roi_size, "sw_batch": preset.sw_batch_size}
+        kw: dict[str, Any] = {
+            "multiple": bundle.spec.multiple,
+            "roi": preset.roi_size,
+            "sw_batch": preset.sw_batch_size,
+        }
         prop = propose(
             bundle.mask_net, diff, x[None], cfg, torch.Generator().manual_seed(seed * 7919 + j), **kw
         )
         for r, m in enumerate(prop.round_masks):
-            out["dice_per_round"][r].append(segmentation_metrics(m[0].cpu().numpy(), y)["dice"])  # type: ignore[attr-defined]
+            out["dice_per_round"][r].append(segmentation_metrics(m[0].cpu().numpy(), y)["dice"])
         p1 = propose(
             bundle.mask_net, diff, x[None], cfg1, torch.Generator().manual_seed(seed * 7919 + j), **kw
         )
@@ -115,7 +120,7 @@ def teacher_report(
         "n_images": len(images),
         "ddim_steps": preset.ddim_steps,
         "samples": preset.samples,
-        "dice_per_round": [float(np.mean(v)) if v else float("nan") for v in out["dice_per_round"]],  # type: ignore[arg-type]
+        "dice_per_round": [float(np.mean(v)) if v else float("nan") for v in out["dice_per_round"]],
         "dice_s1": float(np.mean(out["dice_s1"])) if out["dice_s1"] else float("nan"),
     }
 

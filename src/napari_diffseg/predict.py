@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -106,7 +107,7 @@ def evaluate_folder(
     ids = [i for i in ids if ds.has_mask(i)]
     if not ids:
         raise DataError(f"{dataset} has no images with masks in split {split!r}; try --split all")
-    per_image = []
+    per_image: list[dict[str, Any]] = []
     for i in ids:
         probs = predict_image(bundle, config, ds.load_image(i))
         per_image.append(

@@ -31,16 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from napari_diffseg.base.contracts import RESUMABLE_JOB_STATES, TERMINAL_JOB_STATES, EventKind
 from napari_diffseg.base.errors import ConfigError
+from napari_diffseg.base.events import Event
 from napari_diffseg.project import Project
-from napari_diffseg.project.records import TERMINAL_JOB_STATES, JobRecord
+from napari_diffseg.project.records import JobRecord
 
 __all__ = ["JobManager", "JobStateError"]
 
 log = logging.getLogger(__name__)
 
 WORKER_MODULE = "napari_diffseg.backend.worker"
-RESUMABLE_STATES: tuple[str, ...] = ("cancelled", "failed", "interrupted")
+RESUMABLE_STATES = RESUMABLE_JOB_STATES
 """States from which ``resume`` queues a job again."""
 
 
@@ -48,18 +50,9 @@ class JobStateError(ConfigError):
     """A cancel or resume that the job's current state does not allow (HTTP 409)."""
 
 
-def _event(kind: str, phase: str, message: str) -> dict[str, Any]:
-    """A job event in the shape of :class:`napari_diffseg.base.events.Event`."""
-    return {
-        "kind": kind,
-        "phase": phase,
-        "step": 0,
-        "total": 0,
-        "losses": {},
-        "metrics": {},
-        "message": message,
-        "elapsed": 0.0,
-    }
+def _event(kind: EventKind, phase: str, message: str) -> dict[str, Any]:
+    """A job event written by the runner itself (a :class:`~napari_diffseg.base.events.Event` as JSON)."""
+    return Event(kind, phase, message=message).to_dict()
 
 
 def _cmdline(pid: int) -> list[str] | None:
@@ -387,7 +380,7 @@ class JobManager:
             del self._workers[job_id]
             try:
                 job = self.project.job(job_id)
-                if job.state not in ("queued", "running"):
+                if job.state in TERMINAL_JOB_STATES:
                     continue
                 if worker.cancel_at is not None:
                     how = "stopped by force" if worker.killed else f"stopped (exit code {rc})"

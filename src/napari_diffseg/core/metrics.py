@@ -18,6 +18,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -163,7 +164,7 @@ def _nan_stat(values: np.ndarray, fn: str) -> float:
     return float(np.mean(finite)) if fn == "mean" else float(np.std(finite))
 
 
-def summarize(per_image: Sequence[Mapping[str, float]]) -> dict[str, float | int]:
+def summarize(per_image: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
     """Aggregate per-image `segmentation_metrics` results.
 
     Returns ``dice_mean``, ``dice_std``, ``iou_mean``, ``iou_std`` (population std over images, ddof=0),

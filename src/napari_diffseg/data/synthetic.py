@@ -236,13 +236,13 @@ def _glands(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarra
         # basal nuclei crowded along the rim, goblet cells (pale mucin) further in
         perimeter = 2 * np.pi * r
         n_nuc = int(perimeter / rng.uniform(1.2, 2.0) * (1.8 if solid else 1.0))
-        theta = rng.uniform(0, 2 * np.pi, n_nuc)
-        depths = rng.uniform(1.5, rim * (1.3 if solid else 0.8), n_nuc)
-        ny, nx = blob.points_at_depth(depths, theta)
+        angles = rng.uniform(0, 2 * np.pi, n_nuc)
+        nuc_depths = rng.uniform(1.5, rim * (1.3 if solid else 0.8), n_nuc)
+        ny, nx = blob.points_at_depth(nuc_depths, angles)
         rim_nuclei += _scatter(shape, ny, nx, rng.uniform(0.5, 1.0, n_nuc))
         n_gob = rng.poisson(perimeter / rng.uniform(8.0, 25.0))
-        theta = rng.uniform(0, 2 * np.pi, n_gob)
-        gy, gx = blob.points_at_depth(rng.uniform(rim * 0.55, rim * 0.9, n_gob), theta)
+        angles = rng.uniform(0, 2 * np.pi, n_gob)
+        gy, gx = blob.points_at_depth(rng.uniform(rim * 0.55, rim * 0.9, n_gob), angles)
         goblets += _scatter(shape, gy, gx, np.ones(n_gob))
 
     goblet_map = np.clip(ndi.gaussian_filter(goblets, 1.8 * scale**0.5) * 25.0, 0, 0.85) * mask

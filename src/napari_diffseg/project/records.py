@@ -10,6 +10,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# States and kinds are defined once, in the shared contract; re-exported here for the store's callers.
+from napari_diffseg.base.contracts import (
+    ANNOTATION_KINDS,
+    IMAGE_STATES,
+    JOB_STATES,
+    TERMINAL_JOB_STATES,
+    UNREVIEWED_STATES,
+)
+
 __all__ = [
     "ANNOTATION_KINDS",
     "IMAGE_STATES",
@@ -24,24 +33,6 @@ __all__ = [
     "ModelRecord",
     "ProposalRecord",
 ]
-
-IMAGE_STATES: tuple[str, ...] = (
-    "unlabeled",
-    "proposed",
-    "in_review",
-    "corrected",
-    "ground_truth",
-    "excluded",
-)
-"""Every state an image can be in (docs/architecture.md §2.2)."""
-UNREVIEWED_STATES: tuple[str, ...] = ("unlabeled", "proposed")
-"""States :meth:`Project.next_image` picks from."""
-ANNOTATION_KINDS: tuple[str, ...] = ("ground_truth", "correction")
-"""Who produced an annotation version: imported ground truth or an annotator's correction."""
-JOB_STATES: tuple[str, ...] = ("queued", "running", "done", "failed", "cancelled", "interrupted")
-"""Every state a job can be in."""
-TERMINAL_JOB_STATES: tuple[str, ...] = ("done", "failed", "cancelled", "interrupted")
-"""States in which a job is not running (``finished_at`` is set)."""
 
 
 class _Record:
