@@ -15,6 +15,7 @@ if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
     pytest.skip("no display: install Xvfb and pytest-xvfb to run the GUI tests", allow_module_level=True)
 
 from napari_diffseg.backend.client import DiffsegClient
+from napari_diffseg.base.contracts import Image
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -166,6 +167,24 @@ def test_import_without_a_backend_says_what_to_do(widget, qtbot, messages) -> No
     assert all("open a project or connect first" in m for m in messages["warning"])
 
 
+def _image(name: str) -> Image:
+    """A record as the backend returns it (what :func:`show_image` is given)."""
+    return Image(
+        id=name,
+        name=name,
+        state="unlabeled",
+        uncertainty=None,
+        split="train",
+        height=64,
+        width=80,
+        channels=1,
+        dtype="float32",
+        source="",
+        file_sha256="0" * 64,
+        created_at=0.0,
+    )
+
+
 def test_show_image_reuses_the_image_layer_and_adds_before_removing(make_napari_viewer, qtbot) -> None:
     """Opening images in a row keeps one Image layer (new data, name, contrast); grey ↔ RGB needs a new
     layer, added before the old one goes. The canvas paints after each (remove + add used to crash some
@@ -177,21 +196,21 @@ def test_show_image_reuses_the_image_layer_and_adds_before_removing(make_napari_
     session = Session()
     rng = np.random.default_rng(0)
     opened: list[str] = []
-    session.image_opened.connect(lambda rec: opened.append(rec["name"]))
+    session.image_opened.connect(lambda rec: opened.append(rec.name))
     grey = [(rng.random((1, 64, 80)) * k).astype(np.float32) for k in (1, 50, 1000)]
     for k, pixels in enumerate(grey):
-        show_image(viewer, session, ({"id": f"g{k}", "name": f"g{k}"}, pixels))
+        show_image(viewer, session, (_image(f"g{k}"), pixels))
         viewer.window._qt_viewer.canvas.native.update()
         qtbot.wait(50)
     layer = viewer.layers[0]
     assert [la.name for la in viewer.layers] == ["g2"] and opened == ["g0", "g1", "g2"]
-    assert np.array_equal(layer.data, grey[2][0]) and layer.metadata["diffseg_image"]["id"] == "g2"
+    assert np.array_equal(layer.data, grey[2][0]) and layer.metadata["diffseg_image"].id == "g2"
     assert layer.contrast_limits[1] > 100  # reset for the new data, not the first image's
     rgb = rng.integers(0, 255, (3, 64, 80), dtype=np.uint8)
-    show_image(viewer, session, ({"id": "c", "name": "c"}, rgb))
+    show_image(viewer, session, (_image("c"), rgb))
     qtbot.wait(50)
     assert [la.name for la in viewer.layers] == ["c"] and viewer.layers[0].rgb
     assert viewer.layers[0] is not layer and np.array_equal(viewer.layers[0].data, np.moveaxis(rgb, 0, -1))
-    show_image(viewer, session, ({"id": "c2", "name": "c2"}, rgb[::-1]))
+    show_image(viewer, session, (_image("c2"), rgb[::-1]))
     qtbot.wait(50)
-    assert [la.name for la in viewer.layers] == ["c2"] and session.image["id"] == "c2"
+    assert [la.name for la in viewer.layers] == ["c2"] and session.image.id == "c2"

@@ -120,8 +120,8 @@ def _reusable(layer: Any, data: np.ndarray, rgb: bool) -> bool:
 
 
 def show_image(viewer: Any, session: Session, result: tuple[Any, ...] | None) -> None:
-    """Main thread: show a fetched image (``(record, stored pixels)``, or what :func:`~napari_diffseg._widgets._session.fetch_image` returns)
-    and make it the image under review; ``None`` (nothing left to review) gives a notification.
+    """Main thread: show a fetched image (``(record, stored pixels)``, or what ``fetch_image`` returns) and
+    make it the image under review; ``None`` (nothing left to review) gives a notification.
 
     The Image layer of the previously opened image is reused (new data, name, contrast): removing layers
     and adding new ones is slow, and with some OpenGL drivers it crashes napari at the next paint. A new
