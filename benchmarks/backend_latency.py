@@ -122,12 +122,12 @@ def bench_saves(
     client: DiffsegClient, ref: str, masks: list[np.ndarray], n: int, proposal_id: int | None
 ) -> list[float]:
     versions = client.annotations(ref)
-    latest = versions[-1]["version"] if versions else None
+    latest = versions[-1].version if versions else None
     times = []
     for i in range(n):
         t0 = time.perf_counter()
         mask = masks[i % len(masks)]
-        latest = client.save_annotation(ref, mask, replaces=latest, proposal_id=proposal_id)["version"]
+        latest = client.save_annotation(ref, mask, replaces=latest, proposal_id=proposal_id).version
         times.append(time.perf_counter() - t0)
     return times
 
@@ -154,7 +154,7 @@ def bench_stream(url: str, root: Path, n: int) -> list[float]:
             with DiffsegClient(url) as client:
                 ready.set()
                 for ev in client.stream_events(job_id):
-                    seen[ev["seq"]] = time.time()
+                    seen[ev.seq] = time.time()
 
         thread = threading.Thread(target=reader, daemon=True)
         thread.start()
@@ -195,10 +195,8 @@ def main() -> None:
             client.image(image_id)  # warm the connection
             masks = _masks(args.size, args.noise)
             saves = bench_saves(client, image_id, masks, args.n, None)
-            bench_saves(
-                client, image_id, masks, 2, prop["id"]
-            )  # warm-up: the first use loads the metrics code
-            saves_edit = bench_saves(client, image_id, masks, args.n, prop["id"])
+            bench_saves(client, image_id, masks, 2, prop.id)  # warm-up: the first use loads the metrics code
+            saves_edit = bench_saves(client, image_id, masks, args.n, prop.id)
             fetch = {
                 part: bench_fetch(client, image_id, part, args.n) for part in ("mask", "uncertainty", "probs")
             }

@@ -233,9 +233,9 @@ def cotrain_window(args: argparse.Namespace, train_w: Any, probe: Probe) -> dict
         "events_drawn": train_w.history.count - events_before,
         "cotrain_steps_done": max(
             (
-                int(e["data"]["step"])
-                for e in train_w.session.client.events(train_w.job_id)["events"]
-                if e["data"]["phase"] == "cotrain" and e["data"]["kind"] == "progress"
+                e.data.step
+                for e in train_w.session.client.events(train_w.job_id).events
+                if e.data.phase == "cotrain" and e.data.kind == "progress"
             ),
             default=0,
         ),
@@ -249,7 +249,7 @@ def cotrain_window(args: argparse.Namespace, train_w: Any, probe: Probe) -> dict
         result["cotrain_profile"] = text.getvalue()
     train_w.cancel()
     run_until(lambda: train_w.start_button.isEnabled(), 120, "the cancelled job to end")
-    result["cotrain"]["job_state"] = train_w.session.client.job(train_w.job_id)["state"]
+    result["cotrain"]["job_state"] = train_w.session.client.job(train_w.job_id).state
 
     return result
 
@@ -274,7 +274,7 @@ def next_to_shown(args: argparse.Namespace, url: str, probe: Probe) -> tuple[dic
     run_until(lambda: project_w.table.rowCount() == 11, 60, "the image table")
     run_until(lambda: session.model_known, 60, "the active model id")
     client = session.client
-    bigs = [rec for rec in sorted(client.images(), key=lambda r: r["name"]) if rec["name"].startswith("big_")]
+    bigs = [rec for rec in sorted(client.images(), key=lambda r: r.name) if rec.name.startswith("big_")]
     draws: list[float] = []
     viewer.window._qt_viewer.canvas._scene_canvas.events.draw.connect(
         lambda _e: draws.append(time.perf_counter())
@@ -287,9 +287,9 @@ def next_to_shown(args: argparse.Namespace, url: str, probe: Probe) -> tuple[dic
     for k in range(args.repeats + 1):  # the first one creates the layers (and compiles shaders): apart
         target = bigs[k % len(bigs)]
         for j, rec in enumerate(bigs):  # the target is the most uncertain image not excluded
-            client.set_image_state(rec["id"], "excluded" if j < k % len(bigs) else "included")
-        assert client.next_image()["id"] == target["id"]
-        expected = client.proposal_pixels(target["id"], "mask")
+            client.set_image_state(rec.id, "excluded" if j < k % len(bigs) else "included")
+        assert client.next_image().id == target.id
+        expected = client.proposal_pixels(target.id, "mask")
         pause(1.0)
         opened.clear()
         n_shown = len(show.ended)
@@ -297,7 +297,7 @@ def next_to_shown(args: argparse.Namespace, url: str, probe: Probe) -> tuple[dic
         t0 = time.perf_counter()
         project_w.next_button.click()
 
-        def shown(n: int = n_shown, tid: str = target["id"]) -> bool:
+        def shown(n: int = n_shown, tid: str = target.id) -> bool:
             return len(show.ended) > n and annotate_w.image_id == tid
 
         run_until(shown, 30, "the proposal layer")
@@ -319,7 +319,7 @@ def next_to_shown(args: argparse.Namespace, url: str, probe: Probe) -> tuple[dic
         timings["drawn"].append(min(d for d in draws if d > t_labels) - t0)
         handler_ms.append(show.ms[-1])
     for rec in bigs:
-        client.set_image_state(rec["id"], "included")
+        client.set_image_state(rec.id, "included")
     viewer.close()
     pause(0.3)
     summary: dict[str, Any] = {
