@@ -8,7 +8,7 @@ import pytest
 
 from napari_diffseg.backend import jobs
 from napari_diffseg.backend.jobs import execute_job, start_job
-from napari_diffseg.base.presets import get_preset
+from napari_diffseg.base.presets import Preset, get_preset
 from napari_diffseg.project import Project
 
 
@@ -57,3 +57,23 @@ def test_model_preset_tolerates_old_or_odd_configs() -> None:
     assert Preset.from_config({"preset": {"name": "x", "batch_size": 0}}) is None
     tiny = get_preset("tiny")
     assert Preset.from_config({"preset": tiny.to_dict()}) == tiny
+
+
+def test_cli_propose_follows_the_active_models_preset(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `diffseg propose` used to send preset="cpu" always: a tiny model proposed at the cpu cost
+    from napari_diffseg.cli import main
+
+    assert main(["pretrain", str(project), "--preset", "tiny", "-q"]) == 0
+    seen: list[tuple] = []
+    real = jobs.propose
+    monkeypatch.setattr(
+        jobs, "propose", lambda *a, **kw: seen.append((a[3].steps, kw["roi"])) or real(*a, **kw)
+    )
+    assert main(["propose", str(project), "--ids", "train_000", "-q"]) == 0
+    tiny = get_preset("tiny")
+    assert seen == [(tiny.ddim_steps, tiny.roi_size)]
+    with Project.open(project) as p:
+        assert "preset" not in p.jobs()[-1].params  # stored as given: the model's preset is used at run time
+    seen.clear()
+    assert main(["propose", str(project), "--ids", "train_000", "--preset", "cpu", "--steps", "1", "-q"]) == 0
+    assert seen == [(1, get_preset("cpu").roi_size)]
