@@ -1,0 +1,94 @@
+"""Routes ``/images/{ref}/annotations``: list an image's versions, fetch one's mask, save a new one.
+
+A save names the version it replaces; a stale ``replaces`` is refused with 409 ``{"detail", "code",
+"current"}`` (the store raises :class:`~napari_diffseg.project.StaleVersionError`), never lost silently.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import Path as PathParam
+from fastapi import Query, Response
+
+from napari_diffseg.backend import codec
+from napari_diffseg.backend.handlers import ApiError
+from napari_diffseg.backend.routes.common import MAX_ID, RefPath, api_router, find_image
+from napari_diffseg.backend.schemas import AnnotationOut, SaveAnnotationOut
+from napari_diffseg.backend.state import Ctx
+from napari_diffseg.backend.uploads import UploadDep, binary_body, npy, npy_response
+from napari_diffseg.base.errors import DataError
+
+__all__ = ["annotation_pixels", "list_annotations", "router", "save_annotation"]
+
+router = api_router()
+
+
+@router.get("/images/{ref}/annotations", response_model=list[AnnotationOut], tags=["annotations"])
+def list_annotations(ctx: Ctx, ref: RefPath) -> list[AnnotationOut]:
+    """Every annotation version of an image, oldest first."""
+    project = ctx.project()
+    rec = find_image(project, ref)
+    return [AnnotationOut(**a.to_dict()) for a in project.annotation_versions(rec.id)]
+
+
+@router.get(
+    "/images/{ref}/annotations/{version}/pixels",
+    response_class=Response,
+    tags=["annotations"],
+    responses=npy_response("The (H, W) label mask"),
+)
+def annotation_pixels(
+    ctx: Ctx, ref: RefPath, version: Annotated[int, PathParam(ge=1, le=MAX_ID, description="Version.")]
+) -> Response:
+    """One annotation version's label mask ``(H, W)`` as ``.npy`` (the smallest unsigned dtype)."""
+    project = ctx.project()
+    rec = find_image(project, ref)
+    try:
+        ann = project.annotation(rec.id, version)
+    except DataError as exc:
+        raise ApiError(
+            404, str(exc).replace("annotation_versions()", "GET .../annotations"), "not_found"
+        ) from exc
+    mask = project.load_annotation(rec.id, version)
+    if ann is None or mask is None:
+        raise ApiError(404, f"image {rec.name!r} has no annotation version {version}.", "not_found")
+    dtype = np.uint8 if ann.labels < 2**8 else np.uint16 if ann.labels < 2**16 else np.uint32
+    return npy(codec.to_npy(mask.astype(dtype)), {"X-Image-Id": rec.id, "X-Version": str(version)})
+
+
+@router.post(
+    "/images/{ref}/annotations",
+    status_code=201,
+    response_model=SaveAnnotationOut,
+    tags=["annotations"],
+    openapi_extra=binary_body("label mask (H, W), 0 = background"),
+)
+def save_annotation(
+    ctx: Ctx,
+    ref: RefPath,
+    upload: UploadDep,
+    replaces: Annotated[
+        int | None,
+        Query(
+            ge=1, le=MAX_ID, description="The version this edit started from; omit for a first annotation."
+        ),
+    ] = None,
+    kind: Annotated[Literal["correction", "ground_truth"], Query(description="Who made it.")] = "correction",
+    proposal_id: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_ID, description="The proposal the edit started from (records edit Dice)."),
+    ] = None,
+    author: Annotated[str, Query(max_length=200, description="Free text.")] = "",
+) -> SaveAnnotationOut:
+    """Save a new annotation version; 409 ``{"detail", "current"}`` if ``replaces`` is not the latest."""
+    mask = codec.decode_mask(upload.data, upload.media_type, max_pixels=ctx.settings.max_pixels)
+    project = ctx.project()
+    rec = find_image(project, ref)
+    version = project.save_annotation(
+        rec.id, mask, kind=kind, replaces=replaces, proposal_id=proposal_id, author=author
+    )
+    ann = project.annotation(rec.id, version)
+    assert ann is not None
+    return SaveAnnotationOut(version=version, annotation=AnnotationOut(**ann.to_dict()))

@@ -1,0 +1,158 @@
+"""What the routers share: the API prefix and error responses, path/query parameter types, the lookups
+that turn a reference into a record (or a 404 ``ApiError``), and the record → response conversions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi import Path as PathParam
+
+from napari_diffseg.backend.handlers import ApiError
+from napari_diffseg.backend.params import validate_params
+from napari_diffseg.backend.schemas import ErrorOut, ImageOut, JobOut, ModelOut
+from napari_diffseg.backend.state import BackendState
+from napari_diffseg.base.errors import DataError
+from napari_diffseg.project import Project
+from napari_diffseg.project.records import ImageRecord, JobRecord
+
+__all__ = [
+    "API_PREFIX",
+    "ERRORS",
+    "MAX_ID",
+    "JobIdPath",
+    "ModelIdPath",
+    "ModelIdQuery",
+    "RefPath",
+    "api_router",
+    "check_model_id",
+    "check_ref",
+    "find_image",
+    "find_job",
+    "get_model_out",
+    "image_out",
+    "job_out",
+    "submit",
+]
+
+API_PREFIX = "/api/v1"
+MAX_ID = 2**62
+_SAFE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # model ids, as the project store checks them
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": text}
+    for status, text in (
+        (400, "Bad parameter."),
+        (401, "Missing or wrong token."),
+        (404, "Unknown resource."),
+        (409, "Stale annotation save or a job state that does not allow this."),
+        (413, "Body too large."),
+        (415, "Unsupported Content-Type."),
+        (422, "The request or its content cannot be used."),
+        (503, "The project is busy or its files cannot be read; try again."),
+    )
+}
+
+
+def api_router() -> APIRouter:
+    """A router under :data:`API_PREFIX` whose routes document the common :data:`ERRORS`."""
+    return APIRouter(prefix=API_PREFIX, responses=ERRORS)
+
+
+RefPath = Annotated[str, PathParam(min_length=1, max_length=200, description="Image id or unique name.")]
+JobIdPath = Annotated[int, PathParam(ge=1, le=MAX_ID, description="Job id.")]
+ModelIdPath = Annotated[str, PathParam(min_length=1, max_length=128, description="Model id.")]
+ModelIdQuery = Annotated[
+    str | None, Query(min_length=1, max_length=128, description="Model id (default: latest).")
+]
+
+
+def check_ref(ref: str) -> str:
+    """``ref`` if it can name an image (no path separators, ``..`` or control characters), else 400."""
+    bad = (
+        ".." in ref
+        or "/" in ref
+        or "\\" in ref
+        or ref.startswith(".")
+        or ref != ref.strip()
+        or any(ord(c) < 32 or ord(c) == 127 for c in ref)
+    )
+    if bad:
+        raise ApiError(
+            400,
+            f"invalid image reference {ref!r}: use an image id or name (no '/', '\\', '..' or control "
+            "characters).",
+            "invalid",
+        )
+    return ref
+
+
+def find_image(project: Project, ref: str) -> ImageRecord:
+    """The image with id or unique name ``ref``, else 404."""
+    check_ref(ref)
+    try:
+        return project.image(ref)
+    except DataError as exc:
+        raise ApiError(
+            404, str(exc).replace(f"`diffseg images {project.root}`", "GET /images"), "not_found"
+        ) from exc
+
+
+def check_model_id(model_id: str) -> str:
+    """``model_id`` if it is a well-formed model id, else 400."""
+    if not _SAFE_ID_RE.match(model_id):
+        raise ApiError(
+            400,
+            f"invalid model id {model_id!r}: use letters, digits, '_' or '-' (see GET /models).",
+            "invalid",
+        )
+    return model_id
+
+
+def get_model_out(project: Project, model_id: str) -> ModelOut:
+    """The model ``model_id`` as a response, else 400 (malformed id) or 404."""
+    check_model_id(model_id)
+    try:
+        return ModelOut(**project.model(model_id).to_dict())
+    except DataError as exc:
+        raise ApiError(
+            404, f"no model {model_id!r} in this project; list them with GET /models.", "not_found"
+        ) from exc
+
+
+def find_job(project: Project, job_id: int) -> JobRecord:
+    """The job ``job_id``, else 404."""
+    try:
+        return project.job(job_id)
+    except DataError as exc:
+        raise ApiError(
+            404, f"no job {job_id} in this project; list them with GET /jobs.", "not_found"
+        ) from exc
+
+
+def image_out(project: Project, rec: ImageRecord) -> ImageOut:
+    """An image record with its latest annotation version and edit Dice."""
+    ann = project.annotation(rec.id)
+    return ImageOut(
+        **rec.to_dict(),
+        latest_version=None if ann is None else ann.version,
+        last_edit_dice=None if ann is None else ann.edit_dice,
+    )
+
+
+def job_out(ctx: BackendState, job: JobRecord) -> JobOut:
+    """A job record with whether its cancellation was requested."""
+    return JobOut(**job.to_dict(), cancel_requested=ctx.manager.cancel_requested(job))
+
+
+def submit(ctx: BackendState, kind: str, params: dict[str, Any]) -> JobOut:
+    """Validate a job's parameters (image refs → ids), queue it and wake the job manager."""
+    project = ctx.project()
+    clean = validate_params(kind, params)
+    if clean.get("ids"):
+        clean["ids"] = [find_image(project, ref).id for ref in clean["ids"]]
+    job_id = project.create_job(kind, clean)
+    ctx.manager.wake()
+    return job_out(ctx, project.job(job_id))

@@ -1,0 +1,143 @@
+"""Routes ``/images`` (list, upload, one image, its pixels, exclude / include) and ``/next``."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import Query, Response
+
+from napari_diffseg.backend import codec
+from napari_diffseg.backend.handlers import ApiError
+from napari_diffseg.backend.routes.common import RefPath, api_router, find_image, image_out
+from napari_diffseg.backend.schemas import ImageOut, ImageStateIn, ImageUploadOut
+from napari_diffseg.backend.state import Ctx
+from napari_diffseg.backend.uploads import UploadDep, binary_body, npy, npy_response
+from napari_diffseg.project import IMAGE_STATES, Project
+from napari_diffseg.project.records import ImageRecord
+
+__all__ = [
+    "get_image",
+    "image_pixels",
+    "list_images",
+    "next_image",
+    "router",
+    "set_image_state",
+    "upload_image",
+]
+
+router = api_router()
+
+
+@router.get("/images", response_model=list[ImageOut], tags=["images"])
+def list_images(
+    ctx: Ctx,
+    state: Annotated[str | None, Query(max_length=32, description="Only images in this state.")] = None,
+    split: Annotated[str | None, Query(max_length=64, description="Only images in this split.")] = None,
+) -> list[ImageOut]:
+    """Every image (sorted by name) with its state, uncertainty, split and last edit Dice."""
+    project = ctx.project()
+    if state is not None and state not in IMAGE_STATES:
+        raise ApiError(
+            400, f"unknown image state {state!r}: use one of {', '.join(IMAGE_STATES)}.", "invalid"
+        )
+    return [image_out(project, rec) for rec in project.images(state=state, split=split)]
+
+
+@router.post(
+    "/images",
+    status_code=201,
+    response_model=ImageUploadOut,
+    tags=["images"],
+    openapi_extra=binary_body("image"),
+    responses={200: {"model": ImageUploadOut, "description": "These pixels were already in the project."}},
+)
+def upload_image(
+    ctx: Ctx,
+    upload: UploadDep,
+    response: Response,
+    name: Annotated[str, Query(min_length=1, max_length=200, description="Image name (made unique).")],
+    split: Annotated[str, Query(min_length=1, max_length=64, description="train, val or test...")] = "train",
+) -> ImageUploadOut:
+    """Upload an image (``.npy``, TIFF or PNG body): 201 when new, 200 when the same pixels are known.
+
+    To attach a ground-truth mask, POST it to ``/images/{ref}/annotations?kind=ground_truth``.
+    """
+    pixels = codec.decode_image(upload.data, upload.media_type, max_pixels=ctx.settings.max_pixels)
+    project = ctx.project()
+    started = time.time()
+    image_id = project.import_array(pixels, name, split=split, source=f"upload:{name}")
+    rec = project.image(image_id)
+    added = rec.created_at >= started
+    if not added:
+        response.status_code = 200
+    return ImageUploadOut(image=image_out(project, rec), added=added)
+
+
+@router.get("/images/{ref}", response_model=ImageOut, tags=["images"])
+def get_image(ctx: Ctx, ref: RefPath) -> ImageOut:
+    """One image by id or unique name."""
+    project = ctx.project()
+    return image_out(project, find_image(project, ref))
+
+
+@router.get(
+    "/images/{ref}/pixels",
+    response_class=Response,
+    tags=["images"],
+    responses=npy_response("(C, H, W) pixels"),
+)
+def image_pixels(ctx: Ctx, ref: RefPath) -> Response:
+    """The stored pixels ``(C, H, W)`` in their original dtype, as ``.npy``."""
+    project = ctx.project()
+    rec = find_image(project, ref)
+    return npy(codec.to_npy(project.load_image(rec.id)), {"X-Image-Id": rec.id})
+
+
+def _implied_state(project: Project, rec: ImageRecord) -> str:
+    """The state an image's data gives it: its latest annotation's kind, else proposed or unlabeled."""
+    ann = project.annotation(rec.id)
+    if ann is not None:
+        return "ground_truth" if ann.kind == "ground_truth" else "corrected"
+    return "proposed" if project.proposals(rec.id) else "unlabeled"
+
+
+@router.post("/images/{ref}/state", response_model=ImageOut, tags=["images"])
+def set_image_state(ctx: Ctx, ref: RefPath, body: ImageStateIn) -> ImageOut:
+    """Reject an image or include it again; nothing is deleted either way.
+
+    ``excluded``: the annotator found the proposal useless for this image; it is left out of every
+    training job and ``/next`` skips it. ``included``: it gets back the state its data implies (corrected
+    or ground_truth after its latest annotation, proposed when it has a proposal, else unlabeled).
+    Saving an annotation also includes an excluded image again.
+    """
+    project = ctx.project()
+    rec = find_image(project, ref)
+    state = "excluded" if body.state == "excluded" else _implied_state(project, rec)
+    return image_out(project, project.set_state(rec.id, state))
+
+
+@router.get(
+    "/next",
+    response_model=ImageOut,
+    tags=["images"],
+    responses={204: {"description": "Every image has been reviewed."}},
+)
+def next_image(
+    ctx: Ctx,
+    split: Annotated[str | None, Query(max_length=64, description="Only this split.")] = None,
+    strategy: Annotated[
+        Literal["uncertainty", "power"],
+        Query(
+            description="uncertainty: the most uncertain image; power: a draw with probability "
+            "proportional to the uncertainty (fewer atypical, hard-to-correct images in a row)."
+        ),
+    ] = "uncertainty",
+) -> Any:
+    """The unreviewed image to review next (by default the one with the highest uncertainty; images
+    without one come last), or 204."""
+    project = ctx.project()
+    rec = project.next_image(split=split, strategy=strategy)
+    if rec is None:
+        return Response(status_code=204)
+    return image_out(project, rec)

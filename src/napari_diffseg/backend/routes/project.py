@@ -1,0 +1,41 @@
+"""Routes ``/health`` and ``/project``: liveness and what the project holds."""
+
+from __future__ import annotations
+
+from napari_diffseg import __version__
+from napari_diffseg.backend.routes.common import api_router
+from napari_diffseg.backend.schemas import CountsOut, HealthOut, LimitsOut, ModelOut, ProjectOut
+from napari_diffseg.backend.state import Ctx
+from napari_diffseg.project import IMAGE_STATES
+
+__all__ = ["health", "project_info", "router"]
+
+router = api_router()
+
+
+@router.get("/health", response_model=HealthOut, tags=["project"])
+def health(ctx: Ctx) -> HealthOut:
+    """Liveness: ``ok`` plus the number of running and queued jobs."""
+    # the store's job states are what every client sees (a finished worker may not be reaped yet)
+    project = ctx.project()
+    queued, running = len(project.jobs(state="queued")), len(project.jobs(state="running"))
+    return HealthOut(status="ok", version=__version__, jobs_running=running, jobs_queued=queued)
+
+
+@router.get("/project", response_model=ProjectOut, tags=["project"])
+def project_info(ctx: Ctx) -> ProjectOut:
+    """Counts, schema version, images per state, the active model and the upload limits."""
+    project = ctx.project()
+    active = project.active_model()
+    states = {s: 0 for s in IMAGE_STATES}
+    for rec in project.images():
+        states[rec.state] = states.get(rec.state, 0) + 1
+    return ProjectOut(
+        name=project.root.name,
+        schema_version=project.schema_version,
+        version=__version__,
+        counts=CountsOut(**project.counts()),
+        states=states,
+        active_model=None if active is None else ModelOut(**active.to_dict()),
+        limits=LimitsOut(max_upload_bytes=ctx.settings.max_upload_bytes, max_pixels=ctx.settings.max_pixels),
+    )
