@@ -17,7 +17,7 @@ if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
 
 from backend_server import Server
 from napari_diffseg.backend.client import DiffsegClient
-from napari_diffseg.base.contracts import Annotation, Image, Model, Proposal
+from napari_diffseg.base.contracts import Annotation, Image, Job, Model, Proposal
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -522,10 +522,10 @@ class _FakeClient:
 
 
 def test_the_companion_fetch_makes_only_the_needed_requests() -> None:
-    from napari_diffseg._widgets.annotate import _load_for_image
+    from napari_diffseg.review import load_for_image
 
     client = _FakeClient()
-    out = _load_for_image(client, _image("x", "proposed", None), "teacher1")
+    out = load_for_image(client, _image("x", "proposed", None), "teacher1")
     assert out["kind"] == "proposal" and out["proposal"].id == 9 and out["base_version"] is None
     assert out["mask"].dtype == np.int32 and out["edit"] is not out["mask"] and out["limits"][1] > 0
     assert sorted(client.calls) == [
@@ -535,26 +535,26 @@ def test_the_companion_fetch_makes_only_the_needed_requests() -> None:
     ]
 
     client.calls.clear()  # a stale cached model: "missing" (the widget then takes the full path)
-    out = _load_for_image(client, _image("x", "proposed", None), "teacher0")
+    out = load_for_image(client, _image("x", "proposed", None), "teacher0")
     assert out["kind"] == "missing" and "models" not in client.calls
 
     client.calls.clear()  # an annotated image: its latest version, never a proposal request
-    out = _load_for_image(client, _image("x", "corrected", 3), "teacher0")
+    out = load_for_image(client, _image("x", "corrected", 3), "teacher0")
     assert out["kind"] == "annotation" and out["base_version"] == 3 and out["uncertainty"] is None
     assert np.array_equal(out["edit"], np.full((4, 4), 2)) and "proposal teacher0" not in client.calls
 
     client.calls.clear()  # the model not known yet: asked first
-    out = _load_for_image(client, _image("x", "proposed", None), None, False)
+    out = load_for_image(client, _image("x", "proposed", None), None, False)
     assert out["active_model"] == "teacher1" and out["kind"] == "proposal" and client.calls[0] == "models"
 
 
 def test_a_stale_cached_model_is_refreshed_before_proposing() -> None:
     """The cached model has no proposal ('not found'): the active model is asked for again; it changed, so
     its proposal is shown and no propose job is requested."""
-    from napari_diffseg._widgets.annotate import _proposal_or_request
+    from napari_diffseg.review import proposal_or_request
 
     client = _FakeClient()
-    gen = _proposal_or_request(client, "x", {}, None, "teacher0", True)
+    gen = proposal_or_request(client, "x", {}, None, "teacher0", True)
     yielded = []
     try:
         while True:
@@ -563,3 +563,67 @@ def test_a_stale_cached_model_is_refreshed_before_proposing() -> None:
         result = stop.value
     assert yielded == [{"model_id": "teacher1"}]
     assert result["model_id"] == "teacher1" and result["base_version"] == 3
+
+
+def _job(state: str) -> Job:
+    return Job(
+        id=5,
+        kind="propose",
+        params={},
+        state=state,
+        error=None,
+        pid=None,
+        created_at=0.0,
+        started_at=None,
+        finished_at=None,
+        updated_at=0.0,
+    )
+
+
+class _ProposingClient(_FakeClient):
+    """No proposal until the propose job it is asked for has ended (followed by its event stream)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = "queued"
+
+    def proposal(self, image_id, model_id=None):
+        return super().proposal(image_id, model_id) if self.state == "done" else None
+
+    def proposal_pixels(self, image_id, part, model_id=None):
+        from napari_diffseg.backend.errors import BackendError
+
+        if self.state != "done":
+            raise BackendError(404, "no proposal", "no_proposal")
+        return super().proposal_pixels(image_id, part, model_id)
+
+    def request_proposals(self, ids, **options):
+        self.calls.append(f"request {ids}")
+        return _job("queued")
+
+    def job(self, job_id):
+        self.calls.append(f"job {job_id}")
+        return _job(self.state)
+
+    def stream_events(self, job_id, since=0):
+        self.calls.append(f"stream {job_id}")
+        self.state = "running"
+        yield None
+        yield None
+        self.state = "done"
+
+
+def test_a_missing_proposal_is_requested_and_its_job_followed_by_its_events() -> None:
+    from napari_diffseg.review import proposal_or_request
+
+    client = _ProposingClient()
+    gen = proposal_or_request(client, "x", {"preset": "tiny"}, None, "teacher1", True)
+    yielded = []
+    try:
+        while True:
+            yielded.append(next(gen))
+    except StopIteration as stop:
+        result = stop.value
+    assert [item["job"].state for item in yielded] == ["queued", "running"]
+    assert "request ['x']" in client.calls and "stream 5" in client.calls
+    assert result["kind"] == "proposal" and result["proposal"].id == 9 and result["base_version"] == 3

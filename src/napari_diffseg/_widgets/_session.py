@@ -2,7 +2,8 @@
 
 Also the two helpers every widget uses: :func:`run_in_thread` (a backend call off the Qt thread, its result
 delivered to a main-thread handler) and :func:`notify_error` (an exception → a napari notification that
-says what to do); and :func:`fetch_image`, the worker that opens an image (project and annotate widgets).
+says what to do). :data:`FETCH_POOL`, :func:`active_model_id` and :func:`fetch_image` live in the Qt-free
+:mod:`napari_diffseg.review` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ from __future__ import annotations
 import subprocess
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import (
     Notification,
@@ -26,9 +25,9 @@ from napari.utils.notifications import (
 )
 from qtpy.QtCore import QObject, Signal
 
-from napari_diffseg._layers import to_display
 from napari_diffseg.backend.errors import AuthError, BackendError, BackendUnavailable
 from napari_diffseg.base.contracts import Image, Job
+from napari_diffseg.review import FETCH_POOL, active_model_id, fetch_image
 
 __all__ = [
     "FETCH_POOL",
@@ -39,9 +38,6 @@ __all__ = [
     "run_in_thread",
     "session_for",
 ]
-
-FETCH_POOL = ThreadPoolExecutor(max_workers=6, thread_name_prefix="diffseg-fetch")
-"""Threads for the HTTP requests a worker makes at the same time (an image's pixels and its proposal)."""
 
 _SESSIONS: dict[int, tuple[weakref.ref, Session]] = {}
 
@@ -193,42 +189,6 @@ def _forget(key: int) -> None:
     entry = _SESSIONS.pop(key, None)
     if entry is not None:
         entry[1].stop_server()
-
-
-def active_model_id(client: Any) -> str | None:
-    """Worker: the id of the backend's active model (None before there is one)."""
-    return next((m.id for m in client.models() if m.active), None)
-
-
-def fetch_image(
-    client: Any,
-    record: Image | None,
-    companion: Callable[[Any, Image, str | None, bool], Any] | None = None,
-    model: tuple[str | None, bool] = (None, False),
-    strategy: str = "uncertainty",
-) -> tuple[Image, np.ndarray, Any, bool] | None:
-    """Worker: the fresh record (``None`` → ``/next`` with ``strategy``), the pixels of the image to open
-    (as napari shows them) and what ``companion(client, record, *model)`` fetched at the same time (the
-    exception it raised, if it failed: the image is still shown), and whether the pixels are RGB.
-    ``model``: the session's ``(model_id, model_known)``."""
-    if record is None:
-        record = client.next_image(strategy=strategy)
-    else:
-        record = client.image(record.id)
-    if record is None:
-        return None
-    extra = None
-    future = FETCH_POOL.submit(companion, client, record, *model) if companion is not None else None
-    try:
-        data, rgb = to_display(client.image_pixels(record.id))
-        data = np.ascontiguousarray(data)  # a (C, H, W) → (H, W, C) view uploads slower
-    finally:
-        if future is not None:
-            try:
-                extra = future.result()
-            except Exception as exc:  # handed to the main thread, which reports it
-                extra = exc
-    return record, data, extra, rgb
 
 
 def _interrupted_jobs(client: Any) -> list[Job]:

@@ -16,13 +16,14 @@ still refused; "Load / request proposal" shows the active model's proposal inste
 
 The Labels and uncertainty layers are created once and reused for every image (new data, name and
 contrast; the Labels undo history is cleared so Ctrl-Z cannot bring back another image's mask): removing
-layers and adding new ones is several times slower, and crashed napari with Mesa's software OpenGL."""
+layers and adding new ones is several times slower, and crashed napari with Mesa's software OpenGL.
+
+What is fetched, and the propose job followed, is the Qt-free :mod:`napari_diffseg.review`: this module
+calls it in worker threads and displays what it returns."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -30,24 +31,22 @@ import numpy as np
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
-from napari_diffseg._widgets._session import (
-    active_model_id,
-    fetch_image,
-    notify_error,
-    run_in_thread,
-    session_for,
-)
+from napari_diffseg._widgets._session import notify_error, run_in_thread, session_for
 from napari_diffseg._widgets.project import show_image
 from napari_diffseg.backend.errors import BackendError, StaleAnnotation
 from napari_diffseg.base.contracts import Image, Job, SavedAnnotation
+from napari_diffseg.review import (
+    load_for_image,
+    prepared,
+    proposal_or_request,
+    reject_and_next,
+    uncertainty_limits,
+)
 
 __all__ = ["REJECT_HELP", "SAVE_KEY", "AnnotateWidget", "ask_unsaved", "uncertainty_limits"]
 
-JOB_POLL_S = 0.25  # how often a worker asks the backend about a propose job it follows
 CLOSED_LABELS = "(no proposal)"  # the names of the hidden layers kept for the next image
 CLOSED_UNCERTAINTY = "(no uncertainty)"
-ANNOTATED = ("corrected", "ground_truth")  # image states shown from their latest annotation
-_PARTS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="diffseg-parts")  # leaf requests only
 
 SAVE_KEY = "Shift-S"
 REJECT_HELP = (
@@ -76,214 +75,12 @@ def ask_unsaved(parent: QWidget | None, name: str) -> str:
     return {buttons.Save: "save", buttons.Discard: "discard"}.get(clicked, "cancel")
 
 
-def _active_model_id(client: Any) -> str | None:
-    """Worker: the id of the backend's active model (None before there is one)."""
-    return active_model_id(client)
-
-
-def _proposal_parts(client: Any, image_id: str, model_id: str | None) -> dict[str, Any] | None:
-    """Worker: the record, mask and uncertainty of the latest proposal of ``model_id`` (None: of any model)
-    for ``image_id``, requested at the same time; None when there is none."""
-    if model_id is None:
-        record = client.proposal(image_id)
-        if record is None:
-            return None
-        model_id = record.model_id
-    else:
-        record = None
-    parts = {
-        part: _PARTS.submit(client.proposal_pixels, image_id, part, model_id=model_id)
-        for part in ("mask", "uncertainty")
-    }
-    try:
-        if record is None:
-            record = client.proposal(image_id, model_id=model_id)
-        pixels = {part: future.result() for part, future in parts.items()}
-    except BackendError as exc:
-        if exc.code == "no_proposal":
-            return None
-        raise
-    finally:
-        for future in parts.values():
-            future.cancel()
-    if record is None:
-        return None
-    return _prepared(
-        {
-            "kind": "proposal",
-            "image_id": image_id,
-            "proposal": record,
-            "model_id": record.model_id,
-            "mask": pixels["mask"],
-            "uncertainty": pixels["uncertainty"],
-        }
-    )
-
-
-def _prepared(result: dict[str, Any]) -> dict[str, Any]:
-    """Worker: the arrays as the layers take them (int32 mask and its editable copy, float32 uncertainty
-    and its contrast limits), so the main thread only swaps data."""
-    mask = np.asarray(result["mask"]).astype(np.int32)
-    result["mask"], result["edit"] = mask, mask.copy()
-    if result.get("uncertainty") is not None:
-        unc = np.ascontiguousarray(result["uncertainty"], dtype=np.float32)
-        result["uncertainty"], result["limits"] = unc, uncertainty_limits(unc)
-    return result
-
-
-def _load_for_image(
-    client: Any, record: Image, model_id: str | None, model_known: bool = True
-) -> dict[str, Any]:
-    """Worker (the session's companion, run while the image's pixels are fetched): what the annotate widget
-    shows for a freshly opened image, as ``{"kind": ...}``:
-
-    - ``"annotation"``: the image is corrected or ground truth: its latest annotation version (and the
-      uncertainty of the active model's proposal, if it has one cached; without an active model, of the
-      image's latest proposal). No proposal is requested.
-    - ``"proposal"``: the cached proposal of ``model_id`` (the session's active model).
-    - ``"missing"``: that model has no proposal for the image yet (the widget then asks for one).
-
-    ``model_known`` False: the session does not know the active model yet; it is asked for first and
-    returned as ``"active_model"``.
-    """
-    if not model_known:
-        model_id = _active_model_id(client)
-        result = _load_for_image(client, record, model_id)
-        result["active_model"] = model_id
-        return result
-    image_id = record.id
-    latest = record.latest_version
-    if record.state in ANNOTATED and latest is not None:
-        # model None (no active model): the uncertainty of the image's latest proposal, as shown for it
-        unc = _PARTS.submit(client.proposal_pixels, image_id, "uncertainty", model_id=model_id)
-        mask = client.annotation_pixels(image_id, int(latest))
-        try:
-            uncertainty = unc.result()
-        except BackendError as exc:
-            if exc.code != "no_proposal":
-                raise
-            uncertainty = None
-        return _prepared(
-            {
-                "kind": "annotation",
-                "image_id": image_id,
-                "version": int(latest),
-                "base_version": int(latest),
-                "model_id": model_id,
-                "mask": mask,
-                "uncertainty": uncertainty,
-            }
-        )
-    found = _proposal_parts(client, image_id, model_id)
-    if found is None:
-        return {"kind": "missing", "image_id": image_id, "model_id": model_id}
-    found["base_version"] = None if latest is None else int(latest)
-    return found
-
-
-def _proposal_or_request(
-    client: Any,
-    image_id: str,
-    options: dict[str, Any],
-    job_id: int | None = None,
-    model_id: str | None = None,
-    model_known: bool = False,
-) -> Iterator[dict[str, Any]]:
-    """Worker (generator): the proposal of the active model for ``image_id`` (see :func:`_proposal_parts`)
-    with the image's latest annotation version as ``base_version``.
-
-    ``model_id``: the active model as the session knows it (``model_known``), else it is asked for. When
-    that model has no proposal for the image, the backend is asked again which model is active (another
-    may have been made active meanwhile: ``{"model_id": id}`` is yielded when it changed). When the active
-    model has none (the image is new, or its proposals come from an older model), a ``propose`` job is
-    requested for this image (``options``: more :meth:`request_proposals` arguments), or the job
-    ``job_id`` requested earlier is followed; each state of the job is yielded as ``{"job": record,
-    "model_id": id}`` and the proposal is fetched once it is done. Without any model, the image's latest
-    proposal is shown if it has one.
-    """
-    versions = _PARTS.submit(client.annotations, image_id)
-    if not model_known:
-        model_id = _active_model_id(client)
-        yield {"model_id": model_id}
-    found = _proposal_parts(client, image_id, model_id) if model_id is not None else None
-    if found is None and model_known:
-        fresh = _active_model_id(client)  # a 'not found': is the cached model still the active one?
-        if fresh != model_id:
-            model_id = fresh
-            yield {"model_id": model_id}
-            found = _proposal_parts(client, image_id, model_id) if model_id is not None else None
-    if found is None and model_id is None:
-        found = _proposal_parts(client, image_id, None)
-        if found is None:
-            raise BackendError(
-                0,
-                "this image has no proposal and the project has no model yet: pretrain one in the DiffSeg "
-                "train widget (Job: pretrain), then load the proposal again.",
-                "no_model",
-            )
-    if found is None:
-        job = client.job(job_id) if job_id is not None else None
-        if job is None or job.ended:
-            job = client.request_proposals([image_id], **options)
-        yield {"job": job, "model_id": model_id}
-        state = job.state
-        while not job.ended:
-            time.sleep(JOB_POLL_S)
-            job = client.job(job.id)
-            if job.state != state:
-                state = job.state
-                yield {"job": job, "model_id": model_id}
-        if job.state != "done":
-            raise BackendError(
-                0,
-                f"the proposal job {job.id} for this image ended {job.state}"
-                + (f": {job.error}" if job.error else "")
-                + ". Fix what it says (or resume it in the train widget), then press 'Load / request "
-                "proposal'.",
-                "propose_failed",
-            )
-        found = _proposal_parts(client, image_id, model_id)
-        if found is None:
-            raise BackendError(
-                0,
-                f"the proposal job {job.id} ended but left no proposal of model {model_id} (was another "
-                "model made active meanwhile?): press 'Load / request proposal' again.",
-                "no_proposal",
-            )
-    annotations = versions.result()
-    found["base_version"] = annotations[-1].version if annotations else None
-    return found
-
-
-def _reject_and_next(
-    client: Any,
-    image_id: str,
-    companion: Any = None,
-    model: tuple[str | None, bool] = (None, False),
-    strategy: str = "uncertainty",
-) -> tuple[Image, Any]:
-    """Worker: mark the image excluded, then fetch the next one to review (and its proposal)."""
-    rejected = client.set_image_state(image_id, "excluded")
-    return rejected, fetch_image(client, None, companion, model, strategy)
-
-
-def uncertainty_limits(uncertainty: np.ndarray) -> tuple[float, float]:
-    """Contrast limits that make this image's most uncertain regions stand out: its median to its 99.5th
-    percentile, so (with additive blending) the typical half of the image stays black and only the more
-    uncertain regions glow (a span of at least 1e-3, so a flat map stays dark instead of amplifying
-    noise)."""
-    if not uncertainty.size:
-        return 0.0, 1.0
-    low, high = (float(v) for v in np.percentile(uncertainty, [50, 99.5]))
-    return low, max(high, low + 1e-3)
-
-
 class AnnotateWidget(QWidget):
     """Show the proposal of the image under review, edit it with napari's label tools, then save it
     (Shift-S), revert to the proposal, or reject the image.
 
     Opening an image (Next image, a table double-click, Reject) shows its proposal from the active model,
-    requesting one first when that model has none for it (see :func:`_proposal_or_request`); "Load /
+    requesting one first when that model has none for it (see :func:`proposal_or_request`); "Load /
     request proposal" does the same on demand. Only the latest request is shown, and only while its image
     is still the one under review.
 
@@ -360,7 +157,7 @@ class AnnotateWidget(QWidget):
         self.include_button.clicked.connect(self.include_again)
         self.session.image_opened.connect(self._on_image_opened)
         self.session.switch_guard = self.confirm_switch
-        self.session.companion = _load_for_image  # the proposal is fetched with the image's pixels
+        self.session.companion = load_for_image  # the proposal is fetched with the image's pixels
         self.destroyed.connect(partial(_drop_guard, self.session))
         self.destroyed.connect(partial(_mark_deleted, self._alive))
         self.viewer.bind_key(SAVE_KEY, self._on_save_key, overwrite=True)
@@ -390,7 +187,7 @@ class AnnotateWidget(QWidget):
             token = self._load_token
             self._loading = record.id
             run_in_thread(
-                _load_for_image,
+                load_for_image,
                 self.session.client,
                 record,
                 self.session.model_id,
@@ -400,7 +197,7 @@ class AnnotateWidget(QWidget):
             )
 
     def _on_loaded(self, token: int, result: Any) -> None:
-        """Main thread: what :func:`_load_for_image` fetched for the image just opened (or the exception
+        """Main thread: what :func:`load_for_image` fetched for the image just opened (or the exception
         it raised): shown, or for a missing proposal (or a failed fetch) the full load/request path."""
         if token != self._load_token or not self._alive.value:
             return
@@ -494,7 +291,7 @@ class AnnotateWidget(QWidget):
         self._loading = image_id
         self.current.setText(f"{self._image_name(image_id)}: loading the proposal…")
         run_in_thread(
-            _proposal_or_request,
+            proposal_or_request,
             client,
             image_id,
             dict(self.propose_options),
@@ -548,11 +345,11 @@ class AnnotateWidget(QWidget):
         result.setdefault("image_id", result["proposal"].image_id)
         result.setdefault("model_id", result["proposal"].model_id)
         if "edit" not in result:
-            result = _prepared(result)
+            result = prepared(result)
         self._show_loaded(result)
 
     def _show_loaded(self, result: dict[str, Any]) -> None:
-        """Show what :func:`_load_for_image` or :func:`_proposal_or_request` fetched: the mask in the
+        """Show what :func:`load_for_image` or :func:`proposal_or_request` fetched: the mask in the
         editable Labels layer, the uncertainty in the Image layer (both reused when they exist)."""
         image_id = result["image_id"]
         image = self.session.image
@@ -697,7 +494,7 @@ class AnnotateWidget(QWidget):
             return
         self.reject_button.setEnabled(False)
         run_in_thread(
-            _reject_and_next,
+            reject_and_next,
             self.session.client,
             image.id,
             self.session.companion,

@@ -30,10 +30,11 @@ from qtpy.QtWidgets import (
 )
 
 from napari_diffseg._layers import to_display
-from napari_diffseg._widgets._session import Session, fetch_image, notify_error, run_in_thread, session_for
+from napari_diffseg._widgets._session import Session, notify_error, run_in_thread, session_for
 from napari_diffseg.backend.errors import AuthError, BackendUnavailable
 from napari_diffseg.backend.local import create_project, start_local_backend
 from napari_diffseg.base.contracts import Image
+from napari_diffseg.review import fetch_image
 
 __all__ = ["ImportReport", "ProjectWidget", "ask_create", "show_image", "start_local_backend"]
 
