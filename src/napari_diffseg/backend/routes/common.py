@@ -11,9 +11,9 @@ from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 
 from napari_diffseg.backend.handlers import ApiError
-from napari_diffseg.backend.params import validate_params
 from napari_diffseg.backend.schemas import ErrorOut, ImageOut, JobOut, ModelOut
 from napari_diffseg.backend.state import BackendState
+from napari_diffseg.base.contracts import CotrainParams, PretrainParams, ProposeParams
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.project import Project
 from napari_diffseg.project.records import ImageRecord, JobRecord
@@ -147,12 +147,11 @@ def job_out(ctx: BackendState, job: JobRecord) -> JobOut:
     return JobOut(**job.to_dict(), cancel_requested=ctx.manager.cancel_requested(job))
 
 
-def submit(ctx: BackendState, kind: str, params: dict[str, Any]) -> JobOut:
-    """Validate a job's parameters (image refs → ids), queue it and wake the job manager."""
+def submit(ctx: BackendState, params: PretrainParams | ProposeParams | CotrainParams) -> JobOut:
+    """Queue a job with its typed parameters (image refs → ids) and wake the job manager."""
     project = ctx.project()
-    clean = validate_params(kind, params)
-    if clean.get("ids"):
-        clean["ids"] = [find_image(project, ref).id for ref in clean["ids"]]
-    job_id = project.create_job(kind, clean)
+    if isinstance(params, ProposeParams) and params.ids:
+        params = params.model_copy(update={"ids": [find_image(project, ref).id for ref in params.ids]})
+    job_id = project.create_job(params.kind, params.stored())
     ctx.manager.wake()
     return job_out(ctx, project.job(job_id))

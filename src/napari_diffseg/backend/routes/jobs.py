@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import Query, Request
 from fastapi.responses import StreamingResponse
@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from napari_diffseg.backend.routes.common import MAX_ID, JobIdPath, api_router, find_job, job_out, submit
 from napari_diffseg.backend.schemas import EventsOut, JobCreate, JobEventOut, JobOut
 from napari_diffseg.backend.state import BackendState, Ctx
-from napari_diffseg.project.records import TERMINAL_JOB_STATES
+from napari_diffseg.base.contracts import TERMINAL_JOB_STATES, JobState
 
 __all__ = [
     "STREAM_HEARTBEAT_S",
@@ -43,14 +43,14 @@ router = api_router()
 @router.post("/jobs", status_code=202, response_model=JobOut, tags=["jobs"])
 def create_job(ctx: Ctx, body: JobCreate) -> JobOut:
     """Queue a ``pretrain``, ``propose`` or ``cotrain`` job; it runs in its own process."""
-    return submit(ctx, body.kind, body.params)
+    return submit(ctx, body.typed())
 
 
 @router.get("/jobs", response_model=list[JobOut], tags=["jobs"])
 def list_jobs(
     ctx: Ctx,
     state: Annotated[
-        Literal["queued", "running", "done", "failed", "cancelled", "interrupted"] | None,
+        JobState | None,
         Query(description="Only jobs in this state."),
     ] = None,
 ) -> list[JobOut]:

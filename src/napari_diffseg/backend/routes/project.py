@@ -27,7 +27,7 @@ def project_info(ctx: Ctx) -> ProjectOut:
     """Counts, schema version, images per state, the active model and the upload limits."""
     project = ctx.project()
     active = project.active_model()
-    states = {s: 0 for s in IMAGE_STATES}
+    states: dict[str, int] = {s: 0 for s in IMAGE_STATES}
     for rec in project.images():
         states[rec.state] = states.get(rec.state, 0) + 1
     return ProjectOut(

@@ -69,4 +69,4 @@ def proposal_pixels(
 @router.post("/proposals", status_code=202, response_model=JobOut, tags=["proposals"])
 def request_proposals(ctx: Ctx, body: ProposalsCreate) -> JobOut:
     """Start a ``propose`` job (teacher pseudo-labels + uncertainty) for images; default: all unreviewed."""
-    return submit(ctx, "propose", body.model_dump(exclude_none=True))
+    return submit(ctx, body.typed())
