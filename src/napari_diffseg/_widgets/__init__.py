@@ -1,1 +1,1 @@
-"""Qt / magicgui / napari widgets (the only Qt code in the package)."""
+"""Qt / napari dock widgets (the only Qt code in the package)."""

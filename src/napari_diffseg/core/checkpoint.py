@@ -10,6 +10,9 @@ A training state is one ``.safetensors`` file holding module weights, optimizer 
 states and extra tensors; everything that is not a tensor (optimizer hyper-parameters, ``extra``) is JSON
 in the file's metadata. Every file is written atomically: a temporary file in the same folder, fsync,
 then `os.replace`, so a crash never leaves a half-written checkpoint behind.
+
+Why one module of ~500 lines: the on-disk format, its version checks and the resumable training state
+are one contract and change together.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ before each step (and inside long pseudo-label refreshes), checkpoints every ``c
 and when cancelled, and resumes bit-for-bit from its checkpoint: the checkpoint holds the networks, the
 optimiser, the random generator and the cached pseudo-labels, so an interrupted run continues exactly
 where it stopped.
+
+Why one module of ~700 lines: the four loops share their resumable-state plumbing (checkpoint, RNG,
+pseudo-label cache, ramp-up) and are read side by side when the method changes; the stage *sequence*
+lives in :mod:`.pipeline`.
 """
 
 from __future__ import annotations
