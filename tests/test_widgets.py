@@ -22,6 +22,7 @@ if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
 from backend_server import SRC, Server
 from napari_diffseg.backend.client import DiffsegClient
 from napari_diffseg.backend.errors import StaleAnnotation
+from napari_diffseg.base.contracts import Image
 
 WAIT_MS = 30_000
 
@@ -91,20 +92,20 @@ def test_project_widget_lists_images_and_opens_the_next(
     viewer = make_napari_viewer()
     widget = _connected(viewer, qtbot, server)
     table = {widget.table.item(r, 0).text(): widget.table.item(r, 1).text() for r in range(5)}
-    assert table == {rec["name"]: rec["state"] for rec in client.images()}
+    assert table == {rec.name: rec.state for rec in client.images()}
     assert set(table.values()) == {"proposed"}
     expected = client.next_image()
 
     widget.open_next()
     qtbot.waitUntil(lambda: len(viewer.layers) == 1, timeout=WAIT_MS)
     layer = viewer.layers[0]
-    assert layer.name == expected["name"] and layer.rgb
-    assert np.array_equal(layer.data, np.moveaxis(client.image_pixels(expected["id"]), 0, -1))
-    assert widget.session.image["id"] == expected["id"]
+    assert layer.name == expected.name and layer.rgb
+    assert np.array_equal(layer.data, np.moveaxis(client.image_pixels(expected.id), 0, -1))
+    assert widget.session.image.id == expected.id
 
     # the order box: an uncertainty-weighted draw goes through /next?strategy=power, for Reject → next too
     asked: list[str] = []
-    given: list[dict] = []
+    given: list[Image | None] = []
     real = type(widget.session.client).next_image
 
     def spy(self, split=None, strategy="uncertainty"):
@@ -117,8 +118,8 @@ def test_project_widget_lists_images_and_opens_the_next(
     assert widget.session.next_strategy == "power"
     widget.open_next()
     qtbot.waitUntil(lambda: asked == ["power"], timeout=WAIT_MS)
-    qtbot.waitUntil(lambda: bool(given) and widget.session.image["id"] == given[0]["id"], timeout=WAIT_MS)
-    assert viewer.layers[0].name == given[0]["name"]
+    qtbot.waitUntil(lambda: bool(given) and widget.session.image.id == given[0].id, timeout=WAIT_MS)
+    assert viewer.layers[0].name == given[0].name
 
 
 def test_annotate_saves_a_version_and_refuses_a_stale_save(
@@ -133,14 +134,14 @@ def test_annotate_saves_a_version_and_refuses_a_stale_save(
     annotate = _dock(viewer, "Annotate")
     project.open_next()
     qtbot.waitUntil(lambda: project.session.image is not None, timeout=WAIT_MS)
-    image_id = project.session.image["id"]
+    image_id = project.session.image.id
     before = len(client.annotations(image_id))
 
     qtbot.waitUntil(lambda: annotate.labels is not None, timeout=WAIT_MS)  # shown on opening, no click
     assert annotate.image_id == image_id
     proposal = client.proposal_pixels(image_id, "mask")
     assert np.array_equal(annotate.labels.data, proposal)
-    uncertainty = viewer.layers[f"{project.session.image['name']} uncertainty"]
+    uncertainty = viewer.layers[f"{project.session.image.name} uncertainty"]
     assert uncertainty.colormap.name == "magma"
     assert (
         uncertainty.contrast_limits[1] <= float(client.proposal_pixels(image_id, "uncertainty").max()) + 1e-6
@@ -162,8 +163,8 @@ def test_annotate_saves_a_version_and_refuses_a_stale_save(
     annotate.save()
     qtbot.waitUntil(lambda: any("Not saved" in w for w in warnings), timeout=WAIT_MS)
     versions = client.annotations(image_id)
-    assert len(versions) == before + 2 and versions[-1]["version"] == other["version"]
-    assert str(other["version"]) in warnings[-1]
+    assert len(versions) == before + 2 and versions[-1].version == other.version
+    assert str(other.version) in warnings[-1]
     with pytest.raises(StaleAnnotation):
         client.save_annotation(image_id, proposal, replaces=annotate.base_version)
 
@@ -178,7 +179,7 @@ def test_train_widget_runs_a_job_and_shows_progress(make_napari_viewer, qtbot, s
     train.start()
     qtbot.waitUntil(lambda: "done" in train.status.text(), timeout=60_000)
     assert train.progress.value() == train.progress.maximum() > 0
-    assert client.job(train.job_id)["state"] == "done"
+    assert client.job(train.job_id).state == "done"
     qtbot.waitUntil(train.start_button.isEnabled, timeout=WAIT_MS)
 
 
@@ -192,7 +193,7 @@ def test_train_widget_cancels_a_job(make_napari_viewer, qtbot, server, client) -
     qtbot.waitUntil(lambda: train.job_id is not None and train.cancel_button.isEnabled(), timeout=WAIT_MS)
     train.cancel()
     qtbot.waitUntil(lambda: "cancelled" in train.status.text(), timeout=WAIT_MS)
-    assert client.job(train.job_id)["state"] == "cancelled"
+    assert client.job(train.job_id).state == "cancelled"
     qtbot.waitUntil(train.start_button.isEnabled, timeout=WAIT_MS)
 
 
