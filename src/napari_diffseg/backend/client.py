@@ -448,7 +448,7 @@ class DiffsegClient:
         if target.is_dir():
             target = target / "weights.safetensors"
         content = self._request("GET", f"/models/{_ref(model_id)}/weights").content
-        from napari_diffseg.data.io import atomic_write_bytes
+        from napari_diffseg.base.fileio import atomic_write_bytes
 
         return atomic_write_bytes(target, content)
 

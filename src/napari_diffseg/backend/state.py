@@ -88,7 +88,7 @@ class ProposalCache:
         path = self._path(prop, part)
         with contextlib.suppress(FileNotFoundError):
             return path.read_bytes()
-        from napari_diffseg.data.io import atomic_write_bytes
+        from napari_diffseg.base.fileio import atomic_write_bytes
 
         found = project.proposal(prop.image_id, prop.model_id)
         if found is None:

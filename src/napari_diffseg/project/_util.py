@@ -16,8 +16,6 @@ import tifffile
 
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.base.fileio import atomic_write_bytes, fsync_dir
-from napari_diffseg.base.formats import tiff_bytes as tiff_bytes  # re-exported for the store
-from napari_diffseg.base.labels import edit_stats as edit_stats  # re-exported for the store
 from napari_diffseg.data.io import DEFAULT_MAX_PIXELS, MIN_SIDE, read_image_raw
 
 IMAGE_ID_RE = re.compile(r"^[0-9a-f]{16}$")

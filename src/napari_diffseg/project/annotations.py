@@ -8,8 +8,10 @@ import time
 import numpy as np
 
 from napari_diffseg.base.errors import DataError
+from napari_diffseg.base.formats import tiff_bytes
+from napari_diffseg.base.labels import edit_stats
 from napari_diffseg.project._db import _ANN_COLS, ImageRef, _annotation, _StoreBase, _Tx
-from napari_diffseg.project._util import check_mask, edit_stats, read_tiff, tiff_bytes
+from napari_diffseg.project._util import check_mask, read_tiff
 from napari_diffseg.project.errors import StaleVersionError
 from napari_diffseg.project.records import ANNOTATION_KINDS, AnnotationRecord
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from napari_diffseg.base.errors import DataError
+from napari_diffseg.base.formats import tiff_bytes
 from napari_diffseg.data.dataset import DEFAULT_SPLIT, is_valid_split
 from napari_diffseg.project._db import _IMAGE_COLS, ImageRef, PathLike, _image, _StoreBase, _Tx
 from napari_diffseg.project._util import (
@@ -18,7 +19,6 @@ from napari_diffseg.project._util import (
     content_id,
     image_from_array,
     read_tiff,
-    tiff_bytes,
 )
 from napari_diffseg.project.importing import ImportItem, collect_dataset, collect_paths, load_item
 from napari_diffseg.project.records import IMAGE_STATES, UNREVIEWED_STATES, ImageRecord, ImportResult

@@ -9,8 +9,9 @@ from collections import OrderedDict
 import numpy as np
 
 from napari_diffseg.base.errors import DataError
+from napari_diffseg.base.formats import tiff_bytes
 from napari_diffseg.project._db import _PROP_COLS, ImageRef, _proposal, _StoreBase
-from napari_diffseg.project._util import check_proposal, check_safe_id, hard_mask, read_tiff, tiff_bytes
+from napari_diffseg.project._util import check_proposal, check_safe_id, hard_mask, read_tiff
 from napari_diffseg.project.records import ProposalRecord
 
 # Hard masks of recently read proposals, shared by every Project of this process and keyed by
