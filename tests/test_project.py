@@ -125,7 +125,8 @@ def test_migrations_stepwise_keep_data(tmp_path: Path) -> None:
     assert "images" in tables and "jobs" not in tables
     # a v1 project with data in it
     arr = _rng_image(1)[np.newaxis]
-    from napari_diffseg.project._util import content_id, tiff_bytes
+    from napari_diffseg.base.formats import tiff_bytes
+    from napari_diffseg.project._util import content_id
 
     image_id = content_id(arr)
     data = tiff_bytes(arr)
