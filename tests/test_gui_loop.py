@@ -57,11 +57,11 @@ def _run_job(qtbot, train, kind: str) -> dict:
     train.preset.setCurrentText("tiny")
     train.rounds.setValue(1)
     train.start_button.click()
-    qtbot.waitUntil(lambda: train.job is not None and train.job["kind"] == kind, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: train.job is not None and train.job.kind == kind, timeout=WAIT_MS)
     qtbot.waitUntil(
-        lambda: train.job["state"] in ("done", "failed", "cancelled", "interrupted"), timeout=JOB_MS
+        lambda: train.job.ended, timeout=JOB_MS
     )
-    assert train.job["state"] == "done", (train.job, train.status.text())
+    assert train.job.state == "done", (train.job, train.status.text())
     qtbot.waitUntil(train.start_button.isEnabled, timeout=WAIT_MS)
     return train.job
 
@@ -124,7 +124,7 @@ def test_the_whole_loop_through_the_docked_widgets(make_napari_viewer, qtbot, tm
         assert pretrained["active"] == "●" and pretrained["round"] == "0"
         first_model = pretrained["model"]
         propose = client.request_proposals(preset="tiny")
-        assert client.wait(int(propose["id"]), timeout=JOB_MS / 1000)["state"] == "done"
+        assert client.wait(propose.id, timeout=JOB_MS / 1000).state == "done"
         project.refresh_button.click()
         qtbot.waitUntil(lambda: _row(project, "cells-01")["state"] == "proposed", timeout=WAIT_MS)
         states = {r["name"]: r["state"] for r in _table(project)}
@@ -137,10 +137,10 @@ def test_the_whole_loop_through_the_docked_widgets(make_napari_viewer, qtbot, tm
 
         # 4. Next image: the most uncertain unreviewed image opens with its proposal, no extra click
         expected = client.next_image()
-        assert expected is not None and expected["state"] == "proposed"
+        assert expected is not None and expected.state == "proposed"
         project.next_button.click()
-        qtbot.waitUntil(lambda: annotate.image_id == expected["id"], timeout=WAIT_MS)
-        name = expected["name"]
+        qtbot.waitUntil(lambda: annotate.image_id == expected.id, timeout=WAIT_MS)
+        name = expected.name
         assert [layer.name for layer in viewer.layers] == [name, f"{name} uncertainty", f"{name} proposal"]
         assert isinstance(viewer.layers[name], Image) and isinstance(
             viewer.layers[f"{name} uncertainty"], Image
@@ -148,9 +148,9 @@ def test_the_whole_loop_through_the_docked_widgets(make_napari_viewer, qtbot, tm
         assert viewer.layers[f"{name} uncertainty"].colormap.name == "magma"
         assert isinstance(annotate.labels, Labels) and annotate.labels.name == f"{name} proposal"
         assert annotate.model_id == first_model
-        proposal = client.proposal_pixels(expected["id"], "mask", model_id=first_model)
+        proposal = client.proposal_pixels(expected.id, "mask", model_id=first_model)
         assert np.array_equal(annotate.labels.data, proposal)
-        assert len([j for j in client.jobs() if j["kind"] == "propose"]) == 1  # it was cached: no new job
+        assert len([j for j in client.jobs() if j.kind == "propose"]) == 1  # it was cached: no new job
 
         # 5. paint a block into the Labels layer and save with Shift-S in the canvas
         edited = np.array(annotate.labels.data)
@@ -163,10 +163,10 @@ def test_the_whole_loop_through_the_docked_widgets(make_napari_viewer, qtbot, tm
         canvas.setFocus()
         qtbot.keyClick(canvas, Qt.Key.Key_S, Qt.KeyboardModifier.ShiftModifier)
         qtbot.waitUntil(lambda: _row(project, name)["state"] == "corrected", timeout=WAIT_MS)
-        (version,) = client.annotations(expected["id"])
-        assert version["kind"] == "correction" and version["proposal_id"] == annotate.proposal_id
-        assert np.array_equal(client.annotation_pixels(expected["id"]), edited)
-        dice = client.image(expected["id"])["last_edit_dice"]
+        (version,) = client.annotations(expected.id)
+        assert version.kind == "correction" and version.proposal_id == annotate.proposal_id
+        assert np.array_equal(client.annotation_pixels(expected.id), edited)
+        dice = client.image(expected.id).last_edit_dice
         assert dice is not None and 0.0 <= dice < 1.0  # the edit changed the proposal
         assert _row(project, name)["last edit Dice"] == f"{dice:.3f}"
         assert not annotate.has_unsaved_edits()
@@ -181,22 +181,22 @@ def test_the_whole_loop_through_the_docked_widgets(make_napari_viewer, qtbot, tm
         assert rows[new_model]["active"] == "●" and rows[new_model]["round"] == "1"
         assert rows[first_model]["active"] == ""
         assert 0.0 <= float(rows[new_model]["val Dice"]) <= 1.0  # val-00 has ground truth
-        assert [m["id"] for m in client.models() if m["active"]] == [new_model]
+        assert [m.id for m in client.models() if m.active] == [new_model]
 
         # 7. Next image: the new model has no proposal for it yet, so one is requested, followed, shown
         second = client.next_image()
-        assert second is not None and second["id"] != expected["id"]
-        assert client.proposal(second["id"], model_id=new_model) is None
+        assert second is not None and second.id != expected.id
+        assert client.proposal(second.id, model_id=new_model) is None
         project.next_button.click()
         qtbot.waitUntil(lambda: "proposing" in annotate.current.text(), timeout=WAIT_MS)
         assert new_model in annotate.current.text()
-        qtbot.waitUntil(lambda: annotate.image_id == second["id"], timeout=JOB_MS)
+        qtbot.waitUntil(lambda: annotate.image_id == second.id, timeout=JOB_MS)
         assert annotate.model_id == new_model
-        assert client.proposal(second["id"], model_id=new_model)["id"] == annotate.proposal_id
-        name2 = second["name"]
+        assert client.proposal(second.id, model_id=new_model).id == annotate.proposal_id
+        name2 = second.name
         assert [layer.name for layer in viewer.layers] == [name2, f"{name2} uncertainty", f"{name2} proposal"]
         assert np.array_equal(
-            annotate.labels.data, client.proposal_pixels(second["id"], "mask", model_id=new_model)
+            annotate.labels.data, client.proposal_pixels(second.id, "mask", model_id=new_model)
         )
         assert new_model in annotate.current.text()
     finally:

@@ -11,7 +11,7 @@ No Qt, no napari (tests/test_import_isolation.py checks it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -153,7 +153,7 @@ def proposal_or_request(
     job_id: int | None = None,
     model_id: str | None = None,
     model_known: bool = False,
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any], None, dict[str, Any]]:
     """Worker (generator): the proposal of the active model for ``image_id`` (see :func:`proposal_parts`)
     with the image's latest annotation version as ``base_version``.
 

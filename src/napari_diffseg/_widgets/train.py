@@ -177,7 +177,7 @@ def _latest_open_job(client: Any) -> Job | None:
     for state in ("running", "queued"):
         jobs = [j for j in client.jobs(state=state) if j.kind in KINDS]
         if jobs:
-            return jobs[-1]  # type: ignore[no-any-return]
+            return jobs[-1]
     return None
 
 
