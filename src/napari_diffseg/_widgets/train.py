@@ -44,7 +44,7 @@ from napari_diffseg.base.contracts import TRAINING_KINDS, EventData, Job, JobEve
 __all__ = ["PRESETS", "JobHistory", "TrainWidget", "describe_event", "format_duration"]
 
 PRESETS = ("tiny", "cpu", "gpu")
-KINDS = TRAINING_KINDS
+KINDS = ("cotrain", "pretrain")  # the job choices, in the order the combo box lists them (default first)
 MODEL_COLUMNS = ("active", "model", "round", "method", "val Dice", "created")
 NOT_LOSSES = frozenset({"ramp"})  # reported with the losses, but a schedule weight, not a loss
 VIEW_INTERVAL_MS = 250  # the progress bars, the ETA and the plots are refreshed at most 4× a second
@@ -175,7 +175,7 @@ def _follow(
 def _latest_open_job(client: Any) -> Job | None:
     """Worker: the newest running (else queued) pretrain or co-training job, if any."""
     for state in ("running", "queued"):
-        jobs = [j for j in client.jobs(state=state) if j.kind in KINDS]
+        jobs = [j for j in client.jobs(state=state) if j.kind in TRAINING_KINDS]
         if jobs:
             return jobs[-1]
     return None
