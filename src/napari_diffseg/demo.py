@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_diffseg.base.contracts import Job, JobEventOut
 from napari_diffseg.base.errors import ConfigError, DataError, DiffsegError
 from napari_diffseg.base.progress import EventBars
 
@@ -225,7 +226,7 @@ class _Run:
     threads: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    events: dict[str, list[JobEventOut]] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     baselines: list[dict[str, Any]] = field(default_factory=list)
     corrections: list[dict[str, Any]] = field(default_factory=list)
@@ -247,37 +248,37 @@ class _Run:
             params["overrides"] = dict(s.overrides)
         return params
 
-    def run_job(self, client: Any, key: str, kind: str, params: dict[str, Any], label: str) -> dict[str, Any]:
+    def run_job(self, client: Any, key: str, kind: str, params: dict[str, Any], label: str) -> Job:
         """Start a job, show its streamed events as progress bars, keep its persisted events."""
         job = client.start_job(kind, params)
         bars = EventBars(label, self.progress, logs=True)
         try:
-            for event in client.stream_events(job["id"]):
-                bars(event["data"])
+            for event in client.stream_events(job.id):
+                bars(event.data.model_dump())
         finally:
             bars.close()
-        job = client.wait(job["id"], poll=0.2)
-        events: list[dict[str, Any]] = []
+        job = client.wait(job.id, poll=0.2)
+        events: list[JobEventOut] = []
         cursor = 0
         while True:  # the persisted history, page by page
-            page = client.events(job["id"], since=cursor, limit=5000)
-            events.extend(page["events"])
-            if not page["events"]:
+            page = client.events(job.id, since=cursor, limit=5000)
+            events.extend(page.events)
+            if not page.events:
                 break
-            cursor = int(page["next"])
+            cursor = page.next
         self.events[key] = events
         self.jobs[key] = {
-            "id": job["id"],
+            "id": job.id,
             "kind": kind,
-            "state": job["state"],
-            "seconds": (job["finished_at"] or 0) - (job["started_at"] or 0),
+            "state": job.state,
+            "seconds": (job.finished_at or 0) - (job.started_at or 0),
         }
-        if job["state"] != "done":
+        if job.state != "done":
             raise DemoError(
-                f"the {kind} job {job['id']} ended {job['state']}: {job.get('error') or 'no error recorded'} "
-                f"(see {self.out / 'project' / 'jobs' / str(job['id']) / 'worker.log'})"
+                f"the {kind} job {job.id} ended {job.state}: {job.error or 'no error recorded'} "
+                f"(see {self.out / 'project' / 'jobs' / str(job.id) / 'worker.log'})"
             )
-        return job  # type: ignore[no-any-return]
+        return job
 
 
 def _evaluate(run: _Run, client: Any, data_dir: Path, test_ids: list[str], label: str) -> dict[str, Any]:
@@ -286,10 +287,10 @@ def _evaluate(run: _Run, client: Any, data_dir: Path, test_ids: list[str], label
     from napari_diffseg.data.io import read_image
     from napari_diffseg.predict import load_model, predict_image
 
-    active = client.project()["active_model"]
+    active = client.project().active_model
     if active is None:
         raise DemoError("the backend has no active model after co-training")
-    bundle, config = load_model(run.out / "project" / "models" / active["id"], device="auto")
+    bundle, config = load_model(run.out / "project" / "models" / active.id, device="auto")
     per_image = []
     preds: dict[str, np.ndarray] = {}
     with _bar(f"{label} · test Dice", len(test_ids), run.progress) as bar:
@@ -303,8 +304,8 @@ def _evaluate(run: _Run, client: Any, data_dir: Path, test_ids: list[str], label
     run.test_predictions[label] = preds
     summary = summarize(per_image)
     return {
-        "model_id": active["id"],
-        "model_metrics": active.get("metrics", {}),
+        "model_id": active.id,
+        "model_metrics": active.metrics,
         "test_dice_mean": float(summary["dice_mean"]),
         "test_dice_std": float(summary["dice_std"]),
         "test_iou_mean": float(summary["iou_mean"]),
@@ -341,35 +342,35 @@ def _simulate_annotator(run: _Run, client: Any, data_dir: Path) -> list[str]:
             record = client.next_image(split="train")
             if record is None:
                 break
-            name = record["name"]
-            proposal = client.proposal(record["id"])
+            name = record.name
+            proposal = client.proposal(record.id)
             if proposal is None:
                 raise DemoError(f"image {name} has no proposal to correct")
-            proposed = np.asarray(client.proposal_pixels(record["id"], "mask"))
+            proposed = np.asarray(client.proposal_pixels(record.id, "mask"))
             truth = _read_mask(data_dir / "masks" / f"{name}.png")
             t0 = time.perf_counter()
             saved = client.save_annotation(
-                record["id"],
+                record.id,
                 truth,
-                replaces=record.get("latest_version"),
+                replaces=record.latest_version,
                 kind="correction",
-                proposal_id=proposal["id"],
+                proposal_id=proposal.id,
                 author="simulated annotator (ground truth)",
             )
-            ann = saved["annotation"]
+            ann = saved.annotation
             run.corrections.append(
                 {
-                    "image_id": record["id"],
+                    "image_id": record.id,
                     "name": name,
-                    "uncertainty": float(record["uncertainty"]),
-                    "proposal_id": int(proposal["id"]),
-                    "proposal_model": proposal["model_id"],
-                    "version": int(saved["version"]),
-                    "edit_dice": ann["edit_dice"],
-                    "pixels_changed": ann["pixels_changed"],
+                    "uncertainty": record.uncertainty,
+                    "proposal_id": proposal.id,
+                    "proposal_model": proposal.model_id,
+                    "version": saved.version,
+                    "edit_dice": ann.edit_dice,
+                    "pixels_changed": ann.pixels_changed,
                     "pixels": int(truth.size),
                     "pixels_changed_fraction": (
-                        None if ann["pixels_changed"] is None else ann["pixels_changed"] / truth.size
+                        None if ann.pixels_changed is None else ann.pixels_changed / truth.size
                     ),
                     "foreground_pixels": int((truth > 0).sum()),
                     "proposal_foreground_pixels": int((proposed > 0).sum()),
@@ -613,7 +614,7 @@ def _numbers(run: _Run, splits: dict[str, list[str]], labeled: list[str]) -> dic
     s = run.settings
     losses = {}
     for key, events in run.events.items():
-        losses[key] = sum(1 for e in events if e["data"].get("losses"))
+        losses[key] = sum(1 for e in events if e.data.losses)
     return {
         "what": "diffseg demo: synthetic H&E glands, teacher pretraining, 2 co-training rounds, a simulated "
         "annotator correcting the most uncertain proposals",

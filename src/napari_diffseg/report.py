@@ -9,9 +9,12 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from napari_diffseg.base.contracts import JobEventOut
 
 __all__ = ["FIGURES", "render_html", "write_figures", "write_html"]
 
@@ -115,25 +118,25 @@ def dice_figure(
     _save(fig, path, dpi=90)
 
 
-def loss_series(events: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+def loss_series(events: Sequence[JobEventOut]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
     """``{phase: {loss name: (steps, values)}}`` from a job's persisted progress events."""
     out: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
     for event in events:
-        data = event.get("data", event)
-        losses = data.get("losses") or {}
-        if data.get("kind") != "progress" or not losses:
+        data = event.data
+        losses = data.losses
+        if data.kind != "progress" or not losses:
             continue
-        phase = out.setdefault(str(data.get("phase", "")), {})
+        phase = out.setdefault(data.phase, {})
         for name, value in losses.items():
             if value is None or not math.isfinite(float(value)):
                 continue
             steps, values = phase.setdefault(name, ([], []))
-            steps.append(int(data.get("step", 0)))
+            steps.append(data.step)
             values.append(float(value))
     return out
 
 
-def loss_figure(path: Path, events: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+def loss_figure(path: Path, events: Mapping[str, Sequence[JobEventOut]]) -> None:
     """One panel per (job, phase) with every loss the loop reported."""
     plt = _plt()
     panels = []
@@ -323,7 +326,7 @@ def render_html(numbers: Mapping[str, Any], overlay_files: Sequence[tuple[str, s
 def write_figures(
     folder: Path,
     numbers: Mapping[str, Any],
-    events: Mapping[str, Sequence[Mapping[str, Any]]],
+    events: Mapping[str, Sequence[JobEventOut]],
     overlays: Mapping[str, Sequence[Mapping[str, Any]]],
     test_rows: Sequence[Mapping[str, Any]],
 ) -> list[tuple[str, str]]:
