@@ -79,9 +79,9 @@ def _start_cotrain(train, params: dict[str, Any]) -> None:
 def _cotrain_step(client: DiffsegClient, job_id: int, kind: str = "progress") -> int:
     """The last co-training step the job reported (events of ``kind``), 0 before co-training started."""
     steps = [
-        int(e["data"]["step"])
-        for e in client.events(job_id)["events"]
-        if e["data"]["phase"] == "cotrain" and e["data"]["kind"] == kind
+        int(e.data.step)
+        for e in client.events(job_id).events
+        if e.data.phase == "cotrain" and e.data.kind == kind
     ]
     return max(steps, default=0)
 
@@ -116,7 +116,7 @@ def test_cancel_mid_round_from_the_train_widget(make_napari_viewer, qtbot, proje
         qtbot.waitUntil(lambda: "cancelled" in train.status.text(), timeout=WAIT_MS)
         qtbot.waitUntil(lambda: _idle(train), timeout=WAIT_MS)
         job = client.job(job_id)
-        assert job["state"] == "cancelled", job
+        assert job.state == "cancelled", job
         assert _cotrain_step(client, job_id) < NEVER_ENDS["overrides"]["cotrain_steps"]
         assert notes.matching(f"job {job_id}", "cancelled"), notes.texts()
         assert not notes.tracebacks()
@@ -138,12 +138,12 @@ def test_backend_killed_mid_round_then_reconnect_and_resume(
         viewer = make_napari_viewer()
         project, annotate, train = _widgets(viewer, qtbot, server.url, 4)
         with DiffsegClient(server.url) as client:
-            before = {r["name"]: r["state"] for r in client.images()}
+            before = {r.name: r.state for r in client.images()}
             _start_cotrain(train, KILLABLE)
             qtbot.waitUntil(lambda: train.job_id is not None, timeout=WAIT_MS)
             job_id = train.job_id
             qtbot.waitUntil(lambda: _cotrain_step(client, job_id, "checkpoint") >= 10, timeout=60_000)
-            assert client.job(job_id)["state"] == "running"
+            assert client.job(job_id).state == "running"
             assert not train.start_button.isEnabled()  # following the job
 
         count = len(notes.texts())
@@ -183,17 +183,17 @@ def test_backend_killed_mid_round_then_reconnect_and_resume(
         qtbot.waitUntil(lambda: project.table.rowCount() == 4, timeout=WAIT_MS)
         assert project.session.client.base_url == new_server.url
         with DiffsegClient(new_server.url) as client:
-            assert _table(project) == {r["name"]: r["state"] for r in client.images()}
-            assert client.job(job_id)["state"] == "interrupted"
+            assert _table(project) == {r.name: r.state for r in client.images()}
+            assert client.job(job_id).state == "interrupted"
             qtbot.waitUntil(
                 lambda: any(f"job {job_id}" in t.lower() for t in notes.texts()[count:]), timeout=WAIT_MS
             )
             note = [n for n in notes.all[count:] if f"job {job_id}" in str(n.message).lower()][-1]
             assert "interrupted" in str(note.message) and "resume" in str(note.message).lower(), note.message
-            assert [j["id"] for j in project.session.interrupted_jobs] == [job_id]
+            assert [j.id for j in project.session.interrupted_jobs] == [job_id]
 
             # its Resume button continues it from the checkpoint; the train widget follows it to done
-            seen = client.events(job_id)["next"]
+            seen = client.events(job_id).next
             ((label, resume),) = note.actions
             assert label == "Resume"
             resume(None)
@@ -202,15 +202,15 @@ def test_backend_killed_mid_round_then_reconnect_and_resume(
             )
             qtbot.waitUntil(lambda: "done" in train.status.text(), timeout=90_000)
             qtbot.waitUntil(lambda: _idle(train), timeout=WAIT_MS)
-            assert client.job(job_id)["state"] == "done"
+            assert client.job(job_id).state == "done"
             assert project.session.interrupted_jobs == []
             resumed = [
-                e["data"]["step"]
-                for e in client.events(job_id, since=seen)["events"]
-                if e["data"]["phase"] == "cotrain" and e["data"]["kind"] == "progress"
+                e.data.step
+                for e in client.events(job_id, since=seen).events
+                if e.data.phase == "cotrain" and e.data.kind == "progress"
             ]
             assert resumed and resumed[0] > 10  # continued from a checkpoint, not from step 0
-            assert any(m["id"].endswith(f"job{job_id}") for m in client.models())
+            assert any(m.id.endswith(f"job{job_id}") for m in client.models())
             assert notes.matching(f"job {job_id}", "finished")
         assert not notes.tracebacks(), notes.tracebacks()
     finally:
