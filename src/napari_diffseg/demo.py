@@ -291,7 +291,7 @@ def _evaluate(run: _Run, client: Any, data_dir: Path, test_ids: list[str], label
     if active is None:
         raise DemoError("the backend has no active model after co-training")
     bundle, config = load_model(run.out / "project" / "models" / active.id, device="auto")
-    per_image = []
+    per_image: list[dict[str, Any]] = []
     preds: dict[str, np.ndarray] = {}
     with _bar(f"{label} · test Dice", len(test_ids), run.progress) as bar:
         for image_id in test_ids:
@@ -391,7 +391,7 @@ def _supervised_baseline(
     one co-training round; scored on the test images. Runs here, not in the backend: a reference only."""
     import torch
 
-    from napari_diffseg.backend.params import preset_for
+    from napari_diffseg.base.contracts import parse_job_params
     from napari_diffseg.core.device import choose_device
     from napari_diffseg.core.models import ModelBundle, ModelSpec, preprocess
     from napari_diffseg.core.pipeline import run_stages
@@ -404,7 +404,7 @@ def _supervised_baseline(
         return preprocess(raw, 3)
 
     s = run.settings
-    pr = preset_for(run.job_params())
+    pr = parse_job_params("cotrain", run.job_params()).resolve_preset()
     dev = choose_device("auto")
     masks = [torch.from_numpy(_read_mask(data_dir / "masks" / f"{i}.png").astype(np.int64)) for i in labeled]
     data = TrainData([tensor(i) for i in labeled], masks)
