@@ -24,6 +24,7 @@ from napari.utils.notifications import (
     show_warning,
 )
 from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QHeaderView
 
 from napari_diffseg.backend.errors import AuthError, BackendError, BackendUnavailable
 from napari_diffseg.base.contracts import Image, Job
@@ -241,3 +242,10 @@ def run_in_thread(
     if on_finish is not None:
         connect["finished"] = on_finish
     return create_worker(func, *args, _connect=connect, _start_thread=True, **kwargs)
+
+
+def header(view: QHeaderView | None) -> QHeaderView:
+    """A table's header view (Qt's stubs allow None; a QTableWidget always has both)."""
+    if view is None:
+        raise RuntimeError("a table without its header view")
+    return view

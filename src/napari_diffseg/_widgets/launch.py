@@ -36,7 +36,7 @@ def dock_widgets(viewer: Any, project: Path) -> tuple[Any, Any, Any]:
     project_widget = widgets[0]
     project_widget.folder.setText(str(project))
     project_widget.start_local(project)
-    return widgets  # type: ignore[return-value]
+    return widgets
 
 
 def open_project(project: Path, title: str = "diffseg demo") -> None:

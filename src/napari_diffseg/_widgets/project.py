@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 
 from napari_diffseg._layers import to_display
 from napari_diffseg._widgets._session import Session, notify_error, run_in_thread, session_for
+from napari_diffseg._widgets._session import header as _header
 from napari_diffseg.backend.errors import AuthError, BackendUnavailable
 from napari_diffseg.backend.local import create_project, start_local_backend
 from napari_diffseg.base.contracts import Image
@@ -197,7 +198,7 @@ class ProjectWidget(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setToolTip("Double-click an image to open it")
-        self.table.verticalHeader().setVisible(False)
+        _header(self.table.verticalHeader()).setVisible(False)
         self.table.setMinimumHeight(170)  # about six rows, even when the three docks share the side
         self.refresh_button = QPushButton("Refresh")
         self.next_button = QPushButton("Next image")

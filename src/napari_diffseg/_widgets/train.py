@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_diffseg._widgets._plot import COLORS, CurvePlot
+from napari_diffseg._widgets._session import header as _header
 from napari_diffseg._widgets._session import notify_error, run_in_thread, session_for
 from napari_diffseg.base.contracts import TRAINING_KINDS, EventData, Job, JobEventOut, Model
 
@@ -255,8 +256,10 @@ class TrainWidget(QWidget):
         self.models_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.models_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.models_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.models_table.verticalHeader().setVisible(False)
-        self.models_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        _header(self.models_table.verticalHeader()).setVisible(False)
+        _header(self.models_table.horizontalHeader()).setSectionResizeMode(
+            QHeaderView.ResizeMode.ResizeToContents
+        )
         self.models_table.setMinimumHeight(110)
         self.activate_button = QPushButton("Set active")
         self.export_button = QPushButton("Export weights…")
@@ -523,10 +526,11 @@ class TrainWidget(QWidget):
             self.napari_progress = pbar
         elif new_phase:
             pbar.set_description(desc)
-            if pbar is self.napari_progress:
-                pbar.reset(total=h.total)
-        if pbar is self.napari_progress and h.step > pbar.n:
-            pbar.update(min(h.step, h.total) - pbar.n)
+            if self.napari_progress is not None:  # the one bar this widget owns (pbar is it)
+                self.napari_progress.reset(total=h.total)
+        bar = self.napari_progress
+        if bar is not None and h.step > bar.n:
+            bar.update(min(h.step, h.total) - bar.n)
 
     def _on_activity_toggled(self, checked: bool) -> None:
         self.activity_progress = bool(checked)
@@ -551,7 +555,9 @@ class TrainWidget(QWidget):
     def _redraw_dice(self) -> None:
         dice = {**self._table_dice(), **self.history.val_dice}
         rounds = sorted(dice)
-        series = {"val Dice": (rounds, [dice[r] for r in rounds])} if dice else {}
+        series: dict[str, tuple[Sequence[float], Sequence[float]]] = (
+            {"val Dice": (rounds, [dice[r] for r in rounds])} if dice else {}
+        )
         self.dice_plot.set_data(series, {"val Dice": COLORS[2]})
 
     def _table_dice(self) -> dict[int, float]:
@@ -598,7 +604,8 @@ class TrainWidget(QWidget):
 
     def selected_model(self) -> str | None:
         """The id of the model selected in the table, or None."""
-        rows = {index.row() for index in self.models_table.selectionModel().selectedRows()}
+        selection = self.models_table.selectionModel()
+        rows = set() if selection is None else {index.row() for index in selection.selectedRows()}
         if not rows or min(rows) >= len(self.models):
             return None
         return self.models[min(rows)].id

@@ -106,16 +106,6 @@ class _Out(BaseModel):
 
     model_config = ConfigDict(from_attributes=True, extra="ignore")
 
-    # TRANSITIONAL (issue 15): string-key reads while callers move to attributes; removed when none is left.
-    def __getitem__(self, key: str) -> Any:
-        try:
-            return getattr(self, key)
-        except AttributeError:
-            raise KeyError(key) from None
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key, default)
-
 
 class _In(BaseModel):
     """A request body: unknown fields are refused (a typo is a 422 naming it, not silently ignored)."""
