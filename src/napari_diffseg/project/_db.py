@@ -17,7 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -242,37 +242,34 @@ class _StoreBase:
         return self._root / "proposals" / check_safe_id(model_id, "model id") / f"{image_id}.tif"
 
     # -------------------------------------------------------------------------------------- across resources
+    # What one resource calls on another, declared for the type checker only: the mixins implement them.
+    if TYPE_CHECKING:
 
-    def image(self, image: ImageRef) -> ImageRecord:
-        """Implemented in :mod:`.images`."""
-        raise NotImplementedError
+        def image(self, image: ImageRef) -> ImageRecord:
+            """Implemented in :mod:`.images`."""
 
-    @staticmethod
-    def _latest(conn: sqlite3.Connection, image_id: str) -> int | None:
-        """Implemented in :mod:`.annotations`."""
-        raise NotImplementedError
+        @staticmethod
+        def _latest(conn: sqlite3.Connection, image_id: str) -> int | None:
+            """Implemented in :mod:`.annotations`."""
 
-    def _insert_annotation(
-        self,
-        tx: _Tx,
-        image_id: str,
-        version: int,
-        kind: str,
-        replaces: int | None,
-        proposal_id: int | None,
-        author: str,
-        edit: float | None,
-        changed: int | None,
-        mask: np.ndarray,
-        data: bytes,
-    ) -> None:
-        """Implemented in :mod:`.annotations`."""
-        raise NotImplementedError
+        def _insert_annotation(
+            self,
+            tx: _Tx,
+            image_id: str,
+            version: int,
+            kind: str,
+            replaces: int | None,
+            proposal_id: int | None,
+            author: str,
+            edit: float | None,
+            changed: int | None,
+            mask: np.ndarray,
+            data: bytes,
+        ) -> None:
+            """Implemented in :mod:`.annotations`."""
 
-    def _read_annotation(self, image_id: str, version: int) -> np.ndarray:
-        """Implemented in :mod:`.annotations`."""
-        raise NotImplementedError
+        def _read_annotation(self, image_id: str, version: int) -> np.ndarray:
+            """Implemented in :mod:`.annotations`."""
 
-    def _proposal_hard_mask(self, proposal_id: int) -> tuple[ProposalRecord, np.ndarray]:
-        """Implemented in :mod:`.proposals`."""
-        raise NotImplementedError
+        def _proposal_hard_mask(self, proposal_id: int) -> tuple[ProposalRecord, np.ndarray]:
+            """Implemented in :mod:`.proposals`."""
