@@ -16,6 +16,9 @@ and only through :class:`~napari_diffseg.backend.client.DiffsegClient`:
 6. writes ``OUT/report/`` (``report.html``, PNGs, ``report.json``).
 
 No Qt here: ``--gui`` is handled by :mod:`napari_diffseg._widgets.launch`.
+
+Why one module of ~650 lines: it is a script read top to bottom (settings, the steps above in order, the
+simulated annotator, the baselines); the report is drawn in :mod:`napari_diffseg.report`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import numpy as np
 
 from .base.errors import CheckpointError, ConfigError, DataError
 from .base.formats import IMAGE_EXTENSIONS
+from .base.presets import Preset
 from .core.device import choose_device
 from .core.inference import predict_probs
 from .core.metrics import segmentation_metrics, summarize
@@ -61,8 +62,9 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[ModelBundle, dic
 
 
 def _roi(config: dict) -> tuple[int, int]:
-    pr = config.get("preset") or {}
-    return int(pr.get("roi_size", 256)), int(pr.get("sw_batch_size", 4))
+    """Sliding-window tile and batch of the preset the model was trained with (256 and 4 without one)."""
+    preset = Preset.from_config(config)
+    return (256, 4) if preset is None else (preset.roi_size, preset.sw_batch_size)
 
 
 def predict_image(bundle: ModelBundle, config: dict, image: np.ndarray) -> np.ndarray:

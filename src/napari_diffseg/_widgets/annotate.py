@@ -19,7 +19,11 @@ contrast; the Labels undo history is cleared so Ctrl-Z cannot bring back another
 layers and adding new ones is several times slower, and crashed napari with Mesa's software OpenGL.
 
 What is fetched, and the propose job followed, is the Qt-free :mod:`napari_diffseg.review`: this module
-calls it in worker threads and displays what it returns."""
+calls it in worker threads and displays what it returns.
+
+Why one module of ~550 lines: one dock widget whose handlers guard the same editing state (unsaved
+edits, the image and proposal on show, stale saves); the work behind it is in :mod:`napari_diffseg.review`.
+"""
 
 from __future__ import annotations
 

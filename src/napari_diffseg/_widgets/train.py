@@ -9,9 +9,8 @@ refreshed at most four times a second.
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,146 +39,16 @@ from qtpy.QtWidgets import (
 from napari_diffseg._widgets._plot import COLORS, CurvePlot
 from napari_diffseg._widgets._session import header as _header
 from napari_diffseg._widgets._session import notify_error, run_in_thread, session_for
-from napari_diffseg.base.contracts import TRAINING_KINDS, EventData, Job, JobEventOut, Model
+from napari_diffseg.base.contracts import Job, JobEventOut, Model
+from napari_diffseg.review import JobHistory, describe_event, follow_job, format_duration, latest_open_job
 
 __all__ = ["PRESETS", "JobHistory", "TrainWidget", "describe_event", "format_duration"]
 
 PRESETS = ("tiny", "cpu", "gpu")
 KINDS = ("cotrain", "pretrain")  # the job choices, in the order the combo box lists them (default first)
 MODEL_COLUMNS = ("active", "model", "round", "method", "val Dice", "created")
-NOT_LOSSES = frozenset({"ramp"})  # reported with the losses, but a schedule weight, not a loss
 VIEW_INTERVAL_MS = 250  # the progress bars, the ETA and the plots are refreshed at most 4× a second
 BAR_INTERVAL_S = 1.0  # napari's progress bar at most once a second: each update runs the event loop
-
-
-def describe_event(data: EventData) -> str:
-    """One status line for a progress event's ``data`` (phase, step, losses)."""
-    losses = ", ".join(f"{k} {v:.3g}" for k, v in data.losses.items())
-    step = f"{data.step}/{data.total}" if data.total else ""
-    text = " ".join(p for p in (data.phase, step, losses) if p)
-    return text or data.message
-
-
-def format_duration(seconds: float) -> str:
-    """``m:ss`` or ``h:mm:ss``."""
-    total = max(0, round(seconds))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-class JobHistory:
-    """What the widget shows of one job, built from its events (pure Python, no Qt).
-
-    Attributes:
-        phase, step, total: The latest progress event's phase and position in it.
-        losses: Loss name → (x, y); x counts steps over the whole job (each phase segment starts where
-            the previous one ended) and a NaN separates segments.
-        marks: (x, phase) where each loss segment starts.
-        val_dice: Co-training round → validation Dice, from ``metrics`` events.
-        last: The latest event's data.
-    """
-
-    def __init__(self) -> None:
-        self.phase = ""
-        self.step = 0
-        self.total = 0
-        self.losses: dict[str, tuple[list[float], list[float]]] = {}
-        self.marks: list[tuple[float, str]] = []
-        self.val_dice: dict[int, float] = {}
-        self.last: EventData | None = None
-        self.count = 0
-        self._anchor: dict[str, tuple[int, float]] = {}  # phase → (step, elapsed) where its timing starts
-        self._elapsed: dict[str, tuple[int, float]] = {}  # phase → latest (step, elapsed)
-        self._segment: tuple[str, int] | None = None  # (phase, last step) of the current loss segment
-        self._offset = 0.0
-        self._end = 0.0
-
-    def add(self, data: EventData) -> None:
-        """Take one event's ``data`` into account."""
-        self.count += 1
-        self.last = data
-        if data.kind == "progress" and data.total:
-            self._progress(data)
-        elif data.kind == "metrics":
-            metrics = data.metrics
-            if "val_dice" in metrics and "round" in metrics:
-                self.val_dice[int(metrics["round"])] = float(metrics["val_dice"])
-
-    def _progress(self, data: EventData) -> None:
-        phase, step, total = data.phase, data.step, data.total
-        elapsed = data.elapsed
-        previous = self._elapsed.get(phase)
-        if previous is None or step < previous[0] or elapsed < previous[1]:  # (re)starts: new round, resumed
-            self._anchor[phase] = (step, elapsed)
-        self._elapsed[phase] = (step, elapsed)
-        self.phase, self.step, self.total = phase, step, total
-        losses = {k: v for k, v in data.losses.items() if k not in NOT_LOSSES}
-        if not losses:
-            return
-        if self._segment is None or self._segment[0] != phase or step < self._segment[1]:
-            self._offset = self._end
-            self.marks.append((self._offset, phase))
-            for xs, ys in self.losses.values():
-                if ys and math.isfinite(ys[-1]):
-                    xs.append(self._offset)
-                    ys.append(math.nan)
-        self._segment = (phase, step)
-        x = self._offset + step
-        self._end = max(self._end, self._offset + total)
-        for name, value in losses.items():
-            xs, ys = self.losses.setdefault(name, ([], []))
-            xs.append(x)
-            ys.append(float(value))
-
-    def eta_seconds(self) -> float | None:
-        """Seconds left in the current phase at its step rate so far; None before a rate is known."""
-        if not self.phase or self.total <= 0:
-            return None
-        if self.step >= self.total:
-            return 0.0
-        step0, t0 = self._anchor.get(self.phase, (0, 0.0))
-        step, t = self._elapsed[self.phase]
-        if step <= step0 or t <= t0:  # one event of this phase so far: time from its start
-            step0, t0 = 0, 0.0
-        if step <= step0 or t <= t0:
-            return None
-        rate = (step - step0) / (t - t0)
-        return (self.total - step) / rate
-
-    def eta_text(self) -> str:
-        """``phase step/total · m:ss left``, or "" before the first progress event."""
-        if not self.phase:
-            return ""
-        eta = self.eta_seconds()
-        left = "estimating time left…" if eta is None else f"{format_duration(eta)} left in this phase"
-        return f"{self.phase} {self.step}/{self.total} · {left}"
-
-
-def _follow(
-    client: Any, job_id: int | None, kind: str = "", params: dict[str, Any] | None = None
-) -> Iterator[dict[str, Any]]:
-    """Worker (generator): start a job when ``job_id`` is None; yield ``{"job"}``, then its history and
-    each new event as ``{"events": [...]}``, and at the end ``{"job", "final": True}``."""
-    if job_id is None:
-        job = client.start_job(kind, params or {})
-        job_id = job.id
-        yield {"job": job}
-    page = client.events(job_id, since=0)  # the history, in one batch
-    yield {"job": page.job, "events": page.events}
-    if not page.job.ended:
-        for event in client.stream_events(job_id, since=page.next):
-            yield {"events": [event]}
-    yield {"job": client.job(job_id), "final": True}
-
-
-def _latest_open_job(client: Any) -> Job | None:
-    """Worker: the newest running (else queued) pretrain or co-training job, if any."""
-    for state in ("running", "queued"):
-        jobs = [j for j in client.jobs(state=state) if j.kind in TRAINING_KINDS]
-        if jobs:
-            return jobs[-1]
-    return None
 
 
 class TrainWidget(QWidget):
@@ -328,7 +197,7 @@ class TrainWidget(QWidget):
             show_warning("Connect to a backend in the DiffSeg project widget first.")
             return
         self.status.setText("starting…")
-        self._follow(None, self.kind.currentText(), self.params())
+        self.follow_job(None, self.kind.currentText(), self.params())
 
     def follow(self, job_id: int) -> None:
         """Show a job that already exists (its whole history, then its live events until it ends)."""
@@ -336,7 +205,7 @@ class TrainWidget(QWidget):
             show_warning("Connect to a backend in the DiffSeg project widget first.")
             return
         self.status.setText(f"following job {job_id}…")
-        self._follow(int(job_id))
+        self.follow_job(int(job_id))
 
     def resume(self) -> None:
         """Queue the followed job again (cancelled, failed or interrupted) and follow it; it continues
@@ -354,7 +223,7 @@ class TrainWidget(QWidget):
         self.cancel_button.setEnabled(False)
         run_in_thread(self.session.client.cancel_job, self.job_id)
 
-    def _follow(self, job_id: int | None, kind: str = "", params: dict[str, Any] | None = None) -> None:
+    def follow_job(self, job_id: int | None, kind: str = "", params: dict[str, Any] | None = None) -> None:
         self._token += 1
         token = self._token
         self._close_napari_progress()
@@ -368,7 +237,7 @@ class TrainWidget(QWidget):
         self.resume_button.setEnabled(False)
         self._redraw_losses()
         run_in_thread(
-            _follow,
+            follow_job,
             self.session.client,
             job_id,
             kind,
@@ -450,7 +319,7 @@ class TrainWidget(QWidget):
             return
         token = self._token
         run_in_thread(
-            _latest_open_job,
+            latest_open_job,
             client,
             on_done=lambda job: self._follow_open_job(token, job),
             on_error=lambda exc: None,  # the models refresh already reports an unreachable backend
