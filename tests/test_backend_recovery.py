@@ -45,9 +45,7 @@ def test_kill9_during_cotrain_then_restart_check_and_resume(tmp_path: Path) -> N
         for ref in ("train_001", "train_002"):
             for replaces in (None, 1):
                 mask = rng.integers(0, 2, (64, 64), dtype=np.uint8)
-                version = client.save_annotation(ref, mask, replaces=replaces, author="before-kill")[
-                    "version"
-                ]
+                version = client.save_annotation(ref, mask, replaces=replaces, author="before-kill").version
                 saved[(ref, version)] = mask
         job = client.start_job("cotrain", COTRAIN)
 

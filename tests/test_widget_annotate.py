@@ -186,7 +186,7 @@ def test_the_proposal_shown_is_the_active_models_and_a_missing_one_is_requested(
         assert len(jobs) == 1 and jobs[0].params["ids"] == [project.session.image.id]
         qtbot.waitUntil(lambda: "no proposal shown" in annotate.current.text(), timeout=60_000)
         assert client.job(jobs[0].id).state == "failed"
-        assert any(f"job {jobs[0]['id']}" in w and "failed" in w for w in warnings), warnings
+        assert any(f"job {jobs[0].id}" in w and "failed" in w for w in warnings), warnings
         assert _visible_layers(viewer) == ["b"] and annotate.image_id is None
 
 
