@@ -58,9 +58,7 @@ def _run_job(qtbot, train, kind: str) -> dict:
     train.rounds.setValue(1)
     train.start_button.click()
     qtbot.waitUntil(lambda: train.job is not None and train.job.kind == kind, timeout=WAIT_MS)
-    qtbot.waitUntil(
-        lambda: train.job.ended, timeout=JOB_MS
-    )
+    qtbot.waitUntil(lambda: train.job.ended, timeout=JOB_MS)
     assert train.job.state == "done", (train.job, train.status.text())
     qtbot.waitUntil(train.start_button.isEnabled, timeout=WAIT_MS)
     return train.job
