@@ -128,15 +128,6 @@ class _ProposalsMixin(_StoreBase):
         probs, _ = self._load_proposal_file(prop)
         return prop, self._remember_mask(prop, probs)
 
-    def _load_proposal_by_id(self, proposal_id: int) -> tuple[ProposalRecord, np.ndarray, np.ndarray]:
-        with self._read() as conn:
-            row = conn.execute(f"SELECT {_PROP_COLS} FROM proposals WHERE id = ?", (proposal_id,)).fetchone()
-        if row is None:
-            raise DataError(f"there is no proposal {proposal_id} in project {self._root}.")
-        prop = _proposal(row)
-        probs, unc = self._load_proposal_file(prop)
-        return prop, probs, unc
-
     def proposal(
         self, image: ImageRef, model_id: str | None = None
     ) -> tuple[ProposalRecord, np.ndarray, np.ndarray] | None:
