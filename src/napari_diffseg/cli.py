@@ -69,9 +69,24 @@ def experiment(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            "--val-fraction",
+            help="share of the train images carved into a validation split when the dataset has no 'val' "
+            "images (checkpoint choice, pseudo-label gate); 0 = none",
+        ),
+    ] = 0.2,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", metavar="KEY=VALUE", help="override a preset field (repeatable), e.g. pretrain_steps=0"
+        ),
+    ] = None,
 ) -> None:
     """Train METHOD on a seeded labeled subset of the train split and evaluate on the test split."""
     _threads(threads)
+    overrides = _parse_set(set_ or [])
     from .experiment import run_experiment, write_json
 
     if not dataset.is_dir():
@@ -87,6 +102,8 @@ def experiment(
             device=device,
             model_out=model_out,
             report=bars,
+            val_fraction=val_fraction,
+            overrides=overrides,
         )
     finally:
         bars.close()
@@ -559,6 +576,26 @@ def serve(
         run_jobs=jobs,
         log_level=log_level,
     )
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs → overrides; a value is read as JSON (``0``, ``0.5``, ``[8,16]``), else kept as text
+    (the preset's own check then names a wrong type)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise _user_error(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw, parse_constant=_refuse_constant)
+        except ValueError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
 
 
 def _user_error(msg: str) -> Exception:

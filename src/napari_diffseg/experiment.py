@@ -1,9 +1,16 @@
 """End-to-end benchmark runs on a dataset folder (``diffseg experiment``), and model evaluation.
 
-Protocol (docs/method.md, "Evaluation hygiene"): the labeled subset is drawn with a seeded RNG from the
-sorted ``train`` ids and saved with the run; the remaining train images are unlabeled; ``test*``
-images are read only after training, for the final evaluation. No checkpoint, threshold or stopping
-point is chosen on them.
+Protocol (docs/method.md, "Evaluation hygiene"):
+
+- A **validation** split is the dataset's own ``val`` images, or else ``ceil(val_fraction × n)`` ids
+  carved, seeded, from the sorted ``train`` ids. It is never trained on; every choice made during
+  training (the deployed checkpoint, the pseudo-label gate) is made on it.
+- The **labeled** subset is drawn with a seeded RNG from the remaining train ids and saved with the run;
+  the rest of them are unlabeled.
+- ``test*`` images are read once, after training, for the final evaluation. Nothing is chosen on them.
+- Metrics are computed inside the dataset's ``fov/`` masks where it has them (DRIVE's field of view).
+- Every result records its provenance: commit (and whether the tree was dirty), the fully resolved
+  preset, package versions, device, threads and wall time.
 """
 
 from __future__ import annotations
@@ -11,8 +18,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +40,18 @@ from .core.metrics import best_permutation_dice, segmentation_metrics, summarize
 from .core.models import METHODS, ModelBundle, ModelSpec, preprocess, save_bundle
 from .core.pipeline import run_stages
 from .core.training import TrainData
+from .core.validation import ValSet
 from .data.dataset import DatasetFolder
 
-__all__ = ["choose_labeled", "evaluate_bundle", "load_images", "run_experiment"]
+__all__ = [
+    "choose_labeled",
+    "choose_val",
+    "evaluate_bundle",
+    "label_free_report",
+    "load_images",
+    "provenance",
+    "run_experiment",
+]
 
 Reporter = Callable[[Event], None]
 
@@ -48,6 +67,54 @@ def choose_labeled(train_ids: Iterable[str], fraction: float, seed: int) -> list
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(ids), size=n, replace=False)
     return sorted(ids[i] for i in picked)
+
+
+def choose_val(train_ids: Iterable[str], val_fraction: float, seed: int) -> list[str]:
+    """``ceil(val_fraction × n)`` ids carved with a seeded RNG from the sorted ids (none when the
+    fraction is 0; at least one, and never more than half of them, otherwise)."""
+    ids = sorted(train_ids)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0 or len(ids) < 2:
+        return []
+    n = min(len(ids) // 2, max(1, math.ceil(val_fraction * len(ids) - 1e-9)))
+    rng = np.random.default_rng([seed, 0x7A1])  # its own stream: the labeled draw stays independent
+    return sorted(ids[i] for i in rng.choice(len(ids), size=n, replace=False))
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance(preset: Preset, device: torch.device | str, world: int = 1) -> dict[str, Any]:
+    """What a result needs to be reproduced: commit and dirty flag (None outside a git checkout), the
+    resolved preset, package versions, device, threads, host."""
+    versions: dict[str, str | None] = {}
+    for pkg in ("napari-diffseg", "torch", "monai", "numpy", "scikit-image", "tifffile"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": None if status is None else bool(status),
+        "preset": preset.to_dict(),
+        "versions": versions,
+        "python": platform.python_version(),
+        "device": str(device),
+        "world_size": world,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+    }
 
 
 def load_images(ds: DatasetFolder, ids: Iterable[str], channels: int) -> list[torch.Tensor]:
@@ -73,15 +140,20 @@ def evaluate_bundle(
     masks: list[np.ndarray],
     ids: list[str],
     preset: Preset,
+    regions: list[np.ndarray | None] | None = None,
 ) -> dict:
-    """Per-image Dice / IoU / HD95 of the deployed networks, plus their summary."""
+    """Per-image Dice / IoU / HD95 of the deployed networks (inside ``regions`` where given), plus their
+    summary."""
     per_image: list[dict[str, Any]] = []
     nets = bundle.deployed()
-    for i, x, y in zip(ids, images, masks, strict=True):
+    regs = regions if regions is not None else [None] * len(ids)
+    for i, x, y, region in zip(ids, images, masks, regs, strict=True):
         probs = predict_probs(
             nets, x[None], multiple=bundle.spec.multiple, roi=preset.roi_size, sw_batch=preset.sw_batch_size
         )
         pred = probs.argmax(1)[0].cpu().numpy()
+        if region is not None:
+            pred, y = pred * region, y * region
         m = segmentation_metrics(pred, y, bundle.spec.num_classes)
         per_image.append({"id": i, **m})
     return {**summarize(per_image), "per_image": per_image}
@@ -125,11 +197,54 @@ def teacher_report(
     }
 
 
+def otsu_labels(x: torch.Tensor) -> np.ndarray:
+    """Otsu's threshold of the channel-mean image → 0/1 (the trivial label-free segmentation)."""
+    from skimage.filters import threshold_otsu
+
+    grey = x.float().mean(0).cpu().numpy()
+    if float(grey.max()) <= float(grey.min()):
+        return np.zeros(grey.shape, dtype=np.int64)
+    return (grey > threshold_otsu(grey)).astype(np.int64)
+
+
+@torch.no_grad()
+def label_free_report(
+    bundle: ModelBundle, images: list[torch.Tensor], masks: list[np.ndarray], preset: Preset
+) -> dict[str, Any]:
+    """Stage A's label-free masks against the trivial ones, best class permutation, same images.
+
+    ``teacher_dice``: the pretrained teacher's one-step masks; ``otsu_dice``: Otsu's threshold of the
+    image; ``all_foreground_dice``: every pixel foreground. Stage A has learned something only if it
+    beats both.
+    """
+    k = bundle.spec.num_classes
+    teacher = pretrain_report(bundle, images, masks, preset, per_image=True)
+    otsu = [best_permutation_dice(otsu_labels(x), y, k) for x, y in zip(images, masks, strict=True)]
+    allfg = [best_permutation_dice(np.ones_like(y), y, k) for y in masks]
+
+    def mean(v: list[float]) -> float:
+        return float(np.mean(v)) if v else float("nan")
+
+    return {
+        "n_images": len(images),
+        "teacher_dice": mean(teacher),
+        "otsu_dice": mean(otsu),
+        "all_foreground_dice": mean(allfg),
+        "teacher_minus_best_trivial": mean(teacher) - max(mean(otsu), mean(allfg)),
+    }
+
+
 @torch.no_grad()
 def pretrain_report(
-    bundle: ModelBundle, images: list[torch.Tensor], masks: list[np.ndarray], preset: Preset
-) -> float:
-    """Best-class-permutation Dice of the pretrained (label-free) teacher's one-step masks."""
+    bundle: ModelBundle,
+    images: list[torch.Tensor],
+    masks: list[np.ndarray],
+    preset: Preset,
+    *,
+    per_image: bool = False,
+) -> Any:
+    """Best-class-permutation Dice of the pretrained (label-free) teacher's one-step masks (their mean,
+    or the list when ``per_image``)."""
     diff = bundle.diffusion()
     cfg = SamplerConfig(steps=1, samples=1, rounds=1)
     scores = []
@@ -145,6 +260,8 @@ def pretrain_report(
             sw_batch=preset.sw_batch_size,
         )
         scores.append(best_permutation_dice(prop.mask[0].cpu().numpy(), y, diff.num_classes))
+    if per_image:
+        return scores
     return float(np.mean(scores)) if scores else float("nan")
 
 
@@ -160,28 +277,55 @@ def run_experiment(
     report: Reporter | None = None,
     cancel: CancelToken | None = None,
     teacher_eval_every: int = 4,
+    val_fraction: float = 0.2,
+    overrides: dict[str, Any] | None = None,
 ) -> dict:
-    """Train ``method`` on a seeded labeled subset of the train split, evaluate on ``test*``."""
+    """Train ``method`` on a seeded labeled subset of the train split, evaluate on ``test*``.
+
+    Args:
+        val_fraction: Share of the train images carved (seeded) into the validation split when the
+            dataset has no ``val`` images; 0 trains without validation (last weights, no gate).
+        overrides: Preset fields to change (ablations: ``{"pretrain_steps": 0}``...), checked by
+            :meth:`~napari_diffseg.base.presets.Preset.parse_overrides`.
+    """
     t0 = time.perf_counter()
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     pr = get_preset(preset) if isinstance(preset, str) else preset
+    pr = pr.parse_overrides(overrides)
     dist_info = setup_from_env(device)  # under torchrun: one process per GPU (or CPU, gloo)
     dev = dist_info.device
     torch.manual_seed(seed)
     ds = DatasetFolder(dataset)
-    train_ids, test_ids = ds.train_ids, ds.test_ids
+    all_train_ids, test_ids = ds.train_ids, ds.test_ids
     if not test_ids:
         raise ConfigError(
             f"{dataset} has no test images (split.csv split starting with 'test'); add some to evaluate"
         )
+    val_ids = ds.val_ids or choose_val(all_train_ids, val_fraction, seed)
+    if val_fraction == 0:
+        val_ids = []
+    missing = [i for i in val_ids if not ds.has_mask(i)]
+    if missing:
+        raise ConfigError(f"validation images need masks; {missing[:3]} have none")
+    train_ids = [i for i in all_train_ids if i not in set(val_ids)]
     labeled_ids = choose_labeled(train_ids, labeled_fraction, seed)
     unlabeled_ids = [i for i in train_ids if i not in set(labeled_ids)]
-    channels = dataset_channels(ds, train_ids)
+    channels = dataset_channels(ds, all_train_ids)
     labeled_images = load_images(ds, labeled_ids, channels)
     labeled_masks = [torch.from_numpy(ds.load_mask(i)) for i in labeled_ids]
     unlabeled_images = load_images(ds, unlabeled_ids, channels) if method != "supervised" else []
-    data = TrainData(labeled_images, labeled_masks, unlabeled_images=unlabeled_images)
+
+    def region(i: str) -> torch.Tensor | None:
+        r = ds.load_region(i)
+        return None if r is None else torch.from_numpy(r)
+
+    val = ValSet(
+        load_images(ds, val_ids, channels),
+        [torch.from_numpy(ds.load_mask(i)) for i in val_ids],
+        [region(i) for i in val_ids],
+    )
+    data = TrainData(labeled_images, labeled_masks, unlabeled_images=unlabeled_images, val=val)
     spec = ModelSpec(method, channels, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
     bundle = ModelBundle(spec, seed=seed).to(dev)
     extra: dict = {}
@@ -190,9 +334,11 @@ def run_experiment(
         """Label-free check of Stage A on train images with ground truth (never the test split)."""
         gt_ids = [i for i in train_ids if ds.has_mask(i)][::teacher_eval_every]
         if gt_ids:
-            extra["pretrain_best_perm_dice"] = pretrain_report(
+            lf = label_free_report(
                 bundle, load_images(ds, gt_ids, channels), [ds.load_mask(i) for i in gt_ids], pr
             )
+            extra["label_free"] = lf
+            extra["pretrain_best_perm_dice"] = lf["teacher_dice"]  # the name older results used
 
     events = run_stages(
         bundle,
@@ -207,7 +353,17 @@ def run_experiment(
     )
     if not dist_info.is_main:  # co-training runs on every rank; rank 0 alone reports it
         events = (ev for ev in events if ev.phase not in ("cotrain", "pseudo-labels"))
-    consume(events, report)
+    validation: list[dict[str, Any]] = []
+
+    def record(ev: Event) -> None:  # every validation check, for the result
+        if ev.losses and "val_dice" in ev.losses:
+            validation.append({"phase": ev.phase, "step": ev.step, **ev.losses})
+        if ev.kind == "log" and ev.message.startswith("kept the weights"):
+            validation.append({"phase": ev.phase, "message": ev.message})
+        if report is not None:
+            report(ev)
+
+    consume(events, record)
     train_seconds = time.perf_counter() - t0
     if dist_info.enabled:
         cleanup()
@@ -216,15 +372,21 @@ def run_experiment(
     # ---- final evaluation: the first time test images are read ----
     test_images = load_images(ds, test_ids, channels)
     test_masks = [ds.load_mask(i) for i in test_ids]
-    test = evaluate_bundle(bundle, test_images, test_masks, test_ids, pr)
+    test_regions = [ds.load_region(i) for i in test_ids]
+    test = evaluate_bundle(bundle, test_images, test_masks, test_ids, pr, test_regions)
     result = {
         "method": method,
         "labeled_fraction": labeled_fraction,
         "seed": seed,
         "preset": pr.name,
+        "overrides": dict(overrides or {}),
         "n_labeled": len(labeled_ids),
         "n_unlabeled": len(unlabeled_ids),
+        "n_val": len(val_ids),
         "labeled_ids": labeled_ids,
+        "val_ids": val_ids,
+        "scored_in_fov": any(r is not None for r in test_regions),
+        "validation": validation,
         "dataset": str(Path(dataset).resolve().name),
         "test": test,
         "train_seconds": train_seconds,
@@ -232,6 +394,7 @@ def run_experiment(
         "world_size": dist_info.world,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "provenance": provenance(pr, dev, dist_info.world),
     }
     if method == "diffseg":
         sub = slice(None, None, teacher_eval_every)

@@ -41,6 +41,11 @@ class Preset:
     refresh_every: int = 200
     correction_weight: float = 2.0
     ema_decay: float = 0.99
+    # Validation (core/validation.py): check the deployed networks every `val_every` steps, keep the
+    # best; the students' pseudo-label loss fades out when the teacher labels the validation images
+    # `pseudo_gate_margin` (Dice) worse than the students segment them.
+    val_every: int = 50
+    pseudo_gate_margin: float = 0.05
     # Sampling (proposals for the annotator, and pseudo-labels during co-training).
     ddim_steps: int = 10
     samples: int = 4
@@ -176,6 +181,7 @@ PRESETS: dict[str, Preset] = {
         roi_size=64,
         sw_batch_size=2,
         checkpoint_every=2,
+        val_every=2,
     ),
     # Minutes on a 2-core laptop: one GlaS run of `diffseg experiment` in under 10 minutes.
     "cpu": Preset(name="cpu", pretrain_steps=150, cotrain_steps=500, refresh_every=250, roi_size=512),
@@ -195,6 +201,7 @@ PRESETS: dict[str, Preset] = {
         roi_size=512,
         sw_batch_size=8,
         checkpoint_every=500,
+        val_every=500,
     ),
 }
 

@@ -32,6 +32,7 @@ from .device import autocast
 from .diffusion import MaskDiffusion, SamplerConfig, normalized_entropy
 from .inference import propose
 from .models import ModelBundle
+from .validation import Validator, ValSet, mean_dice
 
 __all__ = ["TrainData", "cotrain", "pretrain_teacher", "rampup", "train_baseline", "train_teacher"]
 
@@ -44,6 +45,7 @@ class TrainData:
     labeled_masks: list[torch.Tensor] = field(default_factory=list)
     labeled_weights: list[float] = field(default_factory=list)  # corrections weigh more than ground truth
     unlabeled_images: list[torch.Tensor] = field(default_factory=list)
+    val: ValSet | None = None  # held-out labeled images: checkpoint choice and the pseudo-label gate
 
     def __post_init__(self) -> None:
         if len(self.labeled_images) != len(self.labeled_masks):
@@ -178,6 +180,36 @@ class _Loop:
             ev = self.save(step)
             if ev is not None:
                 yield ev
+
+
+def _validator(bundle: ModelBundle, data: TrainData, preset: Preset, loop: _Loop) -> Validator:
+    """The validator of a loop's deployed networks (call after ``loop.resume()``: it keeps its state in
+    the loop's checkpoint tensors)."""
+    return Validator(
+        {name: bundle.nets[name] for name in bundle.deploy},
+        data.val,
+        loop.tensors,
+        num_classes=bundle.spec.num_classes,
+        multiple=bundle.spec.multiple,
+        roi=preset.roi_size,
+        sw_batch=preset.sw_batch_size,
+        every=preset.val_every,
+        margin=preset.pseudo_gate_margin,
+    )
+
+
+def _finish(validator: Validator, phase: str, total: int, elapsed: float) -> Iterator[Event]:
+    """Restore the best validation weights and say so."""
+    best = validator.restore_best()
+    if best is not None:
+        yield Event(
+            "log",
+            phase,
+            total,
+            total,
+            elapsed=elapsed,
+            message=f"kept the weights of step {best} (validation Dice {validator.best_dice:.3f})",
+        )
 
 
 def _adam(params: Sequence[nn.Parameter], preset: Preset) -> torch.optim.Optimizer:
@@ -391,7 +423,7 @@ class CoTrainModule(nn.Module):
         self.preset = preset
 
     def forward(
-        self, batch: dict[str, torch.Tensor], ramp: float, gen: torch.Generator
+        self, batch: dict[str, torch.Tensor], ramp: float, gen: torch.Generator, gate: float = 1.0
     ) -> dict[str, torch.Tensor]:
         pr = self.preset
         xa_l, xb_l, y_l = batch["xa_l"], batch["xb_l"], batch["y_l"]
@@ -424,7 +456,7 @@ class CoTrainModule(nn.Module):
         teacher_unsup = _weighted_ce(self.teacher(m_u, xa_u[:h], t_u.to(dev)), y_c, agree)
         loss = (
             sup
-            + ramp * (pr.unsup_weight * pseudo + pr.cps_weight * cps)
+            + ramp * (gate * pr.unsup_weight * pseudo + pr.cps_weight * cps)
             + teacher_sup
             + ramp * pr.teacher_unsup_weight * teacher_unsup
         )
@@ -455,6 +487,7 @@ def refresh_pseudo_labels(
     cancel: CancelToken | None = None,
     rank: int = 0,
     world: int = 1,
+    prefix: str = "",
 ) -> Iterator[Event]:
     """Multi-round teacher pseudo-labels for every unlabeled image, cached in ``cache`` in place.
 
@@ -469,7 +502,7 @@ def refresh_pseudo_labels(
     for i, x in enumerate(images):
         if cancel is not None and synced_cancelled(cancel):
             raise Cancelled("pseudo-label refresh cancelled")
-        key_p, key_c = f"pl_probs_{i}", f"pl_conf_{i}"
+        key_p, key_c = f"{prefix}pl_probs_{i}", f"{prefix}pl_conf_{i}"
         if i % world == rank:
             prev = cache.get(key_p)
             prop = propose(
@@ -477,7 +510,7 @@ def refresh_pseudo_labels(
                 diff,
                 x[None],
                 cfg,
-                _refresh_generator(seed, refresh, i),
+                _refresh_generator(seed, refresh, i + (10**6 if prefix else 0)),
                 multiple=bundle.spec.multiple,
                 roi=preset.roi_size,
                 sw_batch=preset.sw_batch_size,
@@ -498,7 +531,12 @@ def refresh_pseudo_labels(
         cache[key_p], cache[key_c] = probs, conf
         if ticker.due(i + 1 == n):
             yield Event(
-                "progress", "pseudo-labels", i + 1, n, elapsed=ticker.elapsed, message=f"refresh {refresh}"
+                "progress",
+                "pseudo-labels",
+                i + 1,
+                n,
+                elapsed=ticker.elapsed,
+                message=f"refresh {refresh}" + (" (validation images)" if prefix else ""),
             )
 
 
@@ -551,6 +589,7 @@ def cotrain(
     )
     start = loop.resume()
     cache = loop.tensors  # pseudo-labels persist in the checkpoint
+    validator = _validator(bundle, data, preset, loop)
     module.train()
     b, p, diff = preset.batch_size, preset.patch_size, module.diff
     every = max(1, preset.refresh_every)
@@ -569,6 +608,23 @@ def cotrain(
                 rank=rank,
                 world=world,
             )
+            if validator.enabled:  # the teacher's pseudo-labels where the truth is known: the gate
+                val = validator.val
+                yield from refresh_pseudo_labels(
+                    bundle,
+                    val.images,
+                    preset,
+                    cache,
+                    refresh=step // every,
+                    seed=seed,
+                    device=device,
+                    cancel=loop.cancel,
+                    rank=rank,
+                    world=world,
+                    prefix="val/",
+                )
+                labels = [cache[f"val/pl_probs_{i}"].float().argmax(0) for i in range(len(val))]
+                validator.set_teacher_dice(mean_dice(labels, val, bundle.spec.num_classes))
             module.train()
         idx_l = _pick(data.labeled_weights, b, generator)
         x_l, y_l = sample_patches([data.labeled_images, data.labeled_masks], idx_l, p, generator)
@@ -593,12 +649,18 @@ def cotrain(
         batch["eps_u"] = torch.randn((b, diff.num_classes, p, p), generator=generator)
         batch = {k: v.to(device) if k not in ("t_l", "t_u") else v for k, v in batch.items()}
         ramp = rampup(step, loop.total, preset.rampup_frac)
+        gate = validator.gate
         with autocast(device):
-            out = step_module(batch, ramp, generator)
+            out = step_module(batch, ramp, generator, gate)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
-        yield from loop.after_step(step + 1, {k: float(v.detach()) for k, v in out.items()} | {"ramp": ramp})
+        losses = {k: float(v.detach()) for k, v in out.items()} | {"ramp": ramp, "gate": gate}
+        if validator.due(step + 1, loop.total):
+            losses |= validator.check(step + 1)
+            module.train()
+        yield from loop.after_step(step + 1, losses, force="val_dice" in losses)
+    yield from _finish(validator, "cotrain", loop.total, loop.ticker.elapsed)
     yield Event("done", "cotrain", loop.total, loop.total, elapsed=loop.ticker.elapsed)
 
 
@@ -635,6 +697,7 @@ def train_baseline(
         checkpoint_every=preset.checkpoint_every,
     )
     start = loop.resume()
+    validator = _validator(bundle, data, preset, loop)
     for net in trainable.values():
         net.train()
     b, p = preset.batch_size, preset.patch_size
@@ -683,7 +746,11 @@ def train_baseline(
                 d = min(preset.ema_decay, (step + 1) / (step + 10))
                 for pe, ps in zip(nets["ema"].parameters(), nets["student"].parameters(), strict=True):
                     pe.mul_(d).add_(ps.detach(), alpha=1 - d)
-        yield from loop.after_step(
-            step + 1, {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
-        )
+        scalars = {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+        if validator.due(step + 1, loop.total):
+            scalars |= validator.check(step + 1)
+            for net in trainable.values():
+                net.train()
+        yield from loop.after_step(step + 1, scalars, force="val_dice" in scalars)
+    yield from _finish(validator, method, loop.total, loop.ticker.elapsed)
     yield Event("done", method, loop.total, loop.total, elapsed=loop.ticker.elapsed)

@@ -5,6 +5,7 @@
     DATASET/
       images/<id>.{png,tif,tiff,jpg,jpeg,bmp}
       masks/<id>.{png,tif,tiff}          optional, same id
+      fov/<id>.{png,tif,tiff}            optional: the area metrics are computed in (e.g. DRIVE's FOV)
       split.csv                          optional, header ``id,split`` (more columns allowed)
 
 The split of an image is ``train``, ``val`` or a name starting with ``test`` (``testA``, ``testB``...). Without
@@ -87,6 +88,9 @@ class DatasetFolder:
         masks_dir = self.root / "masks"
         masks = _scan(masks_dir, MASK_EXTENSIONS, "mask") if masks_dir.is_dir() else {}
         self._masks = {i: p for i, p in masks.items() if i in self._images}
+        fov_dir = self.root / "fov"
+        fovs = _scan(fov_dir, MASK_EXTENSIONS, "field-of-view mask") if fov_dir.is_dir() else {}
+        self._fovs = {i: p for i, p in fovs.items() if i in self._images}
         self.ids: list[str] = sorted(self._images)
         self._splits = self._read_splits()
 
@@ -202,6 +206,22 @@ class DatasetFolder:
     def has_mask(self, image_id: str) -> bool:
         """True if ``image_id`` has a mask file."""
         return self.mask_path(image_id) is not None
+
+    def load_region(self, image_id: str) -> np.ndarray | None:
+        """Boolean ``(H, W)`` area to score ``image_id`` in (``fov/<id>.png``, e.g. DRIVE's field of view),
+        or None when the dataset has none for it: metrics then cover the whole image."""
+        self._check_id(image_id)
+        path = self._fovs.get(image_id)
+        if path is None:
+            return None
+        region = read_mask(path, binary=True).astype(bool)
+        hw = read_image_shape(self._images[image_id])
+        if region.shape != hw:
+            raise DataError(
+                f"Field-of-view mask {path} is {region.shape[0]}x{region.shape[1]} but its image is "
+                f"{hw[0]}x{hw[1]} (H x W); it must have the image's height and width."
+            )
+        return region
 
     def load_image(self, image_id: str) -> np.ndarray:
         """Raw float32 ``(C, H, W)`` image of ``image_id`` (see :func:`~napari_diffseg.data.io.read_image`)."""

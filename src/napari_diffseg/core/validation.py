@@ -1,0 +1,232 @@
+"""Validation during training: the deployed networks' Dice on held-out labeled images, the best weights,
+and the gate that keeps a weak teacher from dragging the students down.
+
+Every trainer (Stage C and the baselines) scores its deployed networks on the validation images every
+``preset.val_every`` steps and keeps a copy of the best weights, which it restores when it ends: the
+checkpoint a run deploys is chosen on validation images, never on test images, by the same rule for every
+method.
+
+The **pseudo-label gate** (Stage C only): each pseudo-label refresh also labels the validation images with
+the teacher (the same sampler, chained in the same way as the unlabeled images), so the teacher's
+pseudo-label Dice ``d_T`` is measured where the truth is known. At every validation check the students'
+own Dice ``d_S`` is measured too, and the weight of the students' pseudo-label loss becomes
+
+    gate = clip(1 + (d_T − d_S) / margin, 0, 1)
+
+— full weight while the teacher labels the validation images at least as well as the students segment
+them, zero once it is ``margin`` worse. A teacher that was never good on a dataset (or that the students
+have outgrown) cannot pull the students below what their labels alone would teach them.
+
+The state (best Dice and step, best weights, last ``d_S`` / ``d_T``, the gate) lives in the training loop's
+checkpoint tensors, so an interrupted run resumes with the same choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..base.errors import ConfigError
+from .inference import predict_probs
+
+__all__ = ["ValSet", "Validator", "gate_weight", "image_dice", "mean_dice"]
+
+_PREFIX = "val/"
+
+
+@dataclass
+class ValSet:
+    """Normalised validation images (C, H, W) float32 and their masks (H, W) long.
+
+    ``regions`` optionally restricts scoring to a boolean (H, W) area per image (e.g. DRIVE's field of
+    view); None scores the whole image.
+    """
+
+    images: list[torch.Tensor] = field(default_factory=list)
+    masks: list[torch.Tensor] = field(default_factory=list)
+    regions: list[torch.Tensor | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.masks):
+            raise ConfigError("validation images and masks must have the same length")
+        if not self.regions:
+            self.regions = [None] * len(self.images)
+        if len(self.regions) != len(self.images):
+            raise ConfigError("validation regions must be one per image (or none)")
+        for i, (x, y) in enumerate(zip(self.images, self.masks, strict=True)):
+            if x.shape[-2:] != y.shape[-2:]:
+                raise ConfigError(
+                    f"validation image {i} is {tuple(x.shape[-2:])} but its mask {tuple(y.shape)}"
+                )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def image_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+    """Dice of one (H, W) label map against another, with :func:`~.metrics.segmentation_metrics`'s
+    convention: the mean over the foreground classes present in either map; 1.0 when neither has any."""
+    scores = []
+    for c in range(1, num_classes):
+        p, t = pred == c, target == c
+        n = int(p.sum()) + int(t.sum())
+        if n == 0:
+            continue
+        scores.append(2.0 * int((p & t).sum()) / n)
+    return float(sum(scores) / len(scores)) if scores else 1.0
+
+
+def mean_dice(labels: Sequence[torch.Tensor], val: ValSet, num_classes: int) -> float:
+    """Mean per-image Dice of predicted label maps (one per validation image) inside their regions."""
+    scores = []
+    for pred, y, region in zip(labels, val.masks, val.regions, strict=True):
+        pred, y = pred.cpu(), y.cpu()
+        if region is not None:
+            pred, y = pred * region, y * region
+        scores.append(image_dice(pred, y, num_classes))
+    return float(sum(scores) / len(scores)) if scores else float("nan")
+
+
+def gate_weight(teacher_dice: float, student_dice: float, margin: float) -> float:
+    """``clip(1 + (d_T − d_S) / margin, 0, 1)``; 1 when either Dice is unknown (nan)."""
+    if teacher_dice != teacher_dice or student_dice != student_dice:
+        return 1.0
+    if margin <= 0:
+        return 1.0 if teacher_dice >= student_dice else 0.0
+    return float(min(1.0, max(0.0, 1.0 + (teacher_dice - student_dice) / margin)))
+
+
+class Validator:
+    """Scores ``deployed`` networks on ``val`` every ``every`` steps and keeps their best weights.
+
+    Args:
+        deployed: The networks whose mean softmax is the prediction, by name (their weights are what
+            "best" copies and restores).
+        val: Validation images; an empty set disables everything (no check, gate 1).
+        tensors: The training loop's checkpoint tensors; the validator keeps its state there.
+        every: Check every this many steps (and at the last step); 0 disables the checks.
+    """
+
+    def __init__(
+        self,
+        deployed: Mapping[str, nn.Module],
+        val: ValSet | None,
+        tensors: dict[str, torch.Tensor],
+        *,
+        num_classes: int,
+        multiple: int,
+        roi: int,
+        sw_batch: int,
+        every: int,
+        margin: float = 0.05,
+    ) -> None:
+        self.deployed = dict(deployed)
+        self.val = val if val is not None else ValSet()
+        self.tensors = tensors
+        self.num_classes = num_classes
+        self.multiple, self.roi, self.sw_batch = multiple, roi, sw_batch
+        self.every = every
+        self.margin = margin
+
+    @property
+    def enabled(self) -> bool:
+        return len(self.val) > 0 and self.every > 0
+
+    # -- scalar state kept in the checkpoint tensors ------------------------------------------------
+    def _get(self, name: str, default: float = float("nan")) -> float:
+        t = self.tensors.get(_PREFIX + name)
+        return float(t.item()) if t is not None else default
+
+    def _set(self, name: str, value: float) -> None:
+        self.tensors[_PREFIX + name] = torch.tensor([value], dtype=torch.float64)
+
+    @property
+    def best_dice(self) -> float:
+        return self._get("best_dice")
+
+    @property
+    def best_step(self) -> int:
+        return int(self._get("best_step", -1.0))
+
+    @property
+    def student_dice(self) -> float:
+        """The deployed networks' Dice at the last check (nan before the first)."""
+        return self._get("student_dice")
+
+    @property
+    def teacher_dice(self) -> float:
+        """The teacher's pseudo-label Dice on the validation images at the last refresh (nan before)."""
+        return self._get("teacher_dice")
+
+    @property
+    def gate(self) -> float:
+        """Weight of the students' pseudo-label loss (see the module docstring)."""
+        return self._get("gate", 1.0)
+
+    def _update_gate(self) -> None:
+        self._set("gate", gate_weight(self.teacher_dice, self.student_dice, self.margin))
+
+    # -- checks ------------------------------------------------------------------------------------
+    def due(self, step: int, total: int) -> bool:
+        """True after ``step`` completed steps when a check is due."""
+        return self.enabled and (step == total or step % self.every == 0)
+
+    @torch.no_grad()
+    def score(self) -> float:
+        """Mean validation Dice of the deployed networks' mean softmax."""
+        nets = list(self.deployed.values())
+        labels = [
+            predict_probs(nets, x[None], multiple=self.multiple, roi=self.roi, sw_batch=self.sw_batch)
+            .argmax(1)[0]
+            .cpu()
+            for x in self.val.images
+        ]
+        return mean_dice(labels, self.val, self.num_classes)
+
+    def check(self, step: int) -> dict[str, float]:
+        """Score the networks, keep their weights when they beat the best so far, update the gate."""
+        dice = self.score()
+        self._set("student_dice", dice)
+        if not dice <= self.best_dice:  # strictly better, or the first check (best is nan)
+            self._set("best_dice", dice)
+            self._set("best_step", float(step))
+            for name, net in self.deployed.items():
+                for key, value in net.state_dict().items():
+                    self.tensors[f"{_PREFIX}best/{name}/{key}"] = value.detach().cpu().clone()
+        self._update_gate()
+        return {
+            "val_dice": dice,
+            "val_best": self.best_dice,
+            "val_teacher": self.teacher_dice,
+            "gate": self.gate,
+        }
+
+    def set_teacher_dice(self, dice: float) -> None:
+        self._set("teacher_dice", dice)
+        self._update_gate()
+
+    def restore_best(self) -> int | None:
+        """Load the best weights into the deployed networks; the step they came from (None if none)."""
+        if not self.enabled or self.best_step < 0:
+            return None
+        for name, net in self.deployed.items():
+            prefix = f"{_PREFIX}best/{name}/"
+            state = {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+            if state:
+                dev = next(net.parameters()).device
+                net.load_state_dict({k: v.to(dev) for k, v in state.items()})
+        return self.best_step
+
+    def summary(self) -> dict[str, float | int]:
+        """What the run chose, for its result (best step and Dice, last teacher/student Dice, gate)."""
+        return {
+            "val_images": len(self.val),
+            "best_step": self.best_step,
+            "best_dice": self.best_dice,
+            "last_student_dice": self.student_dice,
+            "last_teacher_dice": self.teacher_dice,
+            "gate": self.gate,
+        }
