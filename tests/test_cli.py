@@ -51,7 +51,9 @@ def test_experiment_json_contract(trained, synth_dataset) -> None:
     assert (
         r["method"] == "diffseg" and r["labeled_fraction"] == 0.2 and r["seed"] == 1 and r["preset"] == "tiny"
     )
-    assert r["n_labeled"] == math.ceil(0.2 * 12) and r["n_unlabeled"] == 12 - r["n_labeled"]
+    # 12 train images: 3 carved into validation (ceil(0.2 × 12)), labeled ceil(0.2 × 9) of the other 9
+    assert r["n_val"] == 3 and len(set(r["val_ids"]) & set(r["labeled_ids"])) == 0
+    assert r["n_labeled"] == math.ceil(0.2 * 9) and r["n_unlabeled"] == 9 - r["n_labeled"]
     t = r["test"]
     for key in ("dice_mean", "dice_std", "iou_mean", "hd95_mean", "per_image"):
         assert key in t
@@ -61,14 +63,28 @@ def test_experiment_json_contract(trained, synth_dataset) -> None:
     assert isinstance(r["seconds"], float) and r["device"] == "cpu"
     assert len(r["teacher"]["dice_per_round"]) == 3
     assert 0.0 <= r["pretrain_best_perm_dice"] <= 1.0
+    lf = r["label_free"]
+    assert lf["teacher_dice"] == r["pretrain_best_perm_dice"]
+    assert 0.0 <= lf["otsu_dice"] <= 1.0 and 0.0 < lf["all_foreground_dice"] <= 1.0
+    prov = r["provenance"]
+    assert prov["preset"]["name"] == "tiny" and prov["preset"]["cotrain_steps"] == 4
+    assert prov["versions"]["torch"] and prov["device"] == "cpu" and prov["threads"] >= 1
+    assert "commit" in prov and "dirty" in prov
+    checks = [v for v in r["validation"] if "val_dice" in v]
+    assert checks and all(0.0 <= v["val_dice"] <= 1.0 and 0.0 <= v["gate"] <= 1.0 for v in checks)
+    assert r["validation"][-1]["message"].startswith("kept the weights of step")
 
 
 def test_labeled_subset_is_seeded_and_saved(trained) -> None:
-    from napari_diffseg.experiment import choose_labeled
+    from napari_diffseg.experiment import choose_labeled, choose_val
 
     _, r = trained
     ids = [f"train_{i:03d}" for i in range(12)]
-    assert r["labeled_ids"] == choose_labeled(ids, 0.2, 1)
+    val = choose_val(ids, 0.2, 1)
+    assert r["val_ids"] == val and choose_val(ids, 0.2, 1) == val and choose_val(ids, 0.2, 2) != val
+    assert choose_val(ids, 0.0, 1) == [] and len(choose_val(ids, 0.9, 1)) == 6  # never more than half
+    rest = [i for i in ids if i not in val]
+    assert r["labeled_ids"] == choose_labeled(rest, 0.2, 1)
     assert choose_labeled(ids, 0.2, 1) == choose_labeled(list(reversed(ids)), 0.2, 1)
     assert choose_labeled(ids, 0.2, 1) != choose_labeled(ids, 0.2, 2)
     assert len(choose_labeled(ids, 0.05, 0)) == 1

@@ -1,0 +1,171 @@
+"""Validation inside training: the Dice it measures, the best weights it keeps, and the pseudo-label gate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_diffseg.base.presets import get_preset
+from napari_diffseg.core.metrics import segmentation_metrics
+from napari_diffseg.core.models import ModelBundle, ModelSpec
+from napari_diffseg.core.training import CoTrainModule, TrainData, cotrain, train_baseline
+from napari_diffseg.core.validation import Validator, ValSet, gate_weight, image_dice, mean_dice
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_image_dice_matches_segmentation_metrics(k: int) -> None:
+    rng = np.random.default_rng(k)
+    for _ in range(5):
+        p = rng.integers(0, k, (20, 24))
+        t = rng.integers(0, k, (20, 24))
+        expected = segmentation_metrics(p, t, k)["dice"]
+        assert image_dice(torch.from_numpy(p), torch.from_numpy(t), k) == pytest.approx(expected)
+    empty = torch.zeros(8, 8, dtype=torch.long)
+    assert image_dice(empty, empty, 2) == 1.0  # the convention of segmentation_metrics
+    assert image_dice(empty, empty + 1, 2) == 0.0
+
+
+def test_mean_dice_scores_inside_the_region_only() -> None:
+    y = torch.zeros(10, 10, dtype=torch.long)
+    y[2:5, 2:5] = 1
+    pred = y.clone()
+    pred[7:, 7:] = 1  # a false positive outside the field of view
+    region = torch.zeros(10, 10, dtype=torch.bool)
+    region[:6, :6] = True
+    val = ValSet([torch.zeros(1, 10, 10)], [y], [region])
+    assert mean_dice([pred], val, 2) == 1.0
+    assert mean_dice([pred], ValSet([torch.zeros(1, 10, 10)], [y]), 2) < 1.0
+
+
+def test_gate_weight() -> None:
+    assert gate_weight(0.8, 0.7, 0.05) == 1.0  # the teacher is better: full weight
+    assert gate_weight(0.7, 0.7, 0.05) == 1.0
+    assert gate_weight(0.675, 0.7, 0.05) == pytest.approx(0.5)
+    assert gate_weight(0.5, 0.7, 0.05) == 0.0  # the teacher is worse by more than the margin: off
+    assert gate_weight(float("nan"), 0.7, 0.05) == 1.0  # not measured yet
+
+
+class _Threshold(nn.Module):
+    """Two-class logits from one learnable offset: foreground where x + b > 0."""
+
+    def __init__(self, b: float) -> None:
+        super().__init__()
+        self.b = nn.Parameter(torch.tensor(b))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = 10 * (x[:, :1] + self.b)
+        return torch.cat([-z, z], 1)
+
+
+def test_validator_keeps_and_restores_the_best_weights() -> None:
+    x = torch.linspace(-1, 1, 64).reshape(1, 8, 8)
+    y = (x[0] > 0).long()
+    net = _Threshold(0.0)  # perfect
+    tensors: dict[str, torch.Tensor] = {}
+    v = Validator(
+        {"student": net},
+        ValSet([x], [y]),
+        tensors,
+        num_classes=2,
+        multiple=1,
+        roi=8,
+        sw_batch=1,
+        every=1,
+    )
+    assert v.check(1)["val_dice"] == 1.0 and v.best_step == 1
+    with torch.no_grad():
+        net.b.fill_(0.9)  # now most of the image is foreground: worse
+    out = v.check(2)
+    assert out["val_dice"] < 1.0 and out["val_best"] == 1.0 and v.best_step == 1
+    assert v.restore_best() == 1 and net.b.item() == 0.0
+    # the state lives in the checkpoint tensors: a new validator over them (a resumed run) agrees
+    v2 = Validator(
+        {"student": net}, ValSet([x], [y]), tensors, num_classes=2, multiple=1, roi=8, sw_batch=1, every=1
+    )
+    assert v2.best_step == 1 and v2.best_dice == 1.0
+
+
+def _blobs(n: int, size: int = 32, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    imgs, masks = [], []
+    for _ in range(n):
+        y = torch.zeros(size, size, dtype=torch.long)
+        cy, cx = torch.randint(8, size - 8, (2,), generator=g).tolist()
+        y[cy - 6 : cy + 6, cx - 6 : cx + 6] = 1
+        imgs.append(y.float()[None] * 2 - 1 + 0.2 * torch.randn((1, size, size), generator=g))
+        masks.append(y)
+    return imgs, masks
+
+
+def _bundle(method: str = "diffseg") -> ModelBundle:
+    pr = get_preset("tiny")
+    return ModelBundle(ModelSpec(method, 1, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim), seed=0)
+
+
+def test_a_useless_teacher_is_gated_off() -> None:
+    """A teacher that labels nothing (zero weights: constant logits) scores 0 on the validation images;
+    once the students beat it by the margin, their pseudo-label loss gets weight 0."""
+    pr = get_preset("tiny").with_overrides(cotrain_steps=12, refresh_every=1000, val_every=2, lr=3e-3)
+    imgs, masks = _blobs(8)
+    data = TrainData(imgs[:2], masks[:2], unlabeled_images=imgs[2:5], val=ValSet(imgs[5:], masks[5:]))
+    b = _bundle()
+    with torch.no_grad():
+        for p in b.nets["teacher_mask"].parameters():
+            p.zero_()
+    events = list(cotrain(b, data, pr, generator=torch.Generator().manual_seed(0), seed=0, device=CPU))
+    checks = [e.losses for e in events if e.kind == "progress" and "val_dice" in e.losses]
+    assert checks and checks[0]["val_teacher"] == 0.0
+    assert checks[-1]["val_dice"] >= pr.pseudo_gate_margin and checks[-1]["gate"] == 0.0
+    assert any(e.kind == "log" and e.message.startswith("kept the weights") for e in events)
+
+
+def test_without_validation_images_nothing_changes() -> None:
+    """No validation set: gate 1, no checks, the last weights; the random stream is untouched."""
+    pr = get_preset("tiny")
+    imgs, masks = _blobs(5)
+    runs = []
+    for val in (None, ValSet()):
+        b = _bundle("supervised")
+        data = TrainData(imgs[:2], masks[:2], val=val)
+        ev = list(train_baseline(b, data, pr, generator=torch.Generator().manual_seed(0), device=CPU))
+        assert not any("val_dice" in e.losses for e in ev)
+        runs.append(torch.cat([p.flatten() for p in b.nets["student"].parameters()]))
+    assert torch.equal(runs[0], runs[1])
+
+
+def _grads(module: CoTrainModule, batch: dict, gate: float) -> torch.Tensor:
+    module.zero_grad()
+    out = module(batch, 1.0, torch.Generator().manual_seed(0), gate)
+    out["loss"].backward()
+    return torch.cat([p.grad.flatten() for p in module.student_a.parameters()])
+
+
+def test_pseudo_label_and_cps_terms_change_the_students_gradients() -> None:
+    pr = get_preset("tiny")
+    b = _bundle()
+    g = torch.Generator().manual_seed(1)
+    n, p = 2, pr.patch_size
+    imgs, masks = _blobs(2, p)
+    probs = torch.softmax(torch.randn((n, 2, p, p), generator=g), 1)
+    batch = {
+        "xa_l": torch.stack(imgs),
+        "xb_l": torch.stack(imgs),
+        "xa_u": torch.stack(imgs),
+        "xb_u": torch.stack(imgs),
+        "y_l": torch.stack(masks),
+        "pl_probs": probs,
+        "pl_conf": torch.ones(n, p, p),
+        "t_l": torch.tensor([500, 900]),
+        "t_u": torch.tensor([500, 900]),
+        "eps_l": torch.randn((n, 2, p, p), generator=g),
+        "eps_u": torch.randn((n, 2, p, p), generator=g),
+    }
+    with_pseudo = _grads(CoTrainModule(b, pr), batch, 1.0)
+    gated = _grads(CoTrainModule(b, pr), batch, 0.0)
+    no_cps = _grads(CoTrainModule(b, pr.with_overrides(cps_weight=0.0)), batch, 0.0)
+    assert not torch.allclose(with_pseudo, gated)  # the teacher's pseudo-labels move the students
+    assert not torch.allclose(gated, no_cps)  # so does cross pseudo-supervision
