@@ -354,8 +354,15 @@ def run_experiment(
     if not dist_info.is_main:  # co-training runs on every rank; rank 0 alone reports it
         events = (ev for ev in events if ev.phase not in ("cotrain", "pseudo-labels"))
     validation: list[dict[str, Any]] = []
+    phase_seconds: dict[str, float] = {}
 
-    def record(ev: Event) -> None:  # every validation check, for the result
+    def record(ev: Event) -> None:  # every validation check and each phase's time, for the result
+        if ev.phase == "pseudo-labels":  # one ticker per refresh: add up the refreshes' last events
+            if ev.kind == "progress" and ev.step == ev.total:
+                key = "pseudo-labels" + (" (validation)" if "validation" in ev.message else "")
+                phase_seconds[key] = phase_seconds.get(key, 0.0) + ev.elapsed
+        elif ev.kind in ("done", "progress"):  # cotrain's own time includes its refreshes
+            phase_seconds[ev.phase] = max(phase_seconds.get(ev.phase, 0.0), ev.elapsed)
         if ev.losses and "val_dice" in ev.losses:
             validation.append({"phase": ev.phase, "step": ev.step, **ev.losses})
         if ev.kind == "log" and ev.message.startswith("kept the weights"):
@@ -387,6 +394,7 @@ def run_experiment(
         "val_ids": val_ids,
         "scored_in_fov": any(r is not None for r in test_regions),
         "validation": validation,
+        "phase_seconds": phase_seconds,
         "dataset": str(Path(dataset).resolve().name),
         "test": test,
         "train_seconds": train_seconds,
