@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +14,8 @@ import pytest
 
 from backend_server import SRC, Server, alive, make_project
 from napari_diffseg.backend.client import DiffsegClient
+from napari_diffseg.backend.jobs import start_job
+from napari_diffseg.backend.runner import JobManager
 from napari_diffseg.project import Project
 
 pytestmark = pytest.mark.timeout(240)
@@ -123,3 +126,70 @@ def test_cancel_running_job_then_resume(tmp_path: Path) -> None:
         assert client.wait(job.id, timeout=120).state == "done"
         with pytest.raises(Exception, match="already done"):
             client.cancel_job(job.id)
+
+
+def _manager(root: Path, **kwargs) -> JobManager:
+    return JobManager(root, poll_interval=0.05, **kwargs)
+
+
+def _wait_state(root: Path, job_id: int, states: tuple[str, ...], timeout: float) -> str:
+    def reached() -> bool:
+        with Project.open(root) as project:
+            return project.job(job_id).state in states
+
+    _wait_for(reached, timeout, f"job {job_id} to become one of {states}")
+    with Project.open(root) as project:
+        return project.job(job_id).state
+
+
+def test_worker_killed_by_sigkill_reads_interrupted_and_resumes(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "proj", n_train=3, annotate=1)
+    with Project.open(root) as project:
+        job_id = start_job(project, "cotrain", COTRAIN)
+    manager = _manager(root)
+    manager.start()
+    try:
+        manager.wake()
+
+        def checkpointed() -> bool:
+            with Project.open(root) as project:
+                return any(e.data["kind"] == "checkpoint" for e in project.events(job_id))
+
+        _wait_for(checkpointed, 120, "a checkpoint")
+        with Project.open(root) as project:
+            pid = project.job(job_id).pid
+        assert pid is not None and alive(pid)
+        os.kill(pid, signal.SIGKILL)  # the out-of-memory killer, or kill -9 by hand
+        assert _wait_state(root, job_id, ("interrupted", "failed", "cancelled", "done"), 30) == "interrupted"
+        with Project.open(root) as project:
+            error = project.job(job_id).error or ""
+        assert "SIGKILL" in error and "resume" in error
+        manager.resume(job_id)
+        assert _wait_state(root, job_id, ("done", "failed", "cancelled", "interrupted"), 120) == "done"
+        with Project.open(root) as project:
+            assert project.active_model().id == f"round1-job{job_id}"
+    finally:
+        manager.stop()
+
+
+def test_cancel_during_worker_startup_stops_cleanly(tmp_path: Path) -> None:
+    """Start-up (importing torch, loading data) takes longer than this grace period; it must not count."""
+    root = make_project(tmp_path / "proj", n_train=3, annotate=1)
+    with Project.open(root) as project:
+        job_id = start_job(project, "cotrain", COTRAIN)
+    manager = _manager(root, cancel_grace_s=0.3)
+    manager.start()
+    try:
+        manager.wake()
+        _wait_for(lambda: manager.running == 1, 30, "the worker to be launched")
+        manager.cancel(job_id)
+        assert _wait_state(root, job_id, ("cancelled", "failed", "interrupted", "done"), 120) == "cancelled"
+        with Project.open(root) as project:
+            job = project.job(job_id)
+            messages = [e.data.get("message", "") for e in project.events(job_id)]
+        error = job.error or ""
+        assert "cancelled at step" in error and "checkpoint" in error and "force" not in error
+        assert (root / "jobs" / str(job_id) / "ready").exists()  # it stopped itself, at its first look
+        assert not any("force" in m for m in messages)
+    finally:
+        manager.stop()

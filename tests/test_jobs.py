@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from napari_diffseg.backend.jobs import JobFailed, execute_job, start_job
 from napari_diffseg.base.errors import ConfigError
 from napari_diffseg.base.events import CancelToken
+from napari_diffseg.base.formats import tiff_bytes
 from napari_diffseg.cli import main
 from napari_diffseg.data.io import read_mask
 from napari_diffseg.project import Project
@@ -137,3 +139,73 @@ def test_cotrain_job_on_two_processes_under_torchrun(capsys, project: Path) -> N
         assert p.check()["ok"]
     log = (project / "jobs" / str(out["job"]) / "data.json").read_text()
     assert "images" in log
+
+
+def _untrained_model(root: Path, mid: str = "untrained") -> str:
+    """Register an untrained tiny diffseg model and make it active (no training: fast)."""
+    from napari_diffseg.backend import jobs as jobs_mod
+    from napari_diffseg.base.presets import get_preset
+
+    preset = get_preset("tiny")
+    with Project.open(root) as p:
+        bundle = jobs_mod._new_bundle(p, 1, preset, 0, torch.device("cpu"))
+        return jobs_mod._save_model(p, bundle, mid, round=0, preset=preset, metrics={})
+
+
+def test_resumed_propose_computes_only_the_remaining_images(monkeypatch, project: Path) -> None:
+    from napari_diffseg.backend import jobs as jobs_mod
+
+    mid = _untrained_model(project)
+    calls: list[int] = []
+    real = jobs_mod.propose
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jobs_mod, "propose", counting)
+    with Project.open(project) as p:
+        job = start_job(p, "propose", {"preset": "tiny", "steps": 1, "samples": 1, "rounds": 1})
+    token = CancelToken(Path(project) / "jobs" / str(job) / "cancel")
+    done: list[str] = []
+
+    def report(ev) -> None:
+        if ev.kind == "progress":
+            done.append(ev.message)
+            if len(done) == 2:
+                token.cancel()  # stops before the third image
+
+    assert execute_job(project, job, report=report, cancel=token) == "cancelled"
+    assert len(calls) == 2
+    # another model made active in between: the resumed job keeps proposing with its own model
+    _untrained_model(project, "other")
+    resumed: list[str] = []
+    assert execute_job(project, job, report=lambda ev: resumed.append(ev.message or "")) == "done"
+    assert len(calls) == 4  # the two images left, not all four again
+    with Project.open(project) as p:
+        todo = [r.id for r in p.images() if r.split == "train" and p.annotation(r.id) is None]
+        assert len(todo) == 4 and set(done) | set(resumed) >= set(todo)
+        assert not set(done) & set(resumed)
+        assert {q.image_id for q in p.proposals(model_id=mid)} == set(todo)
+        assert p.proposals(model_id="other") == []
+        assert any("2 of 4 images already proposed" in e.data.get("message", "") for e in p.events(job))
+
+
+def test_a_bad_image_fails_the_job_with_its_name_and_the_fix(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    rng = np.random.default_rng(0)
+    with Project.create(root) as p:
+        p.import_array(rng.integers(0, 255, (64, 64), dtype=np.uint8), "good")
+        pixels = rng.random((1, 64, 64), dtype=np.float32)
+        bad_id = p.import_array(pixels, "overflowing")
+        # the file changed behind the store's back (or imported before imports checked): a NaN pixel
+        pixels[0, 3, 4] = np.nan
+        (root / "images" / f"{bad_id}.tif").write_bytes(tiff_bytes(pixels))
+        job = start_job(p, "pretrain", {"preset": "tiny"})
+    with pytest.raises(JobFailed) as info:
+        execute_job(root, job)
+    msg = str(info.value)
+    for text in (bad_id, "'overflowing'", "infinite", "Exclude it", "re-import"):
+        assert text in msg, msg
+    with Project.open(root) as p:
+        assert bad_id in (p.job(job).error or "") and "overflowing" in (p.job(job).error or "")

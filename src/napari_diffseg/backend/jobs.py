@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..base.contracts import JOB_KINDS, CotrainParams, PretrainParams, ProposeParams, parse_job_params
-from ..base.errors import Cancelled, ConfigError, DiffsegError
+from ..base.errors import Cancelled, ConfigError, DataError, DiffsegError
 from ..base.events import CancelToken, Event
 from ..base.fileio import atomic_write_bytes
 from ..base.presets import Preset
@@ -69,14 +69,55 @@ def _channels(project: Project) -> int:
     return 3 if any(r.channels >= 3 for r in project.images()) else 1
 
 
+class BadImage(DataError):
+    """An image a job cannot use (unreadable, NaN or infinite values); the message names it and the fix."""
+
+
+def _bad_image(project: Project, image_id: str, problem: str) -> BadImage:
+    try:
+        rec = project.image(image_id)
+        which = f"image {rec.id} ({rec.name!r})"
+    except DiffsegError:
+        which = f"image {image_id}"
+    return BadImage(
+        f"{which} {problem}. Exclude it (state 'excluded': Skip in the Annotate widget, or POST "
+        "/images/{ref}/state), re-import a fixed copy if you need the image, then start the job again."
+    )
+
+
 def _image(project: Project, image_id: str) -> np.ndarray:
-    """An image's raw intensities, (C, H, W) float32."""
-    return project.load_image(image_id).astype(np.float32)
+    """An image's raw intensities, (C, H, W) float32.
+
+    Raises:
+        BadImage: The file cannot be read, or holds NaN / infinite values (also after the conversion to
+            float32: a float64 image with values beyond ~3.4e38); the message names the image.
+    """
+    try:
+        raw = project.load_image(image_id)
+    except DataError as exc:
+        raise _bad_image(project, image_id, f"cannot be read ({exc})") from exc
+    with np.errstate(over="ignore", invalid="ignore"):
+        arr = raw.astype(np.float32)
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise _bad_image(project, image_id, f"holds {bad} NaN or infinite pixel value(s) (as float32)")
+    return arr
+
+
+def _preprocessed(
+    project: Project, image_id: str, prep: Callable[[np.ndarray], torch.Tensor]
+) -> torch.Tensor:
+    """``prep`` (a bundle's ``preprocess``) of an image; a failure names the image."""
+    arr = _image(project, image_id)
+    try:
+        return prep(arr)
+    except DataError as exc:
+        raise _bad_image(project, image_id, f"cannot be preprocessed ({exc})") from exc
 
 
 def _tensor(project: Project, image_id: str, channels: int) -> torch.Tensor:
     """A training image, preprocessed before any bundle exists (with one: ``bundle.preprocess``)."""
-    return preprocess(_image(project, image_id), channels)
+    return _preprocessed(project, image_id, lambda arr: preprocess(arr, channels))
 
 
 def _data_manifest(project: Project, manifest: Path | None) -> list[tuple[str, int | None]]:
@@ -165,17 +206,12 @@ def _save_model(
     return mid
 
 
-def _load_active(project: Project, device: torch.device) -> tuple[ModelBundle, str, dict] | None:
-    """The active model's bundle, id and config.json (None without an active model)."""
-    active = project.active_model()
-    if active is None:
-        return None
-    bundle, config, _ = load_bundle(project.model_dir(active.id), device)
+def _load_teacher(project: Project, mid: str, device: torch.device) -> tuple[ModelBundle, dict]:
+    """A model's bundle and config.json; it must have a diffusion teacher."""
+    bundle, config, _ = load_bundle(project.model_dir(mid), device)
     if not bundle.has_teacher:
-        raise ConfigError(
-            f"the active model {active.id!r} has no diffusion teacher; activate a diffseg model"
-        )
-    return bundle, active.id, config
+        raise ConfigError(f"the model {mid!r} has no diffusion teacher; activate a diffseg model")
+    return bundle, config
 
 
 # ------------------------------------------------------------------------------------------------
@@ -227,6 +263,39 @@ def _pretrain(
     yield Event("log", "pretrain", message=f"saved model {mid} (round 0) and made it active")
 
 
+def _propose_plan(project: Project, job_id: int, params: ProposeParams) -> tuple[str, list[str]]:
+    """(model id, image ids) of a propose job: chosen at its first start, read back when it resumes.
+
+    ``jobs/<id>/propose.json`` fixes the model (the one active at the first start) and the images, so a
+    resumed job proposes with the same model, for the same images, with the same per-image seeds.
+    """
+    plan_file = project.job_dir(job_id) / "propose.json"
+    if plan_file.exists():
+        plan = json.loads(plan_file.read_text())
+        return str(plan["model"]), [str(i) for i in plan["images"]]
+    active = project.active_model()
+    if active is None:
+        raise ConfigError("the project has no model yet; run pretraining or a co-training round first")
+    if params.ids:
+        ids = [project.image(i).id for i in params.ids]
+    else:
+        ids = [
+            r.id
+            for r in project.images()
+            if r.state in ("unlabeled", "proposed") and not r.split.startswith("test")
+        ]
+    atomic_write_bytes(plan_file, json.dumps({"model": active.id, "images": ids}).encode())
+    return active.id, ids
+
+
+def _proposed_by_job(project: Project, job_id: int, mid: str) -> set[str]:
+    """Images that job ``job_id`` has already proposed with model ``mid`` (saved since its first start)."""
+    started = project.job(job_id).started_at
+    if started is None:
+        return set()
+    return {p.image_id for p in project.proposals(model_id=mid) if p.created_at >= started}
+
+
 def _propose(
     project: Project,
     job_id: int,
@@ -234,60 +303,63 @@ def _propose(
     cancel: CancelToken,
     dist_info: DistInfo | None = None,
 ) -> Iterator[Event]:
+    """Proposals, one image at a time; each is stored as soon as it is made, so a resumed job (cancelled,
+    failed or killed) proposes only the images it had not done yet."""
     dev = choose_device(params.device)
-    loaded = _load_active(project, dev)
-    if loaded is None:
-        raise ConfigError("the project has no model yet; run pretraining or a co-training round first")
-    bundle, mid, config = loaded
-    # without an explicit preset, propose at the cost of the preset the active model was trained with
+    mid, ids = _propose_plan(project, job_id, params)
+    bundle, config = _load_teacher(project, mid, dev)
+    # without an explicit preset, propose at the cost of the preset the model was trained with
     pr = params.resolve_preset(default=Preset.from_config(config))
     cfg = SamplerConfig(
         steps=params.steps or pr.ddim_steps,
         samples=params.samples or pr.samples,
         rounds=params.rounds or pr.rounds,
     )
-    ids = params.ids
-    if ids:
-        records = [project.image(i) for i in ids]
-    else:
-        records = [
-            r
-            for r in project.images()
-            if r.state in ("unlabeled", "proposed") and not r.split.startswith("test")
-        ]
+    done = _proposed_by_job(project, job_id, mid)
+    if done:
+        left = sum(1 for i in ids if i not in done)
+        yield Event(
+            "log",
+            "propose",
+            message=f"resuming: {len(ids) - left} of {len(ids)} images already proposed, {left} to go",
+        )
     seed = params.seed
     diff = bundle.diffusion()
-    for n, rec in enumerate(records):
+    for n, image_id in enumerate(ids):
+        if image_id in done:
+            continue
         cancel.raise_if_cancelled("proposals")
-        x = bundle.preprocess(_image(project, rec.id))
+        x = _preprocessed(project, image_id, bundle.preprocess)
         prop = propose(
             bundle.mask_net,
             diff,
             x[None],
             cfg,
-            torch.Generator().manual_seed(seed * 100_003 + n),
+            torch.Generator().manual_seed(seed * 100_003 + n),  # n: the image's place in the plan
             multiple=bundle.spec.multiple,
             roi=pr.roi_size,
             sw_batch=pr.sw_batch_size,
         )
-        project.save_proposal(mid, rec.id, prop.probs[0].cpu().numpy(), prop.uncertainty[0].cpu().numpy())
+        project.save_proposal(mid, image_id, prop.probs[0].cpu().numpy(), prop.uncertainty[0].cpu().numpy())
         yield Event(
             "progress",
             "propose",
             n + 1,
-            len(records),
+            len(ids),
             metrics={"uncertainty": float(prop.uncertainty.mean())},
-            message=rec.id,
+            message=image_id,
         )
 
 
 def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[str, float]:
     per = []
     for rec in project.images(split="val"):
+        if rec.state == "excluded":
+            continue
         mask = project.load_annotation(rec.id)
         if mask is None:
             continue
-        x = bundle.preprocess(_image(project, rec.id))
+        x = _preprocessed(project, rec.id, bundle.preprocess)
         probs = predict_probs(bundle.deployed(), x[None], multiple=bundle.spec.multiple, roi=preset.roi_size)
         per.append(segmentation_metrics(probs.argmax(1)[0].cpu().numpy(), mask, bundle.spec.num_classes))
     if not per:

@@ -3,8 +3,11 @@
 :class:`JobManager` is owned by the HTTP app. A background thread wakes every ``poll_interval`` seconds
 (or at once when a job is submitted) and
 
-- reaps finished workers, recording a final state when a worker died without one;
-- kills the whole process group of a worker that has not stopped ``cancel_grace_s`` after a cancel;
+- reaps finished workers, recording a final state when a worker died without one (``interrupted``,
+  resumable, when a signal killed it: ``kill -9``, the out-of-memory killer);
+- kills the whole process group of a worker that has not stopped ``cancel_grace_s`` after a cancel; the
+  grace period starts when the worker is ready (``jobs/<id>/ready``: its job has looked at its cancel
+  token once), so start-up (importing torch, loading the data) does not count against it;
 - starts the oldest queued job when nothing is running: training jobs (pretrain, cotrain) and proposals
   share one queue, so at most one training job runs per project and proposals wait behind it.
 
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from napari_diffseg.backend.worker import READY_FILE
 from napari_diffseg.base.contracts import RESUMABLE_JOB_STATES, TERMINAL_JOB_STATES, EventKind
 from napari_diffseg.base.errors import ConfigError
 from napari_diffseg.base.events import Event
@@ -122,12 +126,20 @@ def _kill_group(pid: int) -> None:
             os.kill(pid, signal.SIGTERM)
 
 
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 @dataclass
 class _Worker:
     job_id: int
     kind: str
     proc: subprocess.Popen[bytes]
     cancel_at: float | None = None
+    ready_at: float | None = None
     killed: bool = False
 
 
@@ -160,7 +172,10 @@ class JobManager:
     Args:
         root: The project folder.
         poll_interval: Seconds between two looks at the queue and the workers.
-        cancel_grace_s: Seconds a worker has to stop after a cancel before its process group is killed.
+        cancel_grace_s: Seconds a worker has to stop after a cancel before its process group is killed,
+            counted from the cancel or from when the worker became ready, whichever is later.
+        startup_grace_s: Seconds a worker that is not ready yet has to stop after a cancel (a worker hung
+            in start-up is killed after this).
         run_jobs: False: accept and queue jobs but never start them (another backend or the CLI runs
             them); cancel and resume still work.
         python: The interpreter for workers.
@@ -172,12 +187,14 @@ class JobManager:
         *,
         poll_interval: float = 0.2,
         cancel_grace_s: float = 10.0,
+        startup_grace_s: float = 120.0,
         run_jobs: bool = True,
         python: str = sys.executable,
     ) -> None:
         self.root = Path(root).resolve()
         self.poll_interval = poll_interval
         self.cancel_grace_s = cancel_grace_s
+        self.startup_grace_s = max(startup_grace_s, cancel_grace_s)
         self.run_jobs = run_jobs
         self.python = python
         self._workers: dict[int, _Worker] = {}
@@ -323,6 +340,9 @@ class JobManager:
         with contextlib.suppress(FileNotFoundError):
             self._cancel_file(job_id).unlink()
 
+    def _ready_file(self, job_id: int) -> Path:
+        return self.root / "jobs" / str(job_id) / READY_FILE
+
     def _recover(self) -> list[int]:
         """Stop workers orphaned by a killed backend and mark their jobs interrupted.
 
@@ -386,6 +406,13 @@ class JobManager:
                     how = "stopped by force" if worker.killed else f"stopped (exit code {rc})"
                     msg = f"{how} after the cancel request; its last checkpoint can be resumed"
                     state = "cancelled"
+                elif rc < 0:  # killed by a signal (kill -9, the out-of-memory killer): nothing of its own
+                    name = _signal_name(-rc)
+                    msg = (
+                        f"the job process was killed by {name} before it finished (out of memory, or "
+                        "killed by hand?); resume it to continue from its last checkpoint"
+                    )
+                    state = "interrupted"
                 else:
                     msg = (
                         f"the job process exited with code {rc} without finishing; see "
@@ -400,18 +427,29 @@ class JobManager:
                 log.exception("cannot record the end of job %d", job_id)
 
     def _escalate(self) -> None:
-        """Kill the process group of workers that ignored a cancel for longer than the grace period."""
+        """Kill the process group of workers that ignored a cancel for longer than the grace period.
+
+        The grace period counts from the cancel or from when the worker became ready, whichever is
+        later; a worker that is still starting up gets ``startup_grace_s`` from the cancel.
+        """
         now = time.monotonic()
         for worker in self._workers.values():
             if worker.cancel_at is None and self._cancel_file(worker.job_id).exists():
                 worker.cancel_at = now  # cancelled through the file by someone else
-            if (
-                worker.cancel_at is not None
-                and not worker.killed
-                and now - worker.cancel_at > self.cancel_grace_s
-            ):
+            if worker.ready_at is None and self._ready_file(worker.job_id).exists():
+                worker.ready_at = now
+            if worker.cancel_at is None or worker.killed:
+                continue
+            if worker.ready_at is not None:
+                waited, grace = now - max(worker.cancel_at, worker.ready_at), self.cancel_grace_s
+            else:
+                waited, grace = now - worker.cancel_at, self.startup_grace_s
+            if waited > grace:
                 log.warning(
-                    "job %d ignored its cancel for %.0f s: killing it", worker.job_id, self.cancel_grace_s
+                    "job %d ignored its cancel for %.0f s%s: killing it",
+                    worker.job_id,
+                    grace,
+                    "" if worker.ready_at is not None else " (still starting up)",
                 )
                 _kill_group(worker.proc.pid)
                 worker.killed = True
@@ -433,6 +471,8 @@ class JobManager:
     def _launch(self, job: JobRecord) -> None:
         jd = self.project.job_dir(job.id)
         self._clear_cancel(job.id)
+        with contextlib.suppress(FileNotFoundError):
+            self._ready_file(job.id).unlink()  # left by an earlier run of the job
         env = os.environ.copy()
         package_parent = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)

@@ -8,6 +8,8 @@ starts again and marks it ``interrupted``).
 Cancel: create ``jobs/<id>/cancel`` (what the backend does) or send SIGTERM; the job checkpoints and
 stops at its next step. Unlike a plain :class:`~napari_diffseg.base.events.CancelToken` file, a cancel
 file that appears before the job has started is honoured (the backend clears stale ones itself).
+``jobs/<id>/ready`` appears when the job first looks at its cancel token (start-up is over); the backend's
+cancel grace period starts there.
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ from pathlib import Path
 from napari_diffseg.base.errors import DiffsegError
 from napari_diffseg.base.events import CancelToken
 
-__all__ = ["CancelFile", "main"]
+__all__ = ["READY_FILE", "CancelFile", "main"]
 
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_ORPHANED = 0, 1, 2, 3, 4
 _WATCH_INTERVAL_S = 0.2
+
+
+READY_FILE = "ready"
+"""``jobs/<id>/ready``: written by the worker at the job's first look at its cancel token."""
 
 
 class CancelFile(CancelToken):
@@ -34,14 +40,26 @@ class CancelFile(CancelToken):
 
     ``execute_job`` deletes the file of a token that has a ``path`` when it starts; this one keeps the
     path to itself, so a cancel requested between the launch and the start is not lost.
+
+    The first look also writes ``ready`` beside ``path``: from then on the job honours a cancel at its
+    next step, so the backend starts the cancel grace period there, not at the launch (importing torch
+    and loading the data can take longer than the grace period).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__(None)
         self.file = Path(path)
+        self.ready_file = self.file.with_name(READY_FILE)
+        self._ready = False
 
     @property
     def cancelled(self) -> bool:
+        if not self._ready:
+            self._ready = True
+            try:
+                self.ready_file.write_text(str(os.getpid()))
+            except OSError as exc:  # the backend then waits longer before a kill; the job goes on
+                sys.stderr.write(f"cannot write {self.ready_file}: {exc}\n")
         return super().cancelled or self.file.exists()
 
 
