@@ -28,6 +28,11 @@ class Preset:
     pretrain_tau: float = 1.0
     pretrain_marginal_weight: float = 1.0
     pretrain_pixel_entropy_weight: float = 0.1
+    # The image is corrupted at t ~ U(pretrain_t_min_frac·T, T): near 1 the image pathway cannot
+    # reconstruct without the mask. With pretrain_min_class_share > 0 the marginal term only keeps every
+    # class above that share of the pixels (a hinge) instead of pushing the split towards 50/50.
+    pretrain_t_min_frac: float = 0.0
+    pretrain_min_class_share: float = 0.0
     # Stage B: the teacher as a mask diffusion model on labeled images (warm-up before co-training).
     teacher_steps: int = 300
     recycle_prob: float = 0.5  # share of teacher samples that start from its own estimate (refinement)

@@ -263,12 +263,14 @@ def pretrain_teacher(
     f.train()
     g.train()
     b, p = preset.batch_size, preset.patch_size
+    t_lo = min(diff.T - 1, int(preset.pretrain_t_min_frac * diff.T))  # high noise: the mask must help
+    min_share = preset.pretrain_min_class_share
     for step in range(start, loop.total):
         yield from loop.check_cancel(step)
         (x,) = sample_patches([list(images)], _uniform(len(images), b, generator), p, generator)
         x = intensity_jitter(x, generator, 0.5)
         m_T = torch.randn((b, k, p, p), generator=generator)
-        t = torch.randint(0, diff.T, (b,), generator=generator)
+        t = torch.randint(t_lo, diff.T, (b,), generator=generator)
         eps = torch.randn(x.shape, generator=generator)
         x, m_T, eps = _to(device, x, m_T, eps)
         with autocast(device):
@@ -277,9 +279,11 @@ def pretrain_teacher(
             x_t = diff.q_sample(x, t, eps)
             eps_hat = g(x_t, probs, t.to(device))
         rec = F.mse_loss(eps_hat.float(), eps)
-        marginal = math.log(k) - normalized_entropy(
-            probs.mean(dim=(0, 2, 3))[None, :, None]
-        ).mean() * math.log(k)
+        share = probs.mean(dim=(0, 2, 3))
+        if min_share > 0:  # only stop a class from vanishing: the split itself is learned
+            marginal = F.relu(min_share - share).sum() / min_share
+        else:  # push the split towards equal shares
+            marginal = math.log(k) - normalized_entropy(share[None, :, None]).mean() * math.log(k)
         pixel = normalized_entropy(probs).mean()
         loss = rec + preset.pretrain_marginal_weight * marginal + preset.pretrain_pixel_entropy_weight * pixel
         opt.zero_grad(set_to_none=True)
