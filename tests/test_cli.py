@@ -227,3 +227,29 @@ def test_usage_error_exit_2() -> None:
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+def test_evaluate_scores_inside_the_field_of_view(trained, synth_dataset, tmp_path) -> None:
+    """With fov/<id>.png (DRIVE's layout) metrics ignore everything outside the field of view."""
+    import shutil
+
+    from napari_diffseg.data.io import write_mask
+    from napari_diffseg.predict import evaluate_folder
+
+    tmp, _ = trained
+    ds = tmp_path / "ds"
+    shutil.copytree(synth_dataset, ds)
+    plain = evaluate_folder(tmp / "model", ds)
+    (ds / "fov").mkdir()
+    for p in (ds / "images").glob("test_*.png"):
+        fov = np.zeros((64, 64), np.uint8)
+        fov[:, :32] = 1  # the left half only
+        write_mask(ds / "fov" / p.name, fov)
+    half = evaluate_folder(tmp / "model", ds)
+    assert half["scored_in_fov"] and not plain["scored_in_fov"]
+    assert [p["dice"] for p in half["per_image"]] != [p["dice"] for p in plain["per_image"]]
+    from napari_diffseg.data.dataset import DatasetFolder
+
+    region = DatasetFolder(ds).load_region("test_000")
+    assert region is not None and region.dtype == bool and region[:, :32].all() and not region[:, 32:].any()
+    assert DatasetFolder(ds).load_region("train_000") is None

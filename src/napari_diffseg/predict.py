@@ -110,15 +110,19 @@ def evaluate_folder(
     if not ids:
         raise DataError(f"{dataset} has no images with masks in split {split!r}; try --split all")
     per_image: list[dict[str, Any]] = []
+    in_fov = False
     for i in ids:
         probs = predict_image(bundle, config, ds.load_image(i))
-        per_image.append(
-            {"id": i, **segmentation_metrics(probs.argmax(0), ds.load_mask(i), bundle.spec.num_classes)}
-        )
+        pred, truth = probs.argmax(0), ds.load_mask(i)
+        region = ds.load_region(i)  # score inside the dataset's field of view where it has one
+        if region is not None:
+            pred, truth, in_fov = pred * region, truth * region, True
+        per_image.append({"id": i, **segmentation_metrics(pred, truth, bundle.spec.num_classes)})
     return {
         "model": str(resolve_model(model)),
         "dataset": str(dataset),
         "split": split,
+        "scored_in_fov": in_fov,
         **summarize(per_image),
         "per_image": per_image,
     }
