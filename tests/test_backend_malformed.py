@@ -253,14 +253,14 @@ def _cases(img: str) -> Iterator[tuple[str, str, str, bytes, dict[str, str], dic
     yield "job events since -1", "GET", "/api/v1/jobs/1/events?since=-1", b"", {}, {}
     yield "job stream unknown", "GET", "/api/v1/jobs/999999/stream", b"", {}, {}
     yield "jobs state bogus", "GET", "/api/v1/jobs?state=bogus", b"", {}, {}
-    yield "cancel unknown job", "POST", "/api/v1/jobs/999999/cancel", b"", {}, {}
-    yield "resume unknown job", "POST", "/api/v1/jobs/999999/resume", b"", {}, {}
+    yield "cancel unknown job", "POST", "/api/v1/jobs/999999/cancel", b"", JSON, {}
+    yield "resume unknown job", "POST", "/api/v1/jobs/999999/resume", b"", JSON, {}
     # --- models, routing, host
     yield "weights traversal", "GET", "/api/v1/models/..%2F..%2Fproject.db/weights", b"", {}, {}
     yield "weights %2e%2e", "GET", "/api/v1/models/%2e%2e/weights", b"", {}, {}
     yield "model with dot", "GET", "/api/v1/models/a.b", b"", {}, {}
     yield "model unknown", "GET", "/api/v1/models/nope", b"", {}, {}
-    yield "activate unknown", "POST", "/api/v1/models/nope/activate", b"", {}, {}
+    yield "activate unknown", "POST", "/api/v1/models/nope/activate", b"", JSON, {}
     yield "unknown endpoint", "GET", "/api/v1/nothing-here", b"", {}, {}
     yield "wrong method", "DELETE", "/api/v1/images", b"", {}, {}
     yield "foreign Host header", "GET", "/api/v1/project", b"", {"Host": "evil.example"}, {}
@@ -331,11 +331,12 @@ def test_job_state_conflicts(server: Server) -> None:
     assert status == 202
     job = json.loads(payload)
     assert job["state"] == "queued"  # --no-jobs: it waits
-    assert _raw(port, "POST", f"/api/v1/jobs/{job['id']}/resume")[0] == 409  # queued: nothing to resume
-    status, _, payload = _raw(port, "POST", f"/api/v1/jobs/{job['id']}/cancel")
+    resume = f"/api/v1/jobs/{job['id']}/resume"
+    assert _raw(port, "POST", resume, b"", JSON)[0] == 409  # queued: nothing to resume
+    status, _, payload = _raw(port, "POST", f"/api/v1/jobs/{job['id']}/cancel", b"", JSON)
     assert status == 202 and json.loads(payload)["state"] == "cancelled"
-    status, _, payload = _raw(port, "POST", f"/api/v1/jobs/{job['id']}/cancel")
+    status, _, payload = _raw(port, "POST", f"/api/v1/jobs/{job['id']}/cancel", b"", JSON)
     assert status == 409 and "already cancelled" in json.loads(payload)["detail"]
-    status, _, payload = _raw(port, "POST", f"/api/v1/jobs/{job['id']}/resume")
+    status, _, payload = _raw(port, "POST", f"/api/v1/jobs/{job['id']}/resume", b"", JSON)
     assert status == 202 and json.loads(payload)["state"] == "queued"
-    _raw(port, "POST", f"/api/v1/jobs/{job['id']}/cancel")
+    _raw(port, "POST", f"/api/v1/jobs/{job['id']}/cancel", b"", JSON)

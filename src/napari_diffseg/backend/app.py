@@ -40,8 +40,10 @@ Endpoints (prefix ``/api/v1``)::
                                                    draw weighted by it: strategy=power) or 204
 
 Errors are always JSON ``{"detail": "...", "code": "..."}`` with a 4xx status for anything the request
-got wrong (400 bad parameter, 401 token, 404 unknown resource, 409 stale save or job state, 413 body
-too large, 415 content type, 422 unusable content) and 5xx only for server trouble.
+got wrong (400 bad parameter, 401 token, 403 foreign ``Origin``, 404 unknown resource, 409 stale save or
+job state, 413 body too large, 415 content type, 422 unusable content) and 5xx only for server trouble.
+Every POST needs ``Content-Type: application/json`` (body-less ones too) or an upload type; see
+:mod:`.security`.
 
 Handlers that touch SQLite or files are plain ``def`` (FastAPI runs them in its thread pool), and the
 asynchronous ones (reading an upload, streaming events) hand every store access to the thread pool, so
@@ -50,17 +52,20 @@ connection (WAL: readers never wait for a writer).
 
 This module only builds the app (:func:`create_app`) and runs it (:func:`serve`). The parts:
 :mod:`.handlers` (``ApiError``, JSON error answers), :mod:`.security` (loopback, token, host/token
-guard), :mod:`.state` (settings, per-thread projects, proposal cache, the ``Ctx`` dependency),
-:mod:`.uploads` (binary bodies in and ``.npy`` out) and :mod:`.routes` (one router per resource).
+guard, and the request guard: no cross-site writes, bounded bodies, standard JSON), :mod:`.state`
+(settings, per-thread projects, proposal cache, the ``Ctx`` dependency), :mod:`.uploads` (binary
+bodies in and ``.npy`` out) and :mod:`.routes` (one router per resource).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -72,8 +77,10 @@ from napari_diffseg.backend.routes.common import API_PREFIX
 from napari_diffseg.backend.runner import JobManager
 from napari_diffseg.backend.security import (
     LOOPBACK_HOSTS,
+    MAX_JSON_BYTES,
     MIN_TOKEN_LENGTH,
     HostTokenGuard,
+    RequestGuard,
     check_token,
     is_loopback,
 )
@@ -87,6 +94,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MAX_UPLOAD_BYTES",
     "LOOPBACK_HOSTS",
+    "MAX_JSON_BYTES",
     "MIN_TOKEN_LENGTH",
     "ApiError",
     "BackendState",
@@ -115,7 +123,7 @@ def create_app(
     Args:
         root: A project folder (``diffseg init``).
         token: When set, every request needs ``Authorization: Bearer <token>`` (at least 16 characters).
-        max_upload_bytes: Largest accepted request body.
+        max_upload_bytes: Largest accepted upload body (a JSON body: ``MAX_JSON_BYTES``, 1 MiB).
         max_pixels: Largest accepted ``H * W`` of an uploaded image or mask.
         run_jobs: False: queue jobs without running them (another process runs them).
         cancel_grace_s: Seconds a cancelled job has to stop before its process group is killed.
@@ -161,8 +169,38 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     hosts = None if allowed_hosts is None else tuple(h.lower() for h in allowed_hosts)
+    # The last one added runs first: host and token, then Origin, Content-Type and body limits.
+    app.add_middleware(
+        RequestGuard, max_json_bytes=MAX_JSON_BYTES, max_upload_bytes=settings.max_upload_bytes
+    )
     app.add_middleware(HostTokenGuard, token=token, allowed_hosts=hosts)
     return app
+
+
+def _json_400_protocol() -> Any:
+    """uvicorn's HTTP protocol class, answering a request it cannot parse (a malformed ``Content-Length``,
+    request line or header) with our JSON error instead of its plain-text 400."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    base: Any = AutoHTTPProtocol  # h11, or httptools where it is installed
+
+    class JsonErrorProtocol(base):
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps(
+                {
+                    "detail": f"malformed HTTP request ({msg.rstrip('.')}): check the request line and the "
+                    "headers (Content-Length must be the body's size in bytes).",
+                    "code": "bad_request",
+                }
+            ).encode()
+            head = (
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+            )
+            self.transport.write(head + body)
+            self.transport.close()
+
+    return JsonErrorProtocol
 
 
 def serve(
@@ -220,5 +258,6 @@ def serve(
         server_header=False,
         timeout_graceful_shutdown=5,
         lifespan="on",
+        http=_json_400_protocol(),
     )
     uvicorn.Server(config).run()

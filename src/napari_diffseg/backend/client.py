@@ -13,10 +13,10 @@
 Records come back as the typed models of :mod:`napari_diffseg.base.contracts` (the same ones the server
 answers with, see ``/openapi.json``), pixels as numpy arrays.
 Failures raise :mod:`napari_diffseg.backend.errors` exceptions: :class:`BackendUnavailable` (not
-reachable, after ``retries`` attempts with backoff), :class:`AuthError` (401), :class:`StaleAnnotation`
-(409 on a save, with ``.current``), :class:`BackendError` (anything else, with ``.status`` and the server's
-message). Requests that may have changed something (POST) are retried only when the connection could not
-be made at all, so a save is never applied twice.
+reachable, after ``retries`` attempts with backoff), :class:`AuthError` (401, 403),
+:class:`StaleAnnotation` (409 on a save, with ``.current``), :class:`BackendError` (anything else, with
+``.status`` and the server's message). Requests that may have changed something (POST) are retried only
+when the connection could not be made at all, so a save is never applied twice.
 """
 
 from __future__ import annotations
@@ -131,8 +131,14 @@ class DiffsegClient:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request, retrying (with backoff) connection failures and, for GET, dropped connections
-        and 503 answers; a POST that may have reached the server is never sent twice."""
+        and 503 answers; a POST that may have reached the server is never sent twice.
+
+        A request that may change something and has no body of its own is sent with the JSON body ``{}``:
+        the backend refuses a state-changing request without a JSON or upload ``Content-Type`` (what a
+        cross-site web page could send; docs/architecture.md §2.4)."""
         idempotent = method in _IDEMPOTENT
+        if not idempotent and not any(k in kwargs for k in ("json", "content", "data", "files")):
+            kwargs["json"] = {}
 
         def send() -> httpx.Response:
             resp = self._http.request(method, path, **kwargs)

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from napari_diffseg.backend.routes.common import MAX_ID, JobIdPath, api_router, find_job, job_out, submit
 from napari_diffseg.backend.schemas import EventsOut, JobCreate, JobEventOut, JobOut
+from napari_diffseg.backend.security import header_int
 from napari_diffseg.backend.state import BackendState, Ctx
 from napari_diffseg.base.contracts import TERMINAL_JOB_STATES, JobState
 
@@ -115,10 +116,16 @@ def _sse(event: str | None, data: Any, event_id: int | None = None) -> bytes:
 async def stream_job(
     ctx: Ctx, request: Request, job_id: JobIdPath, since: SinceQuery = 0
 ) -> StreamingResponse:
-    """Server-sent events: the history after ``since``, then live events; ends when the job ends."""
-    last_id = request.headers.get("last-event-id", "")
-    if last_id.strip().isdigit():
-        since = max(since, int(last_id))
+    """Server-sent events: the history after ``since``, then live events; ends when the job ends.
+
+    A reconnecting ``EventSource`` sends ``Last-Event-ID`` (the last ``id``, an event's seq); the stream
+    then starts after the larger of it and ``since``. Like ``since`` it must be a whole number from 0 to
+    ``MAX_ID`` (2**62): anything else (a sign, a fraction, other digits, a larger number) is refused with
+    a 400 before the stream starts, never clamped; a blank one is ignored.
+    """
+    last_id = header_int(request.headers.get("last-event-id"), "Last-Event-ID", MAX_ID)
+    if last_id is not None:
+        since = max(since, last_id)
     await run_in_threadpool(lambda: find_job(ctx.project(), job_id))  # 404 before the stream starts
 
     async def events() -> AsyncIterator[bytes]:
