@@ -34,6 +34,8 @@ ARMS: dict[str, tuple[str, dict]] = {
     "supervised": ("supervised", {}),
     "cps": ("cps", {}),
     "mean-teacher": ("mean-teacher", {}),
+    # two students on the labels alone, deployed as their mean: supervised with diffseg's ensemble
+    "supervised-x2": ("cps", {"unsup_weight": 0.0}),
     # ablations of diffseg (same code path, one part switched off)
     "diffseg-noA": ("diffseg", {"pretrain_steps": 0}),
     "diffseg-nopseudo": ("diffseg", {"unsup_weight": 0.0}),

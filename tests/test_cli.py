@@ -73,6 +73,9 @@ def test_experiment_json_contract(trained, synth_dataset) -> None:
     checks = [v for v in r["validation"] if "val_dice" in v]
     assert checks and all(0.0 <= v["val_dice"] <= 1.0 and 0.0 <= v["gate"] <= 1.0 for v in checks)
     assert r["validation"][-1]["message"].startswith("kept the weights of step")
+    assert r["test_one_student"]["network"] == "student_a" and 0 <= r["test_one_student"]["dice_mean"] <= 1
+    assert r["teacher"]["note"] == "the 3 validation images"  # the teacher is judged off the test split
+    assert set(r["teacher"]["uncertainty_vs_error_spearman"]) == {"E=2", "E=1"}
 
 
 def test_labeled_subset_is_seeded_and_saved(trained) -> None:

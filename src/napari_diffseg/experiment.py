@@ -168,11 +168,18 @@ def teacher_report(
     seed: int,
     rounds: int = 3,
 ) -> dict:
-    """Dice of the teacher's proposals after each chained round (R = 1..rounds) and with S = 1."""
+    """Dice of the teacher's proposals after each chained round (R = 1..rounds) and with S = 1, and how
+    well each image's mean uncertainty predicts its error (Spearman ρ over the images) with E samples and
+    with one."""
+    from scipy.stats import spearmanr
+
     diff = bundle.diffusion()
     out: dict[str, Any] = {"dice_per_round": [[] for _ in range(rounds)], "dice_s1": []}
+    unc: dict[str, list[float]] = {"E": [], "E1": []}
+    err: dict[str, list[float]] = {"E": [], "E1": []}
     cfg = SamplerConfig(steps=preset.ddim_steps, samples=preset.samples, rounds=rounds, tol=0.0)
     cfg1 = SamplerConfig(steps=1, samples=preset.samples, rounds=1)
+    cfg_e1 = SamplerConfig(steps=preset.ddim_steps, samples=1, rounds=preset.rounds)
     for j, (x, y) in enumerate(zip(images, masks, strict=True)):
         kw: dict[str, Any] = {
             "multiple": bundle.spec.multiple,
@@ -184,6 +191,15 @@ def teacher_report(
         )
         for r, m in enumerate(prop.round_masks):
             out["dice_per_round"][r].append(segmentation_metrics(m[0].cpu().numpy(), y)["dice"])
+        unc["E"].append(float(prop.uncertainty.mean()))
+        err["E"].append(
+            1.0 - segmentation_metrics(prop.round_masks[preset.rounds - 1][0].cpu().numpy(), y)["dice"]
+        )
+        pe1 = propose(
+            bundle.mask_net, diff, x[None], cfg_e1, torch.Generator().manual_seed(seed * 7919 + j), **kw
+        )
+        unc["E1"].append(float(pe1.uncertainty.mean()))
+        err["E1"].append(1.0 - segmentation_metrics(pe1.mask[0].cpu().numpy(), y)["dice"])
         p1 = propose(
             bundle.mask_net, diff, x[None], cfg1, torch.Generator().manual_seed(seed * 7919 + j), **kw
         )
@@ -194,7 +210,17 @@ def teacher_report(
         "samples": preset.samples,
         "dice_per_round": [float(np.mean(v)) if v else float("nan") for v in out["dice_per_round"]],
         "dice_s1": float(np.mean(out["dice_s1"])) if out["dice_s1"] else float("nan"),
+        "uncertainty_vs_error_spearman": {
+            f"E={preset.samples}": _spearman(spearmanr, unc["E"], err["E"]),
+            "E=1": _spearman(spearmanr, unc["E1"], err["E1"]),
+        },
     }
+
+
+def _spearman(fn: Any, a: list[float], b: list[float]) -> float:
+    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(fn(a, b).statistic)
 
 
 def otsu_labels(x: torch.Tensor) -> np.ndarray:
@@ -404,12 +430,31 @@ def run_experiment(
         "cpu_count": os.cpu_count(),
         "provenance": provenance(pr, dev, dist_info.world),
     }
+    if len(bundle.deploy) > 1:  # one student against the pair (is the ensemble what helps?)
+        one = bundle.nets[bundle.deploy[0]]
+        probs = [
+            predict_probs([one], x[None], multiple=bundle.spec.multiple, roi=pr.roi_size).argmax(1)[0]
+            for x in test_images
+        ]
+        scores = []
+        for pred, y, reg in zip(probs, test_masks, test_regions, strict=True):
+            p_, y_ = pred.cpu().numpy(), y
+            if reg is not None:
+                p_, y_ = p_ * reg, y_ * reg
+            scores.append(segmentation_metrics(p_, y_, bundle.spec.num_classes)["dice"])
+        result["test_one_student"] = {"network": bundle.deploy[0], "dice_mean": float(np.mean(scores))}
     if method == "diffseg":
-        sub = slice(None, None, teacher_eval_every)
-        extra["teacher"] = teacher_report(bundle, test_images[sub], test_masks[sub], pr, seed=seed)
-        extra["teacher"]["note"] = (
-            f"every {teacher_eval_every}th test image; reporting only, nothing selected on it"
-        )
+        if len(val):  # rounds, S and uncertainty are judged on validation images, never on test images
+            extra["teacher"] = teacher_report(
+                bundle, val.images, [m.numpy() for m in val.masks], pr, seed=seed
+            )
+            extra["teacher"]["note"] = f"the {len(val)} validation images"
+        else:
+            sub = slice(None, None, teacher_eval_every)
+            extra["teacher"] = teacher_report(bundle, test_images[sub], test_masks[sub], pr, seed=seed)
+            extra["teacher"]["note"] = (
+                f"every {teacher_eval_every}th test image (no validation split); reporting only"
+            )
     result.update(extra)
     if model_out is not None:
         save_bundle(
