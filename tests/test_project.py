@@ -59,10 +59,13 @@ def proj(tmp_path: Path):
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
+    """A stand-in model folder: its weights load (safetensors) and are finite, as `check` requires."""
+    from safetensors.numpy import save_file
+
     d = tmp_path / "teacher0"
     d.mkdir()
     (d / "config.json").write_text('{"format_version": 1}')
-    (d / "weights.safetensors").write_bytes(b"\x00" * 64)
+    save_file({"net.weight": np.linspace(-1, 1, 16, dtype=np.float32)}, str(d / "weights.safetensors"))
     return d
 
 

@@ -12,8 +12,10 @@ those with an annotation (ground truth or a human correction; corrections weigh 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from ..base.contracts import JOB_KINDS, CotrainParams, PretrainParams, ProposeParams, parse_job_params
-from ..base.errors import Cancelled, ConfigError, DataError, DiffsegError
+from ..base.errors import Cancelled, ConfigError, DataError, DiffsegError, TrainingDiverged
 from ..base.events import CancelToken, Event
 from ..base.fileio import atomic_write_bytes
 from ..base.presets import Preset
@@ -33,7 +35,7 @@ from ..core.inference import predict_probs, propose
 from ..core.metrics import segmentation_metrics, summarize
 from ..core.models import ModelBundle, ModelSpec, load_bundle, preprocess, save_bundle
 from ..core.pipeline import run_stages
-from ..core.training import TrainData, pretrain_teacher
+from ..core.training import TrainData, nonfinite_weights, pretrain_teacher
 from ..project import Project
 
 __all__ = ["JOB_KINDS", "JobFailed", "execute_job", "start_job"]
@@ -198,10 +200,30 @@ def _new_model_id(project: Project, job_id: int, what: str) -> str:
 def _save_model(
     project: Project, bundle: ModelBundle, mid: str, *, round: int, preset: Preset, metrics: dict
 ) -> str:
-    save_bundle(
-        bundle, project.model_dir(mid), extra={"preset": preset.to_dict(), "round": round}, metrics=metrics
-    )
-    project.register_model(mid, round=round, method=bundle.spec.method, metrics=metrics)
+    """Save ``bundle`` as model ``mid``, register it and make it active.
+
+    Weights with a NaN or an infinity are never saved (the store refuses to register them too); if the
+    registration fails, the folder written for it is removed, so nothing is left half-written.
+
+    Raises:
+        TrainingDiverged: A weight is not finite; nothing is written and the active model is unchanged.
+    """
+    bad = nonfinite_weights(bundle.nets)
+    if bad:
+        raise TrainingDiverged(
+            f"model {mid!r} was not saved: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. "
+            f"{', '.join(bad[:3])}), so training diverged. Train again with a lower learning rate (lr is "
+            f"{preset.lr:g}); the active model is unchanged."
+        )
+    folder = project.model_dir(mid)
+    try:
+        save_bundle(bundle, folder, extra={"preset": preset.to_dict(), "round": round}, metrics=metrics)
+        project.register_model(mid, round=round, method=bundle.spec.method, metrics=metrics)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the original error is the one to report
+            if mid not in {m.id for m in project.models()}:
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
     project.set_active_model(mid)
     return mid
 

@@ -285,9 +285,11 @@ class JobEventOut(_Out):
 
 # ------------------------------------------------------------------------------------------ job parameters
 class _Params(_In):
-    """Parameters every job kind takes (strict types: ``"3"`` or ``true`` is not a number)."""
+    """Parameters every job kind takes (strict types: ``"3"`` or ``true`` is not a number; no NaN or
+    infinity). ``overrides`` are checked against the preset's types and each field's documented range
+    (:data:`~napari_diffseg.base.presets.PRESET_RANGES`, e.g. ``lr`` in ``(0, 1]``)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     preset: PresetName | None = Field(
         default=None,
@@ -296,7 +298,8 @@ class _Params(_In):
     )
     overrides: dict[str, Any] = Field(
         default_factory=dict,
-        description="Preset fields to change, e.g. {'cotrain_steps': 50}; checked against the preset's types.",
+        description="Preset fields to change, e.g. {'cotrain_steps': 50}; checked against the preset's types "
+        "and each field's range (e.g. lr in (0, 1], batch_size in [1, 1024], patch_size in [1, 4096]).",
     )
     seed: int = Field(default=0, ge=0, le=_SEED_MAX)
     device: str = Field(default="auto", max_length=16, description="auto | cpu | cuda | cuda:N | mps.")
@@ -370,7 +373,7 @@ def _message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"][1:] if p not in JOB_KINDS) or "params"
-        msg = str(err["msg"]).removeprefix("Value error, ")
+        msg = str(err["msg"]).removeprefix("Value error, ").rstrip(".")
         parts.append(f"{where}: {msg}")
     return "; ".join(parts)
 

@@ -23,5 +23,13 @@ class CheckpointError(DiffsegError):
     """Weights cannot be saved or loaded (missing files, incompatible version or architecture)."""
 
 
+class TrainingDiverged(DiffsegError):
+    """Training met a non-finite (NaN or infinite) loss, gradient or weight and stopped.
+
+    The message names the stage, the step and the loss terms' values, and says what to change (most
+    often a lower learning rate). Nothing trained by the diverged run is saved as a model.
+    """
+
+
 class Cancelled(DiffsegError):
     """A long-running loop stopped because its cancel token was set."""

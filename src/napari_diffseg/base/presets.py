@@ -2,13 +2,103 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["PRESETS", "Preset", "get_preset"]
+__all__ = ["CHANNELS_RANGE", "PRESETS", "PRESET_RANGES", "Preset", "Range", "get_preset"]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric preset field may take: ``[lo, hi]``, or ``(lo, hi]`` when ``lo_open``."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    doc: str = ""
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            return False
+        return (self.lo < value if self.lo_open else self.lo <= value) and value <= self.hi
+
+    def __str__(self) -> str:
+        return f"{'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}]"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if x == int(x) else repr(x)
+
+
+_STEPS = 10**7  # any step count or interval: far beyond the gpu preset's 20000 co-training steps
+_WEIGHT = 1000.0  # any loss weight
+PRESET_RANGES: dict[str, Range] = {
+    "patch_size": Range(1, 4096, doc="training patch side in pixels"),
+    "batch_size": Range(1, 1024, doc="patches per training step"),
+    "lr": Range(0, 1, lo_open=True, doc="AdamW learning rate"),
+    "weight_decay": Range(0, 1, doc="AdamW decoupled weight decay"),
+    "emb_dim": Range(1, 4096, doc="time-embedding width"),
+    "pretrain_steps": Range(0, _STEPS, doc="Stage A steps"),
+    "pretrain_tau": Range(0, 100, lo_open=True, doc="softmax temperature of Stage A"),
+    "pretrain_marginal_weight": Range(0, _WEIGHT, doc="loss weight"),
+    "pretrain_pixel_entropy_weight": Range(0, _WEIGHT, doc="loss weight"),
+    "pretrain_t_min_frac": Range(0, 1, doc="a fraction of the diffusion steps"),
+    "pretrain_min_class_share": Range(0, 1, doc="a share of the pixels"),
+    "teacher_steps": Range(0, _STEPS, doc="Stage B steps"),
+    "recycle_prob": Range(0, 1, doc="a probability"),
+    "cotrain_steps": Range(0, _STEPS, doc="Stage C or baseline steps"),
+    "unsup_weight": Range(0, _WEIGHT, doc="loss weight"),
+    "cps_weight": Range(0, _WEIGHT, doc="loss weight"),
+    "teacher_unsup_weight": Range(0, _WEIGHT, doc="loss weight"),
+    "rampup_frac": Range(0, 1, doc="a fraction of the steps"),
+    "consensus_threshold": Range(0, 1, doc="a probability"),
+    "refresh_every": Range(1, _STEPS, doc="steps between pseudo-label refreshes"),
+    "correction_weight": Range(0, _WEIGHT, lo_open=True, doc="sampling weight of corrected images"),
+    "ema_decay": Range(0, 1, doc="a decay factor"),
+    "val_every": Range(0, _STEPS, doc="steps between validation checks; 0: none"),
+    "pseudo_gate_margin": Range(0, 1, doc="a Dice margin"),
+    "ddim_steps": Range(1, 1000, doc="DDIM steps S"),
+    "samples": Range(1, 256, doc="samples E per image"),
+    "rounds": Range(1, 100, doc="chained rounds R"),
+    "refresh_ddim_steps": Range(1, 1000, doc="DDIM steps of a refresh"),
+    "refresh_samples": Range(1, 256, doc="samples per image of a refresh"),
+    "roi_size": Range(1, 4096, doc="sliding-window side in pixels"),
+    "sw_batch_size": Range(1, 1024, doc="windows per inference batch"),
+    "checkpoint_every": Range(1, _STEPS, doc="steps between checkpoints"),
+}
+"""The documented range of every numeric :class:`Preset` field (NaN and infinities are never allowed).
+
+Every preset, however it is built (a named one, :meth:`Preset.with_overrides`, a job's ``overrides``
+through :meth:`Preset.parse_overrides`, the CLI, ``POST /jobs``), is checked against it; a value
+outside is a :class:`ConfigError` that names the field, the range and the value."""
+
+CHANNELS_RANGE = Range(1, 4096, doc="channel width")
+"""Each entry of ``student_channels`` / ``teacher_channels``; each tuple has 1 to 8 entries (levels)."""
+_MAX_LEVELS = 8
+
+
+def _range_problem(name: str, value: object) -> str | None:
+    """Why ``value`` is not allowed for preset field ``name`` (None: it is, or the field has no range)."""
+    rng = PRESET_RANGES.get(name)
+    if rng is None or value in rng:
+        return None
+    about = f" ({rng.doc})" if rng.doc else ""
+    return f"{name!r} must lie in {rng}{about}, got {value!r}"
+
+
+def _channels_problem(name: str, value: object) -> str | None:
+    ok = (
+        isinstance(value, list | tuple)
+        and 1 <= len(value) <= _MAX_LEVELS
+        and all(isinstance(v, int) and not isinstance(v, bool) and v in CHANNELS_RANGE for v in value)
+    )
+    if ok:
+        return None
+    return f"{name!r} must be 1 to {_MAX_LEVELS} integer channel widths in {CHANNELS_RANGE}, got {value!r}"
 
 
 @dataclass(frozen=True)
@@ -63,6 +153,17 @@ class Preset:
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type == "int" and (not isinstance(v, int) or isinstance(v, bool)):
+                raise ConfigError(f"preset {self.name!r}: {f.name!r} must be an integer, got {v!r}.")
+            problem = (
+                _channels_problem(f.name, v)
+                if f.name in ("student_channels", "teacher_channels")
+                else _range_problem(f.name, v)
+            )
+            if problem is not None:
+                raise ConfigError(f"preset {self.name!r}: {problem}.")
         if self.patch_size % 2 ** len(self.student_channels) or self.patch_size % 2 ** len(
             self.teacher_channels
         ):
@@ -74,12 +175,6 @@ class Preset:
             raise ConfigError(
                 f"roi_size {self.roi_size} must be divisible by {2 ** len(self.teacher_channels)}"
             )
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name.endswith("_steps") and (not isinstance(v, int) or v < 0):
-                raise ConfigError(f"{f.name} must be a non-negative integer, got {v!r}")
-        if self.batch_size < 1:
-            raise ConfigError("batch_size must be >= 1")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -98,8 +193,9 @@ class Preset:
         """This preset with ``overrides`` from JSON (a job's ``overrides``, the CLI's ``--set``) applied.
 
         The one place where override values are checked: each must have the type of the preset's own
-        value (lists become tuples of channel widths, ints stay ints), step counts lie in
-        ``[0, 10**7]`` and other integers are positive; ``name`` cannot be overridden.
+        value (lists become tuples of channel widths, ints stay ints) and lie in the field's range in
+        :data:`PRESET_RANGES` (e.g. ``lr`` in ``(0, 1]``, ``batch_size`` in ``[1, 1024]``, step counts in
+        ``[0, 10**7]``; never NaN or infinite); ``name`` cannot be overridden.
 
         Raises:
             ConfigError: An unknown field or a badly typed or out-of-range value (the message names it).
@@ -132,28 +228,20 @@ class Preset:
             return None
 
 
-_MAX_OVERRIDE_STEPS = 10**7
-
-
 def _override_value(name: str, default: object, value: object) -> object:
-    """Check one preset override against the type of the preset's own value; return it normalised."""
+    """Check one preset override against the type of the preset's own value and the field's range;
+    return it normalised."""
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
-        if ok and name.endswith("_steps") and not 0 <= value <= _MAX_OVERRIDE_STEPS:  # type: ignore[operator]
-            raise ConfigError(f"preset override {name!r} must lie in [0, {_MAX_OVERRIDE_STEPS}].")
-        if ok and not name.endswith("_steps") and value <= 0:  # type: ignore[operator]
-            raise ConfigError(f"preset override {name!r} must be a positive integer, got {value!r}.")
     elif isinstance(default, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value  # type: ignore[arg-type]
     elif isinstance(default, tuple):
-        ok = (
-            isinstance(value, list | tuple)
-            and 1 <= len(value) <= 8
-            and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in value)
-        )
+        ok = isinstance(value, list | tuple)
+        if ok and (problem := _channels_problem(name, value)) is not None:
+            raise ConfigError(f"preset override {problem}.")
         value = tuple(value) if ok else value  # type: ignore[arg-type]
     else:
         ok = False  # `name` and anything else that is not a number
@@ -162,6 +250,9 @@ def _override_value(name: str, default: object, value: object) -> object:
             f"preset override {name!r} must be of the same type as the preset's value {default!r}, "
             f"got {value!r}."
         )
+    problem = _range_problem(name, value)
+    if problem is not None:
+        raise ConfigError(f"preset override {problem}.")
     return value
 
 

@@ -6,7 +6,12 @@ and when cancelled, and resumes bit-for-bit from its checkpoint: the checkpoint 
 optimiser, the random generator and the cached pseudo-labels, so an interrupted run continues exactly
 where it stopped.
 
-Why one module of ~700 lines: the four loops share their resumable-state plumbing (checkpoint, RNG,
+Every loop also stops at the first non-finite loss or gradient (after the backward pass, before the
+optimiser step: one ``isfinite`` over the total loss and over the total gradient norm) and, when it ends,
+at any non-finite weight, with :class:`~napari_diffseg.base.errors.TrainingDiverged` naming the stage,
+the step and the loss terms; the step's update is never applied and never checkpointed.
+
+Why one module of ~850 lines: the four loops share their resumable-state plumbing (checkpoint, RNG,
 pseudo-label cache, ramp-up) and are read side by side when the method changes; the stage *sequence*
 lives in :mod:`.pipeline`.
 """
@@ -14,7 +19,7 @@ lives in :mod:`.pipeline`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +28,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
-from ..base.errors import Cancelled, ConfigError
+from ..base.errors import Cancelled, ConfigError, TrainingDiverged
 from ..base.events import CancelToken, Event, Ticker
 from ..base.presets import Preset
 from .augment import intensity_jitter, sample_patches
@@ -34,7 +39,15 @@ from .inference import propose
 from .models import ModelBundle
 from .validation import Validator, ValSet, mean_dice
 
-__all__ = ["TrainData", "cotrain", "pretrain_teacher", "rampup", "train_baseline", "train_teacher"]
+__all__ = [
+    "TrainData",
+    "cotrain",
+    "nonfinite_weights",
+    "pretrain_teacher",
+    "rampup",
+    "train_baseline",
+    "train_teacher",
+]
 
 
 @dataclass
@@ -96,7 +109,11 @@ def synced_cancelled(token: CancelToken) -> bool:
     Without the agreement a rank that saw a cancel file one step earlier than another would leave its
     peers waiting forever in the next gradient all-reduce.
     """
-    flag = token.cancelled
+    return _any_rank(token.cancelled)
+
+
+def _any_rank(flag: bool) -> bool:
+    """``flag``, True on every rank when it is True on any (a no-op without torch.distributed)."""
     if _world()[1] > 1:
         import torch.distributed as dist
 
@@ -132,6 +149,11 @@ class _Loop:
         self.ticker = Ticker()
         self.is_main = is_main and _world()[0] == 0  # under torch.distributed only rank 0 writes
         self.tensors: dict[str, torch.Tensor] = {}
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter of the loop's modules (whose gradients the non-finite check reads)."""
+        for module in self.modules.values():
+            yield from module.parameters()
 
     def resume(self) -> int:
         if self.path is None or not self.path.exists():
@@ -212,6 +234,91 @@ def _finish(validator: Validator, phase: str, total: int, elapsed: float) -> Ite
         )
 
 
+def nonfinite_weights(modules: Mapping[str, nn.Module]) -> list[str]:
+    """``"{module}.{key}"`` of every floating-point weight or buffer that holds a NaN or an infinity."""
+    names, flags = [], []
+    for name, module in modules.items():
+        for key, t in module.state_dict().items():
+            if t.is_floating_point() or t.is_complex():
+                names.append(f"{name}.{key}")
+                flags.append(torch.isfinite(t.detach()).all())
+    if not flags:
+        return []
+    ok = torch.stack(flags).cpu().tolist()
+    return [n for n, good in zip(names, ok, strict=True) if not good]
+
+
+def _divergence_advice(preset: Preset) -> str:
+    lower = min(preset.lr / 10, 1e-3)  # 1e-3: every named preset's lr
+    return (
+        f"Lower the learning rate (lr is {preset.lr:g}; try {lower:g}, e.g. overrides "
+        f'{{"lr": {lower:g}}}) or the loss weights, or look for NaN or extreme values in the training '
+        "images, and train again: resuming this run repeats the divergence. Nothing from the diverged "
+        "step was applied or saved."
+    )
+
+
+def _fmt(v: torch.Tensor | float) -> str:
+    return f"{float(v.detach()) if isinstance(v, torch.Tensor) else float(v):.4g}"
+
+
+def _grad_norm(params: Iterable[nn.Parameter]) -> torch.Tensor:
+    """Total L2 norm of the gradients (what gradient clipping computes); 0 without any."""
+    norms = [torch.linalg.vector_norm(p.grad.detach()) for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+
+def _check_step(
+    phase: str,
+    step: int,
+    total: int,
+    preset: Preset,
+    terms: Mapping[str, torch.Tensor | float],
+    params: Iterable[nn.Parameter],
+) -> None:
+    """Stop at a non-finite loss or gradient: call after ``backward()``, before the optimiser step.
+
+    ``terms["loss"]`` is the total loss; ``step`` counts from 1. One sync per step (the loops read the
+    loss anyway); under torch.distributed every rank agrees, so all of them stop at the same step.
+
+    Raises:
+        TrainingDiverged: The total loss or the total gradient norm is NaN or infinite (on any rank).
+    """
+    loss = terms["loss"]
+    loss_t = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
+    grad_norm = _grad_norm(params)
+    finite = torch.stack([torch.isfinite(loss_t).all(), torch.isfinite(grad_norm.to(loss_t.device))])
+    loss_ok, grad_ok = (bool(x) for x in finite.cpu().tolist())
+    if not _any_rank(not (loss_ok and grad_ok)):
+        return
+    values = ", ".join(f"{k}={_fmt(v)}" for k, v in terms.items())
+    what = (
+        "the loss is not finite"
+        if not loss_ok
+        else "the gradient is not finite"
+        if not grad_ok
+        else "the loss or the gradient of another process is not finite"
+    )
+    raise TrainingDiverged(
+        f"training diverged in stage {phase!r} at step {step}/{total}: {what} ({values}; gradient norm "
+        f"{_fmt(grad_norm)}). {_divergence_advice(preset)}"
+    )
+
+
+def _check_weights(phase: str, total: int, preset: Preset, modules: Mapping[str, nn.Module]) -> None:
+    """Stop when a stage ends with a non-finite weight (e.g. its last update overflowed).
+
+    Raises:
+        TrainingDiverged: Some weight or buffer holds NaN or infinity; the message names them.
+    """
+    bad = nonfinite_weights(modules)
+    if bad:
+        raise TrainingDiverged(
+            f"training diverged in stage {phase!r} (step {total}/{total}): {len(bad)} weight tensor(s) "
+            f"hold NaN or infinite values (e.g. {', '.join(bad[:3])}). {_divergence_advice(preset)}"
+        )
+
+
 def _adam(params: Sequence[nn.Parameter], preset: Preset) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=preset.lr, weight_decay=preset.weight_decay)
 
@@ -286,18 +393,13 @@ def pretrain_teacher(
             marginal = math.log(k) - normalized_entropy(share[None, :, None]).mean() * math.log(k)
         pixel = normalized_entropy(probs).mean()
         loss = rec + preset.pretrain_marginal_weight * marginal + preset.pretrain_pixel_entropy_weight * pixel
+        terms = {"loss": loss, "reconstruction": rec, "marginal": marginal, "pixel_entropy": pixel}
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        _check_step("pretrain", step + 1, loop.total, preset, terms, loop.parameters())
         opt.step()
-        yield from loop.after_step(
-            step + 1,
-            {
-                "loss": loss.item(),
-                "reconstruction": rec.item(),
-                "marginal": marginal.item(),
-                "pixel_entropy": pixel.item(),
-            },
-        )
+        yield from loop.after_step(step + 1, {k: float(v.detach()) for k, v in terms.items()})
+    _check_weights("pretrain", loop.total, preset, loop.modules)
     yield Event("done", "pretrain", loop.total, loop.total, elapsed=loop.ticker.elapsed)
 
 
@@ -404,8 +506,10 @@ def train_teacher(
         loss = _teacher_loss(f, diff, x, y, generator, device, preset.recycle_prob)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        _check_step("teacher", step + 1, loop.total, preset, {"loss": loss}, loop.parameters())
         opt.step()
         yield from loop.after_step(step + 1, {"loss": loss.item()})
+    _check_weights("teacher", loop.total, preset, loop.modules)
     yield Event("done", "teacher", loop.total, loop.total, elapsed=loop.ticker.elapsed)
 
 
@@ -658,6 +762,7 @@ def cotrain(
             out = step_module(batch, ramp, generator, gate)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
+        _check_step("cotrain", step + 1, loop.total, preset, out, loop.parameters())
         opt.step()
         losses = {k: float(v.detach()) for k, v in out.items()} | {"ramp": ramp, "gate": gate}
         if validator.due(step + 1, loop.total):
@@ -665,6 +770,7 @@ def cotrain(
             module.train()
         yield from loop.after_step(step + 1, losses, force="val_dice" in losses)
     yield from _finish(validator, "cotrain", loop.total, loop.ticker.elapsed)
+    _check_weights("cotrain", loop.total, preset, loop.modules)
     yield Event("done", "cotrain", loop.total, loop.total, elapsed=loop.ticker.elapsed)
 
 
@@ -744,6 +850,7 @@ def train_baseline(
                     loss = losses["sup"] + ramp * preset.unsup_weight * losses["cps"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        _check_step(method, step + 1, loop.total, preset, {"loss": loss, **losses}, loop.parameters())
         opt.step()
         if method == "mean-teacher":
             with torch.no_grad():
@@ -757,4 +864,5 @@ def train_baseline(
                 net.train()
         yield from loop.after_step(step + 1, scalars, force="val_dice" in scalars)
     yield from _finish(validator, method, loop.total, loop.ticker.elapsed)
+    _check_weights(method, loop.total, preset, loop.modules)
     yield Event("done", method, loop.total, loop.total, elapsed=loop.ticker.elapsed)

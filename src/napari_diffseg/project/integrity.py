@@ -9,6 +9,7 @@ from typing import Any
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.project._db import PathLike, _StoreBase
 from napari_diffseg.project._util import IMAGE_ID_RE, SAFE_ID_RE, sha256_file
+from napari_diffseg.project._weights import WEIGHTS_FILE, nonfinite_tensors
 from napari_diffseg.project.schema import SCHEMA_VERSION, read_schema_version
 
 
@@ -19,7 +20,9 @@ class _IntegrityMixin(_StoreBase):
         """Verify the database and every recorded file.
 
         Runs ``PRAGMA integrity_check`` and ``PRAGMA foreign_key_check``, checks that every image,
-        annotation and proposal file exists with its recorded sha256, and that every model folder exists.
+        annotation and proposal file exists with its recorded sha256, that every model folder exists, and
+        that each model's ``weights.safetensors`` loads and holds no NaN or infinite value (each bad
+        model is reported by id).
 
         Returns:
             ``{"ok": bool, "images": int, "annotations": int, "models": int, "problems": [str]}``.
@@ -27,6 +30,7 @@ class _IntegrityMixin(_StoreBase):
         problems: list[str] = []
         files: list[tuple[str, Path, str]] = []
         model_ids: list[str] = []
+        active: set[str] = set()
         counts = {"images": 0, "annotations": 0, "models": 0}
         try:
             with self._snapshot() as conn:
@@ -67,7 +71,9 @@ class _IntegrityMixin(_StoreBase):
                         files.append((f"proposal {pid}", self._proposal_path(model_id, image_id), sha))
                     else:
                         problems.append(f"proposal {pid}: invalid model or image id")
-                model_ids = [str(r[0]) for r in conn.execute("SELECT id FROM models ORDER BY id")]
+                rows = conn.execute("SELECT id, active FROM models ORDER BY id").fetchall()
+                model_ids = [str(r[0]) for r in rows]
+                active = {str(r[0]) for r in rows if r[1]}
                 counts["models"] = len(model_ids)
         except sqlite3.DatabaseError as exc:
             problems.append(f"database error: {exc}")
@@ -88,7 +94,29 @@ class _IntegrityMixin(_StoreBase):
                 problems.append(f"model {mid!r}: invalid id")
             elif not (self._root / "models" / mid).is_dir():
                 problems.append(f"model {mid!r}: folder models/{mid}/ is missing")
+            else:
+                problem = _weights_problem(self._root / "models" / mid / WEIGHTS_FILE)
+                if problem is not None:
+                    fix = " (it is the active model: activate another)" if mid in active else ""
+                    problems.append(f"model {mid!r}: {problem}{fix}")
         return {"ok": not problems, **counts, "problems": problems}
+
+
+def _weights_problem(weights: Path) -> str | None:
+    """What is wrong with a model's weights file (None: it loads and every weight is finite)."""
+    rel = f"models/{weights.parent.name}/{weights.name}"
+    if not weights.is_file():
+        return f"weights file {rel} is missing"
+    try:
+        bad = nonfinite_tensors(weights)
+    except DataError as exc:
+        return f"weights file {rel} does not load: {exc}"
+    if bad:
+        return (
+            f"weights file {rel} holds NaN or infinite values in {len(bad)} tensor(s) (e.g. "
+            f"{', '.join(bad[:3])}): the model is broken, do not use it"
+        )
+    return None
 
 
 def check_project(path: PathLike) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.project._db import _MODEL_COLS, PathLike, _model, _StoreBase, _to_json
 from napari_diffseg.project._util import SAFE_ID_RE, check_safe_id, copy_tree_durable
+from napari_diffseg.project._weights import WEIGHTS_FILE, nonfinite_tensors
 from napari_diffseg.project.records import ModelRecord
 
 
@@ -37,6 +38,10 @@ class _ModelsMixin(_StoreBase):
         A folder outside the project is copied to ``models/<model_id>/`` (id: ``model_id`` or the folder's
         name); a folder already in ``models/`` (or the bare id of one) is recorded in place.
 
+        A model whose ``weights.safetensors`` holds a NaN or an infinity (a diverged training) is refused
+        and nothing is recorded or copied. (A folder whose weights file is missing or unreadable is
+        recorded: loading it fails loudly, and :meth:`check` reports it.)
+
         Args:
             model_dir_or_id: A model folder, or the id of a folder already in ``models/``.
             round: Co-training round (0 for a pretrained teacher).
@@ -48,7 +53,8 @@ class _ModelsMixin(_StoreBase):
             The model id.
 
         Raises:
-            DataError: No such folder, an invalid or already registered id, metrics that are not JSON.
+            DataError: No such folder, an invalid or already registered id, metrics that are not JSON,
+                weights that hold NaN or infinite values.
         """
         if isinstance(round, bool) or not isinstance(round, int) or round < 0:
             raise DataError(f"round must be a non-negative integer, got {round!r}.")
@@ -88,6 +94,7 @@ class _ModelsMixin(_StoreBase):
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise DataError(f"cannot copy model folder {src} into the project: {exc}.") from exc
         try:
+            _refuse_nonfinite(mid, tmp if tmp is not None else src)
             with self._write() as tx:
                 if tx.execute("SELECT 1 FROM models WHERE id = ?", (mid,)).fetchone() is not None:
                     raise DataError(f"model {mid!r} is already registered; choose another id.")
@@ -126,8 +133,14 @@ class _ModelsMixin(_StoreBase):
         return _model(row)
 
     def set_active_model(self, model_id: str) -> ModelRecord:
-        """Make ``model_id`` the one active model; returns its record."""
+        """Make ``model_id`` the one active model; returns its record.
+
+        Raises:
+            DataError: Unknown model id, or its weights hold NaN or infinite values (a model registered
+                before registration checked them); the active model is then unchanged.
+        """
         self.model(model_id)
+        _refuse_nonfinite(model_id, self.model_dir(model_id), "activate")
         with self._write() as tx:
             tx.execute("UPDATE models SET active = 0 WHERE active = 1 AND id != ?", (model_id,))
             tx.execute("UPDATE models SET active = 1 WHERE id = ?", (model_id,))
@@ -138,3 +151,20 @@ class _ModelsMixin(_StoreBase):
         with self._read() as conn:
             row = conn.execute(f"SELECT {_MODEL_COLS} FROM models WHERE active = 1").fetchone()
         return None if row is None else _model(row)
+
+
+def _refuse_nonfinite(mid: str, folder: Path, action: str = "register") -> None:
+    """Raise DataError when the folder's weights hold NaN or infinity (an unreadable file is let through)."""
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        return
+    try:
+        bad = nonfinite_tensors(weights)
+    except DataError:
+        return
+    if bad:
+        raise DataError(
+            f"cannot {action} model {mid!r}: {len(bad)} weight tensor(s) in {WEIGHTS_FILE} hold NaN or "
+            f"infinite values (e.g. {', '.join(bad[:3])}); the training that made it diverged. Nothing was "
+            f"{action}d: train again with a lower learning rate (preset field lr)."
+        )
