@@ -317,19 +317,38 @@ def test_cancel_then_resume_continues_from_the_checkpoint(
 def test_a_failed_job_is_a_notification_and_the_widget_stays_usable(
     make_napari_viewer, qtbot, tmp_path, messages
 ) -> None:
+    from napari_diffseg.project import Project
+
     root = make_project(tmp_path / "bare", n_train=2, size=32, annotate=0)
     with Server(root) as srv:
         widget = _train_widget(make_napari_viewer, srv.url)
+        widget.preset.setCurrentText("tiny")
+        # a job the backend's pre-flight refuses (nothing to co-train on) never starts: a notification
+        # that says what to do, and no job
         widget.kind.setCurrentText("cotrain")
         widget.start()
+        qtbot.waitUntil(lambda: bool(messages["warning"]), timeout=WAIT_MS)
+        assert "at least one annotated image" in messages["warning"][0]
+        qtbot.waitUntil(widget.start_button.isEnabled, timeout=WAIT_MS)
+        assert "did not start" in widget.status.text()
+        with DiffsegClient(srv.url) as c:
+            assert c.jobs() == []
+
+        # a job that fails while it runs (an image file lost behind the store's back): failed, Resume
+        with Project.open(root) as p:
+            lost = p.root / "images" / f"{p.images()[0].id}.tif"
+        kept = lost.read_bytes()
+        lost.unlink()
+        widget.kind.setCurrentText("pretrain")
+        widget.start()
         qtbot.waitUntil(lambda: bool(messages["error"]), timeout=JOB_MS)
-        assert "failed" in messages["error"][0] and "at least one annotated image" in messages["error"][0]
-        assert "failed" in widget.status.text() and "Resume" in messages["error"][0]
+        assert "failed" in messages["error"][0] and "Resume" in messages["error"][0]
+        assert "failed" in widget.status.text()
         qtbot.waitUntil(widget.start_button.isEnabled, timeout=WAIT_MS)
         assert widget.napari_progress is None
 
-        widget.kind.setCurrentText("pretrain")  # still usable: the next job runs
-        widget.start()
+        lost.write_bytes(kept)
+        widget.start()  # still usable: the next job runs
         qtbot.waitUntil(lambda: "done" in widget.status.text(), timeout=JOB_MS)
         qtbot.waitUntil(lambda: widget.models_table.rowCount() == 1, timeout=WAIT_MS)
         assert len(messages["error"]) == 1

@@ -419,13 +419,17 @@ def images_(
 
 
 def _run_job(project: Path, kind: str, params: dict[str, Any], quiet: bool, as_json: bool) -> None:
-    """Validate ``params`` as the typed parameters of a ``kind`` job, record it, run it here."""
+    """Validate ``params`` as the typed parameters of a ``kind`` job, run the pre-flight (the same as
+    the backend's: a job the project or this machine cannot run is refused, exit 2, and no job is
+    recorded), record it, run it here."""
     from .backend.jobs import execute_job, start_job
+    from .backend.preflight import check_job
     from .base.contracts import CotrainParams, parse_job_params
     from .project import Project
 
     typed = parse_job_params(kind, params)
     with Project.open(project) as proj:
+        check_job(proj, typed)
         job_id = start_job(proj, kind, typed)
         record = proj.job(job_id)
     if isinstance(typed, CotrainParams) and typed.nproc > 1:

@@ -124,7 +124,13 @@ def _native(arr: np.ndarray) -> np.ndarray:
 
 
 def _check_pixels(chw: np.ndarray, what: str, max_pixels: int) -> np.ndarray:
-    """Final checks on a ``(C, H, W)`` image: dtype, channels (alpha dropped), size, finite values."""
+    """Final checks on a ``(C, H, W)`` image: dtype, channels (alpha dropped), size, finite values.
+
+    The one pixel check of every way in: files (:func:`read_raw_image`: ``diffseg init`` / ``import``,
+    dataset folders) and arrays (:func:`image_from_array`: the plugin, ``POST /images`` uploads).
+    Values must stay finite in float32, the type every job converts the pixels to, so a float64 image
+    beyond ~3.4e38 is refused here rather than failing every later job.
+    """
     if not (
         chw.dtype == np.bool_ or np.issubdtype(chw.dtype, np.integer) or np.issubdtype(chw.dtype, np.floating)
     ):
@@ -147,6 +153,16 @@ def _check_pixels(chw: np.ndarray, what: str, max_pixels: int) -> np.ndarray:
         bad = int(chw.size - np.count_nonzero(np.isfinite(chw)))
         if bad:
             raise DataError(f"{what}: {bad} pixel(s) are NaN or infinite; replace them (e.g. with 0) first.")
+        if chw.dtype.itemsize > 4:
+            with np.errstate(over="ignore"):
+                big = int(chw.size - np.count_nonzero(np.isfinite(chw.astype(np.float32))))
+            if big:
+                limit = float(np.finfo(np.float32).max)
+                raise DataError(
+                    f"{what}: {big} pixel value(s) lie beyond the 32-bit floating-point range (|value| > "
+                    f"{limit:.3g}) that training converts images to; rescale the image (e.g. divide it by its "
+                    "maximum) first."
+                )
     return _native(chw)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -12,6 +13,7 @@ import numpy as np
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.base.formats import tiff_bytes
 from napari_diffseg.data.dataset import DEFAULT_SPLIT, is_valid_split
+from napari_diffseg.data.io import DEFAULT_MAX_PIXELS
 from napari_diffseg.project._db import _IMAGE_COLS, ImageRef, PathLike, _image, _StoreBase, _Tx
 from napari_diffseg.project._util import (
     check_mask,
@@ -19,6 +21,7 @@ from napari_diffseg.project._util import (
     content_id,
     image_from_array,
     read_tiff,
+    sha256_bytes,
 )
 from napari_diffseg.project.importing import ImportItem, collect_dataset, collect_paths, load_item
 from napari_diffseg.project.records import IMAGE_STATES, UNREVIEWED_STATES, ImageRecord, ImportResult
@@ -171,14 +174,82 @@ class _ImagesMixin(_StoreBase):
         Raises:
             DataError: A bad array, mask, name or split.
         """
+        return self.add_array(array, name, mask, split=split, source=source)[0]
+
+    def add_array(
+        self,
+        array: object,
+        name: str,
+        mask: object | None = None,
+        *,
+        split: str = DEFAULT_SPLIT,
+        source: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> tuple[str, bool]:
+        """:meth:`import_array`, also saying whether the image is new (what ``POST /images`` answers).
+
+        The array passes the same checks as a file given to ``diffseg import`` (:func:`image_from_array`
+        and :meth:`check_fits_project`). Whether the pixels are new is decided by the database itself
+        (the insert of the content id, inside the write transaction), so of several concurrent imports
+        of the same pixels exactly one gets ``True``.
+
+        Returns:
+            (image id, whether it was added: False when the same pixels were already in the project).
+        """
         check_name(name)
         self._check_split(split)
-        chw = image_from_array(array, name)
+        chw = image_from_array(array, name, max_pixels=max_pixels)
+        self.check_fits_project(chw, f"Cannot import array {name!r}")
         m = None
         if mask is not None:
             m = check_mask(mask, (chw.shape[1], chw.shape[2]), f"Cannot import the mask of {name!r}")
-        image_id, _added, _mask = self._store_image(chw, name, source or f"array:{name}", split, m)
-        return image_id
+        image_id, added, _mask = self._store_image(chw, name, source or f"array:{name}", split, m)
+        return image_id, added
+
+    def model_input_channels(self) -> int | None:
+        """The number of input channels of the active model (its ``config.json``), None without one.
+
+        A model folder whose config cannot be read counts as none here (``diffseg check`` reports it).
+        """
+        with self._read() as conn:
+            row = conn.execute("SELECT id FROM models WHERE active = 1").fetchone()
+        if row is None:
+            return None
+        try:
+            config = json.loads((self._root / "models" / str(row[0]) / "config.json").read_text())
+            channels = config["spec"]["in_channels"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return int(channels) if isinstance(channels, int) and not isinstance(channels, bool) else None
+
+    def check_fits_project(self, chw: np.ndarray, what: str) -> None:
+        """Refuse an image whose channel count does not fit the project's (every import calls this).
+
+        A project's channel count is fixed by its active model: training warm-starts from that model,
+        so an image with more channels than it takes (an RGB image in a project whose model was trained on
+        grey images) would make every following co-training round fail. Fewer channels are fine: a grey
+        image is repeated to RGB, as training does with every grey image of a colour project. Before a
+        project has a model, grey and RGB images mix freely. Pixels already in the project pass.
+
+        Raises:
+            DataError: Naming both channel counts and what to do.
+        """
+        self._check_channels(chw, what, self.model_input_channels())
+
+    def _check_channels(self, chw: np.ndarray, what: str, takes: int | None) -> None:
+        """:meth:`check_fits_project` with the model's channel count already looked up (``takes``)."""
+        c = int(chw.shape[0])
+        if takes is None or c <= takes:
+            return
+        with self._read() as conn:
+            known = conn.execute("SELECT 1 FROM images WHERE id = ?", (content_id(chw),)).fetchone()
+        if known is not None:
+            return
+        raise DataError(
+            f"{what}: it has {c} channels but this project's model takes {takes} "
+            f"({'grey' if takes == 1 else 'RGB'} images); co-training from that model could not use it. "
+            f"Convert the image to {takes} channel(s) first, or put {c}-channel images in a new project."
+        )
 
     def import_dataset(self, folder: PathLike, *, binary_masks: bool = True) -> ImportResult:
         """Import a dataset folder: every image, its mask as a ``ground_truth`` annotation, its split.
@@ -216,11 +287,13 @@ class _ImagesMixin(_StoreBase):
         """
         for item in items:
             self._check_split(item.split)
+        takes = self.model_input_channels()
         preloaded: list[tuple[np.ndarray, np.ndarray | None] | None] = [None] * len(items)
         if validate:
             budget = _PRELOAD_BYTES
             for i, item in enumerate(items):
                 chw, mask = load_item(item, binary_masks=binary_masks)
+                self._check_channels(chw, f"Cannot use image {item.image}", takes)
                 size = chw.nbytes + (0 if mask is None else mask.nbytes)
                 if size <= budget:
                     preloaded[i] = (chw, mask)
@@ -232,6 +305,8 @@ class _ImagesMixin(_StoreBase):
         skipped: list[str] = []
         for item, pre in zip(items, preloaded, strict=True):
             chw, mask = pre if pre is not None else load_item(item, binary_masks=binary_masks)
+            if pre is None:
+                self._check_channels(chw, f"Cannot use image {item.image}", takes)
             m = None if mask is None else check_mask(mask, (chw.shape[1], chw.shape[2]), f"mask {item.mask}")
             image_id, is_new, mask_outcome = self._store_image(
                 chw, item.name, str(item.image.resolve()), item.split, m
@@ -262,6 +337,11 @@ class _ImagesMixin(_StoreBase):
     ) -> tuple[str, bool, str | None]:
         """Store pixels (deduplicated by content) and an optional ground-truth mask in one transaction.
 
+        Whether the image is new is the outcome of the row's insert (``ON CONFLICT (id) DO NOTHING``: the
+        id is the content hash, the table's primary key) inside the write transaction, not of an earlier
+        look-up, so concurrent imports of the same pixels store it once and exactly one of them reports it
+        new. The file is written after the insert but before the commit, so no reader sees the row first.
+
         Returns:
             (image id, whether the image is new, what happened to the mask: "saved", "same", "skipped", None).
         """
@@ -271,27 +351,27 @@ class _ImagesMixin(_StoreBase):
         data = None if known else tiff_bytes(chw)
         mask_data = None if mask is None else tiff_bytes(mask)
         with self._write() as tx:
-            is_new = tx.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone() is None
-            if is_new:
-                if data is None:  # removed in between: impossible today (no deletes), but stay correct
-                    data = tiff_bytes(chw)
-                unique = self._unique_name(tx, name)
-                sha = tx.write(self._image_path(image_id), data)
-                tx.execute(
-                    f"INSERT INTO images ({_IMAGE_COLS}) VALUES (?, ?, 'unlabeled', NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
+            is_new = False
+            if data is not None:  # known pixels stay known: the store never deletes an image
+                inserted = tx.execute(
+                    f"INSERT INTO images ({_IMAGE_COLS}) VALUES (?, ?, 'unlabeled', NULL, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO NOTHING",
                     (
                         image_id,
-                        unique,
+                        self._unique_name(tx, name),
                         split,
                         int(chw.shape[1]),
                         int(chw.shape[2]),
                         int(chw.shape[0]),
                         chw.dtype.name,
                         source,
-                        sha,
+                        sha256_bytes(data),
                         time.time(),
                     ),
                 )
+                is_new = inserted.rowcount == 1
+                if is_new:
+                    tx.write(self._image_path(image_id), data)
             outcome: str | None = None
             if mask is not None and mask_data is not None:
                 latest = self._latest(tx.conn, image_id)

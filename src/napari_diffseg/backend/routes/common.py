@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 
 from napari_diffseg.backend.handlers import ApiError
+from napari_diffseg.backend.preflight import PreflightError, check_job
 from napari_diffseg.backend.schemas import ErrorOut, ImageOut, JobOut, ModelOut
 from napari_diffseg.backend.state import BackendState
 from napari_diffseg.base.contracts import CotrainParams, PretrainParams, ProposeParams
@@ -148,10 +149,18 @@ def job_out(ctx: BackendState, job: JobRecord) -> JobOut:
 
 
 def submit(ctx: BackendState, params: PretrainParams | ProposeParams | CotrainParams) -> JobOut:
-    """Queue a job with its typed parameters (image refs → ids) and wake the job manager."""
+    """Queue a job with its typed parameters (image refs → ids) and wake the job manager.
+
+    The pre-flight (:func:`napari_diffseg.backend.preflight.check_job`) runs first: a job the project or
+    this machine cannot run is refused (404 / 409 / 422 with what to do) and no job is created.
+    """
     project = ctx.project()
     if isinstance(params, ProposeParams) and params.ids:
         params = params.model_copy(update={"ids": [find_image(project, ref).id for ref in params.ids]})
+    try:
+        check_job(project, params)
+    except PreflightError as exc:
+        raise ApiError(exc.status, str(exc), exc.code) from exc
     job_id = project.create_job(params.kind, params.stored())
     ctx.manager.wake()
     return job_out(ctx, project.job(job_id))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any, Literal
 
 from fastapi import Query, Response
@@ -61,17 +60,23 @@ def upload_image(
 ) -> ImageUploadOut:
     """Upload an image (``.npy``, TIFF or PNG body): 201 when new, 200 when the same pixels are known.
 
+    An upload is an import: the pixels pass exactly the checks ``diffseg import`` applies to a file
+    (layout and channels, size, NaN / infinite values, values finite in float32, the project's channel
+    count; :meth:`Project.add_array`), and a refusal is a 422 that says what to change. Of several
+    concurrent uploads of the same pixels exactly one answers 201 (the store's insert decides); the others
+    answer 200 with the same image.
+
     To attach a ground-truth mask, POST it to ``/images/{ref}/annotations?kind=ground_truth``.
     """
-    pixels = codec.decode_image(upload.data, upload.media_type, max_pixels=ctx.settings.max_pixels)
+    max_pixels = ctx.settings.max_pixels
+    pixels = codec.decode_image(upload.data, upload.media_type, max_pixels=max_pixels)
     project = ctx.project()
-    started = time.time()
-    image_id = project.import_array(pixels, name, split=split, source=f"upload:{name}")
-    rec = project.image(image_id)
-    added = rec.created_at >= started
+    image_id, added = project.add_array(
+        pixels, name, split=split, source=f"upload:{name}", max_pixels=max_pixels
+    )
     if not added:
         response.status_code = 200
-    return ImageUploadOut(image=image_out(project, rec), added=added)
+    return ImageUploadOut(image=image_out(project, project.image(image_id)), added=added)
 
 
 @router.get("/images/{ref}", response_model=ImageOut, tags=["images"])
