@@ -142,6 +142,58 @@ def predict(
 
 
 @app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="model folder, or a project (its active model, or --model)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the package to write (.zip)")],
+    format_: Annotated[
+        str, typer.Option("--format", help="bioimageio: a bioimage.io model package (format 0.5)")
+    ] = "bioimageio",
+    model_id: Annotated[
+        str | None, typer.Option("--model", help="a project's model id (default: the active model)")
+    ] = None,
+    test_image: Annotated[
+        Path | None,
+        typer.Option(
+            help="image for the package's test input (default: a val, else a train image of the project)"
+        ),
+    ] = None,
+    author: Annotated[
+        list[str] | None, typer.Option(help="author name (repeatable; default: the current user)")
+    ] = None,
+    license_: Annotated[str, typer.Option("--license", help="SPDX licence id of the package")] = "CC-BY-4.0",
+    name: Annotated[str | None, typer.Option(help="package name (letters, digits, spaces, _+-())")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace an existing file (only once the new one passed)")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the export report as JSON")] = False,
+) -> None:
+    """Export a model to a format other tools open: a bioimage.io model package (deepImageJ / Fiji, QuPath,
+    ilastik, BiaPy, bioimageio.core). The package is validated and tested before it is written."""
+    if format_ != "bioimageio":
+        raise _user_error(f"unknown --format {format_!r}; the only format is bioimageio")
+    from .export.bioimageio import export_bioimageio
+
+    report = export_bioimageio(
+        model,
+        out,
+        model_id=model_id,
+        test_image=test_image,
+        authors=author or (),
+        license=license_,
+        name=name,
+        overwrite=overwrite,
+    )
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    typer.echo(
+        f"wrote {report.path} ({report.size_bytes / 2**20:.1f} MiB): model {report.model_id}, weights "
+        f"{' + '.join(report.weight_formats)}; bioimageio.core test {report.test_status}, largest difference "
+        f"from `diffseg predict` {report.max_abs_difference:.1e}"
+    )
+
+
+@app.command()
 def evaluate(
     model: Annotated[Path, typer.Argument(help="model folder, or a project (its active model)")],
     dataset: Annotated[Path, typer.Argument(help="dataset folder with masks")],
