@@ -1,7 +1,10 @@
-"""npe2 reader: a project folder (with ``project.db``) or a dataset folder (``images/``, optional ``masks/``).
+"""npe2 reader: a project folder (with ``project.db``), a dataset folder (``images/``, optional ``masks/``)
+or an OME-Zarr image.
 
-Thin and light: the project store and the dataset reader are imported only when a folder is read, and
-neither loads torch.
+Thin and light: the project store, the dataset reader and zarr are imported only when a folder is read,
+and none of them loads torch. An OME-Zarr image opens lazily as a multiscale Image layer (dask arrays over
+its resolution levels: napari reads only the tiles it shows), with each of its label images (for example
+the ``diffseg`` labels `diffseg predict` wrote) as a multiscale Labels layer.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 from napari_diffseg._layers import to_display
 
-__all__ = ["get_reader", "read_dataset", "read_project"]
+__all__ = ["get_reader", "read_dataset", "read_ome_zarr", "read_project"]
 
 LayerData = list[tuple[Any, dict[str, Any], str]]
 MAX_IMAGES = 64
@@ -33,6 +36,10 @@ def get_reader(path: str | list[str]) -> Callable[[Any], LayerData] | None:
         return read_project
     if (folder / "images").is_dir():
         return read_dataset
+    from napari_diffseg.data.ome_zarr import is_ome_zarr
+
+    if is_ome_zarr(folder):
+        return read_ome_zarr
     return None
 
 
@@ -70,4 +77,57 @@ def read_dataset(path: str | os.PathLike[str] | list[Any]) -> LayerData:
         if ds.has_mask(image_id):
             mask = ds.load_mask(image_id, binary=False)
             layers.append((mask.astype("int32"), {"name": f"{image_id} labels", "metadata": meta}, "labels"))
+    return layers
+
+
+def _lazy_levels(image: Any, labels: bool) -> tuple[list[Any], bool]:
+    """An opened OME-Zarr's levels as dask arrays napari can show: (Y, X), or (Y, X, 3) for RGB."""
+    import dask.array as da
+
+    out = []
+    rgb = False
+    for level in range(len(image.levels)):
+        arr = da.from_zarr(image.array(level))
+        arr = arr[tuple(slice(None) if a in ("c", "y", "x") else 0 for a in image.axes)]
+        if "c" in image.axes:
+            c = arr.shape[0]
+            if labels or c == 1:
+                arr = arr[0]
+            elif c in (3, 4):
+                arr, rgb = da.moveaxis(arr[:3], 0, -1), True
+        out.append(arr)
+    return out, rgb
+
+
+def read_ome_zarr(path: str | os.PathLike[str] | list[Any]) -> LayerData:
+    """An OME-Zarr image as a lazy multiscale Image layer, and its label images as lazy Labels layers."""
+    from napari_diffseg.data.ome_zarr import open_ome_zarr
+
+    image = open_ome_zarr(_one(path))
+    levels, rgb = _lazy_levels(image, labels=False)
+    geometry = {"scale": image.scales[0], "translate": image.translation}
+    meta = {"ome_zarr": str(image.path), "ome_ngff_version": image.version}
+    layers: LayerData = [
+        (
+            levels if len(levels) > 1 else levels[0],
+            {"name": image.name, "rgb": rgb, "multiscale": len(levels) > 1, "metadata": meta, **geometry},
+            "image",
+        )
+    ]
+    for name in image.labels:
+        lab = open_ome_zarr(image.path / "labels" / name)
+        data, _ = _lazy_levels(lab, labels=True)
+        layers.append(
+            (
+                data if len(data) > 1 else data[0],
+                {
+                    "name": f"{image.name} {name}",
+                    "multiscale": len(data) > 1,
+                    "metadata": {**meta, "labels": name},
+                    "scale": lab.scales[0],
+                    "translate": lab.translation,
+                },
+                "labels",
+            )
+        )
     return layers

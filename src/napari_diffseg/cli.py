@@ -127,18 +127,69 @@ def predict(
             help="model folder (weights.safetensors + config.json), or a project (its active model)"
         ),
     ],
-    images: Annotated[list[Path], typer.Argument(help="image files or folders of images to segment")],
+    images: Annotated[
+        list[Path], typer.Argument(help="image files, OME-Zarr images, or folders of them to segment")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder for the masks")],
-    probabilities: Annotated[bool, typer.Option(help="also write foreground probability TIFFs")] = False,
+    probabilities: Annotated[bool, typer.Option(help="also write foreground probabilities")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    into_source: Annotated[
+        bool,
+        typer.Option(
+            "--into-source",
+            help="OME-Zarr: write the labels into the input image's labels/ group (default: into a copy in --out)",
+        ),
+    ] = False,
+    labels_name: Annotated[str, typer.Option(help="OME-Zarr: name of the label image")] = "diffseg",
+    overwrite: Annotated[
+        bool, typer.Option(help="OME-Zarr: replace an existing copy or label image of that name")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Segment images with a model's students (one pass, tiled for large images)."""
+    """Segment images with a model's students (one pass, tiled for large images).
+
+    Image files give OUT/NAME.png masks (and NAME_prob.tif). An OME-Zarr image is read lazily and its
+    labels are written tile by tile as an OME-Zarr label image: into a copy OUT/NAME.ome.zarr (default)
+    or, with --into-source, into the image itself; --probabilities adds OUT/NAME_probabilities.ome.zarr.
+    """
     _threads(threads)
     from .predict import predict_files
 
-    written = predict_files(model, images, out, device=device, probabilities=probabilities)
-    typer.echo(f"wrote {len(written)} mask(s) to {out}")
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None or bar.total != total or done < bar.n:
+            from tqdm import tqdm
+
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, unit="row", desc="predict", leave=False)
+        bar.update(done - bar.n)
+
+    try:
+        written = predict_files(
+            model,
+            images,
+            out,
+            device=device,
+            probabilities=probabilities,
+            into_source=into_source,
+            labels_name=labels_name,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    zarrs = [w for w in written if w.parent.name == "labels"]
+    msg = f"wrote {len(written) - len(zarrs)} mask(s) to {out}"
+    if zarrs:
+        msg += f"; OME-Zarr label image(s): {', '.join(str(z) for z in zarrs)}"
+    typer.echo(msg)
 
 
 @app.command()
@@ -366,16 +417,81 @@ def import_(
         bool, typer.Option("--multiclass", help="keep mask label values instead of mapping >0 to 1")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    level: Annotated[
+        int, typer.Option(help="OME-Zarr: resolution level to import (0 = full resolution)")
+    ] = 0,
+    region: Annotated[
+        str | None,
+        typer.Option(metavar="Y,X,HEIGHT,WIDTH", help="OME-Zarr: import only this region of the level"),
+    ] = None,
 ) -> None:
-    """Add images (and ground-truth masks) to a project; images already in it are skipped."""
+    """Add images (and ground-truth masks) to a project; images already in it are skipped.
+
+    OME-Zarr images are read lazily: only the chosen level (default: full resolution) or --region of it is
+    read, and it must fit a project image; `diffseg predict` segments a whole slide tile by tile.
+    """
+    from .data.ome_zarr import is_ome_zarr
     from .project import Project
 
+    zarrs = [p for p in paths if is_ome_zarr(p)]
+    files = [p for p in paths if p not in zarrs]
+    if zarrs and masks is not None and not files:
+        raise _user_error("--masks pairs mask files with image files; it does not apply to OME-Zarr images")
+    if (level or region) and not zarrs:
+        raise _user_error("--level and --region apply to OME-Zarr images only")
     with Project.open(project) as proj:
-        result = proj.import_files(paths, masks, split=split, binary_masks=not multiclass)
+        result = proj.import_files(files, masks, split=split, binary_masks=not multiclass) if files else None
+        result = _import_ome_zarr(proj, zarrs, level, _region(region), split, result)
     if as_json:
         _print_json(result.to_dict())
         return
     typer.echo(f"imported into {project}: {_import_summary(result)}")
+
+
+def _region(text: str | None) -> tuple[int, int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        y, x, h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise _user_error(f"--region takes Y,X,HEIGHT,WIDTH in pixels, got {text!r}") from None
+    return y, x, h, w
+
+
+def _import_ome_zarr(
+    proj: Any,
+    zarrs: list[Path],
+    level: int,
+    region: tuple[int, int, int, int] | None,
+    split: str,
+    before: Any,
+) -> Any:
+    """Import OME-Zarr images (a level, or a region of it) as project images; merged into ``before``."""
+    from .data.io import DEFAULT_MAX_PIXELS
+    from .data.ome_zarr import image_stem, read_ome_zarr
+    from .project.records import ImportResult
+
+    ids: list[str] = []
+    added: list[str] = []
+    existing: list[str] = []
+    for z in zarrs:
+        chw = read_ome_zarr(z, level=level, region=region, max_pixels=DEFAULT_MAX_PIXELS)
+        name = image_stem(z) + (f"_L{level}" if level else "")
+        if region is not None:
+            name += "_y{}_x{}_{}x{}".format(*region)
+        where = f"#level={level}" + ("&region={},{},{},{}".format(*region) if region else "")
+        image_id, new = proj.add_array(chw, name, split=split, source=f"ome-zarr:{Path(z).resolve()}{where}")
+        ids.append(image_id)
+        (added if new else existing).append(image_id)
+    if before is None:
+        return ImportResult(ids=tuple(ids), added=tuple(added), existing=tuple(existing))
+    return ImportResult(
+        ids=(*before.ids, *ids),
+        added=(*before.added, *added),
+        existing=(*before.existing, *existing),
+        masks_saved=before.masks_saved,
+        masks_skipped=before.masks_skipped,
+    )
 
 
 @app.command()

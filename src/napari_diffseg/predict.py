@@ -1,4 +1,11 @@
-"""Deploying a trained model: segment files (``diffseg predict``) and score a dataset (``diffseg evaluate``)."""
+"""Deploying a trained model: segment files (``diffseg predict``) and score a dataset (``diffseg evaluate``).
+
+Image files are read whole. An OME-Zarr image (:mod:`napari_diffseg.data.ome_zarr`) is read lazily: its
+normalisation statistics are streamed, then the students run over it one row of windows at a time
+(:func:`napari_diffseg.core.tiled.predict_rows`, the same numbers as the in-memory path) and its labels are
+written tile by tile as an OME-Zarr ``labels`` image, into a copy of the image (default) or into the
+image itself (``into_source``); the whole image is never in memory.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +25,18 @@ from .core.models import ModelBundle, load_bundle
 from .data.dataset import DatasetFolder
 from .data.io import read_image, write_mask, write_tiff
 
-__all__ = ["evaluate_folder", "load_model", "predict_files", "predict_image", "resolve_model"]
+__all__ = [
+    "IN_MEMORY_PIXELS",
+    "evaluate_folder",
+    "load_model",
+    "predict_files",
+    "predict_image",
+    "predict_ome_zarr",
+    "resolve_model",
+]
+
+IN_MEMORY_PIXELS = 4096 * 4096
+"""OME-Zarr images up to this many pixels are predicted in memory; larger ones tile by tile."""
 
 
 def resolve_model(path: str | Path) -> Path:
@@ -38,14 +56,24 @@ def resolve_model(path: str | Path) -> Path:
 
 
 def _image_files(items: Sequence[str | Path]) -> list[Path]:
-    """Files as given; a folder stands for the image files directly inside it (sorted)."""
+    """Files as given; a folder stands for the image files and OME-Zarr images directly inside it (sorted);
+    an OME-Zarr image (itself a folder) stands for itself."""
+    from .data.ome_zarr import is_ome_zarr
+
     files: list[Path] = []
     for item in items:
         p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+        if p.is_dir() and is_ome_zarr(p):
+            files.append(p)  # an OME-Zarr image (a folder)
+        elif p.is_dir():
+            found = sorted(
+                f
+                for f in p.iterdir()
+                if (f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+                or (f.suffix.lower() == ".zarr" and is_ome_zarr(f))
+            )
             if not found:
-                raise DataError(f"folder {p} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+                raise DataError(f"folder {p} holds no images ({', '.join(IMAGE_EXTENSIONS)}, or OME-Zarr)")
             files.extend(found)
         else:
             files.append(p)
@@ -82,7 +110,13 @@ def predict_files(
     *,
     device: str = "auto",
     probabilities: bool = False,
+    into_source: bool = False,
+    labels_name: str = "diffseg",
+    overwrite: bool = False,
+    progress: Any = None,
 ) -> list[Path]:
+    """Segment image files and OME-Zarr images; returns what was written (mask files, OME-Zarr label
+    images). OME-Zarr options: see :func:`predict_ome_zarr`."""
     if not images:
         raise DataError("no images given; pass one or more image files")
     files = _image_files(images)
@@ -90,7 +124,24 @@ def predict_files(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    from .data.ome_zarr import is_ome_zarr
+
     for path in files:
+        if is_ome_zarr(path):
+            written.append(
+                predict_ome_zarr(
+                    bundle,
+                    config,
+                    path,
+                    out,
+                    into_source=into_source,
+                    labels_name=labels_name,
+                    probabilities=probabilities,
+                    overwrite=overwrite,
+                    progress=progress,
+                )
+            )
+            continue
         probs = predict_image(bundle, config, read_image(path))
         target = out / f"{Path(path).stem}.png"
         write_mask(target, probs.argmax(0).astype(np.uint8))
@@ -98,6 +149,153 @@ def predict_files(
         if probabilities:
             write_tiff(out / f"{Path(path).stem}_prob.tif", probs[1:].astype(np.float32))
     return written
+
+
+class _ZarrRows:
+    """An OME-Zarr's full-resolution level as a :class:`~napari_diffseg.core.tiled.RowSource`."""
+
+    def __init__(self, image: Any) -> None:
+        self.image = image
+        self.height, self.width = image.height, image.width
+
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        return self.image.read(y0, y1)
+
+
+class _Bands:
+    """Collects the predictor's row bands into whole chunk rows for the writers."""
+
+    def __init__(self, rows: int, write: Any) -> None:
+        self.rows, self.write = rows, write
+        self.y0 = 0
+        self.parts: list[np.ndarray] = []
+
+    def __call__(self, y0: int, probs: np.ndarray) -> None:
+        self.parts.append(probs)
+        have = sum(p.shape[1] for p in self.parts)
+        if have >= self.rows:
+            block = np.concatenate(self.parts, axis=1)
+            n = (block.shape[1] // self.rows) * self.rows
+            self.write(self.y0, block[:, :n])
+            self.y0 += n
+            self.parts = [block[:, n:]] if n < block.shape[1] else []
+
+    def flush(self) -> None:
+        if self.parts:
+            block = np.concatenate(self.parts, axis=1)
+            if block.shape[1]:
+                self.write(self.y0, block)
+                self.y0 += block.shape[1]
+            self.parts = []
+
+
+def predict_ome_zarr(
+    bundle: ModelBundle,
+    config: dict,
+    path: str | Path,
+    out: str | Path,
+    *,
+    into_source: bool = False,
+    labels_name: str = "diffseg",
+    probabilities: bool = False,
+    overwrite: bool = False,
+    progress: Any = None,
+) -> Path:
+    """Segment an OME-Zarr image (its full-resolution level) and write the labels as an OME-Zarr label image.
+
+    Args:
+        bundle, config: The model (see :func:`load_model`).
+        path: The OME-Zarr image group.
+        out: Output folder. By default the image is copied there (chunk by chunk, every level, same format)
+            as ``<name>.ome.zarr`` and the labels go into the copy's ``labels/<labels_name>``.
+        into_source: Write ``labels/<labels_name>`` into the input image itself instead (no copy).
+        labels_name: The label image's name.
+        probabilities: Also write the foreground probabilities (K - 1 channels, float32) as the OME-Zarr
+            image ``<out>/<name>_probabilities.ome.zarr``.
+        overwrite: Replace an existing copy, label image or probability image.
+        progress: Called as ``progress(rows done, rows)``.
+
+    Returns:
+        The label image's folder.
+
+    Raises:
+        DataError: A bad OME-Zarr (see :func:`~napari_diffseg.data.ome_zarr.open_ome_zarr`), an existing
+            output without ``overwrite``, a copy that would replace its source.
+    """
+    from .core.tiled import image_stats, predict_rows
+    from .data.ome_zarr import ImageWriter, LabelsWriter, copy_image, image_stem, open_ome_zarr
+
+    src = open_ome_zarr(path)
+    out = Path(out)
+    name = image_stem(src.path)
+    if into_source:
+        target = src
+    else:
+        dest = out / f"{name}.ome.zarr"
+        if dest.resolve() == src.path.resolve():
+            raise DataError(
+                f"the copy of {src.path} would replace it; choose another --out folder, or --into-source to "
+                "write the labels into the image itself"
+            )
+        target = copy_image(src, dest, overwrite=overwrite)
+    k = bundle.spec.num_classes
+    labels = LabelsWriter(target, labels_name, k, overwrite=overwrite)
+    prob_writer = None
+    if probabilities:
+        prob_writer = ImageWriter(
+            out / f"{name}_probabilities.ome.zarr",
+            k - 1,
+            src.height,
+            src.width,
+            np.float32,
+            version=target.version,
+            name=f"{name} probabilities",
+            scale=src.scales[0],
+            translation=src.translation,
+            units=src.units,
+            overwrite=overwrite,
+        )
+
+    def write(y0: int, probs: np.ndarray) -> None:
+        labels.write(y0, probs.argmax(0).astype(labels.dtype))
+        if prob_writer is not None:
+            prob_writer.write(y0, probs[1:].astype(np.float32))
+
+    roi, swb = _roi(config)
+    m = roi // 4
+    multiple = bundle.spec.multiple
+    hp, wp = src.height + (-src.height) % multiple, src.width + (-src.width) % multiple
+    small = src.height * src.width <= IN_MEMORY_PIXELS or hp + 2 * m < roi or wp + 2 * m < roi
+    if small or (hp <= roi and wp <= roi):
+        probs = predict_image(bundle, config, src.read())
+        write(0, probs)
+        if progress is not None:
+            progress(src.height, src.height)
+    else:
+        chunk_rows = src.chunk_rows()
+        stats = image_stats(
+            lambda: (band for _, band in src.iter_rows(chunk_rows)),
+            bundle.spec.in_channels,
+            src.dtype,
+            src.channels,
+        )
+        bands = _Bands(labels.chunk, write)
+        predict_rows(
+            bundle.deployed(),
+            _ZarrRows(src),
+            stats,
+            bands,
+            channels=bundle.spec.in_channels,
+            multiple=multiple,
+            roi=roi,
+            sw_batch=swb,
+            read_block=chunk_rows,
+            progress=progress,
+        )
+        bands.flush()
+    if prob_writer is not None:
+        prob_writer.close()
+    return labels.close()
 
 
 def evaluate_folder(
