@@ -209,3 +209,24 @@ def test_a_bad_image_fails_the_job_with_its_name_and_the_fix(tmp_path: Path) -> 
         assert text in msg, msg
     with Project.open(root) as p:
         assert bad_id in (p.job(job).error or "") and "overflowing" in (p.job(job).error or "")
+
+
+def test_cotrain_validates_on_annotated_val_images(project: Path, synth_dataset: Path) -> None:
+    """An annotated image marked `val` is the round's validation set: checkpoint choice and the gate."""
+    with Project.open(project) as p:
+        img = sorted((synth_dataset / "images").glob("train_*.png"))[10]
+        p.import_files([img], split="val")
+        p.save_annotation(
+            img.stem, read_mask(synth_dataset / "masks" / img.name), kind="correction", replaces=None
+        )
+    job, state = _run(project, "cotrain")
+    assert state == "done"
+    with Project.open(project) as p:
+        events = [e.data for e in p.events(job)]
+        val_id = p.images(split="val")[0].id
+    manifest = json.loads((Path(project) / "jobs" / str(job) / "data.json").read_text())
+    assert [v[0] for v in manifest["val"]] == [val_id]
+    assert val_id not in [i for i, _ in manifest["images"]]
+    checks = [e["losses"] for e in events if e["kind"] == "progress" and "val_dice" in e.get("losses", {})]
+    assert checks and all(0.0 <= c["val_dice"] <= 1.0 and 0.0 <= c["gate"] <= 1.0 for c in checks)
+    assert any(e["kind"] == "log" and "kept the weights" in e.get("message", "") for e in events)

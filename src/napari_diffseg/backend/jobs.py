@@ -36,6 +36,7 @@ from ..core.metrics import segmentation_metrics, summarize
 from ..core.models import ModelBundle, ModelSpec, load_bundle, preprocess, save_bundle
 from ..core.pipeline import run_stages
 from ..core.training import TrainData, nonfinite_weights, pretrain_teacher
+from ..core.validation import ValSet
 from ..project import Project
 
 __all__ = ["JOB_KINDS", "JobFailed", "execute_job", "start_job"]
@@ -124,19 +125,32 @@ def _tensor(project: Project, image_id: str, channels: int) -> torch.Tensor:
 
 def _data_manifest(project: Project, manifest: Path | None) -> list[tuple[str, int | None]]:
     """(image id, annotation version or None) of every training image; written to / read from ``manifest``."""
+    return _manifest(project, manifest)[0]
+
+
+def _manifest(
+    project: Project, manifest: Path | None
+) -> tuple[list[tuple[str, int | None]], list[tuple[str, int]]]:
+    """The training entries (see :func:`_data_manifest`) and the annotated ``val`` images with their
+    annotation versions (the validation set of checkpoint choice and the pseudo-label gate)."""
     if manifest is not None and manifest.exists():
-        return [
-            (str(i), None if v is None else int(v)) for i, v in json.loads(manifest.read_text())["images"]
-        ]
+        stored = json.loads(manifest.read_text())
+        train = [(str(i), None if v is None else int(v)) for i, v in stored["images"]]
+        return train, [(str(i), int(v)) for i, v in stored.get("val", [])]
     entries: list[tuple[str, int | None]] = []
     for rec in project.images(split="train"):
         if rec.state == "excluded":
             continue
         ann = project.annotation(rec.id)
         entries.append((rec.id, None if ann is None else ann.version))
+    val: list[tuple[str, int]] = []
+    for rec in project.images(split="val"):
+        ann = project.annotation(rec.id)
+        if rec.state != "excluded" and ann is not None:
+            val.append((rec.id, ann.version))
     if manifest is not None:
-        atomic_write_bytes(manifest, json.dumps({"images": entries}).encode())
-    return entries
+        atomic_write_bytes(manifest, json.dumps({"images": entries, "val": val}).encode())
+    return entries, val
 
 
 def _training_data(
@@ -148,7 +162,7 @@ def _training_data(
     when it resumes, so a resumed job trains on exactly the data its checkpoints were made with, even if
     annotations were saved in between (they count from the next job on).
     """
-    entries = _data_manifest(project, manifest)
+    entries, val_entries = _manifest(project, manifest)
     labeled_x, labeled_y, weights, unlabeled = [], [], [], []
     for image_id, version in entries:
         x = _tensor(project, image_id, channels)
@@ -161,8 +175,15 @@ def _training_data(
         labeled_x.append(x)
         labeled_y.append(torch.from_numpy(mask.astype(np.int64)))
         weights.append(preset.correction_weight if ann.kind == "correction" else 1.0)
-    counts = {"labeled": len(labeled_x), "unlabeled": len(unlabeled)}
-    return TrainData(labeled_x, labeled_y, weights, unlabeled), counts
+    val = ValSet()
+    for image_id, version in val_entries:
+        mask = project.load_annotation(image_id, version)
+        if mask is not None:
+            val.images.append(_tensor(project, image_id, channels))
+            val.masks.append(torch.from_numpy(mask.astype(np.int64)))
+            val.regions.append(None)
+    counts = {"labeled": len(labeled_x), "unlabeled": len(unlabeled), "val": len(val)}
+    return TrainData(labeled_x, labeled_y, weights, unlabeled, val=val), counts
 
 
 def _num_classes(project: Project) -> int:
@@ -425,7 +446,10 @@ def _cotrain(
             "co-training needs at least one annotated image; correct a proposal or import masks"
         )
     yield Event(
-        "log", "cotrain", message=f"{counts['labeled']} labeled, {counts['unlabeled']} unlabeled images"
+        "log",
+        "cotrain",
+        message=f"{counts['labeled']} labeled, {counts['unlabeled']} unlabeled images, {counts['val']} "
+        "annotated validation images (checkpoint choice and pseudo-label gate)",
     )
     prev = base["model"]
     for r in range(1, rounds + 1):

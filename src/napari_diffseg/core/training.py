@@ -729,9 +729,9 @@ def cotrain(
                     cancel=loop.cancel,
                     rank=rank,
                     world=world,
-                    prefix="val/",
+                    prefix="val:",
                 )
-                labels = [cache[f"val/pl_probs_{i}"].float().argmax(0) for i in range(len(val))]
+                labels = [cache[f"val:pl_probs_{i}"].float().argmax(0) for i in range(len(val))]
                 validator.set_teacher_dice(mean_dice(labels, val, bundle.spec.num_classes))
             module.train()
         idx_l = _pick(data.labeled_weights, b, generator)

@@ -34,7 +34,7 @@ from .inference import predict_probs
 
 __all__ = ["ValSet", "Validator", "gate_weight", "image_dice", "mean_dice"]
 
-_PREFIX = "val/"
+_PREFIX = "val:"  # checkpoint tensor names may not hold "." or "/"
 
 
 @dataclass
@@ -195,7 +195,8 @@ class Validator:
             self._set("best_step", float(step))
             for name, net in self.deployed.items():
                 for key, value in net.state_dict().items():
-                    self.tensors[f"{_PREFIX}best/{name}/{key}"] = value.detach().cpu().clone()
+                    stored = f"{_PREFIX}best:{name}:" + key.replace(".", ":")
+                    self.tensors[stored] = value.detach().cpu().clone()
         self._update_gate()
         return {
             "val_dice": dice,
@@ -213,8 +214,10 @@ class Validator:
         if not self.enabled or self.best_step < 0:
             return None
         for name, net in self.deployed.items():
-            prefix = f"{_PREFIX}best/{name}/"
-            state = {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+            prefix = f"{_PREFIX}best:{name}:"
+            state = {
+                k[len(prefix) :].replace(":", "."): v for k, v in self.tensors.items() if k.startswith(prefix)
+            }
             if state:
                 dev = next(net.parameters()).device
                 net.load_state_dict({k: v.to(dev) for k, v in state.items()})
