@@ -47,6 +47,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for status, text in (
         (400, "Bad parameter."),
         (401, "Missing or wrong token."),
+        (403, "Foreign Origin: a cross-site request is refused."),
         (404, "Unknown resource."),
         (409, "Stale annotation save or a job state that does not allow this."),
         (413, "Body too large."),
