@@ -13,13 +13,8 @@ zarr = pytest.importorskip("zarr")
 
 from napari_diffseg.base.errors import DataError  # noqa: E402
 from napari_diffseg.cli import main  # noqa: E402
-from napari_diffseg.data.ome_zarr import (  # noqa: E402
-    LabelsWriter,
-    is_ome_zarr,
-    open_ome_zarr,
-    read_ome_zarr,
-    write_ome_zarr,
-)
+from napari_diffseg.data.ome_zarr import is_ome_zarr, open_ome_zarr, read_ome_zarr  # noqa: E402
+from napari_diffseg.data.ome_zarr_write import LabelsWriter, write_ome_zarr  # noqa: E402
 
 
 def _rgb(h: int = 200, w: int = 260, seed: int = 0) -> np.ndarray:
@@ -278,10 +273,9 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_predict_ome_zarr_tile_by_tile_equals_in_memory(
     tmp_path: Path, model: Path, monkeypatch, capsys, version
 ) -> None:
+    import napari_diffseg.core.tiled as tiled_mod
     import napari_diffseg.predict as predict_mod
     from napari_diffseg.predict import load_model, predict_image
-
-    import napari_diffseg.core.tiled as tiled_mod
 
     monkeypatch.setattr(predict_mod, "IN_MEMORY_PIXELS", 1000)  # force the tiled path on a small image
     tiled_calls: list[int] = []

@@ -223,7 +223,8 @@ def predict_ome_zarr(
             output without ``overwrite``, a copy that would replace its source.
     """
     from .core.tiled import image_stats, predict_rows
-    from .data.ome_zarr import ImageWriter, LabelsWriter, copy_image, image_stem, open_ome_zarr
+    from .data.ome_zarr import image_stem, open_ome_zarr
+    from .data.ome_zarr_write import ImageWriter, LabelsWriter, copy_image
 
     src = open_ome_zarr(path)
     out = Path(out)

@@ -166,8 +166,6 @@ class DeployedStudents(nn.Module):
         std_floor: The smallest standard deviation divided by.
     """
 
-    weights: torch.Tensor
-
     def __init__(
         self,
         in_channels: int,
@@ -191,7 +189,6 @@ class DeployedStudents(nn.Module):
         self.overlap = float(overlap)
         self.percentiles = (float(percentiles[0]), float(percentiles[1]))
         self.std_floor = float(std_floor)
-        self.register_buffer("weights", window_weights(self.roi, self.overlap), persistent=False)
 
     def _logits(self, x: torch.Tensor) -> List[torch.Tensor]:  # noqa: UP006
         """Each student's logits over ``x`` (B, C, H, W), H and W multiples of ``self.multiple``."""
@@ -211,7 +208,7 @@ class DeployedStudents(nn.Module):
         bsz, hh, ww = xp.shape[0], xp.shape[-2], xp.shape[-1]
         ys = window_starts(hh, roi, self.overlap)
         xs = window_starts(ww, roi, self.overlap)
-        wmap = self.weights.to(xp.dtype)
+        wmap = window_weights(roi, self.overlap).to(device=xp.device, dtype=xp.dtype)
         corners: List[Tuple[int, int]] = []  # noqa: UP006
         for y0 in ys:
             for x0 in xs:

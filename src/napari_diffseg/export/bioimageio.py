@@ -51,7 +51,9 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import __version__
-from ..base.errors import ConfigError, DataError, DiffsegError
+from ..base.errors import ConfigError, DiffsegError
+from ._files import METHOD_CITATION, METHOD_DOI, cover, environment_file, fmt, readme, safe_name
+from ._source import Source, check_normalization, class_names, collect, task_of
 
 __all__ = [
     "INSTANCE_POSTPROCESSING_PLAN",
@@ -62,14 +64,7 @@ __all__ = [
     "package_prediction",
 ]
 
-METHOD_DOI = "10.48550/arXiv.2504.01547"
-METHOD_CITATION = (
-    "Ciampi, L., Lagani, G., Amato, G. and Falchi, F. (2025). Semi-Supervised Biomedical Image Segmentation "
-    "via Diffusion Models and Teacher-Student Co-Training. arXiv:2504.01547."
-)
 _WeightFormat = Literal["pytorch_state_dict", "torchscript"]
-MAX_TEST_SIDE = 512
-"""Test images larger than this are centre-cropped (keeps the package small and its test fast)."""
 PROBABILITY_TOLERANCE = 1e-5
 """Largest absolute difference between the package's prediction and ``diffseg predict`` that is accepted."""
 
@@ -137,338 +132,6 @@ def deployed_network(bundle: Any, config: dict) -> Any:
     return net.eval()
 
 
-# ----------------------------------------------------------------------------------------- what to export
-
-
-@dataclass
-class _Source:
-    model_dir: Path
-    model_id: str
-    config: dict
-    metrics: dict
-    project: Path | None
-    project_name: str | None
-    training: dict[str, Any]
-    val_split: dict[str, Any]
-    test_image: np.ndarray
-    test_image_name: str
-
-
-def _task(config: dict, num_classes: int) -> str:
-    task = config.get("task") or ("binary" if num_classes == 2 else "multiclass")
-    if task not in ("binary", "multiclass"):
-        raise ConfigError(
-            f"the model's task is {task!r}; only binary and multi-class models can be exported yet "
-            "(instance models: see napari_diffseg.export.bioimageio.INSTANCE_POSTPROCESSING_PLAN)"
-        )
-    return str(task)
-
-
-def _check_normalization(config: dict) -> None:
-    """The exported network normalises each image as ``diffseg predict`` does today; a model whose config
-    asks for another normalisation must not be exported with it."""
-    norm = config.get("normalization", config.get("normalisation"))
-    if norm in (None, "per_image") or (isinstance(norm, dict) and norm.get("mode") == "per_image"):
-        return
-    raise ConfigError(
-        f"the model's config.json names the normalisation {norm!r}, which this export does not know how to "
-        "reproduce; update napari_diffseg.export.bioimageio (and core/deployed.py) before exporting it"
-    )
-
-
-def _class_names(config: dict, k: int) -> list[str]:
-    names = config.get("class_names")
-    if isinstance(names, list) and len(names) == k and all(isinstance(n, str) and n for n in names):
-        return [str(n) for n in names]
-    return ["background", "foreground"] if k == 2 else ["background", *(f"class_{i}" for i in range(1, k))]
-
-
-def _crop(image: np.ndarray) -> np.ndarray:
-    _, h, w = image.shape
-    top, left = max(0, (h - MAX_TEST_SIDE) // 2), max(0, (w - MAX_TEST_SIDE) // 2)
-    return image[:, top : top + MAX_TEST_SIDE, left : left + MAX_TEST_SIDE]
-
-
-def _training_from_job(project: Any, model_id: str) -> dict[str, Any] | None:
-    """The training images and annotations of a co-training model, from its job's data manifest."""
-    m = re.fullmatch(r"round\d+-job(\d+)", model_id)
-    if m is None:
-        return None
-    manifest = project.job_dir(int(m.group(1))) / "data.json"
-    if not manifest.is_file():
-        return None
-    entries = json.loads(manifest.read_text())["images"]
-    kinds: dict[str, int] = {}
-    for image_id, version in entries:
-        if version is None:
-            continue
-        ann = project.annotation(str(image_id), int(version))
-        kind = getattr(ann, "kind", "annotation") if ann is not None else "annotation"
-        kinds[kind] = kinds.get(kind, 0) + 1
-    labeled = sum(kinds.values())
-    return {
-        "train_images": len(entries),
-        "labeled": labeled,
-        "unlabeled": len(entries) - labeled,
-        "labels_by_kind": kinds,
-        "from": f"jobs/{m.group(1)}/data.json",
-    }
-
-
-def _collect(source: Path, model_id: str | None, test_image: Path | None, device: str) -> tuple[_Source, Any]:
-    from ..core.models import load_bundle
-    from ..data.io import read_image_raw
-    from ..project import Project
-
-    project_root: Path | None = None
-    project_name = None
-    training: dict[str, Any] = {}
-    val_split: dict[str, Any] = {}
-    image: np.ndarray | None = None
-    image_name = ""
-    if (source / "project.db").exists():
-        project_root = source
-        with Project.open(source) as proj:
-            rec = proj.model(model_id) if model_id else proj.active_model()
-            if rec is None:
-                raise ConfigError(
-                    f"project {source} has no model yet; run `diffseg pretrain` and `diffseg cotrain` first"
-                )
-            model_id = rec.id
-            model_dir = proj.model_dir(rec.id)
-            project_name = source.resolve().name
-            training = _training_from_job(proj, rec.id) or {}
-            records = [r for r in proj.images() if r.state != "excluded"]
-            vals = [r for r in records if r.split == "val" and proj.annotation(r.id) is not None]
-            val_split = {"images": len(vals), "split": "val"}
-            splits: dict[str, int] = {}
-            for r in records:
-                splits[r.split] = splits.get(r.split, 0) + 1
-            training["images_by_split"] = splits
-            if test_image is None:
-                pick = vals[0] if vals else next((r for r in records if r.split == "train"), None)
-                pick = pick or (records[0] if records else None)
-                if pick is None:
-                    raise DataError(
-                        f"project {source} has no images to take a test input from; pass --test-image"
-                    )
-                image, image_name = (
-                    proj.load_image(pick.id),
-                    f"{pick.name} (split {pick.split}, id {pick.id})",
-                )
-    else:
-        if model_id is not None:
-            raise ConfigError("--model picks a model of a project; give a project folder, or drop --model")
-        model_dir = source
-        model_id = source.resolve().name
-        if not (model_dir / "config.json").is_file():
-            raise ConfigError(f"{source} is neither a project nor a model folder (no config.json)")
-        if test_image is None:
-            raise DataError(
-                f"{source} is a model folder without a project: pass --test-image FILE (an image like those "
-                "the model was trained on) for the package's test input"
-            )
-    if test_image is not None:
-        image, image_name = read_image_raw(test_image), Path(test_image).name
-    assert image is not None
-    from ..core.device import choose_device
-
-    bundle, config, metrics = load_bundle(model_dir, choose_device(device))
-    if not training and isinstance(metrics, dict):
-        training = {k: metrics[k] for k in ("labeled", "unlabeled") if k in metrics}
-    if "labeled_ids" in config:
-        training["labeled_ids"] = list(config["labeled_ids"])
-    src = _Source(
-        model_dir=model_dir,
-        model_id=str(model_id),
-        config=config,
-        metrics=dict(metrics or {}),
-        project=project_root,
-        project_name=project_name,
-        training=training,
-        val_split=val_split,
-        test_image=_crop(np.asarray(image)),
-        test_image_name=image_name,
-    )
-    return src, bundle
-
-
-# ------------------------------------------------------------------------------------------- package files
-
-
-def _display_rgb(image: np.ndarray) -> np.ndarray:
-    """(C, H, W) raw → (H, W, 3) uint8 stretched to its 1 / 99 percentiles."""
-    x = image.astype(np.float32)
-    x = np.repeat(x, 3, axis=0) if x.shape[0] == 1 else x[:3]
-    lo, hi = np.percentile(x, (1, 99))
-    x = np.clip((x - lo) / max(float(hi - lo), 1e-6), 0, 1)
-    return (np.moveaxis(x, 0, -1) * 255).astype(np.uint8)
-
-
-def _cover(image: np.ndarray, labels: np.ndarray, k: int, path: Path) -> None:
-    """A 2:1 cover: the test image, and the same with its predicted classes tinted."""
-    import imageio.v3 as iio
-    from skimage.transform import resize
-
-    rgb = _display_rgb(image)
-    side = 256
-    left = (resize(rgb, (side, side), order=1, preserve_range=True, anti_aliasing=True)).astype(np.uint8)
-    lab = resize(labels, (side, side), order=0, preserve_range=True, anti_aliasing=False).astype(np.int64)
-    palette = np.array([[0, 0, 0], [255, 200, 0], [0, 200, 255], [255, 0, 160], [80, 255, 80]], np.float32)
-    colours = palette[np.where(lab == 0, 0, (lab - 1) % (len(palette) - 1) + 1)]
-    tint = np.where((lab > 0)[..., None], 0.55 * left + 0.45 * colours, left).astype(np.uint8)
-    iio.imwrite(path, np.concatenate([left, tint], axis=1))
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def _readme(src: _Source, bundle: Any, names: list[str], task: str, roi: int, name: str, license: str) -> str:
-    spec = bundle.spec
-    k = spec.num_classes
-    tr = src.training
-    lines = [
-        f"# {name}",
-        "",
-        f"A {task} segmentation model (K = {k} classes: {', '.join(names)}) trained with "
-        f"napari-diffseg {__version__} (the method of arXiv:2504.01547 with a human in the loop): a diffusion-model teacher proposes "
-        "masks with a per-pixel uncertainty, an annotator corrects the most uncertain ones, and twin student "
-        "networks are co-trained on the corrections, the unlabeled images and the teacher's pseudo-labels. "
-        "This package holds the **deployed students**: the mean softmax of "
-        f"{len(bundle.deploy)} MONAI UNet(s) (channels {list(spec.student_channels)}, instance norm), as "
-        "`diffseg predict` runs them.",
-        "",
-        "## Inputs and outputs",
-        "",
-        f"* **input `raw`**: `(batch, channel, y, x)`, {spec.in_channels} channel(s) "
-        f"({'RGB' if spec.in_channels == 3 else 'grey'}), raw intensities of any dtype and any size. Convert "
-        "grey to RGB (or RGB to grey) first if the channel count differs.",
-        "* **normalisation is inside the network**: per image and per channel, clip to the 0.5 / 99.5 "
-        "percentiles, then subtract the mean and divide by the standard deviation (floored at 1e-6) of the "
-        "clipped values. Give the network **whole images**: a tile would be normalised on its own and can "
-        "differ from the whole-image result (the spec's operators cannot express this normalisation, "
-        "because bioimage.io computes every statistic on the unprocessed input).",
-        f"* **large images are tiled inside the network**: images larger than {roi} × {roi} pixels are "
-        f"predicted on overlapping {roi}-pixel windows (25 % overlap, smooth blending), the window size the "
-        "model was trained for.",
-        f"* **output `probabilities`**: `(batch, channel={k}, y, x)` float32, the mean softmax of the students "
-        "(channels in the class order above).",
-        "* **output `labels`**: `(batch, 1, y, x)` uint8, the argmax of the probabilities: the mask `diffseg "
-        "predict` writes.",
-        "",
-        "## Training data",
-        "",
-    ]
-    if src.project_name is not None:
-        lines.append(f"* project `{src.project_name}`, model `{src.model_id}`")
-    if "train_images" in tr:
-        kinds = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(tr["labels_by_kind"].items()))
-        lines.append(
-            f"* trained on {tr['train_images']} training images: {tr['labeled']} with labels ({kinds or 'none'}) "
-            f"and {tr['unlabeled']} unlabeled (read from the project's `{tr['from']}`)"
-        )
-    elif "labeled" in tr:
-        lines.append(f"* {tr['labeled']} labeled and {tr.get('unlabeled', '?')} unlabeled training images")
-    if "labeled_ids" in tr:
-        ids = tr["labeled_ids"]
-        lines.append(
-            f"* labeled image ids ({len(ids)}): {', '.join(map(str, ids[:20]))}{' …' if len(ids) > 20 else ''}"
-        )
-    if "images_by_split" in tr:
-        split_text = ", ".join(f"{n} {s}" for s, n in sorted(tr["images_by_split"].items()))
-        lines.append(f"* images in the project at export time, by split: {split_text}")
-    preset = src.config.get("preset", {})
-    if isinstance(preset, dict) and preset:
-        lines.append(
-            f"* preset `{preset.get('name', '?')}` (patch {preset.get('patch_size', '?')}, batch "
-            f"{preset.get('batch_size', '?')}, {preset.get('cotrain_steps', '?')} co-training steps per round)"
-        )
-    weight = preset.get("correction_weight") if isinstance(preset, dict) else None
-    lines += [
-        "* labels: ground truth imported with the images, and corrections an annotator made to the teacher's "
-        "proposals in napari"
-        + (
-            f" (a correction is drawn {weight:g}× as often as ground truth in the labeled batches)"
-            if weight
-            else ""
-        ),
-        "",
-        "## Validation",
-        "",
-    ]
-    m = src.metrics
-    if "val_dice" in m:
-        lines.append(
-            f"Validation Dice {_fmt(m['val_dice'])}, IoU {_fmt(m.get('val_iou', '?'))} on {m.get('val_n', '?')} "
-            "annotated images of the project's `val` split (never trained on), measured when the model was "
-            "saved, with the same students and tiling as this package."
-        )
-    elif "dice_mean" in m:
-        lines.append(
-            f"Test Dice {_fmt(m['dice_mean'])} ± {_fmt(m.get('dice_std', '?'))}, IoU {_fmt(m.get('iou_mean', '?'))} "
-            f"on {m.get('n', '?')} held-out test images (`diffseg experiment`; test images were never trained "
-            "or selected on)."
-        )
-    else:
-        lines.append(
-            "No validation figures were recorded with this model (the project had no annotated `val` images "
-            "when it was trained). Validate it on annotated images it has not seen: `diffseg evaluate MODEL "
-            "DATASET --split val`, or compare its `labels` with your ground truth (Dice / IoU)."
-        )
-    lines += [
-        "",
-        f"The package's test input is {src.test_image_name}; its test outputs were computed by `diffseg "
-        "predict`, and the package was tested with `bioimageio.core.test_model` before it was written.",
-        "",
-        "## Limitations",
-        "",
-        "* Trained on few labels from one project: expect it to work on images like those, not on other "
-        "stains, modalities or magnifications. Check its output before using it for measurements.",
-        "* 2D images only; the channel count must match.",
-        "",
-        "## How to use it",
-        "",
-        "* Python (`pip install bioimageio.core torch`): `bioimageio.core.predict(model='PACKAGE.zip', "
-        "inputs=image[None])` with `image` as `(C, Y, X)`; the result's members `probabilities` and `labels`.",
-        "* Command line: `bioimageio test PACKAGE.zip` reruns the package's own test.",
-        "* napari-diffseg: `diffseg predict` on the original model folder gives the same result.",
-        "* Tools that import bioimage.io model packages (deepImageJ in Fiji, QuPath, ilastik, BiaPy) read "
-        "format 0.5 descriptions with TorchScript or PyTorch weights; this package was tested with "
-        "bioimageio.core only. Tools that tile large images themselves normalise each tile on its own.",
-        "",
-        "## Licence and citation",
-        "",
-        f"The weights are licensed under {license} (chosen when the package was exported).",
-        "",
-        "Cite the method: " + METHOD_CITATION + f" https://doi.org/{METHOD_DOI}",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _environment(path: Path) -> None:
-    import monai
-    import torch
-
-    torch_v = torch.__version__.split("+")[0]
-    path.write_text(
-        "name: napari-diffseg-students\n"
-        "channels:\n  - conda-forge\n  - nodefaults\n"
-        "dependencies:\n"
-        "  - python>=3.10\n"
-        f"  - pytorch>={'.'.join(torch_v.split('.')[:2])}\n"
-        f"  - monai>={'.'.join(monai.__version__.split('.')[:2])}\n"
-        "  - numpy\n"
-    )
-
-
-def _safe_name(text: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9_+\- ()]", "-", text).strip()
-    cleaned = re.sub(r"-{2,}", "-", cleaned)
-    return (cleaned or "napari-diffseg model")[:64].rstrip()
-
-
 # ----------------------------------------------------------------------------------------------- build
 
 
@@ -482,7 +145,7 @@ def _quiet_torchscript() -> Iterator[None]:
 
 
 def _descr(
-    src: _Source,
+    src: Source,
     bundle: Any,
     work: Path,
     *,
@@ -498,9 +161,9 @@ def _descr(
 
     cfg = src.config
     k = bundle.spec.num_classes
-    task = _task(cfg, k)
-    _check_normalization(cfg)
-    names = _class_names(cfg, k)
+    task = task_of(cfg, k)
+    check_normalization(cfg)
+    names = class_names(cfg, k)
     net = deployed_network(bundle, cfg)
     roi = net.roi
 
@@ -520,9 +183,9 @@ def _descr(
         torch.jit.save(scripted, str(work / "weights_torchscript.pt"))
     torch.save(net.state_dict(), work / "weights.pt")
     shutil.copyfile(inspect.getsourcefile(deployed_module) or "", work / "deployed.py")
-    _environment(work / "environment.yaml")
-    _cover(src.test_image, labels, k, work / "cover.png")
-    (work / "README.md").write_text(_readme(src, bundle, names, task, roi, name, license))
+    environment_file(work / "environment.yaml")
+    cover(src.test_image, labels, k, work / "cover.png")
+    (work / "README.md").write_text(readme(src, bundle, names, task, roi, name, license))
     (work / "napari_diffseg_config.json").write_text(json.dumps(cfg, indent=2))
     (work / "napari_diffseg_metrics.json").write_text(json.dumps(src.metrics, indent=2))
 
@@ -598,9 +261,9 @@ def _descr(
     m = src.metrics
     summary = None
     if "val_dice" in m:
-        summary = f"validation Dice {_fmt(m['val_dice'])} on {m.get('val_n', '?')} val images of the project"
+        summary = f"validation Dice {fmt(m['val_dice'])} on {m.get('val_n', '?')} val images of the project"
     elif "dice_mean" in m:
-        summary = f"test Dice {_fmt(m['dice_mean'])} on {m.get('n', '?')} held-out test images"
+        summary = f"test Dice {fmt(m['dice_mean'])} on {m.get('n', '?')} held-out test images"
     napari_diffseg = {
         "version": __version__,
         "model_id": src.model_id,
@@ -794,13 +457,13 @@ def export_bioimageio(
         raise ConfigError(f"{out} already exists; choose another name or pass --overwrite")
     if not out.parent.is_dir():
         raise ConfigError(f"folder {out.parent} does not exist")
-    src, bundle = _collect(Path(source), model_id, Path(test_image) if test_image else None, "cpu")
+    src, bundle = collect(Path(source), model_id, Path(test_image) if test_image else None, "cpu")
     if not authors:
         import getpass
 
         authors = [getpass.getuser() or "napari-diffseg user"]
     label = f"{src.project_name} {src.model_id}" if src.project_name else src.model_id
-    pkg_name = _safe_name(name or f"napari-diffseg {label}")
+    pkg_name = safe_name(name or f"napari-diffseg {label}")
     formats: list[_WeightFormat] = ["pytorch_state_dict", "torchscript"]
     tmp_zip = out.parent / f".{out.name}.{os.getpid()}.partial"
     work = Path(tempfile.mkdtemp(prefix="diffseg-export-"))
