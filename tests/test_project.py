@@ -641,3 +641,16 @@ def test_records_serialise(proj: Project) -> None:
     assert proj.next_image() is None
     with pytest.raises(DataError, match="state"):
         proj.set_state(image_id, "done")
+
+
+def test_final_event_and_state_are_one_write(proj: Project) -> None:
+    """A job's last event goes in with its final state; a refused move writes neither."""
+    from napari_diffseg.base.errors import ConfigError
+
+    job = proj.create_job("pretrain", {})
+    proj.set_job_state(job, "running")
+    proj.set_job_state(job, "done", event={"kind": "done", "phase": "pretrain", "message": "finished"})
+    assert proj.job(job).state == "done" and [e.data["kind"] for e in proj.events(job)] == ["done"]
+    with pytest.raises(ConfigError):
+        proj.set_job_state(job, "running", event={"kind": "log", "phase": "pretrain", "message": "again"})
+    assert len(proj.events(job)) == 1 and proj.job(job).state == "done"

@@ -532,21 +532,22 @@ def execute_job(
                 project.append_event(job_id, ev.to_dict())
                 if report is not None:
                     report(ev)
+        # the final event and the final state are written in one transaction (a kill between them
+        # would otherwise leave a "done" event on an interrupted job, and a second one after its resume)
         except Cancelled as exc:
-            project.append_event(job_id, Event("log", job.kind, message=str(exc)).to_dict())
-            project.set_job_state(job_id, "cancelled", error=str(exc))
+            final = Event("log", job.kind, message=str(exc)).to_dict()
+            project.set_job_state(job_id, "cancelled", error=str(exc), event=final)
             return "cancelled"
         except DiffsegError as exc:
-            project.append_event(job_id, Event("error", job.kind, message=str(exc)).to_dict())
-            project.set_job_state(job_id, "failed", error=str(exc))
+            final = Event("error", job.kind, message=str(exc)).to_dict()
+            project.set_job_state(job_id, "failed", error=str(exc), event=final)
             raise JobFailed(f"job {job_id} ({job.kind}) failed: {exc}") from exc
         except Exception as exc:
             msg = f"{type(exc).__name__}: {exc}"
-            project.append_event(job_id, Event("error", job.kind, message=msg).to_dict())
-            project.set_job_state(job_id, "failed", error=msg)
+            final = Event("error", job.kind, message=msg).to_dict()
+            project.set_job_state(job_id, "failed", error=msg, event=final)
             raise JobFailed(f"job {job_id} ({job.kind}) failed unexpectedly: {msg}") from exc
-        project.append_event(job_id, Event("done", job.kind, message="finished").to_dict())
-        project.set_job_state(job_id, "done")
+        project.set_job_state(job_id, "done", event=Event("done", job.kind, message="finished").to_dict())
         return "done"
 
 

@@ -72,9 +72,17 @@ class _JobsMixin(_StoreBase):
         return [_job(r) for r in rows]
 
     def set_job_state(
-        self, job_id: int, state: str, error: str | None = None, pid: int | None = None
+        self,
+        job_id: int,
+        state: str,
+        error: str | None = None,
+        pid: int | None = None,
+        event: Mapping[str, Any] | None = None,
     ) -> JobRecord:
         """Move a job to ``state``, recording an error message and/or the process id.
+
+        ``event`` (a final ``done`` / ``error`` / ``log`` event) is appended in the same transaction, so a
+        kill can never leave the event without the state or the state without the event.
 
         Allowed moves: queued → running/cancelled/failed/interrupted; running → done/failed/cancelled/
         interrupted; interrupted → queued/running/cancelled/failed; cancelled or failed → queued/running
@@ -91,6 +99,7 @@ class _JobsMixin(_StoreBase):
         if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
             raise DataError(f"a pid must be an integer, got {pid!r}.")
         self.job(job_id)
+        data = None if event is None else _to_json(dict(event), "a job event")
         now = time.time()
         with self._write() as tx:
             old = tx.execute("SELECT state, started_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -114,6 +123,8 @@ class _JobsMixin(_StoreBase):
             elif state in ("queued", "running"):
                 sets.append("finished_at = NULL")
             tx.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", [*params, job_id])
+            if data is not None:
+                self._insert_event(tx, job_id, data, now)
         return self.job(job_id)
 
     def append_event(self, job_id: int, event: Mapping[str, Any]) -> int:
@@ -122,16 +133,20 @@ class _JobsMixin(_StoreBase):
         self.job(job_id)
         now = time.time()
         with self._write() as tx:
-            seq = int(
-                tx.execute(
-                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM job_events WHERE job_id = ?", (job_id,)
-                ).fetchone()[0]
-            )
-            tx.execute(
-                "INSERT INTO job_events (job_id, seq, time, data) VALUES (?, ?, ?, ?)",
-                (job_id, seq, now, data),
-            )
+            seq = self._insert_event(tx, job_id, data, now)
             tx.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (now, job_id))
+        return seq
+
+    @staticmethod
+    def _insert_event(tx: Any, job_id: int, data: str, now: float) -> int:
+        seq = int(
+            tx.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM job_events WHERE job_id = ?", (job_id,)
+            ).fetchone()[0]
+        )
+        tx.execute(
+            "INSERT INTO job_events (job_id, seq, time, data) VALUES (?, ?, ?, ?)", (job_id, seq, now, data)
+        )
         return seq
 
     def events(self, job_id: int, since: int = 0, limit: int | None = None) -> list[JobEvent]:
