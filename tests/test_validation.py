@@ -169,3 +169,17 @@ def test_pseudo_label_and_cps_terms_change_the_students_gradients() -> None:
     no_cps = _grads(CoTrainModule(b, pr.with_overrides(cps_weight=0.0)), batch, 0.0)
     assert not torch.allclose(with_pseudo, gated)  # the teacher's pseudo-labels move the students
     assert not torch.allclose(gated, no_cps)  # so does cross pseudo-supervision
+
+
+def test_training_stops_when_validation_stalls(monkeypatch) -> None:
+    """With val_patience, a loop ends once its validation Dice has not improved for that many checks."""
+    monkeypatch.setattr(Validator, "score", lambda self: 0.5)  # never improves after the first check
+    pr = get_preset("tiny").with_overrides(cotrain_steps=100, val_every=2, val_patience=3)
+    imgs, masks = _blobs(4)
+    data = TrainData(imgs[:2], masks[:2], val=ValSet(imgs[2:], masks[2:]))
+    b = _bundle("supervised")
+    events = list(train_baseline(b, data, pr, generator=torch.Generator().manual_seed(0), device=CPU))
+    stop = [e for e in events if e.kind == "log" and "has not improved for 3 checks" in e.message]
+    assert len(stop) == 1 and stop[0].step == 2 + 3 * 2  # best at step 2, then 3 checks without gain
+    assert max(e.step for e in events if e.kind == "progress") == 8
+    assert events[-1].kind == "done"

@@ -61,6 +61,7 @@ PRESET_RANGES: dict[str, Range] = {
     "ema_decay": Range(0, 1, doc="a decay factor"),
     "val_every": Range(0, _STEPS, doc="steps between validation checks; 0: none"),
     "pseudo_gate_margin": Range(0, 1000, doc="a Dice margin; a large one (1000) turns the gate off"),
+    "val_patience": Range(0, 10_000, doc="validation checks without improvement before stopping; 0: never"),
     "ddim_steps": Range(1, 1000, doc="DDIM steps S"),
     "samples": Range(1, 256, doc="samples E per image"),
     "rounds": Range(1, 100, doc="chained rounds R"),
@@ -141,6 +142,9 @@ class Preset:
     # `pseudo_gate_margin` (Dice) worse than the students segment them.
     val_every: int = 50
     pseudo_gate_margin: float = 0.05
+    # Stop a loop once its validation Dice has not improved for this many checks (0: run every step):
+    # `diffseg experiment --converge` uses it to train references until they converge.
+    val_patience: int = 0
     # Sampling (proposals for the annotator, and pseudo-labels during co-training).
     ddim_steps: int = 10
     samples: int = 4

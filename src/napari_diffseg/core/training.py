@@ -217,6 +217,7 @@ def _validator(bundle: ModelBundle, data: TrainData, preset: Preset, loop: _Loop
         sw_batch=preset.sw_batch_size,
         every=preset.val_every,
         margin=preset.pseudo_gate_margin,
+        patience=preset.val_patience,
     )
 
 
@@ -317,6 +318,18 @@ def _check_weights(phase: str, total: int, preset: Preset, modules: Mapping[str,
             f"training diverged in stage {phase!r} (step {total}/{total}): {len(bad)} weight tensor(s) "
             f"hold NaN or infinite values (e.g. {', '.join(bad[:3])}). {_divergence_advice(preset)}"
         )
+
+
+def _stop_event(validator: Validator, phase: str, step: int, loop: _Loop) -> Event:
+    return Event(
+        "log",
+        phase,
+        step,
+        loop.total,
+        elapsed=loop.ticker.elapsed,
+        message=f"validation Dice has not improved for {validator.patience} checks (best "
+        f"{validator.best_dice:.3f} at step {validator.best_step}): stopping at step {step}",
+    )
 
 
 def _adam(params: Sequence[nn.Parameter], preset: Preset) -> torch.optim.Optimizer:
@@ -769,6 +782,9 @@ def cotrain(
             losses |= validator.check(step + 1)
             module.train()
         yield from loop.after_step(step + 1, losses, force="val_dice" in losses)
+        if validator.stalled(step + 1):
+            yield _stop_event(validator, "cotrain", step + 1, loop)
+            break
     yield from _finish(validator, "cotrain", loop.total, loop.ticker.elapsed)
     _check_weights("cotrain", loop.total, preset, loop.modules)
     yield Event("done", "cotrain", loop.total, loop.total, elapsed=loop.ticker.elapsed)
@@ -863,6 +879,9 @@ def train_baseline(
             for net in trainable.values():
                 net.train()
         yield from loop.after_step(step + 1, scalars, force="val_dice" in scalars)
+        if validator.stalled(step + 1):
+            yield _stop_event(validator, method, step + 1, loop)
+            break
     yield from _finish(validator, method, loop.total, loop.ticker.elapsed)
     _check_weights(method, loop.total, preset, loop.modules)
     yield Event("done", method, loop.total, loop.total, elapsed=loop.ticker.elapsed)

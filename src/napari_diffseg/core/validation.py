@@ -122,6 +122,7 @@ class Validator:
         sw_batch: int,
         every: int,
         margin: float = 0.05,
+        patience: int = 0,
     ) -> None:
         self.deployed = dict(deployed)
         self.val = val if val is not None else ValSet()
@@ -130,6 +131,7 @@ class Validator:
         self.multiple, self.roi, self.sw_batch = multiple, roi, sw_batch
         self.every = every
         self.margin = margin
+        self.patience = patience
 
     @property
     def enabled(self) -> bool:
@@ -204,6 +206,12 @@ class Validator:
             "val_teacher": self.teacher_dice,
             "gate": self.gate,
         }
+
+    def stalled(self, step: int) -> bool:
+        """True when ``patience`` > 0 and the last ``patience`` checks (up to ``step``) did not improve."""
+        if not self.enabled or self.patience <= 0 or self.best_step < 0:
+            return False
+        return step - self.best_step >= self.patience * self.every
 
     def set_teacher_dice(self, dice: float) -> None:
         self._set("teacher_dice", dice)
