@@ -137,7 +137,7 @@ def report(out: Path) -> str:
         + (" (dirty tree)" if prov.get("dirty") else "")
         + f", {prov.get('processor') or prov.get('machine')}, {prov.get('threads')} thread(s).",
         "",
-        "| arm | " + " | ".join(f"{f:.0%}" for f in fractions) + " | mean s/run |",
+        "| arm | " + " | ".join(f"{f:.0%}" for f in fractions) + " | mean training s |",
         "|---|" + "---|" * (len(fractions) + 1),
     ]
     for a in arms:
@@ -149,7 +149,7 @@ def report(out: Path) -> str:
                 continue
             m, sd = mean_sd([r["test"]["dice_mean"] for r in rs.values()])
             cells.append(f"{m:.3f} ± {sd:.3f} ({len(rs)})" if len(rs) > 1 else f"{m:.3f} (1)")
-            secs += [r["seconds"] for r in rs.values()]
+            secs += [r.get("train_seconds", r["seconds"]) for r in rs.values()]
         lines.append(f"| {a} | " + " | ".join(cells) + f" | {sum(secs) / max(1, len(secs)):.0f} |")
     full = by.get(("supervised-converged", 1.0)) or by.get(("supervised", 1.0))
     if full:
