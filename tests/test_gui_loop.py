@@ -143,7 +143,8 @@ def test_the_whole_loop_through_the_docked_widgets(make_napari_viewer, qtbot, tm
         assert isinstance(viewer.layers[name], Image) and isinstance(
             viewer.layers[f"{name} uncertainty"], Image
         )
-        assert viewer.layers[f"{name} uncertainty"].colormap.name == "magma"
+        assert viewer.layers[f"{name} uncertainty"].colormap.name.startswith("uncertainty ≥ 0.50")
+        assert tuple(viewer.layers[f"{name} uncertainty"].contrast_limits) == (0.0, 1.0)
         assert isinstance(annotate.labels, Labels) and annotate.labels.name == f"{name} proposal"
         assert annotate.model_id == first_model
         proposal = client.proposal_pixels(expected.id, "mask", model_id=first_model)

@@ -151,7 +151,9 @@ def test_the_proposal_shown_is_the_active_models_and_a_missing_one_is_requested(
     root = make_proposed_project(tmp_path / "proj")
     newer = tmp_path / "teacher1"
     newer.mkdir()
-    (newer / "config.json").write_text('{"format_version": 1}')
+    # it says it is a diffseg model (so the backend's pre-flight lets a propose job start), but it has
+    # no real weights: the job fails when it runs
+    (newer / "config.json").write_text('{"format_version": 1, "spec": {"method": "diffseg"}}')
     (newer / "weights.safetensors").write_bytes(b"\x00" * 64)
     other = np.zeros(SIZE, np.float32)
     other[30:40, 5:15] = 1.0

@@ -25,6 +25,7 @@ from napari_diffseg._widgets import train as train_module
 from napari_diffseg._widgets.train import JobHistory, TrainWidget, format_duration
 from napari_diffseg.backend.client import DiffsegClient
 from napari_diffseg.base.contracts import EventData, Model
+from napari_diffseg.review import LOSS_GROUPS, NOT_LOSSES
 
 WAIT_MS = 30_000
 JOB_MS = 120_000
@@ -203,16 +204,36 @@ def test_cotrain_round_is_plotted_with_progress_and_listed(
     assert client.job(job_id).state == "done"
     assert any(f"Job {job_id} (cotrain) finished" in m for m in messages["info"])
 
-    # the plot holds every loss point the backend recorded, one segment per phase
+    # the plot's groups (students, teacher, total) hold every loss point the backend recorded, one
+    # segment per phase; weights, fractions and validation scores are not losses
     recorded = [e.data for e in client.events(job_id).events]
-    n_points = sum(len([k for k in d.losses if k != "ramp"]) for d in recorded if d.kind == "progress")
-    qtbot.waitUntil(lambda: widget.loss_plot.point_count() == n_points > 0, timeout=WAIT_MS)
+    n_points = sum(
+        len([k for k in d.losses if k not in NOT_LOSSES and not k.startswith("val_")])
+        for d in recorded
+        if d.kind == "progress"
+    )
+
+    def plotted() -> int:
+        groups = [widget.loss_series(g) for g in LOSS_GROUPS]
+        return sum(sum(1 for y in ys if math.isfinite(y)) for g in groups for _xs, ys in g.values())
+
+    qtbot.waitUntil(lambda: plotted() == n_points > 0, timeout=WAIT_MS)
+    assert widget.loss_plot.point_count() > 0
+    assert set(widget.loss_series("students")) == {
+        "labelled images",
+        "teacher's pseudo-labels",
+        "agreement between the twins",
+    }
     phases = [name for _x, name in widget.loss_plot.marks]
     assert {"teacher", "cotrain"} <= set(phases)
 
     # ETA text and napari's progress bar followed the events; the bar is closed at the end
     assert any(
-        re.fullmatch(r"\S+ \d+/\d+ · (\d+:\d\d left in this phase|estimating time left…)", t) for t in etas
+        re.fullmatch(
+            r"\S+ \d+/\d+ · about \d+:\d\d left in the whole job( \(estimated; measuring this machine's speed\))?",
+            t,
+        )
+        for t in etas
     )
     assert widget.progress.value() == widget.progress.maximum() > 0
     assert bars and all(bar not in progress._all_instances for bar in bars)

@@ -27,6 +27,8 @@ import numpy as np
 from napari_diffseg._layers import to_display
 from napari_diffseg.backend.errors import BackendError
 from napari_diffseg.base.contracts import TRAINING_KINDS, EventData, Image, Job
+from napari_diffseg.base.cost import Plan
+from napari_diffseg.base.uncertainty import DEFAULT_THRESHOLD, SCALE, summarize_map
 
 __all__ = [
     "ANNOTATED",
@@ -92,14 +94,17 @@ def proposal_parts(client: Any, image_id: str, model_id: str | None) -> dict[str
     )
 
 
-def prepared(result: dict[str, Any]) -> dict[str, Any]:
+def prepared(result: dict[str, Any], threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
     """Worker: the arrays as the layers take them (int32 mask and its editable copy, float32 uncertainty
-    and its contrast limits), so the main thread only swaps data."""
+    with its fixed contrast limits :data:`~napari_diffseg.base.uncertainty.SCALE` and its
+    :class:`~napari_diffseg.base.uncertainty.MapSummary` at ``threshold``), so the main thread only swaps
+    data."""
     mask = np.asarray(result["mask"]).astype(np.int32)
     result["mask"], result["edit"] = mask, mask.copy()
     if result.get("uncertainty") is not None:
         unc = np.ascontiguousarray(result["uncertainty"], dtype=np.float32)
         result["uncertainty"], result["limits"] = unc, uncertainty_limits(unc)
+        result["summary"] = summarize_map(unc, threshold)
     return result
 
 
@@ -271,26 +276,70 @@ def fetch_image(
     return record, data, extra, rgb
 
 
-def uncertainty_limits(uncertainty: np.ndarray) -> tuple[float, float]:
-    """Contrast limits that make this image's most uncertain regions stand out: its median to its 99.5th
-    percentile, so (with additive blending) the typical half of the image stays black and only the more
-    uncertain regions glow (a span of at least 1e-3, so a flat map stays dark instead of amplifying
-    noise)."""
-    if not uncertainty.size:
-        return 0.0, 1.0
-    low, high = (float(v) for v in np.percentile(uncertainty, [50, 99.5]))
-    return low, max(high, low + 1e-3)
+def uncertainty_limits(uncertainty: np.ndarray | None = None) -> tuple[float, float]:
+    """The uncertainty layer's contrast limits: always the fixed scale
+    :data:`~napari_diffseg.base.uncertainty.SCALE` (0 to 1 bit), never stretched per image, so a colour
+    means the same uncertainty on every image (a per-image stretch turned a flat, uninformative map into
+    full-range noise)."""
+    return SCALE
 
 
 # ------------------------------------------------------------------------------------------ jobs
-NOT_LOSSES = frozenset({"ramp"})  # reported with the losses, but a schedule weight, not a loss
+NOT_LOSSES = frozenset({"ramp", "gate", "agree"})  # reported with the losses: weights and a fraction
+VALIDATION_PREFIX = "val_"  # validation scores reported with the losses (drawn in the Dice plot)
+
+LOSS_GROUPS = ("students", "teacher", "total")
+"""The groups the loss plot offers, in that order."""
+_LOSS_NAMES: dict[tuple[str, str], tuple[str, str]] = {
+    ("pretrain", "loss"): ("total", "label-free pretraining"),
+    ("pretrain", "reconstruction"): ("teacher", "label-free: image reconstruction"),
+    ("pretrain", "marginal"): ("teacher", "label-free: class balance"),
+    ("pretrain", "pixel_entropy"): ("teacher", "label-free: indecision"),
+    ("teacher", "loss"): ("teacher", "labelled masks"),
+    ("cotrain", "loss"): ("total", "co-training"),
+    ("cotrain", "sup"): ("students", "labelled images"),
+    ("cotrain", "pseudo"): ("students", "teacher's pseudo-labels"),
+    ("cotrain", "cps"): ("students", "agreement between the twins"),
+    ("cotrain", "teacher_sup"): ("teacher", "labelled masks"),
+    ("cotrain", "teacher_unsup"): ("teacher", "students' consensus"),
+}
+"""(phase, loss key of the training loop) → (group, plain name). Stage B's loss and co-training's
+``teacher_sup`` are the same loss (the teacher denoising the labelled masks), so they share a curve."""
+
+
+def loss_name(phase: str, key: str) -> tuple[str, str]:
+    """The group and the plain name a loss is drawn under (:data:`LOSS_GROUPS`); a baseline's losses are
+    the students', anything unknown keeps its key under "total"."""
+    known = _LOSS_NAMES.get((phase, key))
+    if known is not None:
+        return known
+    if phase in ("supervised", "mean-teacher", "cps"):
+        return ("total", phase) if key == "loss" else ("students", key.replace("_", " "))
+    return "total", f"{phase}: {key}" if key != "loss" else phase
+
+
+PHASE_NAMES = {
+    "start": "starting",
+    "pretrain": "label-free pretraining",
+    "teacher": "teacher",
+    "pseudo-labels": "pseudo-labels",
+    "cotrain": "co-training",
+    "validation": "validation",
+    "propose": "proposals",
+}
 
 
 def describe_event(data: EventData) -> str:
-    """One status line for a progress event's ``data`` (phase, step, losses)."""
-    losses = ", ".join(f"{k} {v:.3g}" for k, v in data.losses.items())
+    """One status line for a progress event's ``data`` (phase, step, the main loss)."""
+    phase = PHASE_NAMES.get(data.phase, data.phase)
     step = f"{data.step}/{data.total}" if data.total else ""
-    text = " ".join(p for p in (data.phase, step, losses) if p)
+    losses = {
+        k: v for k, v in data.losses.items() if k not in NOT_LOSSES and not k.startswith(VALIDATION_PREFIX)
+    }
+    loss = f"loss {losses['loss']:.3g}" if "loss" in losses else ""
+    val = f"val Dice {data.losses['val_dice']:.3f}" if "val_dice" in data.losses else ""
+    extra = data.message if data.phase in ("pseudo-labels", "propose") and data.message else ""
+    text = " ".join(p for p in (phase, step, extra, loss, val) if p)
     return text or data.message
 
 
@@ -305,40 +354,86 @@ def format_duration(seconds: float) -> str:
 class JobHistory:
     """What the widget shows of one job, built from its events (pure Python, no Qt).
 
+    With a :class:`~napari_diffseg.base.cost.Plan` (:meth:`set_plan`) and event times, progress and ETA
+    cover the **whole job**: each event is placed in its phase of the plan, the work done is the plan's
+    predicted seconds of what is finished, and the time left is the predicted seconds still to do ×
+    the speed measured so far (elapsed wall time ÷ predicted seconds done), or × ``factor`` (the speed of
+    an earlier job) before there is enough to measure. Without a plan: the current phase only.
+
     Attributes:
         phase, step, total: The latest progress event's phase and position in it.
         losses: Loss name → (x, y); x counts steps over the whole job (each phase segment starts where
-            the previous one ended) and a NaN separates segments.
+            the previous one ended) and a NaN separates segments. Names are the loop's keys; see
+            :func:`loss_name` for what a person reads.
         marks: (x, phase) where each loss segment starts.
         val_dice: Co-training round → validation Dice, from ``metrics`` events.
         last: The latest event's data.
+        plan: The job's plan, or None.
+        round: The co-training round under way (1-based; from the plan's point of view).
     """
 
-    def __init__(self) -> None:
+    #: Predicted seconds (reference machine) that must be done before the measured speed is trusted.
+    MIN_MEASURED = 3.0
+
+    def __init__(self, plan: Plan | None = None, factor: float = 1.0) -> None:
         self.phase = ""
         self.step = 0
         self.total = 0
         self.losses: dict[str, tuple[list[float], list[float]]] = {}
+        self.loss_phase: dict[str, str] = {}  # loss key → the phase it was last reported in
         self.marks: list[tuple[float, str]] = []
         self.val_dice: dict[int, float] = {}
         self.last: EventData | None = None
         self.count = 0
+        self.plan = plan
+        self.factor = factor
+        self.round = 1
+        self.started_at: float | None = None
+        self.ended = False
         self._anchor: dict[str, tuple[int, float]] = {}  # phase → (step, elapsed) where its timing starts
         self._elapsed: dict[str, tuple[int, float]] = {}  # phase → latest (step, elapsed)
         self._segment: tuple[str, int] | None = None  # (phase, last step) of the current loss segment
         self._offset = 0.0
         self._end = 0.0
+        self._done: dict[int, float] = {}  # plan phase index → units done
+        self._reached = -1  # the furthest plan phase index an event belonged to
+        self._last_time: float | None = None
+        self._first: tuple[float, float] | None = None  # (time, predicted seconds done) at the first event
+        self._base_done = 0.0  # predicted seconds already done before this run of the job started
 
-    def add(self, data: EventData) -> None:
-        """Take one event's ``data`` into account."""
+    # ----------------------------------------------------------------------------------- input
+
+    def set_plan(self, plan: Plan | None, factor: float | None = None) -> None:
+        """Use ``plan`` for whole-job progress (``factor``: the expected speed, wall ÷ predicted)."""
+        self.plan = plan
+        if factor is not None:
+            self.factor = factor
+
+    def set_started(self, started_at: float | None) -> None:
+        """The job's (latest) start time on the backend's clock; events before it are an earlier run."""
+        self.started_at = started_at
+
+    def add(self, data: EventData, time: float | None = None) -> None:
+        """Take one event's ``data`` into account (``time``: when the backend recorded it)."""
         self.count += 1
         self.last = data
+        if time is not None:
+            self._last_time = time
         if data.kind == "progress" and data.total:
             self._progress(data)
         elif data.kind == "metrics":
             metrics = data.metrics
             if "val_dice" in metrics and "round" in metrics:
                 self.val_dice[int(metrics["round"])] = float(metrics["val_dice"])
+            if data.phase == "cotrain" and "round" in metrics and data.step:
+                self._round_done(int(data.step))
+        elif data.kind == "done" and data.message == "finished":  # the job's own last event
+            self.ended = True
+        if self.plan is not None and time is not None:
+            if self.started_at is not None and time < self.started_at:
+                self._base_done = self.done_seconds()  # history of an earlier run: not this run's speed
+            elif self._first is None:
+                self._first = (time, self.done_seconds())
 
     def _progress(self, data: EventData) -> None:
         phase, step, total = data.phase, data.step, data.total
@@ -348,7 +443,12 @@ class JobHistory:
             self._anchor[phase] = (step, elapsed)
         self._elapsed[phase] = (step, elapsed)
         self.phase, self.step, self.total = phase, step, total
-        losses = {k: v for k, v in data.losses.items() if k not in NOT_LOSSES}
+        self._place(data)
+        losses = {
+            k: v
+            for k, v in data.losses.items()
+            if k not in NOT_LOSSES and not k.startswith(VALIDATION_PREFIX)
+        }
         if not losses:
             return
         if self._segment is None or self._segment[0] != phase or step < self._segment[1]:
@@ -365,6 +465,97 @@ class JobHistory:
             xs, ys = self.losses.setdefault(name, ([], []))
             xs.append(x)
             ys.append(float(value))
+            self.loss_phase[name] = phase
+
+    # ----------------------------------------------------------------------------------- the plan
+
+    def _round_done(self, job_round: int) -> None:
+        """The ``metrics`` event of co-training round ``job_round`` (1-based within the job)."""
+        if self.plan is not None:
+            for i, p in enumerate(self.plan.phases):
+                if p.round and p.round <= job_round:
+                    self._done[i] = p.units
+                    self._reached = max(self._reached, i)
+        self.round = job_round + 1
+
+    def _place(self, data: EventData) -> None:
+        """Count a progress event against its phase of the plan."""
+        plan = self.plan
+        if plan is None:
+            return
+        key = data.phase
+        if key == "pseudo-labels" and "validation" in data.message:
+            key = "val-pseudo-labels"  # the annotated validation images (the pseudo-label gate)
+        index = next(
+            (i for i, p in enumerate(plan.phases) if p.key == key and p.round in (self.round, 0)), None
+        )
+        if index is None:
+            index = next((i for i, p in enumerate(plan.phases) if p.key == key), None)
+        if index is None:
+            return
+        units = float(data.step)
+        if key in ("pseudo-labels", "val-pseudo-labels"):
+            refresh = _refresh_index(data.message)
+            units = refresh * data.total + data.step
+        phase = plan.phases[index]
+        self._done[index] = min(float(phase.units), max(self._done.get(index, 0.0), units))
+        if index > self._reached:
+            for i in range(index):  # everything before it has finished (pseudo-labels and co-training
+                p = plan.phases[i]  # of the same round interleave: each counts on its own)
+                if p.round == phase.round and {p.key, key} <= _INTERLEAVED:
+                    continue
+                self._done[i] = p.units
+            self._reached = index
+
+    def done_seconds(self) -> float:
+        """Predicted seconds (reference machine) of the plan's work done so far."""
+        if self.plan is None:
+            return 0.0
+        done = 0.0
+        for i, p in enumerate(self.plan.phases):
+            units = self._done.get(i, 0.0)
+            if p.key == "start" and self.count:
+                units = p.units
+            done += p.seconds * min(1.0, units / p.units) if p.units else (p.seconds if units else 0.0)
+        return done
+
+    def fraction(self) -> float | None:
+        """Share of the whole job done (by predicted cost), or None without a plan."""
+        if self.plan is None or self.plan.seconds <= 0:
+            return None
+        if self.ended:
+            return 1.0
+        return min(1.0, self.done_seconds() / self.plan.seconds)
+
+    def speed(self) -> float | None:
+        """Measured wall seconds per predicted second in this run of the job (None: too early to say).
+
+        From the job's start (:meth:`set_started`) when known, else from its first event."""
+        if self.plan is None or self._last_time is None:
+            return None
+        if self.started_at is not None and self._last_time >= self.started_at:
+            t0, done0 = self.started_at, self._base_done
+        elif self._first is not None:
+            t0, done0 = self._first
+        else:
+            return None
+        done = self.done_seconds() - done0
+        wall = self._last_time - t0
+        if done < self.MIN_MEASURED or wall <= 0:
+            return None
+        return wall / done
+
+    def job_eta_seconds(self) -> float | None:
+        """Seconds left in the whole job, or None without a plan."""
+        if self.plan is None:
+            return None
+        if self.ended:
+            return 0.0
+        left = max(0.0, self.plan.seconds - self.done_seconds())
+        speed = self.speed()
+        return left * (speed if speed is not None else self.factor)
+
+    # ----------------------------------------------------------------------------------- ETA
 
     def eta_seconds(self) -> float | None:
         """Seconds left in the current phase at its step rate so far; None before a rate is known."""
@@ -382,12 +573,36 @@ class JobHistory:
         return (self.total - step) / rate
 
     def eta_text(self) -> str:
-        """``phase step/total · m:ss left``, or "" before the first progress event."""
+        """With a plan: ``round 1/2 · pseudo-labels 3/8 · about 2:40 left in the whole job``; without:
+        ``phase step/total · m:ss left in this phase``; "" before the first progress event (with a plan:
+        the predicted time of the whole job)."""
+        if self.plan is not None:
+            eta = self.job_eta_seconds()
+            left = "" if eta is None else f"about {format_duration(eta)} left in the whole job"
+            if not self.phase:
+                return f"starting · {left}" if left else ""
+            rounds = max((p.round for p in self.plan.phases), default=0)
+            where = [f"round {min(self.round, rounds)}/{rounds}"] if rounds > 1 else []
+            where.append(f"{self.phase} {self.step}/{self.total}")
+            if self.speed() is None:
+                left += " (estimated; measuring this machine's speed)"
+            return " · ".join([*where, left])
         if not self.phase:
             return ""
         eta = self.eta_seconds()
         left = "estimating time left…" if eta is None else f"{format_duration(eta)} left in this phase"
         return f"{self.phase} {self.step}/{self.total} · {left}"
+
+
+_INTERLEAVED = frozenset({"pseudo-labels", "val-pseudo-labels", "cotrain"})
+
+
+def _refresh_index(message: str) -> int:
+    """The pass number of a pseudo-label event (its message reads ``refresh K``)."""
+    parts = message.split()
+    if len(parts) >= 2 and parts[0] == "refresh" and parts[1].isdigit():
+        return int(parts[1])
+    return 0
 
 
 def follow_job(

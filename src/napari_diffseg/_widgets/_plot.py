@@ -3,6 +3,10 @@
 A matplotlib canvas takes ~40 ms per draw on a small CPU, which alone would break the GUI's event-loop
 target (p99 < 50 ms); this widget draws a few thousand points in about a millisecond. Changes are
 throttled: setting data marks the plot dirty and one repaint follows at most every ``interval_ms``.
+(pyqtgraph would do as well, but napari does not bring it, and this is the only plot we need.)
+
+Tick labels carry as many decimals as their spacing needs (ticks 0.998, 1.000, 1.002 are not all
+"1"); the legend sits under the axes, never over the curves.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from qtpy.QtCore import QPointF, QRectF, Qt, QTimer
 from qtpy.QtGui import QColor, QFont, QPainter, QPainterPath, QPalette, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-__all__ = ["COLORS", "CurvePlot", "nice_ticks"]
+__all__ = ["COLORS", "CurvePlot", "nice_ticks", "tick_labels"]
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _MAX_POINTS = 2000  # per series on screen; longer series are thinned (every k-th point)
@@ -32,8 +36,20 @@ def nice_ticks(lo: float, hi: float, count: int = 5, min_step: float = 0.0) -> l
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
-def _label(value: float) -> str:
-    return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.2g}"
+def tick_labels(ticks: Sequence[float]) -> list[str]:
+    """Labels for evenly spaced ticks, with just the decimals their spacing needs (so neighbours differ)."""
+    if not ticks:
+        return []
+    if len(ticks) == 1:
+        return [f"{ticks[0]:.3g}"]
+    step = abs(ticks[1] - ticks[0]) or 1.0
+    biggest = max(abs(t) for t in ticks)
+    if biggest >= 1e5 or step < 1e-4:
+        return [f"{t:.3g}" if t else "0" for t in ticks]
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    if any(abs(round(t, decimals) - t) > step * 1e-3 for t in ticks):  # e.g. a step of 0.25
+        decimals += 1
+    return [f"{t:.{decimals}f}" for t in ticks]
 
 
 class CurvePlot(QWidget):
@@ -159,6 +175,21 @@ class CurvePlot(QWidget):
         finally:
             painter.end()
 
+    def _legend_rows(self, fm: object, width: float) -> list[list[tuple[str, float]]]:
+        """The legend's entries (name, width) wrapped into rows that fit ``width``."""
+        if len(self.series) < 2:
+            return []
+        rows: list[list[tuple[str, float]]] = [[]]
+        used = 0.0
+        for name in self.series:
+            w = fm.horizontalAdvance(name) + 26  # type: ignore[attr-defined]
+            if rows[-1] and used + w > width:
+                rows.append([])
+                used = 0.0
+            rows[-1].append((name, w))
+            used += w
+        return rows
+
     def _paint(self, p: QPainter) -> None:
         p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
         fg = self.palette().color(QPalette.ColorRole.WindowText)
@@ -169,9 +200,16 @@ class CurvePlot(QWidget):
         p.setFont(font)
         fm = p.fontMetrics()
         h_text = fm.height()
-        frame = QRectF(self.rect()).adjusted(
-            fm.horizontalAdvance("-0.000") + 8, h_text + 6, -8, -2 * h_text - 4
-        )
+        rect = QRectF(self.rect())
+        legend = self._legend_rows(fm, rect.width() - 8)
+        limits = self._limits()
+        y_labels: list[tuple[float, str]] = []
+        if limits is not None:
+            rough_h = rect.height() - (3 + len(legend)) * h_text - 10
+            ticks = nice_ticks(limits[2], limits[3], max(2, int(rough_h // (2.5 * h_text))))
+            y_labels = list(zip(ticks, tick_labels(ticks), strict=True))
+        label_w = max([fm.horizontalAdvance(t) for _v, t in y_labels] + [fm.horizontalAdvance("0.0")])
+        frame = rect.adjusted(label_w + 10, h_text + 6, -8, -(2 + len(legend)) * h_text - 6)
         p.setPen(fg)
         p.drawText(QPointF(4, h_text), self.title)
         p.drawText(
@@ -181,7 +219,6 @@ class CurvePlot(QWidget):
         )
         p.setPen(QPen(dim, 1))
         p.drawRect(frame)
-        limits = self._limits()
         if limits is None or frame.width() < 10 or frame.height() < 10:
             p.setPen(dim)
             p.drawText(frame, int(Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap), self.empty_text)
@@ -194,7 +231,7 @@ class CurvePlot(QWidget):
                 frame.bottom() - (y - y0) / (y1 - y0) * frame.height(),
             )
 
-        for ty in nice_ticks(y0, y1, max(2, int(frame.height() // (2.5 * h_text)))):
+        for ty, text in y_labels:
             pt = to_px(x0, ty)
             p.setPen(QPen(dim, 1))
             p.drawLine(QPointF(frame.left() - 3, pt.y()), QPointF(frame.left(), pt.y()))
@@ -202,12 +239,12 @@ class CurvePlot(QWidget):
             p.drawText(
                 QRectF(0, pt.y() - h_text / 2, frame.left() - 5, h_text),
                 int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter),
-                _label(ty),
+                text,
             )
         x_ticks = nice_ticks(
             x0, x1, max(2, int(frame.width() // (6 * h_text))), 1.0 if self.integer_x else 0.0
         )
-        for tx in x_ticks:
+        for tx, text in zip(x_ticks, tick_labels(x_ticks), strict=True):
             pt = to_px(tx, y0)
             p.setPen(QPen(dim, 1))
             p.drawLine(QPointF(pt.x(), frame.bottom()), QPointF(pt.x(), frame.bottom() + 3))
@@ -215,7 +252,7 @@ class CurvePlot(QWidget):
             p.drawText(
                 QRectF(pt.x() - 40, frame.bottom() + 2, 80, h_text),
                 int(Qt.AlignmentFlag.AlignHCenter),
-                _label(tx),
+                text,
             )
         p.setClipRect(frame.adjusted(-4, -4, 4, 4))
         for x, text in self.marks:
@@ -249,23 +286,17 @@ class CurvePlot(QWidget):
                 for pt in points:
                     p.drawEllipse(pt, 2.5, 2.5)
         p.setClipping(False)
-        self._legend(p, frame, fm.height())
+        self._legend(p, legend, frame.bottom() + 2 * h_text + 4, h_text)
 
-    def _legend(self, p: QPainter, frame: QRectF, h_text: int) -> None:
-        if len(self.series) < 2:
-            return
-        fm = p.fontMetrics()
-        width = max(fm.horizontalAdvance(name) for name in self.series) + 22
-        x = frame.right() - width - 4
-        y = frame.top() + 4
-        bg = self.palette().color(QPalette.ColorRole.Window)
-        bg.setAlpha(190)
-        p.setPen(Qt.PenStyle.NoPen)
-        p.setBrush(bg)
-        p.drawRect(QRectF(x, y, width, h_text * len(self.series) + 4))
-        for i, name in enumerate(self.series):
-            yy = y + 2 + h_text * (i + 0.5)
-            p.setPen(QPen(QColor(self.colors.get(name, COLORS[0])), 2))
-            p.drawLine(QPointF(x + 4, yy), QPointF(x + 16, yy))
-            p.setPen(self.palette().color(QPalette.ColorRole.WindowText))
-            p.drawText(QPointF(x + 20, yy + h_text / 2 - 3), name)
+    def _legend(self, p: QPainter, rows: list[list[tuple[str, float]]], top: float, h_text: int) -> None:
+        """One short line of colour and the name per series, in rows under the axes."""
+        fg = self.palette().color(QPalette.ColorRole.WindowText)
+        for r, row in enumerate(rows):
+            x = 4.0
+            yy = top + h_text * (r + 0.5)
+            for name, width in row:
+                p.setPen(QPen(QColor(self.colors.get(name, COLORS[0])), 2.5))
+                p.drawLine(QPointF(x + 2, yy), QPointF(x + 16, yy))
+                p.setPen(fg)
+                p.drawText(QPointF(x + 20, yy + h_text / 2 - 3), name)
+                x += width

@@ -64,6 +64,8 @@ class Session(QObject):
             returns (or raises) is handed over with the image (:attr:`prefetched`). Set by the annotate
             widget; None: nothing is fetched with the image.
         prefetched: ``(image id, what companion returned or raised)`` for the image last opened, or None.
+        speed: Wall seconds per predicted second (:mod:`napari_diffseg.base.cost`) the last job this
+            session followed took on this backend; the train widget's estimates use it. None: no job yet.
     """
 
     connected = Signal(object)  # the client
@@ -71,6 +73,7 @@ class Session(QObject):
     images_changed = Signal()  # images were imported, saved or rejected: listings are out of date
     jobs_interrupted = Signal(object)  # the interrupted jobs found on connecting (a list of job records)
     follow_job = Signal(int)  # a job id the train widget should follow (e.g. one just resumed)
+    model_changed = Signal(object)  # the active model's id (or None) when it differs from the one known
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,11 +88,17 @@ class Session(QObject):
         self.prefetched: tuple[str, Any] | None = None
         # how "Next image" (and Reject → next) picks: "uncertainty" (the most uncertain) or "power"
         self.next_strategy = "uncertainty"
+        self.speed: float | None = None
 
     def set_model_id(self, model_id: str | None) -> None:
-        """Remember the backend's active model (the proposals shown come from it)."""
-        self.model_id = None if model_id is None else str(model_id)
+        """Remember the backend's active model (the proposals shown come from it); :attr:`model_changed`
+        fires when it is not the one known before."""
+        new = None if model_id is None else str(model_id)
+        changed = self.model_known and new != self.model_id
+        self.model_id = new
         self.model_known = True
+        if changed:
+            self.model_changed.emit(new)
 
     def refresh_model(self) -> None:
         """Ask the backend which model is active (in a worker) and remember it."""
@@ -110,6 +119,7 @@ class Session(QObject):
         self.client = client
         self.interrupted_jobs = []
         self.model_id, self.model_known = None, False
+        self.speed = None  # another backend, another machine
         self.connected.emit(client)
         self.refresh_model()
         run_in_thread(

@@ -14,6 +14,13 @@ annotation version** as the editable Labels layer (named "… annotation"; no pr
 it sends a new version that replaces that one (``replaces=<latest>``, no proposal id), so a stale save is
 still refused; "Load / request proposal" shows the active model's proposal instead.
 
+**The uncertainty layer** is on a fixed scale (0 to 1 bit, :mod:`napari_diffseg.base.uncertainty`), never
+stretched per image; only pixels at or above the threshold (the box under the legend, 0.5 bit by default)
+are coloured, the rest is transparent, so the image and the proposal stay visible. The line under it says
+how much of the image is coloured, or that the map is flat (a model not trained enough for its
+uncertainty to mean anything). The proposal is drawn in one colour (yellow: the teacher's proposal, as
+in the report) whatever the image's colours.
+
 The Labels and uncertainty layers are created once and reused for every image (new data, name and
 contrast; the Labels undo history is cleared so Ctrl-Z cannot bring back another image's mask): removing
 layers and adding new ones is several times slower, and crashed napari with Mesa's software OpenGL.
@@ -33,12 +40,22 @@ from typing import Any
 
 import numpy as np
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QMessageBox, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_diffseg._widgets._session import notify_error, run_in_thread, session_for
 from napari_diffseg._widgets.project import show_image
 from napari_diffseg.backend.errors import BackendError, StaleAnnotation
 from napari_diffseg.base.contracts import Image, Job, SavedAnnotation
+from napari_diffseg.base.uncertainty import DEFAULT_THRESHOLD, LEGEND, SCALE, probability_band, summarize_map
 from napari_diffseg.review import (
     load_for_image,
     prepared,
@@ -47,7 +64,16 @@ from napari_diffseg.review import (
     uncertainty_limits,
 )
 
-__all__ = ["REJECT_HELP", "SAVE_KEY", "AnnotateWidget", "ask_unsaved", "uncertainty_limits"]
+__all__ = [
+    "PROPOSAL_COLOR",
+    "REJECT_HELP",
+    "SAVE_KEY",
+    "AnnotateWidget",
+    "ask_unsaved",
+    "label_colormap",
+    "uncertainty_colormap",
+    "uncertainty_limits",
+]
 
 CLOSED_LABELS = "(no proposal)"  # the names of the hidden layers kept for the next image
 CLOSED_UNCERTAINTY = "(no uncertainty)"
@@ -58,6 +84,44 @@ REJECT_HELP = (
     "it and 'Next image' skips it; nothing is deleted. Then the next image opens. 'Include again' undoes "
     "it (so does saving a correction for the image)."
 )
+
+
+PROPOSAL_COLOR = "#ffd700"  # label 1: the teacher's proposal is yellow everywhere (widget and report)
+_OTHER_LABELS = ("#00e5ff", "#ff4fd8", "#7cfc00", "#ff8c00", "#b388ff", "#ffffff")  # labels 2, 3, ...
+
+
+def label_colormap() -> Any:
+    """The Labels layer's colours: 0 transparent, 1 yellow, further classes fixed bright colours (never
+    napari's random dark red, which vanished on red fundus photographs)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors: dict[int | None, str] = {None: "#ff8c00", 0: "transparent", 1: PROPOSAL_COLOR}
+    for i, color in enumerate(_OTHER_LABELS, start=2):
+        colors[i] = color
+    return DirectLabelColormap(color_dict=colors)
+
+
+def uncertainty_colormap(threshold: float = DEFAULT_THRESHOLD) -> Any:
+    """Magma from ``threshold`` to 1 bit, transparent below it (for contrast limits :data:`SCALE`).
+
+    The colours start at magma's violet (not its black, which would hide the image) and reach its pale
+    yellow at 1 bit; alpha rises from 0.55 to 0.9 so the most uncertain regions stand out most."""
+    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps.colormap_utils import ensure_colormap
+
+    t = float(min(max(threshold, 0.0), 0.999))
+    magma = ensure_colormap("magma")
+    stops = np.linspace(0.0, 1.0, 9)
+    values = magma.map(0.3 + 0.7 * stops)  # violet → orange → pale yellow
+    values[:, 3] = 0.55 + 0.35 * stops
+    controls = [0.0, t, *(t + (1.0 - t) * stops)]
+    colors = np.vstack([[0, 0, 0, 0], [0, 0, 0, 0], values])
+    if t <= 0.0:
+        controls, colors = controls[2:], colors[2:]
+    controls[-1] = 1.0
+    return Colormap(
+        colors=colors, controls=controls, name=f"uncertainty ≥ {t:.2f} bit", interpolation="linear"
+    )
 
 
 def ask_unsaved(parent: QWidget | None, name: str) -> str:
@@ -122,10 +186,30 @@ class AnnotateWidget(QWidget):
         self._clean: np.ndarray | None = None  # the Labels data as last loaded or saved
         self._saving: np.ndarray | None = None  # the data of the save in flight
         self._after_save: list[Callable[[], None]] = []
+        self._waiting_for_model = False  # no proposal was shown for want of a model: show one when it comes
+        self._shown_unc: np.ndarray | None = None
 
-        self.current = QLabel("no image: open one in the DiffSeg project widget")
+        self.current = QLabel("no image: open one in the DiffSeg project widget (Next image)")
         self.current.setWordWrap(True)
+        self.current.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
         self.current.setMinimumHeight(2 * self.current.fontMetrics().lineSpacing() + 4)  # two lines
+        low, high = probability_band(DEFAULT_THRESHOLD)
+        self.legend = QLabel(f"<b>Uncertainty</b> (0–1 bit): {LEGEND}")
+        self.legend.setWordWrap(True)
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.0, 0.95)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setDecimals(2)
+        self.threshold.setSuffix(" bit")
+        self.threshold.setValue(DEFAULT_THRESHOLD)
+        self.threshold.setToolTip(
+            "Pixels at or above this uncertainty are coloured; the rest is transparent. "
+            f"{DEFAULT_THRESHOLD:g} bit: the teacher's mean foreground probability lies between "
+            f"{low:.2f} and {high:.2f}; 1 bit: its samples split 50/50."
+        )
+        self.unc_summary = QLabel("")
+        self.unc_summary.setWordWrap(True)
+        self.unc_summary.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
         self.load_button = QPushButton("Load / request proposal")
         self.load_button.setToolTip(
             "Show the active model's proposal for this image again; when it has none yet, ask the backend "
@@ -147,11 +231,18 @@ class AnnotateWidget(QWidget):
         review = QHBoxLayout()
         review.addWidget(self.reject_button)
         review.addWidget(self.include_button)
+        threshold_row = QHBoxLayout()
+        threshold_row.addWidget(QLabel("colour uncertainty from"))
+        threshold_row.addWidget(self.threshold)
+        threshold_row.addStretch(1)
         layout = QVBoxLayout(self)
         layout.addWidget(self.current)
         layout.addWidget(self.load_button)
         layout.addLayout(buttons)
         layout.addLayout(review)
+        layout.addWidget(self.legend)
+        layout.addLayout(threshold_row)
+        layout.addWidget(self.unc_summary)
         layout.addStretch(1)
 
         self.load_button.clicked.connect(self.load_proposal)
@@ -159,7 +250,9 @@ class AnnotateWidget(QWidget):
         self.revert_button.clicked.connect(self.revert)
         self.reject_button.clicked.connect(self.reject)
         self.include_button.clicked.connect(self.include_again)
+        self.threshold.valueChanged.connect(self._on_threshold)
         self.session.image_opened.connect(self._on_image_opened)
+        self.session.model_changed.connect(self._on_model_changed)
         self.session.switch_guard = self.confirm_switch
         self.session.companion = load_for_image  # the proposal is fetched with the image's pixels
         self.destroyed.connect(partial(_drop_guard, self.session))
@@ -180,7 +273,8 @@ class AnnotateWidget(QWidget):
             else:
                 self._close_proposal()
         self.include_button.setEnabled(record.state == "excluded" or self.last_rejected is not None)
-        self.current.setText(f"image: {record.name} ({record.state})")
+        self._waiting_for_model = False
+        self.current.setText(f"{record.name} ({record.state}): loading…")
         if self.session.client is None or self.has_unsaved_edits():
             return
         self._load_token += 1  # whatever was being fetched for the previous image is not shown
@@ -219,6 +313,17 @@ class AnnotateWidget(QWidget):
 
     def _on_save_key(self, _viewer: Any) -> None:
         self.save()
+
+    def _on_model_changed(self, model_id: str | None) -> None:
+        """A model became active: if the image under review showed nothing for want of one (or the
+        proposal request failed that way), show its proposal now (no click needed)."""
+        image = self.session.image
+        if model_id is None or image is None or not self._waiting_for_model or not self._alive.value:
+            return
+        if self.image_id is not None or self.has_unsaved_edits():
+            return
+        self._waiting_for_model = False
+        self._request_proposal(image.id, explicit=False)
 
     # ------------------------------------------------------------------------------ unsaved edits
 
@@ -269,6 +374,8 @@ class AnnotateWidget(QWidget):
                     _clear_history(layer)  # Ctrl-Z must not bring back what was dropped
         self.proposal_mask = self._clean = None
         self.image_id = self.proposal_id = self.base_version = self.model_id = None
+        self._shown_unc = None
+        self.unc_summary.setText("")
 
     # ------------------------------------------------------------------------------ load / revert
 
@@ -337,9 +444,21 @@ class AnnotateWidget(QWidget):
         image_id, self._loading = self._loading, None
         if image_id is not None:
             self._propose_jobs.pop(image_id, None)
+        no_model = isinstance(exc, BackendError) and (
+            exc.code == "no_model" or (exc.code == "not_ready" and self.session.model_id is None)
+        )
         message = exc.message if isinstance(exc, BackendError) else str(exc)
-        self.current.setText(f"no proposal shown: {message}")
-        if explicit or not (isinstance(exc, BackendError) and exc.code == "no_model"):
+        name = self._image_name(image_id) if image_id is not None else "this image"
+        if no_model:
+            self._waiting_for_model = True
+            self.current.setText(
+                f"{name}: no proposal shown: the project has no model yet. Run 'pretrain' in the DiffSeg "
+                "Train widget; the proposal then opens here by itself."
+            )
+        else:
+            self.current.setText(f"{name}: no proposal shown: {message}")
+        self.current.setToolTip(message)
+        if explicit or not no_model:
             notify_error(exc)
 
     def _show_proposal(self, result: dict[str, Any]) -> None:
@@ -377,6 +496,7 @@ class AnnotateWidget(QWidget):
             self.proposal_id = result["proposal"].id
             what = f"proposal {self.proposal_id} of model {self.model_id}"
             title = f"{name} proposal"
+        self._waiting_for_model = False
         self._set_uncertainty(name, result.get("uncertainty"), result.get("limits"), meta)
         labels = self.labels
         if labels is not None and labels in self.viewer.layers:
@@ -386,26 +506,31 @@ class AnnotateWidget(QWidget):
             labels.visible = True
         else:
             labels = self.labels = self.viewer.add_labels(result["edit"], opacity=0.5, metadata=meta)
+            labels.colormap = label_colormap()
         labels.name = title
         self.viewer.layers.selection.active = labels
         self.current.setText(f"{name}: {what}; edit, then {SAVE_KEY}")
+        self.current.setToolTip("")
 
     def _set_uncertainty(
         self, name: str, unc: np.ndarray | None, limits: tuple[float, float] | None, meta: dict[str, Any]
     ) -> None:
+        """Show ``unc`` on the fixed scale (``limits`` is always :data:`SCALE`), coloured from the threshold
+        up and transparent below it, and say in the summary line what it shows."""
         layer = self.uncertainty
         alive = layer is not None and layer in self.viewer.layers
+        self._shown_unc = unc
         if unc is None:
             if alive:
                 layer.visible = False  # this image has no uncertainty to show
                 layer.metadata = meta
                 layer.name = CLOSED_UNCERTAINTY
+            self.unc_summary.setText(f"{name}: no uncertainty map (no proposal of a model for it).")
             return
-        limits = limits or uncertainty_limits(unc)
+        limits = SCALE
         if alive and np.ndim(layer.data) == unc.ndim and not layer.multiscale:
-            low, high = limits
             layer.data = unc
-            layer.contrast_limits_range = (min(low, float(unc.min())), max(high, float(unc.max())))
+            layer.contrast_limits_range = limits
             layer.contrast_limits = limits
             layer.metadata = meta
             layer.visible = True
@@ -413,16 +538,33 @@ class AnnotateWidget(QWidget):
             old = layer if alive else None
             layer = self.uncertainty = self.viewer.add_image(
                 unc,
-                colormap="magma",
+                colormap=uncertainty_colormap(self.threshold.value()),
                 contrast_limits=limits,
-                blending="additive",  # black adds nothing: only the uncertain regions glow
-                opacity=0.8,
+                blending="translucent",  # transparent below the threshold: the image shows through
+                opacity=0.85,
                 visible=True,
                 metadata=meta,
             )
             if old is not None:  # added before the old one goes (see _close_proposal)
                 self.viewer.layers.remove(old)
         layer.name = f"{name} uncertainty"
+        self._update_summary(name)
+
+    def _on_threshold(self, value: float) -> None:
+        layer = self.uncertainty
+        if layer is not None and layer in self.viewer.layers:
+            layer.colormap = uncertainty_colormap(value)
+        image = self.session.image
+        if self._shown_unc is not None:
+            self._update_summary(image.name if image is not None else "")
+
+    def _update_summary(self, name: str) -> None:
+        """The line under the legend: the share of the image coloured, or why the map says nothing."""
+        if self._shown_unc is None:
+            return
+        summary = summarize_map(self._shown_unc, self.threshold.value())
+        text = f"{name}: {summary.text()}" if name else summary.text()
+        self.unc_summary.setText(f"<span style='color:#e8a33d'>{text}</span>" if summary.flat else text)
 
     def revert(self) -> None:
         """Put the proposal back into the Labels layer (the edits since are dropped); for an image opened
@@ -457,13 +599,26 @@ class AnnotateWidget(QWidget):
 
     def _on_saved(self, image_id: str, mask: np.ndarray, saved: SavedAnnotation) -> None:
         version = saved.version
+        image = self.session.image
+        name = image.name if image is not None and image.id == image_id else image_id
         if image_id == self.image_id:
             self.base_version = version
             self._clean = mask
+            if self.labels is not None and self.labels in self.viewer.layers:
+                self.labels.name = f"{name} annotation"  # what the layer now holds
         if self._saving is mask:
             self._saving = None
-        show_info(f"Saved annotation version {version}.")
-        self.current.setText(f"saved version {version}")
+        ann = saved.annotation
+        edit = ""
+        if ann.edit_dice is not None:
+            edit = (
+                f" (edit Dice {ann.edit_dice:.3f} against the proposal, {ann.pixels_changed} pixels changed)"
+            )
+        show_info(f"Saved {name}: annotation version {version}{edit}.")
+        if image_id == self.image_id:
+            self.current.setText(
+                f"{name}: saved as annotation version {version}{edit}; further edits save a new version"
+            )
         self.session.images_changed.emit()
         pending, self._after_save = self._after_save, []
         for proceed in pending:
@@ -478,7 +633,9 @@ class AnnotateWidget(QWidget):
                 "nothing was overwritten. Load the proposal again (or open the latest version), redo your "
                 "edits and save."
             )
-            self.current.setText(f"stale: version {exc.current} exists, reload before saving")
+            image = self.session.image
+            name = image.name if image is not None else "this image"
+            self.current.setText(f"{name}: not saved: version {exc.current} exists, reload before saving")
             return
         notify_error(exc)
 

@@ -1,6 +1,10 @@
-"""The train dock widget: start a pretraining or co-training job on the backend, follow its events (a
-napari progress bar with ETA, a live plot of the losses and the validation Dice), cancel it; the table of
-model versions, set the active one, export weights.
+"""The train dock widget: start a pretraining, co-training or propose job on the backend, follow its
+events (progress and ETA over the whole job, a live plot of the losses grouped for people, the validation
+Dice), cancel it; the table of model versions, set the active one, export weights.
+
+Before a job starts the widget says what it will cost for this project (:func:`napari_diffseg.base.cost.job_plan`
+over the project's images, at the speed the last job measured on this backend); a new project starts at
+``pretrain`` (nothing to co-train on yet), a project with a model but no annotation at ``propose``.
 
 Training never runs in the napari process, and no backend call runs on the Qt thread: the job's events
 arrive from a worker thread; :class:`JobHistory` (no Qt) turns them into what is drawn, and the view is
@@ -43,14 +47,39 @@ from qtpy.QtWidgets import (
 from napari_diffseg._widgets._plot import COLORS, CurvePlot
 from napari_diffseg._widgets._session import header as _header
 from napari_diffseg._widgets._session import notify_error, run_in_thread, session_for
-from napari_diffseg.base.contracts import Job, JobEventOut, Model
-from napari_diffseg.review import JobHistory, describe_event, follow_job, format_duration, latest_open_job
+from napari_diffseg.backend.errors import BackendError, BackendUnavailable
+from napari_diffseg.base.contracts import Image, Job, JobEventOut, Model
+from napari_diffseg.base.cost import REFERENCE, Plan, format_seconds, job_plan
+from napari_diffseg.base.presets import get_preset
+from napari_diffseg.review import (
+    LOSS_GROUPS,
+    JobHistory,
+    describe_event,
+    follow_job,
+    format_duration,
+    latest_open_job,
+    loss_name,
+)
 
-__all__ = ["PRESETS", "JobHistory", "TrainWidget", "describe_event", "format_duration"]
+__all__ = ["PRESETS", "JobHistory", "TrainWidget", "describe_event", "format_duration", "suggested_kind"]
 
 PRESETS = ("tiny", "cpu", "gpu")
-KINDS = ("cotrain", "pretrain")  # the job choices, in the order the combo box lists them (default first)
+KINDS = ("pretrain", "cotrain", "propose")  # the job choices, in the order the combo box lists them
+KIND_HELP = {
+    "pretrain": "Label-free: the teacher learns from the images alone. Gives a first model (round 0) "
+    "whose proposals you can start correcting.",
+    "cotrain": "Trains the teacher and the twin students on your annotations (at least one), the "
+    "unlabeled images and the teacher's pseudo-labels; the new model becomes active.",
+    "propose": "The active model proposes a mask with uncertainty for each image: fills the project "
+    "table's uncertainty column, so 'Next image' opens the most uncertain one.",
+}
+PROPOSE_SCOPES = (
+    ("unreviewed images", "unreviewed"),  # the job's default: images without an annotation
+    ("all images (also annotated)", "all"),
+)
+ANNOTATED = ("corrected", "ground_truth")
 MODEL_COLUMNS = ("active", "model", "round", "method", "val Dice", "created")
+IMAGES_CHANGED_INTERVAL_S = 2.0  # while a propose job runs, the image table is refreshed at most this often
 VIEW_INTERVAL_MS = 250  # the progress bars, the ETA and the plots are refreshed at most 4× a second
 BAR_INTERVAL_S = 1.0  # napari's progress bar at most once a second: each update runs the event loop
 
@@ -92,14 +121,42 @@ class TrainWidget(QWidget):
         self._syncing = False
         self._bar_time = 0.0
         self._bar_pending = False
+        self.images: list[Image] = []  # the project's images, as last listed (for the cost estimate)
+        self.plan: Plan | None = None  # what the form's job would cost (None before the images are known)
+        self._kind_chosen = False  # the job kind was chosen (by a person or a script): keep it
+        self._auto_kind = False
+        self._images_changed_at = 0.0
+        self._alive = [True]  # False once Qt has deleted the widget (a worker may still deliver)
+        self.destroyed.connect(partial(_mark_deleted, self._alive))
 
         self.kind = QComboBox()
         self.kind.addItems(list(KINDS))
+        self.kind.setToolTip("\n".join(f"{k}: {v}" for k, v in KIND_HELP.items()))
+        self.kind_help = QLabel(KIND_HELP[KINDS[0]])
+        self.kind_help.setWordWrap(True)
         self.preset = QComboBox()
         self.preset.addItems(list(PRESETS))
-        self.preset.setCurrentText("cpu")  # a laptop's budget; tiny is for tests, gpu for a GPU server
+        self.preset.setCurrentText("cpu")  # a laptop's budget; tiny is a first look, gpu for a GPU server
+        self.preset.setToolTip(
+            "tiny: seconds, a first look (its proposals are rough)\n"
+            "cpu: minutes on a laptop\n"
+            "gpu: the paper's budget, for a GPU backend"
+        )
         self.rounds = QSpinBox()
         self.rounds.setRange(1, 20)
+        self.scope = QComboBox()
+        for text, data in PROPOSE_SCOPES:
+            self.scope.addItem(text, data)
+        self.scope.setToolTip(
+            "unreviewed images: every image without an annotation (not the test split)\n"
+            "all images: also the corrected and ground-truth ones (their uncertainty, to compare)"
+        )
+        self.estimate = QLabel("")
+        self.estimate.setWordWrap(True)
+        self.estimate.setToolTip(
+            f"Predicted from the project's image sizes and counts and the preset's measured cost on {REFERENCE} "
+            "(benchmarks/preset_cost.py); once a job has run, at the speed this backend showed."
+        )
         self.start_button = QPushButton("Start")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -140,8 +197,11 @@ class TrainWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("Job", self.kind)
+        form.addRow("", self.kind_help)
         form.addRow("Preset", self.preset)
         form.addRow("Rounds", self.rounds)
+        form.addRow("Images", self.scope)
+        form.addRow("Cost", self.estimate)
         self.activity_box = QCheckBox("also show jobs in napari's activity dock")
         self.activity_box.setChecked(self.activity_progress)
         self.activity_box.setToolTip(
@@ -158,12 +218,24 @@ class TrainWidget(QWidget):
         model_buttons.addWidget(self.activate_button)
         model_buttons.addWidget(self.export_button)
         model_buttons.addWidget(self.refresh_button)
+        self.loss_group = QComboBox()
+        self.loss_group.addItems(list(LOSS_GROUPS))
+        self.loss_group.setToolTip(
+            "students: the twin students' losses (labelled images, the teacher's pseudo-labels, agreement "
+            "between the twins)\nteacher: the diffusion teacher's (labelled masks, the students' consensus, "
+            "label-free pretraining)\ntotal: what each stage minimises"
+        )
+        self._group_chosen = False
+        group_row = QHBoxLayout()
+        group_row.addWidget(QLabel("Losses of"))
+        group_row.addWidget(self.loss_group, 1)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.eta)
         layout.addWidget(self.status)
+        layout.addLayout(group_row)
         layout.addWidget(self.loss_plot, 2)
         layout.addWidget(self.dice_plot, 1)
         layout.addWidget(QLabel("Model versions"))
@@ -181,8 +253,15 @@ class TrainWidget(QWidget):
         self.activate_button.clicked.connect(lambda: self.set_active())
         self.export_button.clicked.connect(lambda: self.export_weights())
         self.refresh_button.clicked.connect(self.refresh_models)
+        self.kind.currentIndexChanged.connect(self._on_kind_changed)
+        self.preset.currentIndexChanged.connect(self._update_estimate)
+        self.rounds.valueChanged.connect(self._update_estimate)
+        self.scope.currentIndexChanged.connect(self._update_estimate)
+        self.loss_group.currentIndexChanged.connect(self._on_group_changed)
         self.session.connected.connect(self._on_connected)
         self.session.follow_job.connect(self.follow)  # e.g. a job resumed from the session's notification
+        self.session.images_changed.connect(self.refresh_images)
+        self._show_kind()
         if self.session.client is not None:
             self._on_connected(self.session.client)
 
@@ -191,17 +270,121 @@ class TrainWidget(QWidget):
     def params(self) -> dict[str, Any]:
         """The job parameters the form describes."""
         params: dict[str, Any] = {"preset": self.preset.currentText()}
-        if self.kind.currentText() == "cotrain":
+        kind = self.kind.currentText()
+        if kind == "cotrain":
             params["rounds"] = self.rounds.value()
+        elif kind == "propose" and self.scope.currentData() == "all":
+            params["ids"] = [im.id for im in self._all_images()]
         return params
+
+    def _all_images(self) -> list[Image]:
+        """What 'all images' proposes for: every image that is not excluded and not in a test split."""
+        return [im for im in self.images if im.state != "excluded" and not im.split.startswith("test")]
 
     def start(self) -> None:
         """Start the job on the backend and follow its events."""
         if self.session.client is None:
             show_warning("Connect to a backend in the DiffSeg project widget first.")
             return
+        kind = self.kind.currentText()
+        if kind == "propose" and self.scope.currentData() == "all" and not self._all_images():
+            show_warning("There are no images to propose for: import images in the DiffSeg project widget.")
+            return
         self.status.setText("starting…")
-        self.follow_job(None, self.kind.currentText(), self.params())
+        self.follow_job(None, kind, self.params())
+
+    # ------------------------------------------------------------------------------------ the form
+
+    def _on_kind_changed(self, _index: int = 0) -> None:
+        if not self._auto_kind:
+            self._kind_chosen = True
+        self._show_kind()
+
+    def _show_kind(self) -> None:
+        kind = self.kind.currentText()
+        self.kind_help.setText(KIND_HELP.get(kind, ""))
+        self.rounds.setEnabled(kind == "cotrain")
+        self.scope.setEnabled(kind == "propose")
+        self._update_estimate()
+
+    def _suggest_kind(self) -> None:
+        """Until a kind is chosen: pretrain on a project without a model, propose when it has one but
+        nothing is annotated, else cotrain."""
+        if self._kind_chosen:
+            return
+        kind = suggested_kind(self.images, self.models)
+        if kind != self.kind.currentText():
+            self._auto_kind = True
+            try:
+                self.kind.setCurrentText(kind)
+            finally:
+                self._auto_kind = False
+
+    def refresh_images(self) -> None:
+        """Reload the project's images (for the cost estimate and the default job) in a worker."""
+        client = self.session.client
+        if client is None:
+            return
+        run_in_thread(client.images, on_done=self._on_images, on_error=lambda _exc: None)
+
+    def _on_images(self, images: list[Image]) -> None:
+        if not self._alive[0]:
+            return
+        self.images = list(images)
+        self._suggest_kind()
+        self._update_estimate()
+
+    def current_plan(self) -> Plan | None:
+        """The plan of the job the form describes, from the images last listed (None before that)."""
+        if not self.images and self.session.client is None:
+            return None
+        kind = self.kind.currentText()
+        try:
+            preset = get_preset(self.preset.currentText())
+            params = self.params()
+            return job_plan(
+                kind,
+                preset,
+                self.images,
+                warm_start=self.active_model() is not None,
+                rounds=self.rounds.value(),
+                ids=params.get("ids"),
+            )
+        except Exception:  # an estimate must never break the form
+            return None
+
+    def _update_estimate(self, *_args: Any) -> None:
+        self.plan = self.current_plan()
+        self.estimate.setText(self.estimate_text(self.plan))
+
+    def estimate_text(self, plan: Plan | None) -> str:
+        """What the form's job will cost for this project, in words."""
+        if plan is None:
+            return "connect to see what the job will cost for this project"
+        kind = plan.kind
+        if kind == "cotrain" and not any(im.state in ANNOTATED and im.split == "train" for im in self.images):
+            return (
+                "nothing is annotated yet, so co-training will be refused: start with pretrain, correct a "
+                "proposal (Annotate, Shift-S) or import masks, then co-train."
+            )
+        if kind == "propose" and self.active_model() is None:
+            return "there is no model to propose with yet: pretrain (or co-train) first."
+        if plan.images == 0:
+            what = "images" if kind != "propose" else "images to propose for"
+            return f"there are no {what} yet: import some in the DiffSeg project widget."
+        speed = self.session.speed
+        factor = speed if speed is not None else 1.0
+        where = (
+            f"at the speed this backend showed in its last job ({speed:.1f}× the reference)"
+            if speed is not None
+            else f"predicted for {REFERENCE}; a busy machine is slower, a GPU much faster (the ETA "
+            "corrects itself once the job runs)"
+        )
+        sizes = f" of {plan.sizes}" if plan.sizes else ""
+        return (
+            f"about {format_seconds(plan.seconds * factor)} for {plan.images} image(s){sizes}: "
+            f"{plan.breakdown(factor)} — {where}."
+        )
 
     def follow(self, job_id: int) -> None:
         """Show a job that already exists (its whole history, then its live events until it ends)."""
@@ -233,10 +416,11 @@ class TrainWidget(QWidget):
         self._close_napari_progress()
         self.following = True
         self.job_id, self.job = job_id, None
-        self.history = JobHistory()
+        plan = self.current_plan() if job_id is None else None
+        self.history = JobHistory(plan, factor=self.session.speed or 1.0)
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.eta.setText("")
+        self.eta.setText(self.history.eta_text())  # with a plan: the predicted time of the whole job
         self.start_button.setEnabled(False)
         self.resume_button.setEnabled(False)
         self._redraw_losses()
@@ -252,21 +436,32 @@ class TrainWidget(QWidget):
         )
 
     def _on_item(self, token: int, item: dict[str, Any]) -> None:
-        if token != self._token:
+        if token != self._token or not self._alive[0]:
             return
         if "job" in item:
             self._on_job(item["job"], final=bool(item.get("final")))
         events: list[JobEventOut] = item.get("events") or []
         for event in events:
-            self.history.add(event.data)
+            self.history.add(event.data, event.time)
         if events:
             self._status_pending = True  # the view shows the latest event at its next refresh
             self._schedule_view()
         if len(events) == 1 and events[0].data.kind == "metrics":
             self.refresh_models()  # a co-training round saved its model
+        if (
+            events
+            and self.job is not None
+            and self.job.kind == "propose"
+            and time.monotonic() - self._images_changed_at > IMAGES_CHANGED_INTERVAL_S
+        ):
+            self._images_changed_at = time.monotonic()
+            self.session.images_changed.emit()  # the table's uncertainty column fills as images are done
 
     def _on_job(self, job: Job, final: bool) -> None:
+        if self.history.plan is None and self.history.count == 0:
+            self.history.set_plan(self._plan_for(job))  # a job started elsewhere (or resumed)
         self.job, self.job_id = job, job.id
+        self.history.set_started(job.started_at)
         self._status_pending = False
         state = job.state
         self.cancel_button.setEnabled(not job.ended and not job.cancel_requested)
@@ -275,10 +470,15 @@ class TrainWidget(QWidget):
             self.status.setText(text)
             return
         if state == "done":
-            self.progress.setRange(0, max(1, self.progress.maximum()))
-            self.progress.setValue(self.progress.maximum())
-            self.status.setText(text)
-            show_info(f"Job {job.id} ({job.kind}) finished.")
+            self.history.ended = True
+            top = 1000 if self.history.plan is not None else max(1, self.progress.maximum())
+            self.progress.setRange(0, top)
+            self.progress.setValue(top)
+            self.status.setText(f"{text} in {format_duration(_ran(job))}" if _ran(job) else text)
+            speed = self.history.speed()
+            if speed is not None:
+                self.session.speed = speed  # the next estimates use what this backend showed
+            show_info(f"Job {job.id} ({job.kind}) finished{self._what_next(job)}")
         elif state == "failed":
             error = job.error or "no message"
             self.status.setText(f"{text}: {error}")
@@ -300,15 +500,20 @@ class TrainWidget(QWidget):
 
     def _on_follow_error(self, token: int, exc: BaseException) -> None:
         notify_error(exc)
-        if token == self._token:
+        if token != self._token:
+            return
+        if self.job_id is not None:
             self.status.setText(
                 f"lost contact with job {self.job_id}; reconnect in the project widget to follow it again"
-                if self.job_id is not None
-                else "the job did not start"
             )
+        elif isinstance(exc, BackendError) and not isinstance(exc, BackendUnavailable) and exc.status:
+            # refused before it was created (the backend's pre-flight): say why, here too
+            self.status.setText(f"the job did not start: {exc.message}")
+        else:
+            self.status.setText("the job did not start")
 
     def _on_finished(self, token: int) -> None:
-        if token != self._token:
+        if token != self._token or not self._alive[0]:
             return
         self._sync_view(final=True)  # the last events reach the view before napari's bar closes
         self.following = False
@@ -316,11 +521,51 @@ class TrainWidget(QWidget):
         self.cancel_button.setEnabled(False)
         self.resume_button.setEnabled(self.job is not None and self.job.resumable)
         self._close_napari_progress()
+        if self.job is not None:
+            self.session.images_changed.emit()  # states, uncertainties and models changed: listings too
+            self.session.refresh_model()
+
+    def _plan_for(self, job: Job) -> Plan | None:
+        """The plan of an existing job, from its parameters and the images as now listed."""
+        if not self.images:
+            return None
+        try:
+            params = job.params
+            preset = get_preset(str(params.get("preset") or "cpu"))
+            if params.get("overrides"):
+                preset = preset.parse_overrides(params["overrides"])
+            return job_plan(
+                job.kind,
+                preset,
+                self.images,
+                warm_start=self.active_model() is not None,
+                rounds=int(params.get("rounds") or 1),
+                ids=params.get("ids"),
+                steps=params.get("steps"),
+                samples=params.get("samples"),
+                sample_rounds=params.get("rounds") if job.kind == "propose" else None,
+            )
+        except Exception:
+            return None
+
+    def _what_next(self, job: Job) -> str:
+        """The end of the 'finished' notification: what to do now."""
+        if job.kind == "pretrain":
+            return (
+                ": its model is active. Open an image (Next image) to see its proposal, or run 'propose' to "
+                "rank every image by uncertainty."
+            )
+        if job.kind == "propose":
+            return (
+                ": the project table shows each image's uncertainty; 'Next image' opens the most uncertain."
+            )
+        return ": the new model is active; its proposals are shown from now on."
 
     def _on_connected(self, client: Any) -> None:
         self.refresh_models()
         if client is None:
             return
+        self.refresh_images()
         token = self._token
         run_in_thread(
             latest_open_job,
@@ -355,8 +600,15 @@ class TrainWidget(QWidget):
                 self._view_dirty = False
                 if self._status_pending and h.last is not None:
                     self._status_pending = False
-                    self.status.setText(f"job {self.job_id}: {describe_event(h.last)}")
-                if h.total and (self.job is None or not self.job.ended):
+                    kind = f" ({self.job.kind})" if self.job is not None else ""
+                    self.status.setText(f"job {self.job_id}{kind}: {describe_event(h.last)}")
+                fraction = h.fraction()
+                if self.job is not None and self.job.ended:
+                    pass  # the final state set the bar
+                elif fraction is not None:  # the whole job, by predicted cost
+                    self.progress.setRange(0, 1000)
+                    self.progress.setValue(round(1000 * fraction))
+                elif h.total:
                     self.progress.setRange(0, h.total)
                     self.progress.setValue(min(h.step, h.total))
                 self.eta.setText(h.eta_text())
@@ -417,11 +669,49 @@ class TrainWidget(QWidget):
         if pbar is not None:
             pbar.close()
 
+    def _on_group_changed(self, _index: int) -> None:
+        if not self._syncing:
+            self._group_chosen = True
+        self._redraw_losses()
+
+    def loss_series(self, group: str) -> dict[str, tuple[list[float], list[float]]]:
+        """The history's losses of ``group`` (:data:`~napari_diffseg.review.LOSS_GROUPS`) under their plain
+        names; two loop keys with one name (the teacher's labelled-mask loss in Stage B and in
+        co-training) are one curve."""
+        h = self.history
+        out: dict[str, tuple[list[float], list[float]]] = {}
+        for key, (xs, ys) in h.losses.items():
+            g, name = loss_name(h.loss_phase.get(key, ""), key)
+            if g != group:
+                continue
+            if name in out:
+                pts = sorted(zip([*out[name][0], *xs], [*out[name][1], *ys], strict=True), key=lambda p: p[0])
+                out[name] = ([p[0] for p in pts], [p[1] for p in pts])
+            else:
+                out[name] = (list(xs), list(ys))
+        return out
+
     def _redraw_losses(self) -> None:
-        names = sorted(self.history.losses)
+        group = self.loss_group.currentText()
+        series = self.loss_series(group)
+        if not series and not self._group_chosen:  # show a group that has curves (pretraining: teacher)
+            for other in LOSS_GROUPS:
+                found = self.loss_series(other)
+                if found:
+                    self._syncing, was = True, self._syncing
+                    try:
+                        self.loss_group.setCurrentText(other)
+                    finally:
+                        self._syncing = was
+                    group, series = other, found
+                    break
+        self.loss_plot.title = {"students": "students' losses", "teacher": "teacher's losses"}.get(
+            group, "total loss per stage"
+        )
+        names = sorted(series)
         self.loss_plot.set_data(
-            {name: self.history.losses[name] for name in names},
-            {name: COLORS[i % len(COLORS)] for i, name in enumerate(names)},
+            {name: series[name] for name in names},
+            {name: _color(name) for name in names},
             self.history.marks,
         )
 
@@ -450,6 +740,8 @@ class TrainWidget(QWidget):
         run_in_thread(self.session.client.models, on_done=self._show_models)
 
     def _show_models(self, models: list[Model]) -> None:
+        if not self._alive[0]:
+            return
         selected = self.selected_model()
         self.models = list(models)
         self.session.set_model_id(self.active_model())  # the proposals shown come from the active model
@@ -463,13 +755,18 @@ class TrainWidget(QWidget):
                 str(model.round),
                 model.method,
                 "–" if dice is None else f"{float(dice):.3f}",
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(model.created_at)),
+                _when(model.created_at),
             )
             for col, text in enumerate(cells):
-                table.setItem(row, col, QTableWidgetItem(text))
+                item = QTableWidgetItem(text)
+                if col == len(cells) - 1:
+                    item.setToolTip(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(model.created_at)))
+                table.setItem(row, col, item)
             if model.id == selected:
                 table.selectRow(row)
         self._redraw_dice()
+        self._suggest_kind()
+        self._update_estimate()
 
     def active_model(self) -> str | None:
         """The id of the active model, as the table last showed it."""
@@ -528,3 +825,42 @@ class TrainWidget(QWidget):
         self._token += 1  # a worker still streaming ends quietly
         self._close_napari_progress()
         super().closeEvent(event)
+
+
+def suggested_kind(images: Sequence[Image], models: Sequence[Model]) -> str:
+    """The job a project is ready for: ``pretrain`` without a model, ``propose`` with a model but no
+    annotated training image, else ``cotrain``."""
+    if not models:
+        return "pretrain"
+    if not any(im.state in ANNOTATED and im.split == "train" for im in images):
+        return "propose"
+    return "cotrain"
+
+
+def _when(created_at: float) -> str:
+    """``14:05`` for today, ``03-12 14:05`` before (the full time is the cell's tooltip)."""
+    t = time.localtime(created_at)
+    today = time.localtime()
+    same_day = (t.tm_year, t.tm_yday) == (today.tm_year, today.tm_yday)
+    return time.strftime("%H:%M" if same_day else "%m-%d %H:%M", t)
+
+
+def _ran(job: Job) -> float:
+    """Seconds a job ran (0 when unknown)."""
+    if job.started_at is None or job.finished_at is None:
+        return 0.0
+    return max(0.0, job.finished_at - job.started_at)
+
+
+_NAMED: dict[str, str] = {}
+
+
+def _color(name: str) -> str:
+    """One colour per curve name for the widget's lifetime (a curve keeps its colour when others come)."""
+    if name not in _NAMED:
+        _NAMED[name] = COLORS[len(_NAMED) % len(COLORS)]
+    return _NAMED[name]
+
+
+def _mark_deleted(alive: list[bool], *_args: Any) -> None:
+    alive[0] = False

@@ -1,0 +1,213 @@
+"""What a job will cost (base/cost.py) and the whole-job progress and ETA built on it (review.JobHistory).
+
+The plan must describe what the code really does: the tiling and the sampler's evaluations are counted
+against ``core.inference`` and ``core.diffusion`` themselves, and a real job's event stream must land in
+its plan's phases from 0 to 100 %.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_diffseg.base.contracts import EventData
+from napari_diffseg.base.cost import (
+    STEP_SECONDS,
+    format_seconds,
+    job_plan,
+    sampling_evaluations,
+    windowed_pixels,
+)
+from napari_diffseg.base.presets import get_preset
+from napari_diffseg.review import JobHistory
+
+
+@dataclass
+class Img:
+    id: str
+    name: str
+    height: int
+    width: int
+    state: str = "unlabeled"
+    split: str = "train"
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "roi"), [(64, 64, 64), (60, 50, 64), (584, 565, 64), (261, 387, 256), (40, 900, 256)]
+)
+def test_windowed_pixels_counts_what_core_inference_feeds_the_network(h: int, w: int, roi: int) -> None:
+    from napari_diffseg.core.inference import _windowed, pad_to_multiple
+
+    seen = []
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        seen.append(t.shape[0] * t.shape[-2] * t.shape[-1])
+        return t[:, :1]
+
+    x, _ = pad_to_multiple(torch.zeros(1, 1, h, w), 4)
+    _windowed(fn, x, roi, 4, 0.25)
+    assert windowed_pixels(h, w, roi, 4) == sum(seen)
+
+
+@pytest.mark.parametrize(
+    ("steps", "samples", "rounds", "from_cache"),
+    [
+        (1, 2, 1, False),
+        (1, 2, 2, False),
+        (5, 2, 2, False),
+        (5, 2, 2, True),
+        (10, 4, 3, False),
+        (10, 1, 2, True),
+    ],
+)
+def test_sampling_evaluations_count_the_samplers_denoiser_calls(
+    steps: int, samples: int, rounds: int, from_cache: bool
+) -> None:
+    from napari_diffseg.core.diffusion import MaskDiffusion, SamplerConfig
+
+    diff = MaskDiffusion(2)
+    calls = []
+
+    def denoise(m_t: torch.Tensor, _x: torch.Tensor, _t: int) -> torch.Tensor:
+        calls.append(m_t.shape[0])  # the E samples go as one batch
+        return torch.zeros_like(m_t)
+
+    init = torch.full((1, 2, 4, 4), 0.5) if from_cache else None
+    cfg = SamplerConfig(steps=steps, samples=samples, rounds=rounds, tol=-1.0)  # no early stop
+    diff.sample(denoise, torch.zeros(1, 1, 4, 4), cfg, torch.Generator().manual_seed(0), init_probs=init)
+    assert sampling_evaluations(steps, samples, rounds, from_cache=from_cache) == sum(calls)
+
+
+def test_plans_follow_the_project_and_the_preset() -> None:
+    images = [Img("a", "a", 584, 565, "ground_truth"), *(Img(f"u{i}", f"u{i}", 584, 565) for i in range(4))]
+    images.append(Img("t", "t", 584, 565, split="test"))
+    cpu = get_preset("cpu")
+    cold = job_plan("cotrain", "cpu", images, rounds=2)
+    warm = job_plan("cotrain", "cpu", images, warm_start=True, rounds=2)
+    assert [p.key for p in cold.phases][:2] == ["start", "pretrain"]
+    assert "pretrain" not in [p.key for p in warm.phases]
+    assert cold.seconds - warm.seconds == pytest.approx(cpu.pretrain_steps * STEP_SECONDS["cpu"]["pretrain"])
+    pl = [p for p in warm.phases if p.key == "pseudo-labels"]
+    passes = math.ceil(cpu.cotrain_steps / cpu.refresh_every)
+    assert [p.round for p in pl] == [1, 2] and pl[0].units == passes * 4  # the 4 unlabeled train images
+    assert "val-pseudo-labels" not in [p.key for p in warm.phases]
+    with_val = job_plan(
+        "cotrain", "cpu", [*images, Img("v", "v", 584, 565, "ground_truth", "val")], warm_start=True
+    )
+    val = [p for p in with_val.phases if p.key == "val-pseudo-labels"]
+    assert len(val) == 1 and val[0].units == passes and "validation checks" in with_val.phases[-2].label
+    # a propose job: the unreviewed non-test images by default, the ids given otherwise
+    propose = job_plan("propose", "cpu", images)
+    assert propose.phases[-1].units == 4 and propose.images == 4
+    assert job_plan("propose", "cpu", images, ids=["a", "t"]).images == 2
+    # bigger images cost more to propose, not to train
+    small = [Img(i.id, i.name, 256, 256, i.state, i.split) for i in images]
+    assert job_plan("propose", "cpu", small).seconds < propose.seconds
+    assert job_plan("pretrain", "cpu", small).seconds == job_plan("pretrain", "cpu", images).seconds
+    # the tiny preset is seconds for a handful of fundus-sized images; cpu minutes
+    assert job_plan("cotrain", "tiny", images).seconds < 30
+    assert 60 < warm.seconds
+    assert (
+        format_seconds(42) == "42 s"
+        and format_seconds(150) == "2.5 min"
+        and format_seconds(7260) == "2 h 1 min"
+    )
+
+
+def _progress(phase: str, step: int, total: int, message: str = "", **losses: float) -> EventData:
+    return EventData(kind="progress", phase=phase, step=step, total=total, message=message, losses=losses)
+
+
+def test_whole_job_progress_and_eta_from_a_plan() -> None:
+    images = [Img("a", "a", 128, 128, "corrected"), Img("b", "b", 128, 128), Img("c", "c", 128, 128)]
+    plan = job_plan("cotrain", "tiny", images, warm_start=True, rounds=2)
+    pr = get_preset("tiny")
+    h = JobHistory(plan, factor=3.0)
+    h.set_started(1000.0)
+    assert h.fraction() == 0.0
+    assert h.job_eta_seconds() == pytest.approx(3.0 * plan.seconds)  # before anything is measured
+    t = 1000.0
+    seen = []
+
+    def add(data: EventData, dt: float) -> None:
+        nonlocal t
+        t += dt
+        h.add(data, t)
+        seen.append(h.fraction())
+
+    for r in (1, 2):
+        add(_progress("teacher", pr.teacher_steps, pr.teacher_steps, loss=1.0), 2.0)
+        add(_progress("pseudo-labels", 1, 2, "refresh 0"), 1.0)
+        add(_progress("pseudo-labels", 2, 2, "refresh 0"), 1.0)
+        for step in range(1, pr.cotrain_steps + 1):
+            add(_progress("cotrain", step, pr.cotrain_steps, loss=0.5), 0.5)
+        add(EventData(kind="metrics", phase="cotrain", step=r, total=2, metrics={"round": float(r)}), 0.1)
+        assert h.round == r + 1
+    assert all(b >= a for a, b in itertools.pairwise(seen))  # never goes back
+    assert seen[-1] == pytest.approx(1.0)
+    assert h.eta_text().startswith("round 2/2 · cotrain 4/4 · about 0:00 left in the whole job")
+    # the measured speed: wall time / predicted seconds done
+    assert h.speed() == pytest.approx((t - 1000.0) / plan.seconds)
+
+
+def test_eta_uses_the_measured_speed_once_there_is_enough_work_done() -> None:
+    images = [Img("a", "a", 584, 565, "corrected"), *(Img(f"u{i}", f"u{i}", 584, 565) for i in range(4))]
+    plan = job_plan("cotrain", "cpu", images, warm_start=True)
+    teacher = next(p for p in plan.phases if p.key == "teacher")
+    h = JobHistory(plan, factor=1.0)
+    h.set_started(0.0)
+    start = plan.phases[0].seconds
+    # the teacher phase half done, at twice the predicted time
+    done = start + teacher.seconds / 2
+    h.add(_progress("teacher", teacher.units // 2, teacher.units, loss=1.0), 2 * done)
+    assert h.speed() == pytest.approx(2.0, rel=1e-3)
+    assert h.job_eta_seconds() == pytest.approx(2 * (plan.seconds - done), rel=1e-3)
+    assert "round" not in h.eta_text() and "left in the whole job" in h.eta_text()
+    # history of an earlier run (before a resume) does not count as this run's speed
+    h2 = JobHistory(plan)
+    h2.set_started(100.0)
+    h2.add(_progress("teacher", teacher.units // 2, teacher.units, loss=1.0), 50.0)
+    h2.add(_progress("teacher", teacher.units, teacher.units, loss=1.0), 100.0 + teacher.seconds / 2)
+    assert h2.speed() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_a_real_jobs_events_walk_its_plan_to_the_end(tmp_path: Path, synth_dataset: Path) -> None:
+    """A tiny cotrain job (cold start, two rounds, a validation image) run in-process: every progress
+    event lands in a phase of the plan, and the history ends at 100 %."""
+    from napari_diffseg.backend.jobs import execute_job, start_job
+    from napari_diffseg.data.io import read_mask
+    from napari_diffseg.project import Project
+
+    root = tmp_path / "proj"
+    with Project.create(root) as p:
+        paths = sorted((synth_dataset / "images").glob("train_*.png"))[:4]
+        p.import_files(paths)
+        p.import_files([sorted((synth_dataset / "images").glob("test_*.png"))[0]], split="val")
+        for path in (paths[0], sorted((synth_dataset / "images").glob("test_*.png"))[0]):
+            p.save_annotation(
+                path.stem, read_mask(synth_dataset / "masks" / path.name), kind="ground_truth", replaces=None
+            )
+        records = [Img(r.id, r.name, r.height, r.width, r.state, r.split) for r in p.images()]
+        job = start_job(p, "cotrain", {"preset": "tiny", "rounds": 2})
+    plan = job_plan("cotrain", "tiny", records, warm_start=False, rounds=2)
+    assert "val-pseudo-labels" in [ph.key for ph in plan.phases]
+    history = JobHistory(plan)
+    placed_before = []
+
+    def report(ev) -> None:
+        data = EventData.model_validate(ev.to_dict())
+        before = dict(history._done)
+        history.add(data, 0.0)
+        if data.kind == "progress" and data.total:
+            placed_before.append(history._done != before or data.step == 0)
+
+    assert execute_job(root, job, report=report) == "done"
+    assert placed_before and all(placed_before)  # every progress event moved its phase of the plan
+    assert history.done_seconds() == pytest.approx(plan.seconds)  # all of it, the validation phases too
+    assert np.isclose(history.fraction(), 1.0)

@@ -1,0 +1,229 @@
+"""Issue 17, "the first hour", in the GUI (Xvfb, real backend): what a new user sees.
+
+* A new project's Train widget starts at ``pretrain`` and says what it will cost; an image opened before
+  any model says so, and its proposal appears by itself once pretraining made a model.
+* The Train widget then suggests ``propose``; proposing on all images fills the table's uncertainty
+  column, with progress over the whole job, and "Next image" opens the most uncertain image.
+* The uncertainty layer is on a fixed 0-1 bit scale, transparent below the threshold, with a legend and
+  a summary line; a flat map says that it means nothing; the proposal is yellow; after a save the layer
+  and the status line say what they hold and name the image.
+* A job the backend refuses says why in the Train widget's status line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    pytest.skip("no display: install Xvfb and pytest-xvfb to run the GUI tests", allow_module_level=True)
+
+from backend_server import Server
+from napari_diffseg.backend.client import DiffsegClient
+
+pytestmark = pytest.mark.timeout(300)
+
+WAIT_MS = 30_000
+JOB_MS = 120_000
+
+
+def _dock(viewer, name: str):
+    _w, widget = viewer.window.add_plugin_dock_widget("napari-diffseg", name)
+    return widget
+
+
+def _row(project, name: str) -> dict[str, str]:
+    headers = [project.table.horizontalHeaderItem(c).text() for c in range(project.table.columnCount())]
+    for r in range(project.table.rowCount()):
+        if project.table.item(r, 0).text() == name:
+            return {h: project.table.item(r, c).text() for c, h in enumerate(headers)}
+    raise AssertionError(f"{name} is not in the table")
+
+
+def _fresh_project(root: Path) -> Path:
+    """Three unlabeled RGB images of two sizes (one larger than the tiny preset's 64-px tiles); no model."""
+    from napari_diffseg.data.synthetic import make_sample
+    from napari_diffseg.project import Project
+
+    with Project.create(root) as proj:
+        for k, size in enumerate(((64, 64), (64, 64), (96, 80))):
+            image, _mask = make_sample(11 + k, size)
+            proj.import_array(np.asarray(image), f"img{k}")
+    return root
+
+
+def test_a_new_project_from_pretrain_to_the_most_uncertain_proposal(
+    make_napari_viewer, qtbot, tmp_path
+) -> None:
+    root = _fresh_project(tmp_path / "proj")
+    with Server(root) as server, DiffsegClient(server.url) as client:
+        viewer = make_napari_viewer()
+        project, annotate, train = _dock(viewer, "Project"), _dock(viewer, "Annotate"), _dock(viewer, "Train")
+        project.connect_to(server.url)
+        qtbot.waitUntil(lambda: project.table.rowCount() == 3, timeout=WAIT_MS)
+
+        # 1. nothing trained, nothing annotated: the Train widget starts at pretrain and prices it
+        qtbot.waitUntil(lambda: "3 image(s)" in train.estimate.text(), timeout=WAIT_MS)
+        assert train.kind.currentText() == "pretrain"
+        assert not train.rounds.isEnabled() and not train.scope.isEnabled()
+        train.preset.setCurrentText("tiny")  # a preset choice is not a job choice: the kind still follows
+        assert re.search(r"about \d+(\.\d)? (s|min) for 3 image\(s\)", train.estimate.text()), (
+            train.estimate.text()
+        )
+
+        # 2. an image opened before any model says so, naming it, and does not go stale
+        project.next_button.click()
+        qtbot.waitUntil(lambda: "no model yet" in annotate.current.text(), timeout=WAIT_MS)
+        opened = project.session.image.name
+        assert annotate.current.text().startswith(f"{opened}: ") and "pretrain" in annotate.current.text()
+
+        # 3. pretrain: progress and ETA over the whole job; then the proposal appears by itself
+        etas: list[str] = []
+        train.start()
+        assert train.eta.text().startswith("starting · about ") and "whole job" in train.eta.text()
+        qtbot.waitUntil(
+            lambda: etas.append(train.eta.text()) or "done" in train.status.text(), timeout=JOB_MS
+        )
+        assert train.history.plan is not None and train.history.fraction() == 1.0
+        assert train.progress.value() == train.progress.maximum() == 1000
+        assert any("left in the whole job" in t for t in etas), etas
+        qtbot.waitUntil(lambda: annotate.image_id is not None, timeout=JOB_MS)
+        assert annotate.labels.name == f"{opened} proposal"
+        assert "no model" not in annotate.current.text() and annotate.current.text().startswith(f"{opened}: ")
+        assert "uncertainty" in annotate.unc_summary.text() and opened in annotate.unc_summary.text()
+        assert train.session.speed is not None  # the next estimates use this backend's measured speed
+
+        # 4. a model but no annotation: the widget suggests propose; all images get a proposal
+        qtbot.waitUntil(lambda: train.kind.currentText() == "propose", timeout=WAIT_MS)
+        assert train.scope.isEnabled() and not train.rounds.isEnabled()
+        assert "at the speed this backend showed" in train.estimate.text()
+        train.scope.setCurrentIndex(1)  # all images (here: the same three)
+        assert sorted(train.params()["ids"]) == sorted(im.id for im in client.images())
+        train.start()
+        qtbot.waitUntil(
+            lambda: "done" in train.status.text() and train.start_button.isEnabled(), timeout=JOB_MS
+        )
+        job = client.job(train.job_id)
+        assert job.kind == "propose" and job.state == "done"
+        model = client.project().active_model.id
+        assert all(client.proposal(im.id, model_id=model) is not None for im in client.images())
+        qtbot.waitUntil(
+            lambda: all(_row(project, f"img{k}")["uncertainty"] for k in range(3)), timeout=WAIT_MS
+        )
+
+        # 5. Next image now opens the most uncertain one
+        expected = client.next_image()
+        highest = max((im for im in client.images() if im.state == "proposed"), key=lambda im: im.uncertainty)
+        assert expected.id == highest.id
+        if project.session.image.id != expected.id:
+            project.next_button.click()
+            qtbot.waitUntil(lambda: project.session.image.id == expected.id, timeout=WAIT_MS)
+        qtbot.waitUntil(lambda: annotate.image_id == expected.id, timeout=WAIT_MS)
+        project.session.stop_server()
+
+
+def _stand_in_project(root: Path, flat: bool) -> Path:
+    """One RGB image "a" with a proposal (a disc) from a registered stand-in model (no training): its
+    uncertainty is flat near 1 bit (``flat``, an untrained teacher) or high only around the disc's edge."""
+    from napari_diffseg.project import Project
+
+    size = (48, 56)
+    model = root.parent / "teacher0"
+    model.mkdir()
+    (model / "config.json").write_text('{"format_version": 1}')
+    (model / "weights.safetensors").write_bytes(b"\x00" * 64)
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    r = np.sqrt((yy - 24) ** 2 + (xx - 28) ** 2)
+    disc = (r < 10).astype(np.float32)
+    rng = np.random.default_rng(0)
+    if flat:
+        unc = (0.97 + 0.03 * rng.random(size)).astype(np.float32)
+    else:
+        unc = np.where(np.abs(r - 10) < 2, 0.9, 0.05).astype(np.float32)
+    with Project.create(root) as proj:
+        proj.register_model(model, round=0, method="teacher")
+        proj.import_array(rng.integers(0, 255, (*size, 3), dtype=np.uint8), "a")
+        fg = 0.1 + 0.8 * disc
+        proj.save_proposal("teacher0", "a", np.stack([1 - fg, fg]), unc)
+    return root
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_the_uncertainty_layer_informs(make_napari_viewer, qtbot, tmp_path, flat: bool) -> None:
+    from napari_diffseg._widgets.annotate import PROPOSAL_COLOR
+
+    with Server(_stand_in_project(tmp_path / "proj", flat)) as server, DiffsegClient(server.url) as client:
+        viewer = make_napari_viewer()
+        project, annotate = _dock(viewer, "Project"), _dock(viewer, "Annotate")
+        project.connect_to(server.url)
+        qtbot.waitUntil(lambda: project.table.rowCount() == 1, timeout=WAIT_MS)
+        project.next_button.click()
+        qtbot.waitUntil(lambda: annotate.image_id is not None, timeout=WAIT_MS)
+        layer = viewer.layers["a uncertainty"]
+        unc = client.proposal_pixels("a", "uncertainty")
+
+        # the same fixed scale on every image, transparent below the threshold, a legend
+        assert tuple(layer.contrast_limits) == (0.0, 1.0)
+        assert layer.blending == "translucent"
+        assert "bright = the teacher disagrees with itself" in annotate.legend.text()
+        rgba = layer.colormap.map(np.array([0.0, 0.49, 0.5, 1.0]))
+        assert rgba[0, 3] == rgba[1, 3] == 0.0 and rgba[2, 3] > 0.5 and rgba[3, 3] > 0.8
+        # the proposal is yellow, whatever the image
+        color = annotate.labels.colormap.map(np.array([1]))[0]
+        assert np.allclose(color[:3], [int(PROPOSAL_COLOR[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+
+        text = annotate.unc_summary.text()
+        if flat:
+            assert "not trained enough for its uncertainty to mean anything" in text
+        else:
+            share = float(np.mean(unc >= 0.5))
+            assert "not trained enough" not in text and f"{100 * share:.1f} %" in text
+
+        # a higher threshold colours less, and the summary follows
+        annotate.threshold.setValue(0.95)
+        rgba = layer.colormap.map(np.array([0.9, 0.96]))
+        assert rgba[0, 3] == 0.0 and rgba[1, 3] > 0.5
+        assert (
+            "0.95 bit" in annotate.unc_summary.text() or "not trained enough" in annotate.unc_summary.text()
+        )
+
+        # a save: the layer now holds an annotation, and the status line names the image
+        edited = np.array(annotate.labels.data)
+        edited[:5, :5] = 1
+        annotate.labels.data = edited
+        annotate.save()
+        qtbot.waitUntil(lambda: annotate.base_version == 1, timeout=WAIT_MS)
+        assert annotate.labels.name == "a annotation"
+        text = annotate.current.text()
+        assert text.startswith("a: saved as annotation version 1") and "edit Dice" in text
+        project.session.stop_server()
+
+
+def test_a_refused_job_says_why_in_the_status_line(make_napari_viewer, qtbot, tmp_path) -> None:
+    from napari_diffseg._widgets import _session
+    from napari_diffseg._widgets._session import session_for
+
+    root = _fresh_project(tmp_path / "proj")
+    with Server(root) as server:
+        viewer = make_napari_viewer()
+        session_for(viewer).set_client(DiffsegClient(server.url))
+        train = _dock(viewer, "Train")
+        qtbot.waitUntil(lambda: "3 image(s)" in train.estimate.text(), timeout=WAIT_MS)
+        train.kind.setCurrentText("cotrain")  # nothing is annotated: the estimate warns before Start
+        assert "nothing is annotated yet" in train.estimate.text()
+        warned: list[str] = []
+        _session.show_warning, original = warned.append, _session.show_warning
+        try:
+            train.start()
+            qtbot.waitUntil(lambda: "did not start" in train.status.text(), timeout=WAIT_MS)
+        finally:
+            _session.show_warning = original
+        assert "at least one annotated image" in train.status.text()
+        assert warned and "at least one annotated image" in warned[0]
+        assert train.start_button.isEnabled()
