@@ -44,6 +44,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_diffseg._widgets._bioimageio import local_project, run_export
 from napari_diffseg._widgets._plot import COLORS, CurvePlot
 from napari_diffseg._widgets._session import header as _header
 from napari_diffseg._widgets._session import notify_error, run_in_thread, session_for
@@ -193,6 +194,12 @@ class TrainWidget(QWidget):
         self.models_table.setMinimumHeight(110)
         self.activate_button = QPushButton("Set active")
         self.export_button = QPushButton("Export weights…")
+        self.bioimageio_button = QPushButton("Export → bioimage.io…")
+        self.bioimageio_button.setToolTip(
+            "Write the selected (else the active) model as a bioimage.io model package (.zip) that "
+            "deepImageJ / Fiji, QuPath, ilastik, BiaPy and bioimageio.core open; it is tested before it is "
+            "written (local backend only)"
+        )
         self.refresh_button = QPushButton("Refresh")
 
         form = QFormLayout()
@@ -217,6 +224,7 @@ class TrainWidget(QWidget):
         model_buttons = QHBoxLayout()
         model_buttons.addWidget(self.activate_button)
         model_buttons.addWidget(self.export_button)
+        model_buttons.addWidget(self.bioimageio_button)
         model_buttons.addWidget(self.refresh_button)
         self.loss_group = QComboBox()
         self.loss_group.addItems(list(LOSS_GROUPS))
@@ -252,6 +260,7 @@ class TrainWidget(QWidget):
         self.resume_button.clicked.connect(self.resume)
         self.activate_button.clicked.connect(lambda: self.set_active())
         self.export_button.clicked.connect(lambda: self.export_weights())
+        self.bioimageio_button.clicked.connect(lambda: self.export_bioimageio())
         self.refresh_button.clicked.connect(self.refresh_models)
         self.kind.currentIndexChanged.connect(self._on_kind_changed)
         self.preset.currentIndexChanged.connect(self._update_estimate)
@@ -818,6 +827,38 @@ class TrainWidget(QWidget):
             str(dest),
             on_done=lambda path: show_info(f"Saved the weights of model {model_id} to {path}."),
         )
+
+    def export_bioimageio(self, model_id: str | None = None, dest: str | Path | None = None) -> None:
+        """Export a model (default: the selected, else the active one) as a bioimage.io package to ``dest``
+        (default: ask with a file dialog), with ``diffseg export`` in a child process next to the local
+        backend's project; a remote backend gets the command to run on the server instead."""
+        model_id = model_id or self.selected_model() or self.active_model()
+        if model_id is None:
+            show_warning("There is no model to export yet: run pretraining or a co-training round first.")
+            return
+        project = local_project(self.session.server)
+        if project is None:
+            show_warning(
+                "The package is built where the model is, and this backend runs elsewhere: on the server, run "
+                f"`diffseg export PROJECT --model {model_id} --out {model_id}.zip` and copy the zip here."
+            )
+            return
+        if dest is None:
+            dest, _filter = QFileDialog.getSaveFileName(
+                self, "Export to bioimage.io", f"{model_id}.zip", "bioimage.io model package (*.zip)"
+            )
+            if not dest:
+                return
+        show_info(f"Exporting model {model_id}: building and testing the bioimage.io package…")
+
+        def done(report: dict[str, Any]) -> None:
+            show_info(
+                f"Saved model {model_id} as a bioimage.io package to {report['path']} (bioimageio.core test "
+                f"{report['test_status']}; same prediction as `diffseg predict` within "
+                f"{report['max_abs_difference']:.0e})."
+            )
+
+        run_in_thread(run_export, project, model_id, str(dest), on_done=done)
 
     # ------------------------------------------------------------------------------------ teardown
 
