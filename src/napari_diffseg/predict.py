@@ -35,8 +35,9 @@ __all__ = [
     "resolve_model",
 ]
 
-IN_MEMORY_PIXELS = 4096 * 4096
-"""OME-Zarr images up to this many pixels are predicted in memory; larger ones tile by tile."""
+IN_MEMORY_PIXELS = 2048 * 2048
+"""OME-Zarr images up to this many pixels are predicted in memory; larger ones tile by tile (the same
+numbers; in memory a 4000² image peaks at about 1.5 GiB, tile by tile a 20,000² one stays below 2 GiB)."""
 
 
 def resolve_model(path: str | Path) -> Path:
@@ -163,30 +164,35 @@ class _ZarrRows:
 
 
 class _Bands:
-    """Collects the predictor's row bands into whole chunk rows for the writers."""
+    """Collects the predictor's row bands into whole chunk rows for the writers, keeping only what is
+    written: the labels (argmax, small integers) and, when asked for, the foreground probabilities."""
 
-    def __init__(self, rows: int, write: Any) -> None:
-        self.rows, self.write = rows, write
+    def __init__(self, rows: int, write: Any, dtype: Any, probabilities: bool) -> None:
+        self.rows, self.write, self.dtype, self.probabilities = rows, write, dtype, probabilities
         self.y0 = 0
-        self.parts: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.probs: list[np.ndarray] = []
 
     def __call__(self, y0: int, probs: np.ndarray) -> None:
-        self.parts.append(probs)
-        have = sum(p.shape[1] for p in self.parts)
-        if have >= self.rows:
-            block = np.concatenate(self.parts, axis=1)
-            n = (block.shape[1] // self.rows) * self.rows
-            self.write(self.y0, block[:, :n])
+        self.labels.append(probs.argmax(0).astype(self.dtype))
+        if self.probabilities:
+            self.probs.append(probs[1:].astype(np.float32))
+        if sum(a.shape[0] for a in self.labels) >= self.rows:
+            self._emit(final=False)
+
+    def _emit(self, final: bool) -> None:
+        labels = np.concatenate(self.labels, axis=0)
+        probs = np.concatenate(self.probs, axis=1) if self.probabilities else None
+        n = labels.shape[0] if final else (labels.shape[0] // self.rows) * self.rows
+        if n:
+            self.write(self.y0, labels[:n], None if probs is None else probs[:, :n])
             self.y0 += n
-            self.parts = [block[:, n:]] if n < block.shape[1] else []
+        self.labels = [labels[n:]] if n < labels.shape[0] else []
+        self.probs = [probs[:, n:]] if probs is not None and n < labels.shape[0] else []
 
     def flush(self) -> None:
-        if self.parts:
-            block = np.concatenate(self.parts, axis=1)
-            if block.shape[1]:
-                self.write(self.y0, block)
-                self.y0 += block.shape[1]
-            self.parts = []
+        if self.labels:
+            self._emit(final=True)
 
 
 def predict_ome_zarr(
@@ -257,10 +263,10 @@ def predict_ome_zarr(
             overwrite=overwrite,
         )
 
-    def write(y0: int, probs: np.ndarray) -> None:
-        labels.write(y0, probs.argmax(0).astype(labels.dtype))
-        if prob_writer is not None:
-            prob_writer.write(y0, probs[1:].astype(np.float32))
+    def write(y0: int, label_rows: np.ndarray, fg: np.ndarray | None) -> None:
+        labels.write(y0, label_rows)
+        if prob_writer is not None and fg is not None:
+            prob_writer.write(y0, fg)
 
     roi, swb = _roi(config)
     m = roi // 4
@@ -269,7 +275,7 @@ def predict_ome_zarr(
     small = src.height * src.width <= IN_MEMORY_PIXELS or hp + 2 * m < roi or wp + 2 * m < roi
     if small or (hp <= roi and wp <= roi):
         probs = predict_image(bundle, config, src.read())
-        write(0, probs)
+        write(0, probs.argmax(0).astype(labels.dtype), probs[1:].astype(np.float32))
         if progress is not None:
             progress(src.height, src.height)
     else:
@@ -280,7 +286,7 @@ def predict_ome_zarr(
             src.dtype,
             src.channels,
         )
-        bands = _Bands(labels.chunk, write)
+        bands = _Bands(labels.chunk, write, labels.dtype, prob_writer is not None)
         predict_rows(
             bundle.deployed(),
             _ZarrRows(src),

@@ -38,6 +38,7 @@ _STD_FLOOR = 1e-6
 EXACT_FLOAT_VALUES = 2**25
 """Float (or 32/64-bit integer) images with at most this many values get exact statistics in memory."""
 FLOAT_BINS = 2**16
+_STAT_ROWS = 128
 
 
 class RowSource(Protocol):
@@ -163,12 +164,15 @@ def image_stats(
         hist = np.zeros((n_stat, span), np.int64)
         for band in bands():
             b = np.asarray(band)
-            if in_channels == 3 and channels == 1:
-                summed = b.astype(np.int64).sum(axis=0) - offset
-                hist[0] += np.bincount(summed.ravel(), minlength=span)
-            else:
-                for c in range(n_stat):
-                    hist[c] += np.bincount((b[c].astype(np.int64) - offset).ravel(), minlength=span)
+            for r in range(0, b.shape[1], _STAT_ROWS):  # a few rows at a time: small temporaries
+                part = b[:, r : r + _STAT_ROWS]
+                if in_channels == 3 and channels == 1:
+                    summed = part.astype(np.int64).sum(axis=0) - offset
+                    hist[0] += np.bincount(summed.ravel(), minlength=span)
+                else:
+                    for c in range(n_stat):
+                        codes = part[c].astype(np.int64) - offset if offset else part[c].astype(np.intp)
+                        hist[c] += np.bincount(codes.ravel(), minlength=span)
         values = (np.arange(span, dtype=np.float64) + offset) / div
         values = values.astype(np.float32).astype(np.float64)
         per = [_stats_from_counts(values, hist[c]) for c in range(n_stat)]
