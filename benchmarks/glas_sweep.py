@@ -16,10 +16,11 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from sweep import experiment_command  # benchmarks/ is on sys.path when a script there runs
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "glas"
@@ -48,26 +49,7 @@ def run_one(
     save_model: bool,
 ) -> tuple[str, float, int]:
     target = result_path(out, method, fraction, seed)
-    cmd = [
-        sys.executable,
-        "-m",
-        "napari_diffseg.cli",
-        "experiment",
-        str(dataset),
-        "--labeled-fraction",
-        str(fraction),
-        "--method",
-        method,
-        "--preset",
-        preset,
-        "--seed",
-        str(seed),
-        "--json",
-        str(target),
-        "--threads",
-        str(threads),
-        "-q",
-    ]
+    cmd = experiment_command(dataset, target, method, fraction, seed, preset, threads)
     if save_model:
         cmd += ["--model-out", str(out.parent / "models" / target.stem)]
     t0 = time.perf_counter()

@@ -52,9 +52,17 @@ def result_path(out: Path, arm: str, fraction: float, seed: int) -> Path:
     return out / f"{arm}_f{fraction:g}_s{seed}.json"
 
 
-def run_one(dataset: Path, out: Path, arm: str, fraction: float, seed: int, preset: str, threads: int) -> int:
-    method, overrides = ARMS[arm]
-    target = result_path(out, arm, fraction, seed)
+def experiment_command(
+    dataset: Path,
+    target: Path,
+    method: str,
+    fraction: float,
+    seed: int,
+    preset: str,
+    threads: int,
+    overrides: dict | None = None,
+) -> list[str]:
+    """The `diffseg experiment` command line of one run (``overrides`` as ``--set KEY=JSON``)."""
     cmd = [
         sys.executable,
         "-m",
@@ -75,8 +83,15 @@ def run_one(dataset: Path, out: Path, arm: str, fraction: float, seed: int, pres
         str(threads),
         "-q",
     ]
-    for k, v in overrides.items():
+    for k, v in (overrides or {}).items():
         cmd += ["--set", f"{k}={json.dumps(v)}"]
+    return cmd
+
+
+def run_one(dataset: Path, out: Path, arm: str, fraction: float, seed: int, preset: str, threads: int) -> int:
+    method, overrides = ARMS[arm]
+    target = result_path(out, arm, fraction, seed)
+    cmd = experiment_command(dataset, target, method, fraction, seed, preset, threads, overrides)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with open(target.with_suffix(".log"), "w") as fh:
         return subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)

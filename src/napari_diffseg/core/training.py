@@ -18,6 +18,7 @@ lives in :mod:`.pipeline`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -717,11 +718,8 @@ def cotrain(
     for step in range(start, loop.total):
         yield from loop.check_cancel(step)
         if step % every == 0 or "pl_probs_0" not in cache:
-            yield from refresh_pseudo_labels(
-                bundle,
-                unl,
-                preset,
-                cache,
+            refresh = functools.partial(
+                refresh_pseudo_labels,
                 refresh=step // every,
                 seed=seed,
                 device=device,
@@ -729,21 +727,10 @@ def cotrain(
                 rank=rank,
                 world=world,
             )
+            yield from refresh(bundle, unl, preset, cache)
             if validator.enabled:  # the teacher's pseudo-labels where the truth is known: the gate
                 val = validator.val
-                yield from refresh_pseudo_labels(
-                    bundle,
-                    val.images,
-                    preset,
-                    cache,
-                    refresh=step // every,
-                    seed=seed,
-                    device=device,
-                    cancel=loop.cancel,
-                    rank=rank,
-                    world=world,
-                    prefix="val:",
-                )
+                yield from refresh(bundle, val.images, preset, cache, prefix="val:")
                 labels = [cache[f"val:pl_probs_{i}"].float().argmax(0) for i in range(len(val))]
                 validator.set_teacher_dice(mean_dice(labels, val, bundle.spec.num_classes))
             module.train()
