@@ -227,3 +227,51 @@ def test_a_refused_job_says_why_in_the_status_line(make_napari_viewer, qtbot, tm
         assert "at least one annotated image" in train.status.text()
         assert warned and "at least one annotated image" in warned[0]
         assert train.start_button.isEnabled()
+
+
+def test_a_folder_of_images_becomes_a_project_and_an_odd_import_is_warned_about(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+) -> None:
+    import imageio.v3 as iio
+
+    from napari_diffseg._widgets import project as project_module
+
+    folder = tmp_path / "fundus photos"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for k in range(3):
+        iio.imwrite(folder / f"eye{k}.png", rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    asked: list[tuple[Path, Path, int]] = []
+    monkeypatch.setattr(
+        project_module, "ask_create_from_images", lambda _p, f, t, n: asked.append((f, t, n)) or True
+    )
+    warnings: list[str] = []
+    monkeypatch.setattr(project_module, "show_warning", warnings.append)
+    viewer = make_napari_viewer()
+    project = _dock(viewer, "Project")
+    project.open_project(folder)
+    target = tmp_path / "fundus photos-diffseg"
+    assert asked == [(folder, target, 3)]
+    try:
+        qtbot.waitUntil(lambda: project.table.rowCount() == 3, timeout=60_000)
+        assert (target / "project.db").is_file() and project.folder.text() == str(target)
+        assert sorted(p.name for p in folder.iterdir()) == ["eye0.png", "eye1.png", "eye2.png"]
+        assert warnings == []
+
+        grey = tmp_path / "em.png"
+        iio.imwrite(grey, rng.integers(0, 255, (40, 48), dtype=np.uint8))
+        project.import_files([grey])
+        qtbot.waitUntil(lambda: project.table.rowCount() == 4, timeout=WAIT_MS)
+        qtbot.waitUntil(lambda: bool(warnings), timeout=WAIT_MS)
+        assert "em is grey but the project's 3 image(s) are RGB" in warnings[0]
+    finally:
+        project.session.stop_server()
+
+    # the same folder again: the project made of it opens (no second copy)
+    again = _dock(make_napari_viewer(), "Project")
+    again.open_project(folder)
+    try:
+        qtbot.waitUntil(lambda: again.table.rowCount() == 4, timeout=60_000)
+        assert len(asked) == 1 and again.folder.text() == str(target)
+    finally:
+        again.session.stop_server()

@@ -1,8 +1,10 @@
 """The ``diffseg`` command: one entry point, one subcommand per job (docs/architecture.md §2.3).
 
 User errors (bad files, bad options) exit with status 2 and one line on stderr saying what to do;
-they never print a traceback. Heavy imports (torch, MONAI) happen inside the subcommands so that
-``diffseg --help`` is instant.
+they never print a traceback. Heavy imports (torch, MONAI) happen inside the subcommands, after their
+arguments and paths are checked, so that ``diffseg --help`` is instant and a wrong path fails in a
+second, not after torch has loaded. Help and usage lines name arguments and option values in capitals
+(``diffseg init PROJECT [--images IMAGES]``).
 
 Why one module of ~600 lines: one typer app with one short function per subcommand (argument
 declarations, a call into the layer that does the work, a one-line summary); splitting it would only
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from .base.contracts import PRESET_NAMES
 from .base.progress import EventBars
@@ -27,6 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: rich's tables print "<bool>" beside every flag
 )
 
 
@@ -45,10 +49,57 @@ def _preset_option(help: str) -> Any:
 
 
 def _threads(n: int | None) -> None:
+    """Set torch's CPU threads (imports torch: call it after the arguments are checked)."""
     if n:
         import torch
 
         torch.set_num_threads(n)
+
+
+def _must_exist(path: Path, what: str, hint: str = "check the path") -> None:
+    """A one-line error before any heavy import when ``path`` does not exist."""
+    if not Path(path).exists():
+        raise _user_error(f"{what} {path} does not exist: {hint}.")
+
+
+def _model_source(path: Path) -> tuple[Path, str | None]:
+    """The model folder ``path`` names (a project → its active model) and, for a model that never saw a
+    label (label-free pretraining), a warning. Reads only the project database and the model's JSON files
+    (no torch), so a wrong path or a project without a model fails at once."""
+    path = Path(path)
+    _must_exist(path, "model folder (or project)", "pass a model folder or a project")
+    name = path.name
+    if (path / "project.db").is_file():
+        from .project import Project
+
+        with Project.open(path) as proj:
+            active = proj.active_model()
+            if active is None:
+                raise _user_error(
+                    f"project {path} has no model yet: run `diffseg pretrain {path}` (then correct a few "
+                    f"proposals and `diffseg cotrain {path}`) first"
+                )
+            name = active.id
+            path = proj.model_dir(active.id)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise _user_error(f"{path} is not a model folder (no config.json) and not a project")
+    warning = None
+    try:
+        config = json.loads((path / "config.json").read_text())
+        metrics_file = path / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    except (OSError, ValueError):
+        return path, None  # the loader says what is wrong with it
+    inner = config.get("config", {}) if isinstance(config.get("config"), dict) else {}
+    label_free = metrics.get("stage") == "pretrain" or inner.get("round") == 0
+    if label_free:
+        warning = (
+            f"warning: model {name} comes from label-free pretraining (round 0) and has never seen a "
+            "label: its masks split the image into two kinds of texture, not necessarily into your "
+            "objects. Correct a few proposals and run `diffseg cotrain` for a model that learned your "
+            "classes."
+        )
+    return path, warning
 
 
 @app.command()
@@ -85,12 +136,12 @@ def experiment(
     ] = None,
 ) -> None:
     """Train METHOD on a seeded labeled subset of the train split and evaluate on the test split."""
-    _threads(threads)
     overrides = _parse_set(set_ or [])
-    from .experiment import run_experiment, write_json
-
     if not dataset.is_dir():
         raise _user_error(f"dataset folder {dataset} does not exist")
+    _threads(threads)
+    from .experiment import run_experiment, write_json
+
     bars = EventBars(enabled=not quiet, leave=False)
     try:
         result = run_experiment(
@@ -153,6 +204,11 @@ def predict(
     labels are written tile by tile as an OME-Zarr label image: into a copy OUT/NAME.ome.zarr (default)
     or, with --into-source, into the image itself; --probabilities adds OUT/NAME_probabilities.ome.zarr.
     """
+    for item in images:
+        _must_exist(item, "image", "pass image files, OME-Zarr images or folders of them")
+    _model, warning = _model_source(model)
+    if warning:
+        typer.echo(warning, err=True)
     _threads(threads)
     from .predict import predict_files
 
@@ -256,6 +312,10 @@ def evaluate(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
 ) -> None:
     """Dice / IoU / HD95 of a model on a dataset folder, per image and the mean."""
+    _must_exist(dataset, "dataset folder")
+    _model, warning = _model_source(model)
+    if warning:
+        typer.echo(warning, err=True)
     _threads(threads)
     from .experiment import write_json
     from .predict import evaluate_folder
@@ -439,13 +499,19 @@ def import_(
         raise _user_error("--masks pairs mask files with image files; it does not apply to OME-Zarr images")
     if (level or region) and not zarrs:
         raise _user_error("--level and --region apply to OME-Zarr images only")
+    from .base.import_check import import_warnings
+
     with Project.open(project) as proj:
+        before = proj.images()
         result = proj.import_files(files, masks, split=split, binary_masks=not multiclass) if files else None
         result = _import_ome_zarr(proj, zarrs, level, _region(region), split, result)
+        added = [proj.image(i) for i in result.added]
     if as_json:
         _print_json(result.to_dict())
         return
     typer.echo(f"imported into {project}: {_import_summary(result)}")
+    for warning in import_warnings(before, added):
+        typer.echo(f"warning: {warning}", err=True)
 
 
 def _region(text: str | None) -> tuple[int, int, int, int] | None:
@@ -586,11 +652,12 @@ def images_(
         typer.echo(f"{r.id:16}  {r.name:{width}}  {r.state:12}  {unc:>11}  {r.split}")
 
 
-def _run_job(project: Path, kind: str, params: dict[str, Any], quiet: bool, as_json: bool) -> None:
+def _run_job(
+    project: Path, kind: str, params: dict[str, Any], quiet: bool, as_json: bool, threads: int | None = None
+) -> None:
     """Validate ``params`` as the typed parameters of a ``kind`` job, run the pre-flight (the same as
     the backend's: a job the project or this machine cannot run is refused, exit 2, and no job is
-    recorded), record it, run it here."""
-    from .backend.jobs import execute_job, start_job
+    recorded), say what it will cost, record it, run it here. Torch is imported only after the checks."""
     from .backend.preflight import check_job
     from .base.contracts import CotrainParams, parse_job_params
     from .project import Project
@@ -598,6 +665,13 @@ def _run_job(project: Path, kind: str, params: dict[str, Any], quiet: bool, as_j
     typed = parse_job_params(kind, params)
     with Project.open(project) as proj:
         check_job(proj, typed)
+        estimate = _estimate(proj, typed)
+    if estimate and not quiet and not as_json:
+        typer.echo(estimate, err=True)
+    _threads(threads)
+    from .backend.jobs import execute_job, start_job
+
+    with Project.open(project) as proj:
         job_id = start_job(proj, kind, typed)
         record = proj.job(job_id)
     if isinstance(typed, CotrainParams) and typed.nproc > 1:
@@ -633,6 +707,33 @@ def _run_job(project: Path, kind: str, params: dict[str, Any], quiet: bool, as_j
         raise typer.Exit(1)
 
 
+def _estimate(proj: Any, typed: Any) -> str:
+    """``pretrain: about 1.1 min for 5 image(s) of 565×584 (...)``: the job's plan (base/cost.py)."""
+    from .base.cost import REFERENCE, format_seconds, job_plan
+
+    try:
+        preset = typed.resolve_preset()
+        kind = typed.kind
+        plan = job_plan(
+            kind,
+            preset,
+            proj.images(),
+            warm_start=proj.active_model() is not None,
+            rounds=getattr(typed, "rounds", 1) or 1,
+            ids=getattr(typed, "ids", None),
+            steps=getattr(typed, "steps", None),
+            samples=getattr(typed, "samples", None),
+            sample_rounds=getattr(typed, "rounds", None) if kind == "propose" else None,
+        )
+    except Exception:  # an estimate never stops a job
+        return ""
+    sizes = f" of {plan.sizes}" if plan.sizes else ""
+    return (
+        f"{typed.kind} (preset {preset.name}): about {format_seconds(plan.seconds)} for {plan.images} image(s)"
+        f"{sizes} on {REFERENCE} ({plan.breakdown()}); a busy machine takes longer"
+    )
+
+
 @app.command()
 def pretrain(
     project: Annotated[Path, typer.Argument(help="project folder")],
@@ -644,8 +745,7 @@ def pretrain(
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
 ) -> None:
     """Unsupervised teacher pretraining (cycle) on the project's training images; saves model round 0."""
-    _threads(threads)
-    _run_job(project, "pretrain", {"preset": preset, "seed": seed, "device": device}, quiet, as_json)
+    _run_job(project, "pretrain", {"preset": preset, "seed": seed, "device": device}, quiet, as_json, threads)
 
 
 @app.command()
@@ -669,10 +769,9 @@ def propose(
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
 ) -> None:
     """Teacher pseudo-labels with uncertainty for images, from the active model."""
-    _threads(threads)
     given = {"ids": ids, "steps": steps, "samples": samples, "rounds": rounds, "preset": preset}
     params: dict[str, Any] = {"device": device, **{k: v for k, v in given.items() if v is not None}}
-    _run_job(project, "propose", params, quiet, as_json)
+    _run_job(project, "propose", params, quiet, as_json, threads)
 
 
 @app.command()
@@ -691,9 +790,8 @@ def cotrain(
 
     ``--nproc N`` runs the round on N processes under torchrun with DDP (one per GPU; gloo on CPU).
     """
-    _threads(threads)
     params = {"rounds": rounds, "preset": preset, "seed": seed, "device": device, "nproc": nproc}
-    _run_job(project, "cotrain", params, quiet, as_json)
+    _run_job(project, "cotrain", params, quiet, as_json, threads)
 
 
 @app.command()
@@ -750,6 +848,36 @@ def serve(
     )
 
 
+class _Command(TyperCommand):
+    """Usage and help in the classic form: ``diffseg init [OPTIONS] PROJECT``, value names in capitals
+    (``--images IMAGES``), instead of typer's ``{project}`` and ``<path>``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument):
+                param.metavar = param.metavar or (param.name or "").upper()
+                # the help names the argument and says what it is; typer's "<path>" / "<list[Path]>"
+                # beside it says nothing more
+                setattr(param, "display_type_rich", _no_type)  # noqa: B010
+            elif param.metavar is None and isinstance(param, TyperOption) and not param.is_flag:
+                longest = max(param.opts, key=len).lstrip("-")
+                param.metavar = longest.replace("-", "_").upper()
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar or (param.name or "").upper()
+                name += "..." if param.nargs != 1 else ""
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+def _no_type(*_args: Any, **_kwargs: Any) -> str:
+    return ""
+
+
 def _parse_set(items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs → overrides; a value is read as JSON (``0``, ``0.5``, ``[8,16]``), else kept as text
     (the preset's own check then names a wrong type)."""
@@ -782,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         # without standalone mode, click returns (not raises) the code of a `typer.Exit(code)`
-        result = app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False, prog_name="diffseg")
     except DiffsegError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
@@ -798,6 +926,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+for _info in app.registered_commands:  # every subcommand, however declared, prints its usage as above
+    if _info.cls is None or _info.cls is TyperCommand:
+        _info.cls = _Command
 
 
 if __name__ == "__main__":

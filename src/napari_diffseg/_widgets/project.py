@@ -1,5 +1,10 @@
 """The project dock widget: open or create a project (a local backend is started for it) or connect to a
-remote backend; import image layers or files; the image table; "Next image"."""
+remote backend; import image layers or files; the image table; "Next image".
+
+A folder of images opened as a project is not refused: the widget offers a new project beside it
+(``FOLDER-diffseg``) and imports the images into it (:func:`ask_create_from_images`). An import that does
+not look like the project's other images (RGB into grey, a very different size) is imported with a
+warning that says what it changes (:func:`napari_diffseg.base.import_check.import_warnings`)."""
 
 from __future__ import annotations
 
@@ -35,9 +40,19 @@ from napari_diffseg._widgets._session import header as _header
 from napari_diffseg.backend.errors import AuthError, BackendUnavailable
 from napari_diffseg.backend.local import create_project, start_local_backend
 from napari_diffseg.base.contracts import Image
+from napari_diffseg.base.formats import IMAGE_EXTENSIONS
+from napari_diffseg.base.import_check import import_warnings
 from napari_diffseg.review import fetch_image
 
-__all__ = ["ImportReport", "ProjectWidget", "ask_create", "show_image", "start_local_backend"]
+__all__ = [
+    "ImportReport",
+    "ProjectWidget",
+    "ask_create",
+    "ask_create_from_images",
+    "images_in",
+    "show_image",
+    "start_local_backend",
+]
 
 COLUMNS = ("name", "state", "uncertainty", "last edit Dice", "split")
 UPLOAD_SUFFIXES = (".npy", ".tif", ".tiff", ".png")  # sent as they are; other images are decoded here
@@ -57,6 +72,29 @@ def ask_create(parent: QWidget | None, folder: Path) -> bool:
     return bool(answer == QMessageBox.StandardButton.Yes)
 
 
+def ask_create_from_images(parent: QWidget | None, folder: Path, target: Path, count: int) -> bool:
+    """Ask whether to make a new project ``target`` of the ``count`` images in ``folder`` (tests replace
+    this function)."""
+    answer = QMessageBox.question(
+        parent,
+        "Make a DiffSeg project of these images?",
+        f"{folder} is not a DiffSeg project: it holds {count} image(s).\n\nCreate a new project in {target} "
+        "and import them? The folder itself is left as it is.",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.Yes,
+    )
+    return bool(answer == QMessageBox.StandardButton.Yes)
+
+
+def images_in(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, or in its ``images/`` subfolder (a dataset folder)."""
+    base = folder / "images" if (folder / "images").is_dir() else folder
+    try:
+        return sorted(p for p in base.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    except OSError:
+        return []
+
+
 def _create_and_start(folder: Path, create: bool) -> tuple[subprocess.Popen[bytes], str]:
     """Worker: create the project (if asked), then start its local backend."""
     if create:
@@ -71,6 +109,8 @@ class ImportReport:
     added: list[str] = field(default_factory=list)
     known: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name or file, why)
+    records: list[Image] = field(default_factory=list)  # the new images' records
+    warnings: list[str] = field(default_factory=list)  # what is odd about them (import_warnings)
 
 
 def _upload_all(client: Any, items: Sequence[tuple[str, np.ndarray | Path]]) -> ImportReport:
@@ -96,6 +136,8 @@ def _upload_all(client: Any, items: Sequence[tuple[str, np.ndarray | Path]]) -> 
             report.failed.append((label, _reason(exc)))
             continue
         (report.added if out.added else report.known).append(out.image.name)
+        if out.added:
+            report.records.append(out.image)
     return report
 
 
@@ -167,6 +209,8 @@ class ProjectWidget(QWidget):
         self.session = session_for(napari_viewer)
         self.images: list[Image] = []
         self.last_import: ImportReport | None = None
+        self._pending_import: list[Path] = []  # images to import once the new project's backend is up
+        self._before_import: list[Image] = []
 
         self.folder = QLineEdit()
         self.folder.setPlaceholderText("project folder (a new or empty folder creates a project)")
@@ -278,6 +322,18 @@ class ProjectWidget(QWidget):
             return
         if (path / "project.db").is_file():
             self.start_local(path)
+        elif (path.parent / f"{path.name}-diffseg" / "project.db").is_file():
+            made = path.parent / f"{path.name}-diffseg"  # made from this folder before: open it
+            show_info(f"{path} holds images; opening the project made of them before, {made}.")
+            self.folder.setText(str(made))
+            self.start_local(made)
+        elif path.is_dir() and images_in(path):
+            files = images_in(path)
+            target = _free_sibling(path)
+            if ask_create_from_images(self, path, target, len(files)):
+                self._pending_import = files
+                self.folder.setText(str(target))
+                self.start_local(target, create=True)
         elif path.is_file() or (path.is_dir() and any(path.iterdir())):
             self._failed(
                 BackendUnavailable(
@@ -336,6 +392,9 @@ class ProjectWidget(QWidget):
     def _on_connected(self, client: Any) -> None:
         self.status.setText(f"connected to {client.base_url}")
         self.refresh()
+        pending, self._pending_import = self._pending_import, []
+        if pending:  # a folder of images made into a project: import them now
+            self._upload([(p.stem, p) for p in pending])
 
     def _failed(self, exc: BaseException) -> None:
         self.status.setText("not connected" if self.session.client is None else self.status.text())
@@ -385,6 +444,7 @@ class ProjectWidget(QWidget):
 
     def _upload(self, items: list[tuple[str, np.ndarray | Path]]) -> None:
         self.status.setText(f"importing {len(items)} image(s)…")
+        self._before_import = list(self.images)  # what the new images are compared with
         for button in (self.import_layers_button, self.import_files_button):
             button.setEnabled(False)
         run_in_thread(
@@ -405,6 +465,9 @@ class ProjectWidget(QWidget):
 
     def _on_imported(self, report: ImportReport) -> None:
         self.last_import = report
+        report.warnings = import_warnings(self._before_import, report.records)
+        for warning in report.warnings:
+            show_warning(f"Imported, but: {warning}")
         if report.added or report.known:
             known = f" ({len(report.known)} already in the project)" if report.known else ""
             show_info(f"Imported {len(report.added) + len(report.known)} image(s){known}.")
@@ -486,3 +549,13 @@ def _not_importable(layer: Any) -> str:
     if layer.ndim != 2:
         return f"{layer.ndim}D; only 2D grey or RGB images can be imported"
     return ""
+
+
+def _free_sibling(folder: Path) -> Path:
+    """``FOLDER-diffseg`` beside ``folder`` (``-2``, ``-3``... when that exists and is not empty)."""
+    base = folder.parent / f"{folder.name}-diffseg"
+    candidate, n = base, 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        n += 1
+        candidate = folder.parent / f"{base.name}-{n}"
+    return candidate

@@ -95,8 +95,8 @@ class Project(_ImagesMixin, _AnnotationsMixin, _ProposalsMixin, _ModelsMixin, _J
             )
         if root.is_dir() and any(root.iterdir()):
             raise DataError(
-                f"cannot create a project in {root}: the folder is not empty and is not a project. Choose a "
-                "new or empty folder."
+                f"cannot create a project in {root}: the folder is not empty and is not a project. "
+                f"{_init_advice(root)[0].upper()}{_init_advice(root)[1:]}"
             )
         made = not root.exists()
         try:
@@ -131,8 +131,7 @@ class Project(_ImagesMixin, _AnnotationsMixin, _ProposalsMixin, _ModelsMixin, _J
             )
         if not cls.is_project(root):
             raise DataError(
-                f"{root} is not a napari-diffseg project (it has no {DB_NAME}): create one with "
-                f"`diffseg init {root}` in a new or empty folder."
+                f"{root} is not a napari-diffseg project (it has no {DB_NAME}): {_init_advice(root)}"
             )
         conn = _connect(root / DB_NAME, create=False)
         try:
@@ -193,3 +192,30 @@ class Project(_ImagesMixin, _AnnotationsMixin, _ProposalsMixin, _ModelsMixin, _J
         with self._read() as conn:
             version = read_schema_version(conn)
         return -1 if version is None else version
+
+
+def _init_advice(root: Path) -> str:
+    """What to run for a folder that is not a project: ``diffseg init`` refuses a non-empty folder, so
+    a folder of images (or a dataset folder) becomes the ``--images`` of a new project. Paths are quoted
+    for the shell, so the command can be pasted as it is."""
+    import shlex
+
+    from napari_diffseg.base.formats import IMAGE_EXTENSIONS
+
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        entries = []
+    if not entries:
+        return f"create one there with `diffseg init {shlex.quote(str(root))}`."
+    has_images = (root / "images").is_dir() or any(
+        p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in entries
+    )
+    new = shlex.quote(f"{root.resolve().name or 'images'}-project")  # in the working folder
+    if has_images:
+        return (
+            f"it holds images; to make a project of them run `diffseg init {new} --images "
+            f"{shlex.quote(str(root))}` (a new folder: the images are copied into the project, the folder is "
+            "left as it is)."
+        )
+    return f"create a project in a new or empty folder (`diffseg init {new}`) and import images into it."
