@@ -243,31 +243,40 @@ def check_stats_match(image: np.ndarray, stats: ChannelStats) -> float:
 
 
 class _RowCache:
-    """Raw rows of a source for requests whose start never decreases: read in blocks of ``block`` rows
-    (whole chunk rows of an OME-Zarr), each block read once and dropped once it is behind the requests."""
+    """Raw rows of a source for requests whose rows never go back: read in blocks of ``block`` rows (whole
+    chunk rows of an OME-Zarr), each block read once and dropped once the requests are past it."""
 
     def __init__(self, source: RowSource, block: int) -> None:
         self.source = source
         self.block = max(1, block)
-        self.y0 = 0
-        self.rows: np.ndarray | None = None
+        self.blocks: dict[int, np.ndarray] = {}
 
-    def get(self, r0: int, r1: int) -> np.ndarray:
-        """Raw rows ``[r0, r1)`` (0 <= r0 < r1 <= height)."""
-        start = (r0 // self.block) * self.block
-        if self.rows is None or r0 < self.y0:
-            self.y0, self.rows = (
-                start,
-                self.source.read_rows(start, min(self.source.height, max(r1, start + self.block))),
-            )
-        elif start > self.y0:  # drop the blocks behind us
-            self.rows = self.rows[:, start - self.y0 :]
-            self.y0 = start
-        have = self.y0 + self.rows.shape[1]
-        if r1 > have:
-            extra = self.source.read_rows(have, min(self.source.height, max(r1, have + self.block)))
-            self.rows = np.concatenate([self.rows, extra], axis=1)
-        return self.rows[:, r0 - self.y0 : r1 - self.y0]
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Raw ``(C, len(rows), width)`` for ascending row indices ``rows``."""
+        first, last = int(rows[0]) // self.block, int(rows[-1]) // self.block
+        for b in [b for b in self.blocks if b < first]:
+            del self.blocks[b]
+        for b in range(first, last + 1):
+            if b not in self.blocks:
+                y0 = b * self.block
+                self.blocks[b] = self.source.read_rows(y0, min(self.source.height, y0 + self.block))
+        if first == last:
+            return self.blocks[first][:, rows - first * self.block]
+        parts = [
+            self.blocks[b][:, rows[rows // self.block == b] - b * self.block] for b in range(first, last + 1)
+        ]
+        return np.concatenate(parts, axis=1)
+
+
+def _ring(start: int, n: int, size: int) -> list[tuple[slice, slice]]:
+    """(ring slots, rows of an n-row block) pairs that put virtual rows ``start .. start + n`` into a ring
+    buffer of ``size`` rows (n <= size)."""
+    s = start % size
+    first = min(size - s, n)
+    out = [(slice(s, s + first), slice(0, first))]
+    if first < n:
+        out.append((slice(0, n - first), slice(first, n)))
+    return out
 
 
 @torch.no_grad()
@@ -292,6 +301,10 @@ def predict_rows(
     on the whole image (the same window grid and weights, per-student logit blending, softmax, mean), up
     to float rounding. The image must be larger than one window: each padded side plus the ``roi // 4``
     margins at least ``roi`` (callers predict smaller images in memory).
+
+    Memory: the raw rows of one window row (and the chunk rows they come from), each student's logits
+    for ``roi`` rows (a ring buffer), and one batch of normalised windows; all proportional to the
+    image's width.
     """
     h, w = int(source.height), int(source.width)
     hp, wp = h + (-h) % multiple, w + (-w) % multiple
@@ -314,49 +327,43 @@ def predict_rows(
         cx[x0 : x0 + roi] += prof
     cols = np.clip(np.arange(wv) - m, 0, w - 1)
     cache = _RowCache(source, read_block)
-    acc: list[torch.Tensor] = []
-    base = ys[0]
+    acc: list[torch.Tensor] = []  # per student: logits of virtual rows in flight, row v at slot v % roi
     done_rows = 0
     for i, y0 in enumerate(ys):
         # the window row's input: virtual rows y0 .. y0 + roi → image rows (clamped: replicate padding)
         rows = np.clip(np.arange(y0, y0 + roi) - m, 0, h - 1)
-        r0, r1 = int(rows.min()), int(rows.max()) + 1
-        raw = cache.get(r0, r1)[:, rows - r0][:, :, cols]
-        band = torch.from_numpy(stats.apply(match_channels(raw, channels)))
-        if not acc:
-            acc = [torch.zeros(0) for _ in nets]
-        if y0 > base:  # shift the accumulators to start at this window row
-            shift = y0 - base
-            for k in range(len(acc)):
-                if acc[k].numel():
-                    moved = torch.zeros_like(acc[k])
-                    moved[:, : roi - shift] = acc[k][:, shift:]
-                    acc[k] = moved
-            base = y0
+        raw = match_channels(cache.take(rows)[:, :, cols], channels)
         for j in range(0, len(xs), sw_batch):
             chunk = xs[j : j + sw_batch]
-            wins = torch.stack([band[:, :, x0 : x0 + roi] for x0 in chunk]).to(dev)
+            batch = np.stack([stats.apply(raw[:, :, x0 : x0 + roi]) for x0 in chunk])
+            wins = torch.from_numpy(batch).to(dev)
             for k, net in enumerate(nets):
                 with autocast(dev):
                     logits = net(wins).float().cpu()
-                if not acc[k].numel():
-                    acc[k] = torch.zeros((logits.shape[1], roi, wv), dtype=torch.float32)
+                if len(acc) <= k:
+                    acc.append(torch.zeros((logits.shape[1], roi, wv), dtype=torch.float32))
                 for b, x0 in enumerate(chunk):
-                    acc[k][:, :, x0 : x0 + roi] += logits[b] * wmap
-        # rows no later window touches are final
+                    weighted = logits[b] * wmap
+                    for slots, part in _ring(y0, roi, roi):
+                        acc[k][:, slots, x0 : x0 + roi] += weighted[:, part]
+        # rows no later window touches are final: [y0, stop); the image's rows among them go to the sink
         stop = ys[i + 1] if i + 1 < len(ys) else hv
-        lo_v, hi_v = max(y0, m), min(stop, m + h)  # virtual rows that are image rows
+        lo_v, hi_v = max(y0, m), min(stop, m + h)
         if hi_v > lo_v:
-            sl = slice(lo_v - base, hi_v - base)
             count = torch.from_numpy(cy[lo_v:hi_v, None] * cx[None, m : m + w])
             total = torch.zeros(0)
             for k in range(len(acc)):
-                p = torch.softmax(acc[k][:, sl, m : m + w] / count, dim=0)
-                total = p if not total.numel() else total + p
-            probs = (total / len(acc)).numpy()
-            sink(lo_v - m, probs)
+                logits_rows = torch.cat(
+                    [acc[k][:, slots, m : m + w] for slots, _ in _ring(lo_v, hi_v - lo_v, roi)], 1
+                )
+                p = torch.softmax(logits_rows.div_(count), dim=0)
+                total = p if not total.numel() else total.add_(p)
+            sink(lo_v - m, total.div_(len(acc)).numpy())
             done_rows = hi_v - m
             if progress is not None:
                 progress(done_rows, h)
+        for slots, _ in _ring(y0, stop - y0, roi):  # the slots of finished rows start over for later rows
+            for a in acc:
+                a[:, slots] = 0.0
     if done_rows != h:  # pragma: no cover - the grid always reaches the last row
         raise RuntimeError(f"tiled prediction covered {done_rows} of {h} rows")
