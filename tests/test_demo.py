@@ -130,6 +130,18 @@ def test_demo_writes_a_report_with_dice_per_round_and_edit_dice(demo_run) -> Non
         assert numbers["seconds"][step] >= 0
     assert numbers["seconds"]["total"] >= numbers["seconds"]["cotrain_round1"]
 
+    # what the uncertainty is worth, measured on the val images after each round (issue 17)
+    assert list(numbers["uncertainty"]) == ["round 1", "round 2"]
+    for d, r in zip(numbers["uncertainty"].values(), numbers["rounds"], strict=True):
+        assert d["images"] == s.n_val and d["model_id"] == r["model_id"]
+        assert d["pixels"] == s.n_val * s.size * s.size
+        assert np.isnan(d["auroc"]) or 0.0 <= d["auroc"] <= 1.0
+        coloured, found = d["at_threshold"]["0.5"]
+        assert 0.0 <= coloured <= 1.0 and (np.isnan(found) or 0.0 <= found <= 1.0)
+        assert d["curve"]["inspected"][0] == 0.0 and d["curve"]["inspected"][-1] == pytest.approx(1.0)
+    assert "Does the uncertainty point at the errors?" in page
+    assert "After round 2: the teacher on the same images" in page and "nobody corrected" in page
+
 
 def test_demo_leaves_a_valid_project_and_no_process(demo_run) -> None:
     from napari_diffseg.project import Project, check_project

@@ -9,10 +9,12 @@ and only through :class:`~napari_diffseg.backend.client.DiffsegClient`:
    the test images never enter the project (they are read only to score the students);
 3. pretrains the teacher (label-free), runs co-training round 1, and scores the active model's students
    on the test images;
-4. proposes masks with uncertainty for the unlabeled train images; a simulated annotator opens the
-   ``b`` most uncertain ones (the backend's ``/next``) and saves the ground truth as a correction of the
-   proposal it started from, so the project records the edit Dice and the pixels changed;
-5. runs co-training round 2 and scores the students again;
+4. proposes masks with uncertainty for the unlabeled train images (and the val images, to measure how
+   well the uncertainty finds the proposals' errors); a simulated annotator opens the ``b`` most
+   uncertain ones (the backend's ``/next``) and saves the ground truth as a correction of the proposal
+   it started from, so the project records the edit Dice and the pixels changed;
+5. runs co-training round 2 and scores the students again (and the round-2 teacher's uncertainty on the
+   val images);
 6. writes ``OUT/report/`` (``report.html``, PNGs, ``report.json``).
 
 No Qt here: ``--gui`` is handled by :mod:`napari_diffseg._widgets.launch`.
@@ -234,6 +236,7 @@ class _Run:
     baselines: list[dict[str, Any]] = field(default_factory=list)
     corrections: list[dict[str, Any]] = field(default_factory=list)
     overlays: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    uncertainty: dict[str, dict[str, Any]] = field(default_factory=dict)
     test_predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @contextlib.contextmanager
@@ -334,6 +337,23 @@ def _overlay_rows(
             }
         )
     return rows
+
+
+def _error_detection(client: Any, data_dir: Path, names: list[str], model_id: str) -> dict[str, Any]:
+    """How well the model's uncertainty finds its proposals' wrong pixels on ``names`` (the val images,
+    whose truth is known): :func:`napari_diffseg.base.uncertainty.error_detection`, pooled."""
+    from napari_diffseg.base.uncertainty import error_detection
+
+    uncs, props, truths = [], [], []
+    for name in names:
+        uncs.append(np.asarray(client.proposal_pixels(name, "uncertainty", model_id=model_id)))
+        props.append(np.asarray(client.proposal_pixels(name, "mask", model_id=model_id)))
+        truths.append(_read_mask(data_dir / "masks" / f"{name}.png"))
+    result = error_detection(uncs, props, truths, thresholds=(0.5,)).to_dict()
+    result["images"] = len(names)
+    result["names"] = list(names)
+    result["model_id"] = model_id
+    return result
 
 
 def _simulate_annotator(run: _Run, client: Any, data_dir: Path) -> list[str]:
@@ -518,13 +538,14 @@ def run_demo(
                     "propose",
                     "propose",
                     run.job_params(
-                        ids=unlabeled,
+                        ids=unlabeled + splits["val"],  # val: to measure the uncertainty against the truth
                         steps=s.propose_steps,
                         samples=s.propose_samples,
                         rounds=s.propose_rounds,
                     ),
                     "proposals",
                 )
+            run.uncertainty["round 1"] = _error_detection(client, data_dir, splits["val"], r1["model_id"])
             with run.step("correct"):
                 corrected = _simulate_annotator(run, client, data_dir)
             truths = {n: _read_mask(data_dir / "masks" / f"{n}.png") for n in corrected}
@@ -550,10 +571,14 @@ def run_demo(
                     "propose_round2",
                     "propose",
                     run.job_params(
-                        ids=shown, steps=s.propose_steps, samples=s.propose_samples, rounds=s.propose_rounds
+                        ids=shown + splits["val"],
+                        steps=s.propose_steps,
+                        samples=s.propose_samples,
+                        rounds=s.propose_rounds,
                     ),
                     "round-2 proposals",
                 )
+            run.uncertainty["round 2"] = _error_detection(client, data_dir, splits["val"], r2["model_id"])
             run.overlays["round 2"] = _overlay_rows(client, data_dir, shown, truths, r2["model_id"])
     finally:
         stop_local_backend(proc)
@@ -652,6 +677,8 @@ def _numbers(run: _Run, splits: dict[str, list[str]], labeled: list[str]) -> dic
         "proposal_dice_shown": {
             label: {row["name"]: row["proposal_dice"] for row in rows} for label, rows in run.overlays.items()
         },
+        # how well each round's uncertainty finds its proposals' wrong pixels on the val images
+        "uncertainty": run.uncertainty,
         "jobs": run.jobs,
         "events_with_losses": losses,
         "project": str(run.out / "project"),
