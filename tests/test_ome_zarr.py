@@ -388,3 +388,20 @@ def test_napari_reader_opens_ome_zarr_lazily_with_labels(tmp_path: Path) -> None
     assert tuple(meta["scale"]) == (0.5, 0.5) and lmeta["metadata"]["labels"] == "diffseg"
     np.testing.assert_array_equal(np.asarray(data[1]), np.moveaxis(img[:, ::2, ::2], 0, -1))
     assert get_reader(str(tmp_path)) is None
+
+
+def test_reading_an_ome_zarr_in_napari_loads_no_torch(tmp_path: Path) -> None:
+    """napari's process must stay free of torch: the reader opens an OME-Zarr with zarr and dask only."""
+    import subprocess
+    import sys
+
+    path = write_ome_zarr(tmp_path / "s.zarr", _rgb(64, 64), levels=2, chunk=32)
+    code = (
+        "import sys\n"
+        "from napari_diffseg._reader import get_reader\n"
+        f"layers = get_reader({str(path)!r})({str(path)!r})\n"
+        "assert layers and layers[0][2] == 'image'\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'monai')]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
