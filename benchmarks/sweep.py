@@ -143,13 +143,16 @@ def report(out: Path) -> str:
     arms = [a for a in ARMS if any((a, f) in by for f in fractions)]
     some = next(iter(next(iter(by.values())).values()))
     prov = some.get("provenance", {})
+    runs = [r for rs in by.values() for r in rs.values()]
+    commits = sorted({str(r.get("provenance", {}).get("commit"))[:10] for r in runs})
+    dirty = sum(bool(r.get("provenance", {}).get("dirty")) for r in runs)
     lines = [
         f"## {out.name}: test Dice, preset `{some['preset']}`",
         "",
         f"Mean ± sample std (ddof 1) over seeds, n in brackets; {some['test']['n']} test images"
         + (", scored inside the field of view" if some.get("scored_in_fov") else "")
-        + f"; validation split {some.get('n_val', 0)} train images. Commit {str(prov.get('commit'))[:10]}"
-        + (" (dirty tree)" if prov.get("dirty") else "")
+        + f"; validation split {some.get('n_val', 0)} train images. Commits {', '.join(commits)}"
+        + (f" ({dirty} of {len(runs)} runs on a dirty tree)" if dirty else "")
         + f", {prov.get('processor') or prov.get('machine')}, {prov.get('threads')} thread(s).",
         "",
         "| arm | " + " | ".join(f"{f:.0%}" for f in fractions) + " | mean training s |",

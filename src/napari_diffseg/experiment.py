@@ -113,8 +113,18 @@ def provenance(preset: Preset, device: torch.device | str, world: int = 1) -> di
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
-        "processor": platform.processor() or None,
+        "processor": _cpu_model() or platform.processor() or None,
     }
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def load_images(ds: DatasetFolder, ids: Iterable[str], channels: int) -> list[torch.Tensor]:
