@@ -1,39 +1,42 @@
-"""Dock the napari-diffseg widgets in a real napari window and save screenshots of them.
+"""The first hour in napari on real images, timed, with screenshots of the widgets (issue 17).
 
-Builds a small synthetic project in a temporary folder, pretrains a ``tiny`` teacher and makes proposals
-(CLI, ~20 s on a CPU), starts a local backend from the Project widget, opens the next image (the Annotate
-widget shows its proposal and uncertainty by itself) and runs a tiny pretraining job from the Train widget. Needs a display; headless::
+What a new user does, through the real widgets and a local backend, on images of a real dataset read from
+``../shared/data`` (nothing is copied into the repository; the project lives in a temp folder):
 
-    xvfb-run -a python examples/screenshot_widgets.py [--out examples/screenshots]
+1. *Project*: open a new folder (it becomes a project), import the images (files).
+2. *Train*: the widget starts at ``pretrain`` and says what it will cost; Start (label-free pretraining).
+3. *Next image*: the proposal and the uncertainty of the image appear by themselves (a propose job).
+4. A few images are corrected (here: their ground truth is saved as the correction, as a person would after
+   fixing the proposal), then *Train* suggests ``cotrain``: Start a round.
+5. *Train*: ``propose`` on every unreviewed image (the table's uncertainty column fills).
+6. *Next image* opens the most uncertain image, with the new model's proposal and uncertainty.
 
-The README's screenshots come from a trained project instead, so that proposals and plots look like real
-use: run the demo first, then point the script at a copy of its project (the copy is what it opens; the
-Train widget replays the demo's last co-training round from its persisted events)::
+Every step's promised time (the Train widget's estimate) and measured time go to ``OUT/NAME_first_hour.json``;
+screenshots to ``OUT/NAME_*.png``. Needs a display; headless::
 
-    diffseg demo --out /tmp/demo
-    xvfb-run -a python examples/screenshot_widgets.py --project /tmp/demo/project
+    xvfb-run -a python examples/screenshot_widgets.py --dataset ../shared/data/dsb2018_nuclei --name dsb
+    xvfb-run -a python examples/screenshot_widgets.py --dataset ../shared/data/glas --name glas
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
-import sys
+import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import imageio.v3 as iio
 import napari
+import numpy as np
 from qtpy.QtWidgets import QApplication
 
-from napari_diffseg.data.synthetic import make_sample_dataset
-from napari_diffseg.project import Project
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parents[1] / "shared" / "data"
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
+def wait_until(condition: Callable[[], bool], timeout: float = 3600.0) -> None:
     """Run the Qt event loop until ``condition()`` holds."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -41,78 +44,189 @@ def wait_until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
             raise TimeoutError("the widgets did not get there in time")
         QApplication.processEvents()
         time.sleep(0.02)
-    for _ in range(20):  # let the canvas draw
+    settle()
+
+
+def settle(seconds: float = 0.4) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:  # let the canvas and the docks draw
         QApplication.processEvents()
         time.sleep(0.01)
 
 
-def build_project(folder: Path) -> Path:
-    ds = make_sample_dataset(folder / "ds", n_train=6, n_test=1, size=(128, 128), seed=2)
-    root = folder / "project"
-    with Project.create(root) as project:
-        for path in sorted((ds / "images").glob("*.png")):
-            project.import_array(iio.imread(path), path.stem)
-    for step in ("pretrain", "propose"):
-        cli = [sys.executable, "-m", "napari_diffseg.cli", step, str(root), "--preset", "tiny", "-q"]
-        subprocess.run(cli, check=True)
-    return root
+def pick(dataset: Path, n: int, seed: int) -> list[str]:
+    """``n`` train ids of a dataset folder, seeded."""
+    from napari_diffseg.data.dataset import DatasetFolder
+
+    ids = sorted(DatasetFolder(dataset).ids_in_split("train"))
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(ids, size=min(n, len(ids)), replace=False).tolist())
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "screenshots")
-    parser.add_argument("--project", type=Path, help="a trained project to show (a copy of it is opened)")
+    parser.add_argument("--dataset", type=Path, default=DATA / "dsb2018_nuclei")
+    parser.add_argument("--name", default="dsb")
+    parser.add_argument("--images", type=int, default=12, help="training images imported")
+    parser.add_argument(
+        "--correct", type=int, default=3, help="images corrected before the co-training round"
+    )
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "screenshots")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
+    from napari_diffseg._widgets import project as project_module
+    from napari_diffseg.data.dataset import DatasetFolder
+
+    ds = DatasetFolder(args.dataset)
+    ids = pick(args.dataset, args.images, args.seed)
+    files = [ds.image_path(i) for i in ids]
+    record: dict = {
+        "dataset": str(args.dataset.name),
+        "images": len(files),
+        "preset": args.preset,
+        "machine": f"{_cpu()}, {os.cpu_count()} cores",
+        "load_average_at_start": os.getloadavg()[0],
+        "steps": [],
+    }
+    shot = 0
+
+    def screenshot(viewer: napari.Viewer, what: str) -> None:
+        nonlocal shot
+        shot += 1
+        path = args.out / f"{args.name}_{what}.png"
+        viewer.screenshot(str(path), canvas_only=False)
+        print(f"screenshot {path}", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
-        if args.project is not None:
-            root = Path(tmp) / "project"
-            shutil.copytree(args.project, root)
-        else:
-            root = build_project(Path(tmp))
-        with Project.open(root) as p:
-            n_images = len(p.images())
-            cotrain_jobs = [j.id for j in p.jobs() if j.kind == "cotrain" and j.state == "done"]
+        root = Path(tmp) / f"{args.name}-project"
+        project_module.ask_create = lambda _parent, _folder: True  # the "create a project?" dialog: Yes
         viewer = napari.Viewer(title="napari-diffseg")
-        viewer.window.resize(1400, 1000)
+        viewer.window.resize(1600, 1000)
         _, project = viewer.window.add_plugin_dock_widget("napari-diffseg", "Project")
         _, annotate = viewer.window.add_plugin_dock_widget("napari-diffseg", "Annotate")
         _, train = viewer.window.add_plugin_dock_widget("napari-diffseg", "Train")
+        session = project.session
         try:
+            t_open = time.monotonic()
             project.folder.setText(str(root))
-            project.start_local(root)
-            wait_until(lambda: project.table.rowCount() == n_images)
-            viewer.screenshot(str(args.out / "project_widget.png"), canvas_only=False)
-            project.open_next()  # the annotate widget shows the image's proposal by itself
+            project.open_project(root)
+            wait_until(lambda: session.client is not None)
+            project.import_files([str(f) for f in files])
+            wait_until(lambda: project.table.rowCount() == len(files))
+            record["steps"].append(
+                {"step": "open a new folder, import", "seconds": time.monotonic() - t_open}
+            )
 
-            def proposal_shown() -> bool:
-                image = project.session.image
-                return (
-                    image is not None
-                    and annotate.image_id == image["id"]
-                    and annotate.labels is not None
-                    and annotate.labels.visible
-                    and annotate.uncertainty is not None
-                )
-
-            wait_until(proposal_shown)
-            viewer.screenshot(str(args.out / "annotate_widget.png"), canvas_only=False)
-
-            if cotrain_jobs:  # a trained project: replay its last round's history
-                train.follow(cotrain_jobs[-1])
-                wait_until(lambda: "done" in train.status.text() and train.models_table.rowCount() > 0)
-                time.sleep(0.5)
-                wait_until(lambda: True)
-            else:
-                train.kind.setCurrentText("pretrain")
+            def run_job(what: str, kind: str, scope: str | None = None, suggested: bool = True) -> None:
+                if suggested:  # the widget offers this job by itself
+                    wait_until(lambda: train.kind.currentText() == kind and bool(train.estimate.text()), 120)
+                else:  # the user picks it
+                    train.kind.setCurrentText(kind)
+                train.preset.setCurrentText(args.preset)
+                if scope is not None:
+                    train.scope.setCurrentIndex(
+                        [train.scope.itemData(i) for i in range(train.scope.count())].index(scope)
+                    )
+                settle()
+                promised = train.estimate.text()
+                predicted = train.plan.seconds * (session.speed or 1.0) if train.plan else None
+                t0 = time.monotonic()
                 train.start()
-                wait_until(lambda: "done" in train.status.text())
-            viewer.screenshot(str(args.out / "train_widget.png"), canvas_only=False)
+                mid = {"done": False}
+
+                def halfway() -> bool:
+                    frac = train.history.fraction()
+                    if not mid["done"] and frac is not None and frac >= 0.5 and kind != "propose":
+                        mid["done"] = True
+                        screenshot(viewer, f"train_{kind}")
+                    return "done" in train.status.text() or "failed" in train.status.text()
+
+                wait_until(halfway)
+                if "failed" in train.status.text():
+                    raise RuntimeError(train.status.text())
+                record["steps"].append(
+                    {
+                        "step": what,
+                        "kind": kind,
+                        "promised": promised,
+                        "predicted_seconds": predicted,
+                        "seconds": time.monotonic() - t0,
+                        "speed_after": session.speed,
+                    }
+                )
+                print(record["steps"][-1], flush=True)
+
+            def open_next(what: str) -> None:
+                t0 = time.monotonic()
+                project.open_next()
+
+                def shown() -> bool:
+                    image = session.image
+                    return (
+                        image is not None
+                        and annotate.image_id == image.id
+                        and annotate.labels is not None
+                        and annotate.labels.visible
+                        and annotate.uncertainty is not None  # shown, or hidden as a flat map
+                        and bool(annotate.unc_summary.text())
+                    )
+
+                wait_until(shown)
+                settle(1.0)
+                record["steps"].append(
+                    {
+                        "step": what,
+                        "image": session.image.name,
+                        "seconds": time.monotonic() - t0,
+                        "annotate_status": annotate.current.text(),
+                        "uncertainty_summary": annotate.unc_summary.text(),
+                    }
+                )
+                print(record["steps"][-1], flush=True)
+
+            run_job("label-free pretraining", "pretrain")
+            open_next("Next image after pretraining: proposal and uncertainty shown")
+            screenshot(viewer, "annotate_round0")
+
+            # a person corrects a few proposals (here: saves the ground truth as the correction)
+            client = session.client
+            for name in ids[: args.correct]:
+                rec = client.image(name)
+                proposal = client.proposal(rec.id)
+                client.save_annotation(
+                    rec.id,
+                    ds.load_mask(name),
+                    replaces=rec.latest_version,
+                    kind="correction",
+                    proposal_id=None if proposal is None else proposal.id,
+                    author="first-hour script (ground truth)",
+                )
+            session.images_changed.emit()
+            run_job("co-training round 1", "cotrain")
+            run_job("propose on every unreviewed image", "propose", "unreviewed", suggested=False)
+            screenshot(viewer, "project")
+            open_next("Next image (the most uncertain) after round 1")
+            screenshot(viewer, "annotate")
         finally:
-            project.session.stop_server()
+            session.stop_server()
             viewer.close()
-    print(f"screenshots in {args.out}")
+    record["load_average_at_end"] = os.getloadavg()[0]
+    path = args.out / f"{args.name}_first_hour.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"timings in {path}")
 
 
 if __name__ == "__main__":

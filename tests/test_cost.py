@@ -152,8 +152,20 @@ def test_whole_job_progress_and_eta_from_a_plan() -> None:
     assert all(b >= a for a, b in itertools.pairwise(seen))  # never goes back
     assert seen[-1] == pytest.approx(1.0)
     assert h.eta_text().startswith("round 2/2 · cotrain 4/4 · about 0:00 left in the whole job")
-    # the measured speed: wall time / predicted seconds done
-    assert h.speed() == pytest.approx((t - 1000.0) / plan.seconds)
+    # the measured speed: wall time since the job's start / predicted seconds done since (the process
+    # start-up comes before the job's start time); a tiny job is too short to measure by default
+    start = plan.phases[0].seconds
+    assert h.speed() is None
+    h.MIN_MEASURED = 0.0
+    assert h.speed() == pytest.approx((t - 1000.0) / (plan.seconds - start))
+
+    # queue to end, start-up included: what the next estimate uses
+    @dataclass
+    class Done:
+        created_at: float = 990.0
+        finished_at: float = 1000.0 + 2 * plan.seconds
+
+    assert h.overall_speed(Done()) == pytest.approx((10.0 + 2 * plan.seconds) / plan.seconds)
 
 
 def test_eta_uses_the_measured_speed_once_there_is_enough_work_done() -> None:
@@ -163,9 +175,10 @@ def test_eta_uses_the_measured_speed_once_there_is_enough_work_done() -> None:
     h = JobHistory(plan, factor=1.0)
     h.set_started(0.0)
     start = plan.phases[0].seconds
-    # the teacher phase half done, at twice the predicted time
+    # the teacher phase half done, at twice the predicted time (counted from the job's start, which comes
+    # after the process start-up)
     done = start + teacher.seconds / 2
-    h.add(_progress("teacher", teacher.units // 2, teacher.units, loss=1.0), 2 * done)
+    h.add(_progress("teacher", teacher.units // 2, teacher.units, loss=1.0), 2 * (done - start))
     assert h.speed() == pytest.approx(2.0, rel=1e-3)
     assert h.job_eta_seconds() == pytest.approx(2 * (plan.seconds - done), rel=1e-3)
     assert "round" not in h.eta_text() and "left in the whole job" in h.eta_text()

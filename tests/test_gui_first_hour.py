@@ -179,9 +179,11 @@ def test_the_uncertainty_layer_informs(make_napari_viewer, qtbot, tmp_path, flat
         assert np.allclose(color[:3], [int(PROPOSAL_COLOR[i : i + 2], 16) / 255 for i in (1, 3, 5)])
 
         text = annotate.unc_summary.text()
-        if flat:
+        if flat:  # it says so, and the layer is hidden: it would cover everything and say nothing
             assert "not trained enough for its uncertainty to mean anything" in text
+            assert not layer.visible and "hidden" in text
         else:
+            assert layer.visible
             share = float(np.mean(unc >= 0.5))
             assert "not trained enough" not in text and f"{100 * share:.1f} %" in text
 

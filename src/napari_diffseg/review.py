@@ -527,6 +527,13 @@ class JobHistory:
             return 1.0
         return min(1.0, self.done_seconds() / self.plan.seconds)
 
+    def overall_speed(self, job: Job) -> float | None:
+        """Wall seconds from the job's creation to its end per predicted second of the whole plan
+        (start-up included): the factor for the next estimate of a job that did not wait for another."""
+        if self.plan is None or job.finished_at is None or self.plan.seconds <= 0:
+            return None
+        return max(0.0, job.finished_at - job.created_at) / self.plan.seconds
+
     def speed(self) -> float | None:
         """Measured wall seconds per predicted second in this run of the job (None: too early to say).
 
@@ -534,7 +541,9 @@ class JobHistory:
         if self.plan is None or self._last_time is None:
             return None
         if self.started_at is not None and self._last_time >= self.started_at:
-            t0, done0 = self.started_at, self._base_done
+            # the job's start time is set once its process has started: the start-up is not in it
+            start = sum(p.seconds for p in self.plan.phases if p.key == "start")
+            t0, done0 = self.started_at, max(self._base_done, start)
         elif self._first is not None:
             t0, done0 = self._first
         else:
@@ -609,11 +618,16 @@ def follow_job(
     client: Any, job_id: int | None, kind: str = "", params: dict[str, Any] | None = None
 ) -> Iterator[dict[str, Any]]:
     """Worker (generator): start a job when ``job_id`` is None; yield ``{"job"}``, then its history and
-    each new event as ``{"events": [...]}``, and at the end ``{"job", "final": True}``."""
+    each new event as ``{"events": [...]}``, and at the end ``{"job", "final": True}``.
+
+    A job started here is first yielded as ``{"job", "alone": bool}``: whether no other job was queued or
+    running when it was created, so that its whole time, queue to end, measures this backend's speed
+    (process start-up included) for the next estimate."""
     if job_id is None:
+        alone = not any(not j.ended for j in client.jobs())
         job = client.start_job(kind, params or {})
         job_id = job.id
-        yield {"job": job}
+        yield {"job": job, "alone": alone}
     page = client.events(job_id, since=0)  # the history, in one batch
     yield {"job": page.job, "events": page.events}
     if not page.job.ended:

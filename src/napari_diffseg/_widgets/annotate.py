@@ -104,15 +104,16 @@ def label_colormap() -> Any:
 def uncertainty_colormap(threshold: float = DEFAULT_THRESHOLD) -> Any:
     """Magma from ``threshold`` to 1 bit, transparent below it (for contrast limits :data:`SCALE`).
 
-    The colours start at magma's violet (not its black, which would hide the image) and reach its pale
-    yellow at 1 bit; alpha rises from 0.55 to 0.9 so the most uncertain regions stand out most."""
+    The colours run from magma's violet (not its black, which would hide the image) to its orange-pink
+    (not its pale yellow, which is the proposal's colour); alpha rises from 0.55 to 0.9 so the most
+    uncertain regions stand out most."""
     from napari.utils.colormaps import Colormap
     from napari.utils.colormaps.colormap_utils import ensure_colormap
 
     t = float(min(max(threshold, 0.0), 0.999))
     magma = ensure_colormap("magma")
     stops = np.linspace(0.0, 1.0, 9)
-    values = magma.map(0.3 + 0.7 * stops)  # violet → orange → pale yellow
+    values = magma.map(0.3 + 0.5 * stops)  # violet → red → orange-pink
     values[:, 3] = 0.55 + 0.35 * stops
     controls = [0.0, t, *(t + (1.0 - t) * stops)]
     colors = np.vstack([[0, 0, 0, 0], [0, 0, 0, 0], values])
@@ -549,6 +550,8 @@ class AnnotateWidget(QWidget):
                 self.viewer.layers.remove(old)
         layer.name = f"{name} uncertainty"
         self._update_summary(name)
+        if summarize_map(unc, self.threshold.value()).flat:
+            layer.visible = False  # it would cover the image and the proposal and say nothing
 
     def _on_threshold(self, value: float) -> None:
         layer = self.uncertainty
@@ -564,6 +567,8 @@ class AnnotateWidget(QWidget):
             return
         summary = summarize_map(self._shown_unc, self.threshold.value())
         text = f"{name}: {summary.text()}" if name else summary.text()
+        if summary.flat:
+            text += " The layer is hidden (its eye in the layer list shows it)."
         self.unc_summary.setText(f"<span style='color:#e8a33d'>{text}</span>" if summary.flat else text)
 
     def revert(self) -> None:

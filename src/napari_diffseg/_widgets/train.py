@@ -67,12 +67,9 @@ __all__ = ["PRESETS", "JobHistory", "TrainWidget", "describe_event", "format_dur
 PRESETS = ("tiny", "cpu", "gpu")
 KINDS = ("pretrain", "cotrain", "propose")  # the job choices, in the order the combo box lists them
 KIND_HELP = {
-    "pretrain": "Label-free: the teacher learns from the images alone. Gives a first model (round 0) "
-    "whose proposals you can start correcting.",
-    "cotrain": "Trains the teacher and the twin students on your annotations (at least one), the "
-    "unlabeled images and the teacher's pseudo-labels; the new model becomes active.",
-    "propose": "The active model proposes a mask with uncertainty for each image: fills the project "
-    "table's uncertainty column, so 'Next image' opens the most uncertain one.",
+    "pretrain": "Label-free: the teacher learns from the images alone; a first model to correct.",
+    "cotrain": "Teacher and students learn from your annotations (at least one) and the other images.",
+    "propose": "The active model proposes masks with uncertainty; 'Next image' then picks the most uncertain.",
 }
 PROPOSE_SCOPES = (
     ("unreviewed images", "unreviewed"),  # the job's default: images without an annotation
@@ -127,6 +124,7 @@ class TrainWidget(QWidget):
         self._kind_chosen = False  # the job kind was chosen (by a person or a script): keep it
         self._auto_kind = False
         self._images_changed_at = 0.0
+        self._alone = False  # the followed job was started here while no other job was queued or running
         self._alive = [True]  # False once Qt has deleted the widget (a worker may still deliver)
         self.destroyed.connect(partial(_mark_deleted, self._alive))
 
@@ -135,6 +133,7 @@ class TrainWidget(QWidget):
         self.kind.setToolTip("\n".join(f"{k}: {v}" for k, v in KIND_HELP.items()))
         self.kind_help = QLabel(KIND_HELP[KINDS[0]])
         self.kind_help.setWordWrap(True)
+        self.kind_help.setMinimumHeight(2 * self.kind_help.fontMetrics().lineSpacing() + 2)
         self.preset = QComboBox()
         self.preset.addItems(list(PRESETS))
         self.preset.setCurrentText("cpu")  # a laptop's budget; tiny is a first look, gpu for a GPU server
@@ -154,6 +153,7 @@ class TrainWidget(QWidget):
         )
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
+        self.estimate.setMinimumHeight(4 * self.estimate.fontMetrics().lineSpacing() + 2)  # never cut
         self.estimate.setToolTip(
             f"Predicted from the project's image sizes and counts and the preset's measured cost on {REFERENCE} "
             "(benchmarks/preset_cost.py); once a job has run, at the speed this backend showed."
@@ -386,8 +386,8 @@ class TrainWidget(QWidget):
         where = (
             f"at the speed this backend showed in its last job ({speed:.1f}× the reference)"
             if speed is not None
-            else f"predicted for {REFERENCE}; a busy machine is slower, a GPU much faster (the ETA "
-            "corrects itself once the job runs)"
+            else "for one quiet CPU core; a busy machine is slower, a GPU faster (after a job, this "
+            "backend's measured speed is used)"
         )
         sizes = f" of {plan.sizes}" if plan.sizes else ""
         return (
@@ -424,6 +424,7 @@ class TrainWidget(QWidget):
         token = self._token
         self._close_napari_progress()
         self.following = True
+        self._alone = False
         self.job_id, self.job = job_id, None
         plan = self.current_plan() if job_id is None else None
         self.history = JobHistory(plan, factor=self.session.speed or 1.0)
@@ -447,6 +448,8 @@ class TrainWidget(QWidget):
     def _on_item(self, token: int, item: dict[str, Any]) -> None:
         if token != self._token or not self._alive[0]:
             return
+        if "alone" in item:
+            self._alone = bool(item["alone"])
         if "job" in item:
             self._on_job(item["job"], final=bool(item.get("final")))
         events: list[JobEventOut] = item.get("events") or []
@@ -484,9 +487,12 @@ class TrainWidget(QWidget):
             self.progress.setRange(0, top)
             self.progress.setValue(top)
             self.status.setText(f"{text} in {format_duration(_ran(job))}" if _ran(job) else text)
-            speed = self.history.speed()
+            # the next estimates use what this backend showed: the whole job, queue to end (start-up
+            # included), when it waited for no other job; else its speed while it ran
+            overall = self.history.overall_speed(job) if self._alone else None
+            speed = overall if overall is not None else self.history.speed()
             if speed is not None:
-                self.session.speed = speed  # the next estimates use what this backend showed
+                self.session.speed = speed
             show_info(f"Job {job.id} ({job.kind}) finished{self._what_next(job)}")
         elif state == "failed":
             error = job.error or "no message"
