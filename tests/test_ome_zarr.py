@@ -405,3 +405,23 @@ def test_reading_an_ome_zarr_in_napari_loads_no_torch(tmp_path: Path) -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
+def test_predict_never_replaces_its_source(tmp_path: Path, model: Path, capsys) -> None:
+    src = write_ome_zarr(tmp_path / "slide.ome.zarr", _rgb(40, 50), levels=1)
+    rc, _, err = _run(capsys, "predict", str(model), str(src), "--out", str(tmp_path), "--overwrite", "-q")
+    assert rc == 2 and "would replace it" in err
+    assert open_ome_zarr(src).labels == () and open_ome_zarr(src).read().shape == (3, 40, 50)
+    old = _handmade(
+        tmp_path / "v03.zarr",
+        {"multiscales": [{"version": "0.3", "axes": ["c", "y", "x"], "datasets": [{"path": "0"}]}]},
+        {"0": _rgb(40, 50)},
+    )
+    rc, _, err = _run(
+        capsys, "predict", str(model), str(old), "--out", str(tmp_path / "o"), "--into-source", "-q"
+    )
+    assert rc == 2 and "into a copy" in err
+    rc, _out, err = _run(capsys, "predict", str(model), str(old), "--out", str(tmp_path / "o"), "-q")
+    assert rc == 0, err
+    copy = open_ome_zarr(tmp_path / "o" / "v03.ome.zarr")
+    assert copy.version == "0.4" and copy.labels == ("diffseg",)
