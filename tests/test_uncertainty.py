@@ -40,6 +40,10 @@ def test_a_nearly_uniform_high_map_is_flat_and_says_so() -> None:
     s = summarize_map(informative)
     assert not s.flat and s.coloured == pytest.approx(0.1, abs=0.02)
     assert "% of the image" in s.text()
+    broad = np.where(rng.random((64, 64)) < 0.7, 0.8, 0.05)  # most of the image: no single error
+    s = summarize_map(broad)
+    assert s.broad and not s.flat and "cannot single out errors" in s.text()
+    assert not summarize_map(broad, threshold=0.9).broad  # a higher threshold: nothing that wide
     sure = np.full((8, 8), 0.01)
     s = summarize_map(sure)
     assert not s.flat and s.coloured == 0.0 and "sure everywhere" in s.text()

@@ -197,6 +197,8 @@ class AnnotateWidget(QWidget):
         low, high = probability_band(DEFAULT_THRESHOLD)
         self.legend = QLabel(f"<b>Uncertainty</b> (0–1 bit): {LEGEND}")
         self.legend.setWordWrap(True)
+        self.legend.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+        self.legend.setMinimumHeight(3 * self.legend.fontMetrics().lineSpacing() + 2)
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.0, 0.95)
         self.threshold.setSingleStep(0.05)
@@ -211,6 +213,7 @@ class AnnotateWidget(QWidget):
         self.unc_summary = QLabel("")
         self.unc_summary.setWordWrap(True)
         self.unc_summary.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+        self.unc_summary.setMinimumHeight(3 * self.unc_summary.fontMetrics().lineSpacing() + 2)
         self.load_button = QPushButton("Load / request proposal")
         self.load_button.setToolTip(
             "Show the active model's proposal for this image again; when it has none yet, ask the backend "

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QMessageBox,
@@ -499,7 +500,13 @@ class ProjectWidget(QWidget):
             )
             for col, text in enumerate(cells):
                 self.table.setItem(row, col, QTableWidgetItem(str(text)))
-        self.table.resizeColumnsToContents()
+        header = _header(self.table.horizontalHeader())
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)  # a long name is elided, not the rest
+        for row, rec in enumerate(self.images):
+            item = self.table.item(row, 0)
+            if item is not None:
+                item.setToolTip(rec.name)
 
     def open_next(self) -> None:
         """Open the next unreviewed image, picked as the order box says (unsaved edits are saved or

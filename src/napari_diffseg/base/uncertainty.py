@@ -50,6 +50,8 @@ FLAT_SPREAD = 0.1
 """A map whose 5th-95th percentile spread is below this carries no information about where errors are."""
 FLAT_COVERAGE = 0.9
 """... nor does one that colours at least this share of the image."""
+BROAD_COVERAGE = 0.5
+"""A map that colours more than this share points at no single error: the summary says so."""
 LEGEND = (
     "bright = the teacher disagrees with itself (its sampled masks differ): check there first. "
     "Scale 0–1 bit, the same for every image."
@@ -93,6 +95,8 @@ class MapSummary:
         spread: 95th minus 5th percentile.
         flat: The map carries no information about where the errors are (see :data:`FLAT_MESSAGE`).
         threshold: The threshold ``coloured`` was counted at.
+        broad: Not flat, but more than :data:`BROAD_COVERAGE` of the image is coloured: the teacher is
+            unsure over most of it, so the map cannot single out errors at this threshold.
     """
 
     mean: float
@@ -100,6 +104,7 @@ class MapSummary:
     spread: float
     flat: bool
     threshold: float
+    broad: bool = False
 
     def text(self) -> str:
         """One line: how much is coloured, and the flat-map warning when it applies."""
@@ -113,10 +118,16 @@ class MapSummary:
                 f"uncertainty: mean {self.mean:.2f} bit; no pixel reaches {self.threshold:.2f} bit: the "
                 "teacher is sure everywhere (lower the threshold to see its least sure regions)."
             )
-        return (
+        text = (
             f"uncertainty: {100 * self.coloured:.1f} % of the image at ≥ {self.threshold:.2f} bit "
-            f"(mean {self.mean:.2f} bit)."
+            f"(mean {self.mean:.2f} bit)"
         )
+        if self.broad:
+            return (
+                f"{text}: the teacher is unsure over most of the image, so the map cannot single out errors "
+                "yet; raise the threshold to see where it is least sure."
+            )
+        return text + "."
 
 
 def summarize_map(uncertainty: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> MapSummary:
@@ -136,7 +147,7 @@ def summarize_map(uncertainty: np.ndarray, threshold: float = DEFAULT_THRESHOLD)
     coloured = float(np.count_nonzero(values >= threshold)) / values.size
     spread = p95 - p5
     flat = coloured >= FLAT_COVERAGE or (spread < FLAT_SPREAD and mean >= threshold)
-    return MapSummary(mean, coloured, spread, flat, threshold)
+    return MapSummary(mean, coloured, spread, flat, threshold, broad=not flat and coloured > BROAD_COVERAGE)
 
 
 @dataclass(frozen=True)
