@@ -277,3 +277,36 @@ def test_a_folder_of_images_becomes_a_project_and_an_odd_import_is_warned_about(
         assert len(asked) == 1 and again.folder.text() == str(target)
     finally:
         again.session.stop_server()
+
+
+def test_plot_ticks_differ_and_the_legend_sits_under_the_axes(qtbot) -> None:
+    from qtpy.QtGui import QColor
+
+    from napari_diffseg._widgets._plot import CurvePlot, nice_ticks, tick_labels
+
+    # a loss that moves in the third decimal: every tick reads differently (it used to be "1.15" five times)
+    labels = tick_labels(nice_ticks(1.148, 1.152, 5))
+    assert len(set(labels)) == len(labels) == 5 and labels[0] == "1.148"
+    assert tick_labels([0.0, 0.25, 0.5]) == ["0.00", "0.25", "0.50"]
+    assert tick_labels([0.0, 2500.0, 5000.0]) == ["0", "2500", "5000"]
+
+    plot = CurvePlot("students' losses", "step")
+    qtbot.addWidget(plot)
+    plot.resize(320, 240)
+    names = ["labelled images", "teacher's pseudo-labels", "agreement between the twins"]
+    plot.set_data({n: ([0, 1, 2], [1.150, 1.149 + 0.001 * i, 1.148]) for i, n in enumerate(names)})
+    plot.show()
+    qtbot.waitExposed(plot)
+    rows = plot._legend_rows(plot.fontMetrics(), plot.width() - 8)
+    assert sum(len(r) for r in rows) == 3 and len(rows) >= 2  # wrapped into rows under the axes
+    image = plot.grab().toImage()
+    # the bottom rows of the widget (the legend) hold each curve's colour (antialiased: nearly)
+    legend_top = plot.height() - len(rows) * plot.fontMetrics().height() - 4
+    seen = [
+        image.pixelColor(x, y).getRgb()[:3]
+        for x in range(plot.width())
+        for y in range(legend_top, plot.height())
+    ]
+    for name in names:
+        want = QColor(plot.colors[name]).getRgb()[:3]
+        assert any(sum(abs(a - b) for a, b in zip(px, want, strict=True)) < 60 for px in seen), name
