@@ -224,3 +224,27 @@ def test_a_real_jobs_events_walk_its_plan_to_the_end(tmp_path: Path, synth_datas
     assert placed_before and all(placed_before)  # every progress event moved its phase of the plan
     assert history.done_seconds() == pytest.approx(plan.seconds)  # all of it, the validation phases too
     assert np.isclose(history.fraction(), 1.0)
+
+
+def test_one_loop_key_in_two_phases_is_two_losses() -> None:
+    """Stage B's ``loss`` is the teacher's (labelled masks); co-training's ``loss`` is the total: the plot
+    groups them apart, and the teacher's labelled-mask loss continues as co-training's ``teacher_sup``."""
+    from napari_diffseg.review import loss_name
+
+    h = JobHistory()
+    h.add(_progress("teacher", 1, 2, loss=2.0))
+    h.add(_progress("teacher", 2, 2, loss=1.5))
+    h.add(_progress("cotrain", 1, 3, loss=3.0, sup=1.0, teacher_sup=1.2, gate=1.0, val_dice=0.5))
+    assert set(h.by_phase) == {
+        ("teacher", "loss"),
+        ("cotrain", "loss"),
+        ("cotrain", "sup"),
+        ("cotrain", "teacher_sup"),
+    }
+    named = {key: loss_name(*key) for key in h.by_phase}
+    assert named[("teacher", "loss")] == named[("cotrain", "teacher_sup")] == ("teacher", "labelled masks")
+    assert named[("cotrain", "loss")][0] == "total" and named[("cotrain", "sup")] == (
+        "students",
+        "labelled images",
+    )
+    assert h.by_phase[("teacher", "loss")][1][:2] == [2.0, 1.5]

@@ -365,6 +365,7 @@ class JobHistory:
         losses: Loss name → (x, y); x counts steps over the whole job (each phase segment starts where
             the previous one ended) and a NaN separates segments. Names are the loop's keys; see
             :func:`loss_name` for what a person reads.
+        by_phase: The same points keyed by (phase, loss key), each segment ended by a NaN.
         marks: (x, phase) where each loss segment starts.
         val_dice: Co-training round → validation Dice, from ``metrics`` events.
         last: The latest event's data.
@@ -380,7 +381,9 @@ class JobHistory:
         self.step = 0
         self.total = 0
         self.losses: dict[str, tuple[list[float], list[float]]] = {}
-        self.loss_phase: dict[str, str] = {}  # loss key → the phase it was last reported in
+        # the same points by (phase, loss key): one loop key means different losses in different phases
+        # (Stage B's "loss" is the teacher's, co-training's "loss" the total)
+        self.by_phase: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         self.marks: list[tuple[float, str]] = []
         self.val_dice: dict[int, float] = {}
         self.last: EventData | None = None
@@ -454,7 +457,7 @@ class JobHistory:
         if self._segment is None or self._segment[0] != phase or step < self._segment[1]:
             self._offset = self._end
             self.marks.append((self._offset, phase))
-            for xs, ys in self.losses.values():
+            for xs, ys in (*self.losses.values(), *self.by_phase.values()):
                 if ys and math.isfinite(ys[-1]):
                     xs.append(self._offset)
                     ys.append(math.nan)
@@ -462,10 +465,12 @@ class JobHistory:
         x = self._offset + step
         self._end = max(self._end, self._offset + total)
         for name, value in losses.items():
-            xs, ys = self.losses.setdefault(name, ([], []))
-            xs.append(x)
-            ys.append(float(value))
-            self.loss_phase[name] = phase
+            for xs, ys in (
+                self.losses.setdefault(name, ([], [])),
+                self.by_phase.setdefault((phase, name), ([], [])),
+            ):
+                xs.append(x)
+                ys.append(float(value))
 
     # ----------------------------------------------------------------------------------- the plan
 

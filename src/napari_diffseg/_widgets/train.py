@@ -428,6 +428,12 @@ class TrainWidget(QWidget):
         self.job_id, self.job = job_id, None
         plan = self.current_plan() if job_id is None else None
         self.history = JobHistory(plan, factor=self.session.speed or 1.0)
+        if not self._group_chosen:  # the students' losses are what co-training is about
+            self._syncing, was = True, self._syncing
+            try:
+                self.loss_group.setCurrentText("teacher" if kind == "pretrain" else "students")
+            finally:
+                self._syncing = was
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.eta.setText(self.history.eta_text())  # with a plan: the predicted time of the whole job
@@ -695,8 +701,8 @@ class TrainWidget(QWidget):
         co-training) are one curve."""
         h = self.history
         out: dict[str, tuple[list[float], list[float]]] = {}
-        for key, (xs, ys) in h.losses.items():
-            g, name = loss_name(h.loss_phase.get(key, ""), key)
+        for (phase, key), (xs, ys) in h.by_phase.items():
+            g, name = loss_name(phase, key)
             if g != group:
                 continue
             if name in out:
