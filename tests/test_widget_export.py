@@ -69,7 +69,9 @@ def test_local_project_is_read_from_the_serve_process(server: Server, project: P
 
 
 @pytest.mark.slow
-def test_export_button_writes_a_tested_package(make_napari_viewer, qtbot, server, messages, tmp_path, monkeypatch) -> None:
+def test_export_button_writes_a_tested_package(
+    make_napari_viewer, qtbot, server, messages, tmp_path, monkeypatch
+) -> None:
     widget = _widget(make_napari_viewer, server, local=True)
     qtbot.waitUntil(lambda: widget.active_model() is not None, timeout=30_000)
     chosen = tmp_path / "from-napari.zip"
