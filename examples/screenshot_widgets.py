@@ -185,6 +185,7 @@ def main() -> None:
                     )
 
                 wait_until(shown)
+                viewer.reset_view()  # the image fills the canvas
                 settle(1.0)
                 record["steps"].append(
                     {

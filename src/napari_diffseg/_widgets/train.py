@@ -428,6 +428,9 @@ class TrainWidget(QWidget):
         self.job_id, self.job = job_id, None
         plan = self.current_plan() if job_id is None else None
         self.history = JobHistory(plan, factor=self.session.speed or 1.0)
+        self.loss_plot.empty_text = (
+            "no losses: a propose job trains nothing" if kind == "propose" else "no losses yet"
+        )
         if not self._group_chosen:  # the students' losses are what co-training is about
             self._syncing, was = True, self._syncing
             try:
