@@ -128,9 +128,10 @@ def test_a_new_project_from_pretrain_to_the_most_uncertain_proposal(
         project.session.stop_server()
 
 
-def _stand_in_project(root: Path, flat: bool) -> Path:
+def _stand_in_project(root: Path, kind: str) -> Path:
     """One RGB image "a" with a proposal (a disc) from a registered stand-in model (no training): its
-    uncertainty is flat near 1 bit (``flat``, an untrained teacher) or high only around the disc's edge."""
+    uncertainty is flat near 1 bit (``flat``, an untrained teacher), high over most of the image
+    (``broad``) or high only around the disc's edge (``edges``)."""
     from napari_diffseg.project import Project
 
     size = (48, 56)
@@ -142,8 +143,10 @@ def _stand_in_project(root: Path, flat: bool) -> Path:
     r = np.sqrt((yy - 24) ** 2 + (xx - 28) ** 2)
     disc = (r < 10).astype(np.float32)
     rng = np.random.default_rng(0)
-    if flat:
+    if kind == "flat":
         unc = (0.97 + 0.03 * rng.random(size)).astype(np.float32)
+    elif kind == "broad":
+        unc = np.where(r > 16, 0.7, 0.1).astype(np.float32)  # 70 %: coloured at 0.5 bit, not at 0.8
     else:
         unc = np.where(np.abs(r - 10) < 2, 0.9, 0.05).astype(np.float32)
     with Project.create(root) as proj:
@@ -154,11 +157,11 @@ def _stand_in_project(root: Path, flat: bool) -> Path:
     return root
 
 
-@pytest.mark.parametrize("flat", [False, True])
-def test_the_uncertainty_layer_informs(make_napari_viewer, qtbot, tmp_path, flat: bool) -> None:
+@pytest.mark.parametrize("kind", ["edges", "flat", "broad"])
+def test_the_uncertainty_layer_informs(make_napari_viewer, qtbot, tmp_path, kind: str) -> None:
     from napari_diffseg._widgets.annotate import PROPOSAL_COLOR
 
-    with Server(_stand_in_project(tmp_path / "proj", flat)) as server, DiffsegClient(server.url) as client:
+    with Server(_stand_in_project(tmp_path / "proj", kind)) as server, DiffsegClient(server.url) as client:
         viewer = make_napari_viewer()
         project, annotate = _dock(viewer, "Project"), _dock(viewer, "Annotate")
         project.connect_to(server.url)
@@ -179,9 +182,15 @@ def test_the_uncertainty_layer_informs(make_napari_viewer, qtbot, tmp_path, flat
         assert np.allclose(color[:3], [int(PROPOSAL_COLOR[i : i + 2], 16) / 255 for i in (1, 3, 5)])
 
         text = annotate.unc_summary.text()
-        if flat:  # it says so, and the layer is hidden: it would cover everything and say nothing
+        if kind == "flat":  # it says so, and the layer is hidden: it would cover everything and say nothing
             assert "not trained enough for its uncertainty to mean anything" in text
             assert not layer.visible and "hidden" in text
+        elif kind == "broad":  # hidden too, until a higher threshold colours less than half the image
+            assert "cannot single out errors" in text and not layer.visible
+            annotate.threshold.setValue(0.8)
+            assert layer.visible and "cannot single out" not in annotate.unc_summary.text()
+            annotate.threshold.setValue(0.5)
+            assert not layer.visible
         else:
             assert layer.visible
             share = float(np.mean(unc >= 0.5))

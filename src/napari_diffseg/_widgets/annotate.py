@@ -553,8 +553,6 @@ class AnnotateWidget(QWidget):
                 self.viewer.layers.remove(old)
         layer.name = f"{name} uncertainty"
         self._update_summary(name)
-        if summarize_map(unc, self.threshold.value()).flat:
-            layer.visible = False  # it would cover the image and the proposal and say nothing
 
     def _on_threshold(self, value: float) -> None:
         layer = self.uncertainty
@@ -570,9 +568,15 @@ class AnnotateWidget(QWidget):
             return
         summary = summarize_map(self._shown_unc, self.threshold.value())
         text = f"{name}: {summary.text()}" if name else summary.text()
-        if summary.flat:
+        # a map that covers most of the image would hide the image and the proposal and point at nothing:
+        # it is hidden (the eye in the layer list shows it; a higher threshold brings it back by itself)
+        hide = summary.flat or summary.broad
+        if hide:
             text += " The layer is hidden (its eye in the layer list shows it)."
-        self.unc_summary.setText(f"<span style='color:#e8a33d'>{text}</span>" if summary.flat else text)
+        layer = self.uncertainty
+        if layer is not None and layer in self.viewer.layers:
+            layer.visible = not hide
+        self.unc_summary.setText(f"<span style='color:#e8a33d'>{text}</span>" if hide else text)
 
     def revert(self) -> None:
         """Put the proposal back into the Labels layer (the edits since are dropped); for an image opened
