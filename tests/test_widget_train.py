@@ -219,6 +219,7 @@ def test_cotrain_round_is_plotted_with_progress_and_listed(
 
     qtbot.waitUntil(lambda: plotted() == n_points > 0, timeout=WAIT_MS)
     assert widget.loss_plot.point_count() > 0
+    assert widget.loss_group.currentText() == "students"  # the teacher's came first; the job is about these
     assert set(widget.loss_series("students")) == {
         "labelled images",
         "teacher's pseudo-labels",

@@ -234,6 +234,7 @@ class TrainWidget(QWidget):
             "label-free pretraining)\ntotal: what each stage minimises"
         )
         self._group_chosen = False
+        self._preferred_group = "students"
         group_row = QHBoxLayout()
         group_row.addWidget(QLabel("Losses of"))
         group_row.addWidget(self.loss_group, 1)
@@ -431,10 +432,12 @@ class TrainWidget(QWidget):
         self.loss_plot.empty_text = (
             "no losses: a propose job trains nothing" if kind == "propose" else "no losses yet"
         )
-        if not self._group_chosen:  # the students' losses are what co-training is about
+        # the students' losses are what co-training is about (shown once they come, after the teacher's)
+        self._preferred_group = "teacher" if kind == "pretrain" else "students"
+        if not self._group_chosen:
             self._syncing, was = True, self._syncing
             try:
-                self.loss_group.setCurrentText("teacher" if kind == "pretrain" else "students")
+                self.loss_group.setCurrentText(self._preferred_group)
             finally:
                 self._syncing = was
         self.progress.setRange(0, 1)
@@ -718,8 +721,11 @@ class TrainWidget(QWidget):
     def _redraw_losses(self) -> None:
         group = self.loss_group.currentText()
         series = self.loss_series(group)
+        preferred = self._preferred_group
+        if not self._group_chosen and group != preferred and self.loss_series(preferred):
+            series = {}  # the job's own group has curves now (co-training starts after the teacher)
         if not series and not self._group_chosen:  # show a group that has curves (pretraining: teacher)
-            for other in LOSS_GROUPS:
+            for other in (preferred, *LOSS_GROUPS):
                 found = self.loss_series(other)
                 if found:
                     self._syncing, was = True, self._syncing
