@@ -248,3 +248,26 @@ def test_one_loop_key_in_two_phases_is_two_losses() -> None:
         "labelled images",
     )
     assert h.by_phase[("teacher", "loss")][1][:2] == [2.0, 1.5]
+
+
+def test_the_suggested_job_and_the_cost_line() -> None:
+    from napari_diffseg.review import cost_text, suggested_kind
+
+    fresh = [Img("a", "a", 256, 256), Img("b", "b", 256, 256)]
+    annotated = [Img("a", "a", 256, 256, "corrected"), Img("b", "b", 256, 256)]
+    assert suggested_kind(fresh, []) == "pretrain"
+    assert suggested_kind(fresh, ["m"]) == "propose"
+    assert suggested_kind(annotated, ["m"]) == "cotrain"
+
+    plan = job_plan("pretrain", "cpu", fresh)
+    text = cost_text(plan, fresh, has_model=False, speed=None)
+    assert (
+        text.startswith(f"about {format_seconds(plan.seconds)} for 2 image(s) of 256×256") and "quiet" in text
+    )
+    text = cost_text(plan, fresh, has_model=False, speed=2.5)
+    assert f"about {format_seconds(2.5 * plan.seconds)}" in text and "2.5× the reference" in text
+    # what the backend would refuse is said instead of a time
+    assert "will be refused" in cost_text(job_plan("cotrain", "cpu", fresh), fresh, True, None)
+    assert "no model to propose with" in cost_text(job_plan("propose", "cpu", fresh), fresh, False, None)
+    assert "no images" in cost_text(job_plan("pretrain", "cpu", []), [], False, None)
+    assert "connect" in cost_text(None, [], False, None)

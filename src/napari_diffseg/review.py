@@ -18,7 +18,7 @@ No Qt, no napari (tests/test_import_isolation.py checks it).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,20 +27,25 @@ import numpy as np
 from napari_diffseg._layers import to_display
 from napari_diffseg.backend.errors import BackendError
 from napari_diffseg.base.contracts import TRAINING_KINDS, EventData, Image, Job
-from napari_diffseg.base.cost import Plan
+from napari_diffseg.base.cost import Plan, format_seconds
 from napari_diffseg.base.uncertainty import DEFAULT_THRESHOLD, SCALE, summarize_map
 
 __all__ = [
     "ANNOTATED",
     "FETCH_POOL",
+    "LOSS_GROUPS",
     "PARTS",
+    "JobHistory",
     "active_model_id",
+    "cost_text",
     "fetch_image",
     "load_for_image",
+    "loss_name",
     "prepared",
     "proposal_or_request",
     "proposal_parts",
     "reject_and_next",
+    "suggested_kind",
     "uncertainty_limits",
 ]
 
@@ -639,6 +644,49 @@ def follow_job(
         for event in client.stream_events(job_id, since=page.next):
             yield {"events": [event]}
     yield {"job": client.job(job_id), "final": True}
+
+
+def suggested_kind(images: Sequence[Image], models: Sequence[Any]) -> str:
+    """The job a project is ready for: ``pretrain`` without a model, ``propose`` with a model but no
+    annotated training image, else ``cotrain``."""
+    if not models:
+        return "pretrain"
+    if not any(im.state in ANNOTATED and im.split == "train" for im in images):
+        return "propose"
+    return "cotrain"
+
+
+def cost_text(plan: Plan | None, images: Sequence[Image], has_model: bool, speed: float | None) -> str:
+    """What a job will cost for this project, in words (the Train widget's *Cost* line).
+
+    ``speed``: wall seconds per predicted second the last job showed on this backend (None: none ran yet;
+    the estimate is then for one quiet CPU core, and says so). A job the backend would refuse says why
+    instead of a time."""
+    if plan is None:
+        return "connect to see what the job will cost for this project"
+    kind = plan.kind
+    if kind == "cotrain" and not any(im.state in ANNOTATED and im.split == "train" for im in images):
+        return (
+            "nothing is annotated yet, so co-training will be refused: start with pretrain, correct a "
+            "proposal (Annotate, Shift-S) or import masks, then co-train."
+        )
+    if kind == "propose" and not has_model:
+        return "there is no model to propose with yet: pretrain (or co-train) first."
+    if plan.images == 0:
+        what = "images" if kind != "propose" else "images to propose for"
+        return f"there are no {what} yet: import some in the DiffSeg project widget."
+    factor = speed if speed is not None else 1.0
+    where = (
+        f"at the speed this backend showed in its last job ({speed:.1f}× the reference)"
+        if speed is not None
+        else "for one quiet CPU core; a busy machine is slower, a GPU faster (after a job, this "
+        "backend's measured speed is used)"
+    )
+    sizes = f" of {plan.sizes}" if plan.sizes else ""
+    return (
+        f"about {format_seconds(plan.seconds * factor)} for {plan.images} image(s){sizes}: "
+        f"{plan.breakdown(factor)} — {where}."
+    )
 
 
 def latest_open_job(client: Any) -> Job | None:

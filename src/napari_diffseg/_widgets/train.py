@@ -11,8 +11,9 @@ arrive from a worker thread; :class:`JobHistory` (no Qt) turns them into what is
 refreshed at most four times a second. The job follower and :class:`JobHistory` live in
 :mod:`napari_diffseg.review`.
 
-Why one module of ~520 lines: one dock widget (job controls, progress, two plots, the model table) whose
-handlers share the followed job's state.
+Why one module of ~900 lines: one dock widget (the job form with its cost line, progress, two plots, the
+model table) whose handlers share the followed job's state; what is not Qt (the job follower, the job
+history, the cost text, the suggested job) is in :mod:`napari_diffseg.review`.
 """
 
 from __future__ import annotations
@@ -50,16 +51,18 @@ from napari_diffseg._widgets._session import header as _header
 from napari_diffseg._widgets._session import notify_error, run_in_thread, session_for
 from napari_diffseg.backend.errors import BackendError, BackendUnavailable
 from napari_diffseg.base.contracts import Image, Job, JobEventOut, Model
-from napari_diffseg.base.cost import REFERENCE, Plan, format_seconds, job_plan
+from napari_diffseg.base.cost import REFERENCE, Plan, job_plan
 from napari_diffseg.base.presets import get_preset
 from napari_diffseg.review import (
     LOSS_GROUPS,
     JobHistory,
+    cost_text,
     describe_event,
     follow_job,
     format_duration,
     latest_open_job,
     loss_name,
+    suggested_kind,
 )
 
 __all__ = ["PRESETS", "JobHistory", "TrainWidget", "describe_event", "format_duration", "suggested_kind"]
@@ -75,7 +78,6 @@ PROPOSE_SCOPES = (
     ("unreviewed images", "unreviewed"),  # the job's default: images without an annotation
     ("all images (also annotated)", "all"),
 )
-ANNOTATED = ("corrected", "ground_truth")
 MODEL_COLUMNS = ("active", "model", "round", "method", "val Dice", "created")
 IMAGES_CHANGED_INTERVAL_S = 2.0  # while a propose job runs, the image table is refreshed at most this often
 VIEW_INTERVAL_MS = 250  # the progress bars, the ETA and the plots are refreshed at most 4× a second
@@ -368,33 +370,8 @@ class TrainWidget(QWidget):
         self.estimate.setText(self.estimate_text(self.plan))
 
     def estimate_text(self, plan: Plan | None) -> str:
-        """What the form's job will cost for this project, in words."""
-        if plan is None:
-            return "connect to see what the job will cost for this project"
-        kind = plan.kind
-        if kind == "cotrain" and not any(im.state in ANNOTATED and im.split == "train" for im in self.images):
-            return (
-                "nothing is annotated yet, so co-training will be refused: start with pretrain, correct a "
-                "proposal (Annotate, Shift-S) or import masks, then co-train."
-            )
-        if kind == "propose" and self.active_model() is None:
-            return "there is no model to propose with yet: pretrain (or co-train) first."
-        if plan.images == 0:
-            what = "images" if kind != "propose" else "images to propose for"
-            return f"there are no {what} yet: import some in the DiffSeg project widget."
-        speed = self.session.speed
-        factor = speed if speed is not None else 1.0
-        where = (
-            f"at the speed this backend showed in its last job ({speed:.1f}× the reference)"
-            if speed is not None
-            else "for one quiet CPU core; a busy machine is slower, a GPU faster (after a job, this "
-            "backend's measured speed is used)"
-        )
-        sizes = f" of {plan.sizes}" if plan.sizes else ""
-        return (
-            f"about {format_seconds(plan.seconds * factor)} for {plan.images} image(s){sizes}: "
-            f"{plan.breakdown(factor)} — {where}."
-        )
+        """What the form's job will cost for this project, in words (:func:`~napari_diffseg.review.cost_text`)."""
+        return cost_text(plan, self.images, self.active_model() is not None, self.session.speed)
 
     def follow(self, job_id: int) -> None:
         """Show a job that already exists (its whole history, then its live events until it ends)."""
@@ -887,16 +864,6 @@ class TrainWidget(QWidget):
         self._token += 1  # a worker still streaming ends quietly
         self._close_napari_progress()
         super().closeEvent(event)
-
-
-def suggested_kind(images: Sequence[Image], models: Sequence[Model]) -> str:
-    """The job a project is ready for: ``pretrain`` without a model, ``propose`` with a model but no
-    annotated training image, else ``cotrain``."""
-    if not models:
-        return "pretrain"
-    if not any(im.state in ANNOTATED and im.split == "train" for im in images):
-        return "propose"
-    return "cotrain"
 
 
 def _when(created_at: float) -> str:
