@@ -237,6 +237,8 @@ def test_cotrain_round_is_plotted_with_progress_and_listed(
         for t in etas
     )
     assert widget.progress.value() == widget.progress.maximum() > 0
+    # the final state reaches the status line before the stream's end closes napari's bar
+    qtbot.waitUntil(lambda: not widget.following, timeout=WAIT_MS)
     assert bars and all(bar not in progress._all_instances for bar in bars)
     assert widget.napari_progress is None
     assert any(n == total > 0 for bar in bars for n, total in bar.seen)
