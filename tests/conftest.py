@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# backends started by tests skip the start-up speed measurement (seconds of CPU each); tests/test_calibrate.py
+# switches it on where it is the subject
+os.environ.setdefault("DIFFSEG_CALIBRATE", "0")
 
 import torch
 

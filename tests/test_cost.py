@@ -266,6 +266,9 @@ def test_the_suggested_job_and_the_cost_line() -> None:
     )
     text = cost_text(plan, fresh, has_model=False, speed=2.5)
     assert f"about {format_seconds(2.5 * plan.seconds)}" in text and "2.5× the reference" in text
+    assert "last job" in text
+    text = cost_text(plan, fresh, has_model=False, speed=0.5, source="start")
+    assert f"about {format_seconds(0.5 * plan.seconds)}" in text and "measured when it started (0.5×" in text
     # what the backend would refuse is said instead of a time
     assert "will be refused" in cost_text(job_plan("cotrain", "cpu", fresh), fresh, True, None)
     assert "no model to propose with" in cost_text(job_plan("propose", "cpu", fresh), fresh, False, None)

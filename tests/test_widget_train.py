@@ -409,3 +409,27 @@ def test_activity_dock_is_opt_in(make_napari_viewer, qtbot, server, client, bars
     qtbot.waitUntil(lambda: "cancelled" in widget.status.text(), timeout=WAIT_MS)
     qtbot.waitUntil(widget.resume_button.isEnabled, timeout=WAIT_MS)  # the follow has ended
     assert client.job(job.id).state == "cancelled" and widget.napari_progress is None
+
+
+def test_the_first_estimate_uses_the_speed_the_backend_measured_at_start(
+    make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before any job has run, the cost line is at the backend's own measured speed, and says so."""
+    root = make_project(tmp_path / "proj", n_train=2, size=64, annotate=0)
+    monkeypatch.setenv("DIFFSEG_CALIBRATE", "1")
+    with Server(root) as srv:
+        widget = _train_widget(make_napari_viewer, srv.url)
+        assert widget.kind.currentText() == "pretrain"
+        qtbot.waitUntil(lambda: widget.session.speed is not None, timeout=120_000)
+        assert widget.session.speed_source == "start"
+        speed = DiffsegClient(srv.url).health().speed
+        assert speed is not None and widget.session.speed == pytest.approx(speed)
+        text = widget.estimate.text()
+        assert f"measured when it started ({speed:.1f}× the reference)" in text, text
+        assert format_seconds_of(widget.plan, speed) in text
+
+
+def format_seconds_of(plan, speed: float) -> str:
+    from napari_diffseg.base.cost import format_seconds
+
+    return f"about {format_seconds(plan.seconds * speed)}"

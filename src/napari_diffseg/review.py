@@ -656,12 +656,14 @@ def suggested_kind(images: Sequence[Image], models: Sequence[Any]) -> str:
     return "cotrain"
 
 
-def cost_text(plan: Plan | None, images: Sequence[Image], has_model: bool, speed: float | None) -> str:
+def cost_text(
+    plan: Plan | None, images: Sequence[Image], has_model: bool, speed: float | None, source: str = "job"
+) -> str:
     """What a job will cost for this project, in words (the Train widget's *Cost* line).
 
-    ``speed``: wall seconds per predicted second the last job showed on this backend (None: none ran yet;
-    the estimate is then for one quiet CPU core, and says so). A job the backend would refuse says why
-    instead of a time."""
+    ``speed``: wall seconds per predicted second on this backend, shown by its last job (``source``
+    ``"job"``) or measured when it started (``"start"``); None: not known, and the estimate is then for one
+    quiet CPU core and says so. A job the backend would refuse says why instead of a time."""
     if plan is None:
         return "connect to see what the job will cost for this project"
     kind = plan.kind
@@ -676,12 +678,15 @@ def cost_text(plan: Plan | None, images: Sequence[Image], has_model: bool, speed
         what = "images" if kind != "propose" else "images to propose for"
         return f"there are no {what} yet: import some in the DiffSeg project widget."
     factor = speed if speed is not None else 1.0
-    where = (
-        f"at the speed this backend showed in its last job ({speed:.1f}× the reference)"
-        if speed is not None
-        else "for one quiet CPU core; a busy machine is slower, a GPU faster (after a job, this "
-        "backend's measured speed is used)"
-    )
+    if speed is None:
+        where = (
+            "for one quiet CPU core; a busy machine is slower, a GPU faster (this backend's speed is used "
+            "once it has measured it)"
+        )
+    elif source == "start":
+        where = f"at the speed this backend measured when it started ({speed:.1f}× the reference)"
+    else:
+        where = f"at the speed this backend showed in its last job ({speed:.1f}× the reference)"
     sizes = f" of {plan.sizes}" if plan.sizes else ""
     return (
         f"about {format_seconds(plan.seconds * factor)} for {plan.images} image(s){sizes}: "

@@ -9,6 +9,7 @@ says what to do). :data:`FETCH_POOL`, :func:`active_model_id` and :func:`fetch_i
 from __future__ import annotations
 
 import subprocess
+import time
 import weakref
 from collections.abc import Callable
 from functools import partial
@@ -64,8 +65,10 @@ class Session(QObject):
             returns (or raises) is handed over with the image (:attr:`prefetched`). Set by the annotate
             widget; None: nothing is fetched with the image.
         prefetched: ``(image id, what companion returned or raised)`` for the image last opened, or None.
-        speed: Wall seconds per predicted second (:mod:`napari_diffseg.base.cost`) the last job this
-            session followed took on this backend; the train widget's estimates use it. None: no job yet.
+        speed: Wall seconds per predicted second (:mod:`napari_diffseg.base.cost`) on this backend: what the
+            last job this session followed took, else what the backend measured when it started
+            (``GET /health``); the train widget's estimates use it. None: not known yet.
+        speed_source: ``"job"`` or ``"start"`` (which of the two :attr:`speed` is); ``""`` when None.
     """
 
     connected = Signal(object)  # the client
@@ -74,6 +77,7 @@ class Session(QObject):
     jobs_interrupted = Signal(object)  # the interrupted jobs found on connecting (a list of job records)
     follow_job = Signal(int)  # a job id the train widget should follow (e.g. one just resumed)
     model_changed = Signal(object)  # the active model's id (or None) when it differs from the one known
+    speed_changed = Signal()  # :attr:`speed` is known or changed
 
     def __init__(self) -> None:
         super().__init__()
@@ -89,6 +93,7 @@ class Session(QObject):
         # how "Next image" (and Reject → next) picks: "uncertainty" (the most uncertain) or "power"
         self.next_strategy = "uncertainty"
         self.speed: float | None = None
+        self.speed_source = ""
 
     def set_model_id(self, model_id: str | None) -> None:
         """Remember the backend's active model (the proposals shown come from it); :attr:`model_changed`
@@ -119,8 +124,14 @@ class Session(QObject):
         self.client = client
         self.interrupted_jobs = []
         self.model_id, self.model_known = None, False
-        self.speed = None  # another backend, another machine
+        self.speed, self.speed_source = None, ""  # another backend, another machine
         self.connected.emit(client)
+        run_in_thread(
+            _measured_speed,
+            client,
+            on_done=partial(self._on_measured_speed, client),
+            on_error=lambda _exc: None,  # an estimate without it says it is for the reference machine
+        )
         self.refresh_model()
         run_in_thread(
             _interrupted_jobs,
@@ -128,6 +139,16 @@ class Session(QObject):
             on_done=partial(self._on_interrupted_jobs, client),
             on_error=lambda _exc: None,  # the widgets' own refresh on `connected` reports a dead backend
         )
+
+    def set_speed(self, speed: float, source: str) -> None:
+        """Use ``speed`` (from ``source``: ``"job"`` or ``"start"``) for estimates from now on."""
+        self.speed, self.speed_source = float(speed), source
+        self.speed_changed.emit()
+
+    def _on_measured_speed(self, client: Any, speed: float | None) -> None:
+        # a job's measured speed (this session's own) is better than the start-up one: never replaced by it
+        if client is self.client and speed is not None and self.speed is None:
+            self.set_speed(speed, "start")
 
     def _on_interrupted_jobs(self, client: Any, jobs: list[Job]) -> None:
         if client is not self.client or not jobs:
@@ -200,6 +221,16 @@ def _forget(key: int) -> None:
     entry = _SESSIONS.pop(key, None)
     if entry is not None:
         entry[1].stop_server()
+
+
+def _measured_speed(client: Any, interval_s: float = 1.0, timeout_s: float = 300.0) -> float | None:
+    """Worker: the backend's speed measured at its start (``GET /health``), waiting while it measures."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        health = client.health()
+        if health.speed is not None or not health.calibrating or time.monotonic() > deadline:
+            return health.speed
+        time.sleep(interval_s)
 
 
 def _interrupted_jobs(client: Any) -> list[Job]:

@@ -158,7 +158,8 @@ class TrainWidget(QWidget):
         self.estimate.setMinimumHeight(4 * self.estimate.fontMetrics().lineSpacing() + 2)  # never cut
         self.estimate.setToolTip(
             f"Predicted from the project's image sizes and counts and the preset's measured cost on {REFERENCE} "
-            "(benchmarks/preset_cost.py); once a job has run, at the speed this backend showed."
+            "(benchmarks/preset_cost.py), at the speed this backend measured when it started (a few training "
+            "steps) and, once a job has run, at the speed that job showed."
         )
         self.start_button = QPushButton("Start")
         self.cancel_button = QPushButton("Cancel")
@@ -273,6 +274,7 @@ class TrainWidget(QWidget):
         self.session.connected.connect(self._on_connected)
         self.session.follow_job.connect(self.follow)  # e.g. a job resumed from the session's notification
         self.session.images_changed.connect(self.refresh_images)
+        self.session.speed_changed.connect(self._update_estimate)
         self._show_kind()
         if self.session.client is not None:
             self._on_connected(self.session.client)
@@ -371,7 +373,9 @@ class TrainWidget(QWidget):
 
     def estimate_text(self, plan: Plan | None) -> str:
         """What the form's job will cost for this project, in words (:func:`~napari_diffseg.review.cost_text`)."""
-        return cost_text(plan, self.images, self.active_model() is not None, self.session.speed)
+        return cost_text(
+            plan, self.images, self.active_model() is not None, self.session.speed, self.session.speed_source
+        )
 
     def follow(self, job_id: int) -> None:
         """Show a job that already exists (its whole history, then its live events until it ends)."""
@@ -481,7 +485,7 @@ class TrainWidget(QWidget):
             overall = self.history.overall_speed(job) if self._alone else None
             speed = overall if overall is not None else self.history.speed()
             if speed is not None:
-                self.session.speed = speed
+                self.session.set_speed(speed, "job")
             show_info(f"Job {job.id} ({job.kind}) finished{self._what_next(job)}")
         elif state == "failed":
             error = job.error or "no message"

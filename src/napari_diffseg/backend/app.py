@@ -71,6 +71,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from napari_diffseg import __version__
+from napari_diffseg.backend.calibrate import Calibration
 from napari_diffseg.backend.handlers import ApiError, install_error_handlers
 from napari_diffseg.backend.routes import ROUTERS
 from napari_diffseg.backend.routes.common import API_PREFIX
@@ -117,6 +118,7 @@ def create_app(
     run_jobs: bool = True,
     cancel_grace_s: float = 10.0,
     allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS,
+    calibrate: bool | None = None,
 ) -> FastAPI:
     """The backend for the project at ``root``.
 
@@ -129,6 +131,9 @@ def create_app(
         cancel_grace_s: Seconds a cancelled job has to stop before its process group is killed.
         allowed_hosts: Without a token, only requests whose Host header names one of these are served
             (DNS-rebinding protection); None allows any.
+        calibrate: Measure this machine's speed at start (:mod:`~napari_diffseg.backend.calibrate`, a
+            child process of a few seconds) for ``GET /health``'s ``speed``; None: unless the environment
+            sets ``DIFFSEG_CALIBRATE=0``. Never when ``run_jobs`` is False (jobs run elsewhere).
 
     Raises:
         DataError: ``root`` is not a project.
@@ -142,16 +147,23 @@ def create_app(
         pass
     settings = Settings(path, token, int(max_upload_bytes), int(max_pixels))
     manager = JobManager(path, cancel_grace_s=cancel_grace_s, run_jobs=run_jobs)
-    state = BackendState(settings, manager)
+    if calibrate is None:
+        calibrate = os.environ.get("DIFFSEG_CALIBRATE", "1") != "0"
+    calibration = Calibration() if calibrate and run_jobs else None
+    state = BackendState(settings, manager, calibration)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         interrupted = await run_in_threadpool(manager.start)
+        if calibration is not None:
+            calibration.start()
         if interrupted:
             log.warning("jobs %s were running when the backend stopped: marked interrupted", interrupted)
         try:
             yield
         finally:
+            if calibration is not None:
+                calibration.stop()
             await run_in_threadpool(manager.stop)
             state.projects.close_all()
 

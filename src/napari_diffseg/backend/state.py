@@ -18,6 +18,7 @@ import numpy as np
 from fastapi import Depends, Request
 
 from napari_diffseg.backend import codec
+from napari_diffseg.backend.calibrate import Calibration
 from napari_diffseg.backend.handlers import ApiError
 from napari_diffseg.backend.runner import JobManager
 from napari_diffseg.project import Project
@@ -117,8 +118,11 @@ class ProposalCache:
 class BackendState:
     """Everything the handlers share: settings, per-thread projects, the job manager, the cache."""
 
-    def __init__(self, settings: Settings, manager: JobManager) -> None:
+    def __init__(
+        self, settings: Settings, manager: JobManager, calibration: Calibration | None = None
+    ) -> None:
         self.settings = settings
+        self.calibration = calibration
         self.projects = ProjectPool(settings.root)
         self.manager = manager
         self.proposals = ProposalCache(settings.root)

@@ -134,6 +134,15 @@ class Health(_Out):
     version: str
     jobs_running: int
     jobs_queued: int
+    speed: float | None = Field(
+        default=None,
+        description="How fast this backend runs jobs: wall seconds per predicted second of the cost model "
+        "(1 = the reference machine; napari_diffseg.base.cost), measured by a few training steps when the "
+        "backend started; null until measured, or when the measurement failed or was switched off.",
+    )
+    calibrating: bool = Field(
+        default=False, description="The speed measurement is still running (speed is null until it ends)."
+    )
 
 
 class Counts(_Out):

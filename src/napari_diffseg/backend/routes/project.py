@@ -15,11 +15,20 @@ router = api_router()
 
 @router.get("/health", response_model=HealthOut, tags=["project"])
 def health(ctx: Ctx) -> HealthOut:
-    """Liveness: ``ok`` plus the number of running and queued jobs."""
+    """Liveness: ``ok``, the number of running and queued jobs, and this machine's ``speed`` (wall seconds
+    per reference second of the cost model, measured at start; null until measured)."""
     # the store's job states are what every client sees (a finished worker may not be reaped yet)
     project = ctx.project()
     queued, running = len(project.jobs(state="queued")), len(project.jobs(state="running"))
-    return HealthOut(status="ok", version=__version__, jobs_running=running, jobs_queued=queued)
+    cal = ctx.calibration
+    return HealthOut(
+        status="ok",
+        version=__version__,
+        jobs_running=running,
+        jobs_queued=queued,
+        speed=None if cal is None else cal.speed,
+        calibrating=cal is not None and cal.running,
+    )
 
 
 @router.get("/project", response_model=ProjectOut, tags=["project"])
