@@ -198,8 +198,16 @@ def main() -> None:
                 )
                 print(record["steps"][-1], flush=True)
 
+            # the local backend measures this machine's speed when it starts (a few seconds); the first
+            # estimate uses it
+            t_speed = time.monotonic()
+            wait_until(lambda: session.speed is not None, 180)
+            record["speed_measured_at_start"] = session.speed
+            record["speed_wait_seconds"] = time.monotonic() - t_speed
+            t_first = time.monotonic()
             run_job("label-free pretraining", "pretrain")
             open_next("Next image after pretraining: proposal and uncertainty shown")
+            record["first_proposal_seconds"] = time.monotonic() - t_first
             screenshot(viewer, "annotate_round0")
 
             # a person corrects a few proposals (here: saves the ground truth as the correction)
