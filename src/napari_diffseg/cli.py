@@ -447,6 +447,12 @@ def _import_summary(result: Any) -> str:
     return ", ".join(parts)
 
 
+_AXES_HELP = (
+    "how to read the files' axes, overriding their metadata: OME letters T, Z, C, Y, X in storage order, one "
+    "per dimension (e.g. CYX: channels; TYX: time points, one image each; ZYX: a z-stack)"
+)
+
+
 @app.command()
 def init(
     project: Annotated[Path, typer.Argument(help="new or empty folder for the project")],
@@ -459,20 +465,41 @@ def init(
     multiclass: Annotated[
         bool, typer.Option("--multiclass", help="keep mask label values instead of mapping >0 to 1")
     ] = False,
+    axes: Annotated[str | None, typer.Option(help=_AXES_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Create a project and optionally import a dataset folder (or an images folder plus a masks folder)."""
     from .project import Project, collect_paths
-    from .project.importing import load_item
+    from .project.importing import load_images
 
     if masks is not None and images is None:
         raise _user_error("--masks needs --images: pass the images folder the masks belong to")
-    items = collect_paths([images], masks) if images is not None else []
+    if axes is not None and images is None:
+        raise _user_error("--axes needs --images: it says how to read the imported files")
+    items = collect_paths([images], masks, axes=axes) if images is not None else []
+    first: tuple[int, str] | None = None
     for item in items:  # decode and check every file before the project is created
-        load_item(item, binary_masks=not multiclass)
+        for image in load_images(item, binary_masks=not multiclass):
+            c = int(image.chw.shape[0])
+            if first is None:
+                first = (c, image.name)
+            elif c != first[0] and not {c, first[0]} <= {1, 3}:
+                raise _user_error(
+                    f"{item.image} ({image.name}) has {c} channel(s) but {first[1]} has {first[0]}: a project's "
+                    "channel count is fixed at its first import. Import them into separate projects, or pass "
+                    "--axes if the axes were read wrongly"
+                )
+    notes: list[str] = []
     with Project.create(project) as proj:
-        result = proj.import_items(items, binary_masks=not multiclass, validate=False) if items else None
+        result = (
+            proj.import_items(items, binary_masks=not multiclass, validate=False, notes=notes)
+            if items
+            else None
+        )
         counts = proj.counts()
+    if not as_json:
+        for note in notes:
+            typer.echo(f"note: {note}", err=True)
     if as_json:
         _print_json({"project": str(project), **counts, "import": result.to_dict() if result else None})
         return
@@ -501,8 +528,13 @@ def import_(
         str | None,
         typer.Option(metavar="Y,X,HEIGHT,WIDTH", help="OME-Zarr: import only this region of the level"),
     ] = None,
+    axes: Annotated[str | None, typer.Option(help=_AXES_HELP)] = None,
 ) -> None:
     """Add images (and ground-truth masks) to a project; images already in it are skipped.
+
+    Axes come from the file (ImageJ and OME-TIFF metadata, every OME series as its own image STEM-sN); a
+    time-lapse becomes one image per time point (STEM-t000, ...); where a plain file is ambiguous the
+    assumption is printed and --axes overrides it. Z-stacks are not yet supported for training.
 
     OME-Zarr images are read lazily: only the chosen level (default: full resolution) or --region of it is
     read, and it must fit a project image; `diffseg predict` segments a whole slide tile by tile.
@@ -516,16 +548,25 @@ def import_(
         raise _user_error("--masks pairs mask files with image files; it does not apply to OME-Zarr images")
     if (level or region) and not zarrs:
         raise _user_error("--level and --region apply to OME-Zarr images only")
+    if axes is not None and zarrs:
+        raise _user_error("--axes applies to image files; OME-Zarr images carry their own axes")
     from .base.import_check import import_warnings
 
+    notes: list[str] = []
     with Project.open(project) as proj:
         before = proj.images()
-        result = proj.import_files(files, masks, split=split, binary_masks=not multiclass) if files else None
+        result = (
+            proj.import_files(files, masks, split=split, binary_masks=not multiclass, axes=axes, notes=notes)
+            if files
+            else None
+        )
         result = _import_ome_zarr(proj, zarrs, level, _region(region), split, result)
         added = [proj.image(i) for i in result.added]
     if as_json:
         _print_json(result.to_dict())
         return
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
     typer.echo(f"imported into {project}: {_import_summary(result)}")
     for warning in import_warnings(before, added):
         typer.echo(f"warning: {warning}", err=True)
@@ -646,7 +687,7 @@ def images_(
     split: Annotated[str | None, typer.Option(help="only images in this split")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the list as JSON")] = False,
 ) -> None:
-    """List a project's images: id, name, state, uncertainty, split."""
+    """List a project's images: id, name, state, uncertainty, split (--json adds axes, shape, channel names)."""
     from .project import Project
 
     with Project.open(project) as proj:
@@ -654,7 +695,16 @@ def images_(
     if as_json:
         _print_json(
             [
-                {"id": r.id, "name": r.name, "state": r.state, "uncertainty": r.uncertainty, "split": r.split}
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "state": r.state,
+                    "uncertainty": r.uncertainty,
+                    "split": r.split,
+                    "axes": r.axes,
+                    "shape": list(r.shape),
+                    "channel_names": list(r.channel_names),
+                }
                 for r in records
             ]
         )

@@ -1,5 +1,9 @@
 """Reading and writing images and masks, normalisation and channel matching.
 
+:func:`read_image_file` (in :mod:`napari_diffseg.data.imagefile`, re-exported here) reads every image a file
+holds with its axes over T, Z, C, Y, X (:class:`ImageRead`); imports and the napari reader use it. The older
+functions below keep their 2D contract for prediction and dataset folders.
+
 Images come back as float32 ``(C, H, W)`` arrays of raw intensities with ``C`` in ``{1, 3}``; masks as int64
 ``(H, W)`` arrays. Every problem with a file is reported as a :class:`~napari_diffseg.base.errors.DataError`
 whose message names the file, says what is wrong and what to do about it.
@@ -22,20 +26,36 @@ from napari_diffseg.base.errors import DataError
 from napari_diffseg.base.fileio import atomic_write_bytes, fsync_dir
 from napari_diffseg.base.formats import IMAGE_EXTENSIONS, MASK_EXTENSIONS, TIFF_EXTENSIONS, tiff_bytes
 from napari_diffseg.base.preprocessing import match_channels, normalize_image
+from napari_diffseg.data.imagefile import (
+    AXES_LETTERS,
+    ImageRead,
+    check_axes,
+    file_stem,
+    read_image_file,
+    split_frames,
+    to_chw,
+)
 
 __all__ = [
+    "AXES_LETTERS",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "MASK_EXTENSIONS",
     "MIN_SIDE",
     "TIFF_EXTENSIONS",
+    "ImageRead",
     "atomic_write_bytes",
+    "check_axes",
+    "file_stem",
     "fsync_dir",
     "match_channels",
     "normalize_image",
     "read_image",
+    "read_image_file",
     "read_image_shape",
     "read_mask",
+    "split_frames",
+    "to_chw",
     "write_mask",
     "write_tiff",
 ]

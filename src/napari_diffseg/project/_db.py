@@ -39,7 +39,8 @@ BUSY_TIMEOUT_S = 30.0
 """How long a writer waits for another process's write transaction before giving up."""
 
 _IMAGE_COLS = (
-    "id, name, state, uncertainty, split, height, width, channels, dtype, source, file_sha256, created_at"
+    "id, name, state, uncertainty, split, height, width, channels, dtype, source, file_sha256, created_at, "
+    "axes, shape, channel_names"
 )
 _ANN_COLS = (
     "image_id, version, kind, replaces, proposal_id, author, edit_dice, pixels_changed, labels, file_sha256, "
@@ -54,7 +55,17 @@ _JOB_COLS = "id, kind, params, state, error, pid, created_at, started_at, finish
 
 
 def _image(row: Sequence[Any]) -> ImageRecord:
-    return ImageRecord(*row)
+    shape = tuple(int(n) for n in json.loads(row[13] or "[]"))
+    names = tuple(str(n) for n in json.loads(row[14] or "[]"))
+    fields = ("id", "name", "state", "uncertainty", "split", "height", "width", "channels", "dtype", "source")
+    return ImageRecord(
+        **dict(zip(fields, row[:10], strict=True)),
+        file_sha256=row[10],
+        created_at=row[11],
+        axes=str(row[12]),
+        shape=shape,
+        channel_names=names,
+    )
 
 
 def _annotation(row: Sequence[Any]) -> AnnotationRecord:

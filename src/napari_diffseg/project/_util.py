@@ -16,6 +16,7 @@ import tifffile
 
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.base.fileio import atomic_write_bytes, fsync_dir
+from napari_diffseg.data.imagefile import ImageRead, check_axes, drop_alpha, to_chw
 from napari_diffseg.data.io import DEFAULT_MAX_PIXELS, MIN_SIDE, read_image_raw
 
 IMAGE_ID_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -123,13 +124,18 @@ def _native(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _check_pixels(chw: np.ndarray, what: str, max_pixels: int) -> np.ndarray:
-    """Final checks on a ``(C, H, W)`` image: dtype, channels (alpha dropped), size, finite values.
+MAX_CHANNELS = 64
+"""The most channels an image may have (a larger C axis is almost always a stack read the wrong way)."""
 
-    The one pixel check of every way in: files (:func:`read_raw_image`: ``diffseg init`` / ``import``,
-    dataset folders) and arrays (:func:`image_from_array`: the plugin, ``POST /images`` uploads).
-    Values must stay finite in float32, the type every job converts the pixels to, so a float64 image
-    beyond ~3.4e38 is refused here rather than failing every later job.
+
+def _check_pixels(chw: np.ndarray, what: str, max_pixels: int) -> np.ndarray:
+    """Final checks on a ``(C, H, W)`` image: dtype, channel count, size, finite values.
+
+    The one pixel check of every way in: files (:func:`read_raw_image` and the importer: ``diffseg init`` /
+    ``import``, dataset folders) and arrays (:func:`image_from_array`: the plugin, ``POST /images``
+    uploads). Every channel is kept (an alpha channel of a colour image is dropped by the reader, never
+    here). Values must stay finite in float32, the type every job converts the pixels to, so a float64
+    image beyond ~3.4e38 is refused here rather than failing every later job.
     """
     if not (
         chw.dtype == np.bool_ or np.issubdtype(chw.dtype, np.integer) or np.issubdtype(chw.dtype, np.floating)
@@ -138,12 +144,10 @@ def _check_pixels(chw: np.ndarray, what: str, max_pixels: int) -> np.ndarray:
             f"{what}: pixel type {chw.dtype} is not supported; use integer or floating-point pixels."
         )
     c, h, w = chw.shape
-    if c == 4:
-        chw = chw[:3]  # alpha carries no image information
-    elif c not in (1, 3):
+    if c > MAX_CHANNELS:
         raise DataError(
-            f"{what}: {c} channels (shape {chw.shape}); napari-diffseg needs grey (1 channel) or RGB (3, "
-            "optionally with alpha)."
+            f"{what}: {c} channels (shape {chw.shape}) is more than {MAX_CHANNELS}; if the first axis holds "
+            "z-planes or time points, pass --axes ZYX or --axes TYX."
         )
     if h < MIN_SIDE or w < MIN_SIDE:
         raise DataError(f"{what}: {h}x{w} pixels is smaller than the minimum of {MIN_SIDE} on a side.")
@@ -158,10 +162,11 @@ def _check_pixels(chw: np.ndarray, what: str, max_pixels: int) -> np.ndarray:
                 big = int(chw.size - np.count_nonzero(np.isfinite(chw.astype(np.float32))))
             if big:
                 limit = float(np.finfo(np.float32).max)
+                peak = float(np.max(np.abs(chw)))
                 raise DataError(
                     f"{what}: {big} pixel value(s) lie beyond the 32-bit floating-point range (|value| > "
-                    f"{limit:.3g}) that training converts images to; rescale the image (e.g. divide it by its "
-                    "maximum) first."
+                    f"{limit:.3g}; this image's largest is {peak:.3g}) that training converts images to; "
+                    "rescale the image (e.g. divide it by its maximum) first."
                 )
     return _native(chw)
 
@@ -170,47 +175,73 @@ def read_raw_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
     """Read an image file as ``(C, H, W)`` in its stored dtype (bool → uint8, alpha dropped).
 
     Uses the same file checks and layout rules as :func:`napari_diffseg.data.io.read_image`, which converts
-    to float32; the project keeps the original dtype.
+    to float32; the project keeps the original dtype. (Imports use :func:`napari_diffseg.data.io.
+    read_image_file`, which reads axes; this is kept for callers that want one 2D grey or RGB image.)
 
     Raises:
         DataError: Everything :func:`~napari_diffseg.data.io.read_image` refuses.
     """
     chw = read_image_raw(path, max_pixels=max_pixels)
+    if chw.shape[0] == 4:
+        chw = chw[:3]
     return _check_pixels(chw, f"Cannot use image {path}", max_pixels)
 
 
-def image_from_array(array: object, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Validate an in-memory image and return it as ``(C, H, W)``.
+def array_read(array: object, name: str, *, axes: str | None = None) -> ImageRead:
+    """An in-memory image as an :class:`ImageRead`, its axes given or taken by the stated rule.
 
-    Accepted layouts: ``(H, W)``; ``(H, W, C)`` with ``C`` in {1, 3, 4} (napari RGB layers); ``(C, H, W)``;
-    leading singleton axes are dropped. The channel axis is the one of size at most 4 while the other is
-    larger.
+    Without ``axes``: ``(H, W)`` is YX; ``(H, W, C)`` with C of 2 to 4 is YXC (3 or 4: colour, alpha
+    dropped, as napari's RGB layers); ``(C, H, W)`` with C up to 4 is CYX; leading singleton axes are
+    dropped. Anything else is ambiguous and refused with a message asking for ``axes``.
 
     Raises:
-        DataError: Not a numeric array, not 2D, ambiguous channels, too small or large, NaN / infinite values.
+        DataError: Not a numeric array, an ambiguous shape without ``axes``, or ``axes`` that do not fit.
     """
     what = f"Cannot import array {name!r}"
     try:
         arr = np.asarray(array)
     except Exception as exc:
         raise DataError(f"{what}: it is not an array ({type(array).__name__}).") from exc
+    if arr.dtype == object or arr.ndim == 0:
+        raise DataError(f"{what}: it is not a numeric image array (dtype {arr.dtype}, shape {arr.shape}).")
+    path = Path(name)
+    if axes is not None:
+        letters = check_axes(axes, "axes")
+        while arr.ndim > len(letters) and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim != len(letters):
+            raise DataError(
+                f"{what}: axes {letters} name {len(letters)} dimensions but the array has shape {arr.shape}; "
+                "give one letter per dimension."
+            )
+        rgb = letters.endswith("C") and arr.shape[-1] in (3, 4)
+        read = ImageRead(path, name, arr, letters, rgb=rgb, notes=(f"axes {letters} as given",))
+        return drop_alpha(read) if rgb else read
     while arr.ndim > 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim == 2:
-        chw = arr[np.newaxis]
-    elif arr.ndim == 3:
+        return ImageRead(path, name, arr, "YX")
+    if arr.ndim == 3:
         first_small, last_small = arr.shape[0] <= 4, arr.shape[2] <= 4
+        if last_small and not first_small:
+            read = ImageRead(path, name, arr, "YXC", rgb=arr.shape[2] in (3, 4))
+            return drop_alpha(read) if read.rgb else read
         if first_small and not last_small:
-            chw = arr
-        elif last_small and not first_small:
-            chw = np.moveaxis(arr, 2, 0)
-        else:
-            raise DataError(
-                f"{what}: shape {arr.shape} is not a 2D image with a channel axis of 1, 3 or 4 first or last."
-            )
-    else:
-        raise DataError(f"{what}: shape {arr.shape} is not a 2D image (Y, X), optionally with channels.")
-    return _check_pixels(chw, what, max_pixels)
+            return ImageRead(path, name, arr, "CYX")
+    raise DataError(
+        f"{what}: shape {arr.shape} does not say which axis is which; pass its axes (OME letters T, Z, C, Y, "
+        "X in storage order, e.g. CYX for channels, ZYX for a z-stack, TYX for a time-lapse)."
+    )
+
+
+def image_from_array(array: object, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Validate an in-memory 2D image and return it as ``(C, H, W)`` (the rules of :func:`array_read`).
+
+    Raises:
+        DataError: Not a numeric array, not 2D, ambiguous channels, too small or large, NaN / infinite values.
+    """
+    read = array_read(array, name)
+    return _check_pixels(to_chw(read), f"Cannot import array {name!r}", max_pixels)
 
 
 def check_mask(mask: object, hw: tuple[int, int], what: str) -> np.ndarray:

@@ -16,14 +16,21 @@ from napari_diffseg.data.dataset import DEFAULT_SPLIT, is_valid_split
 from napari_diffseg.data.io import DEFAULT_MAX_PIXELS
 from napari_diffseg.project._db import _IMAGE_COLS, ImageRef, PathLike, _image, _StoreBase, _Tx
 from napari_diffseg.project._util import (
+    array_read,
     check_mask,
     check_name,
     content_id,
-    image_from_array,
     read_tiff,
     sha256_bytes,
 )
-from napari_diffseg.project.importing import ImportItem, collect_dataset, collect_paths, load_item
+from napari_diffseg.project.importing import (
+    ImportItem,
+    LoadedImage,
+    collect_dataset,
+    collect_paths,
+    load_images,
+    prepare,
+)
 from napari_diffseg.project.records import IMAGE_STATES, UNREVIEWED_STATES, ImageRecord, ImportResult
 
 _PRELOAD_BYTES = 256 * 2**20
@@ -157,24 +164,27 @@ class _ImagesMixin(_StoreBase):
         *,
         split: str = DEFAULT_SPLIT,
         source: str | None = None,
+        axes: str | None = None,
     ) -> str:
         """Import an in-memory image (what the plugin sends), optionally with a ground-truth mask.
 
         Args:
-            array: ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` with ``C`` in {1, 3, 4}; any integer or float
-                dtype (kept as is).
+            array: ``(H, W)``, ``(H, W, C)`` (C of 2 to 4; 3 or 4 is colour, alpha dropped) or ``(C, H, W)``
+                with C up to 4, or any layout named by ``axes``; any integer or float dtype (kept as is).
             name: Its name (made unique with ``-2``, ``-3``... when another image has it).
             mask: Optional integer label mask ``(H, W)``, saved as a ``ground_truth`` annotation (labels kept).
             split: ``train``, ``val`` or ``test…``.
             source: Recorded provenance (default ``array:<name>``).
+            axes: The array's axes (OME letters over T, Z, C, Y, X in storage order, e.g. ``"CYX"``); None:
+                taken from the shape as above.
 
         Returns:
             The image id; the existing id when the same pixels are already in the project.
 
         Raises:
-            DataError: A bad array, mask, name or split.
+            DataError: A bad array, mask, name, split or axes; a z-stack or a time-lapse.
         """
-        return self.add_array(array, name, mask, split=split, source=source)[0]
+        return self.add_array(array, name, mask, split=split, source=source, axes=axes)[0]
 
     def add_array(
         self,
@@ -185,6 +195,7 @@ class _ImagesMixin(_StoreBase):
         split: str = DEFAULT_SPLIT,
         source: str | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        axes: str | None = None,
     ) -> tuple[str, bool]:
         """:meth:`import_array`, also saying whether the image is new (what ``POST /images`` answers).
 
@@ -198,12 +209,21 @@ class _ImagesMixin(_StoreBase):
         """
         check_name(name)
         self._check_split(split)
-        chw = image_from_array(array, name, max_pixels=max_pixels)
-        self.check_fits_project(chw, f"Cannot import array {name!r}")
+        what = f"Cannot import array {name!r}"
+        loaded = prepare([array_read(array, name, axes=axes)], what, max_pixels=max_pixels)
+        if len(loaded) != 1:
+            raise DataError(
+                f"{what}: it holds {len(loaded)} time points ({loaded[0].axes} each, axes "
+                f"T{loaded[0].axes}); send each time point as its own image (named {name}-t000, ...), or "
+                "import the file with `diffseg import`, which splits it."
+            )
+        image = loaded[0]
+        chw = image.chw
+        self.check_fits_project(chw, what)
         m = None
         if mask is not None:
             m = check_mask(mask, (chw.shape[1], chw.shape[2]), f"Cannot import the mask of {name!r}")
-        image_id, added, _mask = self._store_image(chw, name, source or f"array:{name}", split, m)
+        image_id, added, _mask = self._store_image(image, source or f"array:{name}", split, m)
         return image_id, added
 
     def model_input_channels(self) -> int | None:
@@ -222,33 +242,57 @@ class _ImagesMixin(_StoreBase):
             return None
         return int(channels) if isinstance(channels, int) and not isinstance(channels, bool) else None
 
+    def channel_count(self) -> int | None:
+        """The project's channel count: what its active model takes, else what its images have; None if empty.
+
+        Fixed by the first import: fluorescence images (any count but 1 and 3) must all have the same
+        count. Grey and RGB images mix as they always have (3 once any image is RGB: grey images are
+        repeated to RGB).
+        """
+        takes = self.model_input_channels()
+        if takes is not None:
+            return takes
+        with self._read() as conn:
+            counts = {int(r[0]) for r in conn.execute("SELECT DISTINCT channels FROM images")}
+        return _combined_channels(counts)
+
     def check_fits_project(self, chw: np.ndarray, what: str) -> None:
         """Refuse an image whose channel count does not fit the project's (every import calls this).
 
-        A project's channel count is fixed by its active model: training warm-starts from that model,
-        so an image with more channels than it takes (an RGB image in a project whose model was trained on
-        grey images) would make every following co-training round fail. Fewer channels are fine: a grey
-        image is repeated to RGB, as training does with every grey image of a colour project. Before a
-        project has a model, grey and RGB images mix freely. Pixels already in the project pass.
+        A project's channel count is fixed at its first import (:meth:`channel_count`) and its networks take
+        that many input channels; an image with another count is refused, naming both. Grey and RGB keep
+        their old rule: a grey image is repeated to RGB in a colour project, and before a project has a
+        model grey and RGB images mix freely; once a model is trained on grey images, RGB is refused
+        (co-training warm-starts from that model). Pixels already in the project pass.
 
         Raises:
             DataError: Naming both channel counts and what to do.
         """
-        self._check_channels(chw, what, self.model_input_channels())
+        self._check_channels(chw, what, self.channel_count(), self.model_input_channels() is not None)
 
-    def _check_channels(self, chw: np.ndarray, what: str, takes: int | None) -> None:
-        """:meth:`check_fits_project` with the model's channel count already looked up (``takes``)."""
+    def _check_channels(self, chw: np.ndarray, what: str, expected: int | None, has_model: bool) -> None:
+        """:meth:`check_fits_project` with the project's channel count already looked up (``expected``)."""
         c = int(chw.shape[0])
-        if takes is None or c <= takes:
+        if expected is None or c == expected:
+            return
+        if c in (1, 3) and expected in (1, 3) and (c < expected or not has_model):
             return
         with self._read() as conn:
             known = conn.execute("SELECT 1 FROM images WHERE id = ?", (content_id(chw),)).fetchone()
         if known is not None:
             return
+        if has_model and c in (1, 3) and expected in (1, 3):
+            raise DataError(
+                f"{what}: it has {c} channels but this project's model takes {expected} "
+                f"({'grey' if expected == 1 else 'RGB'} images); co-training from that model could not use "
+                f"it. Convert the image to {expected} channel(s) first, or put {c}-channel images in a new "
+                "project."
+            )
         raise DataError(
-            f"{what}: it has {c} channels but this project's model takes {takes} "
-            f"({'grey' if takes == 1 else 'RGB'} images); co-training from that model could not use it. "
-            f"Convert the image to {takes} channel(s) first, or put {c}-channel images in a new project."
+            f"{what}: it has {c} channel(s) but this project's images have {expected} (a project's channel "
+            f"count is fixed at its first import, and its networks take that many input channels). Import it "
+            f"into a project of {c}-channel images, or convert it to {expected} channel(s); if its axes were "
+            "read wrongly, pass --axes."
         )
 
     def import_dataset(self, folder: PathLike, *, binary_masks: bool = True) -> ImportResult:
@@ -269,34 +313,53 @@ class _ImagesMixin(_StoreBase):
         *,
         split: str = DEFAULT_SPLIT,
         binary_masks: bool = True,
+        axes: str | None = None,
+        notes: list[str] | None = None,
     ) -> ImportResult:
         """Import image files, plain folders of images and dataset folders (see :func:`.collect_paths`).
 
         Masks in ``masks_dir`` are matched to images by file stem. Every file is decoded and checked before
-        anything is written.
+        anything is written. ``axes`` overrides the axes of every file (``--axes``); what the reading
+        assumed is appended to ``notes`` (:meth:`import_items`).
         """
-        return self.import_items(collect_paths(paths, masks_dir, split=split), binary_masks=binary_masks)
+        items = collect_paths(paths, masks_dir, split=split, axes=axes)
+        return self.import_items(items, binary_masks=binary_masks, notes=notes)
 
     def import_items(
-        self, items: Sequence[ImportItem], *, binary_masks: bool = True, validate: bool = True
+        self,
+        items: Sequence[ImportItem],
+        *,
+        binary_masks: bool = True,
+        validate: bool = True,
+        notes: list[str] | None = None,
     ) -> ImportResult:
         """Import collected items; with ``validate`` (default) every item is decoded and checked first.
 
         Each image (with its mask) is committed in its own short transaction, so a later I/O failure keeps
-        the images stored before it (importing again skips them).
+        the images stored before it (importing again skips them). What the reading assumed (ambiguous
+        axes, conversions; see :mod:`napari_diffseg.data.imagefile`) is appended to ``notes``, one line per
+        image, for the caller to print.
         """
         for item in items:
             self._check_split(item.split)
-        takes = self.model_input_channels()
-        preloaded: list[tuple[np.ndarray, np.ndarray | None] | None] = [None] * len(items)
+        has_model = self.model_input_channels() is not None
+        expected = self.channel_count()
+        preloaded: list[list[LoadedImage] | None] = [None] * len(items)
         if validate:
             budget = _PRELOAD_BYTES
+            counts: set[int] = set()
             for i, item in enumerate(items):
-                chw, mask = load_item(item, binary_masks=binary_masks)
-                self._check_channels(chw, f"Cannot use image {item.image}", takes)
-                size = chw.nbytes + (0 if mask is None else mask.nbytes)
+                loaded = load_images(item, binary_masks=binary_masks)
+                for image in loaded:
+                    # the first image of a new project fixes the count for the rest of this import too
+                    here = expected if expected is not None else _combined_channels(counts)
+                    self._check_channels(
+                        image.chw, f"Cannot use image {item.image} ({image.name})", here, has_model
+                    )
+                    counts.add(int(image.chw.shape[0]))
+                size = sum(x.chw.nbytes + (0 if x.mask is None else x.mask.nbytes) for x in loaded)
                 if size <= budget:
-                    preloaded[i] = (chw, mask)
+                    preloaded[i] = loaded
                     budget -= size
         ids: list[str] = []
         added: list[str] = []
@@ -304,19 +367,27 @@ class _ImagesMixin(_StoreBase):
         saved: list[str] = []
         skipped: list[str] = []
         for item, pre in zip(items, preloaded, strict=True):
-            chw, mask = pre if pre is not None else load_item(item, binary_masks=binary_masks)
-            if pre is None:
-                self._check_channels(chw, f"Cannot use image {item.image}", takes)
-            m = None if mask is None else check_mask(mask, (chw.shape[1], chw.shape[2]), f"mask {item.mask}")
-            image_id, is_new, mask_outcome = self._store_image(
-                chw, item.name, str(item.image.resolve()), item.split, m
-            )
-            ids.append(image_id)
-            (added if is_new else existing).append(image_id)
-            if mask_outcome == "saved":
-                saved.append(image_id)
-            elif mask_outcome == "skipped":
-                skipped.append(image_id)
+            loaded = pre if pre is not None else load_images(item, binary_masks=binary_masks)
+            said = list(dict.fromkeys(n for image in loaded for n in image.notes))
+            if notes is not None and said:
+                names = loaded[0].name + (f" ... {loaded[-1].name}" if len(loaded) > 1 else "")
+                notes.append(f"{item.image} ({len(loaded)} image(s): {names}): {'; '.join(said)}")
+            for image in loaded:
+                if pre is None:
+                    what = f"Cannot use image {item.image} ({image.name})"
+                    self._check_channels(image.chw, what, self.channel_count(), has_model)
+                m = None
+                if image.mask is not None:
+                    m = check_mask(image.mask, image.chw.shape[1:3], f"mask {item.mask}")
+                image_id, is_new, mask_outcome = self._store_image(
+                    image, str(item.image.resolve()), item.split, m
+                )
+                ids.append(image_id)
+                (added if is_new else existing).append(image_id)
+                if mask_outcome == "saved":
+                    saved.append(image_id)
+                elif mask_outcome == "skipped":
+                    skipped.append(image_id)
         return ImportResult(tuple(ids), tuple(added), tuple(existing), tuple(saved), tuple(skipped))
 
     @staticmethod
@@ -333,7 +404,7 @@ class _ImagesMixin(_StoreBase):
         return candidate
 
     def _store_image(
-        self, chw: np.ndarray, name: str, source: str, split: str, mask: np.ndarray | None
+        self, image: LoadedImage, source: str, split: str, mask: np.ndarray | None
     ) -> tuple[str, bool, str | None]:
         """Store pixels (deduplicated by content) and an optional ground-truth mask in one transaction.
 
@@ -345,6 +416,7 @@ class _ImagesMixin(_StoreBase):
         Returns:
             (image id, whether the image is new, what happened to the mask: "saved", "same", "skipped", None).
         """
+        chw, name = image.chw, image.name
         image_id = content_id(chw)
         with self._read() as conn:
             known = conn.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone() is not None
@@ -354,8 +426,8 @@ class _ImagesMixin(_StoreBase):
             is_new = False
             if data is not None:  # known pixels stay known: the store never deletes an image
                 inserted = tx.execute(
-                    f"INSERT INTO images ({_IMAGE_COLS}) VALUES (?, ?, 'unlabeled', NULL, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (id) DO NOTHING",
+                    f"INSERT INTO images ({_IMAGE_COLS}) VALUES "
+                    "(?, ?, 'unlabeled', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                     (
                         image_id,
                         self._unique_name(tx, name),
@@ -367,6 +439,9 @@ class _ImagesMixin(_StoreBase):
                         source,
                         sha256_bytes(data),
                         time.time(),
+                        image.axes,
+                        json.dumps([int(n) for n in image.shape]),
+                        json.dumps(list(image.channel_names)),
                     ),
                 )
                 is_new = inserted.rowcount == 1
@@ -384,3 +459,13 @@ class _ImagesMixin(_StoreBase):
                     current = self._read_annotation(image_id, latest)
                     outcome = "same" if np.array_equal(current, mask) else "skipped"
         return image_id, is_new, outcome
+
+
+def _combined_channels(counts: set[int]) -> int | None:
+    """The channel count of images with these counts: a fluorescence count, else 3 if any RGB, else 1."""
+    if not counts:
+        return None
+    odd = counts - {1, 3}
+    if odd:
+        return max(odd)
+    return 3 if 3 in counts else 1

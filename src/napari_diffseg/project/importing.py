@@ -1,6 +1,9 @@
 """What to import: dataset folders, loose image files with an optional masks folder.
 
-Collecting only looks at file names (cheap); :func:`load_item` decodes and validates one item. The
+Collecting only looks at file names (cheap); :func:`load_images` decodes and validates one item, which may
+hold several images: every series of a multi-series file (``stem-s0``, ``stem-s1``...) and every time point
+of a time-lapse (``stem-t000``, ``stem-t001``...). A z-stack is refused for now (training is 2D; the message
+names its axes and how to override them). The
 :class:`~napari_diffseg.project.store.Project` import methods first load every item (so a corrupt file
 anywhere stops the import before anything is written), then store them.
 """
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +20,26 @@ import numpy as np
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.base.formats import IMAGE_EXTENSIONS, MASK_EXTENSIONS
 from napari_diffseg.data.dataset import DEFAULT_SPLIT, DatasetFolder, is_valid_split
-from napari_diffseg.data.io import read_mask
-from napari_diffseg.project._util import check_name, read_raw_image
+from napari_diffseg.data.imagefile import (
+    ImageRead,
+    check_axes,
+    file_stem,
+    read_image_file,
+    split_frames,
+    to_chw,
+)
+from napari_diffseg.data.io import DEFAULT_MAX_PIXELS, read_mask
+from napari_diffseg.project._util import _check_pixels, check_name
 
-__all__ = ["ImportItem", "collect_dataset", "collect_paths", "load_item"]
+__all__ = [
+    "ImportItem",
+    "LoadedImage",
+    "collect_dataset",
+    "collect_paths",
+    "load_images",
+    "load_item",
+    "prepare",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -33,6 +52,21 @@ class ImportItem:
     mask: Path | None
     name: str
     split: str = DEFAULT_SPLIT
+    axes: str | None = None
+    """The axes the user gave (``--axes``), overriding what the file says; None: read them."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """One image ready to store: ``(C, H, W)`` pixels, its axes and shape as read, and what was assumed."""
+
+    name: str
+    chw: np.ndarray
+    axes: str
+    shape: tuple[int, ...]
+    channel_names: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    mask: np.ndarray | None = None
 
 
 def _check_split(split: str) -> str:
@@ -76,11 +110,15 @@ def _image_file(path: Path, split: str) -> ImportItem:
             f"cannot import {path}: unsupported extension {path.suffix or '(none)'!r}; images must be one of "
             f"{', '.join(IMAGE_EXTENSIONS)}."
         )
-    return ImportItem(path, None, check_name(path.stem, f"image name (file stem of {path})"), split)
+    return ImportItem(path, None, check_name(file_stem(path), f"image name (file stem of {path})"), split)
 
 
 def collect_paths(
-    paths: Iterable[PathLike], masks_dir: PathLike | None = None, *, split: str = DEFAULT_SPLIT
+    paths: Iterable[PathLike],
+    masks_dir: PathLike | None = None,
+    *,
+    split: str = DEFAULT_SPLIT,
+    axes: str | None = None,
 ) -> list[ImportItem]:
     """Items for image files, plain folders of images and dataset folders.
 
@@ -88,11 +126,14 @@ def collect_paths(
     folder contributes its image files (not recursive, hidden files skipped). Masks for loose files and
     plain folders come from ``masks_dir``, matched by file stem; images without a mask there get none.
 
+    ``axes`` (``--axes``) overrides the axes of every image file collected.
+
     Raises:
         DataError: A missing path, an unsupported extension, a folder without images, a bad dataset folder,
-            ``masks_dir`` together with a dataset folder, or a bad ``split``.
+            ``masks_dir`` together with a dataset folder, a bad ``split`` or ``axes``.
     """
     _check_split(split)
+    letters = None if axes is None else check_axes(axes)
     masks = _scan_masks(Path(masks_dir)) if masks_dir is not None else {}
     items: list[ImportItem] = []
     for raw in paths:
@@ -124,26 +165,77 @@ def collect_paths(
         items.extend(ImportItem(i.image, masks.get(i.name), i.name, i.split) for i in found)
     if not items:
         raise DataError("nothing to import: pass image files, folders of images or dataset folders.")
+    if letters is not None:
+        items = [ImportItem(i.image, i.mask, i.name, i.split, letters) for i in items]
     return items
 
 
-def load_item(item: ImportItem, *, binary_masks: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode and validate one item: the ``(C, H, W)`` image in its stored dtype and the int64 mask or None.
-
-    Args:
-        item: What to load.
-        binary_masks: Map every mask value > 0 to 1 (the binary task; instance ids become foreground).
+def prepare(
+    reads: Iterable[ImageRead], what: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[LoadedImage]:
+    """Images ready to store from reads: time-lapses split into frames, each as checked ``(C, H, W)``.
 
     Raises:
-        DataError: A bad image or mask file, or a mask whose (H, W) differs from the image's.
+        DataError: A z-stack (not yet supported for training), or pixels the store refuses.
     """
-    image = read_raw_image(item.image)
+    out = []
+    for read in reads:
+        for frame in split_frames(read):
+            chw = _check_pixels(to_chw(frame), what, max_pixels)
+            notes = frame.notes
+            if "T" in read.axes:
+                count = read.shape[read.axes.index("T")]
+                notes = (
+                    *notes,
+                    f"{count} time points, each imported as its own image ({read.name}-t000, ...)",
+                )
+            out.append(LoadedImage(frame.name, chw, frame.axes, frame.shape, frame.channel_names, notes))
+    return out
+
+
+def load_images(
+    item: ImportItem, *, binary_masks: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[LoadedImage]:
+    """Decode and validate one item: every image its file holds, the mask (if any) with the only one.
+
+    A file holding one image is named by the item (a dataset id or the file stem); several series are
+    ``name-s0``, ``name-s1``... and time points ``name-t000``... A mask goes with a file of one 2D image.
+
+    Raises:
+        DataError: A bad image or mask file, a z-stack, a mask for a file of several images, or a mask whose
+            (H, W) differs from the image's.
+    """
+    reads = read_image_file(item.image, axes=item.axes, max_pixels=max_pixels)
+    if len(reads) == 1:
+        reads = [replace(reads[0], name=item.name)]
+    else:
+        reads = [replace(r, name=f"{item.name}-s{r.series}") for r in reads]
+    loaded = prepare(reads, f"Cannot use image {item.image}", max_pixels=max_pixels)
     if item.mask is None:
-        return image, None
+        return loaded
+    if len(loaded) != 1:
+        names = ", ".join(x.name for x in loaded[:3])
+        raise DataError(
+            f"mask {item.mask}: image {item.image} holds {len(loaded)} images ({names}...); a mask goes with a "
+            "file of one 2D image. Import the images without --masks."
+        )
+    image = loaded[0]
     mask = read_mask(item.mask, binary=binary_masks)
-    if mask.shape != image.shape[1:]:
+    if mask.shape != image.chw.shape[1:]:
         raise DataError(
             f"mask {item.mask} is {mask.shape[0]}x{mask.shape[1]} but image {item.image} is "
-            f"{image.shape[1]}x{image.shape[2]} (H x W); a mask must have its image's height and width."
+            f"{image.chw.shape[1]}x{image.chw.shape[2]} (H x W); a mask must have its image's height and width."
         )
-    return image, mask
+    return [replace(image, mask=mask)]
+
+
+def load_item(item: ImportItem, *, binary_masks: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`load_images` for a file of exactly one image: its ``(C, H, W)`` pixels and mask (or None).
+
+    Raises:
+        DataError: What :func:`load_images` raises, or a file holding several images.
+    """
+    loaded = load_images(item, binary_masks=binary_masks)
+    if len(loaded) != 1:
+        raise DataError(f"image {item.image} holds {len(loaded)} images; import it with `diffseg import`.")
+    return loaded[0].chw, loaded[0].mask

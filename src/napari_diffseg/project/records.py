@@ -58,6 +58,10 @@ class ImageRecord(_Record):
         source: Where it came from (a file path, or ``array:<name>`` for in-memory imports).
         file_sha256: sha256 of ``images/<id>.tif``.
         created_at: Unix time of the import.
+        axes: The image's axes as read, letters from ``TZCYX`` in storage order (``"YX"`` grey, ``"YXC"``
+            RGB, ``"CYX"`` fluorescence channels); ``shape`` has one entry per letter.
+        shape: The image's shape in the order of ``axes``.
+        channel_names: Channel names from the file's metadata (empty when it had none).
     """
 
     id: str
@@ -72,6 +76,9 @@ class ImageRecord(_Record):
     source: str
     file_sha256: str
     created_at: float
+    axes: str = ""
+    shape: tuple[int, ...] = ()
+    channel_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,21 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX images_split ON images(split)",
         ),
     ),
+    Migration(
+        "v3: each image's axes (T, Z, C, Y, X letters in storage order), shape and channel names",
+        (
+            "ALTER TABLE images ADD COLUMN axes TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE images ADD COLUMN shape TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE images ADD COLUMN channel_names TEXT NOT NULL DEFAULT '[]'",
+            # Older projects stored grey (1 channel) and RGB (3) 2D images as (C, H, W): say so.
+            """UPDATE images SET
+                axes = CASE channels WHEN 1 THEN 'YX' WHEN 3 THEN 'YXC' ELSE 'CYX' END,
+                shape = CASE channels
+                    WHEN 1 THEN '[' || height || ', ' || width || ']'
+                    WHEN 3 THEN '[' || height || ', ' || width || ', 3]'
+                    ELSE '[' || channels || ', ' || height || ', ' || width || ']' END""",
+        ),
+    ),
 ]
 
 SCHEMA_VERSION: int = len(MIGRATIONS)
