@@ -69,7 +69,8 @@ def start_job(
 # helpers
 # ------------------------------------------------------------------------------------------------
 def _channels(project: Project) -> int:
-    return 3 if any(r.channels >= 3 for r in project.images()) else 1
+    """The project's channel count (fixed at its first import; 3 once grey and RGB images mix)."""
+    return project.channel_count() or 1
 
 
 class BadImage(DataError):

@@ -42,8 +42,8 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.in_channels not in (1, 3):
-            raise ConfigError(f"images must have 1 or 3 channels, got {self.in_channels}")
+        if self.in_channels < 1:
+            raise ConfigError(f"images must have at least 1 channel, got {self.in_channels}")
         if self.num_classes < 2:
             raise ConfigError("num_classes must be >= 2 (background + at least one class)")
 

@@ -1,0 +1,195 @@
+"""Axes, channels and time-lapses (issue 12): the reader's rules, --axes, a project's fixed channel count,
+the schema migration that gives old images their axes, and training on a 2-channel project."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_diffseg.base.errors import DataError
+from napari_diffseg.base.formats import tiff_bytes
+from napari_diffseg.cli import main
+from napari_diffseg.data.io import check_axes, read_image_file, split_frames, to_chw
+from napari_diffseg.project import Project
+from napari_diffseg.project._util import content_id
+from napari_diffseg.project.schema import SCHEMA_VERSION, apply_migrations, bootstrap
+
+
+def _blobs(n: int, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 4000, (n, *shape), dtype=np.uint16)
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def test_check_axes_accepts_ome_letters_only() -> None:
+    assert check_axes("zyx") == "ZYX"
+    for bad in ("ZZYX", "QYX", "ZY", "", "CYXS"):
+        with pytest.raises(DataError, match="axes"):
+            check_axes(bad)
+
+
+def test_plain_tiff_rules_and_override(tmp_path: Path) -> None:
+    two = tmp_path / "two.tif"
+    tifffile.imwrite(two, _blobs(2, (32, 40)), photometric="minisblack", metadata=None)
+    (read,) = read_image_file(two)
+    assert (read.axes, read.shape, read.ambiguous) == ("CYX", (2, 32, 40), True)
+    assert "taken as 2 channels (CYX)" in read.notes[0]
+    (z,) = read_image_file(two, axes="ZYX")
+    assert (z.axes, z.ambiguous, z.notes) == ("ZYX", False, ("axes ZYX as given",))
+    with pytest.raises(DataError, match=r"one letter per dimension"):
+        read_image_file(two, axes="TZYX")
+    with pytest.raises(DataError, match=r"z-stack \(axes ZYX"):
+        to_chw(z)
+    frames = split_frames(read_image_file(two, axes="TYX")[0])
+    assert [f.name for f in frames] == ["two-t000", "two-t001"] and frames[1].axes == "YX"
+    # ImageJ hyperstack TCYX: axes from the metadata, never guessed
+    hyper = tmp_path / "hyper.tif"
+    tifffile.imwrite(hyper, _blobs(6, (32, 40)).reshape(3, 2, 32, 40), imagej=True, metadata={"axes": "TCYX"})
+    (h,) = read_image_file(hyper)
+    assert (h.axes, h.shape) == ("TCYX", (3, 2, 32, 40))
+    assert [f.axes for f in split_frames(h)] == ["CYX"] * 3
+    # four channels stored last without photometric RGB: channels, never alpha-dropped
+    last = tmp_path / "last.tif"
+    tifffile.imwrite(last, _blobs(1, (32, 40, 4))[0], photometric="minisblack", planarconfig="contig")
+    (c4,) = read_image_file(last)
+    assert c4.channels == 4 and to_chw(c4).shape == (4, 32, 40)
+
+
+def test_rgba_png_with_colour_keeps_rgb_and_drops_alpha(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rgba = np.zeros((16, 20, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "c.png")
+    (read,) = read_image_file(tmp_path / "c.png")
+    assert (read.axes, read.shape, read.rgb) == ("YXC", (16, 20, 3), True)
+
+
+# ------------------------------------------------------------------------------------------ import
+
+
+def test_axes_override_on_cli_import_and_init(tmp_path: Path, capsys) -> None:
+    stack = tmp_path / "files" / "stack.tif"
+    stack.parent.mkdir()
+    tifffile.imwrite(stack, _blobs(6, (32, 40)), photometric="minisblack", metadata=None)
+    root = tmp_path / "p"
+    assert main(["init", str(root), "--images", str(stack.parent), "--axes", "CYX"]) == 0
+    assert "axes CYX as given" in capsys.readouterr().err
+    assert main(["images", str(root), "--json"]) == 0
+    (rec,) = json.loads(capsys.readouterr().out)
+    assert (rec["axes"], rec["shape"]) == ("CYX", [6, 32, 40])
+    # a different channel count is refused, naming both counts; nothing changes
+    before = sorted(p.name for p in (root / "images").iterdir())
+    assert main(["import", str(root), str(stack), "--axes", "TYX"]) == 2
+    err = capsys.readouterr().err
+    assert "1 channel(s)" in err and "have 6" in err
+    assert sorted(p.name for p in (root / "images").iterdir()) == before
+    assert main(["import", str(root), str(stack), "--axes", "QYX"]) == 2
+    assert "not a valid axes string" in capsys.readouterr().err
+    # a z-stack is refused with its axes and how to override them
+    fresh = tmp_path / "q"
+    assert main(["init", str(fresh)]) == 0
+    assert main(["import", str(fresh), str(stack)]) == 2
+    err = capsys.readouterr().err
+    assert "axes ZYX" in err and "not yet supported for training" in err and "--axes" in err
+    assert main(["import", str(fresh), str(stack), "--axes", "TYX"]) == 0
+    capsys.readouterr()
+    assert main(["images", str(fresh), "--json"]) == 0
+    names = [r["name"] for r in json.loads(capsys.readouterr().out)]
+    assert names == [f"stack-t00{i}" for i in range(6)]
+
+
+def test_channel_count_fixed_at_first_import(tmp_path: Path) -> None:
+    with Project.create(tmp_path / "p") as proj:
+        assert proj.channel_count() is None
+        proj.import_array(_blobs(2, (32, 40)), "two", axes="CYX")
+        assert proj.channel_count() == 2
+        with pytest.raises(DataError, match=r"4 channel\(s\) but this project's images have 2"):
+            proj.import_array(_blobs(4, (32, 40), seed=1), "four")
+        with pytest.raises(DataError, match=r"1 channel\(s\) but this project's images have 2"):
+            proj.import_array(_blobs(1, (32, 40), seed=1)[0], "grey")
+        assert [r.name for r in proj.images()] == ["two"]
+        rec = proj.image("two")
+        assert (rec.axes, rec.shape, rec.channels) == ("CYX", (2, 32, 40), 2)
+    # grey and RGB keep mixing as before
+    with Project.create(tmp_path / "g") as proj:
+        proj.import_array(np.zeros((32, 40), np.uint8), "grey")
+        proj.import_array(np.full((32, 40, 3), 7, np.uint8), "rgb")
+        assert proj.channel_count() == 3
+        assert proj.image("rgb").axes == "YXC" and proj.image("rgb").shape == (32, 40, 3)
+        with pytest.raises(DataError, match="time points"):
+            proj.import_array(_blobs(3, (32, 40)), "movie", axes="TYX")
+
+
+def test_migration_gives_old_images_axes_and_shape(tmp_path: Path) -> None:
+    root = tmp_path / "old"
+    for sub in ("images", "annotations", "proposals", "models", "jobs"):
+        (root / sub).mkdir(parents=True)
+    con = sqlite3.connect(root / "project.db", isolation_level=None)
+    bootstrap(con, 0.0)
+    assert apply_migrations(con, target=2) == 2
+    rows = []
+    for name, arr in (
+        ("grey", np.zeros((1, 32, 40), np.uint8)),
+        ("rgb", np.ones((3, 32, 40), np.uint8)),
+        ("four", np.full((4, 32, 40), 2, np.uint16)),
+    ):
+        data = tiff_bytes(arr)
+        image_id = content_id(arr)
+        (root / "images" / f"{image_id}.tif").write_bytes(data)
+        import hashlib
+
+        con.execute(
+            "INSERT INTO images (id, name, height, width, channels, dtype, file_sha256, created_at) "
+            "VALUES (?, ?, 32, 40, ?, ?, ?, 0)",
+            (image_id, name, arr.shape[0], arr.dtype.name, hashlib.sha256(data).hexdigest()),
+        )
+        rows.append(image_id)
+    con.close()
+    with Project.open(root) as proj:
+        assert proj.schema_version == SCHEMA_VERSION
+        got = {r.name: (r.axes, r.shape, r.channel_names) for r in proj.images()}
+        assert got == {
+            "grey": ("YX", (32, 40), ()),
+            "rgb": ("YXC", (32, 40, 3), ()),
+            "four": ("CYX", (4, 32, 40), ()),
+        }
+        assert proj.check()["ok"]
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def test_two_channel_project_pretrains_cotrains_proposes_and_predicts(tmp_path: Path) -> None:
+    from napari_diffseg.backend.jobs import execute_job, start_job
+    from napari_diffseg.core.models import load_bundle
+    from napari_diffseg.data.synthetic import make_sample
+    from napari_diffseg.predict import predict_image
+
+    root = tmp_path / "p2"
+    with Project.create(root) as proj:
+        for i in range(4):
+            img, mask = make_sample(i, (32, 32))
+            grey = np.asarray(img, np.float32).mean(axis=-1) if np.ndim(img) == 3 else np.asarray(img)
+            two = np.stack([grey, grey[::-1]]).astype(np.float32)
+            proj.import_array(two, f"im{i}", mask=mask if i < 2 else None, axes="CYX")
+        assert proj.channel_count() == 2
+    for kind, params in (("pretrain", {}), ("cotrain", {}), ("propose", {})):
+        with Project.open(root) as proj:
+            job = start_job(proj, kind, {"preset": "tiny", **params})
+        assert execute_job(root, job) == "done", kind
+    with Project.open(root) as proj:
+        model = proj.active_model()
+        assert model is not None
+        bundle, config, _ = load_bundle(proj.model_dir(model.id))
+        assert bundle.spec.in_channels == 2
+        assert any(r.state == "proposed" for r in proj.images())
+        probs = predict_image(bundle, config, proj.load_image("im0"))
+    assert probs.shape == (2, 32, 32) and np.allclose(probs.sum(axis=0), 1, atol=1e-4)
