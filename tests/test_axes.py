@@ -193,3 +193,45 @@ def test_two_channel_project_pretrains_cotrains_proposes_and_predicts(tmp_path: 
         assert any(r.state == "proposed" for r in proj.images())
         probs = predict_image(bundle, config, proj.load_image("im0"))
     assert probs.shape == (2, 32, 32) and np.allclose(probs.sum(axis=0), 1, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ upload
+
+
+def test_upload_takes_axes_with_the_rules_and_limits_of_import(tmp_path: Path) -> None:
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from napari_diffseg.backend.app import create_app
+    from napari_diffseg.backend.client import DiffsegClient
+
+    Project.create(tmp_path / "p").close()
+    plain = io.BytesIO()
+    tifffile.imwrite(plain, _blobs(2, (32, 40)), photometric="minisblack", metadata=None)
+    tiff = {"Content-Type": "image/tiff"}
+    with TestClient(create_app(tmp_path / "p", run_jobs=False), base_url="http://127.0.0.1") as http:
+        url = "/api/v1/images"
+        r = http.post(url, params={"name": "z", "axes": "ZYX"}, content=plain.getvalue(), headers=tiff)
+        assert r.status_code == 422 and "z-stack (axes ZYX" in r.json()["detail"]
+        r = http.post(url, params={"name": "t", "axes": "TYX"}, content=plain.getvalue(), headers=tiff)
+        assert r.status_code == 422 and "2 time points" in r.json()["detail"]
+        r = http.post(url, params={"name": "q", "axes": "QYX"}, content=plain.getvalue(), headers=tiff)
+        assert r.status_code == 422 and "not a valid axes string" in r.json()["detail"]
+        huge = io.BytesIO()
+        np.save(huge, np.full((32, 40), 2.35e300))
+        npy = {"Content-Type": "application/x-npy"}
+        r = http.post(url, params={"name": "huge"}, content=huge.getvalue(), headers=npy)
+        assert r.status_code == 422 and "2.35e+300" in r.json()["detail"]
+        assert http.get(url).json() == []  # nothing saved by any refusal
+        r = http.post(url, params={"name": "two"}, content=plain.getvalue(), headers=tiff)
+        assert r.status_code == 201
+        image = r.json()["image"]
+        assert (image["axes"], image["shape"], image["channels"]) == ("CYX", [2, 32, 40], 2)
+        # the client sends axes too; a 5-channel array is refused in this 2-channel project, naming both
+        client = DiffsegClient("http://127.0.0.1")
+        client._http = TestClient(http.app, base_url="http://127.0.0.1/api/v1")
+        with pytest.raises(Exception, match=r"5 channel\(s\) but this project's images have 2"):
+            client.upload_image(_blobs(5, (32, 40)), name="five", axes="CYX")
+        up = client.upload_image(_blobs(2, (32, 40), seed=3), name="two-b", axes="CYX")
+        assert up.added and up.image.axes == "CYX" and up.image.shape == [2, 32, 40]

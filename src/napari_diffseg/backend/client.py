@@ -217,18 +217,27 @@ class DiffsegClient:
         """One image by id or unique name."""
         return self._one(Image, "GET", f"/images/{_ref(ref)}")
 
-    def upload_image(self, image: ArrayOrPath, name: str | None = None, split: str = "train") -> ImageUpload:
-        """Upload an array or a .npy/.tif/.png file; returns the image and whether it was new (``added``)."""
+    def upload_image(
+        self, image: ArrayOrPath, name: str | None = None, split: str = "train", axes: str | None = None
+    ) -> ImageUpload:
+        """Upload an array or a .npy/.tif/.png file; returns the image and whether it was new (``added``).
+
+        ``axes`` (OME letters over T, Z, C, Y, X in storage order, e.g. ``"CYX"``) overrides how the pixels
+        are read, as ``diffseg import --axes``.
+        """
         if name is None:
             if isinstance(image, np.ndarray):
                 raise ValueError("pass a name for an uploaded array")
             name = Path(image).stem
         content, media = self._body(image)
+        params = {"name": name, "split": split}
+        if axes is not None:
+            params["axes"] = axes
         return self._one(
             ImageUpload,
             "POST",
             "/images",
-            params={"name": name, "split": split},
+            params=params,
             content=content,
             headers={"Content-Type": media},
         )

@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ __all__ = [
     "TIFF",
     "decode_image",
     "decode_mask",
+    "decode_upload",
     "from_npy",
     "media_type_for",
     "npy_header",
@@ -196,6 +198,46 @@ def decode_image(
     from napari_diffseg.data.io import read_image_raw
 
     return _with_file(data, media_type, what, lambda p: read_image_raw(p, max_pixels=max_pixels))
+
+
+def decode_upload(
+    data: bytes,
+    media_type: str,
+    *,
+    max_pixels: int,
+    axes: str | None = None,
+    what: str = "the uploaded image",
+) -> Any:
+    """Decode an uploaded image for an import: a ``.npy`` array as sent, or a TIFF / PNG as the one
+    :class:`~napari_diffseg.data.imagefile.ImageRead` it holds (axes from its metadata, or ``axes``).
+
+    The same reading and limits as ``diffseg import``: every plane at most ``max_pixels``, the whole array
+    at most :data:`~napari_diffseg.data.imagefile.MAX_ELEMENTS_FACTOR` times that.
+
+    Raises:
+        DataError: An empty, corrupt or truncated body, an unsupported dtype, too many pixels, ``axes`` that
+            do not fit, or a file holding several images (series).
+    """
+    from napari_diffseg.data.imagefile import MAX_ELEMENTS_FACTOR, read_image_file
+
+    if not data:
+        raise DataError(f"{what} is empty (0 bytes); send the image file in the request body.")
+    _check_kind(data, media_type, what)
+    if media_type == NPY:
+        shape, _dtype, _f, _o = npy_header(data, what)
+        _spatial_limit(shape, what, max_pixels)
+        return from_npy(data, what, max_elements=max_pixels * MAX_ELEMENTS_FACTOR)
+
+    def read(path: Path) -> Any:
+        reads = read_image_file(path, axes=axes, max_pixels=max_pixels)
+        if len(reads) != 1:
+            raise DataError(
+                f"{what} holds {len(reads)} images (series); upload each as its own file, or import the file "
+                "with `diffseg import`, which imports every series."
+            )
+        return reads[0]
+
+    return _with_file(data, media_type, what, read)
 
 
 def decode_mask(

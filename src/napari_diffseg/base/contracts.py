@@ -208,6 +208,17 @@ class Image(_Out):
     last_edit_dice: float | None = Field(
         default=None, description="Edit Dice of the latest annotation against the proposal it started from."
     )
+    axes: str = Field(
+        default="",
+        description="The image's axes as read: letters from TZCYX in storage order (YX grey, YXC RGB, CYX "
+        "fluorescence channels); the stored pixels are always (C, H, W).",
+    )
+    shape: list[int] = Field(
+        default_factory=list, description="The image's shape, one entry per axes letter."
+    )
+    channel_names: list[str] = Field(
+        default_factory=list, description="Channel names from the file's metadata (empty: none)."
+    )
 
 
 class ImageStateIn(_In):

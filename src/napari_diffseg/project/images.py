@@ -6,6 +6,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.base.formats import tiff_bytes
 from napari_diffseg.data.dataset import DEFAULT_SPLIT, is_valid_split
+from napari_diffseg.data.imagefile import ImageRead
 from napari_diffseg.data.io import DEFAULT_MAX_PIXELS
 from napari_diffseg.project._db import _IMAGE_COLS, ImageRef, PathLike, _image, _StoreBase, _Tx
 from napari_diffseg.project._util import (
@@ -199,8 +201,9 @@ class _ImagesMixin(_StoreBase):
     ) -> tuple[str, bool]:
         """:meth:`import_array`, also saying whether the image is new (what ``POST /images`` answers).
 
-        The array passes the same checks as a file given to ``diffseg import`` (:func:`image_from_array`
-        and :meth:`check_fits_project`). Whether the pixels are new is decided by the database itself
+        The array passes the same checks as a file given to ``diffseg import`` (:func:`array_read`,
+        :func:`~napari_diffseg.project.importing.prepare` and :meth:`check_fits_project`); ``array`` may also
+        be an :class:`ImageRead` (an uploaded file read with its axes and channel names). Whether the pixels are new is decided by the database itself
         (the insert of the content id, inside the write transaction), so of several concurrent imports
         of the same pixels exactly one gets ``True``.
 
@@ -210,7 +213,11 @@ class _ImagesMixin(_StoreBase):
         check_name(name)
         self._check_split(split)
         what = f"Cannot import array {name!r}"
-        loaded = prepare([array_read(array, name, axes=axes)], what, max_pixels=max_pixels)
+        if isinstance(array, ImageRead):  # an uploaded file, already read with its axes
+            read = replace(array, name=name)
+        else:
+            read = array_read(array, name, axes=axes)
+        loaded = prepare([read], what, max_pixels=max_pixels)
         if len(loaded) != 1:
             raise DataError(
                 f"{what}: it holds {len(loaded)} time points ({loaded[0].axes} each, axes "

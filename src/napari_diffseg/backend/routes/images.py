@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Query, Response
@@ -12,6 +14,7 @@ from napari_diffseg.backend.routes.common import RefPath, api_router, find_image
 from napari_diffseg.backend.schemas import ImageOut, ImageStateIn, ImageUploadOut
 from napari_diffseg.backend.state import Ctx
 from napari_diffseg.backend.uploads import UploadDep, binary_body, npy, npy_response
+from napari_diffseg.data.imagefile import ImageRead, check_axes
 from napari_diffseg.project import IMAGE_STATES, Project
 from napari_diffseg.project.records import ImageRecord
 
@@ -57,22 +60,37 @@ def upload_image(
     response: Response,
     name: Annotated[str, Query(min_length=1, max_length=200, description="Image name (made unique).")],
     split: Annotated[str, Query(min_length=1, max_length=64, description="train, val or test...")] = "train",
+    axes: Annotated[
+        str | None,
+        Query(
+            min_length=2,
+            max_length=5,
+            description="The image's axes, overriding what the file says (OME letters T, Z, C, Y, X in "
+            "storage order, e.g. CYX), as `diffseg import --axes`; a .npy array without it is read by its "
+            "shape ((Y, X), (Y, X, C) or (C, Y, X) with C up to 4).",
+        ),
+    ] = None,
 ) -> ImageUploadOut:
     """Upload an image (``.npy``, TIFF or PNG body): 201 when new, 200 when the same pixels are known.
 
     An upload is an import: the pixels pass exactly the checks ``diffseg import`` applies to a file
-    (layout and channels, size, NaN / infinite values, values finite in float32, the project's channel
-    count; :meth:`Project.add_array`), and a refusal is a 422 that says what to change. Of several
+    (axes from the file's metadata or ``axes``, size, NaN / infinite values, values finite in float32,
+    the project's channel count; :meth:`Project.add_array`), and a refusal is a 422 that says what to
+    change. One upload is one 2D image: a z-stack, a time-lapse or a file of several series is refused
+    with a message saying how to send it. Of several
     concurrent uploads of the same pixels exactly one answers 201 (the store's insert decides); the others
     answer 200 with the same image.
 
     To attach a ground-truth mask, POST it to ``/images/{ref}/annotations?kind=ground_truth``.
     """
     max_pixels = ctx.settings.max_pixels
-    pixels = codec.decode_image(upload.data, upload.media_type, max_pixels=max_pixels)
+    letters = None if axes is None else check_axes(axes, "axes")
+    pixels = codec.decode_upload(upload.data, upload.media_type, max_pixels=max_pixels, axes=letters)
+    if isinstance(pixels, ImageRead):
+        pixels, letters = replace(pixels, path=Path(name)), None
     project = ctx.project()
     image_id, added = project.add_array(
-        pixels, name, split=split, source=f"upload:{name}", max_pixels=max_pixels
+        pixels, name, split=split, source=f"upload:{name}", max_pixels=max_pixels, axes=letters
     )
     if not added:
         response.status_code = 200
