@@ -213,7 +213,7 @@ class AnnotateWidget(QWidget):
         self.unc_summary = QLabel("")
         self.unc_summary.setWordWrap(True)
         self.unc_summary.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
-        self.unc_summary.setMinimumHeight(3 * self.unc_summary.fontMetrics().lineSpacing() + 2)
+        self.unc_summary.setMinimumHeight(4 * self.unc_summary.fontMetrics().lineSpacing() + 2)
         self.load_button = QPushButton("Load / request proposal")
         self.load_button.setToolTip(
             "Show the active model's proposal for this image again; when it has none yet, ask the backend "
@@ -572,7 +572,7 @@ class AnnotateWidget(QWidget):
         # it is hidden (the eye in the layer list shows it; a higher threshold brings it back by itself)
         hide = summary.flat or summary.broad
         if hide:
-            text += " The layer is hidden (its eye in the layer list shows it)."
+            text += " Layer hidden: a higher threshold (or its eye in the layer list) shows it."
         layer = self.uncertainty
         if layer is not None and layer in self.viewer.layers:
             layer.visible = not hide

@@ -123,10 +123,7 @@ class MapSummary:
             f"(mean {self.mean:.2f} bit)"
         )
         if self.broad:
-            return (
-                f"{text}: the teacher is unsure over most of the image, so the map cannot single out errors "
-                "yet; raise the threshold to see where it is least sure."
-            )
+            return f"{text}: unsure over most of the image, it cannot single out errors yet."
         return text + "."
 
 
