@@ -1,5 +1,10 @@
-"""npe2 reader: a project folder (with ``project.db``), a dataset folder (``images/``, optional ``masks/``)
-or an OME-Zarr image.
+"""npe2 reader: a project folder (with ``project.db``), a dataset folder (``images/``, optional ``masks/``),
+an OME-Zarr image, or an image file (TIFF, OME-TIFF, ImageJ TIFF, PNG, JPEG, BMP).
+
+An image file is read with its axes (:func:`napari_diffseg.data.imagefile.read_image_file`): every OME
+series as its own layer, fluorescence channels split with ``channel_axis`` (named from the metadata),
+RGB as an ``rgb`` layer, z-stacks and time-lapses as their Z / T sliders, and ``scale`` in micrometres
+where the metadata gives the pixel size (and, for a z-stack, the plane spacing).
 
 Thin and light: the project store, the dataset reader and zarr are imported only when a folder is read,
 and none of them loads torch. An OME-Zarr image opens lazily as a multiscale Image layer (dask arrays over
@@ -16,7 +21,7 @@ from typing import Any
 
 from napari_diffseg._layers import to_display
 
-__all__ = ["get_reader", "read_dataset", "read_ome_zarr", "read_project"]
+__all__ = ["get_reader", "read_dataset", "read_image_files", "read_ome_zarr", "read_project"]
 
 LayerData = list[tuple[Any, dict[str, Any], str]]
 MAX_IMAGES = 64
@@ -30,6 +35,10 @@ def get_reader(path: str | list[str]) -> Callable[[Any], LayerData] | None:
             return None
         path = path[0]
     folder = Path(path)
+    if folder.is_file():
+        from napari_diffseg.base.formats import IMAGE_EXTENSIONS
+
+        return read_image_files if folder.suffix.lower() in IMAGE_EXTENSIONS else None
     if not folder.is_dir():
         return None
     if (folder / "project.db").is_file():
@@ -54,13 +63,54 @@ def read_project(path: str | os.PathLike[str] | list[Any]) -> LayerData:
     layers: LayerData = []
     with Project.open(_one(path)) as project:
         for rec in project.images()[:MAX_IMAGES]:
-            data, rgb = to_display(project.load_image(rec.id))
+            data, rgb = to_display(project.load_image(rec.id), rec.axes)
             meta = {"diffseg_image_id": rec.id, "state": rec.state, "split": rec.split}
             layers.append((data, {"name": rec.name, "rgb": rgb, "metadata": meta}, "image"))
             mask = project.load_annotation(rec.id)
             if mask is not None:
                 layers.append((mask, {"name": f"{rec.name} labels", "metadata": meta}, "labels"))
     return layers
+
+
+def read_image_files(path: str | os.PathLike[str] | list[Any]) -> LayerData:
+    """Every image of an image file as an Image layer, laid out as napari expects (module docstring)."""
+    from napari_diffseg.data.imagefile import read_image_file
+
+    paths = path if isinstance(path, list) else [path]
+    layers: LayerData = []
+    for p in paths:
+        for read in read_image_file(p):
+            layers.append(_image_layer(read))
+    return layers
+
+
+def _image_layer(read: Any) -> tuple[Any, dict[str, Any], str]:
+    """One :class:`~napari_diffseg.data.imagefile.ImageRead` as napari layer data."""
+    meta = {"source": str(read.path), "axes": read.axes, "notes": list(read.notes)}
+    kwargs: dict[str, Any] = {"name": read.name, "metadata": meta}
+    spatial = [a for a in read.axes if a != "C"]
+    if read.pixel_size is not None and ("Z" not in spatial or read.z_spacing is not None):
+        sizes = {"T": 1.0, "Z": read.z_spacing, "Y": read.pixel_size[0], "X": read.pixel_size[1]}
+        kwargs["scale"] = tuple(sizes[a] for a in spatial)
+    if read.rgb:
+        kwargs["rgb"] = True
+    elif "C" in read.axes and read.channels > 1:
+        kwargs["channel_axis"] = read.axes.index("C")
+        names = list(read.channel_names) or [f"{read.name} [{i}]" for i in range(read.channels)]
+        kwargs["name"] = names
+        kwargs["metadata"] = meta  # napari gives each channel layer a copy
+    elif "C" in read.axes:
+        return _image_layer(_without_c(read))
+    else:
+        kwargs["rgb"] = False
+    return read.data, kwargs, "image"
+
+
+def _without_c(read: Any) -> Any:
+    from dataclasses import replace
+
+    c = read.axes.index("C")
+    return replace(read, data=read.data.take(0, axis=c), axes=read.axes.replace("C", ""))
 
 
 def read_dataset(path: str | os.PathLike[str] | list[Any]) -> LayerData:

@@ -270,7 +270,7 @@ def fetch_image(
     extra = None
     future = FETCH_POOL.submit(companion, client, record, *model) if companion is not None else None
     try:
-        data, rgb = to_display(client.image_pixels(record.id))
+        data, rgb = to_display(client.image_pixels(record.id), record.axes)
         data = np.ascontiguousarray(data)  # a (C, H, W) → (H, W, C) view uploads slower
     finally:
         if future is not None:

@@ -43,6 +43,7 @@ from napari_diffseg.backend.local import create_project, start_local_backend
 from napari_diffseg.base.contracts import Image
 from napari_diffseg.base.formats import IMAGE_EXTENSIONS
 from napari_diffseg.base.import_check import import_warnings
+from napari_diffseg.data.imagefile import file_stem
 from napari_diffseg.review import fetch_image
 
 __all__ = [
@@ -114,10 +115,24 @@ class ImportReport:
     warnings: list[str] = field(default_factory=list)  # what is odd about them (import_warnings)
 
 
-def _upload_all(client: Any, items: Sequence[tuple[str, np.ndarray | Path]]) -> ImportReport:
+AXES_CHOICES: tuple[tuple[str, str | None], ...] = (
+    ("axes: auto", None),
+    ("CYX (channels)", "CYX"),
+    ("YXC (colour last)", "YXC"),
+    ("TYX (time-lapse)", "TYX"),
+    ("ZYX (z-stack)", "ZYX"),
+)
+"""The Project widget's axes choices for an import: (label, OME letters or None to read them)."""
+
+
+def _upload_all(
+    client: Any, items: Sequence[tuple[str, np.ndarray | Path]], axes: str | None = None
+) -> ImportReport:
     """Worker: upload each ``(name, array or file)``; a bad item is recorded and the others go on.
 
-    A lost connection or a refused token stops the import (every further upload would fail the same way).
+    ``axes`` (OME letters, or None: read from the file) is sent with every upload, as ``diffseg import
+    --axes``. A lost connection or a refused token stops the import (every further upload would fail
+    the same way).
     """
     from napari_diffseg.backend.errors import BackendError
     from napari_diffseg.base.errors import DiffsegError
@@ -126,20 +141,44 @@ def _upload_all(client: Any, items: Sequence[tuple[str, np.ndarray | Path]]) -> 
     for name, item in items:
         label = item.name if isinstance(item, Path) else name
         try:
-            if isinstance(item, Path) and item.suffix.lower() not in UPLOAD_SUFFIXES:
-                from napari_diffseg.data.io import read_image_raw
-
-                item = read_image_raw(item)  # JPEG, BMP...: decoded here, sent as an array
-            out = client.upload_image(item, name=name)
-        except (BackendUnavailable, AuthError):
-            raise
-        except (BackendError, DiffsegError, OSError, ValueError) as exc:
+            uploads = _uploads(name, item, axes)
+        except (DiffsegError, OSError, ValueError) as exc:
             report.failed.append((label, _reason(exc)))
             continue
-        (report.added if out.added else report.known).append(out.image.name)
-        if out.added:
-            report.records.append(out.image)
+        for up_name, body, sent_axes in uploads:
+            try:
+                out = client.upload_image(body, name=up_name, axes=sent_axes)
+            except (BackendUnavailable, AuthError):
+                raise
+            except (BackendError, DiffsegError, OSError, ValueError) as exc:
+                report.failed.append((label if len(uploads) == 1 else up_name, _reason(exc)))
+                continue
+            (report.added if out.added else report.known).append(out.image.name)
+            if out.added:
+                report.records.append(out.image)
     return report
+
+
+def _uploads(
+    name: str, item: np.ndarray | Path, axes: str | None
+) -> list[tuple[str, np.ndarray | Path, str | None]]:
+    """What to send for one item: ``(name, body, axes)``. A TIFF or PNG holding one 2D image is sent as the
+    file (the backend reads it, keeping its channel names); a file of several series or time points is
+    read here and sent one image at a time (``NAME-s0``..., ``NAME-t000``...), like ``diffseg import``;
+    JPEG and BMP are decoded here (EXIF orientation, CMYK) and sent as arrays."""
+    if not isinstance(item, Path):
+        return [(name, item, None)]
+    from napari_diffseg.data.imagefile import read_image_file, split_frames
+
+    frames = [f for r in read_image_file(item, axes=axes) for f in split_frames(r)]
+    if len(frames) == 1 and item.suffix.lower() in UPLOAD_SUFFIXES:
+        return [(name, item, axes)]
+    stem = file_stem(item)
+    out: list[tuple[str, np.ndarray | Path, str | None]] = []
+    for frame in frames:
+        frame_name = name + frame.name[len(stem) :] if frame.name.startswith(stem) else frame.name
+        out.append((frame_name if len(frames) > 1 else name, frame.data, frame.axes))
+    return out
 
 
 def _reason(exc: BaseException) -> str:
@@ -178,7 +217,7 @@ def show_image(viewer: Any, session: Session, result: tuple[Any, ...] | None) ->
         return
     record, pixels = result[0], result[1]
     prefetched = result[2] if len(result) > 2 else None
-    data, rgb = (pixels, bool(result[3])) if len(result) > 3 else to_display(pixels)
+    data, rgb = (pixels, bool(result[3])) if len(result) > 3 else to_display(pixels, record.axes)
     viewer = _unwrap(viewer)  # napari hands plugins proxies: a new one per access, so `is` fails on them
     ours = [layer for layer in viewer.layers if "diffseg_image" in layer.metadata]
     layer = next((lay for lay in ours if _reusable(lay, data, rgb)), None)
@@ -238,6 +277,14 @@ class ProjectWidget(QWidget):
         self.import_files_button.setToolTip(
             "Upload image files (TIFF, PNG, JPEG, BMP, .npy) into the project"
         )
+        self.axes = QComboBox()
+        for label, letters in AXES_CHOICES:
+            self.axes.addItem(label, letters)
+        self.axes.setToolTip(
+            "How 'Import files' reads the files' axes. auto: from the file (ImageJ / OME-TIFF metadata; a plain\n"
+            "stack of 2-4 pages is taken as channels, more as a z-stack). CYX: the first axis holds channels;\n"
+            "TYX: time points, one image each; ZYX: a z-stack (not yet supported for training)."
+        )
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -267,6 +314,7 @@ class ProjectWidget(QWidget):
         imports = QHBoxLayout()
         imports.addWidget(self.import_layers_button)
         imports.addWidget(self.import_files_button)
+        imports.addWidget(self.axes)
         buttons = QHBoxLayout()
         buttons.addWidget(self.refresh_button)
         buttons.addWidget(self.next_button)
@@ -433,17 +481,18 @@ class ProjectWidget(QWidget):
         self._upload(items)
 
     def import_files(self, paths: Sequence[str | os.PathLike[str]] | None = None) -> None:
-        """Upload image files (default: ask with a file dialog), each under its file name; a corrupt or
-        unsupported file is reported and the others are still imported."""
+        """Upload image files (default: ask with a file dialog), each under its file name, read with the
+        axes choice beside the button; a corrupt or unsupported file is reported and the others are still
+        imported."""
         if self._require_client() is None:
             return
         if paths is None:
             paths, _filter = QFileDialog.getOpenFileNames(self, "Import images", "", FILE_FILTER)
         if not paths:
             return
-        self._upload([(Path(p).stem, Path(p)) for p in paths])
+        self._upload([(file_stem(p), Path(p)) for p in paths], self.axes.currentData())
 
-    def _upload(self, items: list[tuple[str, np.ndarray | Path]]) -> None:
+    def _upload(self, items: list[tuple[str, np.ndarray | Path]], axes: str | None = None) -> None:
         self.status.setText(f"importing {len(items)} image(s)…")
         self._before_import = list(self.images)  # what the new images are compared with
         for button in (self.import_layers_button, self.import_files_button):
@@ -452,6 +501,7 @@ class ProjectWidget(QWidget):
             _upload_all,
             self.session.client,
             items,
+            axes,
             on_done=self._on_imported,
             on_error=self._failed,
             on_finish=self._on_import_finished,
