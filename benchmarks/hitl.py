@@ -87,7 +87,8 @@ def _evaluate(bundle, test, preset) -> dict:
 
     per = []
     nets = bundle.deployed()
-    for image_id, x, y, fov in test:
+    for image_id, raw, y, fov in test:
+        x = bundle.preprocess(raw)  # with the model's own normalisation
         probs = predict_probs(
             nets, x[None], multiple=bundle.spec.multiple, roi=preset.roi_size, sw_batch=preset.sw_batch_size
         )
@@ -162,6 +163,7 @@ def run_arm(args: argparse.Namespace) -> dict:
 
     from napari_diffseg.backend.jobs import execute_job, start_job
     from napari_diffseg.base.contracts import parse_job_params
+    from napari_diffseg.base.preprocessing import dataset_statistics
     from napari_diffseg.base.presets import get_preset
     from napari_diffseg.core.acquisition import acquire
     from napari_diffseg.core.device import choose_device
@@ -181,10 +183,13 @@ def run_arm(args: argparse.Namespace) -> dict:
     arm_rng = np.random.default_rng(args.seed + 1)
     channels = 3 if ds.load_image(train_ids[0]).shape[0] == 3 else 1
 
-    def tensor(image_id: str) -> torch.Tensor:
-        return preprocess(ds.load_image(image_id), channels)
+    # the supervised arms' input statistics: over every train image (label-free), as a project's model has
+    norm = dataset_statistics((ds.load_image(i) for i in train_ids), channels)
 
-    test = [(i, tensor(i), ds.load_mask(i), _fov(dataset_dir, i)) for i in test_ids]
+    def tensor(image_id: str) -> torch.Tensor:
+        return preprocess(ds.load_image(image_id), channels, norm)
+
+    test = [(i, ds.load_image(i), ds.load_mask(i), _fov(dataset_dir, i)) for i in test_ids]
     overrides = {k: getattr(args, k) for k in OVERRIDES} if args.preset == "cpu" else {}
     params = {"preset": args.preset, "overrides": overrides, "seed": args.seed, "device": args.device}
     device = choose_device(args.device)
@@ -222,7 +227,7 @@ def run_arm(args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             pr = get_preset(args.preset).with_overrides(**{**overrides, "cotrain_steps": steps})
             spec = ModelSpec("supervised", channels, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
-            bundle = ModelBundle(spec, seed=args.seed).to(device)
+            bundle = ModelBundle(spec, seed=args.seed, normalization=norm).to(device)
             data = TrainData(
                 [tensor(i) for i in labeled], [torch.from_numpy(ds.load_mask(i)) for i in labeled]
             )

@@ -415,6 +415,7 @@ def _supervised_baseline(
     import torch
 
     from napari_diffseg.base.contracts import parse_job_params
+    from napari_diffseg.base.preprocessing import dataset_statistics
     from napari_diffseg.core.device import choose_device
     from napari_diffseg.core.models import ModelBundle, ModelSpec, preprocess
     from napari_diffseg.core.pipeline import run_stages
@@ -422,9 +423,13 @@ def _supervised_baseline(
     from napari_diffseg.data.io import read_image
     from napari_diffseg.experiment import evaluate_bundle
 
+    def raw(image_id: str) -> np.ndarray:
+        return read_image(data_dir / "images" / f"{image_id}.png").astype(np.float32)
+
+    norm = dataset_statistics((raw(i) for i in labeled), 3)  # over its own training images
+
     def tensor(image_id: str) -> torch.Tensor:
-        raw = read_image(data_dir / "images" / f"{image_id}.png").astype(np.float32)
-        return preprocess(raw, 3)
+        return preprocess(raw(image_id), 3, norm)
 
     s = run.settings
     pr = parse_job_params("cotrain", run.job_params()).resolve_preset()
@@ -432,7 +437,7 @@ def _supervised_baseline(
     masks = [torch.from_numpy(_read_mask(data_dir / "masks" / f"{i}.png").astype(np.int64)) for i in labeled]
     data = TrainData([tensor(i) for i in labeled], masks)
     spec = ModelSpec("supervised", 3, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
-    bundle = ModelBundle(spec, seed=s.seed).to(dev)
+    bundle = ModelBundle(spec, seed=s.seed, normalization=norm).to(dev)
     bars = EventBars(label, run.progress, logs=True)
     try:
         for ev in run_stages(

@@ -32,6 +32,7 @@ import torch
 from .base.errors import ConfigError
 from .base.events import CancelToken, Event
 from .base.fileio import atomic_write_bytes
+from .base.preprocessing import Normalization, dataset_statistics
 from .base.presets import Preset, get_preset
 from .core.diffusion import SamplerConfig
 from .core.distributed import cleanup, setup_from_env
@@ -127,10 +128,12 @@ def _cpu_model() -> str | None:
     return None
 
 
-def load_images(ds: DatasetFolder, ids: Iterable[str], channels: int) -> list[torch.Tensor]:
-    """Read and preprocess each image (:func:`~napari_diffseg.core.models.preprocess`) → (C, H, W) float32
-    tensors."""
-    return [preprocess(ds.load_image(i), channels) for i in ids]
+def load_images(
+    ds: DatasetFolder, ids: Iterable[str], channels: int, normalization: Normalization | None = None
+) -> list[torch.Tensor]:
+    """Read and preprocess each image (:func:`~napari_diffseg.core.models.preprocess`, with the model's
+    ``normalization``) → (C, H, W) float32 tensors."""
+    return [preprocess(ds.load_image(i), channels, normalization) for i in ids]
 
 
 def dataset_channels(ds: DatasetFolder, ids: Iterable[str]) -> int:
@@ -315,6 +318,7 @@ def run_experiment(
     teacher_eval_every: int = 4,
     val_fraction: float = 0.2,
     overrides: dict[str, Any] | None = None,
+    normalization: str = "dataset",
 ) -> dict:
     """Train ``method`` on a seeded labeled subset of the train split, evaluate on ``test*``.
 
@@ -323,6 +327,9 @@ def run_experiment(
             dataset has no ``val`` images; 0 trains without validation (last weights, no gate).
         overrides: Preset fields to change (ablations: ``{"pretrain_steps": 0}``...), checked by
             :meth:`~napari_diffseg.base.presets.Preset.parse_overrides`.
+        normalization: ``dataset`` (default): statistics over the train split's images (labeled and
+            unlabeled, never val or test), stored with the model; ``per_image``: each image by its own
+            percentiles, the scheme of models saved before statistics existed (for comparisons).
     """
     t0 = time.perf_counter()
     if method not in METHODS:
@@ -348,22 +355,29 @@ def run_experiment(
     labeled_ids = choose_labeled(train_ids, labeled_fraction, seed)
     unlabeled_ids = [i for i in train_ids if i not in set(labeled_ids)]
     channels = dataset_channels(ds, all_train_ids)
-    labeled_images = load_images(ds, labeled_ids, channels)
+    if normalization not in ("dataset", "per_image"):
+        raise ConfigError(f"normalization must be 'dataset' or 'per_image', got {normalization!r}")
+    norm = (
+        dataset_statistics((ds.load_image(i) for i in train_ids), channels)
+        if normalization == "dataset"
+        else None
+    )
+    labeled_images = load_images(ds, labeled_ids, channels, norm)
     labeled_masks = [torch.from_numpy(ds.load_mask(i)) for i in labeled_ids]
-    unlabeled_images = load_images(ds, unlabeled_ids, channels) if method != "supervised" else []
+    unlabeled_images = load_images(ds, unlabeled_ids, channels, norm) if method != "supervised" else []
 
     def region(i: str) -> torch.Tensor | None:
         r = ds.load_region(i)
         return None if r is None else torch.from_numpy(r)
 
     val = ValSet(
-        load_images(ds, val_ids, channels),
+        load_images(ds, val_ids, channels, norm),
         [torch.from_numpy(ds.load_mask(i)) for i in val_ids],
         [region(i) for i in val_ids],
     )
     data = TrainData(labeled_images, labeled_masks, unlabeled_images=unlabeled_images, val=val)
     spec = ModelSpec(method, channels, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
-    bundle = ModelBundle(spec, seed=seed).to(dev)
+    bundle = ModelBundle(spec, seed=seed, normalization=norm).to(dev)
     extra: dict = {}
 
     def pretrain_check() -> None:
@@ -371,7 +385,7 @@ def run_experiment(
         gt_ids = [i for i in train_ids if ds.has_mask(i)][::teacher_eval_every]
         if gt_ids:
             lf = label_free_report(
-                bundle, load_images(ds, gt_ids, channels), [ds.load_mask(i) for i in gt_ids], pr
+                bundle, load_images(ds, gt_ids, channels, norm), [ds.load_mask(i) for i in gt_ids], pr
             )
             extra["label_free"] = lf
             extra["pretrain_best_perm_dice"] = lf["teacher_dice"]  # the name older results used
@@ -413,7 +427,7 @@ def run_experiment(
         if not dist_info.is_main:
             return {"rank": dist_info.rank, "note": "non-zero ranks do not evaluate"}
     # ---- final evaluation: the first time test images are read ----
-    test_images = load_images(ds, test_ids, channels)
+    test_images = load_images(ds, test_ids, channels, norm)
     test_masks = [ds.load_mask(i) for i in test_ids]
     test_regions = [ds.load_region(i) for i in test_ids]
     test = evaluate_bundle(bundle, test_images, test_masks, test_ids, pr, test_regions)
@@ -423,6 +437,7 @@ def run_experiment(
         "seed": seed,
         "preset": pr.name,
         "overrides": dict(overrides or {}),
+        "normalization": norm.to_dict() if norm is not None else "per_image",
         "n_labeled": len(labeled_ids),
         "n_unlabeled": len(unlabeled_ids),
         "n_val": len(val_ids),

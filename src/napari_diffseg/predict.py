@@ -228,7 +228,7 @@ def predict_ome_zarr(
         DataError: A bad OME-Zarr (see :func:`~napari_diffseg.data.ome_zarr.open_ome_zarr`), an existing
             output without ``overwrite``, a copy that would replace its source.
     """
-    from .core.tiled import image_stats, predict_rows
+    from .core.tiled import ChannelStats, image_stats, predict_rows
     from .data.ome_zarr import image_stem, open_ome_zarr
     from .data.ome_zarr_write import ImageWriter, LabelsWriter, copy_image
 
@@ -280,12 +280,15 @@ def predict_ome_zarr(
             progress(src.height, src.height)
     else:
         chunk_rows = src.chunk_rows()
-        stats = image_stats(
-            lambda: (band for _, band in src.iter_rows(chunk_rows)),
-            bundle.spec.in_channels,
-            src.dtype,
-            src.channels,
-        )
+        if bundle.normalization is not None:  # the model's own statistics: nothing to stream
+            stats = ChannelStats.of_model(bundle.normalization)
+        else:
+            stats = image_stats(
+                lambda: (band for _, band in src.iter_rows(chunk_rows)),
+                bundle.spec.in_channels,
+                src.dtype,
+                src.channels,
+            )
         bands = _Bands(labels.chunk, write, labels.dtype, prob_writer is not None)
         predict_rows(
             bundle.deployed(),

@@ -27,6 +27,7 @@ from ..base.contracts import JOB_KINDS, CotrainParams, PretrainParams, ProposePa
 from ..base.errors import Cancelled, ConfigError, DataError, DiffsegError, TrainingDiverged
 from ..base.events import CancelToken, Event
 from ..base.fileio import atomic_write_bytes
+from ..base.preprocessing import Normalization, dataset_statistics
 from ..base.presets import Preset
 from ..core.device import choose_device
 from ..core.diffusion import SamplerConfig
@@ -119,9 +120,31 @@ def _preprocessed(
         raise _bad_image(project, image_id, f"cannot be preprocessed ({exc})") from exc
 
 
-def _tensor(project: Project, image_id: str, channels: int) -> torch.Tensor:
-    """A training image, preprocessed before any bundle exists (with one: ``bundle.preprocess``)."""
-    return _preprocessed(project, image_id, lambda arr: preprocess(arr, channels))
+def _tensor(
+    project: Project, image_id: str, channels: int, normalization: Normalization | None
+) -> torch.Tensor:
+    """A training image, preprocessed before any bundle exists, with the statistics the bundle will carry
+    (with a bundle: ``bundle.preprocess``)."""
+    return _preprocessed(project, image_id, lambda arr: preprocess(arr, channels, normalization))
+
+
+def _normalization(project: Project, image_ids: list[str], channels: int) -> Normalization:
+    """The normalisation statistics of a new model: pooled percentiles over its training images."""
+    try:
+        return dataset_statistics((_image(project, i) for i in image_ids), channels)
+    except BadImage:
+        raise
+    except DataError as exc:
+        raise ConfigError(f"cannot compute the normalisation of the training images: {exc}") from exc
+
+
+def _base_normalization(project: Project, model_id: str) -> Normalization | None:
+    """The normalisation a warm start keeps: the base model's own (None for a model saved before
+    statistics existed, which keeps normalising per image)."""
+    from ..core.checkpoint import load_model_files
+
+    _, config, _ = load_model_files(project.model_dir(model_id))
+    return Normalization.from_config(config)
 
 
 def _data_manifest(project: Project, manifest: Path | None) -> list[tuple[str, int | None]]:
@@ -155,7 +178,11 @@ def _manifest(
 
 
 def _training_data(
-    project: Project, channels: int, preset: Preset, manifest: Path | None = None
+    project: Project,
+    channels: int,
+    preset: Preset,
+    manifest: Path | None = None,
+    normalization: Normalization | None = None,
 ) -> tuple[TrainData, dict[str, int]]:
     """The training images and the annotation version of each labeled one.
 
@@ -166,7 +193,7 @@ def _training_data(
     entries, val_entries = _manifest(project, manifest)
     labeled_x, labeled_y, weights, unlabeled = [], [], [], []
     for image_id, version in entries:
-        x = _tensor(project, image_id, channels)
+        x = _tensor(project, image_id, channels, normalization)
         if version is None:
             unlabeled.append(x)
             continue
@@ -180,7 +207,7 @@ def _training_data(
     for image_id, version in val_entries:
         mask = project.load_annotation(image_id, version)
         if mask is not None:
-            val.images.append(_tensor(project, image_id, channels))
+            val.images.append(_tensor(project, image_id, channels, normalization))
             val.masks.append(torch.from_numpy(mask.astype(np.int64)))
             val.regions.append(None)
     counts = {"labeled": len(labeled_x), "unlabeled": len(unlabeled), "val": len(val)}
@@ -196,8 +223,15 @@ def _num_classes(project: Project) -> int:
     return k
 
 
-def _new_bundle(project: Project, channels: int, preset: Preset, seed: int, dev: torch.device) -> ModelBundle:
-    """A fresh diffseg bundle (teacher + twin students) sized by the preset."""
+def _new_bundle(
+    project: Project,
+    channels: int,
+    preset: Preset,
+    seed: int,
+    dev: torch.device,
+    normalization: Normalization | None = None,
+) -> ModelBundle:
+    """A fresh diffseg bundle (teacher + twin students) sized by the preset, with its input statistics."""
     spec = ModelSpec(
         "diffseg",
         channels,
@@ -206,7 +240,7 @@ def _new_bundle(project: Project, channels: int, preset: Preset, seed: int, dev:
         preset.teacher_channels,
         preset.emb_dim,
     )
-    return ModelBundle(spec, seed=seed).to(dev)
+    return ModelBundle(spec, seed=seed, normalization=normalization).to(dev)
 
 
 def _new_model_id(project: Project, job_id: int, what: str) -> str:
@@ -279,12 +313,12 @@ def _pretrain(
     seed = params.seed
     dev = choose_device(params.device)
     channels = _channels(project)
-    images = [
-        _tensor(project, r.id, channels) for r in project.images(split="train") if r.state != "excluded"
-    ]
-    if not images:
+    ids = [r.id for r in project.images(split="train") if r.state != "excluded"]
+    if not ids:
         raise ConfigError("the project has no training images; import some first (diffseg import)")
-    bundle = _new_bundle(project, channels, preset, seed, dev)
+    norm = _normalization(project, ids, channels)
+    images = [_tensor(project, i, channels, norm) for i in ids]
+    bundle = _new_bundle(project, channels, preset, seed, dev, norm)
     gen = torch.Generator().manual_seed(seed)
     jd = project.job_dir(job_id)
     yield from pretrain_teacher(
@@ -441,7 +475,13 @@ def _cotrain(
         _data_manifest(project, jd / "data.json")  # written at the first start, read back on resume
     _barrier(dist_info)  # every rank now reads the same base model and the same data manifest
     base = json.loads(base_file.read_text())
-    data, counts = _training_data(project, channels, preset, jd / "data.json")
+    # the input statistics: a warm start keeps its base model's; a first model computes them over its
+    # training images (the same on every rank and on resume: the data manifest is fixed)
+    if base["model"] is not None:
+        norm = _base_normalization(project, base["model"])
+    else:
+        norm = _normalization(project, [i for i, _ in _data_manifest(project, jd / "data.json")], channels)
+    data, counts = _training_data(project, channels, preset, jd / "data.json", norm)
     if counts["labeled"] == 0:
         raise ConfigError(
             "co-training needs at least one annotated image; correct a proposal or import masks"
@@ -464,7 +504,7 @@ def _cotrain(
             if not bundle.has_teacher:
                 raise ConfigError(f"model {prev!r} has no diffusion teacher; activate a diffseg model first")
         else:
-            bundle = _new_bundle(project, channels, preset, seed, dev)
+            bundle = _new_bundle(project, channels, preset, seed, dev, norm)
         yield from run_stages(
             bundle,
             data,

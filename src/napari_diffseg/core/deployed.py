@@ -3,9 +3,11 @@
 ``DeployedStudents`` does, in one ``forward``, exactly what ``diffseg predict`` does with a model's
 students (``napari_diffseg.predict.predict_image``):
 
-1. per image and per channel, clip to the 0.5 / 99.5 percentiles and standardise (minus the mean, divided
-   by the standard deviation floored at 1e-6; a constant channel becomes 0), as
-   ``napari_diffseg.base.preprocessing.normalize_image``;
+1. normalise as ``napari_diffseg.base.preprocessing.normalize_image``: with the model's statistics
+   (``norm_low`` / ``norm_high``, computed over its training images), per channel ``low → 0`` and
+   ``high → 1``, clipped to [-1, 3] (a channel with ``high <= low`` becomes 0); for a model saved before
+   statistics existed, per image and per channel, clip to the 0.5 / 99.5 percentiles and standardise
+   (minus the mean, divided by the standard deviation floored at 1e-6; a constant channel becomes 0);
 2. pad at the bottom / right (replicate) to a multiple of ``2 ** len(channels)``;
 3. each student on the whole image when it fits one window of ``roi`` pixels, else on overlapping
    windows (a replicate margin of ``roi // 4``, MONAI's window grid, the blending weights of
@@ -23,7 +25,7 @@ prediction of images that do not fit in memory (``napari_diffseg.core.tiled``).
 from __future__ import annotations
 
 import math
-from typing import List, Tuple  # noqa: UP035 (TorchScript reads these annotations)
+from typing import List, Optional, Tuple  # noqa: UP035 (TorchScript reads these annotations)
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,7 @@ __all__ = [
     "DeployedStudents",
     "Student",
     "monai_pad",
+    "normalize_fixed",
     "normalize_per_image",
     "window_profile",
     "window_starts",
@@ -127,6 +130,27 @@ def normalize_per_image(
     return out.reshape(x.shape)
 
 
+def normalize_fixed(
+    x: torch.Tensor,
+    clip_low: List[float],  # noqa: UP006
+    clip_high: List[float],  # noqa: UP006
+    offset: List[float],  # noqa: UP006
+    scale: List[float],  # noqa: UP006
+) -> torch.Tensor:
+    """``(B, C, H, W)`` raw intensities → per channel clipped to ``[clip_low, clip_high]``, minus ``offset``,
+    divided by ``scale`` (a channel with ``scale <= 0`` becomes 0), float32: the float32 steps of
+    ``base.preprocessing.Normalization.apply``."""
+    x = x.float()
+    c = x.shape[1]
+    lo = torch.tensor(clip_low, dtype=torch.float32, device=x.device).reshape(1, c, 1, 1)
+    hi = torch.tensor(clip_high, dtype=torch.float32, device=x.device).reshape(1, c, 1, 1)
+    off = torch.tensor(offset, dtype=torch.float32, device=x.device).reshape(1, c, 1, 1)
+    sc = torch.tensor(scale, dtype=torch.float32, device=x.device).reshape(1, c, 1, 1)
+    ok = sc > 0
+    out = (torch.maximum(torch.minimum(x, hi), lo) - off) / torch.where(ok, sc, torch.ones_like(sc))
+    return torch.where(ok, out, torch.zeros_like(out))
+
+
 class Student(nn.Module):
     """One student: MONAI's ``UNet`` as ``napari_diffseg.core.networks.StudentNet`` builds it (same
     parameter names, so a student's state dict loads unchanged)."""
@@ -162,8 +186,12 @@ class DeployedStudents(nn.Module):
         roi: Window side (the preset's ``roi_size``).
         sw_batch: Windows per network call (the preset's ``sw_batch_size``).
         overlap: Window overlap (0.25, as ``predict``).
-        percentiles: The clipping percentiles of the normalisation.
-        std_floor: The smallest standard deviation divided by.
+        percentiles: The clipping percentiles of the per-image normalisation.
+        std_floor: The smallest standard deviation divided by (per-image normalisation).
+        norm_low, norm_high: The model's normalisation statistics per channel (``config.json``
+            ``normalization.low`` / ``.high``); None: per-image normalisation (a model saved before
+            statistics existed).
+        norm_clip: Normalised values are clipped to this range.
     """
 
     def __init__(
@@ -178,6 +206,9 @@ class DeployedStudents(nn.Module):
         overlap: float = 0.25,
         percentiles: Tuple[float, float] = (0.5, 99.5),  # noqa: UP006
         std_floor: float = 1e-6,
+        norm_low: Optional[List[float]] = None,  # noqa: UP006, UP045
+        norm_high: Optional[List[float]] = None,  # noqa: UP006, UP045
+        norm_clip: Tuple[float, float] = (-1.0, 3.0),  # noqa: UP006
     ) -> None:
         super().__init__()
         self.students = nn.ModuleList(
@@ -189,6 +220,19 @@ class DeployedStudents(nn.Module):
         self.overlap = float(overlap)
         self.percentiles = (float(percentiles[0]), float(percentiles[1]))
         self.std_floor = float(std_floor)
+        self.fixed_norm = norm_low is not None and norm_high is not None
+        low = [float(v) for v in norm_low] if norm_low is not None else [0.0] * in_channels
+        high = [float(v) for v in norm_high] if norm_high is not None else [1.0] * in_channels
+        if len(low) != in_channels or len(high) != in_channels:
+            raise ValueError(f"norm_low and norm_high need {in_channels} value(s) each")
+        scale = [h - lo for lo, h in zip(low, high, strict=True)]
+        # the same float64 arithmetic as base.preprocessing.Normalization.bounds
+        clip_low = [lo + float(norm_clip[0]) * r for lo, r in zip(low, scale, strict=True)]
+        clip_high = [lo + float(norm_clip[1]) * r for lo, r in zip(low, scale, strict=True)]
+        self.norm_clip_low: List[float] = clip_low  # noqa: UP006
+        self.norm_clip_high: List[float] = clip_high  # noqa: UP006
+        self.norm_offset: List[float] = low  # noqa: UP006
+        self.norm_scale: List[float] = scale  # noqa: UP006
 
     def _logits(self, x: torch.Tensor) -> List[torch.Tensor]:  # noqa: UP006
         """Each student's logits over ``x`` (B, C, H, W), H and W multiples of ``self.multiple``."""
@@ -234,7 +278,10 @@ class DeployedStudents(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:  # noqa: UP006
         h, w = x.shape[-2], x.shape[-1]
-        x = normalize_per_image(x, self.percentiles[0], self.percentiles[1], self.std_floor)
+        if self.fixed_norm:
+            x = normalize_fixed(x, self.norm_clip_low, self.norm_clip_high, self.norm_offset, self.norm_scale)
+        else:
+            x = normalize_per_image(x, self.percentiles[0], self.percentiles[1], self.std_floor)
         ph = (self.multiple - h % self.multiple) % self.multiple
         pw = (self.multiple - w % self.multiple) % self.multiple
         if ph > 0 or pw > 0:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..base.errors import CheckpointError, ConfigError
-from ..base.preprocessing import match_channels, normalize_image
+from ..base.preprocessing import PER_IMAGE_CONFIG, Normalization, match_channels, normalize_image
 from .diffusion import MaskDiffusion
 from .networks import CondUNet, NetConfig, StudentNet, build_image_denoiser, build_mask_denoiser
 
@@ -74,18 +74,21 @@ class ModelSpec:
             ) from exc
 
 
-def preprocess(image: np.ndarray, channels: int) -> torch.Tensor:
+def preprocess(image: np.ndarray, channels: int, normalization: Normalization | None = None) -> torch.Tensor:
     """The input every network sees: a raw ``(C, H, W)`` image → ``channels`` channels (1 → 3 replicates,
-    3 → 1 averages), each clipped to its 0.5 / 99.5 percentiles and standardised → float32 tensor.
+    3 → 1 averages), normalised with ``normalization`` (the model's statistics, computed over its training
+    images by :func:`~napari_diffseg.base.preprocessing.dataset_statistics`) → float32 tensor. Without
+    statistics (a model saved before they existed) each channel is clipped to its own 0.5 / 99.5
+    percentiles and standardised, as then.
 
     The one preprocessing of training, proposals, prediction, the demo and the benchmarks; with a bundle,
     use :meth:`ModelBundle.preprocess`. Only for training data read before the bundle exists call it
-    directly.
+    directly, with the statistics the bundle will carry.
 
     Raises:
         DataError: Not a ``(C, H, W)`` array, NaN / infinite values, or channels that cannot be matched.
     """
-    return torch.from_numpy(normalize_image(match_channels(image, channels)))
+    return torch.from_numpy(normalize_image(match_channels(image, channels), normalization))
 
 
 def _seeded(seed: int, build: Callable[[], T]) -> T:
@@ -95,10 +98,16 @@ def _seeded(seed: int, build: Callable[[], T]) -> T:
 
 
 class ModelBundle:
-    """Named networks for one method, built deterministically from ``seed``."""
+    """Named networks for one method, built deterministically from ``seed``, and the normalisation of
+    their input (``None``: per image, as models saved before statistics existed)."""
 
-    def __init__(self, spec: ModelSpec, seed: int = 0) -> None:
+    def __init__(self, spec: ModelSpec, seed: int = 0, normalization: Normalization | None = None) -> None:
         self.spec = spec
+        if normalization is not None and normalization.channels != spec.in_channels:
+            raise ConfigError(
+                f"the normalisation has {normalization.channels} channel(s), the networks take {spec.in_channels}"
+            )
+        self.normalization = normalization
         s = spec
         student_cfg = NetConfig(s.in_channels, s.num_classes, s.student_channels)
         self.nets: dict[str, nn.Module] = {}
@@ -151,8 +160,8 @@ class ModelBundle:
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """A raw ``(C, H, W)`` image → the normalised ``(in_channels, H, W)`` float32 tensor the networks
-        take (see :func:`preprocess`)."""
-        return preprocess(image, self.spec.in_channels)
+        take, with the bundle's own statistics (see :func:`preprocess`)."""
+        return preprocess(image, self.spec.in_channels, self.normalization)
 
     def to(self, device: torch.device) -> ModelBundle:
         from .device import prepare_module
@@ -167,15 +176,18 @@ class ModelBundle:
 def save_bundle(
     bundle: ModelBundle, directory: str | Path, *, extra: dict | None = None, metrics: dict | None = None
 ) -> Path:
-    """Write weights (safetensors), config.json (spec + ``extra``) and metrics.json to ``directory``."""
+    """Write weights (safetensors), config.json (spec, normalisation + ``extra``) and metrics.json to
+    ``directory``."""
     from .checkpoint import save_model
 
-    config = {"spec": bundle.spec.to_dict(), "deploy": bundle.deploy, **(extra or {})}
+    norm = bundle.normalization.to_dict() if bundle.normalization is not None else dict(PER_IMAGE_CONFIG)
+    config = {"spec": bundle.spec.to_dict(), "deploy": bundle.deploy, "normalization": norm, **(extra or {})}
     return save_model(directory, bundle.nets, config, metrics)
 
 
 def load_bundle(directory: str | Path, device: torch.device | None = None) -> tuple[ModelBundle, dict, dict]:
-    """Rebuild a bundle from a model folder; returns (bundle, config, metrics)."""
+    """Rebuild a bundle from a model folder; returns (bundle, config, metrics). A config without
+    normalisation statistics (a model saved before they existed) gives a bundle that normalises per image."""
     from .checkpoint import load_into, load_model_files
 
     states, config, metrics = load_model_files(directory)
@@ -183,7 +195,11 @@ def load_bundle(directory: str | Path, device: torch.device | None = None) -> tu
         raise CheckpointError(
             f"{directory} holds no model spec in config.json; it was not written by napari-diffseg"
         )
-    bundle = ModelBundle(ModelSpec.from_dict(config["spec"]))
+    try:
+        norm = Normalization.from_config(config)
+    except ConfigError as exc:
+        raise CheckpointError(f"{directory}: {exc}") from exc
+    bundle = ModelBundle(ModelSpec.from_dict(config["spec"]), normalization=norm)
     missing = set(bundle.nets) - set(states)
     if missing:
         raise CheckpointError(

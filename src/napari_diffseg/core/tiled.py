@@ -1,11 +1,13 @@
 """Prediction on images that do not fit in memory: streamed statistics, then row bands of windows.
 
-``diffseg predict`` on an in-memory image normalises it with its own statistics (per channel: clip to the
-0.5 / 99.5 percentiles, standardise) and runs the students on overlapping windows
+``diffseg predict`` on an in-memory image normalises it with the model's statistics (or, for a model saved
+before they existed, with the image's own: per channel, clip to the 0.5 / 99.5 percentiles, standardise;
+:func:`napari_diffseg.base.preprocessing.normalize_image`) and runs the students on overlapping windows
 (:func:`napari_diffseg.core.inference.predict_probs`). :func:`predict_rows` computes the *same numbers*
 for an image it reads band by band from a :class:`RowSource` (an OME-Zarr level):
 
-1. :func:`image_stats` streams the image once and finds the clipping percentiles exactly from per-channel
+1. with a model's statistics nothing is streamed (:meth:`ChannelStats.of_model`); without them
+   :func:`image_stats` streams the image once and finds the clipping percentiles exactly from per-channel
    histograms (8- and 16-bit images, and the grey average of an RGB image, take integer codes; other
    dtypes fall back to an exact in-memory pass when small and to a 65,536-bin histogram otherwise), then
    the mean and standard deviation of the clipped values;
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..base.preprocessing import match_channels, normalize_image
+from ..base.preprocessing import Normalization, match_channels, normalize_image
 from .deployed import window_profile, window_starts
 from .device import autocast
 
@@ -75,6 +77,13 @@ class ChannelStats:
             ch -= np.float32(self.mean[c])
             ch /= np.float32(self.std[c])
         return x
+
+    @classmethod
+    def of_model(cls, normalization: Normalization) -> ChannelStats:
+        """A model's fixed statistics in this form: :meth:`apply` then gives the bits of
+        :meth:`Normalization.apply` (clip, subtract, divide, in the same float32 steps)."""
+        c_lo, c_hi, offset, scale = normalization.bounds()
+        return cls(c_lo, c_hi, offset, scale)
 
     @classmethod
     def of(cls, image: np.ndarray) -> ChannelStats:

@@ -48,6 +48,27 @@ def fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _norm_line(norm: Any) -> str:
+    """The README's line on the normalisation inside the network (fixed statistics, or per image)."""
+    if norm is not None:
+        low = ", ".join(f"{v:.6g}" for v in norm.low)
+        high = ", ".join(f"{v:.6g}" for v in norm.high)
+        return (
+            "* **normalisation is inside the network** and fixed: per channel, the training images' pooled "
+            f"{norm.percentiles[0]:g} / {norm.percentiles[1]:g} percentiles (low {low}; high {high}, in the raw "
+            "intensities) map to 0 / 1, clipped to [-1, 3]. Every image, tile or whole, dark or bright, is "
+            "scaled the same way, so an empty or sparse field stays dark. Give it raw intensities of the same "
+            "kind (camera, bit depth, exposure) as the training images."
+        )
+    return (
+        "* **normalisation is inside the network**: per image and per channel, clip to the 0.5 / 99.5 "
+        "percentiles, then subtract the mean and divide by the standard deviation (floored at 1e-6) of the "
+        "clipped values. Give the network **whole images**: a tile would be normalised on its own and can "
+        "differ from the whole-image result (the spec's operators cannot express this normalisation, "
+        "because bioimage.io computes every statistic on the unprocessed input)."
+    )
+
+
 def readme(src: Source, bundle: Any, names: list[str], task: str, roi: int, name: str, license: str) -> str:
     spec = bundle.spec
     k = spec.num_classes
@@ -68,11 +89,7 @@ def readme(src: Source, bundle: Any, names: list[str], task: str, roi: int, name
         f"* **input `raw`**: `(batch, channel, y, x)`, {spec.in_channels} channel(s) "
         f"({'RGB' if spec.in_channels == 3 else 'grey'}), raw intensities of any dtype and any size. Convert "
         "grey to RGB (or RGB to grey) first if the channel count differs.",
-        "* **normalisation is inside the network**: per image and per channel, clip to the 0.5 / 99.5 "
-        "percentiles, then subtract the mean and divide by the standard deviation (floored at 1e-6) of the "
-        "clipped values. Give the network **whole images**: a tile would be normalised on its own and can "
-        "differ from the whole-image result (the spec's operators cannot express this normalisation, "
-        "because bioimage.io computes every statistic on the unprocessed input).",
+        _norm_line(bundle.normalization),
         f"* **large images are tiled inside the network**: images larger than {roi} × {roi} pixels are "
         f"predicted on overlapping {roi}-pixel windows (25 % overlap, smooth blending), the window size the "
         "model was trained for.",

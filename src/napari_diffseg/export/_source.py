@@ -44,10 +44,13 @@ def task_of(config: dict, num_classes: int) -> str:
 
 
 def check_normalization(config: dict) -> None:
-    """The exported network normalises each image as ``diffseg predict`` does today; a model whose config
-    asks for another normalisation must not be exported with it."""
+    """The exported network normalises each image as ``diffseg predict`` does (the model's fixed statistics,
+    ``dataset``, or per image); a model whose config asks for another normalisation must not be exported
+    with it."""
     norm = config.get("normalization", config.get("normalisation"))
-    if norm in (None, "per_image") or (isinstance(norm, dict) and norm.get("mode") == "per_image"):
+    if norm in (None, "per_image") or (
+        isinstance(norm, dict) and norm.get("mode") in ("per_image", "dataset")
+    ):
         return
     raise ConfigError(
         f"the model's config.json names the normalisation {norm!r}, which this export does not know how to "

@@ -5,13 +5,16 @@ What the package holds (model description format 0.5, built with ``bioimageio.sp
 * **weights**: the deployed students as one network, :class:`~napari_diffseg.core.deployed.DeployedStudents`,
   twice: TorchScript (for deepImageJ / Fiji, QuPath, bioimageio.core without our code) and a PyTorch state
   dict whose architecture is the self-contained source file ``deployed.py`` (torch + MONAI only). The network
-  does exactly what ``diffseg predict`` does: per-image normalisation, padding, sliding windows at the
+  does exactly what ``diffseg predict`` does: normalisation, padding, sliding windows at the
   preset's window size, the mean softmax of the students.
 * **input** ``raw``: ``(batch, channel, y, x)`` raw intensities, any size; the only preprocessing in the
-  description is a cast to float32. The per-image normalisation (clip to the 0.5 / 99.5 percentiles,
-  standardise the clipped values) cannot be written with the spec's operators: ``bioimageio.core`` computes
+  description is a cast to float32. The normalisation is part of the network, as ``diffseg predict`` does
+  it: the model's fixed statistics (per channel, ``low → 0``, ``high → 1``, clipped to [-1, 3]; stored in
+  ``config.napari_diffseg.normalization`` and passed to the architecture as ``norm_low`` / ``norm_high``),
+  or, for a model saved before statistics existed, per image (clip to the 0.5 / 99.5 percentiles,
+  standardise the clipped values), which the spec's operators cannot write: ``bioimageio.core`` computes
   every sample statistic on the unprocessed input, so a ``zero_mean_unit_variance`` after a percentile
-  ``clip`` would use the unclipped mean and standard deviation. It is therefore part of the network.
+  ``clip`` would use the unclipped mean and standard deviation.
 * **outputs** ``probabilities`` ``(batch, channel=K, y, x)`` float32 and ``labels`` ``(batch, channel=1, y,
   x)`` uint8 (their argmax; what ``diffseg predict`` writes as the mask).
 * **test tensors**: an image of the project (or ``--test-image``) and the outputs ``diffseg predict``
@@ -52,6 +55,7 @@ import numpy as np
 
 from .. import __version__
 from ..base.errors import ConfigError, DiffsegError
+from ..base.preprocessing import PER_IMAGE_CONFIG
 from ._files import METHOD_CITATION, METHOD_DOI, cover, environment_file, fmt, readme, safe_name
 from ._source import Source, check_normalization, class_names, collect, task_of
 
@@ -114,6 +118,7 @@ def deployed_network(bundle: Any, config: dict) -> Any:
 
     spec = bundle.spec
     roi, sw_batch = _roi(config)
+    norm = bundle.normalization
     net = DeployedStudents(
         spec.in_channels,
         spec.num_classes,
@@ -122,6 +127,8 @@ def deployed_network(bundle: Any, config: dict) -> Any:
         multiple=spec.multiple,
         roi=roi,
         sw_batch=sw_batch,
+        norm_low=None if norm is None else list(norm.low),
+        norm_high=None if norm is None else list(norm.high),
     )
     state = {
         f"students.{i}.{key}": value.detach().to("cpu", torch.float32)
@@ -163,6 +170,7 @@ def _descr(
     k = bundle.spec.num_classes
     task = task_of(cfg, k)
     check_normalization(cfg)
+    norm = bundle.normalization
     names = class_names(cfg, k)
     net = deployed_network(bundle, cfg)
     roi = net.roi
@@ -199,6 +207,9 @@ def _descr(
         "sw_batch": net.sw_batch,
         "overlap": net.overlap,
     }
+    if norm is not None:
+        kwargs["norm_low"] = list(norm.low)
+        kwargs["norm_high"] = list(norm.high)
     torch_version = spec.Version(torch.__version__.split("+")[0])
     size = spec.ParameterizedSize(min=1, step=1)
     channel_names = ["grey"] if bundle.spec.in_channels == 1 else ["red", "green", "blue"]
@@ -271,7 +282,7 @@ def _descr(
         "deploy": list(bundle.deploy),
         "task": task,
         "class_names": names,
-        "normalization": {"mode": "per_image", "percentiles": [0.5, 99.5], "std_floor": 1e-6},
+        "normalization": norm.to_dict() if norm is not None else dict(PER_IMAGE_CONFIG),
         "tiling": {"roi": roi, "overlap": net.overlap, "sw_batch": net.sw_batch},
         "instance_postprocessing": None,
         "validation": summary,
@@ -327,10 +338,11 @@ def _descr(
                 reproducibility_tolerance=tolerance,
                 architecture_type="UNet",
                 architecture_description="mean softmax of twin MONAI UNets (residual units, instance norm), "
-                "per-image normalisation and sliding windows inside the network",
+                f"{'fixed (training-set)' if norm is not None else 'per-image'} normalisation and sliding windows "
+                "inside the network",
                 task="semantic segmentation",
                 training=spec.TrainingDetails(
-                    training_preprocessing="per image and channel: clip to the 0.5 / 99.5 percentiles, standardise",
+                    training_preprocessing=_norm_text(norm),
                     training_batch_size=float(preset["batch_size"]) if "batch_size" in preset else None,
                     initial_learning_rate=float(preset["lr"]) if "lr" in preset else None,
                     optimizer="AdamW",
@@ -339,6 +351,16 @@ def _descr(
             ),
             **extra,
         ),
+    )
+
+
+def _norm_text(norm: Any) -> str:
+    if norm is None:
+        return "per image and channel: clip to the 0.5 / 99.5 percentiles, standardise"
+    return (
+        f"per channel, fixed: the {norm.percentiles[0]:g} / {norm.percentiles[1]:g} percentiles of the training "
+        f"images' pooled pixels (low {[round(v, 4) for v in norm.low]}, high {[round(v, 4) for v in norm.high]}) "
+        "map to 0 / 1, clipped to [-1, 3]"
     )
 
 
