@@ -191,8 +191,17 @@ def test_two_channel_project_pretrains_cotrains_proposes_and_predicts(tmp_path: 
         bundle, config, _ = load_bundle(proj.model_dir(model.id))
         assert bundle.spec.in_channels == 2
         assert any(r.state == "proposed" for r in proj.images())
-        probs = predict_image(bundle, config, proj.load_image("im0"))
+        pixels = proj.load_image("im0")
+        probs = predict_image(bundle, config, pixels)
     assert probs.shape == (2, 32, 32) and np.allclose(probs.sum(axis=0), 1, atol=1e-4)
+    # diffseg predict on a 2-channel ImageJ TIFF
+    tif = tmp_path / "two.tif"
+    tifffile.imwrite(tif, pixels, imagej=True, metadata={"axes": "CYX"})
+    assert main(["predict", str(root), str(tif), "--out", str(tmp_path / "out")]) == 0
+    from napari_diffseg.data.io import read_mask
+
+    (mask,) = [read_mask(p) for p in (tmp_path / "out").iterdir() if "overlay" not in p.name]
+    assert mask.shape == (32, 32)
 
 
 # ------------------------------------------------------------------------------------------ upload

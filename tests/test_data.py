@@ -222,8 +222,14 @@ def test_grey_rgba_and_singleton_axes(tmp_path: Path) -> None:
     rgba = np.concatenate([_rgb(20, 30), np.full((20, 30, 1), 255, np.uint8)], -1)
     out = read_image(_write_png(tmp_path / "rgba.png", rgba))
     np.testing.assert_array_equal(out, np.moveaxis(rgba[..., :3], -1, 0))
+    rgba_tif = tmp_path / "rgba.tif"
+    tifffile.imwrite(rgba_tif, rgba, photometric="rgb", extrasamples=["unassalpha"])
+    np.testing.assert_array_equal(read_image(rgba_tif), out)  # a TIFF that says RGBA: alpha dropped
+    # four planes without axis metadata are four channels, never RGB + alpha (issue 12)
     cyx4 = np.moveaxis(rgba, -1, 0).copy()
-    np.testing.assert_array_equal(read_image(_write_tif(tmp_path / "rgba.tif", cyx4)), out)
+    np.testing.assert_array_equal(
+        read_image(_write_tif(tmp_path / "cyx4.tif", cyx4)), cyx4.astype(np.float32)
+    )
     # ImageJ-style leading singleton axes are dropped
     assert read_image(_write_tif(tmp_path / "tzc.tif", grey[None, None])).shape == (1, 20, 30)
 

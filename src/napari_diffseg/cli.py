@@ -194,22 +194,33 @@ def predict(
     ] = False,
     labels_name: Annotated[str, typer.Option(help="OME-Zarr: name of the label image")] = "diffseg",
     overwrite: Annotated[
-        bool, typer.Option(help="OME-Zarr: replace an existing copy or label image of that name")
+        bool,
+        typer.Option(
+            help="replace outputs that exist already (label TIFFs, overlays, OME-Zarr copies or labels)"
+        ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
     overlays: Annotated[
         bool,
         typer.Option(
-            help="also write OUT/NAME_overlay.png: the image with the mask in blue (the masks themselves are "
+            help="also write OUT/FILE.overlay.png: the image with the mask tinted (the masks themselves are "
             "label images, 0 = background, 1 = foreground, which look black in an image viewer)"
         ),
     ] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print every input's outputs or error as JSON")
+    ] = False,
 ) -> None:
     """Segment images with a model's students (one pass, tiled for large images).
 
-    Image files give OUT/NAME.png masks (and NAME_prob.tif). An OME-Zarr image is read lazily and its
-    labels are written tile by tile as an OME-Zarr label image: into a copy OUT/NAME.ome.zarr (default)
-    or, with --into-source, into the image itself; --probabilities adds OUT/NAME_probabilities.ome.zarr.
+    Each image file FILE (e.g. a.png) gives OUT/FILE.tif (a.png.tif), its label image (0 = background,
+    k = class k), and OUT/FILE.overlay.png to look at (and FILE.prob.tif with --probabilities): the output
+    keeps the input's extension, so a.png and a.tif never share an output. Existing outputs are kept unless
+    --overwrite. A file that cannot be read is listed at the end with the reason and the others are still
+    predicted; exit status 0 when every input was predicted, 1 when some were not, 2 when none was.
+    An OME-Zarr image is read lazily and its labels are written tile by tile as an OME-Zarr label image:
+    into a copy OUT/NAME.ome.zarr (default) or, with --into-source, into the image itself;
+    --probabilities adds OUT/NAME_probabilities.ome.zarr.
     """
     for item in images:
         _must_exist(item, "image", "pass image files, OME-Zarr images or folders of them")
@@ -234,12 +245,13 @@ def predict(
         bar.update(done - bar.n)
 
     try:
-        written = predict_files(
+        report = predict_files(
             model,
             images,
             out,
             device=device,
             probabilities=probabilities,
+            overlays=overlays,
             into_source=into_source,
             labels_name=labels_name,
             overwrite=overwrite,
@@ -248,21 +260,39 @@ def predict(
     finally:
         if bar is not None:
             bar.close()
-    zarrs = [w for w in written if w.parent.name == "labels"]
-    masks = [w for w in written if w not in zarrs and w.suffix == ".png" and not w.stem.endswith("_prob")]
-    if overlays:
-        sources = {Path(p).stem: Path(p) for item in images for p in _files_in(item)}
-        for mask in masks:
-            if mask.stem in sources:
-                _write_overlay(sources[mask.stem], mask, mask.with_name(f"{mask.stem}_overlay.png"))
-    msg = f"wrote {len(written) - len(zarrs)} mask(s) to {out}"
-    if masks:
-        msg += " (label images: 0 = background, 1 = foreground" + (
-            "; NAME_overlay.png shows each on its image)" if overlays else ")"
+    done, failed = report.done, report.failed
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "inputs": len(report.outcomes),
+                    "done": len(done),
+                    "failed": len(failed),
+                    "outcomes": [o.to_dict() for o in report.outcomes],
+                },
+                indent=2,
+            )
+        )
+    if not done:
+        reasons = "; ".join(f"{o.source.name}: {o.error}" for o in failed)
+        raise _user_error(f"none of the {len(failed)} image(s) could be predicted: {reasons}")
+    zarrs = [o.labels for o in done if o.labels is not None and o.labels.parent.name == "labels"]
+    files = [o for o in done if o.labels not in zarrs]
+    msg = f"predicted {len(done)} of {len(report.outcomes)} image(s)"
+    if files:
+        msg += (
+            f": wrote {len(files)} mask(s) to {out} as label TIFFs FILE.tif (0 = background, 1 = foreground"
+            + ("; FILE.overlay.png shows each on its image)" if overlays else ")")
         )
     if zarrs:
         msg += f"; OME-Zarr label image(s): {', '.join(str(z) for z in zarrs)}"
-    typer.echo(msg)
+    if not as_json:
+        typer.echo(msg)
+    if failed:
+        typer.echo(f"could not predict {len(failed)} file(s):", err=True)
+        for o in failed:
+            typer.echo(f"  {o.source}: {o.error}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -958,7 +988,9 @@ def _write_overlay(image_path: Path, mask_path: Path, target: Path) -> None:
     mask = read_mask(mask_path) > 0
     lo, hi = np.percentile(chw, [0.5, 99.5])
     grey_or_rgb = np.clip((chw - lo) / max(float(hi - lo), 1e-6) * 255, 0, 255)
-    rgb = np.repeat(grey_or_rgb, 3, axis=0) if chw.shape[0] == 1 else grey_or_rgb[:3]
+    if chw.shape[0] != 3:  # grey, or fluorescence channels shown as their mean
+        grey_or_rgb = np.repeat(grey_or_rgb.mean(axis=0, keepdims=True), 3, axis=0)
+    rgb = grey_or_rgb
     rgb = np.moveaxis(rgb, 0, -1)
     blue = np.array([47, 112, 219], np.float32)  # the students' colour of the demo report
     rgb[mask] = 0.55 * rgb[mask] + 0.45 * blue

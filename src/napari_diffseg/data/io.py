@@ -279,10 +279,11 @@ def read_image_raw(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
 
 
 def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read a 2D grey or RGB image as raw float32 intensities of shape ``(C, H, W)``, ``C`` in ``{1, 3}``.
+    """Read a 2D image as raw float32 intensities of shape ``(C, H, W)``.
 
-    PNG, JPEG and BMP are read with imageio, TIFF with tifffile. A TIFF may be ``(Y, X)``, ``(C, Y, X)`` or
-    ``(Y, X, C)`` with ``C`` in ``{1, 3, 4}``; an alpha (fourth) channel is dropped. 8-bit, 16-bit, 32-bit
+    PNG, JPEG and BMP are read with imageio (grey or RGB; an alpha channel is dropped). A TIFF is read with
+    its axes (:func:`read_image_file`): grey, RGB (alpha dropped) or any number of fluorescence channels,
+    kept whole; a z-stack, a time-lapse or a file of several series is refused with what to do. 8-bit, 16-bit, 32-bit
     integer and floating-point pixels are accepted; values are not rescaled.
 
     Args:
@@ -294,10 +295,19 @@ def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
             4D data, two channels); NaN or infinite pixels; a side under 8 pixels; too many pixels.
     """
     p = Path(path)
-    chw = _load(p, "image", IMAGE_EXTENSIONS, max_pixels)
+    if _is_tiff(p):  # axes from the file: every fluorescence channel kept, stacks and series refused
+        reads = read_image_file(p, max_pixels=max_pixels)
+        if len(reads) != 1:
+            raise DataError(
+                f"Cannot use image {p}: it holds {len(reads)} images (series); import it into a project "
+                "(`diffseg import` takes every series) or save each series as its own file."
+            )
+        chw = to_chw(reads[0])
+    else:
+        chw = _load(p, "image", IMAGE_EXTENSIONS, max_pixels)
+        if chw.shape[0] == 4:
+            chw = chw[:3]
     _check_dtype(chw, p, "image")
-    if chw.shape[0] == 4:
-        chw = chw[:3]
     bad = _count_nonfinite(chw)
     if bad:
         raise DataError(
@@ -321,7 +331,7 @@ def read_image_shape(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         DataError: For the same file problems as :func:`read_image` that the header reveals.
     """
     p = _check_file(path, IMAGE_EXTENSIONS, "image")
-    probed = _probe_shape(p)
+    probed = None if _is_tiff(p) else _probe_shape(p)  # a TIFF's axes need its metadata: read_image
     if probed is None:
         _, h, w = read_image(p, max_pixels=max_pixels).shape
         return h, w
