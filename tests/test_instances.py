@@ -1,0 +1,96 @@
+"""The 3-class instance target and the watershed back to instances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import shared_data_dir
+from napari_diffseg.base.errors import DataError
+from napari_diffseg.core.instance_metrics import iou_matrix
+from napari_diffseg.core.instances import (
+    BOUNDARY,
+    INTERIOR,
+    instances_to_target,
+    labels_to_instances,
+    probs_to_instances,
+)
+
+
+def _touching_discs() -> np.ndarray:
+    """Five discs of radius 12 in a row, each touching the next (centres 22 px apart), plus a free one."""
+    yy, xx = np.mgrid[:64, :160]
+    ids = np.zeros((64, 160), np.uint16)
+    for k, cx in enumerate(range(20, 20 + 5 * 22, 22)):
+        ids[(yy - 30) ** 2 + (xx - cx) ** 2 <= 12**2] = k + 1  # later discs overwrite the shared edge
+    ids[(yy - 55) ** 2 + (xx - 150) ** 2 <= 6**2] = 6
+    return ids
+
+
+def test_target_rim_is_two_pixels() -> None:
+    ids = np.zeros((9, 9), np.uint16)
+    ids[1:8, 1:8] = 3  # a 7 × 7 square
+    t = instances_to_target(ids)
+    # rings 1 and 2 of the square are boundary; its 3 × 3 centre is interior
+    assert (t[4, 4], t[1, 1], t[2, 2], t[3, 3]) == (INTERIOR, BOUNDARY, BOUNDARY, INTERIOR)
+    assert int((t == INTERIOR).sum()) == 9 and int((t == BOUNDARY).sum()) == 49 - 9
+    assert t[0, 0] == 0
+
+
+def test_target_separates_touching_objects_and_keeps_tiny_ones() -> None:
+    ids = np.zeros((6, 12), np.uint16)
+    ids[:, 0:6] = 1
+    ids[:, 6:12] = 2
+    ids[0, 0] = 0
+    t = instances_to_target(ids)
+    # the shared edge: 2 boundary columns on each side (cols 4-7); the image's edge is not a boundary
+    assert np.all(t[2:4, 4:8] == BOUNDARY) and np.all(t[2:4, 2:4] == INTERIOR)
+    tiny = np.zeros((5, 5), np.uint16)
+    tiny[2:4, 2:4] = 7  # 2 × 2: all rim, so it keeps its area as interior
+    assert int((instances_to_target(tiny) == INTERIOR).sum()) == 4
+
+
+def test_round_trip_touching_discs() -> None:
+    ids = _touching_discs()
+    back = labels_to_instances(instances_to_target(ids))
+    assert back.dtype == np.uint16
+    assert int(back.max()) == 6 == len(np.unique(back)) - 1
+    iou = iou_matrix(back, ids)
+    # every true disc has one predicted object with IoU > 0.8
+    assert np.all(iou.max(1) > 0.8), iou.max(1)
+
+
+def test_soft_probabilities_and_small_object_removal() -> None:
+    ids = _touching_discs()
+    t = instances_to_target(ids)
+    onehot = np.stack([t == k for k in range(3)]).astype(np.float32)
+    soft = 0.15 + 0.7 * onehot  # the true class 0.85 / 1.15 ≈ 0.74, the others 0.13 each
+    soft /= soft.sum(0, keepdims=True)
+    back = probs_to_instances(soft)
+    assert int(back.max()) == 6
+    speck = np.zeros((3, 64, 160), np.float32)
+    speck[0] = 1.0
+    speck[:, 5:8, 5:8] = [[[0]], [[1]], [[0]]]  # a 9-pixel object: under the 16-pixel minimum
+    assert int(probs_to_instances(speck).max()) == 0
+    assert int(probs_to_instances(speck, min_size=4).max()) == 1
+
+
+def test_refuses_bad_input() -> None:
+    with pytest.raises(DataError, match="negative"):
+        instances_to_target(-np.ones((4, 4), np.int16))
+    with pytest.raises(DataError, match="integer"):
+        instances_to_target(np.full((4, 4), 0.5))
+    with pytest.raises(DataError, match=r"\(3, H, W\)"):
+        probs_to_instances(np.zeros((2, 4, 4)))
+
+
+def test_painted_case_round_trip() -> None:
+    path = shared_data_dir().parent / "cases" / "labels" / "instance_painted.tif"
+    if not path.is_file():
+        pytest.skip(f"shared cases not found at {path}")
+    import tifffile
+
+    ids = tifffile.imread(path)
+    back = labels_to_instances(instances_to_target(ids))
+    assert int(back.max()) == 18
+    assert np.all(iou_matrix(back, ids).max(1) > 0.8)
