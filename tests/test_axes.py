@@ -124,6 +124,10 @@ def test_channel_count_fixed_at_first_import(tmp_path: Path) -> None:
         proj.import_array(np.full((32, 40, 3), 7, np.uint8), "rgb")
         assert proj.channel_count() == 3
         assert proj.image("rgb").axes == "YXC" and proj.image("rgb").shape == (32, 40, 3)
+        chw = proj.import_array(np.full((3, 32, 40), 9, np.uint8), "chw")  # (3, Y, X) is colour, as before
+        assert proj.image(chw).axes == "YXC"
+        cyx = proj.import_array(np.full((3, 32, 40), 8, np.uint8), "cyx", axes="CYX")
+        assert (proj.image(cyx).axes, proj.image(cyx).shape) == ("CYX", (3, 32, 40))
         with pytest.raises(DataError, match="time points"):
             proj.import_array(_blobs(3, (32, 40)), "movie", axes="TYX")
 

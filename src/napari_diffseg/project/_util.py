@@ -191,8 +191,8 @@ def array_read(array: object, name: str, *, axes: str | None = None) -> ImageRea
     """An in-memory image as an :class:`ImageRead`, its axes given or taken by the stated rule.
 
     Without ``axes``: ``(H, W)`` is YX; ``(H, W, C)`` with C of 2 to 4 is YXC (3 or 4: colour, alpha
-    dropped, as napari's RGB layers); ``(C, H, W)`` with C up to 4 is CYX; leading singleton axes are
-    dropped. Anything else is ambiguous and refused with a message asking for ``axes``.
+    dropped, as napari's RGB layers); ``(3, H, W)`` is RGB colour too (YXC, as it always was); ``(C, H, W)``
+    with another C up to 4 is CYX; leading singleton axes are dropped. Anything else is ambiguous and refused with a message asking for ``axes``.
 
     Raises:
         DataError: Not a numeric array, an ambiguous shape without ``axes``, or ``axes`` that do not fit.
@@ -227,6 +227,9 @@ def array_read(array: object, name: str, *, axes: str | None = None) -> ImageRea
             read = ImageRead(path, name, arr, "YXC", rgb=arr.shape[2] in (3, 4))
             return drop_alpha(read) if read.rgb else read
         if first_small and not last_small:
+            if arr.shape[0] == 3:  # as before: three values per pixel are colour (pass axes CYX for channels)
+                rgb = np.moveaxis(arr, 0, -1)
+                return ImageRead(path, name, rgb, "YXC", rgb=True, notes=("(3, Y, X) taken as RGB colour",))
             return ImageRead(path, name, arr, "CYX")
     raise DataError(
         f"{what}: shape {arr.shape} does not say which axis is which; pass its axes (OME letters T, Z, C, Y, "
