@@ -228,8 +228,8 @@ def array_read(array: object, name: str, *, axes: str | None = None) -> ImageRea
             return drop_alpha(read) if read.rgb else read
         if first_small and not last_small:
             if arr.shape[0] == 3:  # as before: three values per pixel are colour (pass axes CYX for channels)
-                rgb = np.moveaxis(arr, 0, -1)
-                return ImageRead(path, name, rgb, "YXC", rgb=True, notes=("(3, Y, X) taken as RGB colour",))
+                colour = np.moveaxis(arr, 0, -1)
+                return ImageRead(path, name, colour, "YXC", rgb=True, notes=("(3, Y, X) taken as RGB colour",))
             return ImageRead(path, name, arr, "CYX")
     raise DataError(
         f"{what}: shape {arr.shape} does not say which axis is which; pass its axes (OME letters T, Z, C, Y, "
