@@ -1,0 +1,218 @@
+"""Checking a label image against a project's task before it is stored or trained on (issue 13).
+
+A task is ``binary``, ``multiclass(K)`` (K classes including background, values 0..K-1) or
+``instances`` (0 = background, each object its own positive id). :func:`check_labels` takes the raw
+pixels of a label image (as the file holds them, before any cast) and either returns the mask to store
+with the notes the user should see, or raises :class:`MaskError` with one message that names the file
+and the offending value. Every task refuses:
+
+- negative values (an "ignore" −1 would become one more class, or wrap to 65535 when cast);
+- non-integer floats (a resized or probability map: 0.5 is neither background nor object);
+- NaN or infinite values;
+- values above 65,535, which the store's uint16 label files cannot hold (renumber the ids 1..N).
+
+Then, per task:
+
+- ``binary``: foreground = value > 0. Values above 1 are merged into the foreground **with a note that
+  names them**, never silently (a class map 0/1/2 or an instance mask painted in napari).
+- ``multiclass(K)``: values must lie in 0..K-1; a mask with more distinct values than K (an instance or
+  over-segmentation export: 400 ids) is refused naming how many it has.
+- ``instances``: each id must cover one connected piece (8-connected); an id covering two separate
+  pieces is refused naming the id and its number of parts. Ids need not be consecutive.
+
+:func:`read_labels` reads a label file's raw pixels (TIFF by tifffile, PNG/others by imageio) without
+any conversion, for :func:`check_label_file`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+__all__ = [
+    "MAX_STORED_ID",
+    "LabelCheck",
+    "MaskError",
+    "Task",
+    "check_label_file",
+    "check_labels",
+    "parse_task",
+    "read_labels",
+]
+
+#: The largest id the store's uint16 label files hold.
+MAX_STORED_ID = int(np.iinfo(np.uint16).max)
+
+TaskKind = Literal["binary", "multiclass", "instances"]
+
+
+class MaskError(DataError):
+    """A label image does not fit the project's task (the message names the file and the value)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A project's task: ``binary``, ``multiclass`` with ``num_classes`` (incl. background) or ``instances``."""
+
+    kind: TaskKind
+    num_classes: int = 2
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("binary", "multiclass", "instances"):
+            raise ConfigError(f"unknown task {self.kind!r}; choose binary, multiclass(K) or instances")
+        if self.kind == "multiclass" and self.num_classes < 2:
+            raise ConfigError(
+                f"a multiclass task needs K >= 2 classes incl. background, got {self.num_classes}"
+            )
+
+    def __str__(self) -> str:
+        return f"multiclass({self.num_classes})" if self.kind == "multiclass" else self.kind
+
+
+def parse_task(text: str | Task) -> Task:
+    """``"binary"``, ``"instances"``, ``"multiclass(3)"`` or ``"multiclass:3"`` → :class:`Task`."""
+    if isinstance(text, Task):
+        return text
+    s = text.strip().lower()
+    if s in ("binary", "instances"):
+        return Task(s)  # type: ignore[arg-type]
+    m = re.fullmatch(r"multiclass\s*[(:]\s*(\d+)\s*\)?", s)
+    if m:
+        return Task("multiclass", int(m.group(1)))
+    raise ConfigError(f"unknown task {text!r}; write binary, instances or multiclass(K), e.g. multiclass(3)")
+
+
+@dataclass(frozen=True)
+class LabelCheck:
+    """A label image that fits its task: ``mask`` (int64, what to store) and ``notes`` to show the user."""
+
+    mask: np.ndarray
+    notes: list[str] = field(default_factory=list)
+    num_objects: int | None = None
+
+
+def _values(v: np.ndarray, limit: int = 6) -> str:
+    shown = ", ".join(str(int(x)) if float(x).is_integer() else f"{float(x):g}" for x in v[:limit])
+    return shown + (f" ... ({len(v)} values)" if len(v) > limit else "")
+
+
+def check_labels(
+    pixels: np.ndarray, task: Task | str, *, source: str = "the mask", max_id: int = MAX_STORED_ID
+) -> LabelCheck:
+    """Check raw label pixels ``(H, W)`` (or ``(Z, H, W)``) against ``task`` (module docstring).
+
+    Args:
+        pixels: The label image as read, before any cast.
+        task: The project's task.
+        source: How to name the image in messages (its file name).
+        max_id: The largest value the store can hold.
+
+    Raises:
+        MaskError: The image does not fit the task; nothing should be saved.
+    """
+    t = parse_task(task)
+    a = np.asarray(pixels)
+    if a.ndim not in (2, 3):
+        raise MaskError(f"{source}: a label image must be 2D (or a 3D stack), got shape {a.shape}")
+    if a.dtype == bool:
+        a = a.astype(np.uint8)
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise MaskError(f"{source}: a label image must hold numbers, got dtype {a.dtype}")
+    if np.issubdtype(a.dtype, np.floating):
+        finite = np.isfinite(a)
+        if not finite.all():
+            raise MaskError(
+                f"{source}: {int((~finite).sum())} pixel(s) are NaN or infinite; labels must be whole numbers"
+            )
+        frac = np.unique(a[a != np.round(a)])
+        if frac.size:
+            raise MaskError(
+                f"{source} holds non-integer values ({_values(frac)}), as after interpolated resizing or in a "
+                "probability map; save integer labels (0 = background), resized with nearest-neighbour"
+            )
+    if a.size and a.min() < 0:
+        neg = np.unique(a[a < 0])
+        raise MaskError(
+            f"{source} holds negative values ({_values(neg)}); labels are 0 (background) or positive. An "
+            "'ignore' value such as -1 is not supported: set those pixels to 0 or leave the image unlabeled"
+        )
+    top = a.max(initial=0)
+    if top > max_id:
+        raise MaskError(
+            f"{source} holds ids above {max_id} (max {int(top)}), which the project's uint16 label files cannot "
+            "hold; renumber the ids 1..N (e.g. skimage.segmentation.relabel_sequential)"
+        )
+    ids = a.astype(np.int64)
+    values = np.unique(ids)
+    fg = values[values > 0]
+    if t.kind == "binary":
+        notes = []
+        if fg.size > 1 or (fg.size == 1 and fg[0] != 1):
+            notes.append(
+                f"{source}: values {_values(fg)} all taken as foreground (binary project); for classes use a "
+                "multiclass project, for objects an instance project"
+            )
+        return LabelCheck((ids > 0).astype(np.int64), notes)
+    if t.kind == "multiclass":
+        k = t.num_classes
+        if values.size > k or (values.size and values[-1] >= k):
+            raise MaskError(
+                f"{source} holds {values.size} distinct values ({_values(values)}) but the project has "
+                f"{k} classes (0..{k - 1}); an instance or over-segmentation mask does not fit a multiclass "
+                "project (use an instance project, or map the values to class indices)"
+            )
+        return LabelCheck(ids, [])
+    # instances: each id one connected piece
+    from scipy import ndimage as ndi
+
+    structure = ndi.generate_binary_structure(ids.ndim, ids.ndim)
+    boxes = ndi.find_objects(ids)
+    for label, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        _, parts = ndi.label(ids[box] == label, structure=structure)
+        if parts > 1:
+            raise MaskError(
+                f"{source}: id {label} covers {parts} separate parts; in an instance mask each object has its "
+                "own id (give each part a new id, or join them)"
+            )
+    return LabelCheck(ids, [], num_objects=int(fg.size))
+
+
+def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
+    """The raw pixels of a label file (TIFF: first series as stored; PNG and others: imageio), no cast.
+
+    A grey image saved with equal colour channels gives its first channel.
+
+    Raises:
+        DataError: The file cannot be read.
+    """
+    p = Path(path)
+    try:
+        if p.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            a = np.asarray(tifffile.imread(p))
+        else:
+            import imageio.v3 as iio
+
+            a = np.asarray(iio.imread(p))
+    except Exception as exc:  # every reader's own error: one message naming the file
+        raise DataError(f"cannot read label file {p.name}: {exc}") from exc
+    if a.ndim == 3 and a.shape[-1] in (3, 4) and np.all(a[..., :3] == a[..., :1]):
+        a = a[..., 0]
+    return a
+
+
+def check_label_file(
+    path: str | os.PathLike[str], task: Task | str, *, max_id: int = MAX_STORED_ID
+) -> LabelCheck:
+    """:func:`read_labels` then :func:`check_labels`, messages naming the file."""
+    return check_labels(read_labels(path), task, source=Path(path).name, max_id=max_id)
