@@ -154,9 +154,9 @@ def test_predict_and_evaluate(capsys, trained, synth_dataset, tmp_path) -> None:
     assert rc == 0, err
     from napari_diffseg.data.io import read_mask
 
-    m = read_mask(tmp_path / "pred" / f"{imgs[0].stem}.png", binary=False)
+    m = read_mask(tmp_path / "pred" / f"{imgs[0].name}.tif", binary=False)
     assert m.shape == (64, 64) and set(np.unique(m)) <= {0, 1}
-    assert (tmp_path / "pred" / f"{imgs[0].stem}_prob.tif").exists()
+    assert (tmp_path / "pred" / f"{imgs[0].name}.prob.tif").exists()
     rc, out, err = _run(capsys, "evaluate", str(tmp / "model"), str(synth_dataset), "--json", "-")
     assert rc == 0, err
     ev = json.loads(out)
@@ -176,7 +176,7 @@ def test_predict_large_image_is_tiled(trained, tmp_path) -> None:
 
     iio.imwrite(tmp_path / "big.png", img)
     out = predict_files(tmp / "model", [tmp_path / "big.png"], tmp_path / "o", device="cpu")
-    assert read_mask(out[0]).shape == (300, 333)
+    assert out.written == [tmp_path / "o" / "big.png.tif"] and read_mask(out.written[0]).shape == (300, 333)
 
 
 @pytest.mark.parametrize(

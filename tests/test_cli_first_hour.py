@@ -122,12 +122,12 @@ def test_a_job_says_its_cost_and_a_label_free_model_warns_when_it_predicts(capsy
     assert rc == 0 and "wrote 1 mask(s)" in out and "0 = background, 1 = foreground" in out
     assert err.startswith("warning: model pretrained-job") and "never seen a label" in err
     # the mask keeps its label values; an overlay beside it shows it to a person
-    mask = iio.imread(tmp_path / "masks" / "a.png")
-    overlay = iio.imread(tmp_path / "masks" / "a_overlay.png")
+    mask = iio.imread(tmp_path / "masks" / "a.png.tif")
+    overlay = iio.imread(tmp_path / "masks" / "a.png.overlay.png")
     assert set(np.unique(mask)) <= {0, 1} and overlay.shape == (64, 64, 3)
     if mask.any():
         assert (overlay[mask > 0][:, 2] >= overlay[mask > 0][:, 0]).all()  # tinted blue
     rc, _out, _err = _run(
         capsys, "predict", str(project), str(image), "--out", str(tmp_path / "m2"), "--no-overlays"
     )
-    assert rc == 0 and not (tmp_path / "m2" / "a_overlay.png").exists()
+    assert rc == 0 and not (tmp_path / "m2" / "a.png.overlay.png").exists()

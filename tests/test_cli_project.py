@@ -164,10 +164,10 @@ def test_predict_and_evaluate_take_a_project_and_image_folders(capsys, dataset: 
     assert _run(capsys, "cotrain", str(proj), "--preset", "tiny")[0] == 0
     rc, out, err = _run(capsys, "predict", str(proj), str(dataset / "images"), "--out", str(tmp_path / "m"))
     assert rc == 0, err
-    written = sorted(p.name for p in (tmp_path / "m").glob("*.png") if not p.stem.endswith("_overlay"))
-    assert written == sorted(p.stem + ".png" for p in (dataset / "images").iterdir())
-    overlays = sorted(p.name for p in (tmp_path / "m").glob("*_overlay.png"))  # one to look at per mask
-    assert overlays == sorted(p.stem + "_overlay.png" for p in (dataset / "images").iterdir())
+    written = sorted(p.name for p in (tmp_path / "m").glob("*.tif"))  # label TIFFs named FILE.tif
+    assert written == sorted(p.name + ".tif" for p in (dataset / "images").iterdir())
+    overlays = sorted(p.name for p in (tmp_path / "m").glob("*.overlay.png"))  # one to look at per mask
+    assert overlays == sorted(p.name + ".overlay.png" for p in (dataset / "images").iterdir())
     assert iio.imread(tmp_path / "m" / written[0]).shape == (64, 64)
     rc, out, err = _run(capsys, "evaluate", str(proj), str(dataset), "--json", "-")
     assert rc == 0, err

@@ -160,8 +160,8 @@ def test_package_passes_bioimageio_core_and_matches_predict(exported, project: P
     assert (
         main(["predict", str(project), str(image), "--out", str(tmp_path / "pred"), "--probabilities"]) == 0
     )
-    fg = tifffile.imread(tmp_path / "pred" / "probe_prob.tif")
-    mask = iio.imread(tmp_path / "pred" / "probe.png")
+    fg = tifffile.imread(tmp_path / "pred" / "probe.png.prob.tif")
+    mask = tifffile.imread(tmp_path / "pred" / "probe.png.tif")
     raw = np.moveaxis(iio.imread(image), -1, 0)
     for wf in ("torchscript", "pytorch_state_dict"):
         got = package_prediction(pkg, raw, wf)

@@ -10,12 +10,14 @@ image itself (``into_source``); the whole image is never in memory.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .base.errors import CheckpointError, ConfigError, DataError
+from .base.errors import CheckpointError, ConfigError, DataError, DiffsegError
+from .base.fileio import atomic_write_bytes
 from .base.formats import IMAGE_EXTENSIONS
 from .base.presets import Preset
 from .core.device import choose_device
@@ -23,12 +25,16 @@ from .core.inference import predict_probs
 from .core.metrics import segmentation_metrics, summarize
 from .core.models import ModelBundle, load_bundle
 from .data.dataset import DatasetFolder
-from .data.io import read_image, write_mask, write_tiff
+from .data.io import read_image, write_tiff
 
 __all__ = [
     "IN_MEMORY_PIXELS",
+    "Outcome",
+    "PredictReport",
     "evaluate_folder",
     "load_model",
+    "output_names",
+    "overlay_rgb",
     "predict_files",
     "predict_image",
     "predict_ome_zarr",
@@ -104,6 +110,101 @@ def predict_image(bundle: ModelBundle, config: dict, image: np.ndarray) -> np.nd
     return probs[0].cpu().numpy()
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What ``predict`` made of one input: its outputs, or why it could not be predicted."""
+
+    source: Path
+    labels: Path | None = None
+    """The label TIFF (``OUT/NAME.EXT.tif``) or the OME-Zarr label image."""
+    overlay: Path | None = None
+    probabilities: Path | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {
+            "source": str(self.source),
+            "labels": None if self.labels is None else str(self.labels),
+            "overlay": None if self.overlay is None else str(self.overlay),
+            "probabilities": None if self.probabilities is None else str(self.probabilities),
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class PredictReport:
+    """Every input of a ``predict`` run, in order, with its outputs or the reason it failed."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def done(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.ok]
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def written(self) -> list[Path]:
+        """The label outputs (label TIFFs, OME-Zarr label images), in input order."""
+        return [o.labels for o in self.outcomes if o.ok and o.labels is not None]
+
+
+def output_names(files: Sequence[Path]) -> list[str]:
+    """The output base name of each input file: its whole file name, extension included (``a.png`` →
+    ``a.png``, ``a.tif`` → ``a.tif``), so inputs that share a stem never share an output. Two inputs with
+    the same file name (from different folders) get ``-2``, ``-3``, ... before the extension of the later
+    ones (``a-2.png``). The outputs are ``NAME.tif`` (labels), ``NAME.overlay.png`` and ``NAME.prob.tif``."""
+    taken: set[str] = set()
+    names = []
+    for f in files:
+        name = f.name
+        if name.lower() in taken:
+            stem, dot, ext = name.partition(".")
+            n = 2
+            while f"{stem}-{n}{dot}{ext}".lower() in taken:
+                n += 1
+            name = f"{stem}-{n}{dot}{ext}"
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
+_CLASS_COLOURS = np.array(
+    [[47, 112, 219], [230, 97, 1], [26, 152, 80], [215, 48, 39], [152, 78, 163], [255, 217, 47]], np.float32
+)
+"""Overlay colours of classes 1, 2, ... (blue first: the students' colour of the demo report)."""
+
+
+def overlay_rgb(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A raw ``(C, H, W)`` image, contrast-stretched to 8 bit (3 channels as colour, else the channels' mean
+    as grey), with each class of ``labels`` ``(H, W)`` tinted in its colour and outlined → ``(H, W, 3)``
+    uint8: a mask a person can look at (a 0/1 label image looks black in every viewer)."""
+    chw = np.asarray(image, np.float32)
+    grey_or_rgb = chw if chw.shape[0] == 3 else chw.mean(axis=0, keepdims=True)
+    lo, hi = np.percentile(grey_or_rgb, [0.5, 99.5])
+    scaled = np.clip((grey_or_rgb - lo) / max(float(hi - lo), 1e-6) * 255, 0, 255)
+    rgb = np.moveaxis(np.repeat(scaled, 3, axis=0) if scaled.shape[0] == 1 else scaled, 0, -1)
+    for k in range(1, int(labels.max(initial=0)) + 1):
+        mask = labels == k
+        if not mask.any():
+            continue
+        colour = _CLASS_COLOURS[(k - 1) % len(_CLASS_COLOURS)]
+        rgb[mask] = 0.55 * rgb[mask] + 0.45 * colour
+        inner = np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
+        rgb[mask & ~inner] = colour
+    return rgb.astype(np.uint8)
+
+
+_READ_ERRORS = (DiffsegError, OSError, ValueError, MemoryError)
+"""What a file that cannot be read or predicted raises; it is listed with its reason, the rest go on."""
+
+
 def predict_files(
     model: str | Path,
     images: Sequence[str | Path],
@@ -111,26 +212,39 @@ def predict_files(
     *,
     device: str = "auto",
     probabilities: bool = False,
+    overlays: bool = True,
     into_source: bool = False,
     labels_name: str = "diffseg",
     overwrite: bool = False,
     progress: Any = None,
-) -> list[Path]:
-    """Segment image files and OME-Zarr images; returns what was written (mask files, OME-Zarr label
-    images). OME-Zarr options: see :func:`predict_ome_zarr`."""
+) -> PredictReport:
+    """Segment image files and OME-Zarr images, each on its own: a file that cannot be read or predicted is
+    recorded with its reason (``PredictReport.failed``) and the others are still predicted.
+
+    Outputs in ``out`` for an image file ``NAME.EXT`` (names: :func:`output_names`, never shared by two
+    inputs): ``NAME.EXT.tif``, the label image (uint8, uint16 beyond 255 classes; 0 = background, k =
+    class k); ``NAME.EXT.overlay.png`` with ``overlays``, the image with the labels tinted, for a person;
+    ``NAME.EXT.prob.tif`` with ``probabilities``, the foreground probabilities (K − 1, H, W) float32. An
+    existing output is never replaced without ``overwrite`` (that input fails, naming the file). OME-Zarr
+    options: see :func:`predict_ome_zarr`.
+
+    Raises:
+        DataError: No image given, or a folder without images.
+        CheckpointError: The model cannot be loaded.
+    """
     if not images:
         raise DataError("no images given; pass one or more image files")
     files = _image_files(images)
     bundle, config = load_model(model, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
     from .data.ome_zarr import is_ome_zarr
 
-    for path in files:
-        if is_ome_zarr(path):
-            written.append(
-                predict_ome_zarr(
+    outcomes: list[Outcome] = []
+    for path, name in zip(files, output_names(files), strict=True):
+        try:
+            if is_ome_zarr(path):
+                labels = predict_ome_zarr(
                     bundle,
                     config,
                     path,
@@ -141,15 +255,35 @@ def predict_files(
                     overwrite=overwrite,
                     progress=progress,
                 )
-            )
-            continue
-        probs = predict_image(bundle, config, read_image(path))
-        target = out / f"{Path(path).stem}.png"
-        write_mask(target, probs.argmax(0).astype(np.uint8))
-        written.append(target)
-        if probabilities:
-            write_tiff(out / f"{Path(path).stem}_prob.tif", probs[1:].astype(np.float32))
-    return written
+                outcomes.append(Outcome(path, labels=labels))
+                continue
+            labels_file = out / f"{name}.tif"
+            overlay_file = out / f"{name}.overlay.png" if overlays else None
+            prob_file = out / f"{name}.prob.tif" if probabilities else None
+            existing = [t for t in (labels_file, overlay_file, prob_file) if t is not None and t.exists()]
+            if existing and not overwrite:
+                raise DataError(
+                    f"{existing[0]} already exists (an earlier run?); pass --overwrite to replace it, or "
+                    "choose another --out folder"
+                )
+            image = read_image(path)
+            probs = predict_image(bundle, config, image)
+            labels_arr = probs.argmax(0).astype(np.uint8 if bundle.spec.num_classes <= 256 else np.uint16)
+            write_tiff(labels_file, labels_arr)
+            if prob_file is not None:
+                write_tiff(prob_file, probs[1:].astype(np.float32))
+            if overlay_file is not None:
+                if labels_arr.ndim == 2:
+                    import imageio.v3 as iio
+
+                    png = iio.imwrite("<bytes>", overlay_rgb(image, labels_arr), extension=".png")
+                    atomic_write_bytes(overlay_file, png)
+                else:
+                    overlay_file = None
+            outcomes.append(Outcome(path, labels=labels_file, overlay=overlay_file, probabilities=prob_file))
+        except _READ_ERRORS as exc:
+            outcomes.append(Outcome(path, error=str(exc) or type(exc).__name__))
+    return PredictReport(outcomes)
 
 
 class _ZarrRows:
