@@ -267,6 +267,17 @@ def test_the_suggested_job_and_the_cost_line() -> None:
     text = cost_text(plan, fresh, has_model=False, speed=2.5)
     assert f"about {format_seconds(2.5 * plan.seconds)}" in text and "2.5× the reference" in text
     assert "last job" in text
+    # pretraining: when a first proposal will be on screen (pretraining + one proposal of the largest image)
+    from napari_diffseg.review import first_proposal_plan
+
+    mixed = [Img("s", "s", 100, 100), Img("L", "L", 300, 200), Img("t", "t", 900, 900, split="test")]
+    first = first_proposal_plan(get_preset("cpu"), mixed)
+    assert first is not None and first.kind == "propose" and first.images == 1 and first.sizes == "200×300"
+    text = cost_text(job_plan("pretrain", "cpu", mixed), mixed, False, 2.0, "start", first_proposal=first)
+    total = 2.0 * (job_plan("pretrain", "cpu", mixed).seconds + first.seconds)
+    assert f"Then the first proposal (200×300) about {format_seconds(2.0 * first.seconds)}" in text
+    assert f"one on screen about {format_seconds(total)} after Start" in text
+    assert first_proposal_plan(get_preset("cpu"), [Img("a", "a", 9, 9, "ground_truth")]) is None
     text = cost_text(plan, fresh, has_model=False, speed=0.5, source="start")
     assert f"about {format_seconds(0.5 * plan.seconds)}" in text and "measured when it started (0.5×" in text
     # what the backend would refuse is said instead of a time

@@ -39,6 +39,7 @@ __all__ = [
     "active_model_id",
     "cost_text",
     "fetch_image",
+    "first_proposal_plan",
     "load_for_image",
     "loss_name",
     "prepared",
@@ -657,13 +658,19 @@ def suggested_kind(images: Sequence[Image], models: Sequence[Any]) -> str:
 
 
 def cost_text(
-    plan: Plan | None, images: Sequence[Image], has_model: bool, speed: float | None, source: str = "job"
+    plan: Plan | None,
+    images: Sequence[Image],
+    has_model: bool,
+    speed: float | None,
+    source: str = "job",
+    first_proposal: Plan | None = None,
 ) -> str:
     """What a job will cost for this project, in words (the Train widget's *Cost* line).
 
     ``speed``: wall seconds per predicted second on this backend, shown by its last job (``source``
     ``"job"``) or measured when it started (``"start"``); None: not known, and the estimate is then for one
-    quiet CPU core and says so. A job the backend would refuse says why instead of a time."""
+    quiet CPU core and says so. A job the backend would refuse says why instead of a time. For ``pretrain``,
+    ``first_proposal`` (:func:`first_proposal_plan`) adds when a first proposal will be on screen."""
     if plan is None:
         return "connect to see what the job will cost for this project"
     kind = plan.kind
@@ -688,10 +695,29 @@ def cost_text(
     else:
         where = f"at the speed this backend showed in its last job ({speed:.1f}× the reference)"
     sizes = f" of {plan.sizes}" if plan.sizes else ""
-    return (
+    text = (
         f"about {format_seconds(plan.seconds * factor)} for {plan.images} image(s){sizes}: "
         f"{plan.breakdown(factor)} — {where}."
     )
+    if kind == "pretrain" and first_proposal is not None and first_proposal.images:
+        # what a person waits for is a proposal on screen: pretraining, then the first image's proposal
+        text += (
+            f" Then the first proposal ({first_proposal.sizes}) about {format_seconds(first_proposal.seconds * factor)}"
+            f": one on screen about {format_seconds((plan.seconds + first_proposal.seconds) * factor)} after Start."
+        )
+    return text
+
+
+def first_proposal_plan(preset: Any, images: Sequence[Any]) -> Plan | None:
+    """The propose job that shows a first proposal after pretraining: one image, the largest unlabelled
+    training image (the longest a person can wait); None without one."""
+    from napari_diffseg.base.cost import job_plan
+
+    pool = [im for im in images if im.split == "train" and im.state not in ("excluded", *ANNOTATED)]
+    if not pool:
+        return None
+    largest = max(pool, key=lambda im: int(im.height) * int(im.width))
+    return job_plan("propose", preset, images, ids=[largest.id])
 
 
 def latest_open_job(client: Any) -> Job | None:

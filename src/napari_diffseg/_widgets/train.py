@@ -58,6 +58,7 @@ from napari_diffseg.review import (
     JobHistory,
     cost_text,
     describe_event,
+    first_proposal_plan,
     follow_job,
     format_duration,
     latest_open_job,
@@ -373,8 +374,19 @@ class TrainWidget(QWidget):
 
     def estimate_text(self, plan: Plan | None) -> str:
         """What the form's job will cost for this project, in words (:func:`~napari_diffseg.review.cost_text`)."""
+        first = None
+        if plan is not None and plan.kind == "pretrain":
+            try:
+                first = first_proposal_plan(get_preset(self.preset.currentText()), self.images)
+            except Exception:  # an estimate must never break the form
+                first = None
         return cost_text(
-            plan, self.images, self.active_model() is not None, self.session.speed, self.session.speed_source
+            plan,
+            self.images,
+            self.active_model() is not None,
+            self.session.speed,
+            self.session.speed_source,
+            first_proposal=first,
         )
 
     def follow(self, job_id: int) -> None:
