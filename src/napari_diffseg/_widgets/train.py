@@ -156,7 +156,7 @@ class TrainWidget(QWidget):
         )
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
-        self.estimate.setMinimumHeight(4 * self.estimate.fontMetrics().lineSpacing() + 2)  # never cut
+        self.estimate.setMinimumHeight(5 * self.estimate.fontMetrics().lineSpacing() + 2)  # never cut
         self.estimate.setToolTip(
             f"Predicted from the project's image sizes and counts and the preset's measured cost on {REFERENCE} "
             "(benchmarks/preset_cost.py), at the speed this backend measured when it started (a few training "
