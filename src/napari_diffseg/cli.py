@@ -971,34 +971,6 @@ class _Command(TyperCommand):
         return pieces
 
 
-def _files_in(item: Path) -> list[Path]:
-    """``item``, or the files directly in it when it is a folder."""
-    item = Path(item)
-    return sorted(p for p in item.iterdir() if p.is_file()) if item.is_dir() else [item]
-
-
-def _write_overlay(image_path: Path, mask_path: Path, target: Path) -> None:
-    """The image (contrast-stretched to 8 bit) with the mask's foreground tinted blue and outlined."""
-    import imageio.v3 as iio
-    import numpy as np
-
-    from .data.io import read_image, read_mask
-
-    chw = read_image(image_path)
-    mask = read_mask(mask_path) > 0
-    lo, hi = np.percentile(chw, [0.5, 99.5])
-    grey_or_rgb = np.clip((chw - lo) / max(float(hi - lo), 1e-6) * 255, 0, 255)
-    if chw.shape[0] != 3:  # grey, or fluorescence channels shown as their mean
-        grey_or_rgb = np.repeat(grey_or_rgb.mean(axis=0, keepdims=True), 3, axis=0)
-    rgb = grey_or_rgb
-    rgb = np.moveaxis(rgb, 0, -1)
-    blue = np.array([47, 112, 219], np.float32)  # the students' colour of the demo report
-    rgb[mask] = 0.55 * rgb[mask] + 0.45 * blue
-    edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
-    rgb[edge] = blue
-    iio.imwrite(target, rgb.astype(np.uint8))
-
-
 def _no_type(*_args: Any, **_kwargs: Any) -> str:
     return ""
 
