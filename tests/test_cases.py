@@ -17,7 +17,7 @@ from PIL import Image
 
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.cli import main
-from napari_diffseg.data.io import read_image_file
+from napari_diffseg.data.io import read_image, read_image_file
 from napari_diffseg.project import Project
 
 _SHARED = os.environ.get("DIFFSEG_SHARED_DATA")
@@ -144,6 +144,7 @@ def test_exif_rotated_jpeg_is_read_upright(root: Path, capsys) -> None:
     assert read.shape[:2] == mask.shape
     reference = np.asarray(Image.open(folder / "upright_reference.png")).astype(np.float64)
     assert np.abs(read.data.astype(np.float64) - reference).mean() < 6
+    assert read_image(folder / "exif_rotated.jpg").shape == (3, 160, 224)  # what predict reads, upright too
     masks = root.parent / "masks"
     masks.mkdir()
     (masks / "exif_rotated.png").write_bytes((folder / "upright_mask.png").read_bytes())

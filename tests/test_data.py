@@ -154,7 +154,6 @@ BAD_IMAGES: dict[str, Callable[[Path], Path]] = {
     "nan": _nan,
     "inf": _inf,
     "too_small": _tiny,
-    "two_channels": _two_channel,
     "directory": _directory,
 }
 
@@ -165,6 +164,11 @@ def test_bad_image_raises_data_error_naming_file(tmp_path: Path, case: str) -> N
     with pytest.raises(DataError) as info:
         read_image(path)
     assert path.name in str(info.value)
+
+
+def test_grey_alpha_png_is_one_channel(tmp_path: Path) -> None:
+    """A two-channel PNG is grey + alpha (mode LA): the alpha is dropped (issue 12)."""
+    assert read_image(_two_channel(tmp_path)).shape == (1, 16, 16)
 
 
 def test_bad_file_errors_chain_the_reader_exception(tmp_path: Path) -> None:

@@ -281,9 +281,9 @@ def read_image_raw(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
 def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read a 2D image as raw float32 intensities of shape ``(C, H, W)``.
 
-    PNG, JPEG and BMP are read with imageio (grey or RGB; an alpha channel is dropped). A TIFF is read with
-    its axes (:func:`read_image_file`): grey, RGB (alpha dropped) or any number of fluorescence channels,
-    kept whole; a z-stack, a time-lapse or a file of several series is refused with what to do. 8-bit, 16-bit, 32-bit
+    Read with its axes by :func:`read_image_file`: grey, RGB (EXIF orientation applied, CMYK converted,
+    alpha dropped, grey RGBA as one channel) or any number of fluorescence channels, kept whole; a z-stack,
+    a time-lapse or a file of several series is refused with what to do. 8-bit, 16-bit, 32-bit
     integer and floating-point pixels are accepted; values are not rescaled.
 
     Args:
@@ -295,18 +295,13 @@ def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
             4D data, two channels); NaN or infinite pixels; a side under 8 pixels; too many pixels.
     """
     p = Path(path)
-    if _is_tiff(p):  # axes from the file: every fluorescence channel kept, stacks and series refused
-        reads = read_image_file(p, max_pixels=max_pixels)
-        if len(reads) != 1:
-            raise DataError(
-                f"Cannot use image {p}: it holds {len(reads)} images (series); import it into a project "
-                "(`diffseg import` takes every series) or save each series as its own file."
-            )
-        chw = to_chw(reads[0])
-    else:
-        chw = _load(p, "image", IMAGE_EXTENSIONS, max_pixels)
-        if chw.shape[0] == 4:
-            chw = chw[:3]
+    reads = read_image_file(p, max_pixels=max_pixels)  # axes, EXIF orientation, CMYK, grey RGBA
+    if len(reads) != 1:
+        raise DataError(
+            f"Cannot use image {p}: it holds {len(reads)} images (series); import it into a project "
+            "(`diffseg import` takes every series) or save each series as its own file."
+        )
+    chw = to_chw(reads[0])
     _check_dtype(chw, p, "image")
     bad = _count_nonfinite(chw)
     if bad:
