@@ -248,3 +248,20 @@ def test_upload_takes_axes_with_the_rules_and_limits_of_import(tmp_path: Path) -
             client.upload_image(_blobs(5, (32, 40)), name="five", axes="CYX")
         up = client.upload_image(_blobs(2, (32, 40), seed=3), name="two-b", axes="CYX")
         assert up.added and up.image.axes == "CYX" and up.image.shape == [2, 32, 40]
+
+
+def test_unmappable_and_too_large_files_get_one_clear_message(tmp_path: Path, capsys) -> None:
+    five = tmp_path / "five.tif"
+    tifffile.imwrite(five, _blobs(12, (32, 40)).reshape(2, 3, 2, 32, 40), photometric="minisblack")
+    with pytest.raises(DataError, match=r"5 dimensions and no axis metadata.*--axes"):
+        read_image_file(five)
+    (read,) = read_image_file(five, axes="TZCYX")
+    assert read.axes == "TZCYX" and [f.axes for f in split_frames(read)] == ["ZCYX", "ZCYX"]
+    big = tmp_path / "big.tif"
+    tifffile.imwrite(big, _blobs(20, (32, 40)), photometric="minisblack", metadata=None)
+    with pytest.raises(DataError, match=r"more than the limit"):
+        read_image_file(big, max_pixels=64)
+    root = tmp_path / "p"
+    assert main(["init", str(root)]) == 0
+    assert main(["import", str(root), str(five)]) == 2
+    assert "--axes" in capsys.readouterr().err

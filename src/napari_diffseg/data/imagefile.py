@@ -160,7 +160,7 @@ def read_image_file(path: PathLike, *, axes: str | None = None, max_pixels: int 
     override = None if axes is None else check_axes(axes)
     try:
         if p.suffix.lower() in TIFF_EXTENSIONS:
-            reads = _read_tiff(p, max_pixels)
+            reads = _read_tiff(p, max_pixels, override)
         else:
             reads = [_read_pillow(p, max_pixels)]
     except DataError:
@@ -186,10 +186,10 @@ def read_image_file(path: PathLike, *, axes: str | None = None, max_pixels: int 
 
 def _override(read: ImageRead, axes: str) -> ImageRead:
     if len(axes) != read.data.ndim:
+        how = "no axis metadata" if "?" in read.axes else f"read as {read.axes}"
         raise DataError(
             f"Cannot use --axes {axes} for {read.path}: {read.name} has {read.data.ndim} dimensions (shape "
-            f"{read.shape}, read as {read.axes}); give one letter per dimension, e.g. "
-            f"{_example_axes(read.data.ndim)}."
+            f"{read.shape}, {how}); give one letter per dimension, e.g. {_example_axes(read.data.ndim)}."
         )
     rgb = axes.endswith("C") and read.shape[-1] in (3, 4) and read.rgb
     names = (
@@ -235,7 +235,7 @@ def _check_elements(path: Path, shape: tuple[int, ...], max_pixels: int) -> None
 # ------------------------------------------------------------------------------------------ TIFF
 
 
-def _read_tiff(path: Path, max_pixels: int) -> list[ImageRead]:
+def _read_tiff(path: Path, max_pixels: int, override: str | None = None) -> list[ImageRead]:
     import tifffile
 
     stem = file_stem(path)
@@ -257,6 +257,10 @@ def _read_tiff(path: Path, max_pixels: int) -> list[ImageRead]:
                     read = replace(read, **_imagej_meta(tif, read))
                 elif i < len(ome):
                     read = replace(read, **_ome_fields(ome[i], read))
+            elif override is not None:  # the user's axes replace the plain-file rules
+                while data.ndim > len(override) and 1 in data.shape:
+                    data = data.reshape(tuple(np.delete(data.shape, data.shape.index(1))))
+                read = ImageRead(path, name, data, "".join("?" * data.ndim), rgb=_is_rgb(s), series=index)
             else:
                 read = _plain_tiff(path, name, data, str(s.axes), _is_rgb(s), index)
             reads.append(read)
