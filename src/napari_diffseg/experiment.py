@@ -37,6 +37,8 @@ from .base.presets import Preset, get_preset
 from .core.diffusion import SamplerConfig
 from .core.distributed import cleanup, setup_from_env
 from .core.inference import predict_probs, propose
+from .core.instance_metrics import instance_metrics, summarize_instances
+from .core.instances import INSTANCE_CLASSES, instances_to_target, probs_to_instances
 from .core.metrics import best_permutation_dice, segmentation_metrics, summarize
 from .core.models import METHODS, ModelBundle, ModelSpec, preprocess, save_bundle
 from .core.pipeline import run_stages
@@ -45,9 +47,12 @@ from .core.validation import ValSet
 from .data.dataset import DatasetFolder
 
 __all__ = [
+    "TASKS",
     "choose_labeled",
     "choose_val",
     "evaluate_bundle",
+    "evaluate_instances",
+    "evaluate_instances_folder",
     "label_free_report",
     "load_images",
     "provenance",
@@ -55,6 +60,10 @@ __all__ = [
 ]
 
 Reporter = Callable[[Event], None]
+
+#: Tasks ``diffseg experiment`` runs: ``binary`` (masks/) and ``instances`` (instances/: the networks learn
+#: the 3-class target of :mod:`~napari_diffseg.core.instances`, scored as objects after the watershed).
+TASKS = ("binary", "instances")
 
 
 def choose_labeled(train_ids: Iterable[str], fraction: float, seed: int) -> list[str]:
@@ -172,6 +181,87 @@ def evaluate_bundle(
     return {**summarize(per_image), "per_image": per_image}
 
 
+def _instance_row(probs: np.ndarray, truth: np.ndarray, object_metrics: bool) -> tuple[dict, dict]:
+    """(pixel metrics of the objects' foreground, instance metrics) of one image's 3-class probabilities."""
+    pred = probs_to_instances(probs)
+    pixel = segmentation_metrics((pred > 0).astype(np.int64), (truth > 0).astype(np.int64), 2)
+    return pixel, instance_metrics(pred, truth, glas=object_metrics)
+
+
+def _instance_summary(rows: list[dict[str, Any]], objects: list[dict[str, Any]]) -> dict:
+    per_image = [{**r, **o} for r, o in zip(rows, objects, strict=True)]
+    return {**summarize(rows), **summarize_instances(objects), "per_image": per_image}
+
+
+def evaluate_instances(
+    bundle: ModelBundle,
+    images: list[torch.Tensor],
+    instances: list[np.ndarray],
+    ids: list[str],
+    preset: Preset,
+    *,
+    object_metrics: bool = False,
+) -> dict:
+    """Instance figures of the deployed networks: the 3-class probabilities → instances by the seeded
+    watershed, then per image AP at IoU 0.50...0.90, F1@0.5 (and with ``object_metrics`` the GlaS object
+    F1 / Dice / Hausdorff) against ``instances``, beside the foreground's pixel Dice / IoU / HD95
+    (``dice_mean``...: objects > 0 against true objects > 0); means over the images."""
+    rows: list[dict[str, Any]] = []
+    objects: list[dict[str, Any]] = []
+    nets = bundle.deployed()
+    for i, x, truth in zip(ids, images, instances, strict=True):
+        probs = predict_probs(
+            nets, x[None], multiple=bundle.spec.multiple, roi=preset.roi_size, sw_batch=preset.sw_batch_size
+        )
+        pixel, obj = _instance_row(probs[0].float().cpu().numpy(), truth, object_metrics)
+        rows.append({"id": i, **pixel})
+        objects.append(obj)
+    return _instance_summary(rows, objects)
+
+
+def evaluate_instances_folder(
+    model: str | Path,
+    dataset: str | Path,
+    *,
+    split: str = "test",
+    device: str = "auto",
+    object_metrics: bool | None = None,
+) -> dict:
+    """``diffseg evaluate`` of an instance model: :func:`evaluate_instances`'s figures on the dataset's
+    ``instances/`` (``object_metrics`` None: the GlaS object metrics when the dataset's folder name holds
+    "glas")."""
+    from .predict import load_model, predict_image, resolve_model
+
+    bundle, config = load_model(model, device)
+    ds = DatasetFolder(dataset)
+    ids = ds.ids if split == "all" else ds.ids_in_split(split)
+    ids = [i for i in ids if ds.has_instances(i)]
+    if not ids:
+        raise ConfigError(
+            f"{dataset} has no images with instances/ masks in split {split!r}; try --split all"
+        )
+    glas = _is_glas(dataset) if object_metrics is None else object_metrics
+    rows: list[dict[str, Any]] = []
+    objects: list[dict[str, Any]] = []
+    for i in ids:
+        pixel, obj = _instance_row(
+            predict_image(bundle, config, ds.load_image(i)), ds.load_instances(i), glas
+        )
+        rows.append({"id": i, **pixel})
+        objects.append(obj)
+    return {
+        "model": str(resolve_model(model)),
+        "dataset": str(dataset),
+        "split": split,
+        "task": "instances",
+        **_instance_summary(rows, objects),
+    }
+
+
+def _is_glas(dataset: str | Path) -> bool:
+    return "glas" in Path(dataset).resolve().name.lower()
+
+
 def teacher_report(
     bundle: ModelBundle,
     images: list[torch.Tensor],
@@ -187,6 +277,7 @@ def teacher_report(
     from scipy.stats import spearmanr
 
     diff = bundle.diffusion()
+    k = bundle.spec.num_classes
     out: dict[str, Any] = {"dice_per_round": [[] for _ in range(rounds)], "dice_s1": []}
     unc: dict[str, list[float]] = {"E": [], "E1": []}
     err: dict[str, list[float]] = {"E": [], "E1": []}
@@ -203,20 +294,20 @@ def teacher_report(
             bundle.mask_net, diff, x[None], cfg, torch.Generator().manual_seed(seed * 7919 + j), **kw
         )
         for r, m in enumerate(prop.round_masks):
-            out["dice_per_round"][r].append(segmentation_metrics(m[0].cpu().numpy(), y)["dice"])
+            out["dice_per_round"][r].append(segmentation_metrics(m[0].cpu().numpy(), y, k)["dice"])
         unc["E"].append(float(prop.uncertainty.mean()))
         err["E"].append(
-            1.0 - segmentation_metrics(prop.round_masks[preset.rounds - 1][0].cpu().numpy(), y)["dice"]
+            1.0 - segmentation_metrics(prop.round_masks[preset.rounds - 1][0].cpu().numpy(), y, k)["dice"]
         )
         pe1 = propose(
             bundle.mask_net, diff, x[None], cfg_e1, torch.Generator().manual_seed(seed * 7919 + j), **kw
         )
         unc["E1"].append(float(pe1.uncertainty.mean()))
-        err["E1"].append(1.0 - segmentation_metrics(pe1.mask[0].cpu().numpy(), y)["dice"])
+        err["E1"].append(1.0 - segmentation_metrics(pe1.mask[0].cpu().numpy(), y, k)["dice"])
         p1 = propose(
             bundle.mask_net, diff, x[None], cfg1, torch.Generator().manual_seed(seed * 7919 + j), **kw
         )
-        out["dice_s1"].append(segmentation_metrics(p1.mask[0].cpu().numpy(), y)["dice"])
+        out["dice_s1"].append(segmentation_metrics(p1.mask[0].cpu().numpy(), y, k)["dice"])
     return {
         "n_images": len(images),
         "ddim_steps": preset.ddim_steps,
@@ -319,6 +410,8 @@ def run_experiment(
     val_fraction: float = 0.2,
     overrides: dict[str, Any] | None = None,
     normalization: str = "dataset",
+    task: str = "binary",
+    object_metrics: bool | None = None,
 ) -> dict:
     """Train ``method`` on a seeded labeled subset of the train split, evaluate on ``test*``.
 
@@ -330,17 +423,37 @@ def run_experiment(
         normalization: ``dataset`` (default): statistics over the train split's images (labeled and
             unlabeled, never val or test), stored with the model; ``per_image``: each image by its own
             percentiles, the scheme of models saved before statistics existed (for comparisons).
+        task: ``binary`` (masks/) or ``instances`` (instances/: trained on the 3-class target through the
+            K-class path, post-processed to objects, and scored with ``ap_50``, ``ap_75``, ``f1_50``... beside
+            the foreground's ``dice_mean``; the result and the saved config say ``"task": "instances"``).
+        object_metrics: With ``instances``, also the GlaS object F1 / Dice / Hausdorff; None: when the
+            dataset's folder name holds "glas".
     """
     t0 = time.perf_counter()
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     pr = get_preset(preset) if isinstance(preset, str) else preset
     pr = pr.parse_overrides(overrides)
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    instances = task == "instances"
     dist_info = setup_from_env(device)  # under torchrun: one process per GPU (or CPU, gloo)
     dev = dist_info.device
     torch.manual_seed(seed)
     ds = DatasetFolder(dataset)
     all_train_ids, test_ids = ds.train_ids, ds.test_ids
+    has_truth = ds.has_instances if instances else ds.has_mask
+
+    def load_truth(i: str) -> np.ndarray:  # the class map the networks learn
+        return instances_to_target(ds.load_instances(i)).astype(np.int64) if instances else ds.load_mask(i)
+
+    if instances:
+        lacking = [i for i in [*all_train_ids, *test_ids] if not ds.has_instances(i)]
+        if lacking:
+            raise ConfigError(
+                f"--task instances reads instances/<id>.tif; {len(lacking)} image(s) have none "
+                f"(e.g. {lacking[:3]})"
+            )
     if not test_ids:
         raise ConfigError(
             f"{dataset} has no test images (split.csv split starting with 'test'); add some to evaluate"
@@ -348,7 +461,7 @@ def run_experiment(
     val_ids = ds.val_ids or choose_val(all_train_ids, val_fraction, seed)
     if val_fraction == 0:
         val_ids = []
-    missing = [i for i in val_ids if not ds.has_mask(i)]
+    missing = [i for i in val_ids if not has_truth(i)]
     if missing:
         raise ConfigError(f"validation images need masks; {missing[:3]} have none")
     train_ids = [i for i in all_train_ids if i not in set(val_ids)]
@@ -363,7 +476,7 @@ def run_experiment(
         else None
     )
     labeled_images = load_images(ds, labeled_ids, channels, norm)
-    labeled_masks = [torch.from_numpy(ds.load_mask(i)) for i in labeled_ids]
+    labeled_masks = [torch.from_numpy(load_truth(i)) for i in labeled_ids]
     unlabeled_images = load_images(ds, unlabeled_ids, channels, norm) if method != "supervised" else []
 
     def region(i: str) -> torch.Tensor | None:
@@ -372,20 +485,21 @@ def run_experiment(
 
     val = ValSet(
         load_images(ds, val_ids, channels, norm),
-        [torch.from_numpy(ds.load_mask(i)) for i in val_ids],
+        [torch.from_numpy(load_truth(i)) for i in val_ids],
         [region(i) for i in val_ids],
     )
     data = TrainData(labeled_images, labeled_masks, unlabeled_images=unlabeled_images, val=val)
-    spec = ModelSpec(method, channels, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
+    k = INSTANCE_CLASSES if instances else 2
+    spec = ModelSpec(method, channels, k, pr.student_channels, pr.teacher_channels, pr.emb_dim)
     bundle = ModelBundle(spec, seed=seed, normalization=norm).to(dev)
     extra: dict = {}
 
     def pretrain_check() -> None:
         """Label-free check of Stage A on train images with ground truth (never the test split)."""
-        gt_ids = [i for i in train_ids if ds.has_mask(i)][::teacher_eval_every]
+        gt_ids = [i for i in train_ids if has_truth(i)][::teacher_eval_every]
         if gt_ids:
             lf = label_free_report(
-                bundle, load_images(ds, gt_ids, channels, norm), [ds.load_mask(i) for i in gt_ids], pr
+                bundle, load_images(ds, gt_ids, channels, norm), [load_truth(i) for i in gt_ids], pr
             )
             extra["label_free"] = lf
             extra["pretrain_best_perm_dice"] = lf["teacher_dice"]  # the name older results used
@@ -428,9 +542,15 @@ def run_experiment(
             return {"rank": dist_info.rank, "note": "non-zero ranks do not evaluate"}
     # ---- final evaluation: the first time test images are read ----
     test_images = load_images(ds, test_ids, channels, norm)
-    test_masks = [ds.load_mask(i) for i in test_ids]
-    test_regions = [ds.load_region(i) for i in test_ids]
-    test = evaluate_bundle(bundle, test_images, test_masks, test_ids, pr, test_regions)
+    test_masks = [load_truth(i) for i in test_ids]
+    if instances:  # objects are scored on the whole image (a field of view would cut them)
+        test_regions: list[np.ndarray | None] = [None] * len(test_ids)
+        glas = _is_glas(dataset) if object_metrics is None else object_metrics
+        test_instances = [ds.load_instances(i) for i in test_ids]
+        test = evaluate_instances(bundle, test_images, test_instances, test_ids, pr, object_metrics=glas)
+    else:
+        test_regions = [ds.load_region(i) for i in test_ids]
+        test = evaluate_bundle(bundle, test_images, test_masks, test_ids, pr, test_regions)
     result = {
         "method": method,
         "labeled_fraction": labeled_fraction,
@@ -455,6 +575,8 @@ def run_experiment(
         "cpu_count": os.cpu_count(),
         "provenance": provenance(pr, dev, dist_info.world),
     }
+    if instances:  # binary results stay exactly as they were
+        result["task"] = task
     if len(bundle.deploy) > 1:  # one student against the pair (is the ensemble what helps?)
         one = bundle.nets[bundle.deploy[0]]
         probs = [
@@ -466,7 +588,9 @@ def run_experiment(
             p_, y_ = pred.cpu().numpy(), y
             if reg is not None:
                 p_, y_ = p_ * reg, y_ * reg
-            scores.append(segmentation_metrics(p_, y_, bundle.spec.num_classes)["dice"])
+            if instances:  # the foreground's Dice, as the pair's dice_mean
+                p_, y_ = (p_ > 0).astype(np.int64), (y_ > 0).astype(np.int64)
+            scores.append(segmentation_metrics(p_, y_, 2 if instances else bundle.spec.num_classes)["dice"])
         result["test_one_student"] = {"network": bundle.deploy[0], "dice_mean": float(np.mean(scores))}
     if method == "diffseg":
         if len(val):  # rounds, S and uncertainty are judged on validation images, never on test images
@@ -482,9 +606,10 @@ def run_experiment(
             )
     result.update(extra)
     if model_out is not None:
-        save_bundle(
-            bundle, model_out, extra={"preset": pr.to_dict(), "labeled_ids": labeled_ids}, metrics=test
-        )
+        extra_config: dict[str, Any] = {"preset": pr.to_dict(), "labeled_ids": labeled_ids}
+        if instances:
+            extra_config["task"] = task
+        save_bundle(bundle, model_out, extra=extra_config, metrics=test)
         result["model"] = str(model_out)
     result["seconds"] = time.perf_counter() - t0
     return result

@@ -5,6 +5,7 @@
     DATASET/
       images/<id>.{png,tif,tiff,jpg,jpeg,bmp}
       masks/<id>.{png,tif,tiff}          optional, same id
+      instances/<id>.{tif,tiff,png}      optional: object ids (0 = background), the instance task's truth
       fov/<id>.{png,tif,tiff}            optional: the area metrics are computed in (e.g. DRIVE's FOV)
       split.csv                          optional, header ``id,split`` (more columns allowed)
 
@@ -91,6 +92,9 @@ class DatasetFolder:
         fov_dir = self.root / "fov"
         fovs = _scan(fov_dir, MASK_EXTENSIONS, "field-of-view mask") if fov_dir.is_dir() else {}
         self._fovs = {i: p for i, p in fovs.items() if i in self._images}
+        inst_dir = self.root / "instances"
+        insts = _scan(inst_dir, MASK_EXTENSIONS, "instance mask") if inst_dir.is_dir() else {}
+        self._instances = {i: p for i, p in insts.items() if i in self._images}
         self.ids: list[str] = sorted(self._images)
         self._splits = self._read_splits()
 
@@ -206,6 +210,33 @@ class DatasetFolder:
     def has_mask(self, image_id: str) -> bool:
         """True if ``image_id`` has a mask file."""
         return self.mask_path(image_id) is not None
+
+    def has_instances(self, image_id: str) -> bool:
+        """True if ``image_id`` has an instance mask (``instances/<id>.tif``)."""
+        self._check_id(image_id)
+        return image_id in self._instances
+
+    def load_instances(self, image_id: str) -> np.ndarray:
+        """int64 ``(H, W)`` object ids of ``image_id`` (0 = background), checked to have the image's size.
+
+        Raises:
+            DataError: No instance mask for this id, a bad file, or a size that differs from the image's.
+        """
+        self._check_id(image_id)
+        path = self._instances.get(image_id)
+        if path is None:
+            raise DataError(
+                f"Dataset folder {self.root}: image {image_id!r} has no instance mask "
+                f"(expected instances/{image_id}.tif with one id per object)."
+            )
+        ids = read_mask(path, binary=False)
+        hw = read_image_shape(self._images[image_id])
+        if ids.shape != hw:
+            raise DataError(
+                f"Instance mask {path} is {ids.shape[0]}x{ids.shape[1]} but its image is {hw[0]}x{hw[1]} "
+                "(H x W); it must have the image's height and width."
+            )
+        return ids
 
     def load_region(self, image_id: str) -> np.ndarray | None:
         """Boolean ``(H, W)`` area to score ``image_id`` in (``fov/<id>.png``, e.g. DRIVE's field of view),

@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 
 from napari_diffseg.base.errors import ConfigError, DataError
 
-__all__ = ["KINDS", "make_sample", "make_sample_dataset"]
+__all__ = ["KINDS", "make_sample", "make_sample_dataset", "make_sample_instances"]
 
 KINDS: tuple[str, ...] = ("glands", "nuclei")
 _MIN_SIDE = 32
@@ -256,6 +256,12 @@ def _glands(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarra
 
 
 def _nuclei(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    image, ids = _nuclei_ids(rng, shape)
+    return image, (ids > 0).astype(np.uint8)
+
+
+def _nuclei_ids(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The nuclei image and each nucleus's own id (uint16; where two overlap, the later one's)."""
     h, w = shape
     scale = np.sqrt(h * w) / 256.0
     # clustered nuclei: cluster centres, then nuclei packed around them
@@ -277,7 +283,7 @@ def _nuclei(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarra
     texture = 0.5 * _smooth_noise(rng, shape, 1.5) + _smooth_noise(rng, shape, 6.0)
     h_conc = np.clip(0.08 + 0.04 * texture, 0.0, None)
     haze = np.zeros(shape)
-    mask = np.zeros(shape, dtype=bool)
+    ids = np.zeros(shape, dtype=np.uint16)
     nuclei = np.zeros(shape)
     for cy, cx, r in blobs_at:
         blob = _Blob(rng, cy, cx, r, elong=0.3, wobble=0.12)
@@ -286,7 +292,7 @@ def _nuclei(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarra
             continue
         depth = blob.depth(sl)
         inside = depth > 0
-        mask[sl] |= inside
+        ids[sl][inside] = ids.max() + 1
         haze[sl] = np.maximum(haze[sl], np.clip(1.0 + depth / (2.5 * r), 0, 1))
         pale = rng.random() < 0.25
         strength = rng.uniform(0.25, 0.4) if pale else rng.uniform(0.55, 1.0)
@@ -300,7 +306,7 @@ def _nuclei(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarra
     h_conc = np.maximum(h_conc, nuclei) + debris
     e_conc = 0.12 * h_conc + 0.04
     image = _render(rng, h_conc, e_conc, blur=rng.uniform(0.7, 1.4), od_scale=rng.uniform(1.1, 1.6))
-    return image, mask.astype(np.uint8)
+    return image, ids
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -333,6 +339,20 @@ def make_sample(
     return _glands(rng, (h, w)) if kind == "glands" else _nuclei(rng, (h, w))
 
 
+def make_sample_instances(
+    seed: int, size: tuple[int, int] = (256, 256), kind: str = "nuclei"
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`make_sample`'s image (the same for the same arguments) with uint16 object ids instead of
+    the binary mask: each nucleus its own id, or each gland's connected piece (``ids > 0`` is the mask)."""
+    if kind == "glands":
+        from skimage.measure import label
+
+        image, mask = make_sample(seed, size, kind)
+        return image, label(mask > 0, connectivity=1).astype(np.uint16)
+    make_sample(seed, size, kind)  # the same checks
+    return _nuclei_ids(np.random.default_rng(seed), (int(size[0]), int(size[1])))
+
+
 def make_sample_dataset(
     out_dir: str | os.PathLike[str],
     *,
@@ -341,8 +361,10 @@ def make_sample_dataset(
     size: tuple[int, int] = (256, 256),
     kind: str = "glands",
     seed: int = 0,
+    instances: bool = False,
 ) -> Path:
-    """Write a synthetic dataset folder: ``images/<id>.png``, ``masks/<id>.png`` and ``split.csv``.
+    """Write a synthetic dataset folder: ``images/<id>.png``, ``masks/<id>.png`` and ``split.csv`` (and
+    with ``instances``, ``instances/<id>.tif``: uint16 object ids, see :func:`make_sample_instances`).
 
     Ids are ``train_000``, ``train_001``... and ``test_000``...; their splits are ``train`` and ``test``.
 
@@ -356,7 +378,7 @@ def make_sample_dataset(
     import imageio.v3 as iio
 
     from napari_diffseg.base.fileio import atomic_write_bytes
-    from napari_diffseg.data.io import write_mask
+    from napari_diffseg.data.io import write_mask, write_tiff
 
     root = Path(out_dir)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -373,7 +395,12 @@ def make_sample_dataset(
         for i in range(count):
             image_id = f"{split}_{i:03d}"
             sub_seed = int(np.random.SeedSequence([seed, split_no, i]).generate_state(1)[0])
-            image, mask = make_sample(sub_seed, size=size, kind=kind)
+            if instances:
+                image, ids = make_sample_instances(sub_seed, size=size, kind=kind)
+                mask = (ids > 0).astype(np.uint8)
+                write_tiff(root / "instances" / f"{image_id}.tif", ids)
+            else:
+                image, mask = make_sample(sub_seed, size=size, kind=kind)
             atomic_write_bytes(
                 root / "images" / f"{image_id}.png", iio.imwrite("<bytes>", image, extension=".png")
             )
