@@ -92,3 +92,24 @@ def test_experiment_instances_needs_instances(synth_dataset: Path) -> None:
         run_experiment(
             synth_dataset, labeled_fraction=0.5, method="supervised", preset="tiny", task="semantic"
         )
+
+
+def test_cli_sample_data_experiment_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`diffseg sample-data --instances`, `diffseg experiment --task instances --json`, `diffseg evaluate`."""
+    from napari_diffseg.cli import main
+
+    ds = tmp_path / "ds"
+    args = ["sample-data", str(ds), "--kind", "nuclei", "--n-train", "5", "--n-test", "2", "--size", "64"]
+    assert main([*args, "--instances"]) == 0
+    assert len(list((ds / "instances").glob("*.tif"))) == 7
+    out = tmp_path / "run.json"
+    model = tmp_path / "model"
+    argv = ["experiment", str(ds), "-f", "0.5", "--method", "supervised", "--preset", "tiny", "--task"]
+    code = main([*argv, "instances", "--json", str(out), "--model-out", str(model), "-q", "--device", "cpu"])
+    assert code == 0
+    assert "AP@0.5" in capsys.readouterr().out
+    test = json.loads(out.read_text())["test"]
+    assert {"ap_50", "ap_75", "f1_50", "dice_mean"} <= set(test)
+    assert main(["evaluate", str(model), str(ds), "--json", "-", "--device", "cpu"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["task"] == "instances" and ev["ap_50"] == pytest.approx(test["ap_50"])

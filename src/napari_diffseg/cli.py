@@ -134,6 +134,13 @@ def experiment(
             "--set", metavar="KEY=VALUE", help="override a preset field (repeatable), e.g. pretrain_steps=0"
         ),
     ] = None,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="binary (masks/) | instances (instances/<id>.tif: trained on a background / interior / "
+            "boundary target, objects by a seeded watershed, AP@0.5...0.9 and F1@0.5 reported)"
+        ),
+    ] = "binary",
 ) -> None:
     """Train METHOD on a seeded labeled subset of the train split and evaluate on the test split."""
     overrides = _parse_set(set_ or [])
@@ -155,6 +162,7 @@ def experiment(
             report=bars,
             val_fraction=val_fraction,
             overrides=overrides,
+            task=task,
         )
     finally:
         bars.close()
@@ -163,11 +171,22 @@ def experiment(
     if json_out is not None:
         write_json(json_out, result)
     t = result["test"]
+    objects = _instance_line(t) if task == "instances" else ""
     typer.echo(
         f"{method} f={labeled_fraction} seed={seed} preset={preset}: test Dice {t['dice_mean']:.4f} ± "
-        f"{t['dice_std']:.4f}, IoU {t['iou_mean']:.4f}, HD95 {t['hd95_mean']:.1f} px "
+        f"{t['dice_std']:.4f}, IoU {t['iou_mean']:.4f}, HD95 {t['hd95_mean']:.1f} px{objects} "
         f"({result['n_labeled']} labeled, {result['seconds']:.0f} s on {result['device']})"
     )
+
+
+def _instance_line(t: dict) -> str:
+    line = f"; objects: AP@0.5 {t['ap_50']:.4f}, AP@0.75 {t['ap_75']:.4f}, F1@0.5 {t['f1_50']:.4f}"
+    if "object_f1" in t:
+        line += (
+            f", GlaS object F1 {t['object_f1']:.4f}, object Dice {t['object_dice']:.4f}, "
+            f"object Hausdorff {t['object_hausdorff']:.1f} px"
+        )
+    return line
 
 
 @app.command()
@@ -364,10 +383,14 @@ def evaluate(
     if warning:
         typer.echo(warning, err=True)
     _threads(threads)
-    from .experiment import write_json
+    from .experiment import evaluate_instances_folder, model_task, write_json
     from .predict import evaluate_folder
 
-    result = evaluate_folder(model, dataset, split=split, device=device)
+    instances = model_task(model) == "instances"
+    if instances:  # objects from the watershed, scored against the dataset's instances/
+        result = evaluate_instances_folder(model, dataset, split=split, device=device)
+    else:
+        result = evaluate_folder(model, dataset, split=split, device=device)
     if json_out is not None and str(json_out) == "-":
         typer.echo(json.dumps(result, indent=2))
         return
@@ -376,6 +399,7 @@ def evaluate(
     typer.echo(
         f"{result['n']} images ({split}): Dice {result['dice_mean']:.4f} ± {result['dice_std']:.4f}, "
         f"IoU {result['iou_mean']:.4f}, HD95 {result['hd95_mean']:.1f} px"
+        + (_instance_line(result) if instances else "")
     )
 
 
@@ -387,11 +411,16 @@ def sample_data(
     n_test: Annotated[int, typer.Option(help="test images")] = 8,
     size: Annotated[int, typer.Option(help="image side in pixels")] = 256,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    instances: Annotated[
+        bool, typer.Option("--instances", help="also write instances/<id>.tif, one id per object")
+    ] = False,
 ) -> None:
     """Write a synthetic dataset folder with ground truth (no network needed)."""
     from .data.synthetic import make_sample_dataset
 
-    path = make_sample_dataset(out, n_train=n_train, n_test=n_test, size=(size, size), kind=kind, seed=seed)
+    path = make_sample_dataset(
+        out, n_train=n_train, n_test=n_test, size=(size, size), kind=kind, seed=seed, instances=instances
+    )
     typer.echo(f"wrote {n_train} train + {n_test} test {kind} images with masks to {path}")
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "evaluate_instances_folder",
     "label_free_report",
     "load_images",
+    "model_task",
     "provenance",
     "run_experiment",
 ]
@@ -256,6 +257,20 @@ def evaluate_instances_folder(
         "task": "instances",
         **_instance_summary(rows, objects),
     }
+
+
+def model_task(model: str | Path) -> str:
+    """The task a model folder (or a project's active model) was trained for: ``config.json``'s ``task``,
+    ``binary`` when it names none (every model saved before instances existed)."""
+    from .core.checkpoint import CONFIG_FILE
+    from .predict import resolve_model
+
+    try:
+        header = json.loads((resolve_model(model) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return "binary"  # loading the model itself reports what is wrong with the folder
+    config = header.get("config", {}) if isinstance(header, dict) else {}
+    return str(config.get("task", "binary")) if isinstance(config, dict) else "binary"
 
 
 def _is_glas(dataset: str | Path) -> bool:
