@@ -265,3 +265,25 @@ def test_unmappable_and_too_large_files_get_one_clear_message(tmp_path: Path, ca
     assert main(["init", str(root)]) == 0
     assert main(["import", str(root), str(five)]) == 2
     assert "--axes" in capsys.readouterr().err
+
+
+def test_experiment_on_a_two_channel_dataset(tmp_path: Path) -> None:
+    from napari_diffseg.data.synthetic import make_sample
+
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    (ds / "masks").mkdir()
+    (ds / "split.csv").write_text(
+        "id,split\n" + "".join(f"n{i},{'test' if i >= 4 else 'train'}\n" for i in range(6))
+    )
+    for i in range(6):
+        img, mask = make_sample(i, (32, 32), kind="nuclei")
+        grey = img.mean(axis=-1).astype(np.uint8)
+        tifffile.imwrite(
+            ds / "images" / f"n{i}.tif", np.stack([grey, 255 - grey]), imagej=True, metadata={"axes": "CYX"}
+        )
+        tifffile.imwrite(ds / "masks" / f"n{i}.tif", mask)
+    out = tmp_path / "r.json"
+    args = ["experiment", str(ds), "--labeled-fraction", "0.5", "--method", "supervised", "--preset", "tiny"]
+    assert main([*args, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["test"]["n"] == 2

@@ -147,8 +147,22 @@ def load_images(
 
 
 def dataset_channels(ds: DatasetFolder, ids: Iterable[str]) -> int:
-    """3 if any image is colour, else 1."""
-    return 3 if any(ds.load_image(i).shape[0] == 3 for i in ids) else 1
+    """The dataset's channel count: its fluorescence channel count (2, 4, 5...; every image must have it),
+    else 3 if any image is colour, else 1 (grey images are repeated to RGB, as in a project).
+
+    Raises:
+        ConfigError: Images with different fluorescence channel counts.
+    """
+    counts = {int(ds.load_image(i).shape[0]) for i in ids}
+    odd = counts - {1, 3}
+    if odd:
+        if len(counts) > 1:
+            raise ConfigError(
+                f"the dataset's images have {', '.join(str(c) for c in sorted(counts))} channels; a model takes "
+                "one channel count: keep the images with the same count in one dataset folder."
+            )
+        return odd.pop()
+    return 3 if 3 in counts else 1
 
 
 def consume(events: Iterator[Event], report: Reporter | None) -> None:
