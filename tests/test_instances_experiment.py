@@ -113,3 +113,13 @@ def test_cli_sample_data_experiment_evaluate(tmp_path: Path, capsys: pytest.Capt
     assert main(["evaluate", str(model), str(ds), "--json", "-", "--device", "cpu"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["task"] == "instances" and ev["ap_50"] == pytest.approx(test["ap_50"])
+
+
+@pytest.mark.parametrize("method", ["cps", "mean-teacher"])
+def test_baselines_train_the_three_class_target(nuclei_instances: Path, method: str) -> None:
+    from napari_diffseg.experiment import run_experiment
+
+    result = run_experiment(
+        nuclei_instances, labeled_fraction=0.5, method=method, preset="tiny", device="cpu", task="instances"
+    )
+    assert result["task"] == "instances" and 0.0 <= result["test"]["ap_50"] <= 1.0
