@@ -113,6 +113,16 @@ def test_cli_sample_data_experiment_evaluate(tmp_path: Path, capsys: pytest.Capt
     assert main(["evaluate", str(model), str(ds), "--json", "-", "--device", "cpu"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["task"] == "instances" and ev["ap_50"] == pytest.approx(test["ap_50"])
+    # predict writes one id per object (uint16), the ids the evaluation scored
+    image = ds / "images" / "test_000.png"
+    assert (
+        main(["predict", str(model), str(image), "--out", str(tmp_path / "pred"), "--device", "cpu", "-q"])
+        == 0
+    )
+    ids = tifffile.imread(tmp_path / "pred" / "test_000.png.tif")
+    assert ids.dtype == np.uint16 and ids.shape == (64, 64)
+    row = next(r for r in ev["per_image"] if r["id"] == "test_000")
+    assert int(ids.max()) == len(np.unique(ids)) - 1 == row["n_pred"]
 
 
 @pytest.mark.parametrize("method", ["cps", "mean-teacher"])

@@ -223,7 +223,7 @@ def predict_files(
 
     Outputs in ``out`` for an image file ``NAME.EXT`` (names: :func:`output_names`, never shared by two
     inputs): ``NAME.EXT.tif``, the label image (uint8, uint16 beyond 255 classes; 0 = background, k =
-    class k); ``NAME.EXT.overlay.png`` with ``overlays``, the image with the labels tinted, for a person;
+    class k; an instance model's: one id per object, uint16, uint32 beyond 65,535 objects); ``NAME.EXT.overlay.png`` with ``overlays``, the image with the labels tinted, for a person;
     ``NAME.EXT.prob.tif`` with ``probabilities``, the foreground probabilities (K − 1, H, W) float32. An
     existing output is never replaced without ``overwrite`` (that input fails, naming the file). OME-Zarr
     options: see :func:`predict_ome_zarr`.
@@ -268,7 +268,12 @@ def predict_files(
                 )
             image = read_image(path)
             probs = predict_image(bundle, config, image)
-            labels_arr = probs.argmax(0).astype(np.uint8 if bundle.spec.num_classes <= 256 else np.uint16)
+            if config.get("task") == "instances":  # one id per object (core/instances.py), uint16/uint32
+                from .core.instances import probs_to_instances
+
+                labels_arr = probs_to_instances(probs)
+            else:
+                labels_arr = probs.argmax(0).astype(np.uint8 if bundle.spec.num_classes <= 256 else np.uint16)
             write_tiff(labels_file, labels_arr)
             if prob_file is not None:
                 write_tiff(prob_file, probs[1:].astype(np.float32))
@@ -362,6 +367,11 @@ def predict_ome_zarr(
         DataError: A bad OME-Zarr (see :func:`~napari_diffseg.data.ome_zarr.open_ome_zarr`), an existing
             output without ``overwrite``, a copy that would replace its source.
     """
+    if config.get("task") == "instances":  # the watershed needs the whole image, not rows of tiles
+        raise DataError(
+            f"{Path(path).name}: an instance model predicts image files for now, not OME-Zarr images; "
+            "export a region as TIFF"
+        )
     from .core.tiled import ChannelStats, image_stats, predict_rows
     from .data.ome_zarr import image_stem, open_ome_zarr
     from .data.ome_zarr_write import ImageWriter, LabelsWriter, copy_image
