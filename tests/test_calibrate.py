@@ -29,7 +29,7 @@ def test_a_failed_measurement_leaves_the_speed_unknown(tmp_path: Path) -> None:
     bad = tmp_path / "python-that-fails"
     bad.write_text("#!/bin/sh\necho boom >&2\nexit 3\n")
     bad.chmod(0o755)
-    cal = Calibration(python=str(bad))
+    cal = Calibration(python=str(bad), delay_s=0.0)
     cal.start()
     assert cal.wait(30) is None and not cal.running
     assert cal.detail == {"error": "boom"}
@@ -38,6 +38,7 @@ def test_a_failed_measurement_leaves_the_speed_unknown(tmp_path: Path) -> None:
 def test_health_reports_the_speed_measured_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Project.create(tmp_path / "p").close()
     monkeypatch.setenv("DIFFSEG_CALIBRATE", "1")
+    monkeypatch.setenv("DIFFSEG_CALIBRATE_DELAY", "0.5")
     srv = Server(tmp_path / "p").start()
     try:
         seen: list[dict[str, Any]] = []
@@ -51,6 +52,12 @@ def test_health_reports_the_speed_measured_at_start(tmp_path: Path, monkeypatch:
         assert seen[-1]["speed"] > 0 and seen[-1]["calibrating"] is False
     finally:
         srv.stop()
+
+
+def test_skipped_while_a_job_runs() -> None:
+    cal = Calibration(delay_s=0.0, busy=lambda: True)
+    cal.start()
+    assert cal.wait(30) is None and cal.detail == {"skipped": "a job was running"}
 
 
 def test_switched_off_it_says_so_at_once(tmp_path: Path) -> None:

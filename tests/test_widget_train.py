@@ -417,6 +417,7 @@ def test_the_first_estimate_uses_the_speed_the_backend_measured_at_start(
     """Before any job has run, the cost line is at the backend's own measured speed, and says so."""
     root = make_project(tmp_path / "proj", n_train=2, size=64, annotate=0)
     monkeypatch.setenv("DIFFSEG_CALIBRATE", "1")
+    monkeypatch.setenv("DIFFSEG_CALIBRATE_DELAY", "0.5")
     with Server(root) as srv:
         widget = _train_widget(make_napari_viewer, srv.url)
         assert widget.kind.currentText() == "pretrain"

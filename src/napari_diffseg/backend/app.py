@@ -133,7 +133,8 @@ def create_app(
             (DNS-rebinding protection); None allows any.
         calibrate: Measure this machine's speed at start (:mod:`~napari_diffseg.backend.calibrate`, a
             child process of a few seconds) for ``GET /health``'s ``speed``; None: unless the environment
-            sets ``DIFFSEG_CALIBRATE=0``. Never when ``run_jobs`` is False (jobs run elsewhere).
+            sets ``DIFFSEG_CALIBRATE=0``. Never when ``run_jobs`` is False (jobs run elsewhere). It starts
+            ``DIFFSEG_CALIBRATE_DELAY`` seconds (default 10) after the backend, and is skipped while a job runs.
 
     Raises:
         DataError: ``root`` is not a project.
@@ -149,7 +150,13 @@ def create_app(
     manager = JobManager(path, cancel_grace_s=cancel_grace_s, run_jobs=run_jobs)
     if calibrate is None:
         calibrate = os.environ.get("DIFFSEG_CALIBRATE", "1") != "0"
-    calibration = Calibration() if calibrate and run_jobs else None
+    calibration = (
+        Calibration(
+            delay_s=float(os.environ.get("DIFFSEG_CALIBRATE_DELAY", "10")), busy=lambda: manager.running > 0
+        )
+        if calibrate and run_jobs
+        else None
+    )
     state = BackendState(settings, manager, calibration)
 
     @contextlib.asynccontextmanager

@@ -26,7 +26,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Calibration", "main", "measure"]
@@ -92,10 +93,17 @@ class Calibration:
     python: str = sys.executable
     device: str = "auto"
     timeout_s: float = 300.0
+    delay_s: float = 10.0
+    """Seconds to wait before measuring: a backend's first seconds are its client's busiest (napari starting,
+    images being imported), and a measurement then would promise a slower machine than the jobs meet."""
+    busy: Callable[[], bool] | None = None
+    """True while a job runs: the measurement is then skipped (it would measure the job's load and slow the
+    job down; the job's own speed serves the next estimate)."""
     speed: float | None = None
     detail: dict[str, Any] | None = None
     _thread: threading.Thread | None = None
     _proc: subprocess.Popen[str] | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         """Measure in the background (a daemon thread waits for the child)."""
@@ -114,16 +122,24 @@ class Calibration:
         return self.speed
 
     def stop(self) -> None:
+        self._stop.set()
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.kill()
 
     def _run(self) -> None:
+        if self._stop.wait(self.delay_s):
+            return
+        if self.busy is not None and self.busy():
+            self.detail = {"skipped": "a job was running"}
+            return
         cmd = [self.python, "-m", __name__, "--device", self.device]
         try:
             self._proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
             )
+            if self._stop.is_set():
+                self._proc.kill()
             out, err = self._proc.communicate(timeout=self.timeout_s)
             if self._proc.returncode != 0:
                 raise RuntimeError(
