@@ -167,3 +167,8 @@ def test_overlay_tints_each_class_and_shows_fluorescence_as_grey() -> None:
     assert rgb.shape == (20, 20, 3) and rgb.dtype == np.uint8
     assert tuple(rgb[0, 0]) == (0, 0, 0) and rgb[0, 19, 0] == rgb[0, 19, 1] == rgb[0, 19, 2] > 0  # grey
     assert rgb[4, 4, 2] > rgb[4, 4, 0] and rgb[14, 14, 0] > rgb[14, 14, 2]  # class 1 blue, class 2 orange
+    # an instance model's ids: touching objects keep a visible border between them
+    ids = np.zeros((20, 20), np.uint16)
+    ids[5:15, 2:10], ids[5:15, 10:18] = 7, 300
+    inst = overlay_rgb(img, ids)
+    assert not np.array_equal(inst[10, 9], inst[10, 7]) and not np.array_equal(inst[10, 10], inst[10, 12])

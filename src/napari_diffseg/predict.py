@@ -183,21 +183,26 @@ _CLASS_COLOURS = np.array(
 
 def overlay_rgb(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """A raw ``(C, H, W)`` image, contrast-stretched to 8 bit (3 channels as colour, else the channels' mean
-    as grey), with each class of ``labels`` ``(H, W)`` tinted in its colour and outlined → ``(H, W, 3)``
-    uint8: a mask a person can look at (a 0/1 label image looks black in every viewer)."""
+    as grey), with each class (or object id) of ``labels`` ``(H, W)`` tinted in its colour and outlined →
+    ``(H, W, 3)`` uint8: a mask a person can look at (a 0/1 label image looks black in every viewer)."""
     chw = np.asarray(image, np.float32)
     grey_or_rgb = chw if chw.shape[0] == 3 else chw.mean(axis=0, keepdims=True)
     lo, hi = np.percentile(grey_or_rgb, [0.5, 99.5])
     scaled = np.clip((grey_or_rgb - lo) / max(float(hi - lo), 1e-6) * 255, 0, 255)
     rgb = np.moveaxis(np.repeat(scaled, 3, axis=0) if scaled.shape[0] == 1 else scaled, 0, -1)
-    for k in range(1, int(labels.max(initial=0)) + 1):
-        mask = labels == k
-        if not mask.any():
-            continue
-        colour = _CLASS_COLOURS[(k - 1) % len(_CLASS_COLOURS)]
-        rgb[mask] = 0.55 * rgb[mask] + 0.45 * colour
-        inner = np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
-        rgb[mask & ~inner] = colour
+    lab = np.asarray(labels)
+    fg = lab > 0
+    if fg.any():  # vectorised: as cheap for 10,000 objects of an instance model as for one class
+        colour = _CLASS_COLOURS[(lab[fg].astype(np.int64) - 1) % len(_CLASS_COLOURS)]
+        rgb[fg] = 0.55 * rgb[fg] + 0.45 * colour
+        same = (
+            (np.roll(lab, 1, 0) == lab)
+            & (np.roll(lab, -1, 0) == lab)
+            & (np.roll(lab, 1, 1) == lab)
+            & (np.roll(lab, -1, 1) == lab)
+        )
+        edge = fg & ~same  # each object's (or class region's) outline
+        rgb[edge] = _CLASS_COLOURS[(lab[edge].astype(np.int64) - 1) % len(_CLASS_COLOURS)]
     return rgb.astype(np.uint8)
 
 
