@@ -258,3 +258,40 @@ def test_real_sparse_field_with_a_small_model() -> None:
     print(f"sparse Dice {dice:.3f}, empty {100 * empty.mean():.3f} %")
     assert dice >= 0.8, f"sparse field Dice {dice:.3f}"
     assert empty.mean() < 0.005, f"empty field {100 * empty.mean():.2f} % foreground"
+
+
+def test_tile_by_tile_ome_zarr_uses_the_model_statistics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OME-Zarr predicted row band by row band streams no image statistics when the model has its own,
+    and gives the in-memory prediction."""
+    pytest.importorskip("zarr")
+    import napari_diffseg.core.tiled as tiled_mod
+    import napari_diffseg.predict as predict_mod
+    from napari_diffseg.data.ome_zarr import open_ome_zarr
+    from napari_diffseg.data.ome_zarr_write import write_ome_zarr
+    from napari_diffseg.predict import load_model, predict_files, predict_image
+
+    pr = get_preset("tiny")
+    spec = ModelSpec("cps", 1, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
+    model = save_bundle(
+        ModelBundle(spec, seed=4, normalization=Normalization((12.0,), (150.0,))),
+        tmp_path / "m",
+        extra={"preset": pr.to_dict()},
+    )
+    monkeypatch.setattr(predict_mod, "IN_MEMORY_PIXELS", 1000)  # the tiled path on a small image
+
+    def no_streaming(*_args, **_kwargs):
+        raise AssertionError("image statistics streamed for a model that has its own")
+
+    monkeypatch.setattr(tiled_mod, "image_stats", no_streaming)
+    calls: list[int] = []
+    real_rows = tiled_mod.predict_rows
+    monkeypatch.setattr(tiled_mod, "predict_rows", lambda *a, **k: calls.append(1) or real_rows(*a, **k))
+    img = np.concatenate([_field(4, 9, size=150)[0], _field(0, 10, size=150)[0]], axis=2)  # (1, 150, 300)
+    src = write_ome_zarr(tmp_path / "f.ome.zarr", img, levels=1, chunk=64)
+    report = predict_files(model, [src], tmp_path / "out", device="cpu")
+    assert report.failed == [] and len(report.written) == 1 and calls == [1]
+    bundle, config = load_model(model, "cpu")
+    ref = predict_image(bundle, config, img).argmax(0)
+    np.testing.assert_array_equal(open_ome_zarr(report.written[0]).read()[0], ref)
