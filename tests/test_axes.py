@@ -14,6 +14,7 @@ import tifffile
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.base.formats import tiff_bytes
 from napari_diffseg.cli import main
+from napari_diffseg.data.imagefile import to_zchw
 from napari_diffseg.data.io import check_axes, read_image_file, split_frames, to_chw
 from napari_diffseg.project import Project
 from napari_diffseg.project._util import content_id
@@ -47,6 +48,7 @@ def test_plain_tiff_rules_and_override(tmp_path: Path) -> None:
         read_image_file(two, axes="TZYX")
     with pytest.raises(DataError, match=r"z-stack \(axes ZYX"):
         to_chw(z)
+    assert to_zchw(z).shape == (2, 1, 32, 40)  # a z-stack is (Z, C, Y, X), planes kept in order
     frames = split_frames(read_image_file(two, axes="TYX")[0])
     assert [f.name for f in frames] == ["two-t000", "two-t001"] and frames[1].axes == "YX"
     # ImageJ hyperstack TCYX: axes from the metadata, never guessed
@@ -93,12 +95,16 @@ def test_axes_override_on_cli_import_and_init(tmp_path: Path, capsys) -> None:
     assert sorted(p.name for p in (root / "images").iterdir()) == before
     assert main(["import", str(root), str(stack), "--axes", "QYX"]) == 2
     assert "not a valid axes string" in capsys.readouterr().err
-    # a z-stack is refused with its axes and how to override them
+    # a z-stack is one 3D image, its axes and shape as read; --axes TYX makes it six images instead
     fresh = tmp_path / "q"
     assert main(["init", str(fresh)]) == 0
-    assert main(["import", str(fresh), str(stack)]) == 2
-    err = capsys.readouterr().err
-    assert "axes ZYX" in err and "not yet supported for training" in err and "--axes" in err
+    assert main(["import", str(fresh), str(stack)]) == 0
+    assert "taken as Z (ZYX)" in capsys.readouterr().err
+    assert main(["images", str(fresh), "--json"]) == 0
+    (rec,) = json.loads(capsys.readouterr().out)
+    assert (rec["axes"], rec["shape"], rec["plane"]) == ("ZYX", [6, 32, 40], None)
+    fresh = tmp_path / "r"
+    assert main(["init", str(fresh)]) == 0
     assert main(["import", str(fresh), str(stack), "--axes", "TYX"]) == 0
     capsys.readouterr()
     assert main(["images", str(fresh), "--json"]) == 0
@@ -225,8 +231,7 @@ def test_upload_takes_axes_with_the_rules_and_limits_of_import(tmp_path: Path) -
     tiff = {"Content-Type": "image/tiff"}
     with TestClient(create_app(tmp_path / "p", run_jobs=False), base_url="http://127.0.0.1") as http:
         url = "/api/v1/images"
-        r = http.post(url, params={"name": "z", "axes": "ZYX"}, content=plain.getvalue(), headers=tiff)
-        assert r.status_code == 422 and "z-stack (axes ZYX" in r.json()["detail"]
+        # (an upload with axes ZYX is a z-stack, accepted: tests/test_zstack.py)
         r = http.post(url, params={"name": "t", "axes": "TYX"}, content=plain.getvalue(), headers=tiff)
         assert r.status_code == 422 and "2 time points" in r.json()["detail"]
         r = http.post(url, params={"name": "q", "axes": "QYX"}, content=plain.getvalue(), headers=tiff)

@@ -57,9 +57,11 @@ def test_imagej_zstack_is_zyx_never_colour(planes: int, root: Path, capsys) -> N
     read = _one(path)
     assert (read.axes, read.shape, read.dtype, read.rgb) == ("ZYX", (planes, 128, 160), np.uint16, False)
     assert read.pixel_size == pytest.approx((0.26, 0.26)) and read.z_spacing == pytest.approx(0.29)
-    rc, err = _import(capsys, root, str(path))  # training is 2D for now: refused, naming the axes
-    assert rc == 2 and "z-stack (axes ZYX" in err and "not yet supported" in err
-    assert Project.open(root).counts()["images"] == 0
+    assert _import(capsys, root, str(path))[0] == 0  # one 3D image, Z kept as is
+    (image,) = _images_json(capsys, root).values()
+    assert (image["axes"], image["shape"]) == ("ZYX", [planes, 128, 160])
+    with Project.open(root) as proj:
+        np.testing.assert_array_equal(proj.load_image(image["id"]), read.data[:, np.newaxis])
 
 
 def test_imagej_timelapse_is_tyx_and_imports_one_image_per_frame(root: Path, capsys) -> None:
@@ -74,7 +76,9 @@ def test_imagej_timelapse_is_tyx_and_imports_one_image_per_frame(root: Path, cap
         np.testing.assert_array_equal(proj.load_image("imagej_timelapse_3-t002")[0], read.data[2])
 
 
-def test_multipage_plain_reads_every_page_and_states_its_assumption(root: Path, capsys) -> None:
+def test_multipage_plain_reads_every_page_and_states_its_assumption(
+    root: Path, tmp_path: Path, capsys
+) -> None:
     path = CASES / "multipage_plain" / "multipage_plain.tif"
     read = _one(path)
     assert (read.axes, read.shape) == ("ZYX", (6, 128, 160)) and read.ambiguous
@@ -83,6 +87,11 @@ def test_multipage_plain_reads_every_page_and_states_its_assumption(root: Path, 
     rc, err = _import(capsys, root, str(path), "--axes", "TYX")
     assert rc == 0 and "axes TYX as given" in err
     assert len(_images_json(capsys, root)) == 6
+    Project.create(tmp_path / "z").close()  # as read: one z-stack of every page, the assumption said
+    rc, err = _import(capsys, tmp_path / "z", str(path))
+    assert rc == 0 and "taken as Z (ZYX)" in err
+    (image,) = _images_json(capsys, tmp_path / "z").values()
+    assert (image["axes"], image["shape"]) == ("ZYX", [6, 128, 160])
 
 
 def test_ome_two_series_gives_two_images(root: Path, capsys) -> None:
@@ -130,8 +139,10 @@ def test_plain_3yx_states_its_assumption_and_is_overridable(root: Path, capsys) 
     assert (_one(path, axes="CYX").axes, _one(path, axes="CYX").rgb) == ("CYX", False)
     rc, err = _import(capsys, root, str(path))
     assert rc == 0 and "taken as 3 channels (CYX)" in err
-    rc, err = _import(capsys, root, str(path), "--axes", "ZYX")
-    assert rc == 2 and "axes ZYX" in err
+    rc, err = _import(capsys, root, str(path), "--axes", "ZYX")  # the same pages as a z-stack: one 3D image
+    assert rc == 0 and "axes ZYX as given" in err
+    shapes = sorted((r["axes"], r["shape"]) for r in _images_json(capsys, root).values())
+    assert shapes == [("CYX", [3, 192, 128]), ("ZYX", [3, 192, 128])]
     rc, err = _import(capsys, root, str(path), "--axes", "YXZ")  # wrong letters for this file: refused
     assert rc == 2 and "pixels" in err
 

@@ -42,7 +42,17 @@ def test_init_import_correct_check_images(capsys, dataset: Path, tmp_path: Path)
     rc, out, _ = _run(capsys, "images", str(proj), "--json")
     listed = json.loads(out)
     assert rc == 0 and len(listed) == 6
-    assert set(listed[0]) == {"id", "name", "state", "uncertainty", "split"}
+    assert set(listed[0]) == {
+        "id",
+        "name",
+        "state",
+        "uncertainty",
+        "split",
+        "axes",
+        "shape",
+        "channel_names",
+        "plane",
+    }
     assert {r["split"] for r in listed} == {"train", "test"}
     rc, out, _ = _run(capsys, "images", str(proj), "--split", "test")
     assert rc == 0 and "test_000" in out and "train_000" not in out

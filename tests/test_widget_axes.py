@@ -61,18 +61,18 @@ def test_import_files_with_the_axes_choice(widget, qtbot, tmp_path, monkeypatch,
     stack = tmp_path / "movie.tif"
     rng = np.random.default_rng(0)
     tifffile.imwrite(stack, rng.integers(0, 4000, (6, 32, 40), dtype=np.uint16), metadata=None)
-    # auto: six plain pages are a z-stack, which training does not take yet: refused with the reason
+    # auto: six plain pages are a z-stack: one 3D image (ZYX)
     widget.import_files([str(stack)])
-    qtbot.waitUntil(lambda: any("Not imported" in m for m in messages["warning"]), timeout=WAIT_MS)
-    assert "z-stack (axes ZYX" in messages["warning"][-1]
+    qtbot.waitUntil(lambda: widget.table.rowCount() == 1, timeout=WAIT_MS)
     # TYX: one image per time point
     widget.axes.setCurrentIndex(widget.axes.findData("TYX"))
     widget.import_files([str(stack)])
-    qtbot.waitUntil(lambda: widget.table.rowCount() == 6, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: widget.table.rowCount() == 7, timeout=WAIT_MS)
     with DiffsegClient(widget.session.client.base_url) as client:
         images = client.images()
-    assert [i.name for i in images] == [f"movie-t00{k}" for k in range(6)]
-    assert all(i.axes == "YX" and i.shape == [32, 40] for i in images)
+    assert [i.name for i in images] == ["movie", *(f"movie-t00{k}" for k in range(6))]
+    assert (images[0].axes, images[0].shape) == ("ZYX", [6, 32, 40])
+    assert all(i.axes == "YX" and i.shape == [32, 40] for i in images[1:])
 
 
 @pytest.mark.skipif(not (CASES / "README.md").is_file(), reason="../shared/cases is absent")

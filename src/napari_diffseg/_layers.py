@@ -15,6 +15,8 @@ def to_display(pixels: np.ndarray, axes: str | None = None) -> tuple[np.ndarray,
     ``CYX`` fluorescence channels. Stored images never hold alpha, so 4 channels are fluorescence.
     """
     arr = np.asarray(pixels)
+    if arr.ndim == 4 and arr.shape[1] == 1:  # a grey z-stack (Z, 1, H, W): a Z slider
+        return arr[:, 0], False
     if arr.ndim == 2:
         return arr, False
     if arr.ndim == 3 and arr.shape[0] == 1:

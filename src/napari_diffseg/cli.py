@@ -694,17 +694,36 @@ def correct(
         bool, typer.Option("--multiclass", help="keep mask label values instead of mapping >0 to 1")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the new version as JSON")] = False,
+    planes: Annotated[
+        str | None,
+        typer.Option(
+            help="z-stack only: the planes the mask annotates, e.g. 0,2 (default: every plane holding a label)"
+        ),
+    ] = None,
 ) -> None:
-    """Save a mask file as a new annotation version of an image (what the plugin's save does)."""
-    from .data.io import read_mask
+    """Save a mask file as a new annotation version of an image (what the plugin's save does).
+
+    A z-stack's mask is a (Z, H, W) TIFF; only its annotated planes are trained on as labelled."""
+    from .base.errors import DataError
+    from .data.io import read_mask, read_mask_stack
     from .project import Project
 
-    mask = read_mask(mask_file, binary=not multiclass)
+    chosen: list[int] | None = None
+    if planes is not None:
+        try:
+            chosen = [int(z) for z in planes.split(",") if z.strip()]
+        except ValueError as exc:
+            raise DataError(f"--planes {planes!r}: give plane indices separated by commas, e.g. 0,2") from exc
     with Project.open(project) as proj:
         rec = proj.image(image)
+        if rec.is_stack:
+            shape = (rec.planes, rec.height, rec.width)
+            mask = read_mask_stack(mask_file, shape, binary=not multiclass)
+        else:
+            mask = read_mask(mask_file, binary=not multiclass)
         base = replaces if replaces is not None else proj.latest_version(rec.id)
         version = proj.save_annotation(
-            rec.id, mask, kind=kind, replaces=base, proposal_id=proposal, author=author
+            rec.id, mask, kind=kind, replaces=base, proposal_id=proposal, author=author, planes=chosen
         )
         ann = proj.annotation(rec.id, version)
     if as_json:
@@ -746,7 +765,8 @@ def images_(
     split: Annotated[str | None, typer.Option(help="only images in this split")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the list as JSON")] = False,
 ) -> None:
-    """List a project's images: id, name, state, uncertainty, split (--json adds axes, shape, channel names)."""
+    """List a project's images: id, name, state, uncertainty, split (--json adds axes, shape, channel names
+    and, for a z-stack, its most uncertain plane)."""
     from .project import Project
 
     with Project.open(project) as proj:
@@ -763,6 +783,7 @@ def images_(
                     "axes": r.axes,
                     "shape": list(r.shape),
                     "channel_names": list(r.channel_names),
+                    "plane": r.plane,
                 }
                 for r in records
             ]

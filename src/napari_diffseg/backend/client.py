@@ -284,8 +284,12 @@ class DiffsegClient:
         kind: str = "correction",
         proposal_id: int | None = None,
         author: str = "",
+        planes: list[int] | None = None,
     ) -> SavedAnnotation:
         """Save a new annotation version; returns it (``.version``, ``.annotation``).
+
+        A z-stack's mask is ``(Z, H, W)``; ``planes`` names the planes it annotates (None: those holding a
+        labelled pixel).
 
         Raises:
             StaleAnnotation: ``replaces`` is not the latest version any more (``.current`` says which is).
@@ -296,6 +300,8 @@ class DiffsegClient:
             params["replaces"] = int(replaces)
         if proposal_id is not None:
             params["proposal_id"] = int(proposal_id)
+        if planes is not None:
+            params["planes"] = [int(z) for z in planes]
         return self._one(
             SavedAnnotation,
             "POST",

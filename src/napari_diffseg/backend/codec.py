@@ -246,16 +246,16 @@ def decode_mask(
     """Decode an uploaded label mask (``.npy``, TIFF or PNG); labels are kept (not binarised).
 
     Raises:
-        DataError: An empty, corrupt or truncated body, not 2D, negative / non-integer / NaN values, or more
-            than ``max_pixels``.
+        DataError: An empty, corrupt or truncated body, not 2D (a z-stack's ``.npy``: 3D), negative /
+            non-integer / NaN values, or more than ``max_pixels``.
     """
     if not data:
         raise DataError(f"{what} is empty (0 bytes); send the mask in the request body.")
     _check_kind(data, media_type, what)
     if media_type == NPY:
         shape, _dtype, _f, _o = npy_header(data, what)
-        if len(shape) != 2:
-            raise DataError(f"{what} must be 2D (H, W), got shape {shape}.")
+        if len(shape) not in (2, 3):
+            raise DataError(f"{what} must be 2D (H, W), or a z-stack's 3D (Z, H, W), got shape {shape}.")
         return from_npy(data, what, max_elements=max_pixels)
     from napari_diffseg.data.io import read_mask
 

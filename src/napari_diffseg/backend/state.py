@@ -95,11 +95,13 @@ class ProposalCache:
         if found is None:
             raise ApiError(404, "the proposal disappeared while it was read; fetch it again.", "no_proposal")
         prop, probs, unc = found  # the model may have proposed again since: cache what is there now
-        if probs.shape[0] == 1:
-            mask = probs[0] >= 0.5
+        k_axis = probs.ndim - 3  # a z-stack's probabilities are (Z, K, H, W)
+        k = probs.shape[k_axis]
+        if k == 1:
+            mask = np.take(probs, 0, axis=k_axis) >= 0.5
         else:
-            mask = np.argmax(probs, axis=0)
-        labels = mask.astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
+            mask = np.argmax(probs, axis=k_axis)
+        labels = mask.astype(np.uint8 if k <= 256 else np.uint16)
         arrays = {"probs": probs.astype(np.float32), "uncertainty": unc.astype(np.float32), "mask": labels}
         self.folder.mkdir(parents=True, exist_ok=True)
         for stale in self.folder.glob(f"{prop.id}-*.npy"):

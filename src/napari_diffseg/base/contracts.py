@@ -211,13 +211,19 @@ class Image(_Out):
     axes: str = Field(
         default="",
         description="The image's axes as read: letters from TZCYX in storage order (YX grey, YXC RGB, CYX "
-        "fluorescence channels); the stored pixels are always (C, H, W).",
+        "fluorescence channels, ZYX / ZCYX a z-stack); the stored pixels are (C, H, W), a z-stack's "
+        "(Z, C, H, W).",
     )
     shape: list[int] = Field(
         default_factory=list, description="The image's shape, one entry per axes letter."
     )
     channel_names: list[str] = Field(
         default_factory=list, description="Channel names from the file's metadata (empty: none)."
+    )
+    plane: int | None = Field(
+        default=None,
+        description="A z-stack's most uncertain plane in its latest proposal (the one to look at first); "
+        "None for a 2D image or before any proposal.",
     )
 
 
@@ -252,6 +258,10 @@ class Annotation(_Out):
     labels: int
     file_sha256: str
     created_at: float
+    planes: list[int] | None = Field(
+        default=None,
+        description="A z-stack's annotated planes (trained on as labelled); None for a 2D image.",
+    )
 
 
 class SavedAnnotation(_Out):
@@ -273,6 +283,11 @@ class Proposal(_Out):
     uncertainty: float
     file_sha256: str
     created_at: float
+    plane: int | None = Field(
+        default=None,
+        description="A z-stack's plane of highest mean uncertainty (None for a 2D image); the proposal's "
+        "uncertainty is that plane's mean.",
+    )
 
 
 # ------------------------------------------------------------------------------------------ events

@@ -38,6 +38,7 @@ __all__ = [
     "read_image_file",
     "split_frames",
     "to_chw",
+    "to_zchw",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -495,13 +496,30 @@ def to_chw(read: ImageRead) -> np.ndarray:
     if extra:
         kind = "a z-stack" if "Z" in extra else "a time-lapse"
         raise DataError(
-            f"Cannot use image {read.path}: {read.name} is {kind} (axes {read.axes}, shape {read.shape}); "
-            "z-stacks are not yet supported for training: import single planes (or a projection) as 2D "
-            "images. If the planes are really channels or time points, pass --axes "
+            f"Cannot use image {read.path}: {read.name} is {kind} (axes {read.axes}, shape {read.shape}) "
+            "where one 2D image is expected: read it as a stack (to_zchw; `diffseg import` and `predict` do) "
+            "or split it into planes. If the planes are really channels or time points, pass --axes "
             f"{read.axes.replace('Z', 'C')} or --axes {read.axes.replace('Z', 'T')}."
         )
     order = [read.axes.index(a) for a in "CYX" if a in read.axes]
     arr = np.transpose(read.data, order)
     if "C" not in read.axes:
         arr = arr[np.newaxis]
+    return np.ascontiguousarray(arr)
+
+
+def to_zchw(read: ImageRead) -> np.ndarray:
+    """The pixels of a z-stack (axes ZYX, ZCYX or another order of Z, C, Y, X) as ``(Z, C, Y, X)``.
+
+    Raises:
+        DataError: The image has no Z axis, or a T axis (split time points first: :func:`split_frames`).
+    """
+    if "Z" not in read.axes or "T" in read.axes:
+        raise DataError(
+            f"Cannot use image {read.path}: {read.name} (axes {read.axes}) is not a z-stack of one time point."
+        )
+    order = [read.axes.index(a) for a in "ZCYX" if a in read.axes]
+    arr = np.transpose(read.data, order)
+    if "C" not in read.axes:
+        arr = arr[:, np.newaxis]
     return np.ascontiguousarray(arr)

@@ -34,6 +34,7 @@ from napari_diffseg.data.imagefile import (
     read_image_file,
     split_frames,
     to_chw,
+    to_zchw,
 )
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "read_image_file",
     "read_image_shape",
     "read_mask",
+    "read_mask_stack",
     "split_frames",
     "to_chw",
     "write_mask",
@@ -278,8 +280,11 @@ def read_image_raw(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
     return arr
 
 
-def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, stacks: bool = False) -> np.ndarray:
     """Read a 2D image as raw float32 intensities of shape ``(C, H, W)``.
+
+    With ``stacks``, a z-stack (axes with Z, no T) is read too, as ``(Z, C, H, W)`` (its voxels within
+    ``max_pixels``); without, it is refused with what to do.
 
     Read with its axes by :func:`read_image_file`: grey, RGB (EXIF orientation applied, CMYK converted,
     alpha dropped, grey RGBA as one channel) or any number of fluorescence channels, kept whole; a z-stack,
@@ -301,7 +306,17 @@ def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
             f"Cannot use image {p}: it holds {len(reads)} images (series); import it into a project "
             "(`diffseg import` takes every series) or save each series as its own file."
         )
-    chw = to_chw(reads[0])
+    read = reads[0]
+    if stacks and "Z" in read.axes and "T" not in read.axes:
+        chw = to_zchw(read)
+        z, _c, h, w = chw.shape
+        if z * h * w > max_pixels:
+            raise DataError(
+                f"Cannot use image {p}: the z-stack has {z}x{h}x{w} = {z * h * w} voxels, more than the limit "
+                f"of {max_pixels}; crop it in Y and X or split it into substacks."
+            )
+    else:
+        chw = to_chw(read)
     _check_dtype(chw, p, "image")
     bad = _count_nonfinite(chw)
     if bad:
@@ -383,6 +398,54 @@ def read_mask(path: PathLike, *, binary: bool = True, max_pixels: int = DEFAULT_
     if binary:
         return (mask > 0).astype(np.int64)
     return np.ascontiguousarray(mask, dtype=np.int64)
+
+
+def read_mask_stack(
+    path: PathLike, shape: tuple[int, ...], *, binary: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Read the mask of a z-stack as an int64 ``(Z, H, W)`` array of the stack's ``shape``.
+
+    The mask must be a TIFF holding one label plane per image plane (singleton axes are dropped); values are
+    checked as in :func:`read_mask`.
+
+    Raises:
+        DataError: Not a TIFF, unreadable, another shape, negative, non-integer, NaN or infinite values.
+    """
+    p = Path(path)
+    want = "x".join(str(n) for n in shape)
+    if p.suffix.lower() not in TIFF_EXTENSIONS:
+        raise DataError(
+            f"Cannot use mask {p}: the image is a z-stack ({want}, Z x H x W), so its mask must be a TIFF with "
+            "one label plane per image plane (e.g. saved by napari's Labels layer or tifffile)."
+        )
+    if int(np.prod(shape)) > max_pixels:
+        raise DataError(f"Cannot use mask {p}: {want} voxels is more than the limit of {max_pixels}.")
+    try:
+        arr = np.asarray(tifffile.imread(p))
+    except Exception as exc:
+        raise DataError(
+            f"Cannot read mask {p} ({type(exc).__name__}: {exc}); save it again as a TIFF."
+        ) from exc
+    arr = np.squeeze(arr) if arr.ndim > 3 else arr
+    if tuple(arr.shape) != tuple(shape):
+        raise DataError(
+            f"Cannot use mask {p}: it has shape {arr.shape} but its z-stack is {want} (Z x H x W); a z-stack's "
+            "mask has one label plane per image plane, of the image's height and width."
+        )
+    _check_dtype(arr, p, "mask")
+    if np.issubdtype(arr.dtype, np.floating):
+        if _count_nonfinite(arr) or not np.all(arr == np.round(arr)):
+            raise DataError(
+                f"Cannot use mask {p}: it holds NaN, infinite or non-integer values. Save integer labels: 0 = "
+                "background, 1.. = foreground classes or instances."
+            )
+    if arr.size and arr.min() < 0:
+        raise DataError(
+            f"Cannot use mask {p}: it holds negative values (min {arr.min()}); labels must be >= 0."
+        )
+    if binary:
+        return (arr > 0).astype(np.int64)
+    return np.ascontiguousarray(arr, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -135,7 +135,7 @@ def collect(source: Path, model_id: str | None, test_image: Path | None, device:
                         f"project {source} has no images to take a test input from; pass --test-image"
                     )
                 image, image_name = (
-                    proj.load_image(pick.id),
+                    proj.load_planes(pick.id)[0],  # a z-stack: its first plane
                     f"{pick.name} (split {pick.split}, id {pick.id})",
                 )
     else:

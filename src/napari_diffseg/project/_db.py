@@ -40,13 +40,13 @@ BUSY_TIMEOUT_S = 30.0
 
 _IMAGE_COLS = (
     "id, name, state, uncertainty, split, height, width, channels, dtype, source, file_sha256, created_at, "
-    "axes, shape, channel_names"
+    "axes, shape, channel_names, plane"
 )
 _ANN_COLS = (
     "image_id, version, kind, replaces, proposal_id, author, edit_dice, pixels_changed, labels, file_sha256, "
-    "created_at"
+    "created_at, planes"
 )
-_PROP_COLS = "id, image_id, model_id, classes, uncertainty, file_sha256, created_at"
+_PROP_COLS = "id, image_id, model_id, classes, uncertainty, file_sha256, created_at, plane"
 _MODEL_COLS = "id, round, method, metrics, active, created_at"
 _JOB_COLS = "id, kind, params, state, error, pid, created_at, started_at, finished_at, updated_at"
 
@@ -65,11 +65,21 @@ def _image(row: Sequence[Any]) -> ImageRecord:
         axes=str(row[12]),
         shape=shape,
         channel_names=names,
+        plane=None if row[15] is None else int(row[15]),
     )
 
 
 def _annotation(row: Sequence[Any]) -> AnnotationRecord:
-    return AnnotationRecord(*row)
+    planes = None if row[11] is None else tuple(int(z) for z in json.loads(row[11]))
+    names = ("image_id", "version", "kind", "replaces", "proposal_id", "author", "edit_dice")
+    return AnnotationRecord(
+        **dict(zip(names, row[:7], strict=True)),
+        pixels_changed=row[7],
+        labels=row[8],
+        file_sha256=row[9],
+        created_at=row[10],
+        planes=planes,
+    )
 
 
 def _proposal(row: Sequence[Any]) -> ProposalRecord:
@@ -276,6 +286,7 @@ class _StoreBase:
             changed: int | None,
             mask: np.ndarray,
             data: bytes,
+            planes: list[int] | None = None,
         ) -> None:
             """Implemented in :mod:`.annotations`."""
 

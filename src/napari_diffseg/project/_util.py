@@ -129,7 +129,8 @@ MAX_CHANNELS = 64
 
 
 def _check_pixels(chw: np.ndarray, what: str, max_pixels: int) -> np.ndarray:
-    """Final checks on a ``(C, H, W)`` image: dtype, channel count, size, finite values.
+    """Final checks on a ``(C, H, W)`` image or a ``(Z, C, H, W)`` z-stack: dtype, channel count, size,
+    finite values. A stack's voxels (``Z * H * W``) must fit in ``max_pixels`` too.
 
     The one pixel check of every way in: files (:func:`read_raw_image` and the importer: ``diffseg init`` /
     ``import``, dataset folders) and arrays (:func:`image_from_array`: the plugin, ``POST /images``
@@ -143,7 +144,8 @@ def _check_pixels(chw: np.ndarray, what: str, max_pixels: int) -> np.ndarray:
         raise DataError(
             f"{what}: pixel type {chw.dtype} is not supported; use integer or floating-point pixels."
         )
-    c, h, w = chw.shape
+    c, h, w = chw.shape[-3:]
+    z = int(chw.shape[0]) if chw.ndim == 4 else 1
     if c > MAX_CHANNELS:
         raise DataError(
             f"{what}: {c} channels (shape {chw.shape}) is more than {MAX_CHANNELS}; if the first axis holds "
@@ -153,6 +155,11 @@ def _check_pixels(chw: np.ndarray, what: str, max_pixels: int) -> np.ndarray:
         raise DataError(f"{what}: {h}x{w} pixels is smaller than the minimum of {MIN_SIDE} on a side.")
     if h * w > max_pixels:
         raise DataError(f"{what}: {h}x{w} pixels is more than the limit of {max_pixels}; crop or tile it.")
+    if z * h * w > max_pixels:
+        raise DataError(
+            f"{what}: the z-stack has {z}x{h}x{w} = {z * h * w} voxels, more than the limit of {max_pixels}; "
+            "crop it in Y and X, or import fewer planes (split the stack into substacks)."
+        )
     if np.issubdtype(chw.dtype, np.floating):
         bad = int(chw.size - np.count_nonzero(np.isfinite(chw)))
         if bad:
@@ -229,7 +236,9 @@ def array_read(array: object, name: str, *, axes: str | None = None) -> ImageRea
         if first_small and not last_small:
             if arr.shape[0] == 3:  # as before: three values per pixel are colour (pass axes CYX for channels)
                 colour = np.moveaxis(arr, 0, -1)
-                return ImageRead(path, name, colour, "YXC", rgb=True, notes=("(3, Y, X) taken as RGB colour",))
+                return ImageRead(
+                    path, name, colour, "YXC", rgb=True, notes=("(3, Y, X) taken as RGB colour",)
+                )
             return ImageRead(path, name, arr, "CYX")
     raise DataError(
         f"{what}: shape {arr.shape} does not say which axis is which; pass its axes (OME letters T, Z, C, Y, "
@@ -247,20 +256,30 @@ def image_from_array(array: object, name: str, *, max_pixels: int = DEFAULT_MAX_
     return _check_pixels(to_chw(read), f"Cannot import array {name!r}", max_pixels)
 
 
-def check_mask(mask: object, hw: tuple[int, int], what: str) -> np.ndarray:
+def check_mask(mask: object, hw: tuple[int, ...], what: str) -> np.ndarray:
     """Validate a label mask for an image of size ``hw`` and return it in the smallest unsigned dtype.
 
+    ``hw`` is ``(H, W)`` for a 2D image and ``(Z, H, W)`` for a z-stack, whose mask is 3D.
+
     Raises:
-        DataError: Not 2D, a different (H, W), non-integer / NaN / infinite values, negative labels, or labels
-            above 2**32 - 1.
+        DataError: Not of ``hw``'s dimensions, a different size, non-integer / NaN / infinite values,
+            negative labels, or labels above 2**32 - 1.
     """
     try:
         m = np.asarray(mask)
     except Exception as exc:
         raise DataError(f"{what}: the mask is not an array ({type(mask).__name__}).") from exc
-    if m.ndim != 2:
+    if len(hw) == 3:
+        size = "x".join(str(n) for n in hw)
+        if m.ndim != 3 or tuple(m.shape) != tuple(hw):
+            raise DataError(
+                f"{what}: the image is a z-stack of {size} (Z x H x W) but the mask has shape {m.shape}; a "
+                "z-stack's mask is 3D with one plane per image plane (leave the planes you did not annotate "
+                "empty)."
+            )
+    elif m.ndim != 2:
         raise DataError(f"{what}: a mask must be 2D (H, W), got shape {m.shape}.")
-    if tuple(m.shape) != tuple(hw):
+    elif tuple(m.shape) != tuple(hw):
         raise DataError(
             f"{what}: the mask is {m.shape[0]}x{m.shape[1]} but the image is {hw[0]}x{hw[1]} (H x W); a mask "
             "must have the image's height and width."
@@ -287,18 +306,25 @@ def check_mask(mask: object, hw: tuple[int, int], what: str) -> np.ndarray:
     return np.ascontiguousarray(m, dtype=dtype)
 
 
-def check_proposal(probs: object, uncertainty: object, hw: tuple[int, int], what: str) -> np.ndarray:
+def check_proposal(probs: object, uncertainty: object, hw: tuple[int, ...], what: str) -> np.ndarray:
     """Validate class probabilities ``(K, H, W)`` and an uncertainty map ``(H, W)``; return them stacked.
 
+    For a z-stack ``hw`` is ``(Z, H, W)``, the probabilities ``(Z, K, H, W)`` and the uncertainty
+    ``(Z, H, W)``.
+
     Returns:
-        float32 ``(K + 1, H, W)``: the K probability maps, then the uncertainty.
+        float32 ``(K + 1, H, W)``: the K probability maps, then the uncertainty (a stack: ``(Z, K + 1, H, W)``).
 
     Raises:
         DataError: Wrong shapes, non-float or non-finite values, probabilities outside [0, 1].
     """
     p = np.asarray(probs)
     u = np.asarray(uncertainty)
-    if p.ndim != 3 or p.shape[0] < 1 or tuple(p.shape[1:]) != tuple(hw):
+    if len(hw) == 3:
+        z, h, w = hw
+        if p.ndim != 4 or p.shape[0] != z or p.shape[1] < 1 or tuple(p.shape[2:]) != (h, w):
+            raise DataError(f"{what}: probabilities must have shape ({z}, K, {h}, {w}), got {p.shape}.")
+    elif p.ndim != 3 or p.shape[0] < 1 or tuple(p.shape[1:]) != tuple(hw):
         raise DataError(f"{what}: probabilities must have shape (K, {hw[0]}, {hw[1]}), got {p.shape}.")
     if tuple(u.shape) != tuple(hw):
         raise DataError(f"{what}: the uncertainty map must have shape {tuple(hw)}, got {u.shape}.")
@@ -309,14 +335,20 @@ def check_proposal(probs: object, uncertainty: object, hw: tuple[int, int], what
             raise DataError(f"{what}: {label} hold NaN or infinite values.")
     if p.size and (p.min() < -_PROB_TOLERANCE or p.max() > 1 + _PROB_TOLERANCE):
         raise DataError(f"{what}: probabilities must lie in [0, 1], found [{p.min():.3g}, {p.max():.3g}].")
-    return np.ascontiguousarray(np.concatenate([p, u[np.newaxis]], axis=0), dtype=np.float32)
+    k_axis = p.ndim - 3
+    stacked = np.concatenate([p, np.expand_dims(u, k_axis)], axis=k_axis)
+    return np.ascontiguousarray(stacked, dtype=np.float32)
 
 
 def hard_mask(probs: np.ndarray) -> np.ndarray:
-    """The label map of class probabilities ``(K, H, W)``: argmax, or ``p >= 0.5`` when ``K == 1``."""
-    if probs.shape[0] == 1:
-        return (probs[0] >= 0.5).astype(np.int64)
-    return np.argmax(probs, axis=0).astype(np.int64)
+    """The label map of class probabilities ``(K, H, W)``: argmax, or ``p >= 0.5`` when ``K == 1``.
+
+    A z-stack's ``(Z, K, H, W)`` gives a ``(Z, H, W)`` label map.
+    """
+    k_axis = probs.ndim - 3
+    if probs.shape[k_axis] == 1:
+        return (np.take(probs, 0, axis=k_axis) >= 0.5).astype(np.int64)
+    return np.argmax(probs, axis=k_axis).astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------ durable files

@@ -1,9 +1,18 @@
-"""Annotations: append-only versions of an image's label mask, with the stale-version check."""
+"""Annotations: append-only versions of an image's label mask, with the stale-version check.
+
+A z-stack's annotation is a ``(Z, H, W)`` mask plus the list of planes it annotates (``planes``): only those
+are trained on as labelled, the others count as unlabelled. A save without ``planes`` annotates the planes
+holding any labelled pixel, which is what a napari user painting slice by slice has done; a plane whose truth
+is all background (or a proposal accepted unchanged) must be named in ``planes``. An imported mask file
+annotates every plane.
+"""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -43,10 +52,11 @@ class _AnnotationsMixin(_StoreBase):
         changed: int | None,
         mask: np.ndarray,
         data: bytes,
+        planes: list[int] | None = None,
     ) -> None:
         sha = tx.write(self._annotation_path(image_id, version), data)
         tx.execute(
-            f"INSERT INTO annotations ({_ANN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO annotations ({_ANN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 image_id,
                 version,
@@ -59,6 +69,7 @@ class _AnnotationsMixin(_StoreBase):
                 int(mask.max()) if mask.size else 0,
                 sha,
                 time.time(),
+                None if planes is None else json.dumps([int(z) for z in planes]),
             ),
         )
         state = "ground_truth" if kind == "ground_truth" else "corrected"
@@ -73,18 +84,22 @@ class _AnnotationsMixin(_StoreBase):
         replaces: int | None,
         proposal_id: int | None = None,
         author: str = "",
+        planes: Iterable[int] | None = None,
     ) -> int:
         """Append a new annotation version of an image; earlier versions are never changed.
 
         Args:
             image: Id or name.
-            mask: Integer label mask ``(H, W)`` of the image's size (0 = background); labels are kept.
+            mask: Integer label mask ``(H, W)`` of the image's size (0 = background); labels are kept. A
+                z-stack's mask is ``(Z, H, W)``.
             kind: ``correction`` (image state → corrected) or ``ground_truth`` (→ ground_truth).
             replaces: The version this edit started from: must be the current latest version, or None when
                 the image has no annotation yet. Anything else means someone saved in between.
             proposal_id: The proposal the annotator started from; records edit Dice and pixels changed
                 against its hard mask.
             author: Free text recorded with the version.
+            planes: A z-stack only: the plane indices this version annotates. None: every plane that holds
+                a labelled pixel (what was painted). Edit Dice is computed over these planes.
 
         Returns:
             The new version number.
@@ -100,7 +115,14 @@ class _AnnotationsMixin(_StoreBase):
             raise DataError(f"replaces must be a version number or None, got {replaces!r}.")
         if not isinstance(author, str) or len(author) > 200:
             raise DataError("author must be a string of at most 200 characters.")
-        m = check_mask(mask, (rec.height, rec.width), f"Cannot save the annotation of image {rec.name!r}")
+        what = f"Cannot save the annotation of image {rec.name!r}"
+        shape = (rec.planes, rec.height, rec.width) if rec.is_stack else (rec.height, rec.width)
+        m = check_mask(mask, shape, what)
+        annotated = _annotated_planes(m, planes, what) if rec.is_stack else None
+        if planes is not None and not rec.is_stack:
+            raise DataError(
+                f"{what}: planes apply to a z-stack only; {rec.name!r} is a 2D image (axes {rec.axes})."
+            )
         edit: float | None = None
         changed: int | None = None
         if proposal_id is not None:
@@ -112,7 +134,10 @@ class _AnnotationsMixin(_StoreBase):
                     f"proposal {proposal_id} is for image {prop.image_id}, not {rec.name!r} ({rec.id}): pass "
                     "the proposal the correction started from."
                 )
-            edit, changed = edit_stats(proposed, m)
+            if annotated is not None:
+                edit, changed = edit_stats(proposed[annotated], m[annotated])
+            else:
+                edit, changed = edit_stats(proposed, m)
         data = tiff_bytes(m)
         with self._write() as tx:
             latest = self._latest(tx.conn, rec.id)
@@ -130,7 +155,7 @@ class _AnnotationsMixin(_StoreBase):
                 )
             version = (latest or 0) + 1
             self._insert_annotation(
-                tx, rec.id, version, kind, replaces, proposal_id, author, edit, changed, m, data
+                tx, rec.id, version, kind, replaces, proposal_id, author, edit, changed, m, data, annotated
             )
         return version
 
@@ -172,7 +197,8 @@ class _AnnotationsMixin(_StoreBase):
         return arr.astype(np.int64)
 
     def load_annotation(self, image: ImageRef, version: int | None = None) -> np.ndarray | None:
-        """The int64 ``(H, W)`` mask of an annotation version (latest by default); None when there is none.
+        """The int64 ``(H, W)`` mask (a z-stack's ``(Z, H, W)``) of an annotation version (latest by default);
+        None when there is none.
 
         Raises:
             DataError: A specific ``version`` that does not exist.
@@ -181,3 +207,18 @@ class _AnnotationsMixin(_StoreBase):
         if ann is None:
             return None
         return self._read_annotation(ann.image_id, ann.version)
+
+
+def _annotated_planes(mask: np.ndarray, planes: Iterable[int] | None, what: str) -> list[int]:
+    """The planes a z-stack's ``(Z, H, W)`` mask annotates: ``planes`` checked, or those with a label."""
+    z = int(mask.shape[0])
+    if planes is None:
+        return [int(i) for i in np.flatnonzero(mask.reshape(z, -1).any(axis=1))]
+    try:
+        chosen = sorted({int(p) for p in planes if not isinstance(p, bool)})
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{what}: planes must be plane indices (integers), got {planes!r}.") from exc
+    bad = [p for p in chosen if not 0 <= p < z]
+    if bad:
+        raise DataError(f"{what}: plane(s) {bad} do not exist; the stack has planes 0 to {z - 1}.")
+    return chosen

@@ -84,16 +84,23 @@ class _ImagesMixin(_StoreBase):
         return [_image(r) for r in rows]
 
     def load_image(self, image: ImageRef) -> np.ndarray:
-        """The stored pixels ``(C, H, W)`` in their original dtype."""
+        """The stored pixels ``(C, H, W)`` in their original dtype; a z-stack's ``(Z, C, H, W)``."""
         rec = self.image(image)
         arr = read_tiff(self._image_path(rec.id), f"image {rec.name!r}")
-        shape = (rec.channels, rec.height, rec.width)
+        shape: tuple[int, ...] = (rec.channels, rec.height, rec.width)
+        if rec.is_stack:
+            shape = (rec.planes, *shape)
         if arr.size != math.prod(shape) or arr.dtype.name != rec.dtype:
             raise DataError(
                 f"the file of image {rec.name!r} ({rec.id}) holds {arr.dtype} {arr.shape}, not the recorded "
                 f"{rec.dtype} {shape}: the project is damaged; run `diffseg check`."
             )
         return arr.reshape(shape)
+
+    def load_planes(self, image: ImageRef) -> np.ndarray:
+        """The stored pixels as planes, ``(Z, C, H, W)``: a 2D image is one plane (Z = 1)."""
+        arr = self.load_image(image)
+        return arr if arr.ndim == 4 else arr[np.newaxis]
 
     @staticmethod
     def _check_state(state: str) -> None:
@@ -174,7 +181,8 @@ class _ImagesMixin(_StoreBase):
             array: ``(H, W)``, ``(H, W, C)`` (C of 2 to 4; 3 or 4 is colour, alpha dropped) or ``(C, H, W)``
                 with C up to 4, or any layout named by ``axes``; any integer or float dtype (kept as is).
             name: Its name (made unique with ``-2``, ``-3``... when another image has it).
-            mask: Optional integer label mask ``(H, W)``, saved as a ``ground_truth`` annotation (labels kept).
+            mask: Optional integer label mask ``(H, W)`` (a z-stack's: ``(Z, H, W)``), saved as a
+                ``ground_truth`` annotation of every plane (labels kept).
             split: ``train``, ``val`` or ``test…``.
             source: Recorded provenance (default ``array:<name>``).
             axes: The array's axes (OME letters over T, Z, C, Y, X in storage order, e.g. ``"CYX"``); None:
@@ -184,7 +192,7 @@ class _ImagesMixin(_StoreBase):
             The image id; the existing id when the same pixels are already in the project.
 
         Raises:
-            DataError: A bad array, mask, name, split or axes; a z-stack or a time-lapse.
+            DataError: A bad array, mask, name, split or axes; a time-lapse (send each time point).
         """
         return self.add_array(array, name, mask, split=split, source=source, axes=axes)[0]
 
@@ -229,7 +237,7 @@ class _ImagesMixin(_StoreBase):
         self.check_fits_project(chw, what)
         m = None
         if mask is not None:
-            m = check_mask(mask, (chw.shape[1], chw.shape[2]), f"Cannot import the mask of {name!r}")
+            m = check_mask(mask, image.mask_shape, f"Cannot import the mask of {name!r}")
         image_id, added, _mask = self._store_image(image, source or f"array:{name}", split, m)
         return image_id, added
 
@@ -279,7 +287,7 @@ class _ImagesMixin(_StoreBase):
 
     def _check_channels(self, chw: np.ndarray, what: str, expected: int | None, has_model: bool) -> None:
         """:meth:`check_fits_project` with the project's channel count already looked up (``expected``)."""
-        c = int(chw.shape[0])
+        c = int(chw.shape[-3])
         if expected is None or c == expected:
             return
         if c in (1, 3) and expected in (1, 3) and (c < expected or not has_model):
@@ -363,7 +371,7 @@ class _ImagesMixin(_StoreBase):
                     self._check_channels(
                         image.chw, f"Cannot use image {item.image} ({image.name})", here, has_model
                     )
-                    counts.add(int(image.chw.shape[0]))
+                    counts.add(int(image.chw.shape[-3]))
                 size = sum(x.chw.nbytes + (0 if x.mask is None else x.mask.nbytes) for x in loaded)
                 if size <= budget:
                     preloaded[i] = loaded
@@ -385,7 +393,7 @@ class _ImagesMixin(_StoreBase):
                     self._check_channels(image.chw, what, self.channel_count(), has_model)
                 m = None
                 if image.mask is not None:
-                    m = check_mask(image.mask, image.chw.shape[1:3], f"mask {item.mask}")
+                    m = check_mask(image.mask, image.mask_shape, f"mask {item.mask}")
                 image_id, is_new, mask_outcome = self._store_image(
                     image, str(item.image.resolve()), item.split, m
                 )
@@ -434,14 +442,14 @@ class _ImagesMixin(_StoreBase):
             if data is not None:  # known pixels stay known: the store never deletes an image
                 inserted = tx.execute(
                     f"INSERT INTO images ({_IMAGE_COLS}) VALUES "
-                    "(?, ?, 'unlabeled', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    "(?, ?, 'unlabeled', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) ON CONFLICT (id) DO NOTHING",
                     (
                         image_id,
                         self._unique_name(tx, name),
                         split,
-                        int(chw.shape[1]),
-                        int(chw.shape[2]),
-                        int(chw.shape[0]),
+                        int(chw.shape[-2]),
+                        int(chw.shape[-1]),
+                        int(chw.shape[-3]),
                         chw.dtype.name,
                         source,
                         sha256_bytes(data),
@@ -458,8 +466,22 @@ class _ImagesMixin(_StoreBase):
             if mask is not None and mask_data is not None:
                 latest = self._latest(tx.conn, image_id)
                 if latest is None:
+                    planes = (
+                        list(range(mask.shape[0])) if mask.ndim == 3 else None
+                    )  # a mask file: every plane
                     self._insert_annotation(
-                        tx, image_id, 1, "ground_truth", None, None, "import", None, None, mask, mask_data
+                        tx,
+                        image_id,
+                        1,
+                        "ground_truth",
+                        None,
+                        None,
+                        "import",
+                        None,
+                        None,
+                        mask,
+                        mask_data,
+                        planes,
                     )
                     outcome = "saved"
                 else:

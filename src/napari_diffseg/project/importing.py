@@ -2,8 +2,8 @@
 
 Collecting only looks at file names (cheap); :func:`load_images` decodes and validates one item, which may
 hold several images: every series of a multi-series file (``stem-s0``, ``stem-s1``...) and every time point
-of a time-lapse (``stem-t000``, ``stem-t001``...). A z-stack is refused for now (training is 2D; the message
-names its axes and how to override them). The
+of a time-lapse (``stem-t000``, ``stem-t001``...). A z-stack is one image, stored ``(Z, C, H, W)`` (Z is never
+resampled), and its mask, if any, is ``(Z, H, W)``. The
 :class:`~napari_diffseg.project.store.Project` import methods first load every item (so a corrupt file
 anywhere stops the import before anything is written), then store them.
 """
@@ -27,8 +27,9 @@ from napari_diffseg.data.imagefile import (
     read_image_file,
     split_frames,
     to_chw,
+    to_zchw,
 )
-from napari_diffseg.data.io import DEFAULT_MAX_PIXELS, read_mask
+from napari_diffseg.data.io import DEFAULT_MAX_PIXELS, read_mask, read_mask_stack
 from napari_diffseg.project._util import _check_pixels, check_name
 
 __all__ = [
@@ -58,7 +59,8 @@ class ImportItem:
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """One image ready to store: ``(C, H, W)`` pixels, its axes and shape as read, and what was assumed."""
+    """One image ready to store: ``(C, H, W)`` pixels (a z-stack: ``(Z, C, H, W)``), its axes and shape as
+    read, and what was assumed."""
 
     name: str
     chw: np.ndarray
@@ -67,6 +69,11 @@ class LoadedImage:
     channel_names: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     mask: np.ndarray | None = None
+
+    @property
+    def mask_shape(self) -> tuple[int, ...]:
+        """The shape a mask of this image has: ``(H, W)``, or ``(Z, H, W)`` for a z-stack."""
+        return (self.chw.shape[0], *self.chw.shape[2:]) if self.chw.ndim == 4 else tuple(self.chw.shape[1:])
 
 
 def _check_split(split: str) -> str:
@@ -173,15 +180,17 @@ def collect_paths(
 def prepare(
     reads: Iterable[ImageRead], what: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> list[LoadedImage]:
-    """Images ready to store from reads: time-lapses split into frames, each as checked ``(C, H, W)``.
+    """Images ready to store from reads: time-lapses split into frames, each as checked ``(C, H, W)``, a
+    z-stack as one checked ``(Z, C, H, W)`` image (its voxels within ``max_pixels``).
 
     Raises:
-        DataError: A z-stack (not yet supported for training), or pixels the store refuses.
+        DataError: Pixels the store refuses (the message says what to do).
     """
     out = []
     for read in reads:
         for frame in split_frames(read):
-            chw = _check_pixels(to_chw(frame), what, max_pixels)
+            pixels = to_zchw(frame) if "Z" in frame.axes else to_chw(frame)
+            chw = _check_pixels(pixels, what, max_pixels)
             notes = frame.notes
             if "T" in read.axes:
                 count = read.shape[read.axes.index("T")]
@@ -199,11 +208,12 @@ def load_images(
     """Decode and validate one item: every image its file holds, the mask (if any) with the only one.
 
     A file holding one image is named by the item (a dataset id or the file stem); several series are
-    ``name-s0``, ``name-s1``... and time points ``name-t000``... A mask goes with a file of one 2D image.
+    ``name-s0``, ``name-s1``... and time points ``name-t000``... A mask goes with a file of one image (a
+    z-stack's mask is a ``(Z, H, W)`` TIFF).
 
     Raises:
-        DataError: A bad image or mask file, a z-stack, a mask for a file of several images, or a mask whose
-            (H, W) differs from the image's.
+        DataError: A bad image or mask file, a mask for a file of several images, or a mask whose (H, W) (a
+            stack's (Z, H, W)) differs from the image's.
     """
     reads = read_image_file(item.image, axes=item.axes, max_pixels=max_pixels)
     if len(reads) == 1:
@@ -217,9 +227,12 @@ def load_images(
         names = ", ".join(x.name for x in loaded[:3])
         raise DataError(
             f"mask {item.mask}: image {item.image} holds {len(loaded)} images ({names}...); a mask goes with a "
-            "file of one 2D image. Import the images without --masks."
+            "file of one image. Import the images without --masks."
         )
     image = loaded[0]
+    if image.chw.ndim == 4:
+        mask = read_mask_stack(item.mask, image.mask_shape, binary=binary_masks, max_pixels=max_pixels)
+        return [replace(image, mask=mask)]
     mask = read_mask(item.mask, binary=binary_masks)
     if mask.shape != image.chw.shape[1:]:
         raise DataError(

@@ -28,13 +28,15 @@ class _ProposalsMixin(_StoreBase):
         """Store a model's proposal for an image; replaces that model's earlier proposal for the image.
 
         Also sets the image's uncertainty to the mean of ``uncertainty`` and moves it from unlabeled to
-        proposed (other states are kept).
+        proposed (other states are kept). For a z-stack, the uncertainty is that of its most uncertain plane
+        (the highest mean over one plane), and that plane is recorded (``plane`` of the proposal and the
+        image), so ``/next`` ranks a stack by its worst plane and can point at it.
 
         Args:
             model_id: A registered model.
             image: Id or name.
-            probs: Class probabilities ``(K, H, W)`` in [0, 1].
-            uncertainty: Per-pixel uncertainty ``(H, W)``.
+            probs: Class probabilities ``(K, H, W)`` in [0, 1]; a z-stack's ``(Z, K, H, W)``.
+            uncertainty: Per-pixel uncertainty ``(H, W)``; a z-stack's ``(Z, H, W)``.
 
         Returns:
             The proposal id (the same id when the model proposes for the image again).
@@ -44,8 +46,16 @@ class _ProposalsMixin(_StoreBase):
         """
         check_safe_id(model_id, "model id")
         rec = self.image(image)
-        stacked = check_proposal(probs, uncertainty, (rec.height, rec.width), f"proposal for {rec.name!r}")
-        mean_u = float(stacked[-1].mean(dtype=np.float64))
+        hw = (rec.planes, rec.height, rec.width) if rec.is_stack else (rec.height, rec.width)
+        stacked = check_proposal(probs, uncertainty, hw, f"proposal for {rec.name!r}")
+        plane: int | None = None
+        if rec.is_stack:
+            per_plane = stacked[:, -1].reshape(rec.planes, -1).mean(axis=1, dtype=np.float64)
+            plane = int(np.argmax(per_plane))
+            mean_u = float(per_plane[plane])
+        else:
+            mean_u = float(stacked[-1].mean(dtype=np.float64))
+        classes = int(stacked.shape[-3] - 1)
         data = tiff_bytes(stacked)
         with self._write() as tx:
             if tx.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone() is None:
@@ -59,21 +69,21 @@ class _ProposalsMixin(_StoreBase):
             ).fetchone()
             if row is None:
                 cur = tx.execute(
-                    f"INSERT INTO proposals ({_PROP_COLS}) VALUES (NULL, ?, ?, ?, ?, ?, ?)",
-                    (rec.id, model_id, int(stacked.shape[0] - 1), mean_u, sha, now),
+                    f"INSERT INTO proposals ({_PROP_COLS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?)",
+                    (rec.id, model_id, classes, mean_u, sha, now, plane),
                 )
                 proposal_id = int(cur.lastrowid or 0)
             else:
                 proposal_id = int(row[0])
                 tx.execute(
-                    "UPDATE proposals SET classes = ?, uncertainty = ?, file_sha256 = ?, created_at = ? "
-                    "WHERE id = ?",
-                    (int(stacked.shape[0] - 1), mean_u, sha, now, proposal_id),
+                    "UPDATE proposals SET classes = ?, uncertainty = ?, file_sha256 = ?, created_at = ?, "
+                    "plane = ? WHERE id = ?",
+                    (classes, mean_u, sha, now, plane, proposal_id),
                 )
             tx.execute(
-                "UPDATE images SET uncertainty = ?, "
+                "UPDATE images SET uncertainty = ?, plane = ?, "
                 "state = CASE WHEN state = 'unlabeled' THEN 'proposed' ELSE state END WHERE id = ?",
-                (mean_u, rec.id),
+                (mean_u, plane, rec.id),
             )
         return proposal_id
 
@@ -95,6 +105,13 @@ class _ProposalsMixin(_StoreBase):
 
     def _load_proposal_file(self, prop: ProposalRecord) -> tuple[np.ndarray, np.ndarray]:
         arr = read_tiff(self._proposal_path(prop.model_id, prop.image_id), f"proposal {prop.id}")
+        if prop.plane is not None:  # a z-stack: (Z, K + 1, H, W)
+            if arr.ndim != 4 or arr.shape[1] != prop.classes + 1:
+                raise DataError(
+                    f"the file of proposal {prop.id} has shape {arr.shape}, not (Z, {prop.classes + 1}, H, W): "
+                    "the project is damaged; run `diffseg check`."
+                )
+            return arr[:, :-1].astype(np.float32), arr[:, -1].astype(np.float32)
         if arr.ndim == 2:
             arr = arr[np.newaxis]
         if arr.ndim != 3 or arr.shape[0] != prop.classes + 1:
@@ -132,7 +149,8 @@ class _ProposalsMixin(_StoreBase):
         self, image: ImageRef, model_id: str | None = None
     ) -> tuple[ProposalRecord, np.ndarray, np.ndarray] | None:
         """The latest proposal for an image (of ``model_id`` if given): record, probs ``(K, H, W)``,
-        uncertainty ``(H, W)`` (float32); None when there is none."""
+        uncertainty ``(H, W)`` (float32; a z-stack's ``(Z, K, H, W)`` and ``(Z, H, W)``); None when there is
+        none."""
         found = self.proposals(image, model_id)
         if not found:
             return None

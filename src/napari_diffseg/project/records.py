@@ -62,6 +62,9 @@ class ImageRecord(_Record):
             RGB, ``"CYX"`` fluorescence channels); ``shape`` has one entry per letter.
         shape: The image's shape in the order of ``axes``.
         channel_names: Channel names from the file's metadata (empty when it had none).
+        plane: For a z-stack (``"Z"`` in ``axes``, stored ``(Z, C, H, W)``): the plane with the highest mean
+            uncertainty in its latest proposal (the one to look at first); None for a 2D image or before
+            any proposal.
     """
 
     id: str
@@ -79,6 +82,17 @@ class ImageRecord(_Record):
     axes: str = ""
     shape: tuple[int, ...] = ()
     channel_names: tuple[str, ...] = ()
+    plane: int | None = None
+
+    @property
+    def planes(self) -> int:
+        """The number of Z planes: 1 for a 2D image."""
+        return int(self.shape[self.axes.index("Z")]) if "Z" in self.axes and self.shape else 1
+
+    @property
+    def is_stack(self) -> bool:
+        """A z-stack: stored ``(Z, C, H, W)``, annotated with ``(Z, H, W)`` masks."""
+        return "Z" in self.axes
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,8 @@ class AnnotationRecord(_Record):
         labels: Largest label value in the mask.
         file_sha256: sha256 of the file.
         created_at: Unix time of the save.
+        planes: For a z-stack: the indices of the planes this version annotates (trained on as labelled;
+            the others count as unlabelled); None for a 2D image.
     """
 
     image_id: str
@@ -110,6 +126,7 @@ class AnnotationRecord(_Record):
     labels: int
     file_sha256: str
     created_at: float
+    planes: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,9 +137,11 @@ class ProposalRecord(_Record):
         id: Proposal id (stable for a (model, image) pair; a new proposal for the pair replaces the file).
         image_id, model_id: What it is for and who made it.
         classes: ``K``.
-        uncertainty: Mean of the uncertainty map.
+        uncertainty: Mean of the uncertainty map (a z-stack: the highest mean of one plane).
         file_sha256: sha256 of ``proposals/<model_id>/<image_id>.tif``.
         created_at: Unix time of the (latest) save.
+        plane: For a z-stack (probabilities ``(Z, K, H, W)``): the plane of highest mean uncertainty; None
+            for a 2D image.
     """
 
     id: int
@@ -132,6 +151,7 @@ class ProposalRecord(_Record):
     uncertainty: float
     file_sha256: str
     created_at: float
+    plane: int | None = None
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,16 @@ MIGRATIONS: list[Migration] = [
                     ELSE '[' || channels || ', ' || height || ', ' || width || ']' END""",
         ),
     ),
+    Migration(
+        "v4: z-stacks: the planes an annotation covers, the most uncertain plane of a proposal and an image",
+        (
+            # JSON list of annotated plane indices of a z-stack's annotation; NULL: a 2D image (all of it)
+            "ALTER TABLE annotations ADD COLUMN planes TEXT",
+            # the plane with the highest mean uncertainty of a z-stack's proposal; NULL for a 2D image
+            "ALTER TABLE proposals ADD COLUMN plane INTEGER",
+            "ALTER TABLE images ADD COLUMN plane INTEGER",
+        ),
+    ),
 ]
 
 SCHEMA_VERSION: int = len(MIGRATIONS)

@@ -37,12 +37,13 @@ def list_annotations(ctx: Ctx, ref: RefPath) -> list[AnnotationOut]:
     "/images/{ref}/annotations/{version}/pixels",
     response_class=Response,
     tags=["annotations"],
-    responses=npy_response("The (H, W) label mask"),
+    responses=npy_response("The (H, W) label mask (a z-stack's: (Z, H, W))"),
 )
 def annotation_pixels(
     ctx: Ctx, ref: RefPath, version: Annotated[int, PathParam(ge=1, le=MAX_ID, description="Version.")]
 ) -> Response:
-    """One annotation version's label mask ``(H, W)`` as ``.npy`` (the smallest unsigned dtype)."""
+    """One annotation version's label mask ``(H, W)`` (a z-stack's ``(Z, H, W)``) as ``.npy`` (the smallest
+    unsigned dtype)."""
     project = ctx.project()
     rec = find_image(project, ref)
     try:
@@ -63,7 +64,7 @@ def annotation_pixels(
     status_code=201,
     response_model=SaveAnnotationOut,
     tags=["annotations"],
-    openapi_extra=binary_body("label mask (H, W), 0 = background"),
+    openapi_extra=binary_body("label mask (H, W), 0 = background; a z-stack's: (Z, H, W) .npy"),
 )
 def save_annotation(
     ctx: Ctx,
@@ -81,13 +82,24 @@ def save_annotation(
         Query(ge=1, le=MAX_ID, description="The proposal the edit started from (records edit Dice)."),
     ] = None,
     author: Annotated[str, Query(max_length=200, description="Free text.")] = "",
+    planes: Annotated[
+        list[int] | None,
+        Query(
+            max_length=100_000,
+            description="A z-stack only: the planes this version annotates (repeat the parameter); omitted: "
+            "every plane holding a labelled pixel.",
+        ),
+    ] = None,
 ) -> SaveAnnotationOut:
-    """Save a new annotation version; 409 ``{"detail", "current"}`` if ``replaces`` is not the latest."""
+    """Save a new annotation version; 409 ``{"detail", "current"}`` if ``replaces`` is not the latest.
+
+    A z-stack's mask is ``(Z, H, W)``; only its annotated planes (``planes``, else those holding a label)
+    are trained on as labelled."""
     mask = codec.decode_mask(upload.data, upload.media_type, max_pixels=ctx.settings.max_pixels)
     project = ctx.project()
     rec = find_image(project, ref)
     version = project.save_annotation(
-        rec.id, mask, kind=kind, replaces=replaces, proposal_id=proposal_id, author=author
+        rec.id, mask, kind=kind, replaces=replaces, proposal_id=proposal_id, author=author, planes=planes
     )
     ann = project.annotation(rec.id, version)
     assert ann is not None

@@ -76,8 +76,9 @@ def upload_image(
     An upload is an import: the pixels pass exactly the checks ``diffseg import`` applies to a file
     (axes from the file's metadata or ``axes``, size, NaN / infinite values, values finite in float32,
     the project's channel count; :meth:`Project.add_array`), and a refusal is a 422 that says what to
-    change. One upload is one 2D image: a z-stack, a time-lapse or a file of several series is refused
-    with a message saying how to send it. Of several
+    change. One upload is one image: a 2D image or a z-stack (axes with Z, e.g. ``ZYX``: stored
+    ``(Z, C, H, W)``, its voxels within the pixel limit); a time-lapse or a file of several series is
+    refused with a message saying how to send it. Of several
     concurrent uploads of the same pixels exactly one answers 201 (the store's insert decides); the others
     answer 200 with the same image.
 
@@ -108,10 +109,10 @@ def get_image(ctx: Ctx, ref: RefPath) -> ImageOut:
     "/images/{ref}/pixels",
     response_class=Response,
     tags=["images"],
-    responses=npy_response("(C, H, W) pixels"),
+    responses=npy_response("(C, H, W) pixels; a z-stack's (Z, C, H, W)"),
 )
 def image_pixels(ctx: Ctx, ref: RefPath) -> Response:
-    """The stored pixels ``(C, H, W)`` in their original dtype, as ``.npy``."""
+    """The stored pixels ``(C, H, W)`` (a z-stack's ``(Z, C, H, W)``) in their original dtype, as ``.npy``."""
     project = ctx.project()
     rec = find_image(project, ref)
     return npy(codec.to_npy(project.load_image(rec.id)), {"X-Image-Id": rec.id})
@@ -158,7 +159,8 @@ def next_image(
     ] = "uncertainty",
 ) -> Any:
     """The unreviewed image to review next (by default the one with the highest uncertainty; images
-    without one come last), or 204."""
+    without one come last), or 204. For a z-stack, ``plane`` is its most uncertain plane (a stack is ranked
+    by that plane's mean uncertainty)."""
     project = ctx.project()
     rec = project.next_image(split=split, strategy=strategy)
     if rec is None:

@@ -51,7 +51,9 @@ def get_proposal(ctx: Ctx, ref: RefPath, model_id: ModelIdQuery = None) -> Propo
     "/images/{ref}/proposal/pixels",
     response_class=Response,
     tags=["proposals"],
-    responses=npy_response("probs (K, H, W) float32, uncertainty (H, W) float32 or mask (H, W) uint8"),
+    responses=npy_response(
+        "probs (K, H, W) float32, uncertainty (H, W) float32 or mask (H, W) uint8 (a z-stack: Z first)"
+    ),
 )
 def proposal_pixels(
     ctx: Ctx,
