@@ -110,6 +110,37 @@ def predict_image(bundle: ModelBundle, config: dict, image: np.ndarray) -> np.nd
     return probs[0].cpu().numpy()
 
 
+def _labels(bundle: ModelBundle, config: dict, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, H, W) probabilities → (label image, probs): class indices (uint8, uint16 beyond 255 classes) or,
+    for an instance model, one id per object (core/instances.py, uint16/uint32)."""
+    if config.get("task") == "instances":
+        from .core.instances import probs_to_instances
+
+        return probs_to_instances(probs), probs
+    return probs.argmax(0).astype(np.uint8 if bundle.spec.num_classes <= 256 else np.uint16), probs
+
+
+def _predict_stack(bundle: ModelBundle, config: dict, stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A raw (Z, C, H, W) z-stack → its (Z, H, W) label image and (Z, K, H, W) probabilities, plane by plane.
+
+    An instance model's object ids are per plane (not linked across planes): plane z's ids are offset by
+    the largest id of the planes before it, so no two objects of the stack share an id.
+    """
+    labels, probs = [], []
+    offset = 0
+    for plane in stack:
+        lab, p = _labels(bundle, config, predict_image(bundle, config, plane))
+        if config.get("task") == "instances":
+            lab = np.where(lab > 0, lab.astype(np.int64) + offset, 0)
+            offset = int(lab.max(initial=offset))
+        labels.append(lab)
+        probs.append(p)
+    out = np.stack(labels)
+    if config.get("task") == "instances":
+        out = out.astype(np.uint16 if out.max(initial=0) < 2**16 else np.uint32)
+    return out, np.stack(probs)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What ``predict`` made of one input: its outputs, or why it could not be predicted."""
@@ -230,7 +261,9 @@ def predict_files(
     inputs): ``NAME.EXT.tif``, the label image (uint8, uint16 beyond 255 classes; 0 = background, k =
     class k; an instance model's: one id per object, uint16, uint32 beyond 65,535 objects); ``NAME.EXT.overlay.png`` with ``overlays``, the image with the labels tinted, for a person;
     ``NAME.EXT.prob.tif`` with ``probabilities``, the foreground probabilities (K − 1, H, W) float32. An
-    existing output is never replaced without ``overwrite`` (that input fails, naming the file). OME-Zarr
+    existing output is never replaced without ``overwrite`` (that input fails, naming the file). A z-stack
+    ``(Z, [C,] Y, X)`` is predicted plane by plane and its label TIFF is ``(Z, Y, X)`` (probabilities
+    ``(Z, K − 1, Y, X)``; no overlay PNG). OME-Zarr
     options: see :func:`predict_ome_zarr`.
 
     Raises:
@@ -271,17 +304,14 @@ def predict_files(
                     f"{existing[0]} already exists (an earlier run?); pass --overwrite to replace it, or "
                     "choose another --out folder"
                 )
-            image = read_image(path)
-            probs = predict_image(bundle, config, image)
-            if config.get("task") == "instances":  # one id per object (core/instances.py), uint16/uint32
-                from .core.instances import probs_to_instances
-
-                labels_arr = probs_to_instances(probs)
+            image = read_image(path, stacks=True)
+            if image.ndim == 4:  # a z-stack (Z, C, H, W): each plane by the 2D networks, Z kept as is
+                labels_arr, probs = _predict_stack(bundle, config, image)
             else:
-                labels_arr = probs.argmax(0).astype(np.uint8 if bundle.spec.num_classes <= 256 else np.uint16)
+                labels_arr, probs = _labels(bundle, config, predict_image(bundle, config, image))
             write_tiff(labels_file, labels_arr)
             if prob_file is not None:
-                write_tiff(prob_file, probs[1:].astype(np.float32))
+                write_tiff(prob_file, probs[..., 1:, :, :].astype(np.float32))
             if overlay_file is not None:
                 if labels_arr.ndim == 2:
                     import imageio.v3 as iio

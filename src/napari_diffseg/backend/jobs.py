@@ -91,7 +91,7 @@ def _bad_image(project: Project, image_id: str, problem: str) -> BadImage:
 
 
 def _image(project: Project, image_id: str) -> np.ndarray:
-    """An image's raw intensities, (C, H, W) float32.
+    """An image's raw intensities, (C, H, W) float32 (a z-stack's (Z, C, H, W)).
 
     Raises:
         BadImage: The file cannot be read, or holds NaN / infinite values (also after the conversion to
@@ -109,29 +109,39 @@ def _image(project: Project, image_id: str) -> np.ndarray:
     return arr
 
 
+def _planes(project: Project, image_id: str) -> list[np.ndarray]:
+    """An image as 2D planes, each (C, H, W) float32: a 2D image is one plane, a z-stack Z of them.
+
+    The networks are 2D: every job treats each plane of a z-stack as a 2D image (never resampled).
+    """
+    arr = _image(project, image_id)
+    return list(arr) if arr.ndim == 4 else [arr]
+
+
 def _preprocessed(
     project: Project, image_id: str, prep: Callable[[np.ndarray], torch.Tensor]
-) -> torch.Tensor:
-    """``prep`` (a bundle's ``preprocess``) of an image; a failure names the image."""
-    arr = _image(project, image_id)
+) -> list[torch.Tensor]:
+    """``prep`` (a bundle's ``preprocess``) of each plane of an image (one for a 2D image); a failure names
+    the image."""
+    planes = _planes(project, image_id)
     try:
-        return prep(arr)
+        return [prep(arr) for arr in planes]
     except DataError as exc:
         raise _bad_image(project, image_id, f"cannot be preprocessed ({exc})") from exc
 
 
-def _tensor(
+def _tensors(
     project: Project, image_id: str, channels: int, normalization: Normalization | None
-) -> torch.Tensor:
-    """A training image, preprocessed before any bundle exists, with the statistics the bundle will carry
-    (with a bundle: ``bundle.preprocess``)."""
+) -> list[torch.Tensor]:
+    """A training image's planes, preprocessed before any bundle exists, with the statistics the bundle
+    will carry (with a bundle: ``bundle.preprocess``)."""
     return _preprocessed(project, image_id, lambda arr: preprocess(arr, channels, normalization))
 
 
 def _normalization(project: Project, image_ids: list[str], channels: int) -> Normalization:
-    """The normalisation statistics of a new model: pooled percentiles over its training images."""
+    """The normalisation statistics of a new model: pooled percentiles over its training images' planes."""
     try:
-        return dataset_statistics((_image(project, i) for i in image_ids), channels)
+        return dataset_statistics((p for i in image_ids for p in _planes(project, i)), channels)
     except BadImage:
         raise
     except DataError as exc:
@@ -186,32 +196,59 @@ def _training_data(
 ) -> tuple[TrainData, dict[str, int]]:
     """The training images and the annotation version of each labeled one.
 
-    With ``manifest`` (``jobs/<id>/data.json``) the choice is written at a job's first start and read back
+    A z-stack gives one 2D training image per plane: the planes its annotation version annotates
+    (``AnnotationRecord.planes``) are labelled, the others unlabelled (a stack without an annotation: all
+    unlabelled; in ``val``, only annotated planes are used). With ``manifest`` (``jobs/<id>/data.json``) the choice is written at a job's first start and read back
     when it resumes, so a resumed job trains on exactly the data its checkpoints were made with, even if
     annotations were saved in between (they count from the next job on).
     """
     entries, val_entries = _manifest(project, manifest)
     labeled_x, labeled_y, weights, unlabeled = [], [], [], []
     for image_id, version in entries:
-        x = _tensor(project, image_id, channels, normalization)
+        xs = _tensors(project, image_id, channels, normalization)
         if version is None:
-            unlabeled.append(x)
+            unlabeled.extend(xs)
             continue
         ann = project.annotation(image_id, version)
         mask = project.load_annotation(image_id, version)
         assert ann is not None and mask is not None
-        labeled_x.append(x)
-        labeled_y.append(torch.from_numpy(mask.astype(np.int64)))
-        weights.append(preset.correction_weight if ann.kind == "correction" else 1.0)
+        weight = preset.correction_weight if ann.kind == "correction" else 1.0
+        for x, plane in zip(xs, _label_planes(mask, ann.planes), strict=True):
+            if plane is None:
+                unlabeled.append(x)
+                continue
+            labeled_x.append(x)
+            labeled_y.append(torch.from_numpy(plane))
+            weights.append(weight)
     val = ValSet()
     for image_id, version in val_entries:
+        ann = project.annotation(image_id, version)
         mask = project.load_annotation(image_id, version)
-        if mask is not None:
-            val.images.append(_tensor(project, image_id, channels, normalization))
-            val.masks.append(torch.from_numpy(mask.astype(np.int64)))
-            val.regions.append(None)
+        if ann is None or mask is None:
+            continue
+        planes = _label_planes(mask, ann.planes)
+        if all(p is None for p in planes):
+            continue
+        xs = _tensors(project, image_id, channels, normalization)
+        for x, plane in zip(xs, planes, strict=True):
+            if plane is not None:
+                val.images.append(x)
+                val.masks.append(torch.from_numpy(plane))
+                val.regions.append(None)
     counts = {"labeled": len(labeled_x), "unlabeled": len(unlabeled), "val": len(val)}
     return TrainData(labeled_x, labeled_y, weights, unlabeled, val=val), counts
+
+
+def _label_planes(mask: np.ndarray, planes: tuple[int, ...] | None) -> list[np.ndarray | None]:
+    """An annotation's int64 label plane per image plane, None for a plane it does not annotate.
+
+    A 2D mask is one annotated plane; a z-stack's ``(Z, H, W)`` mask annotates the ``planes`` recorded with
+    it (None recorded: every plane).
+    """
+    if mask.ndim == 2:
+        return [mask.astype(np.int64)]
+    chosen = set(range(mask.shape[0]) if planes is None else planes)
+    return [mask[z].astype(np.int64) if z in chosen else None for z in range(mask.shape[0])]
 
 
 def _num_classes(project: Project) -> int:
@@ -317,7 +354,7 @@ def _pretrain(
     if not ids:
         raise ConfigError("the project has no training images; import some first (diffseg import)")
     norm = _normalization(project, ids, channels)
-    images = [_tensor(project, i, channels, norm) for i in ids]
+    images = [x for i in ids for x in _tensors(project, i, channels, norm)]  # a z-stack: each plane
     bundle = _new_bundle(project, channels, preset, seed, dev, norm)
     gen = torch.Generator().manual_seed(seed)
     jd = project.job_dir(job_id)
@@ -336,7 +373,7 @@ def _pretrain(
         _new_model_id(project, job_id, "pretrained"),
         round=0,
         preset=preset,
-        metrics={"stage": "pretrain", "images": len(images)},
+        metrics={"stage": "pretrain", "images": len(ids), "planes": len(images)},
     )
     yield Event("log", "pretrain", message=f"saved model {mid} (round 0) and made it active")
 
@@ -382,7 +419,8 @@ def _propose(
     dist_info: DistInfo | None = None,
 ) -> Iterator[Event]:
     """Proposals, one image at a time; each is stored as soon as it is made, so a resumed job (cancelled,
-    failed or killed) proposes only the images it had not done yet."""
+    failed or killed) proposes only the images it had not done yet. A z-stack is proposed plane by plane
+    (2D networks) and stored as one ``(Z, K, H, W)`` proposal with its ``(Z, H, W)`` uncertainty."""
     dev = choose_device(params.device)
     mid, ids = _propose_plan(project, job_id, params)
     bundle, config = _load_teacher(project, mid, dev)
@@ -407,26 +445,32 @@ def _propose(
         if image_id in done:
             continue
         cancel.raise_if_cancelled("proposals")
-        x = _preprocessed(project, image_id, bundle.preprocess)
-        prop = propose(
-            bundle.mask_net,
-            diff,
-            x[None],
-            cfg,
-            torch.Generator().manual_seed(seed * 100_003 + n),  # n: the image's place in the plan
-            multiple=bundle.spec.multiple,
-            roi=pr.roi_size,
-            sw_batch=pr.sw_batch_size,
+        gen = torch.Generator().manual_seed(seed * 100_003 + n)  # n: the image's place in the plan
+        probs, uncs = [], []
+        for x in _preprocessed(project, image_id, bundle.preprocess):  # one plane, or each of a z-stack
+            cancel.raise_if_cancelled("proposals")
+            prop = propose(
+                bundle.mask_net,
+                diff,
+                x[None],
+                cfg,
+                gen,
+                multiple=bundle.spec.multiple,
+                roi=pr.roi_size,
+                sw_batch=pr.sw_batch_size,
+            )
+            probs.append(prop.probs[0].cpu().numpy())
+            uncs.append(prop.uncertainty[0].cpu().numpy())
+        stack = project.image(image_id).is_stack
+        pid = project.save_proposal(
+            mid, image_id, np.stack(probs) if stack else probs[0], np.stack(uncs) if stack else uncs[0]
         )
-        project.save_proposal(mid, image_id, prop.probs[0].cpu().numpy(), prop.uncertainty[0].cpu().numpy())
-        yield Event(
-            "progress",
-            "propose",
-            n + 1,
-            len(ids),
-            metrics={"uncertainty": float(prop.uncertainty.mean())},
-            message=image_id,
-        )
+        metrics = {"uncertainty": float(np.mean([u.mean() for u in uncs]))}
+        saved = project.proposals(image_id, mid)
+        plane = next((p.plane for p in saved if p.id == pid), None)
+        if plane is not None:
+            metrics["plane"] = float(plane)
+        yield Event("progress", "propose", n + 1, len(ids), metrics=metrics, message=image_id)
 
 
 def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[str, float]:
@@ -434,12 +478,21 @@ def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[
     for rec in project.images(split="val"):
         if rec.state == "excluded":
             continue
+        ann = project.annotation(rec.id)
         mask = project.load_annotation(rec.id)
-        if mask is None:
+        if ann is None or mask is None:
             continue
-        x = _preprocessed(project, rec.id, bundle.preprocess)
-        probs = predict_probs(bundle.deployed(), x[None], multiple=bundle.spec.multiple, roi=preset.roi_size)
-        per.append(segmentation_metrics(probs.argmax(1)[0].cpu().numpy(), mask, bundle.spec.num_classes))
+        planes = _label_planes(mask, ann.planes)
+        if all(p is None for p in planes):
+            continue
+        xs = _preprocessed(project, rec.id, bundle.preprocess)
+        for x, plane in zip(xs, planes, strict=True):  # a z-stack: its annotated planes, each a 2D image
+            if plane is None:
+                continue
+            probs = predict_probs(
+                bundle.deployed(), x[None], multiple=bundle.spec.multiple, roi=preset.roi_size
+            )
+            per.append(segmentation_metrics(probs.argmax(1)[0].cpu().numpy(), plane, bundle.spec.num_classes))
     if not per:
         return {}
     s = summarize(per)
@@ -490,7 +543,8 @@ def _cotrain(
         "log",
         "cotrain",
         message=f"{counts['labeled']} labeled, {counts['unlabeled']} unlabeled images, {counts['val']} "
-        "annotated validation images (checkpoint choice and pseudo-label gate)",
+        "annotated validation images (checkpoint choice and pseudo-label gate; each plane of a z-stack "
+        "counts as one image)",
     )
     prev = base["model"]
     for r in range(1, rounds + 1):

@@ -1,0 +1,165 @@
+"""Z-stacks end to end (issue 12, item 3): one 3D image in the project, 3D annotations of some planes,
+jobs that train on planes, a 3D proposal, ``/next`` pointing at a plane, and ``predict`` writing (Z, Y, X)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_diffseg.base.errors import DataError
+from napari_diffseg.cli import main
+from napari_diffseg.project import Project
+
+
+def _stack(planes: int = 3, size: tuple[int, int] = (48, 56), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A grey uint8 z-stack of bright discs on noise, and its (Z, H, W) 0/1 truth."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    truth = np.zeros((planes, *size), np.uint8)
+    for z in range(planes):
+        for _ in range(4):
+            cy, cx, r = rng.integers(8, size[0] - 8), rng.integers(8, size[1] - 8), rng.integers(4, 8)
+            truth[z][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
+    image = np.clip(30 + 150 * truth + rng.normal(0, 12, truth.shape), 0, 255).astype(np.uint8)
+    return image, truth
+
+
+def _write_stack(path: Path, image: np.ndarray) -> Path:
+    tifffile.imwrite(path, image, imagej=True, metadata={"axes": "ZYX"})
+    return path
+
+
+def test_stack_store_annotations_and_refusals(tmp_path: Path) -> None:
+    image, truth = _stack()
+    with Project.create(tmp_path / "p") as proj:
+        sid = proj.import_array(image, "s", axes="ZYX")
+        rec = proj.image(sid)
+        assert (rec.axes, rec.shape, rec.planes, rec.is_stack) == ("ZYX", (3, 48, 56), 3, True)
+        assert proj.load_image(sid).shape == (3, 1, 48, 56)
+        np.testing.assert_array_equal(proj.load_planes(sid)[:, 0], image)
+        # painting plane 1 only: that plane counts as annotated
+        mask = np.zeros_like(truth)
+        mask[1] = truth[1]
+        v1 = proj.save_annotation(sid, mask, replaces=None)
+        assert proj.annotation(sid).planes == (1,)
+        # an empty plane whose truth is background is named explicitly
+        v2 = proj.save_annotation(sid, mask, replaces=v1, planes=[0, 1])
+        assert proj.annotation(sid, v2).planes == (0, 1)
+        # a 2D mask for a stack, an unknown plane: refused with what to do, nothing saved
+        with pytest.raises(DataError, match=r"z-stack of 3x48x56.*one plane per image plane"):
+            proj.save_annotation(sid, mask[0], replaces=v2)
+        with pytest.raises(DataError, match=r"plane\(s\) \[5\] do not exist"):
+            proj.save_annotation(sid, mask, replaces=v2, planes=[5])
+        assert proj.latest_version(sid) == v2
+        # a stack over the size limit is refused, naming the limit and what to do
+        with pytest.raises(DataError, match=r"voxels, more than the limit.*fewer planes"):
+            proj.add_array(np.zeros((40, 48, 56), np.uint8), "big", axes="ZYX", max_pixels=50_000)
+        assert [r.name for r in proj.images()] == ["s"]
+        # a proposal of a stack is 3D; its image is ranked by (and points at) its most uncertain plane
+        from safetensors.numpy import save_file
+
+        model_dir = tmp_path / "m1"
+        model_dir.mkdir()
+        (model_dir / "config.json").write_text('{"format_version": 1}')
+        save_file({"net.weight": np.zeros(4, np.float32)}, str(model_dir / "weights.safetensors"))
+        proj.register_model(model_dir, round=0, method="teacher")
+        probs = np.full((3, 2, 48, 56), 0.5, np.float32)
+        unc = np.zeros((3, 48, 56), np.float32)
+        unc[2] = 0.8
+        pid = proj.save_proposal("m1", sid, probs, unc)
+        prop, p_probs, p_unc = proj.proposal(sid)
+        assert (prop.id, prop.plane, p_probs.shape, p_unc.shape) == (pid, 2, (3, 2, 48, 56), (3, 48, 56))
+        assert prop.uncertainty == pytest.approx(0.8)
+        assert proj.image(sid).plane == 2 and proj.image(sid).uncertainty == pytest.approx(0.8)
+        with pytest.raises(DataError, match=r"probabilities must have shape \(3, K, 48, 56\)"):
+            proj.save_proposal("m1", sid, probs[0], unc[0])
+
+
+def test_stack_with_masks_imports_as_ground_truth_of_every_plane(tmp_path: Path) -> None:
+    image, truth = _stack(seed=1)
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    (ds / "masks").mkdir()
+    _write_stack(ds / "images" / "a.tif", image)
+    tifffile.imwrite(ds / "masks" / "a.tif", truth)
+    with Project.create(tmp_path / "p") as proj:
+        proj.import_dataset(ds)
+        ann = proj.annotation("a")
+        assert ann is not None and ann.kind == "ground_truth" and ann.planes == (0, 1, 2)
+        np.testing.assert_array_equal(proj.load_annotation("a"), truth)
+    tifffile.imwrite(ds / "masks" / "a.tif", truth[:2])  # a mask of the wrong shape: refused, clear
+    with Project.create(tmp_path / "q") as proj:
+        with pytest.raises(DataError, match=r"shape \(2, 48, 56\) but its z-stack is 3x48x56"):
+            proj.import_dataset(ds)
+        assert proj.counts()["images"] == 0
+
+
+def test_zstack_loop_from_the_cli_and_the_api(tmp_path: Path, capsys) -> None:
+    from fastapi.testclient import TestClient
+
+    from napari_diffseg.backend.app import create_app
+
+    image, truth = _stack(seed=2)
+    files = tmp_path / "files"
+    files.mkdir()
+    _write_stack(files / "stack.tif", image)
+    root = tmp_path / "p"
+    assert main(["init", str(root)]) == 0
+    assert main(["import", str(root), str(files / "stack.tif")]) == 0
+    capsys.readouterr()
+    assert main(["images", str(root), "--json"]) == 0
+    (rec,) = json.loads(capsys.readouterr().out)
+    assert (rec["axes"], rec["shape"]) == ("ZYX", [3, 48, 56])
+    # annotate plane 0 only (a 3D mask, the other planes left empty)
+    mask = np.zeros_like(truth)
+    mask[0] = truth[0]
+    tifffile.imwrite(tmp_path / "mask.tif", mask)
+    assert main(["correct", str(root), "stack", str(tmp_path / "mask.tif")]) == 0
+    with Project.open(root) as proj:
+        assert proj.annotation("stack").planes == (0,)
+    quick = ["--preset", "tiny", "--device", "cpu", "--threads", "1"]
+    assert main(["pretrain", str(root), *quick]) == 0
+    assert main(["cotrain", str(root), *quick]) == 0
+    with Project.open(root) as proj:
+        metrics = proj.active_model().metrics
+        assert (metrics["labeled"], metrics["unlabeled"]) == (1, 2)  # plane 0 labelled, planes 1-2 not
+    capsys.readouterr()
+    assert main(["propose", str(root), "--ids", "stack", *quick]) == 0
+    with Project.open(root) as proj:
+        prop, probs, unc = proj.proposal("stack")
+        assert probs.shape == (3, 2, 48, 56) and unc.shape == (3, 48, 56)
+        per_plane = unc.reshape(3, -1).mean(axis=1)
+        assert prop.plane == int(np.argmax(per_plane)) and prop.uncertainty == pytest.approx(per_plane.max())
+        proj.set_state("stack", "proposed")  # /next picks unreviewed images
+    with TestClient(create_app(root, run_jobs=False), base_url="http://127.0.0.1") as http:
+        nxt = http.get("/api/v1/next").json()
+        assert (nxt["name"], nxt["axes"], nxt["plane"]) == ("stack", "ZYX", prop.plane)
+        assert http.get("/api/v1/images/stack/proposal").json()["plane"] == prop.plane
+        r = http.get("/api/v1/images/stack/proposal/pixels", params={"part": "mask"})
+        assert np.load(io.BytesIO(r.content)).shape == (3, 48, 56)
+        r = http.get("/api/v1/images/stack/pixels")
+        assert np.load(io.BytesIO(r.content)).shape == (3, 1, 48, 56)
+        # an upload of a z-stack (.npy with axes) and a 3D annotation naming its planes
+        body = io.BytesIO()
+        np.save(body, image[::-1].copy())
+        npy = {"Content-Type": "application/x-npy"}
+        r = http.post(
+            "/api/v1/images", params={"name": "up", "axes": "ZYX"}, content=body.getvalue(), headers=npy
+        )
+        assert r.status_code == 201 and r.json()["image"]["shape"] == [3, 48, 56]
+        body = io.BytesIO()
+        np.save(body, np.zeros((3, 48, 56), np.uint8))
+        r = http.post(
+            "/api/v1/images/up/annotations", params={"planes": [1]}, content=body.getvalue(), headers=npy
+        )
+        assert r.status_code == 201 and r.json()["annotation"]["planes"] == [1]
+    # predict of a (Z, Y, X) stack writes a TIFF of shape (Z, Y, X)
+    out = tmp_path / "out"
+    assert main(["predict", str(root), str(files / "stack.tif"), "--out", str(out), "--device", "cpu"]) == 0
+    labels = tifffile.imread(out / "stack.tif.tif")
+    assert labels.shape == (3, 48, 56) and labels.dtype == np.uint8
