@@ -163,3 +163,25 @@ def test_zstack_loop_from_the_cli_and_the_api(tmp_path: Path, capsys) -> None:
     assert main(["predict", str(root), str(files / "stack.tif"), "--out", str(out), "--device", "cpu"]) == 0
     labels = tifffile.imread(out / "stack.tif.tif")
     assert labels.shape == (3, 48, 56) and labels.dtype == np.uint8
+
+
+def test_experiment_trains_on_planes_and_scores_per_stack(tmp_path: Path) -> None:
+    from napari_diffseg.experiment import run_experiment
+
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    (ds / "masks").mkdir()
+    rows = ["id,split"]
+    for n in range(5):
+        image, truth = _stack(seed=10 + n)
+        _write_stack(ds / "images" / f"s{n}.tif", image)
+        tifffile.imwrite(ds / "masks" / f"s{n}.tif", truth)
+        rows.append(f"s{n},{'test' if n == 4 else 'train'}")
+    (ds / "split.csv").write_text("\n".join(rows) + "\n")
+    result = run_experiment(ds, labeled_fraction=0.5, method="supervised", preset="tiny", device="cpu")
+    assert (result["n_labeled"], result["n_val"]) == (2, 1)  # stacks are chosen, never planes of one
+    assert result["z_stacks"]["labeled_planes"] == 6 and result["z_stacks"]["test_planes"] == 3
+    (row,) = result["test"]["per_image"]
+    assert (row["id"], row["planes"]) == ("s4", 3) and 0.0 <= row["dice"] <= 1.0
+    assert len(result["test"]["per_plane"]["per_image"]) == 3
+    assert result["test"]["dice_mean"] == pytest.approx(row["dice"])

@@ -44,7 +44,7 @@ from .core.models import METHODS, ModelBundle, ModelSpec, preprocess, save_bundl
 from .core.pipeline import run_stages
 from .core.training import TrainData
 from .core.validation import ValSet
-from .data.dataset import DatasetFolder
+from .data.dataset import DatasetFolder, StackPlanes
 
 __all__ = [
     "TASKS",
@@ -139,14 +139,17 @@ def _cpu_model() -> str | None:
 
 
 def load_images(
-    ds: DatasetFolder, ids: Iterable[str], channels: int, normalization: Normalization | None = None
+    ds: DatasetFolder | StackPlanes,
+    ids: Iterable[str],
+    channels: int,
+    normalization: Normalization | None = None,
 ) -> list[torch.Tensor]:
     """Read and preprocess each image (:func:`~napari_diffseg.core.models.preprocess`, with the model's
     ``normalization``) → (C, H, W) float32 tensors."""
     return [preprocess(ds.load_image(i), channels, normalization) for i in ids]
 
 
-def dataset_channels(ds: DatasetFolder, ids: Iterable[str]) -> int:
+def dataset_channels(ds: DatasetFolder | StackPlanes, ids: Iterable[str]) -> int:
     """The dataset's channel count: its fluorescence channel count (2, 4, 5...; every image must have it),
     else 3 if any image is colour, else 1 (grey images are repeated to RGB, as in a project).
 
@@ -178,9 +181,10 @@ def evaluate_bundle(
     ids: list[str],
     preset: Preset,
     regions: list[np.ndarray | None] | None = None,
+    preds: list[np.ndarray] | None = None,
 ) -> dict:
     """Per-image Dice / IoU / HD95 of the deployed networks (inside ``regions`` where given), plus their
-    summary."""
+    summary; each predicted label map is appended to ``preds`` when given."""
     per_image: list[dict[str, Any]] = []
     nets = bundle.deployed()
     regs = regions if regions is not None else [None] * len(ids)
@@ -193,7 +197,26 @@ def evaluate_bundle(
             pred, y = pred * region, y * region
         m = segmentation_metrics(pred, y, bundle.spec.num_classes)
         per_image.append({"id": i, **m})
+        if preds is not None:
+            preds.append(pred)
     return {**summarize(per_image), "per_image": per_image}
+
+
+def per_stack_scores(
+    preds: list[np.ndarray], masks: list[np.ndarray], plane_ids: list[str], bundle: ModelBundle
+) -> dict:
+    """Dice / IoU / HD95 per z-stack (its planes' label maps stacked into one volume), plus their summary."""
+    by_stack: dict[str, list[int]] = {}
+    for n, pid in enumerate(plane_ids):
+        by_stack.setdefault(StackPlanes.split_id(pid)[0], []).append(n)
+    rows = []
+    for stack_id, idx in by_stack.items():
+        pred = np.stack([preds[n] for n in idx])
+        truth = np.stack([masks[n] for n in idx])
+        rows.append(
+            {"id": stack_id, "planes": len(idx), **segmentation_metrics(pred, truth, bundle.spec.num_classes)}
+        )
+    return {**summarize(rows), "per_image": rows}
 
 
 def _instance_row(probs: np.ndarray, truth: np.ndarray, object_metrics: bool) -> tuple[dict, dict]:
@@ -469,9 +492,16 @@ def run_experiment(
     dist_info = setup_from_env(device)  # under torchrun: one process per GPU (or CPU, gloo)
     dev = dist_info.device
     torch.manual_seed(seed)
-    ds = DatasetFolder(dataset)
-    all_train_ids, test_ids = ds.train_ids, ds.test_ids
-    has_truth = ds.has_instances if instances else ds.has_mask
+    folder = DatasetFolder(dataset)
+    ds: DatasetFolder | StackPlanes = folder
+    all_train_ids, test_ids = folder.train_ids, folder.test_ids
+    has_truth: Callable[[str], bool] = folder.has_instances if instances else folder.has_mask
+    stacks = folder.holds_stacks()
+    if stacks and instances:
+        raise ConfigError(
+            f"{dataset} holds z-stacks; --task instances does not read stacks yet: run the binary task "
+            "(masks/<id>.tif, one label plane per image plane)"
+        )
 
     def load_truth(i: str) -> np.ndarray:  # the class map the networks learn
         return instances_to_target(ds.load_instances(i)).astype(np.int64) if instances else ds.load_mask(i)
@@ -487,7 +517,7 @@ def run_experiment(
         raise ConfigError(
             f"{dataset} has no test images (split.csv split starting with 'test'); add some to evaluate"
         )
-    val_ids = ds.val_ids or choose_val(all_train_ids, val_fraction, seed)
+    val_ids = folder.val_ids or choose_val(all_train_ids, val_fraction, seed)
     if val_fraction == 0:
         val_ids = []
     missing = [i for i in val_ids if not has_truth(i)]
@@ -496,6 +526,13 @@ def run_experiment(
     train_ids = [i for i in all_train_ids if i not in set(val_ids)]
     labeled_ids = choose_labeled(train_ids, labeled_fraction, seed)
     unlabeled_ids = [i for i in train_ids if i not in set(labeled_ids)]
+    stack_ids = {"labeled": labeled_ids, "val": val_ids, "test": test_ids}
+    if stacks:  # z-stacks: stacks are chosen (labeled, val), the 2D networks train on their planes
+        planes = StackPlanes(folder)
+        ds, has_truth = planes, planes.has_mask
+        all_train_ids, train_ids = planes.plane_ids(all_train_ids), planes.plane_ids(train_ids)
+        labeled_ids, unlabeled_ids = planes.plane_ids(labeled_ids), planes.plane_ids(unlabeled_ids)
+        val_ids, test_ids = planes.plane_ids(val_ids), planes.plane_ids(test_ids)
     channels = dataset_channels(ds, all_train_ids)
     if normalization not in ("dataset", "per_image"):
         raise ConfigError(f"normalization must be 'dataset' or 'per_image', got {normalization!r}")
@@ -579,7 +616,10 @@ def run_experiment(
         test = evaluate_instances(bundle, test_images, test_instances, test_ids, pr, object_metrics=glas)
     else:
         test_regions = [ds.load_region(i) for i in test_ids]
-        test = evaluate_bundle(bundle, test_images, test_masks, test_ids, pr, test_regions)
+        plane_preds: list[np.ndarray] = []
+        test = evaluate_bundle(bundle, test_images, test_masks, test_ids, pr, test_regions, plane_preds)
+        if stacks:  # scored per stack: its planes' predictions as one (Z, H, W) volume
+            test = {**per_stack_scores(plane_preds, test_masks, test_ids, bundle), "per_plane": test}
     result = {
         "method": method,
         "labeled_fraction": labeled_fraction,
@@ -590,8 +630,8 @@ def run_experiment(
         "n_labeled": len(labeled_ids),
         "n_unlabeled": len(unlabeled_ids),
         "n_val": len(val_ids),
-        "labeled_ids": labeled_ids,
-        "val_ids": val_ids,
+        "labeled_ids": stack_ids["labeled"],
+        "val_ids": stack_ids["val"],
         "scored_in_fov": any(r is not None for r in test_regions),
         "validation": validation,
         "phase_seconds": phase_seconds,
@@ -606,6 +646,16 @@ def run_experiment(
     }
     if instances:  # binary results stay exactly as they were
         result["task"] = task
+    if stacks:  # counts above are of stacks; the networks saw their planes
+        result["n_labeled"], result["n_val"] = len(stack_ids["labeled"]), len(stack_ids["val"])
+        result["n_unlabeled"] = len({StackPlanes.split_id(i)[0] for i in unlabeled_ids})
+        result["z_stacks"] = {
+            "labeled_planes": len(labeled_ids),
+            "unlabeled_planes": len(unlabeled_ids),
+            "val_planes": len(val_ids),
+            "test_planes": len(test_ids),
+            "note": "trained on 2D planes; test scored per stack over its voxels (HD95 in voxels, Z unscaled)",
+        }
     if len(bundle.deploy) > 1:  # one student against the pair (is the ensemble what helps?)
         one = bundle.nets[bundle.deploy[0]]
         probs = [
@@ -635,7 +685,7 @@ def run_experiment(
             )
     result.update(extra)
     if model_out is not None:
-        extra_config: dict[str, Any] = {"preset": pr.to_dict(), "labeled_ids": labeled_ids}
+        extra_config: dict[str, Any] = {"preset": pr.to_dict(), "labeled_ids": stack_ids["labeled"]}
         if instances:
             extra_config["task"] = task
         save_bundle(bundle, model_out, extra=extra_config, metrics=test)

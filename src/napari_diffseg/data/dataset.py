@@ -11,6 +11,10 @@
 
 The split of an image is ``train``, ``val`` or a name starting with ``test`` (``testA``, ``testB``...). Without
 ``split.csv`` every image is ``train``; with one, images it does not list are ``train`` too.
+
+An image may be a z-stack (a TIFF with a Z axis; its mask a ``(Z, H, W)`` TIFF): :meth:`DatasetFolder.
+load_stack` reads it, and :class:`StackPlanes` shows such a folder as a dataset of 2D planes (what the 2D
+networks train on), each plane id ``<id>@z<n>`` in its stack's split.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import numpy as np
 
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.base.formats import IMAGE_EXTENSIONS, MASK_EXTENSIONS
-from napari_diffseg.data.io import read_image, read_image_shape, read_mask
+from napari_diffseg.data.io import read_image, read_image_shape, read_mask, read_mask_stack
 
-__all__ = ["DEFAULT_SPLIT", "DatasetFolder", "is_valid_split"]
+__all__ = ["DEFAULT_SPLIT", "DatasetFolder", "StackPlanes", "is_valid_split"]
 
 DEFAULT_SPLIT = "train"
 """Split of an image that ``split.csv`` does not list (or when there is no ``split.csv``)."""
@@ -258,6 +262,36 @@ class DatasetFolder:
         """Raw float32 ``(C, H, W)`` image of ``image_id`` (see :func:`~napari_diffseg.data.io.read_image`)."""
         return read_image(self.image_path(image_id))
 
+    def load_stack(self, image_id: str) -> np.ndarray:
+        """Raw float32 ``(Z, C, H, W)`` of ``image_id``: a z-stack's planes, or a 2D image as one plane."""
+        arr = read_image(self.image_path(image_id), stacks=True)
+        return arr if arr.ndim == 4 else arr[np.newaxis]
+
+    def load_mask_stack(self, image_id: str, shape: tuple[int, int, int], binary: bool = True) -> np.ndarray:
+        """int64 ``(Z, H, W)`` mask of the z-stack ``image_id`` of ``shape`` (a ``(Z, H, W)`` TIFF).
+
+        Raises:
+            DataError: No mask for this id, a bad file, or another shape than the stack's.
+        """
+        mask_file = self.mask_path(image_id)
+        if mask_file is None:
+            raise DataError(
+                f"Dataset folder {self.root}: image {image_id!r} has no mask (expected masks/{image_id}.tif)."
+            )
+        return read_mask_stack(mask_file, shape, binary=binary)
+
+    def holds_stacks(self) -> bool:
+        """True when any image is a z-stack (only TIFF files can be; each is read once to know)."""
+        from napari_diffseg.base.formats import TIFF_EXTENSIONS
+        from napari_diffseg.data.imagefile import read_image_file
+
+        for i in self.ids:
+            path = self._images[i]
+            if path.suffix.lower() in TIFF_EXTENSIONS:
+                if any("Z" in r.axes for r in read_image_file(path)):
+                    return True
+        return False
+
     def load_mask(self, image_id: str, binary: bool = True) -> np.ndarray:
         """int64 ``(H, W)`` mask of ``image_id``, checked to have the image's height and width.
 
@@ -279,3 +313,77 @@ class DatasetFolder:
                 f"{hw[0]}x{hw[1]} (H x W). A mask must have the same height and width as its image."
             )
         return mask
+
+
+class StackPlanes:
+    """A dataset folder of z-stacks seen as 2D planes: what ``diffseg experiment`` trains the 2D networks on.
+
+    Plane ids are ``<id>@z<n>`` (a 2D image of the folder is one plane, ``<id>@z0``); a plane is in its
+    stack's split, and has a mask when its stack has one. The last stack read is kept, so reading its planes
+    in order decodes each file once. Instance masks and field-of-view masks of stacks are not read (a
+    DataError says so).
+    """
+
+    def __init__(self, folder: DatasetFolder) -> None:
+        self.folder = folder
+        self.root = folder.root
+        self._planes: dict[str, int] = {}
+        self._cached: tuple[str, np.ndarray, np.ndarray | None] | None = None
+
+    def _stack(self, stack_id: str, with_mask: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._cached is None or self._cached[0] != stack_id or (with_mask and self._cached[2] is None):
+            image = self.folder.load_stack(stack_id)
+            mask = None
+            if with_mask:
+                z, _c, h, w = image.shape
+                mask = self.folder.load_mask_stack(stack_id, (z, h, w))
+            self._cached = (stack_id, image, mask)
+            self._planes[stack_id] = int(image.shape[0])
+        return self._cached[1], self._cached[2]
+
+    def planes(self, stack_id: str) -> int:
+        """The number of planes of a stack (1 for a 2D image)."""
+        if stack_id not in self._planes:
+            self._stack(stack_id, with_mask=False)
+        return self._planes[stack_id]
+
+    def plane_ids(self, stack_ids: list[str]) -> list[str]:
+        """The plane ids of ``stack_ids``, stack by stack, planes in order."""
+        return [f"{s}@z{z}" for s in stack_ids for z in range(self.planes(s))]
+
+    @staticmethod
+    def split_id(plane_id: str) -> tuple[str, int]:
+        """``<id>@z<n>`` → (stack id, plane index)."""
+        stack_id, _, z = plane_id.rpartition("@z")
+        if not stack_id or not z.isdigit():
+            raise DataError(f"{plane_id!r} is not a plane id (<image id>@z<plane>).")
+        return stack_id, int(z)
+
+    def has_mask(self, plane_id: str) -> bool:
+        """True if the plane's stack has a mask."""
+        return self.folder.has_mask(self.split_id(plane_id)[0])
+
+    def has_instances(self, plane_id: str) -> bool:
+        """Instance masks of stacks are not read: always False."""
+        return False
+
+    def load_image(self, plane_id: str) -> np.ndarray:
+        """Raw float32 ``(C, H, W)`` of one plane."""
+        stack_id, z = self.split_id(plane_id)
+        return self._stack(stack_id, with_mask=False)[0][z]
+
+    def load_mask(self, plane_id: str, binary: bool = True) -> np.ndarray:
+        """int64 ``(H, W)`` mask of one plane (binary: foreground > 0)."""
+        stack_id, z = self.split_id(plane_id)
+        mask = self._stack(stack_id, with_mask=True)[1]
+        assert mask is not None
+        return mask[z]
+
+    def load_region(self, plane_id: str) -> np.ndarray | None:
+        """Stacks are scored on every voxel: None."""
+        return None
+
+    def load_instances(self, plane_id: str) -> np.ndarray:
+        raise DataError(
+            f"{self.root}: instance masks of z-stacks are not read yet; run the binary task on this dataset."
+        )
