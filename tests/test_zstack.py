@@ -185,3 +185,15 @@ def test_experiment_trains_on_planes_and_scores_per_stack(tmp_path: Path) -> Non
     assert (row["id"], row["planes"]) == ("s4", 3) and 0.0 <= row["dice"] <= 1.0
     assert len(result["test"]["per_plane"]["per_image"]) == 3
     assert result["test"]["dice_mean"] == pytest.approx(row["dice"])
+
+
+def test_a_stack_costs_its_planes() -> None:
+    from types import SimpleNamespace
+
+    from napari_diffseg.base.cost import job_plan
+
+    flat = SimpleNamespace(id="a", name="a", height=443, width=512, state="unlabeled", split="train")
+    stack = SimpleNamespace(**{**vars(flat), "axes": "ZYX", "shape": [5, 443, 512]})
+    one = job_plan("propose", "cpu", [flat]).seconds - job_plan("propose", "cpu", []).seconds
+    five = job_plan("propose", "cpu", [stack]).seconds - job_plan("propose", "cpu", []).seconds
+    assert five == pytest.approx(5 * one)

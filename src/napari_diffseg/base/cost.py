@@ -223,6 +223,12 @@ def _scaled(preset: Preset) -> tuple[dict[str, float], dict[str, float]]:
     return steps, evals
 
 
+def _planes(im: ImageLike) -> int:
+    """The Z planes of an image record (``axes`` and ``shape`` where it has them): 1 for a 2D image."""
+    axes, shape = str(getattr(im, "axes", "") or ""), tuple(getattr(im, "shape", ()) or ())
+    return int(shape[axes.index("Z")]) if "Z" in axes and len(shape) == len(axes) else 1
+
+
 def _multiple(preset: Preset) -> int:
     return 2 ** max(len(preset.student_channels), len(preset.teacher_channels))
 
@@ -272,8 +278,8 @@ def job_plan(
     step_s, eval_s = _scaled(pr)
     multiple = _multiple(pr)
 
-    def area(im: ImageLike) -> float:
-        return windowed_pixels(im.height, im.width, pr.roi_size, multiple) / 1e6
+    def area(im: ImageLike) -> float:  # a z-stack: every plane is one 2D pass
+        return windowed_pixels(im.height, im.width, pr.roi_size, multiple) * _planes(im) / 1e6
 
     phases = [Phase("start", 0, 1, STARTUP_SECONDS, "start-up")]
     train = [im for im in images if im.split == "train" and im.state != "excluded"]
