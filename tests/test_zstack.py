@@ -55,6 +55,8 @@ def test_stack_store_annotations_and_refusals(tmp_path: Path) -> None:
             proj.save_annotation(sid, mask[0], replaces=v2)
         with pytest.raises(DataError, match=r"plane\(s\) \[5\] do not exist"):
             proj.save_annotation(sid, mask, replaces=v2, planes=[5])
+        with pytest.raises(DataError, match=r"annotates no plane.*name them"):
+            proj.save_annotation(sid, np.zeros_like(mask), replaces=v2)
         assert proj.latest_version(sid) == v2
         # a stack over the size limit is refused, naming the limit and what to do
         with pytest.raises(DataError, match=r"voxels, more than the limit.*fewer planes"):
@@ -163,6 +165,7 @@ def test_zstack_loop_from_the_cli_and_the_api(tmp_path: Path, capsys) -> None:
     assert main(["predict", str(root), str(files / "stack.tif"), "--out", str(out), "--device", "cpu"]) == 0
     labels = tifffile.imread(out / "stack.tif.tif")
     assert labels.shape == (3, 48, 56) and labels.dtype == np.uint8
+    assert main(["check", str(root)]) == 0  # every stored stack, 3D mask and 3D proposal checks out
 
 
 def test_experiment_trains_on_planes_and_scores_per_stack(tmp_path: Path) -> None:

@@ -213,12 +213,18 @@ def _annotated_planes(mask: np.ndarray, planes: Iterable[int] | None, what: str)
     """The planes a z-stack's ``(Z, H, W)`` mask annotates: ``planes`` checked, or those with a label."""
     z = int(mask.shape[0])
     if planes is None:
-        return [int(i) for i in np.flatnonzero(mask.reshape(z, -1).any(axis=1))]
-    try:
-        chosen = sorted({int(p) for p in planes if not isinstance(p, bool)})
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{what}: planes must be plane indices (integers), got {planes!r}.") from exc
-    bad = [p for p in chosen if not 0 <= p < z]
-    if bad:
-        raise DataError(f"{what}: plane(s) {bad} do not exist; the stack has planes 0 to {z - 1}.")
+        chosen = [int(i) for i in np.flatnonzero(mask.reshape(z, -1).any(axis=1))]
+    else:
+        try:
+            chosen = sorted({int(p) for p in planes if not isinstance(p, bool)})
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{what}: planes must be plane indices (integers), got {planes!r}.") from exc
+        bad = [p for p in chosen if not 0 <= p < z]
+        if bad:
+            raise DataError(f"{what}: plane(s) {bad} do not exist; the stack has planes 0 to {z - 1}.")
+    if not chosen:
+        raise DataError(
+            f"{what}: the mask annotates no plane of the stack (no labelled pixel, no planes named). Paint "
+            "the planes you annotated, or name them (planes=, --planes) when their truth is all background."
+        )
     return chosen
