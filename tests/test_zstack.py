@@ -181,13 +181,21 @@ def test_experiment_trains_on_planes_and_scores_per_stack(tmp_path: Path) -> Non
         tifffile.imwrite(ds / "masks" / f"s{n}.tif", truth)
         rows.append(f"s{n},{'test' if n == 4 else 'train'}")
     (ds / "split.csv").write_text("\n".join(rows) + "\n")
-    result = run_experiment(ds, labeled_fraction=0.5, method="supervised", preset="tiny", device="cpu")
+    result = run_experiment(
+        ds, labeled_fraction=0.5, method="supervised", preset="tiny", device="cpu", model_out=tmp_path / "m"
+    )
     assert (result["n_labeled"], result["n_val"]) == (2, 1)  # stacks are chosen, never planes of one
     assert result["z_stacks"]["labeled_planes"] == 6 and result["z_stacks"]["test_planes"] == 3
     (row,) = result["test"]["per_image"]
     assert (row["id"], row["planes"]) == ("s4", 3) and 0.0 <= row["dice"] <= 1.0
     assert len(result["test"]["per_plane"]["per_image"]) == 3
     assert result["test"]["dice_mean"] == pytest.approx(row["dice"])
+    # diffseg evaluate of that model on the stacks: the same per-stack score
+    from napari_diffseg.predict import evaluate_folder
+
+    scored = evaluate_folder(tmp_path / "m", ds, device="cpu")
+    assert [r["id"] for r in scored["per_image"]] == ["s4"]
+    assert scored["dice_mean"] == pytest.approx(row["dice"], abs=1e-6)
 
 
 def test_a_stack_costs_its_planes() -> None:

@@ -499,8 +499,13 @@ def evaluate_folder(
     per_image: list[dict[str, Any]] = []
     in_fov = False
     for i in ids:
-        probs = predict_image(bundle, config, ds.load_image(i))
-        pred, truth = probs.argmax(0), ds.load_mask(i)
+        image = ds.load_stack(i)
+        if image.shape[0] > 1:  # a z-stack: each plane by the 2D networks, scored over its voxels
+            z, _c, h, w = image.shape
+            pred = np.stack([predict_image(bundle, config, plane).argmax(0) for plane in image])
+            truth = ds.load_mask_stack(i, (z, h, w))
+        else:
+            pred, truth = predict_image(bundle, config, image[0]).argmax(0), ds.load_mask(i)
         region = ds.load_region(i)  # score inside the dataset's field of view where it has one
         if region is not None:
             pred, truth, in_fov = pred * region, truth * region, True
