@@ -208,3 +208,46 @@ def test_a_stack_costs_its_planes() -> None:
     one = job_plan("propose", "cpu", [flat]).seconds - job_plan("propose", "cpu", []).seconds
     five = job_plan("propose", "cpu", [stack]).seconds - job_plan("propose", "cpu", []).seconds
     assert five == pytest.approx(5 * one)
+
+
+def test_a_v3_project_opens_with_its_2d_records_as_they_were(tmp_path: Path) -> None:
+    import hashlib
+    import sqlite3
+
+    from napari_diffseg.base.formats import tiff_bytes
+    from napari_diffseg.project._util import content_id
+    from napari_diffseg.project.schema import SCHEMA_VERSION, apply_migrations, bootstrap
+
+    root = tmp_path / "old"
+    for sub in ("images", "annotations", "proposals", "models", "jobs"):
+        (root / sub).mkdir(parents=True)
+    con = sqlite3.connect(root / "project.db", isolation_level=None)
+    bootstrap(con, 0.0)
+    assert apply_migrations(con, target=3) == 3
+    image = _stack(planes=1)[0]  # a 2D image of an older project: (1, H, W)
+    image_id = content_id(image)
+    data = tiff_bytes(image)
+    (root / "images" / f"{image_id}.tif").write_bytes(data)
+    mask = np.zeros((48, 56), np.uint8)
+    mask[4:9, 4:9] = 1
+    (root / "annotations" / image_id).mkdir()
+    mask_data = tiff_bytes(mask)
+    (root / "annotations" / image_id / "1.tif").write_bytes(mask_data)
+    con.execute(
+        "INSERT INTO images (id, name, height, width, channels, dtype, file_sha256, created_at, axes, shape) "
+        "VALUES (?, 'old', 48, 56, 1, 'uint8', ?, 0, 'YX', '[48, 56]')",
+        (image_id, hashlib.sha256(data).hexdigest()),
+    )
+    con.execute(
+        "INSERT INTO annotations (image_id, version, kind, labels, file_sha256, created_at) "
+        "VALUES (?, 1, 'correction', 1, ?, 0)",
+        (image_id, hashlib.sha256(mask_data).hexdigest()),
+    )
+    con.close()
+    with Project.open(root) as proj:  # migration 4 adds the z-stack columns; 2D records are unchanged
+        assert proj.schema_version == SCHEMA_VERSION == 4
+        rec = proj.image("old")
+        assert (rec.is_stack, rec.planes, rec.plane) == (False, 1, None)
+        assert proj.annotation("old").planes is None
+        np.testing.assert_array_equal(proj.load_annotation("old"), mask)
+        assert proj.load_image("old").shape == (1, 48, 56)
