@@ -252,7 +252,19 @@ def test_export_refuses_what_it_cannot_reproduce(tmp_path: Path, capsys) -> None
     rc, _, err = _run(
         capsys, "export", str(inst), "--out", str(tmp_path / "a.zip"), "--test-image", str(tmp_path / "x.png")
     )
-    assert rc == 2 and "only binary and multi-class" in err and err.count("\n") == 1
+    # an "instance" model whose head is not the 3-class target
+    assert rc == 2 and "an instance model has 3 classes" in err and err.count("\n") == 1
+    other = save_bundle(bundle, tmp_path / "other", extra={**config, "task": "tracking"})
+    rc, _, err = _run(
+        capsys,
+        "export",
+        str(other),
+        "--out",
+        str(tmp_path / "b.zip"),
+        "--test-image",
+        str(tmp_path / "x.png"),
+    )
+    assert rc == 2 and "'tracking'" in err and err.count("\n") == 1
     norm = save_bundle(bundle, tmp_path / "norm", extra={**config, "normalization": {"mode": "dataset"}})
     rc, _, err = _run(
         capsys, "export", str(norm), "--out", str(tmp_path / "b.zip"), "--test-image", str(tmp_path / "x.png")
@@ -268,3 +280,41 @@ def test_export_refuses_what_it_cannot_reproduce(tmp_path: Path, capsys) -> None
     assert rc == 2 and "bioimageio" in err
     assert not any(p.suffix in (".zip", ".partial") for p in tmp_path.iterdir())
     shutil.rmtree(tmp_path / "inst")
+
+
+def test_instance_model_exports_with_its_post_processing(tmp_path: Path) -> None:
+    """An instance model (3 classes) passes bioimage.io's test; its README and config give the watershed
+    that makes objects of the outputs, and following it reproduces `probs_to_instances`."""
+    from napari_diffseg.core.instances import probs_to_instances
+    from napari_diffseg.data.synthetic import make_sample_dataset
+    from napari_diffseg.experiment import run_experiment
+    from napari_diffseg.export.bioimageio import export_bioimageio, package_prediction
+
+    ds = make_sample_dataset(
+        tmp_path / "ds", n_train=6, n_test=2, size=(64, 64), kind="nuclei", seed=1, instances=True
+    )
+    model = tmp_path / "model"
+    run_experiment(
+        ds,
+        labeled_fraction=0.5,
+        method="diffseg",
+        preset="tiny",
+        seed=0,
+        device="cpu",
+        task="instances",
+        model_out=model,
+    )
+    pkg = tmp_path / "inst.zip"
+    report = export_bioimageio(model, pkg, test_image=ds / "images" / "test_000.png", authors=["A B"])
+    assert report.test_status == "passed"
+    with zipfile.ZipFile(pkg) as zf:
+        readme = zf.read("README.md").decode()
+        rdf = zf.read("rdf.yaml").decode()
+    assert "From the outputs to objects" in readme and "skimage.segmentation.watershed" in readme
+    assert "interior" in rdf and "instance_postprocessing" in rdf and "seeded watershed" in rdf
+
+    raw = np.moveaxis(iio.imread(ds / "images" / "test_000.png"), -1, 0)
+    got = package_prediction(pkg, raw, "torchscript")
+    assert got["probabilities"].shape == (3, 64, 64)
+    ids = probs_to_instances(got["probabilities"])
+    assert ids.dtype == np.uint16 and ids.shape == (64, 64)

@@ -69,6 +69,32 @@ def _norm_line(norm: Any) -> str:
     )
 
 
+def _instance_lines() -> list[str]:
+    """The README's section on turning an instance model's outputs into objects."""
+    from ..core import instances as inst
+
+    return [
+        "## From the outputs to objects (instance model)",
+        "",
+        "The network predicts, per pixel, background / object interior / object boundary (the training target "
+        f"marks each object's inner rim, {inst.BOUNDARY_WIDTH} px wide, as boundary). `diffseg predict` turns "
+        "the probabilities into objects with a seeded watershed; the bioimage.io format has no operator for "
+        "it, so run it after the package (`config.napari_diffseg.instance_postprocessing` holds the same "
+        "parameters):",
+        "",
+        "1. foreground = P(interior) + P(boundary) > 0.5;",
+        "2. seeds = 4-connected pieces of P(interior) > 0.5 inside the foreground, pieces under "
+        f"{inst.MIN_SEED_SIZE} px dropped;",
+        "3. `skimage.segmentation.watershed(1 - P(interior), markers=seeds, mask=foreground, connectivity=1)`;",
+        "4. foreground no seed reached becomes objects of its own (4-connected pieces);",
+        f"5. objects under {inst.MIN_OBJECT_SIZE} px are removed and the rest numbered 1…N (uint16; uint32 "
+        "beyond 65,535 objects).",
+        "",
+        "With napari-diffseg installed: `napari_diffseg.core.instances.probs_to_instances(probabilities[0])`.",
+        "",
+    ]
+
+
 def readme(src: Source, bundle: Any, names: list[str], task: str, roi: int, name: str, license: str) -> str:
     spec = bundle.spec
     k = spec.num_classes
@@ -95,9 +121,14 @@ def readme(src: Source, bundle: Any, names: list[str], task: str, roi: int, name
         "model was trained for.",
         f"* **output `probabilities`**: `(batch, channel={k}, y, x)` float32, the mean softmax of the students "
         "(channels in the class order above).",
-        "* **output `labels`**: `(batch, 1, y, x)` uint8, the argmax of the probabilities: the mask `diffseg "
-        "predict` writes.",
+        "* **output `labels`**: `(batch, 1, y, x)` uint8, the argmax of the probabilities"
+        + (
+            " (0 background, 1 interior, 2 boundary of an object)."
+            if task == "instances"
+            else ": the mask `diffseg predict` writes."
+        ),
         "",
+        *(_instance_lines() if task == "instances" else []),
         "## Training data",
         "",
     ]

@@ -35,10 +35,13 @@ class Source:
 
 def task_of(config: dict, num_classes: int) -> str:
     task = config.get("task") or ("binary" if num_classes == 2 else "multiclass")
-    if task not in ("binary", "multiclass"):
+    if task not in ("binary", "multiclass", "instances"):
         raise ConfigError(
-            f"the model's task is {task!r}; only binary and multi-class models can be exported yet "
-            "(instance models: see napari_diffseg.export.bioimageio.INSTANCE_POSTPROCESSING_PLAN)"
+            f"the model's task is {task!r}; binary, multi-class and instance models can be exported"
+        )
+    if task == "instances" and num_classes != 3:
+        raise ConfigError(
+            f"an instance model has 3 classes (background, interior, boundary); this one has {num_classes}"
         )
     return str(task)
 
@@ -62,6 +65,8 @@ def class_names(config: dict, k: int) -> list[str]:
     names = config.get("class_names")
     if isinstance(names, list) and len(names) == k and all(isinstance(n, str) and n for n in names):
         return [str(n) for n in names]
+    if config.get("task") == "instances" and k == 3:
+        return ["background", "interior", "boundary"]
     return ["background", "foreground"] if k == 2 else ["background", *(f"class_{i}" for i in range(1, k))]
 
 

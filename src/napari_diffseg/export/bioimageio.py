@@ -30,8 +30,10 @@ predict`` once more at a tight tolerance; only then is it renamed to ``out``. A 
 this is deleted and never appears under the final name (an older file there is left untouched).
 
 Tasks: binary and multi-class models export as above (K channels, class names from the model's config when
-it has them). Instance models do not exist yet (issue 13); how they will be carried is in
-:data:`INSTANCE_POSTPROCESSING_PLAN`, and a model whose config names another task is refused.
+it has them). Instance models (3 classes: background, interior, boundary) export their class probabilities
+and labels the same way; the step from them to objects, a seeded watershed, has no operator in the
+bioimage.io model format, so it is documented with its parameters in the package's README and in
+``config.napari_diffseg.instance_postprocessing`` (:func:`instance_postprocessing`). Any other task is refused.
 """
 
 from __future__ import annotations
@@ -60,11 +62,11 @@ from ._files import METHOD_CITATION, METHOD_DOI, cover, environment_file, fmt, r
 from ._source import Source, check_normalization, class_names, collect, task_of
 
 __all__ = [
-    "INSTANCE_POSTPROCESSING_PLAN",
     "ExportError",
     "ExportReport",
     "deployed_network",
     "export_bioimageio",
+    "instance_postprocessing",
     "package_prediction",
 ]
 
@@ -72,15 +74,26 @@ _WeightFormat = Literal["pytorch_state_dict", "torchscript"]
 PROBABILITY_TOLERANCE = 1e-5
 """Largest absolute difference between the package's prediction and ``diffseg predict`` that is accepted."""
 
-INSTANCE_POSTPROCESSING_PLAN = """\
-Instance models (issue 13, not built yet) will be exported like semantic ones — the network's outputs
-(foreground / boundary or distance maps) as the package's tensors, exactly as `diffseg predict` computes
-them — plus the instance post-processing carried in the description: as a spec operator where one exists
-for it (`stardist_postprocessing`, `cellpose_flow_dynamics`), otherwise as a `custom` postprocessing step
-(source file + callable + kwargs, e.g. a seeded watershed with its thresholds) on an extra `instances`
-output of dtype uint32, and always restated in config.napari_diffseg.instance_postprocessing (name and
-parameters) and in the README. Until then a model whose config names any task but `binary` or
-`multiclass` is refused."""
+
+def instance_postprocessing() -> dict[str, Any]:
+    """How an instance model's outputs become objects (``config.napari_diffseg.instance_postprocessing``):
+    the seeded watershed of :func:`napari_diffseg.core.instances.probs_to_instances`, with its parameters.
+    bioimage.io's model format has no operator for it, so the package carries the 3-class outputs exactly
+    as ``diffseg predict`` computes them and documents the step here and in its README."""
+    from ..core import instances as inst
+
+    return {
+        "name": "seeded watershed",
+        "callable": "napari_diffseg.core.instances.probs_to_instances",
+        "input": "probabilities (background, interior, boundary)",
+        "parameters": {
+            "threshold": 0.5,
+            "min_seed_size": inst.MIN_SEED_SIZE,
+            "min_size": inst.MIN_OBJECT_SIZE,
+        },
+        "training_target": {"boundary_width": inst.BOUNDARY_WIDTH},
+        "output": "uint16 object ids (uint32 beyond 65,535 objects), 0 = background",
+    }
 
 
 class ExportError(DiffsegError):
@@ -284,7 +297,7 @@ def _descr(
         "class_names": names,
         "normalization": norm.to_dict() if norm is not None else dict(PER_IMAGE_CONFIG),
         "tiling": {"roi": roi, "overlap": net.overlap, "sw_batch": net.sw_batch},
-        "instance_postprocessing": None,
+        "instance_postprocessing": instance_postprocessing() if task == "instances" else None,
         "validation": summary,
     }
     extra: dict[str, Any] = {"napari_diffseg": napari_diffseg}  # our own section of `config`
