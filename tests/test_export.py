@@ -215,6 +215,27 @@ def test_multiclass_model_exports(tmp_path: Path) -> None:
     assert [str(c) for c in descr.outputs[0].axes[1].channel_names] == ["bg", "nucleus", "membrane"]
 
 
+def test_two_channel_fluorescence_model_exports(tmp_path: Path) -> None:
+    """A model of a 2-channel project: the package's input has 2 named channels and reproduces predict."""
+    from napari_diffseg.core.models import save_bundle
+    from napari_diffseg.export.bioimageio import export_bioimageio, package_prediction
+    from napari_diffseg.predict import load_model, predict_image
+
+    bundle, config = _random_bundle(k=2, channels=2)
+    model = save_bundle(bundle, tmp_path / "m2c", extra=config)
+    img = (np.random.default_rng(3).random((2, 48, 56)) * 4000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "two.tif", img, metadata={"axes": "CYX"}, imagej=True)
+    report = export_bioimageio(model, tmp_path / "m2c.zip", test_image=tmp_path / "two.tif", authors=["Z"])
+    assert report.test_status == "passed"
+    got = package_prediction(tmp_path / "m2c.zip", img, "torchscript")
+    b2, cfg2 = load_model(model, "cpu")
+    np.testing.assert_allclose(got["probabilities"], predict_image(b2, cfg2, img), atol=1e-5)
+    from bioimageio.core import load_model_description
+
+    descr = load_model_description(str(tmp_path / "m2c.zip"))
+    assert [str(c) for c in descr.inputs[0].axes[1].channel_names] == ["channel_0", "channel_1"]
+
+
 # ------------------------------------------------------------------------------ bad input
 
 

@@ -21,9 +21,17 @@ METHOD_CITATION = (
 
 
 def _display_rgb(image: np.ndarray) -> np.ndarray:
-    """(C, H, W) raw → (H, W, 3) uint8 stretched to its 1 / 99 percentiles."""
+    """(C, H, W) raw → (H, W, 3) uint8 stretched to its 1 / 99 percentiles: grey repeated, RGB as it is,
+    any other channel count as the mean of its channels (each stretched first) in grey."""
     x = image.astype(np.float32)
-    x = np.repeat(x, 3, axis=0) if x.shape[0] == 1 else x[:3]
+    if x.shape[0] == 3:
+        pass
+    elif x.shape[0] == 1:
+        x = np.repeat(x, 3, axis=0)
+    else:
+        lo_c, hi_c = np.percentile(x.reshape(x.shape[0], -1), (1, 99), axis=1)
+        x = (x - lo_c[:, None, None]) / np.maximum(hi_c - lo_c, 1e-6)[:, None, None]
+        x = np.repeat(x.mean(axis=0, keepdims=True), 3, axis=0)
     lo, hi = np.percentile(x, (1, 99))
     x = np.clip((x - lo) / max(float(hi - lo), 1e-6), 0, 1)
     return (np.moveaxis(x, 0, -1) * 255).astype(np.uint8)
@@ -113,7 +121,8 @@ def readme(src: Source, bundle: Any, names: list[str], task: str, roi: int, name
         "## Inputs and outputs",
         "",
         f"* **input `raw`**: `(batch, channel, y, x)`, {spec.in_channels} channel(s) "
-        f"({'RGB' if spec.in_channels == 3 else 'grey'}), raw intensities of any dtype and any size. Convert "
+        f"({ {1: 'grey', 3: 'RGB'}.get(spec.in_channels, 'fluorescence channels, in the order trained') }), "
+        "raw intensities of any dtype and any size. Convert "
         "grey to RGB (or RGB to grey) first if the channel count differs.",
         _norm_line(bundle.normalization),
         f"* **large images are tiled inside the network**: images larger than {roi} × {roi} pixels are "

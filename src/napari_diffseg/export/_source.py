@@ -104,7 +104,7 @@ def _training_from_job(project: Any, model_id: str) -> dict[str, Any] | None:
 
 def collect(source: Path, model_id: str | None, test_image: Path | None, device: str) -> tuple[Source, Any]:
     from ..core.models import load_bundle
-    from ..data.io import read_image_raw
+    from ..data.io import read_image
     from ..project import Project
 
     project_root: Path | None = None
@@ -156,7 +156,7 @@ def collect(source: Path, model_id: str | None, test_image: Path | None, device:
                 "the model was trained on) for the package's test input"
             )
     if test_image is not None:
-        image, image_name = read_image_raw(test_image), Path(test_image).name
+        image, image_name = read_image(test_image), Path(test_image).name
     assert image is not None
     from ..core.device import choose_device
 

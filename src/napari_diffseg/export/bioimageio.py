@@ -75,6 +75,23 @@ PROBABILITY_TOLERANCE = 1e-5
 """Largest absolute difference between the package's prediction and ``diffseg predict`` that is accepted."""
 
 
+def input_channel_names(n: int, config: dict[str, Any]) -> list[str]:
+    """The input's channel names: the model config's ``channel_names`` when it has ``n`` of them, else grey
+    (1), red / green / blue (3) or ``channel_0`` … (any other count of fluorescence channels)."""
+    names = config.get("channel_names")
+    if isinstance(names, list) and len(names) == n and all(isinstance(c, str) and c for c in names):
+        return [re.sub(r"[^A-Za-z0-9_]+", "_", c) or f"channel_{i}" for i, c in enumerate(names)]
+    if n == 1:
+        return ["grey"]
+    if n == 3:
+        return ["red", "green", "blue"]
+    return [f"channel_{i}" for i in range(n)]
+
+
+def _kind_of_input(n: int) -> str:
+    return {1: "grey", 3: "RGB"}.get(n, f"{n}-channel")
+
+
 def instance_postprocessing() -> dict[str, Any]:
     """How an instance model's outputs become objects (``config.napari_diffseg.instance_postprocessing``):
     the seeded watershed of :func:`napari_diffseg.core.instances.probs_to_instances`, with its parameters.
@@ -225,7 +242,7 @@ def _descr(
         kwargs["norm_high"] = list(norm.high)
     torch_version = spec.Version(torch.__version__.split("+")[0])
     size = spec.ParameterizedSize(min=1, step=1)
-    channel_names = ["grey"] if bundle.spec.in_channels == 1 else ["red", "green", "blue"]
+    channel_names = input_channel_names(bundle.spec.in_channels, cfg)
     inp = spec.InputTensorDescr(
         id=spec.TensorId("raw"),
         description="raw image; normalised inside the network (see README)",
@@ -320,7 +337,7 @@ def _descr(
         name=name,
         description=description
         or (
-            f"{task.capitalize()} segmentation ({k} classes) of 2D {'RGB' if bundle.spec.in_channels == 3 else 'grey'} "
+            f"{task.capitalize()} segmentation ({k} classes) of 2D {_kind_of_input(bundle.spec.in_channels)} "
             "images by the twin students of a napari-diffseg model (diffusion teacher, few labels, human in the "
             "loop). Normalisation and tiling are inside the network: give it whole raw images."
         )[:512],
