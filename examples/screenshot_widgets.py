@@ -16,6 +16,8 @@ screenshots to ``OUT/NAME_*.png``. Needs a display; headless::
 
     xvfb-run -a python examples/screenshot_widgets.py --dataset ../shared/data/dsb2018_nuclei --name dsb
     xvfb-run -a python examples/screenshot_widgets.py --dataset ../shared/data/glas --name glas
+
+``--first-proposal-only`` stops after step 3 (what a new project's first minutes promise).
 """
 
 from __future__ import annotations
@@ -84,6 +86,11 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "screenshots")
+    parser.add_argument(
+        "--first-proposal-only",
+        action="store_true",
+        help="stop once the first proposal is on screen (the promise of a new project's first minutes)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -210,25 +217,26 @@ def main() -> None:
             record["first_proposal_seconds"] = time.monotonic() - t_first
             screenshot(viewer, "annotate_round0")
 
-            # a person corrects a few proposals (here: saves the ground truth as the correction)
-            client = session.client
-            for name in ids[: args.correct]:
-                rec = client.image(name)
-                proposal = client.proposal(rec.id)
-                client.save_annotation(
-                    rec.id,
-                    ds.load_mask(name),
-                    replaces=rec.latest_version,
-                    kind="correction",
-                    proposal_id=None if proposal is None else proposal.id,
-                    author="first-hour script (ground truth)",
-                )
-            session.images_changed.emit()
-            run_job("co-training round 1", "cotrain")
-            run_job("propose on every unreviewed image", "propose", "unreviewed", suggested=False)
-            screenshot(viewer, "project")
-            open_next("Next image (the most uncertain) after round 1")
-            screenshot(viewer, "annotate")
+            if not args.first_proposal_only:  # the rest of the hour
+                # a person corrects a few proposals (here: saves the ground truth as the correction)
+                client = session.client
+                for name in ids[: args.correct]:
+                    rec = client.image(name)
+                    proposal = client.proposal(rec.id)
+                    client.save_annotation(
+                        rec.id,
+                        ds.load_mask(name),
+                        replaces=rec.latest_version,
+                        kind="correction",
+                        proposal_id=None if proposal is None else proposal.id,
+                        author="first-hour script (ground truth)",
+                    )
+                session.images_changed.emit()
+                run_job("co-training round 1", "cotrain")
+                run_job("propose on every unreviewed image", "propose", "unreviewed", suggested=False)
+                screenshot(viewer, "project")
+                open_next("Next image (the most uncertain) after round 1")
+                screenshot(viewer, "annotate")
         finally:
             session.stop_server()
             viewer.close()
