@@ -214,3 +214,12 @@ def test_show_image_reuses_the_image_layer_and_adds_before_removing(make_napari_
     show_image(viewer, session, (_image("c2"), rgb[::-1]))
     qtbot.wait(50)
     assert [la.name for la in viewer.layers] == ["c2"] and session.image.id == "c2"
+    # a review's proposal and uncertainty stay on top when an image of the other kind replaces the image
+    # (RGB → grey needs a new layer; added last, it used to cover the proposal: DSB 2018 mixes both)
+    viewer.add_image(
+        np.zeros((64, 80), np.float32), name="c2 uncertainty", metadata={"diffseg_image_id": "c2"}
+    )
+    viewer.add_labels(np.zeros((64, 80), np.uint8), name="c2 proposal", metadata={"diffseg_image_id": "c2"})
+    show_image(viewer, session, (_image("g9"), grey[0]))
+    qtbot.wait(50)
+    assert [la.name for la in viewer.layers] == ["g9", "c2 uncertainty", "c2 proposal"]

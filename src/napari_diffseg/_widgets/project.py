@@ -227,7 +227,14 @@ def show_image(viewer: Any, session: Session, result: tuple[Any, ...] | None) ->
         layer.reset_contrast_limits_range()
         layer.reset_contrast_limits()
     else:
+        # where the image belongs: under the proposal and uncertainty layers of the review (a layer added
+        # now lands on top of them and would hide the proposal), at the old image layer's place
+        below = [
+            i for i, lay in enumerate(viewer.layers) if lay in ours or "diffseg_image_id" in lay.metadata
+        ]
         layer = viewer.add_image(data, name=record.name, rgb=rgb, metadata={"diffseg_image": record})
+        if below:
+            viewer.layers.move(viewer.layers.index(layer), min(below))
     for other in list(viewer.layers):
         if other is not layer and (any(other is o for o in ours) or other.name == record.name):
             viewer.layers.remove(other)
