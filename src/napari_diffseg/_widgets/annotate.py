@@ -3,6 +3,10 @@ Image layer; save the correction (Shift-S) as a new annotation version, revert t
 the image. Unsaved edits are never dropped silently: before another image or proposal replaces them the
 annotator chooses Save, Discard or Cancel (:func:`ask_unsaved`).
 
+Why one module of 700+ lines: it is one QWidget class and its slots; everything that is not Qt (loading an
+image with its proposal, the uncertainty summary, next-image choice) already lives in ``review.py`` and
+``base/uncertainty.py``, so splitting further would cut one class's event handlers apart.
+
 Proposals come by themselves: when an image is opened, the proposal of the **active model** is shown; when
 that model has none for the image yet, a ``propose`` job is requested for it, followed in a worker thread
 (the status line says "proposing…") and its result shown when it is done. The cached proposal is fetched

@@ -1,6 +1,9 @@
 """The project dock widget: open or create a project (a local backend is started for it) or connect to a
 remote backend; import image layers or files; the image table; "Next image".
 
+Why one module of 600+ lines: one QWidget class and the two helpers it shares with the reader path
+(``show_image``, the import dialogs); backend start-up is in ``backend/local.py``, listings in ``review.py``.
+
 A folder of images opened as a project is not refused: the widget offers a new project beside it
 (``FOLDER-diffseg``) and imports the images into it (:func:`ask_create_from_images`). An import that does
 not look like the project's other images (RGB into grey, a very different size) is imported with a

@@ -2,6 +2,10 @@
 events (progress and ETA over the whole job, a live plot of the losses grouped for people, the validation
 Dice), cancel it; the table of model versions, set the active one, export weights.
 
+Why one module of 900 lines: one QWidget class and its slots; the plot is ``_plot.py``, the job history,
+ETA, loss names and cost text are Qt-free in ``review.py``. A next split would move the model table into
+its own widget.
+
 Before a job starts the widget says what it will cost for this project (:func:`napari_diffseg.base.cost.job_plan`
 over the project's images, at the speed the last job measured on this backend); a new project starts at
 ``pretrain`` (nothing to co-train on yet), a project with a model but no annotation at ``propose``.

@@ -1,5 +1,8 @@
 """Jobs on a project: teacher pretraining, proposals, co-training rounds.
 
+Why one module of 650+ lines: the three job kinds share its event, checkpoint, cancel and resume plumbing;
+splitting them into ``jobs/pretrain.py`` etc. is the next step when a fourth kind arrives.
+
 ``execute_job(root, job_id)`` runs one job recorded in the project store: it marks it running, feeds
 every core event into the job's event log (so any client, now or after a reconnect, sees the history),
 honours a cancel file (``jobs/<id>/cancel``) and checkpoints into ``jobs/<id>/`` so that a cancelled,

@@ -1,5 +1,8 @@
 """The typed contract every process boundary shares: records, events, job states and job parameters.
 
+Why one module of 500 lines: the contract is meant to be read in one place (every record, event and
+parameter model the processes exchange); it is declarations only.
+
 One set of pydantic v2 models, used by the HTTP service (request and response bodies, so they make up
 ``/openapi.json``), by the Python client (what it returns), by the CLI, the demo and the widgets (which
 read attributes, never string keys), and by the job worker (which loads :data:`JobParams` from the JSON
