@@ -521,13 +521,29 @@ def init(
     masks: Annotated[
         Path | None, typer.Option(help="masks folder for a plain --images folder (matched by file stem)")
     ] = None,
-    multiclass: Annotated[
-        bool, typer.Option("--multiclass", help="keep mask label values instead of mapping >0 to 1")
-    ] = False,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="what the masks hold: binary (0 = background, 1 = foreground), multiclass (class values "
+            "0..K-1, named with --classes) or instances (object ids: each object its own id)"
+        ),
+    ] = "binary",
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="the class names, background first, e.g. background,tumour,stroma (a colour may follow "
+            "a name: tumour:#ff0000); required for --task multiclass unless the masks give the count"
+        ),
+    ] = None,
+    multiclass: Annotated[bool, typer.Option("--multiclass", help="the same as --task multiclass")] = False,
     axes: Annotated[str | None, typer.Option(help=_AXES_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
-    """Create a project and optionally import a dataset folder (or an images folder plus a masks folder)."""
+    """Create a project and optionally import a dataset folder (or an images folder plus a masks folder).
+
+    The project's task is fixed here: binary (default), multiclass with named classes, or instances (a
+    dataset folder's instances/ masks are imported for an instance project)."""
+    from .base.task import make_task
     from .project import Project, collect_paths
     from .project.importing import load_images
 
@@ -535,10 +551,23 @@ def init(
         raise _user_error("--masks needs --images: pass the images folder the masks belong to")
     if axes is not None and images is None:
         raise _user_error("--axes needs --images: it says how to read the imported files")
+    if multiclass:
+        if task not in ("binary", "multiclass"):
+            raise _user_error(f"--multiclass means --task multiclass; it cannot go with --task {task}")
+        task = "multiclass"
+    if task == "multiclass" and classes is None and images is None:
+        raise _user_error(
+            "a multiclass project needs its classes named, background first: --classes background,tumour,stroma"
+        )
+    if not (task == "multiclass" and classes is None):
+        make_task(task, classes)  # a bad task or class list fails before any file is read
     items = collect_paths([images], masks, axes=axes) if images is not None else []
     first: tuple[int, str] | None = None
+    top_label = 0
     for item in items:  # decode and check every file before the project is created
-        for image in load_images(item, binary_masks=not multiclass):
+        for image in load_images(item, binary_masks=task == "binary"):
+            if image.mask is not None and image.mask.size:
+                top_label = max(top_label, int(image.mask.max()))
             c = int(image.chw.shape[0])
             if first is None:
                 first = (c, image.name)
@@ -548,10 +577,18 @@ def init(
                     "channel count is fixed at its first import. Import them into separate projects, or pass "
                     "--axes if the axes were read wrongly"
                 )
+    if task == "multiclass" and classes is None:  # --multiclass with masks: one class per mask value
+        if top_label < 1:
+            raise _user_error(
+                "a multiclass project needs its classes named, background first: --classes "
+                "background,tumour,stroma (the imported masks hold no class value to count them by)"
+            )
+        classes = ",".join(["background", *(f"class {k}" for k in range(1, top_label + 1))])
+    chosen = make_task(task, classes)
     notes: list[str] = []
-    with Project.create(project) as proj:
+    with Project.create(project, task=chosen) as proj:
         result = (
-            proj.import_items(items, binary_masks=not multiclass, validate=False, notes=notes)
+            proj.import_items(items, binary_masks=task == "binary", validate=False, notes=notes)
             if items
             else None
         )
@@ -560,9 +597,16 @@ def init(
         for note in notes:
             typer.echo(f"note: {note}", err=True)
     if as_json:
-        _print_json({"project": str(project), **counts, "import": result.to_dict() if result else None})
+        _print_json(
+            {
+                "project": str(project),
+                "task": chosen.to_dict(),
+                **counts,
+                "import": result.to_dict() if result else None,
+            }
+        )
         return
-    msg = f"created project {project}"
+    msg = f"created project {project} (task: {chosen})"
     if result is not None:
         msg += f": {_import_summary(result)}"
     typer.echo(msg)

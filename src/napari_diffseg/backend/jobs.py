@@ -313,7 +313,8 @@ def _save_model(
         )
     folder = project.model_dir(mid)
     try:
-        save_bundle(bundle, folder, extra={"preset": preset.to_dict(), "round": round}, metrics=metrics)
+        extra = {"preset": preset.to_dict(), "round": round, **project.task.model_config()}
+        save_bundle(bundle, folder, extra=extra, metrics=metrics)
         project.register_model(mid, round=round, method=bundle.spec.method, metrics=metrics)
     except BaseException:
         with contextlib.suppress(Exception):  # the original error is the one to report

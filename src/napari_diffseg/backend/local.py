@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from napari_diffseg.backend.errors import BackendUnavailable
@@ -20,15 +21,25 @@ from napari_diffseg.backend.errors import BackendUnavailable
 __all__ = ["create_project", "start_local_backend", "stop_local_backend"]
 
 
-def create_project(path: str | os.PathLike[str]) -> Path:
+def create_project(
+    path: str | os.PathLike[str], task: str = "binary", classes: str | Sequence[str] | None = None
+) -> Path:
     """Create a new, empty project in ``path`` (a new or empty folder) for a local backend to serve.
+
+    Args:
+        path: The project folder.
+        task: ``binary`` (default), ``multiclass`` or ``instances`` (:mod:`napari_diffseg.base.task`).
+        classes: The class names, background first (``"background,tumour,stroma"``; each may carry a
+            colour, ``"tumour:#ff0000"``); required for multiclass.
 
     Raises:
         DataError: ``path`` is a file, a non-empty folder, or already a project.
+        ConfigError: An unknown task or bad classes (nothing is created).
     """
+    from napari_diffseg.base.task import make_task
     from napari_diffseg.project import Project
 
-    Project.create(path).close()
+    Project.create(path, task=make_task(task, classes)).close()
     return Path(path)
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "ProposalOut",
     "ProposalsCreate",
     "SaveAnnotationOut",
+    "TaskClassOut",
 ]
 
 AnnotationOut = _c.Annotation
@@ -45,3 +46,4 @@ ProjectOut = _c.ProjectInfo
 ProposalOut = _c.Proposal
 ProposalsCreate = _c.ProposalsCreate
 SaveAnnotationOut = _c.SavedAnnotation
+TaskClassOut = _c.TaskClass

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from .errors import ConfigError
 from .presets import PRESETS, Preset
+from .task import TaskKind
 
 __all__ = [
     "ANNOTATION_KINDS",
@@ -62,6 +63,8 @@ __all__ = [
     "ProposalsCreate",
     "ProposeParams",
     "SavedAnnotation",
+    "TaskClass",
+    "TaskKind",
     "parse_job_params",
 ]
 
@@ -178,8 +181,16 @@ class Model(_Out):
     created_at: float
 
 
+class TaskClass(_Out):
+    """One class of a project's task: its value in a mask, its name and its display colour."""
+
+    value: int
+    name: str
+    colour: str = Field(description="Display colour, #rrggbb.")
+
+
 class ProjectInfo(_Out):
-    """Project summary: counts, schema version, active model, images per state, limits."""
+    """Project summary: counts, schema version, task, active model, images per state, limits."""
 
     name: str
     schema_version: int
@@ -188,6 +199,22 @@ class ProjectInfo(_Out):
     states: dict[str, int] = Field(description="Number of images in each state.")
     active_model: Model | None
     limits: Limits
+    task: TaskKind = Field(
+        default="binary",
+        description="What the project's masks hold: binary (0 = background, > 0 = foreground), multiclass "
+        "(class values 0..K-1, named in classes) or instances (object ids, 0 = background, each object its "
+        "own id). Chosen when the project was created; an older backend sends none (binary).",
+    )
+    classes: list[TaskClass] = Field(
+        default_factory=list,
+        description="The classes, value 0 (background) first: K for a multiclass project, 2 otherwise "
+        "(background and the foreground / object class).",
+    )
+    num_classes: int = Field(
+        default=2,
+        description="Output classes of the project's networks: 2 (binary), K (multiclass), 3 (instances: "
+        "background, object interior, object boundary).",
+    )
 
 
 class Image(_Out):

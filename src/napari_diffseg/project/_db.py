@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_diffseg.base.errors import DataError, DiffsegError
+from napari_diffseg.base.errors import ConfigError, DataError, DiffsegError
+from napari_diffseg.base.task import ProjectTask
 from napari_diffseg.project._util import check_safe_id, sha256_bytes, write_file
 from napari_diffseg.project.records import (
     AnnotationRecord,
@@ -250,6 +251,20 @@ class _StoreBase:
                 tx.undo()
                 raise
             tx.discard_backups()
+
+    @property
+    def task(self) -> ProjectTask:
+        """The project's task and classes (``binary`` for a project made before tasks existed).
+
+        Raises:
+            DataError: The stored task cannot be read (the project is damaged).
+        """
+        with self._read() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'task'").fetchone()
+        try:
+            return ProjectTask.from_json(None if row is None else str(row[0]))
+        except ConfigError as exc:
+            raise DataError(f"project {self._root}: its stored task is damaged ({exc}).") from exc
 
     # -------------------------------------------------------------------------------------- paths
 

@@ -150,6 +150,18 @@ MIGRATIONS: list[Migration] = [
             "ALTER TABLE images ADD COLUMN plane INTEGER",
         ),
     ),
+    Migration(
+        "v5: the project's task (binary, multiclass with named classes, instances); the edit cost in objects",
+        (
+            # JSON {"kind", "classes": [{"name", "colour"}]} (base/task.py); every older project is binary
+            """INSERT OR IGNORE INTO meta (key, value) VALUES ('task', '{"kind": "binary"}')""",
+            # an instance project's correction against its proposal's objects (matched at IoU 0.5);
+            # NULL without a proposal, or in a binary / multiclass project
+            "ALTER TABLE annotations ADD COLUMN objects_added INTEGER",
+            "ALTER TABLE annotations ADD COLUMN objects_removed INTEGER",
+            "ALTER TABLE annotations ADD COLUMN objects_changed INTEGER",
+        ),
+    ),
 ]
 
 SCHEMA_VERSION: int = len(MIGRATIONS)

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 
 from napari_diffseg.base.errors import DataError
+from napari_diffseg.base.task import ProjectTask
 from napari_diffseg.project._db import PathLike, _connect
 from napari_diffseg.project._util import ensure_dir
 from napari_diffseg.project.annotations import _AnnotationsMixin
@@ -73,23 +74,32 @@ class Project(_ImagesMixin, _AnnotationsMixin, _ProposalsMixin, _ModelsMixin, _J
         return (Path(path) / DB_NAME).is_file()
 
     @classmethod
-    def create(cls, path: PathLike, *, exist_ok: bool = False) -> Project:
+    def create(cls, path: PathLike, *, exist_ok: bool = False, task: ProjectTask | None = None) -> Project:
         """Create a new project in ``path`` (a new or empty folder) and open it.
 
         Args:
             path: The project folder.
             exist_ok: Open ``path`` instead of failing when it already is a project.
+            task: The project's task (:mod:`napari_diffseg.base.task`; default binary). Fixed for the
+                project's life: every mask is checked against it and every model is trained for it.
 
         Raises:
             DataError: ``path`` is a file, a non-empty folder that is not a project, or (unless ``exist_ok``)
-                already a project.
+                already a project; with ``exist_ok``, a project of another task.
         """
         root = Path(path)
         if root.exists() and not root.is_dir():
             raise DataError(f"cannot create a project at {root}: it is a file. Choose a folder.")
         if cls.is_project(root):
             if exist_ok:
-                return cls.open(root)
+                found = cls.open(root)
+                have = found.task
+                if task is not None and have != task:
+                    found.close()
+                    raise DataError(
+                        f"{root} is already a project of task {have}, not {task}; choose another folder."
+                    )
+                return found
             raise DataError(
                 f"{root} is already a napari-diffseg project: add images with `diffseg import {root} ...`."
             )
@@ -109,6 +119,8 @@ class Project(_ImagesMixin, _AnnotationsMixin, _ProposalsMixin, _ModelsMixin, _J
         try:
             bootstrap(conn, time.time())
             apply_migrations(conn)
+            if task is not None:
+                _write_task(conn, task)
         except BaseException:
             conn.close()
             if made:
@@ -192,6 +204,23 @@ class Project(_ImagesMixin, _AnnotationsMixin, _ProposalsMixin, _ModelsMixin, _J
         with self._read() as conn:
             version = read_schema_version(conn)
         return -1 if version is None else version
+
+
+def _write_task(conn: sqlite3.Connection, task: ProjectTask) -> None:
+    """Record a new project's task in ``meta`` (one transaction)."""
+    import json
+
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('task', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (json.dumps(task.to_dict()),),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _init_advice(root: Path) -> str:

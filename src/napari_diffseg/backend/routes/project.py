@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from napari_diffseg import __version__
 from napari_diffseg.backend.routes.common import api_router
-from napari_diffseg.backend.schemas import CountsOut, HealthOut, LimitsOut, ModelOut, ProjectOut
+from napari_diffseg.backend.schemas import CountsOut, HealthOut, LimitsOut, ModelOut, ProjectOut, TaskClassOut
 from napari_diffseg.backend.state import Ctx
 from napari_diffseg.project import IMAGE_STATES
 
@@ -33,8 +33,10 @@ def health(ctx: Ctx) -> HealthOut:
 
 @router.get("/project", response_model=ProjectOut, tags=["project"])
 def project_info(ctx: Ctx) -> ProjectOut:
-    """Counts, schema version, images per state, the active model and the upload limits."""
+    """Counts, schema version, the task and its classes, images per state, the active model and the upload
+    limits."""
     project = ctx.project()
+    task = project.task
     active = project.active_model()
     states: dict[str, int] = {s: 0 for s in IMAGE_STATES}
     for rec in project.images():
@@ -47,4 +49,7 @@ def project_info(ctx: Ctx) -> ProjectOut:
         states=states,
         active_model=None if active is None else ModelOut(**active.to_dict()),
         limits=LimitsOut(max_upload_bytes=ctx.settings.max_upload_bytes, max_pixels=ctx.settings.max_pixels),
+        task=task.kind,
+        classes=[TaskClassOut(value=i, name=c.name, colour=c.colour) for i, c in enumerate(task.classes)],
+        num_classes=task.num_classes,
     )
