@@ -172,3 +172,39 @@ def test_bad_sampler_config() -> None:
         SamplerConfig(round_t_fracs=(1.5,))
     with pytest.raises(ConfigError):
         MaskDiffusion(1)
+
+
+def test_samples_drawn_in_chunks_pair_each_sample_with_its_image() -> None:
+    # A large field of view is sampled a few samples at a time (memory). With a denoiser that reads the
+    # image only, every sample of an image is the same mask, so chunking must not change the proposal;
+    # a sample paired with another image's pixels would. Chained rounds re-noise every sample.
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 1, 16, 16, generator=gen)
+    seen: list[int] = []
+
+    def denoise(m_t, xe, t):
+        seen.append(m_t.shape[0])
+        return 4.0 * torch.cat([xe - 0.5, 0.5 - xe], dim=1)
+
+    cfg = SamplerConfig(steps=3, samples=4, rounds=3, tol=0.0)
+    diff = MaskDiffusion(2)
+    whole = diff.sample(denoise, x, cfg, torch.Generator().manual_seed(11))
+    assert set(seen) == {8}  # 2 images x 4 samples in one batch
+    seen.clear()
+    chunked = diff.sample(denoise, x, cfg, torch.Generator().manual_seed(11), chunk_pixels=3 * 16 * 16)
+    assert set(seen) == {2}  # one sample of each image per call
+    assert whole.rounds_run == chunked.rounds_run == 3
+    assert torch.allclose(whole.probs, chunked.probs, atol=1e-6)
+    assert torch.equal(chunked.mask, (x[:, 0] < 0.5).long())  # class 1 where x < 0.5
+    for a, b in zip(whole.round_masks, chunked.round_masks, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_sample_statistics_are_the_mean_and_variance_of_the_samples() -> None:
+    # The summary is accumulated one sample at a time; it must equal the batched formula.
+    x0 = torch.rand(2, 5, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1  # (B, E, K, H, W)
+    p = MaskDiffusion._sample_probs(x0.flatten(0, 1)).view(2, 5, 3, 8, 8)
+    mean, var = MaskDiffusion(3)._sample_stats(x0, variance=True)
+    assert torch.allclose(mean, p.mean(dim=1), atol=1e-6)
+    assert torch.allclose(var, p.var(dim=1, unbiased=False).mean(dim=1), atol=1e-6)
+    assert var.min() > 0

@@ -2,8 +2,8 @@
 
 Masks live in one-hot space scaled to {-1, +1} (``m0``). The mask pathway predicts the clean mask as
 logits (x0-prediction); the sampler turns logits into ``2·softmax − 1`` and hands them to MONAI's
-``DDIMScheduler`` with ``prediction_type="sample"``. E samples of an image are drawn as one batch; the
-mean of their softmax maps is the pseudo-label probability and the normalised entropy of that mean is
+``DDIMScheduler`` with ``prediction_type="sample"``. E samples of an image are drawn as one batch (in
+chunks when the field is large: ``SAMPLE_CHUNK_PIXELS``); the mean of their softmax maps is the pseudo-label probability and the normalised entropy of that mean is
 the uncertainty.
 
 Chained multi-round generation (docs/method.md): round 1 starts from pure noise; round r > 1 re-noises each
@@ -27,6 +27,11 @@ __all__ = ["MaskDiffusion", "Proposal", "SamplerConfig", "normalized_entropy"]
 
 # denoise(m_t, x, t) -> clean-mask logits; t is a python int shared by the whole batch.
 Denoiser = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+# At most this many sample pixels (batch × samples × H × W) go through the denoiser at once: a 2,048²
+# field is then drawn one sample at a time (its working buffers grow ~315 MiB per megapixel of
+# samples on the cpu preset), while training patches (e.g. 8 × 4 × 128²) stay one batch.
+SAMPLE_CHUNK_PIXELS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -133,19 +138,27 @@ class MaskDiffusion:
         *,
         init_probs: torch.Tensor | None = None,
         init_t_frac: float | None = None,
+        chunk_pixels: int = SAMPLE_CHUNK_PIXELS,
     ) -> Proposal:
         """Draw ``config.samples`` masks per image of ``x`` (B, C, H, W) and summarise them.
 
         ``init_probs`` (B, K, H, W) starts the chain from an existing mask re-noised to ``init_t_frac``·T
         instead of from pure noise (used to refine a cached proposal).
+
+        The E samples go through the denoiser in chunks of at most ``chunk_pixels`` sample pixels
+        (at least one sample per chunk), so a large field of view holds one chunk's working buffers
+        instead of E image-sized copies of every buffer; only the samples' clean-mask estimates are
+        kept whole (they seed the next chained round). The stop rule of the chained rounds is judged
+        on the mean of all E samples, as before.
         """
         b, _, h, w = x.shape
         e, k = config.samples, self.num_classes
         sched, _ = self._ddim(config.steps)
-        xe = x.repeat_interleave(e, dim=0)
         dev = x.device
+        per_chunk = max(1, min(e, chunk_pixels // max(1, b * h * w)))
+        chunks = [(s, min(e, s + per_chunk)) for s in range(0, e, per_chunk)]
 
-        def run_chain(m_t: torch.Tensor, timesteps: Sequence[int]) -> torch.Tensor:
+        def run_chain(m_t: torch.Tensor, xe: torch.Tensor, timesteps: Sequence[int]) -> torch.Tensor:
             x0 = m_t
             for t in timesteps:
                 logits = denoise(m_t, xe, int(t)).float()
@@ -153,48 +166,48 @@ class MaskDiffusion:
                 m_t, x0 = sched.step(x0_pred, int(t), m_t, eta=config.eta, generator=generator)
             return x0  # the last step's clean-mask estimate, in [-1, 1]
 
-        def renoise(m0: torch.Tensor, frac: float) -> tuple[torch.Tensor, list[int]]:
+        def start_steps(frac: float) -> list[int]:
             t_start = int(frac * self.T)
-            ts = [int(t) for t in sched.timesteps if int(t) <= t_start] or [int(sched.timesteps[-1])]
+            return [int(t) for t in sched.timesteps if int(t) <= t_start] or [int(sched.timesteps[-1])]
+
+        def renoise(m0: torch.Tensor, ts: list[int]) -> torch.Tensor:
             noise = torch.randn(m0.shape, generator=generator).to(dev)
             t_tensor = torch.full((m0.shape[0],), ts[0], dtype=torch.long)
-            return self.q_sample(m0, t_tensor, noise), ts
+            return self.q_sample(m0, t_tensor, noise)
+
+        # x0 of every sample, (B, E, K, H, W): what the next round re-noises and the summary reads.
+        x0_all = torch.empty((b, e, k, h, w), dtype=torch.float32, device=dev)
+
+        def one_round(first: bool, ts: list[int]) -> None:
+            for s0, s1 in chunks:
+                n = s1 - s0
+                xe = x.repeat_interleave(n, dim=0)
+                if not first:
+                    m_t = renoise(x0_all[:, s0:s1].reshape(b * n, k, h, w), ts)
+                elif init_probs is not None:
+                    m0 = (2.0 * init_probs.to(dev).float() - 1.0).repeat_interleave(n, dim=0)
+                    m_t = renoise(m0, ts)
+                else:
+                    m_t = torch.randn((b * n, k, h, w), generator=generator).to(dev)
+                x0_all[:, s0:s1] = run_chain(m_t, xe, ts).view(b, n, k, h, w)
+                del xe, m_t
 
         if init_probs is not None:
-            m0 = (2.0 * init_probs.to(dev).float() - 1.0).repeat_interleave(e, dim=0)
-            m_t, ts = renoise(m0, init_t_frac if init_t_frac is not None else config.t_frac(1))
+            first_ts = start_steps(init_t_frac if init_t_frac is not None else config.t_frac(1))
         else:
-            m_t = torch.randn((b * e, k, h, w), generator=generator).to(dev)
-            ts = [int(t) for t in sched.timesteps]
-        x0 = run_chain(m_t, ts)
-        round_masks = [self._mean_probs(x0, b, e).argmax(1)]
+            first_ts = [int(t) for t in sched.timesteps]
+        one_round(True, first_ts)
+        round_masks = [self._sample_stats(x0_all)[0].argmax(1)]
         rounds_run = 1
         for r in range(1, config.rounds):
-            m_t, ts = renoise(x0, config.t_frac(r))
-            x0 = run_chain(m_t, ts)
-            new_mask = self._mean_probs(x0, b, e).argmax(1)
+            one_round(False, start_steps(config.t_frac(r)))
+            new_mask = self._sample_stats(x0_all)[0].argmax(1)
             changed = (new_mask != round_masks[-1]).float().mean().item()
             round_masks.append(new_mask)
             rounds_run += 1
             if changed < config.tol:
                 break
-        return self._summarise(x0, b, e, round_masks, rounds_run)
-
-    @staticmethod
-    def _sample_probs(x0: torch.Tensor) -> torch.Tensor:
-        # x0 in [-1, 1] one-hot space → probabilities per sample
-        p = ((x0 + 1.0) / 2.0).clamp_min(0.0)
-        return p / p.sum(dim=1, keepdim=True).clamp_min(1e-8)
-
-    def _mean_probs(self, x0: torch.Tensor, b: int, e: int) -> torch.Tensor:
-        p = self._sample_probs(x0)
-        return p.view(b, e, *p.shape[1:]).mean(dim=1)
-
-    def _summarise(self, x0: torch.Tensor, b: int, e: int, round_masks: list, rounds_run: int) -> Proposal:
-        p = self._sample_probs(x0)
-        pe = p.view(b, e, *p.shape[1:])
-        probs = pe.mean(dim=1)
-        variance = pe.var(dim=1, unbiased=False).mean(dim=1) if e > 1 else torch.zeros_like(probs[:, 0])
+        probs, variance = self._sample_stats(x0_all, variance=True)
         return Proposal(
             probs=probs,
             uncertainty=normalized_entropy(probs),
@@ -202,3 +215,28 @@ class MaskDiffusion:
             round_masks=round_masks,
             rounds_run=rounds_run,
         )
+
+    @staticmethod
+    def _sample_probs(x0: torch.Tensor) -> torch.Tensor:
+        # x0 in [-1, 1] one-hot space → probabilities per sample (class axis 1)
+        p = ((x0 + 1.0) / 2.0).clamp_min(0.0)
+        return p / p.sum(dim=1, keepdim=True).clamp_min(1e-8)
+
+    def _sample_stats(
+        self, x0_all: torch.Tensor, variance: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean of the E samples' probabilities (B, K, H, W) and, if asked, the variance across the samples
+        averaged over classes (B, H, W); one sample at a time, so no E-sized temporaries."""
+        e = x0_all.shape[1]
+        total = torch.zeros_like(x0_all[:, 0])
+        squares = torch.zeros_like(x0_all[:, 0]) if variance and e > 1 else None
+        for j in range(e):
+            p = self._sample_probs(x0_all[:, j])
+            total += p
+            if squares is not None:
+                squares += p * p
+        mean = total / e
+        if squares is None:
+            return mean, torch.zeros_like(mean[:, 0])
+        var = (squares / e - mean * mean).clamp_min_(0.0)
+        return mean, var.mean(dim=1)
