@@ -288,6 +288,16 @@ def bench_fov(slide: Path, model: Path, root: Path, fov: int, threads: int, step
     return out
 
 
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=20000)
@@ -317,6 +327,7 @@ def main() -> None:
         "threads": args.threads,
         "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
         "date": time.strftime("%Y-%m-%d"),
+        "commit": _commit(),
     }
     if not args.skip_predict:
         result["predict"] = bench_predict(
