@@ -195,6 +195,7 @@ def test_experiment_trains_on_planes_and_scores_per_stack(tmp_path: Path) -> Non
 
     scored = evaluate_folder(tmp_path / "m", ds, device="cpu")
     assert [r["id"] for r in scored["per_image"]] == ["s4"]
+    assert row["z_step"] is None  # the test stacks carry no pixel size
     assert scored["dice_mean"] == pytest.approx(row["dice"], abs=1e-6)
 
 
@@ -245,9 +246,42 @@ def test_a_v3_project_opens_with_its_2d_records_as_they_were(tmp_path: Path) -> 
     )
     con.close()
     with Project.open(root) as proj:  # migration 4 adds the z-stack columns; 2D records are unchanged
-        assert proj.schema_version == SCHEMA_VERSION == 4
+        assert proj.schema_version == SCHEMA_VERSION  # migrated to the newest schema
         rec = proj.image("old")
         assert (rec.is_stack, rec.planes, rec.plane) == (False, 1, None)
         assert proj.annotation("old").planes is None
         np.testing.assert_array_equal(proj.load_annotation("old"), mask)
         assert proj.load_image("old").shape == (1, 48, 56)
+
+
+def test_hd95_of_a_stack_counts_the_planes_real_distance(tmp_path: Path) -> None:
+    # Planes 1 µm apart at 0.202 µm per pixel are 4.95 pixels apart: a mask one plane too deep is off by
+    # 4.95 pixels, not 1.
+    from napari_diffseg.core.metrics import segmentation_metrics
+    from napari_diffseg.data.dataset import DatasetFolder
+
+    truth = np.zeros((6, 20, 20), np.int64)
+    truth[1:3, 5:15, 5:15] = 1
+    deeper = np.roll(truth, 1, axis=0)
+    assert segmentation_metrics(deeper, truth)["hd95"] == pytest.approx(1.0)
+    step = (1.0 / 0.202, 1.0, 1.0)
+    assert segmentation_metrics(deeper, truth, spacing=step)["hd95"] == pytest.approx(1.0 / 0.202, rel=1e-4)
+    assert (
+        segmentation_metrics(deeper, truth, spacing=step)["dice"]
+        == segmentation_metrics(deeper, truth)["dice"]
+    )
+
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    image, _ = _stack()
+    tifffile.imwrite(
+        ds / "images" / "calibrated.tif",
+        image,
+        imagej=True,
+        resolution=(1 / 0.202, 1 / 0.202),
+        metadata={"axes": "ZYX", "spacing": 1.0, "unit": "um"},
+    )
+    _write_stack(ds / "images" / "bare.tif", image)
+    folder = DatasetFolder(ds)
+    assert folder.voxel_steps("calibrated") == pytest.approx((1.0 / 0.202, 1.0, 1.0), rel=1e-4)
+    assert folder.voxel_steps("bare") is None  # no pixel size in the file: unit steps, said in the row

@@ -21,7 +21,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -203,9 +203,17 @@ def evaluate_bundle(
 
 
 def per_stack_scores(
-    preds: list[np.ndarray], masks: list[np.ndarray], plane_ids: list[str], bundle: ModelBundle
+    preds: list[np.ndarray],
+    masks: list[np.ndarray],
+    plane_ids: list[str],
+    bundle: ModelBundle,
+    steps: Mapping[str, tuple[float, float, float] | None] | None = None,
 ) -> dict:
-    """Dice / IoU / HD95 per z-stack (its planes' label maps stacked into one volume), plus their summary."""
+    """Dice / IoU / HD95 per z-stack (its planes' label maps stacked into one volume), plus their summary.
+
+    ``steps`` gives a stack's (Z, Y, X) voxel step in XY pixels (:meth:`DatasetFolder.voxel_steps`), so that
+    HD95 counts a plane-to-plane distance as the planes' real distance; a stack without one is scored with
+    unit steps (``"z_step": null`` in its row)."""
     by_stack: dict[str, list[int]] = {}
     for n, pid in enumerate(plane_ids):
         by_stack.setdefault(StackPlanes.split_id(pid)[0], []).append(n)
@@ -213,8 +221,10 @@ def per_stack_scores(
     for stack_id, idx in by_stack.items():
         pred = np.stack([preds[n] for n in idx])
         truth = np.stack([masks[n] for n in idx])
+        step = (steps or {}).get(stack_id)
+        scores = segmentation_metrics(pred, truth, bundle.spec.num_classes, spacing=step)
         rows.append(
-            {"id": stack_id, "planes": len(idx), **segmentation_metrics(pred, truth, bundle.spec.num_classes)}
+            {"id": stack_id, "planes": len(idx), "z_step": None if step is None else step[0], **scores}
         )
     return {**summarize(rows), "per_image": rows}
 
@@ -619,7 +629,8 @@ def run_experiment(
         plane_preds: list[np.ndarray] = []
         test = evaluate_bundle(bundle, test_images, test_masks, test_ids, pr, test_regions, plane_preds)
         if stacks:  # scored per stack: its planes' predictions as one (Z, H, W) volume
-            test = {**per_stack_scores(plane_preds, test_masks, test_ids, bundle), "per_plane": test}
+            steps = {sid: folder.voxel_steps(sid) for sid in stack_ids["test"]}
+            test = {**per_stack_scores(plane_preds, test_masks, test_ids, bundle, steps), "per_plane": test}
     result = {
         "method": method,
         "labeled_fraction": labeled_fraction,
@@ -654,7 +665,10 @@ def run_experiment(
             "unlabeled_planes": len(unlabeled_ids),
             "val_planes": len(val_ids),
             "test_planes": len(test_ids),
-            "note": "trained on 2D planes; test scored per stack over its voxels (HD95 in voxels, Z unscaled)",
+            "note": (
+                "trained on 2D planes; test scored per stack over its voxels (HD95 in XY pixels, the planes "
+                "z_step pixels apart as the files' metadata gives; 1 where a file gives none)"
+            ),
         }
     if len(bundle.deploy) > 1:  # one student against the pair (is the ensemble what helps?)
         one = bundle.nets[bundle.deploy[0]]

@@ -500,16 +500,19 @@ def evaluate_folder(
     in_fov = False
     for i in ids:
         image = ds.load_stack(i)
+        step: tuple[float, float, float] | None = None
         if image.shape[0] > 1:  # a z-stack: each plane by the 2D networks, scored over its voxels
             z, _c, h, w = image.shape
             pred = np.stack([predict_image(bundle, config, plane).argmax(0) for plane in image])
             truth = ds.load_mask_stack(i, (z, h, w))
+            step = ds.voxel_steps(i)  # HD95 with the planes' real distance, where the file gives it
         else:
             pred, truth = predict_image(bundle, config, image[0]).argmax(0), ds.load_mask(i)
         region = ds.load_region(i)  # score inside the dataset's field of view where it has one
         if region is not None:
             pred, truth, in_fov = pred * region, truth * region, True
-        per_image.append({"id": i, **segmentation_metrics(pred, truth, bundle.spec.num_classes)})
+        row = segmentation_metrics(pred, truth, bundle.spec.num_classes, spacing=step)
+        per_image.append({"id": i, **({"z_step": step[0]} if step else {}), **row})
     return {
         "model": str(resolve_model(model)),
         "dataset": str(dataset),

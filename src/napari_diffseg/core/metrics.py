@@ -9,7 +9,8 @@ module only turns our label maps into MONAI's one-hot batches and applies the pr
 - A class present in exactly one of the two maps: dice 0 and iou 0 for that class, and the image's hd95
   is ``nan`` (the distance to an empty mask is undefined), so `summarize` leaves that image out of the
   HD95 mean and counts it in ``hd95_n`` as missing.
-- HD95 is measured in pixels (unit spacing), at the resolution of the maps given.
+- HD95 is measured in pixels (unit spacing), at the resolution of the maps given, unless ``spacing`` gives
+  the size of a step along each axis (a z-stack: Z planes in units of the XY pixel size).
 """
 
 from __future__ import annotations
@@ -104,22 +105,35 @@ def _one_hot(x: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(x, num_classes).movedim(-1, 0).unsqueeze(0).float()
 
 
-def _hd95_pixels(pred_mask: torch.Tensor, target_mask: torch.Tensor) -> float:
-    """95th-percentile symmetric Hausdorff distance (pixels) between two non-empty (1, 1, ...) masks."""
+def _hd95_pixels(
+    pred_mask: torch.Tensor, target_mask: torch.Tensor, spacing: Sequence[float] | None = None
+) -> float:
+    """95th-percentile symmetric Hausdorff distance (pixels, or ``spacing`` units per axis) between two
+    non-empty (1, 1, ...) masks."""
     with warnings.catch_warnings():
         # MONAI 1.5+ warns about an argument it passes to itself internally.
         warnings.simplefilter("ignore", FutureWarning)
-        hd = compute_hausdorff_distance(pred_mask, target_mask, include_background=True, percentile=95)
+        hd = compute_hausdorff_distance(
+            pred_mask,
+            target_mask,
+            include_background=True,
+            percentile=95,
+            spacing=None if spacing is None else [float(s) for s in spacing],
+        )
     return float(hd.reshape(-1)[0])
 
 
-def segmentation_metrics(pred: LabelMap, target: LabelMap, num_classes: int = 2) -> dict[str, float]:
+def segmentation_metrics(
+    pred: LabelMap, target: LabelMap, num_classes: int = 2, spacing: Sequence[float] | None = None
+) -> dict[str, float]:
     """Dice, IoU and HD95 (pixels) of one predicted label map against its reference.
 
     Args:
         pred: integer label map (H, W) or (D, H, W), numpy or torch, values in ``0..num_classes-1``.
         target: reference label map of the same shape.
         num_classes: number of classes including background.
+        spacing: the size of one step along each axis for HD95 (e.g. ``(4.95, 1, 1)`` for a stack whose
+            planes are 4.95 XY pixels apart); ``None``: one pixel along every axis.
 
     Returns:
         ``{"dice": ..., "iou": ..., "hd95": ...}`` as Python floats, averaged over the foreground classes
@@ -148,7 +162,7 @@ def segmentation_metrics(pred: LabelMap, target: LabelMap, num_classes: int = 2)
             distances = [math.nan]
             break
         c = k + 1
-        distances.append(_hd95_pixels(p_oh[:, c : c + 1], t_oh[:, c : c + 1]))
+        distances.append(_hd95_pixels(p_oh[:, c : c + 1], t_oh[:, c : c + 1], spacing))
     return {
         "dice": float(dice[present].mean()),
         "iou": float(iou[present].mean()),

@@ -215,6 +215,11 @@ class DatasetFolder:
         """True if ``image_id`` has a mask file."""
         return self.mask_path(image_id) is not None
 
+    def instance_path(self, image_id: str) -> Path | None:
+        """Path of the instance mask of ``image_id`` (``instances/<id>.tif``), or None if it has none."""
+        self._check_id(image_id)
+        return self._instances.get(image_id)
+
     def has_instances(self, image_id: str) -> bool:
         """True if ``image_id`` has an instance mask (``instances/<id>.tif``)."""
         self._check_id(image_id)
@@ -279,6 +284,18 @@ class DatasetFolder:
                 f"Dataset folder {self.root}: image {image_id!r} has no mask (expected masks/{image_id}.tif)."
             )
         return read_mask_stack(mask_file, shape, binary=binary)
+
+    def voxel_steps(self, image_id: str) -> tuple[float, float, float] | None:
+        """A z-stack's (Z, Y, X) step in units of its Y pixel size, from the file's metadata (ImageJ
+        ``spacing`` and resolution, OME physical sizes): ``(4.95, 1, 1)`` for planes 1 µm apart at 0.202 µm
+        per pixel. ``None`` when the file does not give both the Z spacing and the pixel size."""
+        from napari_diffseg.data.imagefile import read_image_file
+
+        read = read_image_file(self.image_path(image_id))[0]
+        if read.z_spacing is None or read.pixel_size is None or min(read.pixel_size) <= 0:
+            return None
+        py, px = read.pixel_size
+        return (read.z_spacing / py, 1.0, px / py)
 
     def holds_stacks(self) -> bool:
         """True when any image is a z-stack (only TIFF files can be; each is read once to know)."""
