@@ -37,6 +37,7 @@ __all__ = [
     "PARTS",
     "JobHistory",
     "active_model_id",
+    "annotated_planes",
     "cost_text",
     "fetch_image",
     "first_proposal_plan",
@@ -46,6 +47,7 @@ __all__ = [
     "proposal_or_request",
     "proposal_parts",
     "reject_and_next",
+    "stack_planes",
     "suggested_kind",
     "uncertainty_limits",
 ]
@@ -114,6 +116,46 @@ def prepared(result: dict[str, Any], threshold: float = DEFAULT_THRESHOLD) -> di
     return result
 
 
+def stack_planes(record: Image) -> int | None:
+    """A z-stack's number of planes (its ``Z`` in :attr:`Image.shape`); None for a 2D image."""
+    axes = record.axes or ""
+    if "Z" not in axes or len(record.shape) != len(axes):
+        return None
+    return int(record.shape[axes.index("Z")])
+
+
+def annotated_planes(
+    edit: np.ndarray,
+    clean: np.ndarray | None,
+    previous: Sequence[int] = (),
+    on_show: int | None = None,
+) -> list[int]:
+    """The planes a save of a z-stack's ``(Z, H, W)`` Labels data ``edit`` annotates (the ``planes`` of
+    ``POST /images/{ref}/annotations``), sorted:
+
+    - the planes the annotator edited: those where ``edit`` differs from ``clean`` (what was loaded or last
+      saved; None: every plane holding a label);
+    - ``previous``: the planes of the version being replaced, when that version is what the layer was
+      loaded from (or what this annotator saved before), so a second save keeps the first one's planes;
+    - ``on_show``: the plane on screen when saving (a proposal plane the annotator looked at and accepts
+      as it is; None when no single plane is on show, e.g. in the 3D view).
+
+    The other planes still hold the proposal as it came, and are not counted as annotated: they train as
+    unlabelled images. An empty list means nothing was annotated (the widget then says what to do).
+    """
+    data = np.asarray(edit)
+    z = data.shape[0]
+    if clean is not None and np.shape(clean) == data.shape:
+        changed = (data != np.asarray(clean)).reshape(z, -1).any(axis=1)
+    else:
+        changed = (data != 0).reshape(z, -1).any(axis=1)
+    planes = {int(k) for k in np.flatnonzero(changed)}
+    planes.update(int(k) for k in previous if 0 <= int(k) < z)
+    if on_show is not None and 0 <= int(on_show) < z:
+        planes.add(int(on_show))
+    return sorted(planes)
+
+
 def load_for_image(
     client: Any, record: Image, model_id: str | None, model_known: bool = True
 ) -> dict[str, Any]:
@@ -122,7 +164,8 @@ def load_for_image(
 
     - ``"annotation"``: the image is corrected or ground truth: its latest annotation version (and the
       uncertainty of the active model's proposal, if it has one cached; without an active model, of the
-      image's latest proposal). No proposal is requested.
+      image's latest proposal). No proposal is requested. For a z-stack, ``"planes"``: the planes that
+      version annotates.
     - ``"proposal"``: the cached proposal of ``model_id`` (the session's active model).
     - ``"missing"``: that model has no proposal for the image yet (the widget then asks for one).
 
@@ -139,6 +182,7 @@ def load_for_image(
     if record.state in ANNOTATED and latest is not None:
         # model None (no active model): the uncertainty of the image's latest proposal, as shown for it
         unc = PARTS.submit(client.proposal_pixels, image_id, "uncertainty", model_id=model_id)
+        versions = PARTS.submit(client.annotations, image_id) if stack_planes(record) else None
         mask = client.annotation_pixels(image_id, int(latest))
         try:
             uncertainty = unc.result()
@@ -146,6 +190,9 @@ def load_for_image(
             if exc.code != "no_proposal":
                 raise
             uncertainty = None
+        planes = None
+        if versions is not None:
+            planes = next((a.planes for a in versions.result() if a.version == int(latest)), None)
         return prepared(
             {
                 "kind": "annotation",
@@ -155,6 +202,7 @@ def load_for_image(
                 "model_id": model_id,
                 "mask": mask,
                 "uncertainty": uncertainty,
+                "planes": planes,
             }
         )
     found = proposal_parts(client, image_id, model_id)

@@ -39,6 +39,7 @@ __all__ = [
     "notify_error",
     "run_in_thread",
     "session_for",
+    "set_layer_data",
 ]
 
 _SESSIONS: dict[int, tuple[weakref.ref, Session]] = {}
@@ -283,6 +284,22 @@ def run_in_thread(
     if on_finish is not None:
         connect["finished"] = on_finish
     return create_worker(func, *args, _connect=connect, _start_thread=True, **kwargs)
+
+
+def set_layer_data(layer: Any, data: Any) -> None:
+    """``layer.data = data``, the viewer's dimensions following it even when the layer is hidden.
+
+    napari does not refresh a hidden layer's extent when its data changes, so the viewer would keep the old
+    data's dimensions (a z-stack's Z slider over a 2D image, or no slider for a stack): a hidden layer is
+    shown while its data changes, then hidden again (nothing is drawn in between)."""
+    if layer.visible:
+        layer.data = data
+        return
+    layer.visible = True
+    try:
+        layer.data = data
+    finally:
+        layer.visible = False
 
 
 def header(view: QHeaderView | None) -> QHeaderView:

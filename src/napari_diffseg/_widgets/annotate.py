@@ -29,6 +29,16 @@ The Labels and uncertainty layers are created once and reused for every image (n
 contrast; the Labels undo history is cleared so Ctrl-Z cannot bring back another image's mask): removing
 layers and adding new ones is several times slower, and crashed napari with Mesa's software OpenGL.
 
+**A z-stack** is shown as 3D layers: the image ``(Z, H, W)`` (one layer per fluorescence channel), its
+proposal as a ``(Z, H, W)`` Labels layer and its uncertainty as a ``(Z, H, W)`` Image layer, so the
+annotator corrects it slice by slice with napari's own tools and the Z slider; the slider opens at the
+stack's most uncertain plane (``Image.plane``). A save sends the whole ``(Z, H, W)`` mask and names the
+planes it annotates (:func:`~napari_diffseg.review.annotated_planes`): the planes edited, the plane on
+show when saving (a proposal plane accepted as it is: look at it, Shift-S), and the planes of the version
+it replaces when that is what the layer holds. The other planes still hold the untouched proposal and
+stay unlabelled for training. A switch between a 2D image and a stack reuses the same layers (napari
+changes a layer's dimensions with its data).
+
 What is fetched, and the propose job followed, is the Qt-free :mod:`napari_diffseg.review`: this module
 calls it in worker threads and displays what it returns.
 
@@ -55,16 +65,18 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_diffseg._widgets._session import notify_error, run_in_thread, session_for
-from napari_diffseg._widgets.project import show_image
+from napari_diffseg._widgets._session import notify_error, run_in_thread, session_for, set_layer_data
+from napari_diffseg._widgets.project import go_to_plane, show_image
 from napari_diffseg.backend.errors import BackendError, StaleAnnotation
 from napari_diffseg.base.contracts import Image, Job, SavedAnnotation
 from napari_diffseg.base.uncertainty import DEFAULT_THRESHOLD, LEGEND, SCALE, probability_band, summarize_map
 from napari_diffseg.review import (
+    annotated_planes,
     load_for_image,
     prepared,
     proposal_or_request,
     reject_and_next,
+    stack_planes,
     uncertainty_limits,
 )
 
@@ -193,6 +205,7 @@ class AnnotateWidget(QWidget):
         self._after_save: list[Callable[[], None]] = []
         self._waiting_for_model = False  # no proposal was shown for want of a model: show one when it comes
         self._shown_unc: np.ndarray | None = None
+        self._annotated: list[int] = []  # a z-stack: the planes the version in the Labels layer annotates
 
         self.current = QLabel("no image: open one in the DiffSeg project widget (Next image)")
         self.current.setWordWrap(True)
@@ -280,6 +293,7 @@ class AnnotateWidget(QWidget):
                 )
             else:
                 self._close_proposal()
+                self._fit_closed_layers(record)
         self.include_button.setEnabled(record.state == "excluded" or self.last_rejected is not None)
         self._waiting_for_model = False
         self.current.setText(f"{record.name} ({record.state}): loading…")
@@ -383,7 +397,36 @@ class AnnotateWidget(QWidget):
         self.proposal_mask = self._clean = None
         self.image_id = self.proposal_id = self.base_version = self.model_id = None
         self._shown_unc = None
+        self._annotated = []
         self.unc_summary.setText("")
+
+    def _fit_closed_layers(self, record: Image) -> None:
+        """Give the hidden layers kept for reuse empty data of the new image's dimensions when theirs
+        differ (a stack's hidden 3D layers would keep a Z slider on a 2D image, and the reverse)."""
+        planes = stack_planes(record)
+        shape: tuple[int, ...] = (int(record.height), int(record.width))
+        if planes is not None:
+            shape = (planes, *shape)
+        for layer, dtype in ((self.labels, np.int32), (self.uncertainty, np.float32)):
+            if layer is None or layer not in self.viewer.layers or layer.visible:
+                continue
+            if np.ndim(layer.data) != len(shape) and not getattr(layer, "multiscale", False):
+                set_layer_data(layer, np.zeros(shape, dtype))
+                if layer is self.labels:
+                    _clear_history(layer)
+
+    def _plane_on_show(self) -> int | None:
+        """The plane of the ``(Z, H, W)`` Labels layer the Z slider shows, or None when Z is displayed (the
+        3D view) or there is no 3D Labels layer."""
+        labels = self.labels
+        if labels is None or labels.ndim != 3:
+            return None
+        dims = self.viewer.dims
+        axis = dims.ndim - labels.ndim  # napari lines up a layer's dimensions with the viewer's last ones
+        if axis < 0 or axis in dims.displayed:
+            return None
+        plane = (float(dims.point[axis]) - float(labels.translate[0])) / float(labels.scale[0])
+        return round(plane)
 
     # ------------------------------------------------------------------------------ load / revert
 
@@ -496,28 +539,44 @@ class AnnotateWidget(QWidget):
         self.proposal_mask = result["mask"]
         self._clean = self.proposal_mask
         meta = {"diffseg_image_id": image_id}
+        plane: int | None = None
         if result["kind"] == "annotation":
             self.proposal_id = None
+            self._annotated = [int(z) for z in result.get("planes") or []]
             what = f"annotation version {result['version']}"
             title = f"{name} annotation"
         else:
             self.proposal_id = result["proposal"].id
+            self._annotated = []  # the proposal: no plane of it is annotated until edited or accepted
+            plane = result["proposal"].plane
             what = f"proposal {self.proposal_id} of model {self.model_id}"
             title = f"{name} proposal"
         self._waiting_for_model = False
         self._set_uncertainty(name, result.get("uncertainty"), result.get("limits"), meta)
         labels = self.labels
         if labels is not None and labels in self.viewer.layers:
+            labels.visible = True  # first: napari updates a hidden layer's extent late (set_layer_data)
             labels.data = result["edit"]
             _clear_history(labels)  # Ctrl-Z must not bring back the previous image's mask
             labels.metadata = meta
-            labels.visible = True
         else:
             labels = self.labels = self.viewer.add_labels(result["edit"], opacity=0.5, metadata=meta)
             labels.colormap = label_colormap()
         labels.name = title
         self.viewer.layers.selection.active = labels
-        self.current.setText(f"{name}: {what}; edit, then {SAVE_KEY}")
+        planes = stack_planes(image) if image is not None else None
+        if planes is None or np.ndim(result["edit"]) != 3:
+            self.current.setText(f"{name}: {what}; edit, then {SAVE_KEY}")
+        else:
+            if image is not None and image.plane is None and plane is not None:
+                go_to_plane(self.viewer, plane)  # proposed since it was opened: its most uncertain plane
+            worst = plane if plane is not None else (image.plane if image is not None else None)
+            where = f"; plane {worst} is the most uncertain" if worst is not None else ""
+            done = f"; annotated planes {_planes_text(self._annotated)}" if self._annotated else ""
+            self.current.setText(
+                f"{name}: {what} ({planes} planes{where}{done}); edit plane by plane (Z slider), then "
+                f"{SAVE_KEY}: it saves the planes you edited and the plane on show"
+            )
         self.current.setToolTip("")
 
     def _set_uncertainty(
@@ -536,12 +595,12 @@ class AnnotateWidget(QWidget):
             self.unc_summary.setText(f"{name}: no uncertainty map (no proposal of a model for it).")
             return
         limits = SCALE
-        if alive and np.ndim(layer.data) == unc.ndim and not layer.multiscale:
+        if alive and not layer.multiscale:  # a 2D layer takes a stack's 3D map (and back)
+            layer.visible = True  # first: napari updates a hidden layer's extent late (set_layer_data)
             layer.data = unc
             layer.contrast_limits_range = limits
             layer.contrast_limits = limits
             layer.metadata = meta
-            layer.visible = True
         else:
             old = layer if alive else None
             layer = self.uncertainty = self.viewer.add_image(
@@ -600,6 +659,16 @@ class AnnotateWidget(QWidget):
             show_warning("Load a proposal first: nothing to save.")
             return
         mask = np.array(self.labels.data, copy=True)  # the worker gets a copy, never the layer
+        planes: list[int] | None = None
+        if mask.ndim == 3:  # a z-stack: name the planes this save annotates
+            planes = annotated_planes(mask, self._clean, self._annotated, self._plane_on_show())
+            if not planes:
+                show_warning(
+                    "Nothing saved: no plane of the stack is edited and none is on show (the 3D view). "
+                    "Go to a plane you reviewed with the Z slider (2D view) and save: it counts as "
+                    "annotated as it is."
+                )
+                return
         self._saving = mask
         if then is not None:
             self._after_save.append(then)
@@ -609,6 +678,7 @@ class AnnotateWidget(QWidget):
             mask,
             replaces=self.base_version,
             proposal_id=self.proposal_id,
+            planes=planes,
             on_done=partial(self._on_saved, self.image_id, mask),
             on_error=self._on_save_failed,
         )
@@ -617,19 +687,22 @@ class AnnotateWidget(QWidget):
         version = saved.version
         image = self.session.image
         name = image.name if image is not None and image.id == image_id else image_id
+        ann = saved.annotation
         if image_id == self.image_id:
             self.base_version = version
             self._clean = mask
+            self._annotated = [int(z) for z in ann.planes or []]
             if self.labels is not None and self.labels in self.viewer.layers:
                 self.labels.name = f"{name} annotation"  # what the layer now holds
         if self._saving is mask:
             self._saving = None
-        ann = saved.annotation
         edit = ""
         if ann.edit_dice is not None:
             edit = (
                 f" (edit Dice {ann.edit_dice:.3f} against the proposal, {ann.pixels_changed} pixels changed)"
             )
+        if ann.planes is not None:
+            edit += f"; annotated planes {_planes_text(ann.planes)}"
         show_info(f"Saved {name}: annotation version {version}{edit}.")
         if image_id == self.image_id:
             self.current.setText(
@@ -713,6 +786,12 @@ class AnnotateWidget(QWidget):
         self.include_button.setEnabled(self.last_rejected is not None)
         show_info(f"{record.name} is included again ({record.state}).")
         self.session.images_changed.emit()
+
+
+def _planes_text(planes: list[int] | tuple[int, ...]) -> str:
+    """``0, 2, 3`` (at most 12 listed)."""
+    shown = ", ".join(str(int(z)) for z in list(planes)[:12])
+    return shown + (f" … ({len(planes)} planes)" if len(planes) > 12 else "")
 
 
 def _clear_history(labels: Any) -> None:

@@ -39,7 +39,13 @@ from qtpy.QtWidgets import (
 )
 
 from napari_diffseg._layers import to_display
-from napari_diffseg._widgets._session import Session, notify_error, run_in_thread, session_for
+from napari_diffseg._widgets._session import (
+    Session,
+    notify_error,
+    run_in_thread,
+    session_for,
+    set_layer_data,
+)
 from napari_diffseg._widgets._session import header as _header
 from napari_diffseg.backend.errors import AuthError, BackendUnavailable
 from napari_diffseg.backend.local import create_project, start_local_backend
@@ -54,6 +60,8 @@ __all__ = [
     "ProjectWidget",
     "ask_create",
     "ask_create_from_images",
+    "go_to_plane",
+    "image_parts",
     "images_in",
     "show_image",
     "start_local_backend",
@@ -195,25 +203,51 @@ def _unwrap(obj: Any) -> Any:
 
 
 def _reusable(layer: Any, data: np.ndarray, rgb: bool) -> bool:
-    """Whether ``layer`` (an Image layer of ours) can take ``data`` in place."""
+    """Whether ``layer`` (an Image layer of ours) can take ``data`` in place (napari changes a layer's number
+    of dimensions with its data, so a 2D layer takes a z-stack; RGB is fixed when a layer is made)."""
     from napari.layers import Image
 
-    return (
-        isinstance(layer, Image)
-        and not layer.multiscale
-        and bool(layer.rgb) == rgb
-        and np.ndim(layer.data) == data.ndim
-    )
+    return isinstance(layer, Image) and not layer.multiscale and bool(layer.rgb) == rgb
+
+
+def image_parts(record: Image, data: np.ndarray, rgb: bool) -> list[tuple[np.ndarray, str]]:
+    """The Image layers an image is shown as: ``(data, name)`` each. Grey, RGB and a grey z-stack are one
+    layer named as the image; fluorescence channels (``C`` > 1, not RGB) are one layer per channel (what
+    napari's ``channel_axis`` gives), named ``IMAGE CHANNEL`` from the image's channel names (``c0``, ``c1``
+    ... without them). ``data`` is what :func:`~napari_diffseg._layers.to_display` gives: channels just
+    before Y, X (``(C, H, W)``, a stack's ``(Z, C, H, W)``)."""
+    channels = int(record.channels)
+    if rgb or channels <= 1 or data.ndim < 3 or data.shape[-3] != channels:
+        return [(data, record.name)]
+    names = list(record.channel_names)
+    if len(names) != channels:
+        names = [f"c{i}" for i in range(channels)]
+    return [(np.ascontiguousarray(data[..., i, :, :]), f"{record.name} {names[i]}") for i in range(channels)]
+
+
+def go_to_plane(viewer: Any, plane: int | None) -> None:
+    """Move the viewer's Z slider to ``plane`` of the z-stack on show (the image, its proposal and its
+    uncertainty are ``(Z, H, W)`` layers at scale 1, the last three of the viewer's dimensions); nothing
+    for None."""
+    if plane is None:
+        return
+    viewer = _unwrap(viewer)
+    axis = viewer.dims.ndim - 3
+    if axis < 0:
+        return
+    viewer.dims.set_point(axis, float(plane))
 
 
 def show_image(viewer: Any, session: Session, result: tuple[Any, ...] | None) -> None:
     """Main thread: show a fetched image (``(record, stored pixels)``, or what ``fetch_image`` returns) and
     make it the image under review; ``None`` (nothing left to review) gives a notification.
 
-    The Image layer of the previously opened image is reused (new data, name, contrast): removing layers
-    and adding new ones is slow, and with some OpenGL drivers it crashes napari at the next paint. A new
-    layer is added only when there is none, or when the old one cannot take the image (RGB ↔ grey); it is
-    added before the old one is removed.
+    The Image layers of the previously opened image are reused (new data, name, contrast): removing layers
+    and adding new ones is slow, and with some OpenGL drivers it crashes napari at the next paint. New
+    layers are added only when there are none, or when the old ones cannot take the image (RGB ↔ grey,
+    another number of channels); they are added before the old ones are removed. Fluorescence channels are
+    one layer each (:func:`image_parts`); a z-stack is a 3D layer, and the Z slider goes to its most
+    uncertain plane (``record.plane``) when it has one.
     """
     if result is None:
         show_info("Every image has been reviewed: start a training round in the DiffSeg train widget.")
@@ -221,28 +255,42 @@ def show_image(viewer: Any, session: Session, result: tuple[Any, ...] | None) ->
     record, pixels = result[0], result[1]
     prefetched = result[2] if len(result) > 2 else None
     data, rgb = (pixels, bool(result[3])) if len(result) > 3 else to_display(pixels, record.axes)
+    parts = image_parts(record, data, rgb)
     viewer = _unwrap(viewer)  # napari hands plugins proxies: a new one per access, so `is` fails on them
     ours = [layer for layer in viewer.layers if "diffseg_image" in layer.metadata]
-    layer = next((lay for lay in ours if _reusable(lay, data, rgb)), None)
-    if layer is not None:
-        layer.data = data
-        layer.metadata = {"diffseg_image": record}
-        layer.reset_contrast_limits_range()
-        layer.reset_contrast_limits()
+    names = {name for _data, name in parts}
+    if len(ours) == len(parts) and all(
+        _reusable(lay, d, rgb) for lay, (d, _n) in zip(ours, parts, strict=True)
+    ):
+        layers = ours
+        for layer, (part, _name) in zip(layers, parts, strict=True):
+            set_layer_data(layer, part)
+            layer.reset_contrast_limits_range()
+            layer.reset_contrast_limits()
     else:
         # where the image belongs: under the proposal and uncertainty layers of the review (a layer added
         # now lands on top of them and would hide the proposal), at the old image layer's place
         below = [
             i for i, lay in enumerate(viewer.layers) if lay in ours or "diffseg_image_id" in lay.metadata
         ]
-        layer = viewer.add_image(data, name=record.name, rgb=rgb, metadata={"diffseg_image": record})
+        if len(parts) == 1:
+            layers = [viewer.add_image(data, name=record.name, rgb=rgb)]
+        else:
+            added = viewer.add_image(data, channel_axis=data.ndim - 3, name=[n for _d, n in parts], rgb=False)
+            layers = list(added) if isinstance(added, list) else [added]
         if below:
-            viewer.layers.move(viewer.layers.index(layer), min(below))
+            for k, layer in enumerate(layers):
+                viewer.layers.move(viewer.layers.index(layer), min(below) + k)
+    for k, layer in enumerate(layers):
+        layer.metadata = {"diffseg_image": record, **({"diffseg_channel": k} if len(layers) > 1 else {})}
     for other in list(viewer.layers):
-        if other is not layer and (any(other is o for o in ours) or other.name == record.name):
+        if not any(other is lay for lay in layers) and (any(other is o for o in ours) or other.name in names):
             viewer.layers.remove(other)
-    layer.name = record.name
+    for layer, (_part, name) in zip(layers, parts, strict=True):
+        layer.name = name
     session.set_image(record, prefetched)
+    if "Z" in (record.axes or ""):
+        go_to_plane(viewer, record.plane)
 
 
 def _cell(value: float | None) -> str:
@@ -293,7 +341,7 @@ class ProjectWidget(QWidget):
         self.axes.setToolTip(
             "How 'Import files' reads the files' axes. auto: from the file (ImageJ / OME-TIFF metadata; a plain\n"
             "stack of 2-4 pages is taken as channels, more as a z-stack). CYX: the first axis holds channels;\n"
-            "TYX: time points, one image each; ZYX: a z-stack (not yet supported for training)."
+            "TYX: time points, one image each; ZYX: a z-stack (one 3D image, annotated plane by plane)."
         )
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
