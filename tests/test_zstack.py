@@ -285,3 +285,22 @@ def test_hd95_of_a_stack_counts_the_planes_real_distance(tmp_path: Path) -> None
     folder = DatasetFolder(ds)
     assert folder.voxel_steps("calibrated") == pytest.approx((1.0 / 0.202, 1.0, 1.0), rel=1e-4)
     assert folder.voxel_steps("bare") is None  # no pixel size in the file: unit steps, said in the row
+
+
+def test_the_planes_a_gui_save_annotates() -> None:
+    """What the Annotate widget sends as ``planes`` for a stack (``review.annotated_planes``): the planes
+    edited against what was loaded, the replaced version's planes, and the plane on show; never the planes
+    that only hold the untouched proposal."""
+    from napari_diffseg.review import annotated_planes
+
+    proposal = np.zeros((5, 8, 8), np.int32)
+    proposal[:, 2:6, 2:6] = 1  # the proposal labels every plane
+    edit = proposal.copy()
+    edit[1, 0, 0] = 1
+    edit[3, 3, 3] = 0
+    assert annotated_planes(edit, proposal) == [1, 3]
+    assert annotated_planes(edit, proposal, previous=[0], on_show=4) == [0, 1, 3, 4]
+    assert annotated_planes(proposal, proposal, on_show=2) == [2]  # a plane accepted as it is
+    assert annotated_planes(proposal, proposal) == []  # nothing edited, nothing on show
+    assert annotated_planes(proposal, proposal, previous=[9], on_show=7) == []  # out of range: dropped
+    assert annotated_planes(edit, None) == [0, 1, 2, 3, 4]  # nothing to compare with: the labelled planes
