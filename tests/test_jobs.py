@@ -191,23 +191,32 @@ def test_resumed_propose_computes_only_the_remaining_images(monkeypatch, project
         assert any("2 of 4 images already proposed" in e.data.get("message", "") for e in p.events(job))
 
 
-def test_a_bad_image_fails_the_job_with_its_name_and_the_fix(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["pretrain", "propose"])
+@pytest.mark.parametrize("problem", ["nan", "beyond-float32"])
+def test_a_bad_image_fails_the_job_with_its_name_and_the_fix(tmp_path: Path, kind: str, problem: str) -> None:
     root = tmp_path / "proj"
     rng = np.random.default_rng(0)
     with Project.create(root) as p:
         p.import_array(rng.integers(0, 255, (64, 64), dtype=np.uint8), "good")
-        pixels = rng.random((1, 64, 64), dtype=np.float32)
+        pixels = rng.random((1, 64, 64))  # float64, as such an image is stored
         bad_id = p.import_array(pixels, "overflowing")
-        # the file changed behind the store's back (or imported before imports checked): a NaN pixel
-        pixels[0, 3, 4] = np.nan
-        (root / "images" / f"{bad_id}.tif").write_bytes(tiff_bytes(pixels))
-        job = start_job(p, "pretrain", {"preset": "tiny"})
+    # the file changed behind the store's back (or was imported before imports checked): a NaN pixel, or
+    # issue 16's float64 image whose values are finite but beyond float32 (infinite once converted)
+    pixels[0, 3, 4] = np.nan if problem == "nan" else 1e300
+    (root / "images" / f"{bad_id}.tif").write_bytes(tiff_bytes(pixels))
+    params: dict[str, object] = {"preset": "tiny"}
+    if kind == "propose":
+        _untrained_model(root)
+        params.update(steps=1, samples=1, rounds=1)
+    with Project.open(root) as p:
+        job = start_job(p, kind, params)
     with pytest.raises(JobFailed) as info:
         execute_job(root, job)
     msg = str(info.value)
     for text in (bad_id, "'overflowing'", "infinite", "Exclude it", "re-import"):
         assert text in msg, msg
     with Project.open(root) as p:
+        assert p.job(job).state == "failed"
         assert bad_id in (p.job(job).error or "") and "overflowing" in (p.job(job).error or "")
 
 
