@@ -13,7 +13,9 @@ import pytest
 from backend_server import Server, make_project
 from napari_diffseg.backend.security import SAFE_METHODS
 
-schemathesis = pytest.importorskip("schemathesis")
+# Skipped only where schemathesis is not installed; one that is installed but fails to import (a pytest
+# it does not support, as pytest 9.2 broke it: issue 16) is an error, so CI cannot pass by skipping it.
+schemathesis = pytest.importorskip("schemathesis", exc_type=ModuleNotFoundError)
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 from schemathesis.checks import (  # noqa: E402
     content_type_conformance,
