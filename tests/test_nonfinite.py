@@ -96,6 +96,27 @@ def test_a_nan_input_stops_training_at_step_one() -> None:
         list(_loop("teacher", pr, data))
 
 
+@pytest.mark.parametrize("stage", ["teacher", "cotrain"])
+def test_a_non_finite_gradient_with_a_finite_loss_stops_before_the_step(monkeypatch, stage: str) -> None:
+    hooked: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+
+    def adam(params, preset):  # type: ignore[no-untyped-def]
+        params = list(params)
+        hooked.append((params[0], params[0].detach().clone()))
+        params[0].register_hook(lambda grad: torch.full_like(grad, float("inf")))  # the loss stays finite
+        return torch.optim.AdamW(params, lr=preset.lr)
+
+    monkeypatch.setattr(training, "_adam", adam)
+    pr = get_preset("tiny").with_overrides(teacher_steps=20, cotrain_steps=20)
+    with pytest.raises(TrainingDiverged) as err:
+        list(_loop(stage, pr))
+    msg = str(err.value)
+    assert f"stage {stage!r} at step 1/20: the gradient is not finite" in msg, msg
+    assert "loss=nan" not in msg and "loss=inf" not in msg  # the loss itself was finite
+    param, before = hooked[-1]
+    assert torch.equal(param.detach(), before)  # the optimiser never stepped with the infinite gradient
+
+
 def test_an_overflowing_last_update_is_caught_when_the_stage_ends(monkeypatch) -> None:
     class Overflowing(torch.optim.AdamW):
         """The one update (finite loss and gradient) leaves an infinite weight behind."""
