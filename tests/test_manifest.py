@@ -32,6 +32,23 @@ def test_manifest_is_valid_and_shipped_in_the_package() -> None:
     assert packaged.resolve() == (ROOT / "napari.yaml").resolve()
 
 
+def test_the_reader_claims_ome_tiff_and_folders_not_plain_files(tmp_path: Path) -> None:
+    """npe2 offers readers for a path by its file name; when two plugins match, napari asks the user. So
+    the reader claims OME-TIFF (which napari's own reader shows without its series, channel names and
+    scale) and folders, never a plain TIFF, PNG, JPEG or any other file napari reads itself."""
+    npe2 = pytest.importorskip("npe2")
+    pm = npe2.PluginManager()
+    pm.register(_manifest())
+
+    def claimed(path: Path) -> bool:
+        return any(r.command.startswith("napari-diffseg.") for r in pm.iter_compatible_readers([str(path)]))
+
+    plain = ("a.tif", "a.tiff", "a.TIF", "a.png", "a.jpg", "a.jpeg", "a.bmp", "a.npy", "a.csv", "a.py", "a")
+    assert [name for name in plain if claimed(tmp_path / name)] == []
+    assert all(claimed(tmp_path / name) for name in ("a.ome.tif", "a.ome.tiff", "B.OME.TIF"))
+    assert claimed(tmp_path)  # a folder: get_reader decides (project, dataset, OME-Zarr, else None)
+
+
 def test_every_command_imports() -> None:
     pytest.importorskip("napari")
     pytest.importorskip("qtpy")

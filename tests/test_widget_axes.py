@@ -1,6 +1,6 @@
 """Axes in the GUI (Xvfb via pytest-xvfb): the Project widget's axes choice for 'Import files', and image
 files opened with the napari reader (channels as ``channel_axis`` layers named from the metadata, RGB as
-``rgb``, scale from the pixel size, every OME series)."""
+``rgb``, scale from the pixel size, every OME series), and plain files left to napari's own reader."""
 
 from __future__ import annotations
 
@@ -81,11 +81,46 @@ def test_reader_opens_image_files_as_napari_expects(make_napari_viewer) -> None:
     layers = viewer.open(str(CASES / "fluo_4ch" / "fluo_4ch.ome.tif"), plugin="napari-diffseg")
     assert [la.name for la in layers] == ["AF647", "AF568", "AF488", "DAPI"]
     assert all(la.data.shape == (176, 160) and np.allclose(la.scale, (0.1241, 0.1241)) for la in layers)
-    (rgb,) = viewer.open(str(CASES / "exif_rotated" / "exif_rotated.jpg"), plugin="napari-diffseg")
+    # napari hands the reader only OME-TIFF files (and folders); plain files read the same way through
+    # read_image_files, layer by layer
+    from napari.layers import Layer
+
+    from napari_diffseg._reader import read_image_files
+
+    (rgb,) = (Layer.create(*t) for t in read_image_files(str(CASES / "exif_rotated" / "exif_rotated.jpg")))
     assert rgb.rgb and rgb.data.shape == (160, 224, 3)
-    (stack,) = viewer.open(str(CASES / "imagej_zstack_3" / "imagej_zstack_3.tif"), plugin="napari-diffseg")
+    (stack,) = (
+        Layer.create(*t) for t in read_image_files(str(CASES / "imagej_zstack_3" / "imagej_zstack_3.tif"))
+    )
     assert (
         stack.data.shape == (3, 128, 160) and not stack.rgb and np.allclose(stack.scale, (0.29, 0.26, 0.26))
     )
     series = viewer.open(str(CASES / "ome_two_series" / "ome_two_series.ome.tif"), plugin="napari-diffseg")
     assert [la.name for la in series] == ["ome_two_series-s0", "ome_two_series-s1"]
+
+
+def test_plain_files_open_with_the_builtin_reader_without_a_choice(make_napari_viewer, tmp_path) -> None:
+    """A plain TIFF, PNG or JPEG is not claimed by napari-diffseg, so napari opens it with its own reader
+    and asks nothing (two matching plugins make ``viewer.open`` without ``plugin=`` raise, and the GUI
+    ask which reader to use); an OME-TIFF and a folder are offered to napari-diffseg as well."""
+    import imageio.v3 as iio
+    import tifffile
+    from napari.plugins import _npe2
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 255, (24, 32), dtype=np.uint8)
+    files = {"plain.tif": grey, "plain.png": grey, "photo.jpg": np.dstack([grey] * 3)}
+    viewer = make_napari_viewer()
+    for name, data in files.items():
+        path = tmp_path / name
+        if name.endswith(".tif"):
+            tifffile.imwrite(path, data)
+        else:
+            iio.imwrite(path, data)
+        assert "napari-diffseg" not in _npe2.get_readers(str(path))
+        (layer,) = viewer.open(str(path))  # no MultipleReaderError: one reader matches
+        assert layer.data.shape == data.shape
+    ome = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(ome, np.stack([grey, grey]), ome=True, metadata={"axes": "CYX"})
+    assert "napari-diffseg" in _npe2.get_readers(str(ome))
+    assert "napari-diffseg" in _npe2.get_readers(str(tmp_path))

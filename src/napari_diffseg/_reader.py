@@ -6,6 +6,15 @@ series as its own layer, fluorescence channels split with ``channel_axis`` (name
 RGB as an ``rgb`` layer, z-stacks and time-lapses as their Z / T sliders, and ``scale`` in micrometres
 where the metadata gives the pixel size (and, for a z-stack, the plane spacing).
 
+Which files napari hands to it: npe2 picks the readers for a path by its name alone (the manifest's
+``filename_patterns``; ``get_reader`` is asked only afterwards), and when more than one plugin matches, napari
+asks the user which to use. So the manifest claims only OME-TIFF (``*.ome.tif``, ``*.ome.tiff``: every
+series, channel names and pixel size, where napari's own reader shows the first series as one array) and
+folders (a project, a dataset folder, an OME-Zarr image; other folders get None). Plain TIFF, ImageJ
+hyperstacks, PNG, JPEG and the rest open with napari's own reader without a question; the Project widget's
+*Import files* reads them with their axes, and :func:`read_image_files` gives their layers as this reader
+would (``viewer.add_layer(Layer.create(*t))`` for each ``t``).
+
 Thin and light: the project store, the dataset reader and zarr are imported only when a folder is read,
 and none of them loads torch. An OME-Zarr image opens lazily as a multiscale Image layer (dask arrays over
 its resolution levels: napari reads only the tiles it shows), with each of its label images (for example
@@ -29,7 +38,8 @@ MAX_IMAGES = 64
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], LayerData] | None:
-    """Return a reader for a project or dataset folder, or None (napari then asks other readers)."""
+    """Return a reader for a project, dataset or OME-Zarr folder or an image file (napari hands it only
+    OME-TIFF files: module docstring), or None (napari then asks other readers)."""
     if isinstance(path, list):
         if len(path) != 1:
             return None
