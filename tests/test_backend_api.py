@@ -143,11 +143,13 @@ def test_cotrain_job_events_models_proposals_next(
     assert client.wait(prop_job.id, timeout=120).state == "done"
     record = client.proposal("train_001")
     assert record is not None and record.model_id == new[0].id
-    assert record.classes == 3  # labels 0, 1 and 2 (test above saved a mask with label 2)
+    # a binary project (issue 13): the mask saved above with labels 1 and 2 is foreground, so 2 classes,
+    # never one class per label value
+    assert record.classes == 2
     probs = client.proposal_pixels("train_001", "probs")
     unc = client.proposal_pixels("train_001", "uncertainty")
     mask = client.proposal_pixels("train_001", "mask")
-    assert probs.shape == (3, 64, 64) and probs.dtype == np.float32
+    assert probs.shape == (2, 64, 64) and probs.dtype == np.float32
     assert np.allclose(probs.sum(0), 1, atol=1e-3) and unc.shape == (64, 64)
     assert mask.dtype == np.uint8 and np.array_equal(mask, probs.argmax(0))
     assert np.array_equal(client.proposal_pixels("train_001", "mask"), mask)  # from the cache file now

@@ -131,9 +131,7 @@ def test_init_refuses_a_bad_task_and_creates_nothing(
     assert not (tmp_path / "p").exists()
 
 
-def test_init_multiclass_counts_classes_from_the_masks(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
+def test_init_multiclass_keeps_class_values(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     import imageio.v3 as iio
 
     ds = tmp_path / "ds"
@@ -146,8 +144,34 @@ def test_init_multiclass_counts_classes_from_the_masks(
         m[4:10, 4:10] = 1
         m[20:30, 20:30] = 2 + i  # classes 1, 2, 3 over the two masks
         iio.imwrite(ds / "masks" / f"a{i}.png", m)
-    rc, out, _ = _run(capsys, "init", str(tmp_path / "p"), "--images", str(ds), "--multiclass")
-    assert rc == 0, out
+    rc, _, err = _run(capsys, "init", str(tmp_path / "p"), "--images", str(ds), "--multiclass")
+    assert rc == 2 and "needs its classes named" in err and not (tmp_path / "p").exists()
+    rc, _, err = _run(
+        capsys,
+        "init",
+        str(tmp_path / "p"),
+        "--images",
+        str(ds),
+        "--multiclass",
+        "--classes",
+        "background,a,b",
+    )
+    assert (
+        rc == 2
+        and "a1.png holds 3 distinct values (0, 1, 3) but the project has 3 classes" in err
+        and not (tmp_path / "p").exists()
+    )
+    rc, _out, err = _run(
+        capsys,
+        "init",
+        str(tmp_path / "p"),
+        "--images",
+        str(ds),
+        "--multiclass",
+        "--classes",
+        "background,a,b,c",
+    )
+    assert rc == 0, err
     with Project.open(tmp_path / "p") as proj:
         assert proj.task.num_classes == 4 and proj.task.class_names[0] == "background"
         assert int(proj.load_annotation("a1").max()) == 3  # class values kept

@@ -506,6 +506,15 @@ def _import_summary(result: Any) -> str:
     return ", ".join(parts)
 
 
+_BINARIZE_HELP = (
+    "binary project: take every mask value > 0 as foreground, even in masks painted with many labels (object "
+    "ids, classes), which are refused otherwise"
+)
+_MULTICLASS_MOVED = (
+    "--multiclass is now the project's task, chosen when it is created: diffseg init PROJECT --task multiclass "
+    "--classes background,CLASS1,CLASS2 (this project's task is {task})"
+)
+
 _AXES_HELP = (
     "how to read the files' axes, overriding their metadata: OME letters T, Z, C, Y, X in storage order, one "
     "per dimension (e.g. CYX: channels; TYX: time points, one image each; ZYX: a z-stack)"
@@ -532,17 +541,20 @@ def init(
         str | None,
         typer.Option(
             help="the class names, background first, e.g. background,tumour,stroma (a colour may follow "
-            "a name: tumour:#ff0000); required for --task multiclass unless the masks give the count"
+            "a name: tumour:#ff0000); required for --task multiclass"
         ),
     ] = None,
     multiclass: Annotated[bool, typer.Option("--multiclass", help="the same as --task multiclass")] = False,
+    binarize: Annotated[bool, typer.Option("--binarize", help=_BINARIZE_HELP)] = False,
     axes: Annotated[str | None, typer.Option(help=_AXES_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Create a project and optionally import a dataset folder (or an images folder plus a masks folder).
 
     The project's task is fixed here: binary (default), multiclass with named classes, or instances (a
-    dataset folder's instances/ masks are imported for an instance project)."""
+    dataset folder's instances/ masks are imported for an instance project). Every mask is checked against
+    it before the project is created."""
+    from .base.masks import check_task_mask
     from .base.task import make_task
     from .project import Project, collect_paths
     from .project.importing import load_images
@@ -555,19 +567,15 @@ def init(
         if task not in ("binary", "multiclass"):
             raise _user_error(f"--multiclass means --task multiclass; it cannot go with --task {task}")
         task = "multiclass"
-    if task == "multiclass" and classes is None and images is None:
-        raise _user_error(
-            "a multiclass project needs its classes named, background first: --classes background,tumour,stroma"
-        )
-    if not (task == "multiclass" and classes is None):
-        make_task(task, classes)  # a bad task or class list fails before any file is read
-    items = collect_paths([images], masks, axes=axes) if images is not None else []
+    chosen = make_task(task, classes)  # a bad task or class list fails before any file is read
+    items = (
+        collect_paths([images], masks, axes=axes, instances=task == "instances") if images is not None else []
+    )
     first: tuple[int, str] | None = None
-    top_label = 0
     for item in items:  # decode and check every file before the project is created
-        for image in load_images(item, binary_masks=task == "binary"):
-            if image.mask is not None and image.mask.size:
-                top_label = max(top_label, int(image.mask.max()))
+        for image in load_images(item, binary_masks=False):
+            if image.mask is not None:
+                check_task_mask(image.mask, chosen.labels, source=f"mask {item.mask}", binarize=binarize)
             c = int(image.chw.shape[0])
             if first is None:
                 first = (c, image.name)
@@ -577,21 +585,9 @@ def init(
                     "channel count is fixed at its first import. Import them into separate projects, or pass "
                     "--axes if the axes were read wrongly"
                 )
-    if task == "multiclass" and classes is None:  # --multiclass with masks: one class per mask value
-        if top_label < 1:
-            raise _user_error(
-                "a multiclass project needs its classes named, background first: --classes "
-                "background,tumour,stroma (the imported masks hold no class value to count them by)"
-            )
-        classes = ",".join(["background", *(f"class {k}" for k in range(1, top_label + 1))])
-    chosen = make_task(task, classes)
     notes: list[str] = []
     with Project.create(project, task=chosen) as proj:
-        result = (
-            proj.import_items(items, binary_masks=task == "binary", validate=False, notes=notes)
-            if items
-            else None
-        )
+        result = proj.import_items(items, binarize=binarize, validate=False, notes=notes) if items else None
         counts = proj.counts()
     if not as_json:
         for note in notes:
@@ -620,9 +616,8 @@ def import_(
         Path | None, typer.Option(help="ground-truth masks folder (matched by file stem)")
     ] = None,
     split: Annotated[str, typer.Option(help="split of the imported files: train, val, test...")] = "train",
-    multiclass: Annotated[
-        bool, typer.Option("--multiclass", help="keep mask label values instead of mapping >0 to 1")
-    ] = False,
+    binarize: Annotated[bool, typer.Option("--binarize", help=_BINARIZE_HELP)] = False,
+    multiclass: Annotated[bool, typer.Option("--multiclass", hidden=True)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
     level: Annotated[
         int, typer.Option(help="OME-Zarr: resolution level to import (0 = full resolution)")
@@ -657,9 +652,11 @@ def import_(
 
     notes: list[str] = []
     with Project.open(project) as proj:
+        if multiclass and proj.task.kind != "multiclass":
+            raise _user_error(_MULTICLASS_MOVED.format(task=proj.task))
         before = proj.images()
         result = (
-            proj.import_files(files, masks, split=split, binary_masks=not multiclass, axes=axes, notes=notes)
+            proj.import_files(files, masks, split=split, binarize=binarize, axes=axes, notes=notes)
             if files
             else None
         )
@@ -734,9 +731,8 @@ def correct(
     ] = None,
     kind: Annotated[str, typer.Option(help="correction | ground_truth")] = "correction",
     author: Annotated[str, typer.Option(help="who made the correction")] = "",
-    multiclass: Annotated[
-        bool, typer.Option("--multiclass", help="keep mask label values instead of mapping >0 to 1")
-    ] = False,
+    binarize: Annotated[bool, typer.Option("--binarize", help=_BINARIZE_HELP)] = False,
+    multiclass: Annotated[bool, typer.Option("--multiclass", hidden=True)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the new version as JSON")] = False,
     planes: Annotated[
         str | None,
@@ -749,6 +745,7 @@ def correct(
 
     A z-stack's mask is a (Z, H, W) TIFF; only its annotated planes are trained on as labelled."""
     from .base.errors import DataError
+    from .base.masks import check_task_mask
     from .data.io import read_mask, read_mask_stack
     from .project import Project
 
@@ -759,15 +756,26 @@ def correct(
         except ValueError as exc:
             raise DataError(f"--planes {planes!r}: give plane indices separated by commas, e.g. 0,2") from exc
     with Project.open(project) as proj:
+        if multiclass and proj.task.kind != "multiclass":
+            raise _user_error(_MULTICLASS_MOVED.format(task=proj.task))
         rec = proj.image(image)
         if rec.is_stack:
             shape = (rec.planes, rec.height, rec.width)
-            mask = read_mask_stack(mask_file, shape, binary=not multiclass)
+            mask = read_mask_stack(mask_file, shape, binary=False)
         else:
-            mask = read_mask(mask_file, binary=not multiclass)
+            mask = read_mask(mask_file, binary=False)
+        task = proj.task
+        check_task_mask(mask, task.labels, source=mask_file.name, binarize=binarize)  # messages name the file
         base = replaces if replaces is not None else proj.latest_version(rec.id)
         version = proj.save_annotation(
-            rec.id, mask, kind=kind, replaces=base, proposal_id=proposal, author=author, planes=chosen
+            rec.id,
+            mask,
+            kind=kind,
+            replaces=base,
+            proposal_id=proposal,
+            author=author,
+            planes=chosen,
+            binarize=task.kind == "binary",  # stored as 0/1, as a binary mask file always was
         )
         ann = proj.annotation(rec.id, version)
     if as_json:

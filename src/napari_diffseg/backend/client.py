@@ -285,11 +285,13 @@ class DiffsegClient:
         proposal_id: int | None = None,
         author: str = "",
         planes: list[int] | None = None,
+        binarize: bool = False,
     ) -> SavedAnnotation:
         """Save a new annotation version; returns it (``.version``, ``.annotation``).
 
         A z-stack's mask is ``(Z, H, W)``; ``planes`` names the planes it annotates (None: those holding a
-        labelled pixel).
+        labelled pixel). The mask must fit the project's task; ``binarize`` (a binary project) takes every
+        value > 0 as foreground.
 
         Raises:
             StaleAnnotation: ``replaces`` is not the latest version any more (``.current`` says which is).
@@ -302,6 +304,8 @@ class DiffsegClient:
             params["proposal_id"] = int(proposal_id)
         if planes is not None:
             params["planes"] = [int(z) for z in planes]
+        if binarize:
+            params["binarize"] = "true"
         return self._one(
             SavedAnnotation,
             "POST",

@@ -30,6 +30,7 @@ from ..base.contracts import JOB_KINDS, CotrainParams, PretrainParams, ProposePa
 from ..base.errors import Cancelled, ConfigError, DataError, DiffsegError, TrainingDiverged
 from ..base.events import CancelToken, Event
 from ..base.fileio import atomic_write_bytes
+from ..base.masks import MaskError, check_labels
 from ..base.preprocessing import Normalization, dataset_statistics
 from ..base.presets import Preset
 from ..core.device import choose_device
@@ -196,6 +197,7 @@ def _training_data(
     preset: Preset,
     manifest: Path | None = None,
     normalization: Normalization | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[TrainData, dict[str, int]]:
     """The training images and the annotation version of each labeled one.
 
@@ -216,7 +218,8 @@ def _training_data(
         mask = project.load_annotation(image_id, version)
         assert ann is not None and mask is not None
         weight = preset.correction_weight if ann.kind == "correction" else 1.0
-        for x, plane in zip(xs, _label_planes(mask, ann.planes), strict=True):
+        targets = _targets(project, image_id, version, _label_planes(mask, ann.planes), notes)
+        for x, plane in zip(xs, targets, strict=True):
             if plane is None:
                 unlabeled.append(x)
                 continue
@@ -229,7 +232,7 @@ def _training_data(
         mask = project.load_annotation(image_id, version)
         if ann is None or mask is None:
             continue
-        planes = _label_planes(mask, ann.planes)
+        planes = _targets(project, image_id, version, _label_planes(mask, ann.planes), notes)
         if all(p is None for p in planes):
             continue
         xs = _tensors(project, image_id, channels, normalization)
@@ -240,6 +243,39 @@ def _training_data(
                 val.regions.append(None)
     counts = {"labeled": len(labeled_x), "unlabeled": len(unlabeled), "val": len(val)}
     return TrainData(labeled_x, labeled_y, weights, unlabeled, val=val), counts
+
+
+def _targets(
+    project: Project, image_id: str, version: int, planes: list[np.ndarray | None], notes: list[str] | None
+) -> list[np.ndarray | None]:
+    """An annotation's label planes as the training targets of the project's task.
+
+    Binary: foreground = value > 0 (an older project's correction painted with other values is taken as
+    foreground, said in ``notes``); multiclass: class values checked to lie below K. A mask that does not
+    fit fails the job with a message naming the image and what to do.
+    """
+    task = project.task
+    labels = task.labels
+    rec = project.image(image_id)
+    out: list[np.ndarray | None] = []
+    for z, plane in enumerate(planes):
+        if plane is None:
+            out.append(None)
+            continue
+        where = f"annotation v{version} of {rec.name!r}" + (f" (plane {z})" if len(planes) > 1 else "")
+        try:
+            checked = check_labels(plane, labels, source=where)
+        except MaskError as exc:
+            raise _bad_image(
+                project,
+                image_id,
+                f"has an annotation that does not fit the project's task, {task} ({exc}); save a corrected "
+                "version (diffseg correct, the Annotate widget)",
+            ) from exc
+        if notes is not None:
+            notes.extend(checked.notes)
+        out.append(checked.mask)
+    return out
 
 
 def _label_planes(mask: np.ndarray, planes: tuple[int, ...] | None) -> list[np.ndarray | None]:
@@ -255,12 +291,8 @@ def _label_planes(mask: np.ndarray, planes: tuple[int, ...] | None) -> list[np.n
 
 
 def _num_classes(project: Project) -> int:
-    k = 2
-    for rec in project.images():
-        ann = project.annotation(rec.id)
-        if ann is not None:
-            k = max(k, int(ann.labels) + 1 if ann.labels else 2)
-    return k
+    """Output classes of a new model: the project task's (2 binary, K multiclass, 3 instances)."""
+    return project.task.num_classes
 
 
 def _new_bundle(
@@ -486,7 +518,7 @@ def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[
         mask = project.load_annotation(rec.id)
         if ann is None or mask is None:
             continue
-        planes = _label_planes(mask, ann.planes)
+        planes = _targets(project, rec.id, ann.version, _label_planes(mask, ann.planes), None)
         if all(p is None for p in planes):
             continue
         xs = _preprocessed(project, rec.id, bundle.preprocess)
@@ -538,11 +570,14 @@ def _cotrain(
         norm = _base_normalization(project, base["model"])
     else:
         norm = _normalization(project, [i for i, _ in _data_manifest(project, jd / "data.json")], channels)
-    data, counts = _training_data(project, channels, preset, jd / "data.json", norm)
+    notes: list[str] = []
+    data, counts = _training_data(project, channels, preset, jd / "data.json", norm, notes)
     if counts["labeled"] == 0:
         raise ConfigError(
             "co-training needs at least one annotated image; correct a proposal or import masks"
         )
+    for note in list(dict.fromkeys(notes))[:5]:
+        yield Event("log", "cotrain", message=f"note: {note}")
     yield Event(
         "log",
         "cotrain",

@@ -43,6 +43,7 @@ __all__ = [
     "Task",
     "check_label_file",
     "check_labels",
+    "check_task_mask",
     "parse_task",
     "read_labels",
 ]
@@ -184,6 +185,47 @@ def check_labels(
                 "own id (give each part a new id, or join them)"
             )
     return LabelCheck(ids, [], num_objects=int(fg.size))
+
+
+#: A binary project's mask may paint its foreground with at most this many different values (1, or 255,
+#: or a second napari label); more look like objects or classes (:func:`check_task_mask`).
+MAX_BINARY_LABELS = 2
+
+
+def check_task_mask(
+    pixels: np.ndarray,
+    task: Task | str,
+    *,
+    source: str = "the mask",
+    binarize: bool = False,
+    max_id: int = MAX_STORED_ID,
+) -> LabelCheck:
+    """:func:`check_labels` as a project applies it when a mask enters it (import, correction, job).
+
+    One rule more for a binary project: a mask painted with more than :data:`MAX_BINARY_LABELS`
+    different foreground values (an instance mask with one id per object, a class map) is refused
+    unless ``binarize`` says to take every value > 0 as foreground, so objects or classes are never
+    merged by accident. Multiclass and instance masks follow :func:`check_labels`.
+
+    Raises:
+        MaskError: The mask does not fit the task; the message names ``source`` and what to do.
+    """
+    t = parse_task(task)
+    checked = check_labels(pixels, t, source=source, max_id=max_id)
+    if t.kind == "binary":
+        a = np.asarray(pixels)
+        fg = np.unique(a[a > 0]) if a.size else a
+        if fg.size == 1 and fg[0] == 255:  # 0/255, as many tools save a binary mask: nothing to say
+            return LabelCheck(checked.mask, [])
+        if fg.size > MAX_BINARY_LABELS and not binarize:
+            raise MaskError(
+                f"{source} holds {fg.size} different labels ({_values(fg)}), but this is a binary project: "
+                "0 = background and one foreground value (1, or 255). Each object with its own id belongs "
+                "in an instance project (diffseg init --task instances), classes in a multiclass project "
+                "(--task multiclass --classes ...); to take every value > 0 as foreground here, pass "
+                "--binarize (binarize=true)"
+            )
+    return checked
 
 
 def read_labels(path: str | os.PathLike[str]) -> np.ndarray:

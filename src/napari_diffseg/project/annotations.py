@@ -19,6 +19,7 @@ import numpy as np
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.base.formats import tiff_bytes
 from napari_diffseg.base.labels import edit_stats
+from napari_diffseg.base.masks import check_task_mask
 from napari_diffseg.project._db import _ANN_COLS, ImageRef, _annotation, _StoreBase, _Tx
 from napari_diffseg.project._util import check_mask, read_tiff
 from napari_diffseg.project.errors import StaleVersionError
@@ -85,8 +86,14 @@ class _AnnotationsMixin(_StoreBase):
         proposal_id: int | None = None,
         author: str = "",
         planes: Iterable[int] | None = None,
+        binarize: bool = False,
     ) -> int:
         """Append a new annotation version of an image; earlier versions are never changed.
+
+        The mask is checked against the project's task (:func:`~napari_diffseg.base.masks.check_task_mask`)
+        before anything is written: class values below K in a multiclass project, object ids each covering
+        one piece in an instance project (any ids: napari's natural form), one or two foreground values in
+        a binary project (``binarize``: any values, stored as 0/1).
 
         Args:
             image: Id or name.
@@ -100,6 +107,7 @@ class _AnnotationsMixin(_StoreBase):
             author: Free text recorded with the version.
             planes: A z-stack only: the plane indices this version annotates. None: every plane that holds
                 a labelled pixel (what was painted). Edit Dice is computed over these planes.
+            binarize: A binary project only: take every value > 0 as foreground (stored as 1).
 
         Returns:
             The new version number.
@@ -107,6 +115,7 @@ class _AnnotationsMixin(_StoreBase):
         Raises:
             StaleVersionError: ``replaces`` is not the current latest version (nothing is written).
             DataError: A bad mask (shape, NaN, non-integer, negative), kind, author or proposal.
+            MaskError: The mask does not fit the project's task (the message says what to do).
         """
         rec = self.image(image)
         if kind not in ANNOTATION_KINDS:
@@ -118,6 +127,10 @@ class _AnnotationsMixin(_StoreBase):
         what = f"Cannot save the annotation of image {rec.name!r}"
         shape = (rec.planes, rec.height, rec.width) if rec.is_stack else (rec.height, rec.width)
         m = check_mask(mask, shape, what)
+        task = self.task
+        checked = check_task_mask(m, task.labels, source=f"the mask of image {rec.name!r}", binarize=binarize)
+        if binarize and task.kind == "binary":
+            m = checked.mask.astype(np.uint8)
         annotated = _annotated_planes(m, planes, what) if rec.is_stack else None
         if planes is not None and not rec.is_stack:
             raise DataError(

@@ -13,6 +13,7 @@ import numpy as np
 
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.base.formats import tiff_bytes
+from napari_diffseg.base.masks import check_task_mask
 from napari_diffseg.data.dataset import DEFAULT_SPLIT, is_valid_split
 from napari_diffseg.data.imagefile import ImageRead
 from napari_diffseg.data.io import DEFAULT_MAX_PIXELS
@@ -238,6 +239,9 @@ class _ImagesMixin(_StoreBase):
         m = None
         if mask is not None:
             m = check_mask(mask, image.mask_shape, f"Cannot import the mask of {name!r}")
+            check_task_mask(
+                m, self.task.labels, source=f"the mask of {name!r}"
+            )  # labels kept (as corrections)
         image_id, added, _mask = self._store_image(image, source or f"array:{name}", split, m)
         return image_id, added
 
@@ -310,16 +314,18 @@ class _ImagesMixin(_StoreBase):
             "read wrongly, pass --axes."
         )
 
-    def import_dataset(self, folder: PathLike, *, binary_masks: bool = True) -> ImportResult:
+    def import_dataset(self, folder: PathLike, *, binarize: bool = False) -> ImportResult:
         """Import a dataset folder: every image, its mask as a ``ground_truth`` annotation, its split.
 
-        Every file is decoded and checked before anything is written, so a bad file changes nothing.
+        Every file is decoded and checked before anything is written, so a bad file changes nothing. An
+        instance project takes the folder's ``instances/`` masks where it has them.
 
         Args:
-            folder: ``images/``, optional ``masks/`` and ``split.csv`` (docs/architecture.md).
-            binary_masks: Map every mask value > 0 to 1.
+            folder: ``images/``, optional ``masks/``, ``instances/`` and ``split.csv`` (docs/architecture.md).
+            binarize: A binary project: take every mask value > 0 as foreground (:meth:`import_items`).
         """
-        return self.import_items(collect_dataset(folder), binary_masks=binary_masks)
+        items = collect_dataset(folder, instances=self.task.kind == "instances")
+        return self.import_items(items, binarize=binarize)
 
     def import_files(
         self,
@@ -327,28 +333,45 @@ class _ImagesMixin(_StoreBase):
         masks_dir: PathLike | None = None,
         *,
         split: str = DEFAULT_SPLIT,
-        binary_masks: bool = True,
+        binarize: bool = False,
         axes: str | None = None,
         notes: list[str] | None = None,
     ) -> ImportResult:
         """Import image files, plain folders of images and dataset folders (see :func:`.collect_paths`).
 
-        Masks in ``masks_dir`` are matched to images by file stem. Every file is decoded and checked before
-        anything is written. ``axes`` overrides the axes of every file (``--axes``); what the reading
-        assumed is appended to ``notes`` (:meth:`import_items`).
+        Masks in ``masks_dir`` are matched to images by file stem (an instance project takes a dataset
+        folder's ``instances/``). Every file is decoded and checked before anything is written. ``axes``
+        overrides the axes of every file (``--axes``); what the reading assumed is appended to ``notes``
+        (:meth:`import_items`).
         """
-        items = collect_paths(paths, masks_dir, split=split, axes=axes)
-        return self.import_items(items, binary_masks=binary_masks, notes=notes)
+        instances = self.task.kind == "instances"
+        items = collect_paths(paths, masks_dir, split=split, axes=axes, instances=instances)
+        return self.import_items(items, binarize=binarize, notes=notes)
+
+    def _task_mask(
+        self, mask: np.ndarray, source: str, binarize: bool, notes: list[str] | None
+    ) -> np.ndarray:
+        """An imported mask checked against the project's task: a binary project's as 0/1 (what a binary
+        mask file has always been stored as), class values and object ids as they are."""
+        task = self.task
+        checked = check_task_mask(mask, task.labels, source=source, binarize=binarize)
+        if notes is not None:
+            notes.extend(checked.notes)
+        return checked.mask if task.kind == "binary" else mask
 
     def import_items(
         self,
         items: Sequence[ImportItem],
         *,
-        binary_masks: bool = True,
+        binarize: bool = False,
         validate: bool = True,
         notes: list[str] | None = None,
     ) -> ImportResult:
         """Import collected items; with ``validate`` (default) every item is decoded and checked first.
+
+        Every mask is checked against the project's task (:func:`~napari_diffseg.base.masks.check_task_mask`;
+        ``binarize``: a binary project takes masks painted with any number of values as foreground), so a
+        mask that does not fit refuses the import before anything is written (with ``validate``).
 
         Each image (with its mask) is committed in its own short transaction, so a later I/O failure keeps
         the images stored before it (importing again skips them). What the reading assumed (ambiguous
@@ -364,8 +387,10 @@ class _ImagesMixin(_StoreBase):
             budget = _PRELOAD_BYTES
             counts: set[int] = set()
             for i, item in enumerate(items):
-                loaded = load_images(item, binary_masks=binary_masks)
+                loaded = load_images(item, binary_masks=False)
                 for image in loaded:
+                    if image.mask is not None:
+                        self._task_mask(image.mask, f"mask {item.mask}", binarize, None)
                     # the first image of a new project fixes the count for the rest of this import too
                     here = expected if expected is not None else _combined_channels(counts)
                     self._check_channels(
@@ -382,7 +407,7 @@ class _ImagesMixin(_StoreBase):
         saved: list[str] = []
         skipped: list[str] = []
         for item, pre in zip(items, preloaded, strict=True):
-            loaded = pre if pre is not None else load_images(item, binary_masks=binary_masks)
+            loaded = pre if pre is not None else load_images(item, binary_masks=False)
             said = list(dict.fromkeys(n for image in loaded for n in image.notes))
             if notes is not None and said:
                 names = loaded[0].name + (f" ... {loaded[-1].name}" if len(loaded) > 1 else "")
@@ -393,7 +418,8 @@ class _ImagesMixin(_StoreBase):
                     self._check_channels(image.chw, what, self.channel_count(), has_model)
                 m = None
                 if image.mask is not None:
-                    m = check_mask(image.mask, image.mask_shape, f"mask {item.mask}")
+                    task_mask = self._task_mask(image.mask, f"mask {item.mask}", binarize, notes)
+                    m = check_mask(task_mask, image.mask_shape, f"mask {item.mask}")
                 image_id, is_new, mask_outcome = self._store_image(
                     image, str(item.image.resolve()), item.split, m
                 )

@@ -82,15 +82,23 @@ def _check_split(split: str) -> str:
     return split
 
 
-def collect_dataset(folder: PathLike) -> list[ImportItem]:
+def collect_dataset(folder: PathLike, *, instances: bool = False) -> list[ImportItem]:
     """Items for every image of a dataset folder (``images/``, optional ``masks/`` and ``split.csv``).
+
+    With ``instances`` (an instance project) an image's mask is its ``instances/<id>.tif`` (object ids)
+    where the folder has one, else its ``masks/`` file.
 
     Raises:
         DataError: The folder is not a valid dataset folder, or an id is not a valid image name.
     """
     ds = DatasetFolder(folder)
     return [
-        ImportItem(ds.image_path(i), ds.mask_path(i), check_name(i, f"image id in {ds.root}"), ds.split_of(i))
+        ImportItem(
+            ds.image_path(i),
+            (ds.instance_path(i) if instances else None) or ds.mask_path(i),
+            check_name(i, f"image id in {ds.root}"),
+            ds.split_of(i),
+        )
         for i in ds.ids
     ]
 
@@ -126,6 +134,7 @@ def collect_paths(
     *,
     split: str = DEFAULT_SPLIT,
     axes: str | None = None,
+    instances: bool = False,
 ) -> list[ImportItem]:
     """Items for image files, plain folders of images and dataset folders.
 
@@ -133,7 +142,8 @@ def collect_paths(
     folder contributes its image files (not recursive, hidden files skipped). Masks for loose files and
     plain folders come from ``masks_dir``, matched by file stem; images without a mask there get none.
 
-    ``axes`` (``--axes``) overrides the axes of every image file collected.
+    ``axes`` (``--axes``) overrides the axes of every image file collected; ``instances`` (an instance
+    project) takes a dataset folder's ``instances/`` masks (:func:`collect_dataset`).
 
     Raises:
         DataError: A missing path, an unsupported extension, a folder without images, a bad dataset folder,
@@ -152,7 +162,7 @@ def collect_paths(
                         f"{path} is a dataset folder, which brings its own masks/: drop --masks, or import "
                         "its images/ folder with --masks."
                     )
-                items.extend(collect_dataset(path))
+                items.extend(collect_dataset(path, instances=instances))
                 continue
             files = [
                 p

@@ -90,16 +90,32 @@ def save_annotation(
             "every plane holding a labelled pixel.",
         ),
     ] = None,
+    binarize: Annotated[
+        bool,
+        Query(
+            description="A binary project only: take every value > 0 as foreground (stored as 1), also in a "
+            "mask painted with more than two labels, which is refused otherwise."
+        ),
+    ] = False,
 ) -> SaveAnnotationOut:
     """Save a new annotation version; 409 ``{"detail", "current"}`` if ``replaces`` is not the latest.
 
     A z-stack's mask is ``(Z, H, W)``; only its annotated planes (``planes``, else those holding a label)
-    are trained on as labelled."""
+    are trained on as labelled. The mask must fit the project's task (``GET /project``): class values
+    below K (multiclass), object ids with each id one piece (instances: any ids, as napari paints them),
+    one or two foreground values (binary, unless ``binarize``); else 422 and nothing is saved."""
     mask = codec.decode_mask(upload.data, upload.media_type, max_pixels=ctx.settings.max_pixels)
     project = ctx.project()
     rec = find_image(project, ref)
     version = project.save_annotation(
-        rec.id, mask, kind=kind, replaces=replaces, proposal_id=proposal_id, author=author, planes=planes
+        rec.id,
+        mask,
+        kind=kind,
+        replaces=replaces,
+        proposal_id=proposal_id,
+        author=author,
+        planes=planes,
+        binarize=binarize,
     )
     ann = project.annotation(rec.id, version)
     assert ann is not None
