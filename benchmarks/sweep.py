@@ -2,7 +2,10 @@
 
     python benchmarks/sweep.py --dataset ../shared/data/dsb2018_nuclei --fractions 0.1 0.2 --seeds 0 1 2
     python benchmarks/sweep.py --dataset ... --arms diffseg supervised        # a subset of the arms
-    python benchmarks/sweep.py --dataset ... --report-only                    # tables from the JSONs
+    python benchmarks/sweep.py --dataset ... --report-only                    # table + figure from the JSONs
+    python benchmarks/sweep.py --report-all               # every dataset under results/evidence/ at once
+    python benchmarks/sweep.py --dataset ../shared/data/isbi2012_em \
+        --split benchmarks/splits/isbi2012_em_blocks.csv                      # ISBI 2012: a block split
 
 An **arm** is a method plus preset overrides (see ARMS): the methods themselves, and the ablations that
 isolate each part of diffseg (Stage A off, teacher pseudo-labels off, ...). Every run uses the protocol of
@@ -10,9 +13,18 @@ isolate each part of diffseg (Stage A off, teacher pseudo-labels off, ...). Ever
 pseudo-label gate), the labeled subset drawn from the rest, test images read once at the end.
 
 Results: ``benchmarks/results/evidence/<dataset>/<arm>_f<fraction>_s<seed>.json``; a run whose JSON exists
-is skipped (the sweep resumes). The report (``summary.md`` beside them) gives mean ± sample std (ddof 1)
-over seeds and, for every arm against supervised / CPS / mean-teacher, the mean paired difference per
-seed with its 95 % t interval; plus Stage A's label-free Dice against Otsu and all-foreground.
+is skipped (the sweep resumes). The report (``summary.md`` and ``dice.png`` beside them, both made from the
+JSONs alone) gives mean ± sample std (ddof 1) over seeds and, for every arm against supervised / CPS /
+mean-teacher and every ablation against the arm it ablates, the mean paired difference per seed with its
+95 % t interval; one student against the deployed pair; the teacher on the validation images (S = 1 against
+S, chained rounds R = 1..3, Spearman ρ of an image's uncertainty with its error for E > 1 and E = 1); Stage
+A's label-free Dice against Otsu and all-foreground; and the pseudo-label gate.
+
+``--split FILE`` runs on a view of the dataset with another ``split.csv`` (ISBI 2012 ships every slice as
+``train``; ``benchmarks/splits/isbi2012_em_blocks.csv`` holds contiguous blocks: slices 0-15 train, 16-19
+validation, 20-29 test): a folder of symlinks to the dataset's images/, masks/ and fov/ beside that
+``split.csv``, made under ``--views`` (a temporary folder, never the repository); the results go to
+``results/evidence/<dataset>-<split file stem>``.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,11 +54,25 @@ ARMS: dict[str, tuple[str, dict]] = {
     # ablations of diffseg (same code path, one part switched off)
     "diffseg-noA": ("diffseg", {"pretrain_steps": 0}),
     "diffseg-nopseudo": ("diffseg", {"unsup_weight": 0.0}),
+    # the students' loss of the CPS baseline (sup + ramp x 1.0 x CPS) through diffseg's code path: the
+    # teacher's pseudo-labels off and the CPS weight that of the `cps` arm
+    "diffseg-cpsonly": ("diffseg", {"unsup_weight": 0.0, "cps_weight": 1.0}),
     "diffseg-nogate": ("diffseg", {"pseudo_gate_margin": 1000.0}),
     "diffseg-S1": ("diffseg", {"refresh_ddim_steps": 1, "ddim_steps": 1}),
+    "diffseg-E1": ("diffseg", {"refresh_samples": 1, "samples": 1}),
     "diffseg-R1": ("diffseg", {"rounds": 1}),
+    "diffseg-R3": ("diffseg", {"rounds": 3}),
 }
 REFERENCES = ("supervised", "cps", "mean-teacher")
+#: what each ablation is compared with, paired by seed (the arm it changes one thing of)
+ABLATES: dict[str, tuple[str, ...]] = {
+    **{a: ("diffseg",) for a in ARMS if a.startswith("diffseg-")},
+    "diffseg-cpsonly": ("diffseg", "cps"),  # the pseudo-labels' contribution; the same loss as `cps`
+    "supervised-x2": ("supervised",),
+    "supervised-converged": ("supervised",),
+}
+#: the arms the figure draws (the others are in the tables)
+PLOTTED = ("diffseg", "supervised", "cps", "mean-teacher", "supervised-x2")
 
 
 def result_path(out: Path, arm: str, fraction: float, seed: int) -> Path:
@@ -126,6 +153,88 @@ def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, floa
     return m, m - h, m + h, len(d)
 
 
+def _paired_cell(a: dict[int, float], b: dict[int, float]) -> str:
+    """``mean [lo, hi] (n)`` over the shared seeds; one shared seed: its difference alone, no interval."""
+    p = paired(a, b)
+    if p is not None:
+        return f"{p[0]:+.3f} [{p[1]:+.3f}, {p[2]:+.3f}] ({p[3]})"
+    shared = sorted(set(a) & set(b))
+    return f"{a[shared[0]] - b[shared[0]]:+.3f} (1, no interval)" if shared else "—"
+
+
+def _mean_sd_cell(values: list[float], digits: int = 3) -> str:
+    values = [v for v in values if v == v]  # NaN (too few images for a correlation) left out
+    if not values:
+        return "—"
+    m, sd = mean_sd(values)
+    return f"{m:.{digits}f} ± {sd:.{digits}f} ({len(values)})" if len(values) > 1 else f"{m:.{digits}f} (1)"
+
+
+def _one_student_section(by: dict[tuple[str, float], dict[int, dict]]) -> list[str]:
+    """Two-student arms: the deployed pair against its first student alone, paired over the same runs."""
+    rows = []
+    for (a, f), rs in sorted(
+        by.items(), key=lambda kv: (list(ARMS).index(kv[0][0]) if kv[0][0] in ARMS else 99, kv[0][1])
+    ):
+        runs = {s: r for s, r in rs.items() if "test_one_student" in r}
+        if not runs:
+            continue
+        pair = {s: r["test"]["dice_mean"] for s, r in runs.items()}
+        one = {s: r["test_one_student"]["dice_mean"] for s, r in runs.items()}
+        rows.append(
+            f"| {a} | {f:.0%} | {_mean_sd_cell(list(pair.values()))} | {_mean_sd_cell(list(one.values()))} | "
+            f"{_paired_cell(pair, one)} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "Twin students deployed as their mean against one student alone (same runs, test Dice):",
+        "",
+        "| arm | fraction | pair | one student | pair − one [95 % t] (n) |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def _teacher_section(by: dict[tuple[str, float], dict[int, dict]]) -> list[str]:
+    """The teacher on the validation images of every diffseg run: S = 1 against S, R = 1..3, and the
+    Spearman ρ of an image's mean uncertainty with its error (1 − Dice) for E > 1 and E = 1."""
+    rows = []
+    for (a, f), rs in sorted(
+        by.items(), key=lambda kv: (list(ARMS).index(kv[0][0]) if kv[0][0] in ARMS else 99, kv[0][1])
+    ):
+        ts = [r["teacher"] for r in rs.values() if "teacher" in r]
+        if not ts:
+            continue
+        per_round = [  # teacher_report chains three rounds
+            _mean_sd_cell([t["dice_per_round"][i] for t in ts if len(t["dice_per_round"]) > i])
+            for i in range(3)
+        ]
+        rho = [t.get("uncertainty_vs_error_spearman", {}) for t in ts]
+        e_key = next((k for r_ in rho for k in r_ if k != "E=1"), "E>1")
+        where = {t.get("note", "") for t in ts}
+        rows.append(
+            f"| {a} | {f:.0%} | {ts[0].get('ddim_steps')} | {_mean_sd_cell([t['dice_s1'] for t in ts])} | "
+            + " | ".join(per_round)
+            + f" | {_mean_sd_cell([r_.get(e_key, float('nan')) for r_ in rho], 2)} ({e_key}) | "
+            f"{_mean_sd_cell([r_.get('E=1', float('nan')) for r_ in rho], 2)} | "
+            + ("validation" if all("validation" in w for w in where) else "TEST images (no validation split)")
+            + " |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "The teacher's proposals on the validation images (Dice, mean ± sample std over seeds), and how well an "
+        "image's mean uncertainty ranks its error (Spearman ρ; > 0: the uncertain images are the wrong ones):",
+        "",
+        "| arm | fraction | S | Dice S = 1 (R = 1) | Dice S, R = 1 | R = 2 | R = 3 | ρ, E > 1 | ρ, E = 1 | images |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
 def load(out: Path) -> dict[tuple[str, float], dict[int, dict]]:
     by: dict[tuple[str, float], dict[int, dict]] = {}
     for p in sorted(out.glob("*.json")):
@@ -187,20 +296,18 @@ def report(out: Path) -> str:
     lines += ["", "Paired differences (arm − reference, same seeds), mean [95 % t interval] (n):", ""]
     lines += ["| arm | reference | " + " | ".join(f"{f:.0%}" for f in fractions) + " |"]
     lines += ["|---|---|" + "---|" * len(fractions)]
-    for a in arms:
-        if a in REFERENCES and a != "cps":
-            continue
-        for ref in REFERENCES:
-            if ref == a:
-                continue
-            cells = []
-            for f in fractions:
-                da = {s: r["test"]["dice_mean"] for s, r in by.get((a, f), {}).items()}
-                db = {s: r["test"]["dice_mean"] for s, r in by.get((ref, f), {}).items()}
-                p = paired(da, db)
-                cells.append("—" if p is None else f"{p[0]:+.3f} [{p[1]:+.3f}, {p[2]:+.3f}] ({p[3]})")
-            if any(c != "—" for c in cells):
-                lines.append(f"| {a} | {ref} | " + " | ".join(cells) + " |")
+    pairs = [(a, ref) for a in ("diffseg", "cps") for ref in REFERENCES if ref != a]
+    pairs += [(a, ref) for a in ARMS for ref in ABLATES.get(a, ())]
+    for a, ref in pairs:
+        cells = []
+        for f in fractions:
+            da = {s: r["test"]["dice_mean"] for s, r in by.get((a, f), {}).items()}
+            db = {s: r["test"]["dice_mean"] for s, r in by.get((ref, f), {}).items()}
+            cells.append(_paired_cell(da, db))
+        if any(c != "—" for c in cells):
+            lines.append(f"| {a} | {ref} | " + " | ".join(cells) + " |")
+    lines += _one_student_section(by)
+    lines += _teacher_section(by)
     lf = [
         (a, f, s, r["label_free"])
         for (a, f), rs in sorted(by.items())
@@ -242,9 +349,85 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
+def plot(out: Path) -> Path | None:
+    """``dice.png`` beside the JSONs: test Dice (mean ± sample std over seeds) against the labeled fraction for
+    the arms of PLOTTED, with converged full supervision (else supervised at 100 %) and 95 % of it."""
+    by = load(out)
+    if not by:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for n, a in enumerate(PLOTTED):
+        fs = sorted(f for (arm, f) in by if arm == a and f < 1)
+        if not fs:
+            continue
+        stats = [mean_sd([r["test"]["dice_mean"] for r in by[(a, f)].values()]) for f in fs]
+        dodge = 1 + 0.02 * (n - 2)  # the arms a little apart, so that their bars do not hide each other
+        ax.errorbar(
+            [100 * f * dodge for f in fs],
+            [m for m, _ in stats],
+            yerr=[0.0 if sd != sd else sd for _, sd in stats],
+            marker="o",
+            capsize=3,
+            label=a,
+        )
+    for name in ("supervised-converged", "supervised"):
+        full = by.get((name, 1.0))
+        if full:
+            ref, _ = mean_sd([r["test"]["dice_mean"] for r in full.values()])
+            ax.axhline(ref, color="grey", ls="--", label=f"{name}, 100 % ({len(full)} seeds)")
+            ax.axhline(0.95 * ref, color="grey", ls=":", label="95 % of that")
+            break
+    some = next(iter(next(iter(by.values())).values()))
+    ax.set_xlabel("labeled training images (%)")
+    ax.set_ylabel("test Dice" + (" (inside the field of view)" if some.get("scored_in_fov") else ""))
+    ax.set_title(f"{out.name}, preset {some['preset']} (error bars: sample std over seeds)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    target = out / "dice.png"
+    fig.savefig(target)
+    plt.close(fig)
+    return target
+
+
+def write_report(out: Path) -> str:
+    """summary.md and dice.png of one dataset folder, from its JSONs."""
+    text = report(out)
+    (out / "summary.md").write_text(text + "\n")
+    plot(out)
+    return text
+
+
+def dataset_view(dataset: Path, split_csv: Path, views: Path) -> Path:
+    """``<views>/<dataset>-<split stem>``: symlinks to the dataset's images/, masks/, fov/ and instances/, and
+    a copy of ``split_csv`` as its split.csv (the dataset itself is never copied or changed)."""
+    dataset = dataset.resolve()
+    view = views / f"{dataset.name}-{split_csv.stem.removeprefix(dataset.name + '_')}"
+    view.mkdir(parents=True, exist_ok=True)
+    for sub in ("images", "masks", "fov", "instances"):
+        src, link = dataset / sub, view / sub
+        if src.is_dir() and not link.exists():
+            link.symlink_to(src, target_is_directory=True)
+    (view / "split.csv").write_text(split_csv.read_text())
+    return view
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", type=Path, required=True)
+    ap.add_argument("--dataset", type=Path)
+    ap.add_argument("--split", type=Path, default=None, help="another split.csv for the dataset (a view)")
+    ap.add_argument(
+        "--views",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "diffseg-views",
+        help="where --split views are made (outside the repository)",
+    )
+    ap.add_argument("--report-all", action="store_true", help="summary.md + dice.png of every results folder")
     ap.add_argument("--arms", nargs="+", default=["diffseg", "supervised", "cps", "mean-teacher"])
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.1])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -256,6 +439,16 @@ def main() -> None:
     unknown = set(args.arms) - set(ARMS)
     if unknown:
         ap.error(f"unknown arm(s) {sorted(unknown)}; known: {', '.join(ARMS)}")
+    if args.report_all:
+        for folder in sorted(p for p in (args.out or RESULTS).iterdir() if p.is_dir()):
+            if any(folder.glob("*.json")):
+                write_report(folder)
+                print(f"{folder}: summary.md, dice.png")
+        return
+    if args.dataset is None:
+        ap.error("--dataset is required (or --report-all)")
+    if args.split is not None:
+        args.dataset = dataset_view(args.dataset, args.split, args.views)
     out = args.out or RESULTS / args.dataset.resolve().name
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
@@ -272,9 +465,7 @@ def main() -> None:
             rc = run_one(args.dataset, out, a, f, s, args.preset, args.threads)
             status = "ok" if rc == 0 else f"FAILED (rc {rc}, see .log)"
             print(f"{a} f={f:g} s={s}: {status} in {time.perf_counter() - t0:.0f} s", flush=True)
-    text = report(out)
-    (out / "summary.md").write_text(text + "\n")
-    print(text)
+    print(write_report(out))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,158 @@
+"""benchmarks/sweep.py, the evidence sweep of issue 14: its arms are the ablations the issue lists, and its
+report (summary.md + dice.png) is made from the JSONs alone with sample std and paired t intervals."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import sweep  # noqa: E402
+
+
+def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
+    from napari_diffseg.base.presets import get_preset
+
+    arms = sweep.ARMS
+    assert arms["diffseg-noA"] == ("diffseg", {"pretrain_steps": 0})  # Stage A off
+    assert arms["diffseg-nopseudo"] == ("diffseg", {"unsup_weight": 0.0})  # teacher pseudo-labels off
+    # pseudo-labels off with the CPS baseline's weight: the `cps` students' loss through diffseg's path
+    assert arms["diffseg-cpsonly"] == ("diffseg", {"unsup_weight": 0.0, "cps_weight": 1.0})
+    assert arms["supervised-x2"] == ("cps", {"unsup_weight": 0.0})  # two students on labels only
+    assert arms["diffseg-S1"][1]["ddim_steps"] == 1 and arms["diffseg-S1"][1]["refresh_ddim_steps"] == 1
+    assert arms["diffseg-E1"][1] == {"samples": 1, "refresh_samples": 1}
+    assert arms["diffseg-R1"][1] == {"rounds": 1} and arms["diffseg-R3"][1] == {"rounds": 3}
+    cpu = get_preset("cpu")
+    for name, (_method, overrides) in arms.items():
+        pr = cpu.parse_overrides(overrides)  # every override is a preset field in its range
+        assert all(getattr(pr, k) == v for k, v in overrides.items()), name
+    for arm, refs in sweep.ABLATES.items():
+        assert arm in arms and all(r in arms for r in refs)
+
+
+def _run(arm: str, f: float, seed: int, dice: float, **extra) -> dict:
+    method = sweep.ARMS[arm][0]
+    r = {
+        "method": method,
+        "labeled_fraction": f,
+        "seed": seed,
+        "preset": "cpu",
+        "n_val": 3,
+        "test": {"dice_mean": dice, "n": 5},
+        "train_seconds": 10.0,
+        "seconds": 12.0,
+        "provenance": {"commit": "abcdef1234567", "dirty": False, "threads": 1, "machine": "x86_64"},
+    }
+    return {**r, **extra}
+
+
+def _write(out: Path, arm: str, f: float, seed: int, r: dict) -> None:
+    sweep.result_path(out, arm, f, seed).write_text(json.dumps(r))
+
+
+def test_report_sample_std_paired_intervals_and_sections(tmp_path: Path) -> None:
+    from scipy.stats import t
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    diff = {0: 0.80, 1: 0.82, 2: 0.78}
+    sup = {0: 0.75, 1: 0.80, 2: 0.74}
+    for s in range(3):
+        teacher = {
+            "ddim_steps": 10,
+            "dice_per_round": [0.70 + 0.01 * s, 0.69, 0.68],
+            "dice_s1": 0.72,
+            "uncertainty_vs_error_spearman": {"E=4": 0.5, "E=1": 0.1 * s},
+            "note": "the 3 validation images",
+        }
+        lf = {"teacher_dice": 0.3, "otsu_dice": 0.8, "all_foreground_dice": 0.2}
+        _write(
+            out,
+            "diffseg",
+            0.1,
+            s,
+            _run(
+                "diffseg",
+                0.1,
+                s,
+                diff[s],
+                teacher=teacher,
+                label_free=lf,
+                test_one_student={"network": "student_a", "dice_mean": diff[s] - 0.01},
+            ),
+        )
+        _write(out, "supervised", 0.1, s, _run("supervised", 0.1, s, sup[s]))
+        _write(out, "diffseg-noA", 0.1, s, _run("diffseg-noA", 0.1, s, diff[s] - 0.02))
+    _write(out, "supervised", 1.0, 0, _run("supervised", 1.0, 0, 0.90))
+    _write(out, "supervised", 1.0, 1, _run("supervised", 1.0, 1, 0.86))
+    text = sweep.write_report(out)
+    assert (out / "summary.md").read_text() == text + "\n"
+    assert (out / "dice.png").stat().st_size > 1000
+
+    sd = math.sqrt(sum((v - 0.80) ** 2 for v in diff.values()) / 2)  # ddof 1, not the population std
+    assert f"| diffseg | {0.80:.3f} ± {sd:.3f} (3) |" in text
+    d = [diff[s] - sup[s] for s in range(3)]
+    m = sum(d) / 3
+    h = t.ppf(0.975, 2) * math.sqrt(sum((x - m) ** 2 for x in d) / 2) / math.sqrt(3)
+    assert f"| diffseg | supervised | {m:+.3f} [{m - h:+.3f}, {m + h:+.3f}] (3) |" in text
+    # an ablation against the arm it ablates: exactly -0.02 every seed, so a zero-width interval
+    assert "| diffseg-noA | diffseg | -0.020 [-0.020, -0.020] (3) |" in text
+    # the pair against one student, the teacher on validation images, Stage A against the trivial masks
+    assert "| diffseg | 10% | 0.800 ± 0.020 (3) | 0.790 ± 0.020 (3) | +0.010 [+0.010, +0.010] (3) |" in text
+    row = next(ln for ln in text.splitlines() if ln.startswith("| diffseg | 10% | 10 |"))
+    assert "0.720 ± 0.000 (3)" in row and "0.50 ± 0.00 (3) (E=4)" in row and row.endswith("| validation |")
+    assert "| diffseg | 10% | 0 | 0.300 | 0.800 | 0.200 |" in text
+    # the share of full supervision uses the 100 % arm
+    assert "diffseg as a share of supervised at 100 % labels (0.880): 10%: 90.9%" in text
+
+
+def test_report_flags_a_teacher_judged_on_test_images(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    out.mkdir()
+    teacher = {
+        "ddim_steps": 10,
+        "dice_per_round": [0.7, 0.7, 0.7],
+        "dice_s1": 0.7,
+        "note": "every 4th test image",
+    }
+    _write(out, "diffseg", 0.1, 0, _run("diffseg", 0.1, 0, 0.8, teacher=teacher))
+    text = sweep.report(out)
+    assert "TEST images (no validation split)" in text
+    assert not any(ln.startswith("| diffseg | supervised") for ln in text.splitlines())  # nothing to pair
+
+
+def test_split_view_links_the_dataset_and_uses_the_block_split(tmp_path: Path) -> None:
+    from napari_diffseg.data.dataset import DatasetFolder
+    from napari_diffseg.data.synthetic import make_sample_dataset
+
+    ds = tmp_path / "isbi2012_em"
+    make_sample_dataset(ds, n_train=30, n_test=0, size=(32, 32), seed=0)
+    ids = sorted(p.stem for p in (ds / "images").iterdir())
+    split = tmp_path / "isbi2012_em_blocks.csv"
+    rows = [f"{i},{'train' if n < 16 else 'val' if n < 20 else 'test'}" for n, i in enumerate(ids)]
+    split.write_text("id,split\n" + "\n".join(rows) + "\n")
+    before = (ds / "split.csv").read_text()
+    view = sweep.dataset_view(ds, split, tmp_path / "views")
+    assert view.name == "isbi2012_em-blocks" and (view / "images").is_symlink()
+    assert (ds / "split.csv").read_text() == before  # the dataset itself is untouched
+    folder = DatasetFolder(view)
+    assert folder.train_ids == ids[:16] and folder.val_ids == ids[16:20] and folder.test_ids == ids[20:]
+    assert sweep.dataset_view(ds, split, tmp_path / "views") == view  # made again: the same view
+
+
+def test_shipped_isbi_block_split_is_contiguous() -> None:
+    rows = (BENCH / "splits" / "isbi2012_em_blocks.csv").read_text().split()[1:]
+    split = dict(r.split(",") for r in rows)
+    order = [split[f"train_{i:02d}"] for i in range(30)]
+    assert order == ["train"] * 16 + ["val"] * 4 + ["test"] * 10
+
+
+@pytest.mark.parametrize("df, q", [(1, 12.706), (2, 4.303), (9, 2.262), (30, 2.042)])
+def test_t_quantile(df: int, q: float) -> None:
+    assert sweep.t_quantile_975(df) == pytest.approx(q, abs=1e-3)
