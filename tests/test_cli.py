@@ -63,18 +63,42 @@ def test_experiment_json_contract(trained, synth_dataset) -> None:
     assert isinstance(r["seconds"], float) and r["device"] == "cpu"
     assert len(r["teacher"]["dice_per_round"]) == 3
     assert 0.0 <= r["pretrain_best_perm_dice"] <= 1.0
+    # Stage A against the trivial masks, on the train images every 4th of the 9 left after validation
+    from napari_diffseg.data.dataset import DatasetFolder
+
+    ds = DatasetFolder(synth_dataset)
+    gt = [i for i in ds.train_ids if i not in r["val_ids"]][::4]
     lf = r["label_free"]
-    assert lf["teacher_dice"] == r["pretrain_best_perm_dice"]
-    assert 0.0 <= lf["otsu_dice"] <= 1.0 and 0.0 < lf["all_foreground_dice"] <= 1.0
+    assert lf["n_images"] == len(gt) == 3 and lf["teacher_dice"] == r["pretrain_best_perm_dice"]
+    want = np.mean([2 * (y > 0).sum() / ((y > 0).sum() + y.size) for y in map(ds.load_mask, gt)])
+    assert lf["all_foreground_dice"] == pytest.approx(want)
+    assert 0.0 < lf["otsu_dice"] <= 1.0 and lf["otsu_dice"] != pytest.approx(want)
+    assert lf["teacher_minus_best_trivial"] == pytest.approx(
+        lf["teacher_dice"] - max(lf["otsu_dice"], lf["all_foreground_dice"])
+    )
     prov = r["provenance"]
-    assert prov["preset"]["name"] == "tiny" and prov["preset"]["cotrain_steps"] == 4
-    assert prov["versions"]["torch"] and prov["device"] == "cpu" and prov["threads"] >= 1
-    assert "commit" in prov and "dirty" in prov
+    from napari_diffseg.base.presets import get_preset
+
+    assert prov["preset"] == get_preset("tiny").to_dict()  # the resolved preset, every field
+    import torch
+
+    assert prov["versions"]["torch"] == torch.__version__ and prov["device"] == "cpu" and prov["threads"] >= 1
+    here = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).resolve().parent
+    )
+    if here.returncode == 0:  # a git checkout: the commit the code came from, and a dirty flag
+        assert prov["commit"] == here.stdout.strip() and isinstance(prov["dirty"], bool)
+    assert prov["wall_seconds"] == r["seconds"] and 0 < prov["train_seconds"] <= prov["wall_seconds"]
     checks = [v for v in r["validation"] if "val_dice" in v]
     assert checks and all(0.0 <= v["val_dice"] <= 1.0 and 0.0 <= v["gate"] <= 1.0 for v in checks)
-    assert r["validation"][-1]["message"].startswith("kept the weights of step")
+    kept = r["validation"][-1]["message"]
+    assert kept.startswith("kept the weights of step")
+    # the first best validation check of co-training is the one kept
+    best = max((v for v in checks if v["phase"] == "cotrain"), key=lambda v: v["val_dice"])
+    assert f"step {best['step']} " in kept and f"{best['val_dice']:.3f}" in kept
     assert r["test_one_student"]["network"] == "student_a" and 0 <= r["test_one_student"]["dice_mean"] <= 1
     assert r["teacher"]["note"] == "the 3 validation images"  # the teacher is judged off the test split
+    assert r["teacher"]["n_images"] == 3 and r["teacher"]["rounds"] == 1
     assert set(r["teacher"]["uncertainty_vs_error_spearman"]) == {"E=2", "E=1"}
 
 
@@ -256,3 +280,44 @@ def test_evaluate_scores_inside_the_field_of_view(trained, synth_dataset, tmp_pa
     region = DatasetFolder(ds).load_region("test_000")
     assert region is not None and region.dtype == bool and region[:, :32].all() and not region[:, 32:].any()
     assert DatasetFolder(ds).load_region("train_000") is None
+
+
+def test_experiment_scores_inside_the_field_of_view_and_a_trained_model_beats_trivial_masks(
+    synth_dataset, tmp_path
+) -> None:
+    """`diffseg experiment` on a dataset with fov/ (DRIVE's layout): test Dice inside the field of view, the
+    same figures `diffseg evaluate` gives; and a student trained for 150 steps is far above the
+    all-foreground mask, which a broken pipeline (masks paired with the wrong images, inverted classes, the
+    wrong weights restored) would not be."""
+    import shutil
+
+    from napari_diffseg.data.dataset import DatasetFolder
+    from napari_diffseg.data.io import write_mask
+    from napari_diffseg.predict import evaluate_folder
+
+    ds = tmp_path / "ds"
+    shutil.copytree(synth_dataset, ds)
+    (ds / "fov").mkdir()
+    for p in (ds / "images").glob("*.png"):
+        fov = np.zeros((64, 64), np.uint8)
+        fov[:, :40] = 1
+        write_mask(ds / "fov" / p.name, fov)
+    argv = ["experiment", str(ds), "-f", "0.2", "--method", "supervised", "--preset", "tiny", "--seed", "0"]
+    for kv in ("cotrain_steps=150", "batch_size=4", "patch_size=48", "lr=0.003", "val_every=10"):
+        argv += ["--set", kv]
+    assert main([*argv, "--json", str(tmp_path / "r.json"), "--model-out", str(tmp_path / "m"), "-q"]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["scored_in_fov"] and r["overrides"]["cotrain_steps"] == 150
+    assert r["provenance"]["preset"]["cotrain_steps"] == 150
+    inside = evaluate_folder(tmp_path / "m", ds)
+    whole = evaluate_folder(tmp_path / "m", synth_dataset)
+    assert [p["dice"] for p in r["test"]["per_image"]] == pytest.approx(
+        [p["dice"] for p in inside["per_image"]]
+    )
+    assert [p["dice"] for p in r["test"]["per_image"]] != pytest.approx(
+        [p["dice"] for p in whole["per_image"]]
+    )
+    folder = DatasetFolder(ds)
+    masks = [folder.load_mask(i)[:, :40] > 0 for i in folder.test_ids]
+    all_foreground = np.mean([2 * m.sum() / (m.sum() + m.size) for m in masks])
+    assert r["test"]["dice_mean"] > all_foreground + 0.2, (r["test"]["dice_mean"], all_foreground)

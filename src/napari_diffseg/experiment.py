@@ -332,10 +332,15 @@ def teacher_report(
     *,
     seed: int,
     rounds: int = 3,
+    regions: list[np.ndarray | None] | None = None,
 ) -> dict:
     """Dice of the teacher's proposals after each chained round (R = 1..rounds) and with S = 1, and how
     well each image's mean uncertainty predicts its error (Spearman ρ over the images) with E samples and
-    with one."""
+    with one.
+
+    The uncertainty and the error of an image come from the same proposal: the product's own (S, R of the
+    preset), with E = ``preset.samples`` or E = 1 and nothing else changed. Inside ``regions`` where given
+    (DRIVE's field of view), as the test split is scored."""
     from scipy.stats import spearmanr
 
     diff = bundle.diffusion()
@@ -345,35 +350,32 @@ def teacher_report(
     err: dict[str, list[float]] = {"E": [], "E1": []}
     cfg = SamplerConfig(steps=preset.ddim_steps, samples=preset.samples, rounds=rounds, tol=0.0)
     cfg1 = SamplerConfig(steps=1, samples=preset.samples, rounds=1)
+    cfg_e = SamplerConfig(steps=preset.ddim_steps, samples=preset.samples, rounds=preset.rounds)
     cfg_e1 = SamplerConfig(steps=preset.ddim_steps, samples=1, rounds=preset.rounds)
-    for j, (x, y) in enumerate(zip(images, masks, strict=True)):
-        kw: dict[str, Any] = {
-            "multiple": bundle.spec.multiple,
-            "roi": preset.roi_size,
-            "sw_batch": preset.sw_batch_size,
+    regs: list[np.ndarray | None] = list(regions) if regions is not None else [None] * len(images)
+    kw: dict[str, Any] = {
+        "multiple": bundle.spec.multiple,
+        "roi": preset.roi_size,
+        "sw_batch": preset.sw_batch_size,
+    }
+    for j, (x, y, reg) in enumerate(zip(images, masks, regs, strict=True)):
+        runs = {
+            name: propose(
+                bundle.mask_net, diff, x[None], c, torch.Generator().manual_seed(seed * 7919 + j), **kw
+            )
+            for name, c in (("R", cfg), ("E", cfg_e), ("E1", cfg_e1), ("S1", cfg1))
         }
-        prop = propose(
-            bundle.mask_net, diff, x[None], cfg, torch.Generator().manual_seed(seed * 7919 + j), **kw
-        )
-        for r, m in enumerate(prop.round_masks):
-            out["dice_per_round"][r].append(segmentation_metrics(m[0].cpu().numpy(), y, k)["dice"])
-        unc["E"].append(float(prop.uncertainty.mean()))
-        err["E"].append(
-            1.0 - segmentation_metrics(prop.round_masks[preset.rounds - 1][0].cpu().numpy(), y, k)["dice"]
-        )
-        pe1 = propose(
-            bundle.mask_net, diff, x[None], cfg_e1, torch.Generator().manual_seed(seed * 7919 + j), **kw
-        )
-        unc["E1"].append(float(pe1.uncertainty.mean()))
-        err["E1"].append(1.0 - segmentation_metrics(pe1.mask[0].cpu().numpy(), y, k)["dice"])
-        p1 = propose(
-            bundle.mask_net, diff, x[None], cfg1, torch.Generator().manual_seed(seed * 7919 + j), **kw
-        )
-        out["dice_s1"].append(segmentation_metrics(p1.mask[0].cpu().numpy(), y, k)["dice"])
+        for r, m in enumerate(runs["R"].round_masks):
+            out["dice_per_round"][r].append(_region_dice(m[0], y, k, reg))
+        for key in ("E", "E1"):
+            unc[key].append(_region_mean(runs[key].uncertainty[0], reg))
+            err[key].append(1.0 - _region_dice(runs[key].mask[0], y, k, reg))
+        out["dice_s1"].append(_region_dice(runs["S1"].mask[0], y, k, reg))
     return {
         "n_images": len(images),
         "ddim_steps": preset.ddim_steps,
         "samples": preset.samples,
+        "rounds": preset.rounds,
         "dice_per_round": [float(np.mean(v)) if v else float("nan") for v in out["dice_per_round"]],
         "dice_s1": float(np.mean(out["dice_s1"])) if out["dice_s1"] else float("nan"),
         "uncertainty_vs_error_spearman": {
@@ -383,36 +385,66 @@ def teacher_report(
     }
 
 
+def _region_dice(pred: torch.Tensor, truth: np.ndarray, k: int, region: np.ndarray | None) -> float:
+    """Dice of a (H, W) label map, inside ``region`` where given (as :func:`evaluate_bundle` scores)."""
+    p_ = pred.cpu().numpy()
+    if region is not None:
+        p_, truth = p_ * region, truth * region
+    return float(segmentation_metrics(p_, truth, k)["dice"])
+
+
+def _region_mean(u: torch.Tensor, region: np.ndarray | None) -> float:
+    """Mean of a (H, W) map over ``region`` (the whole map without one)."""
+    a = u.float().cpu().numpy()
+    return float(a[region].mean() if region is not None and region.any() else a.mean())
+
+
 def _spearman(fn: Any, a: list[float], b: list[float]) -> float:
     if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
         return float("nan")
     return float(fn(a, b).statistic)
 
 
-def otsu_labels(x: torch.Tensor) -> np.ndarray:
-    """Otsu's threshold of the channel-mean image → 0/1 (the trivial label-free segmentation)."""
+def otsu_labels(x: torch.Tensor, region: np.ndarray | None = None) -> np.ndarray:
+    """Otsu's threshold of the channel-mean image → 0/1 (the trivial label-free segmentation); the
+    threshold is taken over the pixels inside ``region`` where given (DRIVE's field of view)."""
     from skimage.filters import threshold_otsu
 
     grey = x.float().mean(0).cpu().numpy()
-    if float(grey.max()) <= float(grey.min()):
+    inside = grey[region] if region is not None and region.any() else grey
+    if float(inside.max()) <= float(inside.min()):
         return np.zeros(grey.shape, dtype=np.int64)
-    return (grey > threshold_otsu(grey)).astype(np.int64)
+    return (grey > threshold_otsu(inside)).astype(np.int64)
+
+
+def _perm_dice(pred: np.ndarray, truth: np.ndarray, k: int, region: np.ndarray | None) -> float:
+    """Best-permutation Dice over the pixels inside ``region`` only (all of them without one): the
+    pixels outside take no part in either relabelling."""
+    if region is not None:
+        pred, truth = pred[region][None], truth[region][None]
+    return best_permutation_dice(pred, truth, k)
 
 
 @torch.no_grad()
 def label_free_report(
-    bundle: ModelBundle, images: list[torch.Tensor], masks: list[np.ndarray], preset: Preset
+    bundle: ModelBundle,
+    images: list[torch.Tensor],
+    masks: list[np.ndarray],
+    preset: Preset,
+    regions: list[np.ndarray | None] | None = None,
 ) -> dict[str, Any]:
-    """Stage A's label-free masks against the trivial ones, best class permutation, same images.
+    """Stage A's label-free masks against the trivial ones, best class permutation, same images (and
+    inside ``regions`` where given, e.g. DRIVE's field of view).
 
     ``teacher_dice``: the pretrained teacher's one-step masks; ``otsu_dice``: Otsu's threshold of the
     image; ``all_foreground_dice``: every pixel foreground. Stage A has learned something only if it
     beats both.
     """
     k = bundle.spec.num_classes
-    teacher = pretrain_report(bundle, images, masks, preset, per_image=True)
-    otsu = [best_permutation_dice(otsu_labels(x), y, k) for x, y in zip(images, masks, strict=True)]
-    allfg = [best_permutation_dice(np.ones_like(y), y, k) for y in masks]
+    regs: list[np.ndarray | None] = list(regions) if regions is not None else [None] * len(images)
+    teacher = pretrain_report(bundle, images, masks, preset, per_image=True, regions=regs)
+    otsu = [_perm_dice(otsu_labels(x, r), y, k, r) for x, y, r in zip(images, masks, regs, strict=True)]
+    allfg = [_perm_dice(np.ones_like(y), y, k, r) for y, r in zip(masks, regs, strict=True)]
 
     def mean(v: list[float]) -> float:
         return float(np.mean(v)) if v else float("nan")
@@ -434,13 +466,15 @@ def pretrain_report(
     preset: Preset,
     *,
     per_image: bool = False,
+    regions: list[np.ndarray | None] | None = None,
 ) -> Any:
     """Best-class-permutation Dice of the pretrained (label-free) teacher's one-step masks (their mean,
-    or the list when ``per_image``)."""
+    or the list when ``per_image``), inside ``regions`` where given."""
     diff = bundle.diffusion()
     cfg = SamplerConfig(steps=1, samples=1, rounds=1)
     scores = []
-    for j, (x, y) in enumerate(zip(images, masks, strict=True)):
+    regs = regions if regions is not None else [None] * len(images)
+    for j, (x, y, reg) in enumerate(zip(images, masks, regs, strict=True)):
         prop = propose(
             bundle.mask_net,
             diff,
@@ -451,7 +485,7 @@ def pretrain_report(
             roi=preset.roi_size,
             sw_batch=preset.sw_batch_size,
         )
-        scores.append(best_permutation_dice(prop.mask[0].cpu().numpy(), y, diff.num_classes))
+        scores.append(_perm_dice(prop.mask[0].cpu().numpy(), y, diff.num_classes, reg))
     if per_image:
         return scores
     return float(np.mean(scores)) if scores else float("nan")
@@ -575,7 +609,11 @@ def run_experiment(
         gt_ids = [i for i in train_ids if has_truth(i)][::teacher_eval_every]
         if gt_ids:
             lf = label_free_report(
-                bundle, load_images(ds, gt_ids, channels, norm), [load_truth(i) for i in gt_ids], pr
+                bundle,
+                load_images(ds, gt_ids, channels, norm),
+                [load_truth(i) for i in gt_ids],
+                pr,
+                regions=[ds.load_region(i) for i in gt_ids],
             )
             extra["label_free"] = lf
             extra["pretrain_best_perm_dice"] = lf["teacher_dice"]  # the name older results used
@@ -631,6 +669,7 @@ def run_experiment(
         if stacks:  # scored per stack: its planes' predictions as one (Z, H, W) volume
             steps = {sid: folder.voxel_steps(sid) for sid in stack_ids["test"]}
             test = {**per_stack_scores(plane_preds, test_masks, test_ids, bundle, steps), "per_plane": test}
+    prov = provenance(pr, dev, dist_info.world)
     result = {
         "method": method,
         "labeled_fraction": labeled_fraction,
@@ -653,7 +692,7 @@ def run_experiment(
         "world_size": dist_info.world,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "provenance": provenance(pr, dev, dist_info.world),
+        "provenance": prov,
     }
     if instances:  # binary results stay exactly as they were
         result["task"] = task
@@ -688,12 +727,19 @@ def run_experiment(
     if method == "diffseg":
         if len(val):  # rounds, S and uncertainty are judged on validation images, never on test images
             extra["teacher"] = teacher_report(
-                bundle, val.images, [m.numpy() for m in val.masks], pr, seed=seed
+                bundle,
+                val.images,
+                [m.numpy() for m in val.masks],
+                pr,
+                seed=seed,
+                regions=[None if r is None else r.numpy().astype(bool) for r in val.regions],
             )
             extra["teacher"]["note"] = f"the {len(val)} validation images"
         else:
             sub = slice(None, None, teacher_eval_every)
-            extra["teacher"] = teacher_report(bundle, test_images[sub], test_masks[sub], pr, seed=seed)
+            extra["teacher"] = teacher_report(
+                bundle, test_images[sub], test_masks[sub], pr, seed=seed, regions=test_regions[sub]
+            )
             extra["teacher"]["note"] = (
                 f"every {teacher_eval_every}th test image (no validation split); reporting only"
             )
@@ -705,6 +751,8 @@ def run_experiment(
         save_bundle(bundle, model_out, extra=extra_config, metrics=test)
         result["model"] = str(model_out)
     result["seconds"] = time.perf_counter() - t0
+    prov["wall_seconds"] = result["seconds"]  # the whole run: training and evaluation
+    prov["train_seconds"] = train_seconds
     return result
 
 
