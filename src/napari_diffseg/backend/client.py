@@ -332,7 +332,8 @@ class DiffsegClient:
             raise
 
     def proposal_pixels(self, ref: str, part: str = "mask", model_id: str | None = None) -> np.ndarray:
-        """``probs`` (K, H, W) float32, ``uncertainty`` (H, W) float32 or ``mask`` (H, W) of the latest proposal."""
+        """``probs`` (K, H, W) float32, ``uncertainty`` (H, W) float32, ``mask`` (H, W), or in an instance
+        project ``instances`` (H, W): one id per object, of the latest proposal."""
         params: dict[str, str] = {"part": part}
         if model_id:
             params["model_id"] = model_id

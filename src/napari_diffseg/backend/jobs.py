@@ -30,14 +30,16 @@ from ..base.contracts import JOB_KINDS, CotrainParams, PretrainParams, ProposePa
 from ..base.errors import Cancelled, ConfigError, DataError, DiffsegError, TrainingDiverged
 from ..base.events import CancelToken, Event
 from ..base.fileio import atomic_write_bytes
-from ..base.masks import MaskError, check_labels
+from ..base.masks import MaskError, Task, check_labels
 from ..base.preprocessing import Normalization, dataset_statistics
 from ..base.presets import Preset
 from ..core.device import choose_device
 from ..core.diffusion import SamplerConfig
 from ..core.distributed import DistInfo
 from ..core.inference import predict_probs, propose
-from ..core.metrics import segmentation_metrics, summarize
+from ..core.instance_metrics import instance_metrics, summarize_instances
+from ..core.instances import instances_to_target, probs_to_instances
+from ..core.metrics import dice_per_class, mean_per_class, segmentation_metrics, summarize
 from ..core.models import ModelBundle, ModelSpec, load_bundle, preprocess, save_bundle
 from ..core.pipeline import run_stages
 from ..core.training import TrainData, nonfinite_weights, pretrain_teacher
@@ -251,11 +253,14 @@ def _targets(
     """An annotation's label planes as the training targets of the project's task.
 
     Binary: foreground = value > 0 (an older project's correction painted with other values is taken as
-    foreground, said in ``notes``); multiclass: class values checked to lie below K. A mask that does not
-    fit fails the job with a message naming the image and what to do.
+    foreground, said in ``notes``); multiclass: class values checked to lie below K; instances: the object
+    ids (any ids, as napari paints them) become the 3-class target background / interior / boundary
+    (``core/instances.py``), here in the backend, never in the GUI. A mask that does not fit fails the job
+    with a message naming the image and what to do.
     """
     task = project.task
-    labels = task.labels
+    # instances: a z-stack's object may be in pieces within one plane; the target is made per plane anyway
+    labels = Task("binary") if task.kind == "instances" else task.labels
     rec = project.image(image_id)
     out: list[np.ndarray | None] = []
     for z, plane in enumerate(planes):
@@ -263,6 +268,15 @@ def _targets(
             out.append(None)
             continue
         where = f"annotation v{version} of {rec.name!r}" + (f" (plane {z})" if len(planes) > 1 else "")
+        if task.kind == "instances":
+            try:
+                check_labels(plane, labels, source=where)  # whole, non-negative ids that fit uint16
+                out.append(instances_to_target(plane).astype(np.int64))
+            except DataError as exc:
+                raise _bad_image(
+                    project, image_id, f"has an annotation that is not an instance mask ({exc})"
+                ) from exc
+            continue
         try:
             checked = check_labels(plane, labels, source=where)
         except MaskError as exc:
@@ -510,7 +524,13 @@ def _propose(
 
 
 def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[str, float]:
-    per = []
+    """The saved model's scores on the annotated ``val`` images: ``val_dice`` (mean over the foreground
+    classes present), ``val_iou``, ``val_n``; a multiclass project adds each class's Dice
+    (``val_dice_class<k>``, classes absent from an image left out) and an instance project the objects'
+    ``val_ap_50`` and ``val_f1_50`` (the watershed's objects against the annotated ones)."""
+    kind = project.task.kind
+    k = bundle.spec.num_classes
+    per, classes, objects = [], [], []
     for rec in project.images(split="val"):
         if rec.state == "excluded":
             continue
@@ -518,21 +538,33 @@ def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[
         mask = project.load_annotation(rec.id)
         if ann is None or mask is None:
             continue
-        planes = _targets(project, rec.id, ann.version, _label_planes(mask, ann.planes), None)
+        raw = _label_planes(mask, ann.planes)
+        planes = _targets(project, rec.id, ann.version, raw, None)
         if all(p is None for p in planes):
             continue
         xs = _preprocessed(project, rec.id, bundle.preprocess)
-        for x, plane in zip(xs, planes, strict=True):  # a z-stack: its annotated planes, each a 2D image
-            if plane is None:
+        for x, plane, ids in zip(xs, planes, raw, strict=True):  # a z-stack: its annotated planes, each 2D
+            if plane is None or ids is None:
                 continue
-            probs = predict_probs(
-                bundle.deployed(), x[None], multiple=bundle.spec.multiple, roi=preset.roi_size
-            )
-            per.append(segmentation_metrics(probs.argmax(1)[0].cpu().numpy(), plane, bundle.spec.num_classes))
+            net = bundle.deployed()
+            batch = predict_probs(net, x[None], multiple=bundle.spec.multiple, roi=preset.roi_size)
+            probs = batch[0].cpu().numpy()
+            per.append(segmentation_metrics(probs.argmax(0), plane, k))
+            if kind == "multiclass":
+                classes.append(dice_per_class(probs.argmax(0), plane, k))
+            elif kind == "instances" and k == 3:
+                objects.append(instance_metrics(probs_to_instances(probs), ids))
     if not per:
         return {}
     s = summarize(per)
-    return {"val_dice": float(s["dice_mean"]), "val_iou": float(s["iou_mean"]), "val_n": int(s["n"])}
+    out = {"val_dice": float(s["dice_mean"]), "val_iou": float(s["iou_mean"]), "val_n": int(s["n"])}
+    for c, dice in enumerate(mean_per_class(classes), start=1):
+        if np.isfinite(dice):  # a class on no validation image has no Dice
+            out[f"val_dice_class{c}"] = dice
+    if objects:
+        o = summarize_instances(objects)
+        out.update(val_ap_50=float(o["ap_50"]), val_f1_50=float(o["f1_50"]))
+    return out
 
 
 def _cotrain(

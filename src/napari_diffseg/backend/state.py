@@ -72,7 +72,7 @@ class ProposalCache:
     parts, later fetches are one file read.
     """
 
-    PARTS = ("probs", "uncertainty", "mask")
+    PARTS = ("probs", "uncertainty", "mask", "instances")
 
     def __init__(self, root: Path) -> None:
         self.folder = root / "cache" / "proposals"
@@ -81,10 +81,12 @@ class ProposalCache:
         return self.folder / f"{prop.id}-{prop.file_sha256[:16]}-{part}.npy"
 
     def get(self, project: Project, prop: ProposalRecord, part: str) -> bytes:
-        """The ``.npy`` bytes of one part (``probs``, ``uncertainty`` or ``mask``) of a proposal.
+        """The ``.npy`` bytes of one part (``probs``, ``uncertainty``, ``mask``, or in an instance project
+        ``instances``: the objects of the seeded watershed, one id each) of a proposal.
 
         Raises:
-            ApiError: 404 when the proposal disappeared in between.
+            ApiError: 404 when the proposal disappeared in between; 409 for ``instances`` of a proposal
+                that is not an instance project's 3-class proposal.
         """
         path = self._path(prop, part)
         with contextlib.suppress(FileNotFoundError):
@@ -103,6 +105,17 @@ class ProposalCache:
             mask = np.argmax(probs, axis=k_axis)
         labels = mask.astype(np.uint8 if k <= 256 else np.uint16)
         arrays = {"probs": probs.astype(np.float32), "uncertainty": unc.astype(np.float32), "mask": labels}
+        if k == 3 and project.task.kind == "instances":
+            from napari_diffseg.core.instances import proposal_instances
+
+            arrays["instances"] = proposal_instances(probs)
+        elif part == "instances":
+            raise ApiError(
+                409,
+                f"part=instances is an instance project's proposal as objects; this project's task is "
+                f"{project.task} (a {k}-class proposal): ask for part=mask.",
+                "conflict",
+            )
         self.folder.mkdir(parents=True, exist_ok=True)
         for stale in self.folder.glob(f"{prop.id}-*.npy"):
             if not stale.name.startswith(f"{prop.id}-{prop.file_sha256[:16]}-"):

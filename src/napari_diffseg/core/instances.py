@@ -41,6 +41,7 @@ __all__ = [
     "instances_to_target",
     "labels_to_instances",
     "probs_to_instances",
+    "proposal_instances",
 ]
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
@@ -158,3 +159,26 @@ def labels_to_instances(classes: np.ndarray, min_size: int = MIN_OBJECT_SIZE) ->
     c = np.asarray(classes)
     onehot = np.stack([c == k for k in range(INSTANCE_CLASSES)]).astype(np.float32)
     return probs_to_instances(onehot, min_size=min_size)
+
+
+def proposal_instances(probs: np.ndarray) -> np.ndarray:
+    """:func:`probs_to_instances` of a proposal: ``(3, H, W)`` → ``(H, W)``; a z-stack's ``(Z, 3, H, W)`` →
+    ``(Z, H, W)``, plane by plane, plane z's ids offset by the largest id of the planes before it (objects
+    are not linked across planes, and no two share an id). uint16 (uint32 beyond 65,535 objects).
+
+    Raises:
+        DataError: Not 3-class probabilities.
+    """
+    p = np.asarray(probs)
+    if p.ndim == 3:
+        return probs_to_instances(p)
+    if p.ndim != 4:
+        raise DataError(f"a proposal is (3, H, W) or (Z, 3, H, W) probabilities, got shape {p.shape}")
+    planes, offset = [], 0
+    for plane in p:
+        ids = probs_to_instances(plane).astype(np.int64)
+        ids = np.where(ids > 0, ids + offset, 0)
+        offset = int(ids.max(initial=offset))
+        planes.append(ids)
+    out = np.stack(planes)
+    return out.astype(np.uint16 if out.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)

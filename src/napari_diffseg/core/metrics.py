@@ -38,7 +38,9 @@ __all__ = [
     "MAX_PERMUTATION_CLASSES",
     "LabelMap",
     "best_permutation_dice",
+    "dice_per_class",
     "edit_dice",
+    "mean_per_class",
     "pixels_changed",
     "segmentation_metrics",
     "summarize",
@@ -168,6 +170,35 @@ def segmentation_metrics(
         "iou": float(iou[present].mean()),
         "hd95": float(np.mean(distances)),
     }
+
+
+def dice_per_class(pred: LabelMap, target: LabelMap, num_classes: int) -> list[float]:
+    """Dice of each foreground class ``1..num_classes-1`` of one image (a multiclass project's report).
+
+    A class absent from both maps has no Dice here (``nan``), so averaging over images with
+    :func:`mean_per_class` counts each class only where it occurs; a class in exactly one map scores 0.
+
+    Raises:
+        DataError: as `segmentation_metrics`.
+        ConfigError: ``num_classes < 2``.
+    """
+    p, t = _check_pair(pred, target, num_classes)
+    conf = _labels.confusion(p.numpy(), t.numpy(), num_classes)
+    pred_count, target_count = conf.sum(axis=1), conf.sum(axis=0)
+    out = []
+    for c in range(1, num_classes):
+        total = int(pred_count[c] + target_count[c])
+        out.append(math.nan if total == 0 else 2.0 * float(conf[c, c]) / total)
+    return out
+
+
+def mean_per_class(per_image: Sequence[Sequence[float]]) -> list[float]:
+    """Per-class mean over images of :func:`dice_per_class` rows, ignoring the images where a class is
+    absent (``nan`` when a class occurs in none)."""
+    if not per_image:
+        return []
+    table = np.asarray(per_image, dtype=np.float64)
+    return [_nan_stat(table[:, c], "mean") for c in range(table.shape[1])]
 
 
 def _nan_stat(values: np.ndarray, fn: str) -> float:

@@ -310,3 +310,6 @@ class _StoreBase:
 
         def _proposal_hard_mask(self, proposal_id: int) -> tuple[ProposalRecord, np.ndarray]:
             """Implemented in :mod:`.proposals`."""
+
+        def _proposal_instances(self, proposal_id: int) -> tuple[ProposalRecord, np.ndarray]:
+            """Implemented in :mod:`.proposals`."""

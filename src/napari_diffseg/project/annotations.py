@@ -141,16 +141,21 @@ class _AnnotationsMixin(_StoreBase):
         if proposal_id is not None:
             if isinstance(proposal_id, bool) or not isinstance(proposal_id, int):
                 raise DataError(f"proposal_id must be an integer, got {proposal_id!r}.")
-            prop, proposed = self._proposal_hard_mask(proposal_id)
+            if task.kind == "instances":  # the objects shown; the pixel cost is over the foreground
+                prop, objects = self._proposal_instances(proposal_id)
+                proposed = (objects > 0).astype(np.int64)
+            else:
+                prop, proposed = self._proposal_hard_mask(proposal_id)
             if prop.image_id != rec.id:
                 raise DataError(
                     f"proposal {proposal_id} is for image {prop.image_id}, not {rec.name!r} ({rec.id}): pass "
                     "the proposal the correction started from."
                 )
+            corrected = (m > 0).astype(np.int64) if task.kind == "instances" else m
             if annotated is not None:
-                edit, changed = edit_stats(proposed[annotated], m[annotated])
+                edit, changed = edit_stats(proposed[annotated], corrected[annotated])
             else:
-                edit, changed = edit_stats(proposed, m)
+                edit, changed = edit_stats(proposed, corrected)
         data = tiff_bytes(m)
         with self._write() as tx:
             latest = self._latest(tx.conn, rec.id)

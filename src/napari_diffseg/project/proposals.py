@@ -145,6 +145,30 @@ class _ProposalsMixin(_StoreBase):
         probs, _ = self._load_proposal_file(prop)
         return prop, self._remember_mask(prop, probs)
 
+    def _proposal_instances(self, proposal_id: int) -> tuple[ProposalRecord, np.ndarray]:
+        """An instance project's proposal as objects (``core/instances.py``: the seeded watershed of its
+        3-class probabilities), what the annotator edited; cached like the hard masks."""
+        from napari_diffseg.core.instances import proposal_instances
+
+        prop, _mask = self._proposal_hard_mask(proposal_id)
+        key = (str(self._root), -prop.id, prop.file_sha256)  # negative id: the objects, not the hard mask
+        with _MASK_CACHE_LOCK:
+            cached = _MASK_CACHE.get(key)
+        if cached is not None:
+            return prop, cached
+        probs, _ = self._load_proposal_file(prop)
+        if probs.shape[-3] != 3:
+            raise DataError(
+                f"proposal {proposal_id} has {probs.shape[-3]} classes, not the 3 (background, interior, "
+                "boundary) of an instance model: propose again with the project's active model."
+            )
+        ids = proposal_instances(probs).astype(np.int64)
+        with _MASK_CACHE_LOCK:
+            _MASK_CACHE[key] = ids
+            while len(_MASK_CACHE) > 16:
+                _MASK_CACHE.popitem(last=False)
+        return prop, ids
+
     def proposal(
         self, image: ImageRef, model_id: str | None = None
     ) -> tuple[ProposalRecord, np.ndarray, np.ndarray] | None:

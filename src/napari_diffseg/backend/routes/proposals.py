@@ -52,13 +52,21 @@ def get_proposal(ctx: Ctx, ref: RefPath, model_id: ModelIdQuery = None) -> Propo
     response_class=Response,
     tags=["proposals"],
     responses=npy_response(
-        "probs (K, H, W) float32, uncertainty (H, W) float32 or mask (H, W) uint8 (a z-stack: Z first)"
+        "probs (K, H, W) float32, uncertainty (H, W) float32, mask (H, W) uint8, or in an instance project "
+        "instances (H, W) uint16: one id per object (a z-stack: Z first)"
     ),
 )
 def proposal_pixels(
     ctx: Ctx,
     ref: RefPath,
-    part: Annotated[Literal["probs", "uncertainty", "mask"], Query(description="Which array.")] = "mask",
+    part: Annotated[
+        Literal["probs", "uncertainty", "mask", "instances"],
+        Query(
+            description="Which array. instances (an instance project only): the proposal as objects, each "
+            "its own id, from the seeded watershed of its background / interior / boundary probabilities "
+            "(what the annotator edits as an instance Labels layer); mask is then the 3-class argmax."
+        ),
+    ] = "mask",
     model_id: ModelIdQuery = None,
 ) -> Response:
     """One part of the latest proposal as ``.npy``; after the first fetch it is a single file read."""
