@@ -805,7 +805,13 @@ def correct(
         return
     extra = ""
     if ann is not None and ann.edit_dice is not None:
-        extra = f" (edit Dice {ann.edit_dice:.3f}, {ann.pixels_changed} pixels changed)"
+        extra = f" (edit Dice {ann.edit_dice:.3f}, {ann.pixels_changed} pixels changed"
+        if ann.objects_changed is not None:  # an instance project: the cost in objects too
+            extra += (
+                f"; objects: {ann.objects_added} added, {ann.objects_removed} removed, "
+                f"{ann.objects_changed} changed"
+            )
+        extra += ")"
     typer.echo(f"saved annotation version {version} of {rec.name} ({rec.id}) as {kind}{extra}")
 
 

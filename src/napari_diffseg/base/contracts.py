@@ -238,6 +238,17 @@ class Image(_Out):
     last_edit_dice: float | None = Field(
         default=None, description="Edit Dice of the latest annotation against the proposal it started from."
     )
+    last_objects_added: int | None = Field(
+        default=None,
+        description="Instance projects: the latest annotation's objects added against its proposal (IoU 0.5 "
+        "matching); None without a proposal or in other projects.",
+    )
+    last_objects_removed: int | None = Field(
+        default=None, description="Instance projects: the latest annotation's proposed objects removed."
+    )
+    last_objects_changed: int | None = Field(
+        default=None, description="Instance projects: the latest annotation's matched objects changed."
+    )
     axes: str = Field(
         default="",
         description="The image's axes as read: letters from TZCYX in storage order (YX grey, YXC RGB, CYX "
@@ -291,6 +302,17 @@ class Annotation(_Out):
     planes: list[int] | None = Field(
         default=None,
         description="A z-stack's annotated planes (trained on as labelled); None for a 2D image.",
+    )
+    objects_added: int | None = Field(
+        default=None,
+        description="Instance projects: objects of the correction matching no proposed object (IoU >= 0.5): "
+        "painted new or split off. None without a proposal, or in a binary / multiclass project.",
+    )
+    objects_removed: int | None = Field(
+        default=None, description="Instance projects: proposed objects matching no corrected object (erased)."
+    )
+    objects_changed: int | None = Field(
+        default=None, description="Instance projects: matched objects whose pixels the annotator changed."
     )
 
 

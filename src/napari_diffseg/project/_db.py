@@ -45,7 +45,7 @@ _IMAGE_COLS = (
 )
 _ANN_COLS = (
     "image_id, version, kind, replaces, proposal_id, author, edit_dice, pixels_changed, labels, file_sha256, "
-    "created_at, planes"
+    "created_at, planes, objects_added, objects_removed, objects_changed"
 )
 _PROP_COLS = "id, image_id, model_id, classes, uncertainty, file_sha256, created_at, plane"
 _MODEL_COLS = "id, round, method, metrics, active, created_at"
@@ -80,6 +80,9 @@ def _annotation(row: Sequence[Any]) -> AnnotationRecord:
         file_sha256=row[9],
         created_at=row[10],
         planes=planes,
+        objects_added=row[12],
+        objects_removed=row[13],
+        objects_changed=row[14],
     )
 
 
@@ -302,6 +305,7 @@ class _StoreBase:
             mask: np.ndarray,
             data: bytes,
             planes: list[int] | None = None,
+            objects: tuple[int, int, int] | None = None,
         ) -> None:
             """Implemented in :mod:`.annotations`."""
 

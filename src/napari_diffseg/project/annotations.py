@@ -18,7 +18,7 @@ import numpy as np
 
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.base.formats import tiff_bytes
-from napari_diffseg.base.labels import edit_stats
+from napari_diffseg.base.labels import edit_stats, object_edits
 from napari_diffseg.base.masks import check_task_mask
 from napari_diffseg.project._db import _ANN_COLS, ImageRef, _annotation, _StoreBase, _Tx
 from napari_diffseg.project._util import check_mask, read_tiff
@@ -54,10 +54,11 @@ class _AnnotationsMixin(_StoreBase):
         mask: np.ndarray,
         data: bytes,
         planes: list[int] | None = None,
+        objects: tuple[int, int, int] | None = None,
     ) -> None:
         sha = tx.write(self._annotation_path(image_id, version), data)
         tx.execute(
-            f"INSERT INTO annotations ({_ANN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO annotations ({_ANN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 image_id,
                 version,
@@ -71,6 +72,7 @@ class _AnnotationsMixin(_StoreBase):
                 sha,
                 time.time(),
                 None if planes is None else json.dumps([int(z) for z in planes]),
+                *((None, None, None) if objects is None else (int(n) for n in objects)),
             ),
         )
         state = "ground_truth" if kind == "ground_truth" else "corrected"
@@ -138,12 +140,14 @@ class _AnnotationsMixin(_StoreBase):
             )
         edit: float | None = None
         changed: int | None = None
+        objects: tuple[int, int, int] | None = None
         if proposal_id is not None:
             if isinstance(proposal_id, bool) or not isinstance(proposal_id, int):
                 raise DataError(f"proposal_id must be an integer, got {proposal_id!r}.")
+            shown: np.ndarray | None = None
             if task.kind == "instances":  # the objects shown; the pixel cost is over the foreground
-                prop, objects = self._proposal_instances(proposal_id)
-                proposed = (objects > 0).astype(np.int64)
+                prop, shown = self._proposal_instances(proposal_id)
+                proposed = (shown > 0).astype(np.int64)
             else:
                 prop, proposed = self._proposal_hard_mask(proposal_id)
             if prop.image_id != rec.id:
@@ -156,6 +160,10 @@ class _AnnotationsMixin(_StoreBase):
                 edit, changed = edit_stats(proposed[annotated], corrected[annotated])
             else:
                 edit, changed = edit_stats(proposed, corrected)
+            if shown is not None:  # and in objects: added, removed, changed (matched at IoU 0.5)
+                sel = slice(None) if annotated is None else annotated
+                e = object_edits(shown[sel], m[sel])
+                objects = (e.added, e.removed, e.changed)
         data = tiff_bytes(m)
         with self._write() as tx:
             latest = self._latest(tx.conn, rec.id)
@@ -173,7 +181,19 @@ class _AnnotationsMixin(_StoreBase):
                 )
             version = (latest or 0) + 1
             self._insert_annotation(
-                tx, rec.id, version, kind, replaces, proposal_id, author, edit, changed, m, data, annotated
+                tx,
+                rec.id,
+                version,
+                kind,
+                replaces,
+                proposal_id,
+                author,
+                edit,
+                changed,
+                m,
+                data,
+                annotated,
+                objects,
             )
         return version
 

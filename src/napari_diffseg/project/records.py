@@ -113,6 +113,9 @@ class AnnotationRecord(_Record):
         created_at: Unix time of the save.
         planes: For a z-stack: the indices of the planes this version annotates (trained on as labelled;
             the others count as unlabelled); None for a 2D image.
+        objects_added, objects_removed, objects_changed: An instance project's edit cost in objects
+            against the proposal's objects (matched at IoU 0.5, :func:`napari_diffseg.base.labels.object_edits`);
+            None without a proposal or in a binary / multiclass project.
     """
 
     image_id: str
@@ -127,6 +130,9 @@ class AnnotationRecord(_Record):
     file_sha256: str
     created_at: float
     planes: tuple[int, ...] | None = None
+    objects_added: int | None = None
+    objects_removed: int | None = None
+    objects_changed: int | None = None
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,9 @@ def image_out(project: Project, rec: ImageRecord) -> ImageOut:
         **rec.to_dict(),
         latest_version=None if ann is None else ann.version,
         last_edit_dice=None if ann is None else ann.edit_dice,
+        last_objects_added=None if ann is None else ann.objects_added,
+        last_objects_removed=None if ann is None else ann.objects_removed,
+        last_objects_changed=None if ann is None else ann.objects_changed,
     )
 
 
