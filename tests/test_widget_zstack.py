@@ -124,6 +124,7 @@ def test_next_image_shows_the_stack_in_3d_at_its_most_uncertain_plane_and_saves_
     assert np.array_equal(labels.data, client.proposal_pixels("s", "mask"))
     assert np.allclose(unc.data, client.proposal_pixels("s", "uncertainty"))
     assert viewer.dims.ndim == 3 and viewer.dims.current_step[0] == WORST  # the Z slider
+    assert viewer.dims.axis_labels[0] == "Z"
     assert f"plane {WORST} is the most uncertain" in annotate.current.text()
     assert [la.name for la in viewer.layers] == ["s", "s uncertainty", "s proposal"]
 

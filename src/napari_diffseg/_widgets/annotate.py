@@ -571,11 +571,11 @@ class AnnotateWidget(QWidget):
             if image is not None and image.plane is None and plane is not None:
                 go_to_plane(self.viewer, plane)  # proposed since it was opened: its most uncertain plane
             worst = plane if plane is not None else (image.plane if image is not None else None)
-            where = f"; plane {worst} is the most uncertain" if worst is not None else ""
+            where = f"; Z plane {worst} is the most uncertain" if worst is not None else ""
             done = f"; annotated planes {_planes_text(self._annotated)}" if self._annotated else ""
             self.current.setText(
-                f"{name}: {what} ({planes} planes{where}{done}); edit plane by plane (Z slider), then "
-                f"{SAVE_KEY}: it saves the planes you edited and the plane on show"
+                f"{name}: {what}{where}{done}. Edit, then {SAVE_KEY}: saves the planes edited and the one "
+                "on show"
             )
         self.current.setToolTip("")
 

@@ -226,16 +226,21 @@ def image_parts(record: Image, data: np.ndarray, rgb: bool) -> list[tuple[np.nda
 
 
 def go_to_plane(viewer: Any, plane: int | None) -> None:
-    """Move the viewer's Z slider to ``plane`` of the z-stack on show (the image, its proposal and its
-    uncertainty are ``(Z, H, W)`` layers at scale 1, the last three of the viewer's dimensions); nothing
-    for None."""
-    if plane is None:
-        return
+    """Name the Z slider of the z-stack on show "Z" and move it to ``plane`` (None: leave it where it is).
+
+    The image, its proposal and its uncertainty are ``(Z, H, W)`` layers at scale 1, the last three of the
+    viewer's dimensions. A label the user gave the axis is kept; napari drops ours when the dimensions
+    change (a 2D image)."""
     viewer = _unwrap(viewer)
     axis = viewer.dims.ndim - 3
     if axis < 0:
         return
-    viewer.dims.set_point(axis, float(plane))
+    labels = list(viewer.dims.axis_labels)
+    if labels[axis].lstrip("-").isdigit():  # napari's default label (-3, or 0 in older versions)
+        labels[axis] = "Z"
+        viewer.dims.axis_labels = tuple(labels)
+    if plane is not None:
+        viewer.dims.set_point(axis, float(plane))
 
 
 def show_image(viewer: Any, session: Session, result: tuple[Any, ...] | None) -> None:
