@@ -208,3 +208,26 @@ def test_sample_statistics_are_the_mean_and_variance_of_the_samples() -> None:
     assert torch.allclose(mean, p.mean(dim=1), atol=1e-6)
     assert torch.allclose(var, p.var(dim=1, unbiased=False).mean(dim=1), atol=1e-6)
     assert var.min() > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_uncertain_pixels_are_the_wrong_ones(seed: int) -> None:
+    # A denoiser that knows the truth only weakly, with a strength that varies over the image: where it
+    # knows little, samples disagree, and the mean mask is wrong more often. Uncertainty that did not track
+    # this (a constant, or an entropy of the wrong quantity) would not separate the two groups of pixels.
+    y = _truth(48, 48)
+    onehot = 2 * F.one_hot(y, 2).permute(2, 0, 1).float() - 1
+    strength = torch.linspace(0.05, 3.0, 48)[None, None, None, :]  # weak on the left, strong on the right
+
+    def denoise(m_t, x, t):
+        return strength * onehot + 2.0 * m_t
+
+    cfg = SamplerConfig(steps=5, samples=8)
+    prop = MaskDiffusion(2).sample(
+        denoise, torch.zeros(1, 1, 48, 48), cfg, torch.Generator().manual_seed(seed)
+    )
+    wrong = (prop.mask[0] != y).float().flatten()
+    unc = prop.uncertainty[0].flatten()
+    high = unc > unc.median()
+    assert wrong.sum() > 0  # there are errors to find
+    assert wrong[high].mean() > 2 * wrong[~high].mean() + 0.05, (wrong[high].mean(), wrong[~high].mean())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -71,14 +73,23 @@ def _supervised_loss(b: ModelBundle, data: TrainData) -> float:
 
 
 def test_student_loss_falls_by_a_factor() -> None:
+    from napari_diffseg.core.inference import predict_probs
+    from napari_diffseg.core.metrics import segmentation_metrics
+
     pr = get_preset("tiny").with_overrides(cotrain_steps=80, batch_size=4, lr=3e-3)
     b = _bundle("supervised")
-    ev = _run(train_baseline(b, _data(1, 0), pr, generator=torch.Generator().manual_seed(0), device=CPU))
+    data = _data(1, 0)
+    ev = _run(train_baseline(b, data, pr, generator=torch.Generator().manual_seed(0), device=CPU))
     losses = [e.losses["loss"] for e in ev if e.kind == "progress"]
     assert losses[-1] < losses[0] / 3, (losses[0], losses[-1])
+    # and the student segments the image it learned: a falling loss alone would not say so
+    probs = predict_probs(b.deployed(), data.labeled_images[0][None], multiple=b.spec.multiple, roi=64)
+    assert segmentation_metrics(probs.argmax(1)[0], data.labeled_masks[0])["dice"] > 0.9
 
 
 def test_pretraining_reduces_reconstruction_loss() -> None:
+    # A falling reconstruction loss says the loop trains, not that the mask pathway learned anything: it
+    # also falls with a constant mask pathway. What Stage A learns: the Stage A tests at the end.
     pr = get_preset("tiny").with_overrides(pretrain_steps=40, batch_size=4, lr=3e-3)
     ticker_off = []
     b = _bundle()
@@ -190,7 +201,18 @@ def test_progress_events_are_frequent_and_typed() -> None:
     prog = [e for e in ev if e.kind == "progress" and e.phase == "cotrain"]
     assert prog[0].step == 1 and prog[-1].step == 5 and prog[-1].total == 5
     assert {"sup", "pseudo", "cps", "teacher_sup", "teacher_unsup"} <= set(prog[-1].losses)
-    assert all(isinstance(v, float) for v in prog[-1].losses.values())
+    assert all(isinstance(v, float) and math.isfinite(v) for v in prog[-1].losses.values())
+    # the reported loss is the method's sum of its terms, with the ramp and gate of that step
+    for e in prog:
+        v = e.losses
+        want = (
+            v["sup"]
+            + v["ramp"] * (v["gate"] * pr.unsup_weight * v["pseudo"] + pr.cps_weight * v["cps"])
+            + v["teacher_sup"]
+            + v["ramp"] * pr.teacher_unsup_weight * v["teacher_unsup"]
+        )
+        assert v["loss"] == pytest.approx(want, rel=1e-4), (e.step, v)
+        assert v["sup"] > 0 and v["teacher_sup"] > 0 and 0 < v["ramp"] <= 1 and v["gate"] == 1.0
     assert Event.from_dict(prog[-1].to_dict()) == prog[-1]
 
 
@@ -233,3 +255,110 @@ def test_recycled_starts_replace_masks_by_the_teachers_own_estimate() -> None:
     assert new.min() >= -1 and new.max() <= 1 and not set(new.unique().tolist()) <= {-1.0, 1.0}
     assert ((t_new >= 100) & (t_new < 700)).all()  # refinement noise levels
     assert all(p.grad is None for p in b.mask_net.parameters())  # no gradient through the estimate
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage A: does the mask pathway learn anything? (issue 14)
+# ------------------------------------------------------------------------------------------------
+def _separable(n: int, seed: int) -> tuple[list[torch.Tensor], list]:
+    """Images whose object (a 32x32 square in 48x48, 44 % of the pixels: near the 50/50 split Stage A's
+    prior favours) is 2 brighter than its background under noise of std 0.3: an intensity threshold
+    separates them exactly."""
+    g = torch.Generator().manual_seed(seed)
+    imgs, masks = [], []
+    for _ in range(n):
+        y = torch.zeros(48, 48, dtype=torch.long)
+        cy, cx = torch.randint(16, 32, (2,), generator=g).tolist()
+        y[cy - 16 : cy + 16, cx - 16 : cx + 16] = 1
+        imgs.append(y.float()[None].repeat(3, 1, 1) * 2 - 1 + 0.3 * torch.randn((3, 48, 48), generator=g))
+        masks.append(y.numpy())
+    return imgs, masks
+
+
+def _stage_a_label_free(constant_mask: bool = False) -> dict:
+    from napari_diffseg.experiment import label_free_report
+
+    pr = get_preset("tiny").with_overrides(pretrain_steps=100, batch_size=4, lr=3e-3)
+    b = _bundle()
+    if constant_mask:  # the mask pathway replaced by a constant (kept in the graph, so Adam still runs)
+        f = b.nets["teacher_mask"]
+        forward = f.forward
+        f.forward = lambda m, x, t: forward(m, x, t) * 0.0  # type: ignore[method-assign]
+    imgs, _ = _separable(6, seed=0)
+    _run(pretrain_teacher(b, imgs, pr, generator=torch.Generator().manual_seed(0), device=CPU))
+    held_out, masks = _separable(8, seed=1)
+    return label_free_report(b, held_out, masks, pr)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14: Stage A as shipped does not learn the split even of a trivially separable image "
+    "(best-permutation Dice 0.48 against all-foreground 0.62 and Otsu 1.00); remove this mark once it does",
+)
+def test_stage_a_learns_the_split_of_a_trivially_separable_image() -> None:
+    lf = _stage_a_label_free()
+    assert lf["otsu_dice"] > 0.99  # the task is trivial: a threshold solves it
+    assert lf["teacher_dice"] > lf["all_foreground_dice"] + 0.2 and lf["teacher_dice"] > 0.8, lf
+
+
+def test_stage_a_criterion_fails_with_a_constant_mask_pathway() -> None:
+    """The test above cannot pass by a constant mask: that scores exactly all-foreground, while the
+    reconstruction loss still falls (what the older test below measured, which a constant passes)."""
+    lf = _stage_a_label_free(constant_mask=True)
+    assert lf["teacher_dice"] == pytest.approx(lf["all_foreground_dice"])
+    assert not lf["teacher_dice"] > lf["all_foreground_dice"] + 0.2
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage C: the teacher's pseudo-labels and cross pseudo-supervision reach the students
+# ------------------------------------------------------------------------------------------------
+def _foreground_pseudo_labels(bundle, images, preset, cache, **kw):
+    """A refresh whose pseudo-labels say "foreground" everywhere, with full confidence."""
+    for i, x in enumerate(images):
+        h, w = x.shape[-2:]
+        cache[f"pl_probs_{i}"] = torch.stack([torch.zeros(h, w), torch.ones(h, w)]).half()
+        cache[f"pl_conf_{i}"] = torch.ones(h, w).half()
+    yield from ()
+
+
+def _cotrain_students(monkeypatch, steps: int, **weights: float) -> ModelBundle:
+    from napari_diffseg.core import training
+
+    monkeypatch.setattr(training, "refresh_pseudo_labels", _foreground_pseudo_labels)
+    pr = get_preset("tiny").with_overrides(
+        cotrain_steps=steps, rampup_frac=0.0, lr=3e-3, batch_size=4, teacher_unsup_weight=0.0, **weights
+    )
+    b = _bundle()
+    _run(cotrain(b, _data(1, 4), pr, generator=torch.Generator().manual_seed(0), seed=0, device=CPU))
+    return b
+
+
+def _student_weights(b: ModelBundle) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in _weights(b).items() if k.startswith("student")}
+
+
+def test_pseudo_label_and_cps_terms_change_only_the_students(monkeypatch) -> None:
+    base = _cotrain_students(monkeypatch, 1, unsup_weight=0.0, cps_weight=0.0)
+    pseudo = _cotrain_students(monkeypatch, 1, unsup_weight=1.0, cps_weight=0.0)
+    cps = _cotrain_students(monkeypatch, 1, unsup_weight=0.0, cps_weight=1.0)
+    wb, wp, wc = _weights(base), _weights(pseudo), _weights(cps)
+    for other in (wp, wc):
+        changed = {k.split(".")[0] for k in wb if not torch.equal(wb[k], other[k])}
+        assert changed == {"student_a", "student_b"}, changed  # both students moved, the teacher did not
+
+
+def test_pseudo_labels_pull_the_students_towards_them(monkeypatch) -> None:
+    """Pseudo-labels that say foreground everywhere make the students see more foreground on the
+    unlabeled images than labels alone do: the term pushes the right way, not only somewhere."""
+
+    def foreground_share(b: ModelBundle) -> float:
+        x = torch.stack(_data(1, 4).unlabeled_images)
+        with torch.no_grad():
+            return float(b.nets["student_a"].eval()(x).softmax(1)[:, 1].mean())
+
+    base = _cotrain_students(monkeypatch, 15, unsup_weight=0.0, cps_weight=0.0)
+    pseudo = _cotrain_students(monkeypatch, 15, unsup_weight=3.0, cps_weight=0.0)
+    assert foreground_share(pseudo) > foreground_share(base) + 0.2, (
+        foreground_share(pseudo),
+        foreground_share(base),
+    )
