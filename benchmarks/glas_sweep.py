@@ -1,5 +1,10 @@
 """GlaS sweep for issue #2: every configuration is its own `diffseg experiment` call.
 
+Issue 14's evidence (every arm and ablation, converged references, paired intervals) is made by
+``benchmarks/sweep.py --dataset ../shared/data/glas``; this script keeps the issue-2 table and figure. Its runs
+follow the same protocol (they are `diffseg experiment` calls: validation split, test read once, provenance),
+and its spreads are sample std (ddof 1).
+
     python benchmarks/glas_sweep.py                 # run what is missing (resumable), then report
     python benchmarks/glas_sweep.py --jobs 2        # two runs at a time, one torch thread each
     python benchmarks/glas_sweep.py --report-only   # table + plot from the JSON files present
@@ -77,6 +82,21 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores"
 
 
+def recorded_machines(rows: list[dict]) -> str:
+    """The machines the runs recorded (their provenance), not the one making the report."""
+    seen = sorted(
+        {
+            f"{r['provenance'].get('processor') or r['provenance'].get('machine')}, {r['provenance'].get('cpu_count')} cores"
+            for r in rows
+            if "provenance" in r
+        }
+    )
+    missing = sum("provenance" not in r for r in rows)
+    return "; ".join(
+        seen + ([f"not recorded by {missing} of {len(rows)} runs (before provenance)"] if missing else [])
+    )
+
+
 def report(out: Path) -> str:
     import numpy as np
 
@@ -89,7 +109,8 @@ def report(out: Path) -> str:
     fractions = sorted({f for _, f in by})
     lines = [
         f"GlaS test Dice (testA + testB, {rows[0]['test']['n']} images, half resolution), preset "
-        f"`{rows[0]['preset']}`, mean ± std over seeds (n seeds in brackets). Machine: {machine()}.",
+        f"`{rows[0]['preset']}`, mean ± sample std (ddof 1) over seeds (n seeds in brackets). Machine: "
+        f"{recorded_machines(rows)}.",
         "",
         "| method | " + " | ".join(f"{f:.0%} labeled" for f in fractions) + " |",
         "|---|" + "---|" * len(fractions),
@@ -102,7 +123,9 @@ def report(out: Path) -> str:
                 cells.append("—")
                 continue
             d = np.array([r["test"]["dice_mean"] for r in rs])
-            cells.append(f"{d.mean():.3f} ± {d.std():.3f} ({len(d)})")
+            cells.append(
+                f"{d.mean():.3f} ± {d.std(ddof=1):.3f} ({len(d)})" if len(d) > 1 else f"{d[0]:.3f} (1)"
+            )
         if any(c != "—" for c in cells):
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     secs = {
@@ -118,7 +141,9 @@ def report(out: Path) -> str:
     ds = [r for r in rows if r["method"] == "diffseg" and "teacher" in r]
     if ds:
         lines += [
-            "Diffusion teacher (diffseg runs; every 4th test image; reporting only):",
+            "Diffusion teacher (diffseg runs; on "
+            + ", ".join(sorted({r["teacher"].get("note", "every 4th test image") for r in ds}))
+            + "):",
             "",
             "| fraction | seed | pretrained teacher, best-permutation Dice (train images) | teacher S=1 | "
             "round 1 | round 2 | round 3 | students |",
@@ -153,9 +178,12 @@ def plot(out: Path) -> Path | None:
             np.mean([r["test"]["dice_mean"] for r in rows if r["method"] == m and r["labeled_fraction"] == f])
             for f in fs
         ]
-        std = [
-            np.std([r["test"]["dice_mean"] for r in rows if r["method"] == m and r["labeled_fraction"] == f])
-            for f in fs
+        std = [  # sample std (ddof 1); 0 where one seed ran
+            float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
+            for d in (
+                [r["test"]["dice_mean"] for r in rows if r["method"] == m and r["labeled_fraction"] == f]
+                for f in fs
+            )
         ]
         ax.errorbar([100 * f for f in fs], mean, yerr=std, marker="o", capsize=3, label=m)
     full = [
