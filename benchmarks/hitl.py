@@ -30,6 +30,14 @@ Arms (one process each; ``--jobs 2`` runs two at a time with ``--threads`` torch
 "Pixels drawn from scratch" for an image is its number of foreground pixels in the ground truth, so
 ``changed / drawn`` is the share of painting a correction costs compared with drawing the mask.
 
+Protocol (issue 14): ``--val-fraction`` (default 0.2) of the training images are carved, seeded, into a
+validation split before anything else (``experiment.choose_val``, as ``diffseg experiment``): imported into
+the project as annotated ``val`` images, they choose the kept checkpoint and gate the pseudo-labels, and are
+never picked, corrected or counted as training images; the start images and every pick come from the rest.
+The test images score each round's students (the learning curve is the measurement; nothing is chosen on
+them). Every arm's JSON records ``provenance`` (commit, dirty flag, resolved preset, versions, device,
+threads, wall seconds).
+
 Results: ``benchmarks/results/hitl/<dataset>_<arm>_s<seed>.json`` (resumable: finished arms are skipped),
 ``benchmarks/results/hitl/summary.md`` and ``benchmarks/results/hitl/<dataset>.png``. Working projects go
 to ``--work`` (default a temp folder), never into the repository.
@@ -177,7 +185,12 @@ def run_arm(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
     dataset_dir = Path(args.data) / args.dataset
     ds = DatasetFolder(dataset_dir)
-    train_ids, test_ids = sorted(ds.train_ids), sorted(ds.test_ids)
+    from napari_diffseg.core.validation import ValSet
+    from napari_diffseg.experiment import choose_val, provenance
+
+    all_train, test_ids = sorted(ds.train_ids), sorted(ds.test_ids)
+    val_ids = sorted(ds.val_ids) or choose_val(all_train, args.val_fraction, args.seed)
+    train_ids = [i for i in all_train if i not in set(val_ids)]
     rng = np.random.default_rng(args.seed)
     start_ids = sorted(rng.choice(train_ids, size=args.k, replace=False).tolist())  # same for every arm
     arm_rng = np.random.default_rng(args.seed + 1)
@@ -190,6 +203,15 @@ def run_arm(args: argparse.Namespace) -> dict:
         return preprocess(ds.load_image(image_id), channels, norm)
 
     test = [(i, ds.load_image(i), ds.load_mask(i), _fov(dataset_dir, i)) for i in test_ids]
+
+    def val_set() -> ValSet:  # the supervised arms' validation images, as the project's cotrain job has them
+        regions = [_fov(dataset_dir, i) for i in val_ids]
+        return ValSet(
+            [tensor(i) for i in val_ids],
+            [torch.from_numpy(ds.load_mask(i)) for i in val_ids],
+            [torch.from_numpy(r) if r.size else None for r in regions],
+        )
+
     overrides = {k: getattr(args, k) for k in OVERRIDES} if args.preset == "cpu" else {}
     params = {"preset": args.preset, "overrides": overrides, "seed": args.seed, "device": args.device}
     device = choose_device(args.device)
@@ -203,6 +225,8 @@ def run_arm(args: argparse.Namespace) -> dict:
         "b": args.b,
         "rounds": args.rounds,
         "n_train": len(train_ids),
+        "n_val": len(val_ids),
+        "val_ids": val_ids,
         "n_test": len(test_ids),
         "start_ids": start_ids,
         "preset": args.preset,
@@ -229,7 +253,9 @@ def run_arm(args: argparse.Namespace) -> dict:
             spec = ModelSpec("supervised", channels, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
             bundle = ModelBundle(spec, seed=args.seed, normalization=norm).to(device)
             data = TrainData(
-                [tensor(i) for i in labeled], [torch.from_numpy(ds.load_mask(i)) for i in labeled]
+                [tensor(i) for i in labeled],
+                [torch.from_numpy(ds.load_mask(i)) for i in labeled],
+                val=val_set(),
             )
             gen = torch.Generator().manual_seed(args.seed)
             for _ in run_stages(bundle, data, pr, generator=gen, seed=args.seed, device=device):
@@ -257,6 +283,7 @@ def run_arm(args: argparse.Namespace) -> dict:
             pool = [i for i in train_ids if i not in labeled]
             labeled += sorted(arm_rng.choice(pool, size=min(args.b, len(pool)), replace=False).tolist())
         result["seconds"] = time.perf_counter() - t_start
+        result["provenance"] = {**provenance(pr, device), "wall_seconds": result["seconds"]}
         return result
 
     work = Path(args.work) / f"{args.dataset}_{args.arm}_s{args.seed}"
@@ -267,6 +294,7 @@ def run_arm(args: argparse.Namespace) -> dict:
     cache = Path(args.work) / (
         f"_round1_{args.dataset}_s{args.seed}_k{args.k}_{args.preset}_t{args.threads}_"
         + "_".join(f"{k}{v}" for k, v in sorted(overrides.items()))
+        + f"_v{len(val_ids)}"
         + ("" if device.type == "cpu" else f"_{device.type}")
     )
     cached = _restore_round1(cache, work)
@@ -276,6 +304,8 @@ def run_arm(args: argparse.Namespace) -> dict:
             for i in train_ids:
                 mask = ds.load_mask(i) if i in start_ids else None
                 project.import_array(ds.load_image(i), i, mask, split="train")
+            for i in val_ids:  # annotated validation images: checkpoint choice and the pseudo-label gate
+                project.import_array(ds.load_image(i), i, ds.load_mask(i), split="val")
         labeled = list(start_ids)
         for r in range(1, args.rounds + 1):
             t0 = time.perf_counter()
@@ -359,6 +389,7 @@ def run_arm(args: argparse.Namespace) -> dict:
             print(json.dumps(row), flush=True)  # with its corrections: --salvage rebuilds an arm from this
         result["check"] = project.check().get("ok", None)
     result["seconds"] = time.perf_counter() - t_start
+    result["provenance"] = {**provenance(preset, device), "wall_seconds": result["seconds"]}
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return result
@@ -768,6 +799,12 @@ def main() -> None:
     p.add_argument("--b", type=int, default=5, help="images corrected per round")
     p.add_argument("--rounds", type=int, default=4, help="co-training rounds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="training images carved (seeded) into the validation split, unless the dataset has val images",
+    )
     p.add_argument("--preset", default="cpu", help="cpu (the benchmark) or tiny (a smoke test)")
     for key, value in OVERRIDES.items():  # the cpu preset's per-round budget (a bigger one: another --out)
         p.add_argument(
@@ -807,6 +844,7 @@ def main() -> None:
                     ("b", args.b),
                     ("rounds", args.rounds),
                     ("seed", args.seed),
+                    ("val-fraction", args.val_fraction),
                     ("preset", args.preset),
                     ("threads", args.threads),
                     ("device", args.device),

@@ -36,12 +36,26 @@ def test_hitl_script_tiny(tmp_path: Path) -> None:
     s = json.loads((out / "synth_scratch_s0.json").read_text())
     assert [r["n_labeled"] for r in u["per_round"]] == [1, 3] == [r["n_labeled"] for r in s["per_round"]]
     assert all(0.0 <= r["test_dice"] <= 1.0 for r in u["per_round"] + s["per_round"])
+    # the protocol: one of the 5 training images carved (seeded) into validation, never picked or counted
+    from napari_diffseg.base.presets import get_preset
+    from napari_diffseg.experiment import choose_val
+
+    val = choose_val([f"train_{i:03d}" for i in range(5)], 0.2, 0)
+    assert u["val_ids"] == s["val_ids"] == val and u["n_val"] == 1 and u["n_train"] == 4
+    assert not set(val) & set(u["start_ids"])
+    for run in (u, s):
+        prov = run["provenance"]
+        assert prov["preset"]["name"] == "tiny" and prov["device"] == "cpu" and prov["wall_seconds"] > 0
+        assert "commit" in prov and prov["versions"]["torch"]
+    assert u["provenance"]["preset"]["cotrain_steps"] == get_preset("tiny").cotrain_steps
     first = u["per_round"][0]
     assert len(first["corrections"]) == 2 and "corrections" not in u["per_round"][1]
-    assert first["pool"]["n"] == 4 and 0.0 <= first["pool"]["mean_edit_dice"] <= 1.0  # all 4 unlabeled
+    assert not {c["image"] for c in first["corrections"]} & set(val)
+    assert first["pool"]["n"] == 3 and 0.0 <= first["pool"]["mean_edit_dice"] <= 1.0  # all 3 unlabeled
     # the corrected images were the two most uncertain, and the store recorded what the annotator changed
     with Project.open(work / "synth_uncertainty_s0") as project:
-        unc = {r.name: r.uncertainty for r in project.images()}
+        assert [r.name for r in project.images(split="val")] == val  # annotated: the cotrain job's validation
+        unc = {r.name: r.uncertainty for r in project.images(split="train")}
         start = set(u["start_ids"])
         candidates = sorted((n for n in unc if n not in start), key=lambda n: -(unc[n] or 0.0))
         corrected = [c["image"] for c in first["corrections"]]
@@ -65,7 +79,7 @@ def test_hitl_script_tiny(tmp_path: Path) -> None:
     with Project.open(work / "synth_power_s0") as project:
         assert [m.id for m in project.models()] == models and project.check()["ok"]
     summary = (out / "summary.md").read_text()
-    assert "| 1 | 1 (20 %) |" in summary and "| 2 | 3 (60 %) |" in summary
+    assert "| 1 | 1 (25 %) |" in summary and "| 2 | 3 (75 %) |" in summary
 
     # the follow-up script scores the same round-1 proposals the benchmark pooled as the "average image"
     cost_cmd = [
@@ -81,7 +95,7 @@ def test_hitl_script_tiny(tmp_path: Path) -> None:
         timeout=120,
     )
     assert cost.returncode == 0, cost.stdout + cost.stderr
-    assert "4 images with a proposal" in cost.stdout
+    assert "3 images with a proposal" in cost.stdout  # the 3 unlabeled training images, not the val image
     argmax = [line for line in cost.stdout.splitlines() if "proposal (argmax)" in line]
     assert float(argmax[0].split()[-1]) == round(first["pool"]["changed_over_drawn"], 3)
 
