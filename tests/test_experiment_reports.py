@@ -110,3 +110,20 @@ def test_label_free_report_against_trivial_masks(monkeypatch) -> None:
     lf = exp.label_free_report(_bundle(), [x], [y], pr, regions=[fov])
     assert lf["all_foreground_dice"] == pytest.approx(2 * 64 / (64 + 12 * H))
     assert lf["teacher_dice"] == lf["all_foreground_dice"] and lf["otsu_dice"] == 1.0
+
+
+def test_stage_a_off_still_reports_label_free_against_trivial_masks(synth_dataset) -> None:
+    """The `diffseg-noA` ablation (pretrain_steps 0) keeps the contract: `label_free` of the untrained
+    teacher beside Otsu and all-foreground, and the override in the result and its resolved preset."""
+    r = exp.run_experiment(
+        synth_dataset,
+        labeled_fraction=0.2,
+        method="diffseg",
+        preset="tiny",
+        seed=0,
+        overrides={"pretrain_steps": 0},
+    )
+    assert r["overrides"] == {"pretrain_steps": 0} and r["provenance"]["preset"]["pretrain_steps"] == 0
+    lf = r["label_free"]
+    assert set(lf) >= {"teacher_dice", "otsu_dice", "all_foreground_dice", "teacher_minus_best_trivial"}
+    assert all(0.0 < lf[k] <= 1.0 for k in ("otsu_dice", "all_foreground_dice")) and lf["n_images"] == 3
