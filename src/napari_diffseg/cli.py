@@ -137,10 +137,18 @@ def experiment(
     task: Annotated[
         str,
         typer.Option(
-            help="binary (masks/) | instances (instances/<id>.tif: trained on a background / interior / "
+            help="binary (masks/) | multiclass (masks/ as class maps, values 0..K-1 for the --classes named; "
+            "Dice per class) | instances (instances/<id>.tif: trained on a background / interior / "
             "boundary target, objects by a seeded watershed, AP@0.5...0.9 and F1@0.5 reported)"
         ),
     ] = "binary",
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="--task multiclass: the class names, background first (background,gland,lumen); a mask "
+            "value outside 0..K-1 is refused"
+        ),
+    ] = None,
 ) -> None:
     """Train METHOD on a seeded labeled subset of the train split and evaluate on the test split."""
     overrides = _parse_set(set_ or [])
@@ -163,6 +171,7 @@ def experiment(
             val_fraction=val_fraction,
             overrides=overrides,
             task=task,
+            classes=classes,
         )
     finally:
         bars.close()
@@ -172,6 +181,9 @@ def experiment(
         write_json(json_out, result)
     t = result["test"]
     objects = _instance_line(t) if task == "instances" else ""
+    if task == "multiclass":
+        per_class = ", ".join(f"{name} {dice:.4f}" for name, dice in t["dice_per_class"].items())
+        objects = f"; Dice per class: {per_class} (mean {t['dice_class_mean']:.4f})"
     typer.echo(
         f"{method} f={labeled_fraction} seed={seed} preset={preset}: test Dice {t['dice_mean']:.4f} ± "
         f"{t['dice_std']:.4f}, IoU {t['iou_mean']:.4f}, HD95 {t['hd95_mean']:.1f} px{objects} "

@@ -39,7 +39,13 @@ from .core.distributed import cleanup, setup_from_env
 from .core.inference import predict_probs, propose
 from .core.instance_metrics import instance_metrics, summarize_instances
 from .core.instances import INSTANCE_CLASSES, instances_to_target, probs_to_instances
-from .core.metrics import best_permutation_dice, segmentation_metrics, summarize
+from .core.metrics import (
+    best_permutation_dice,
+    dice_per_class,
+    mean_per_class,
+    segmentation_metrics,
+    summarize,
+)
 from .core.models import METHODS, ModelBundle, ModelSpec, preprocess, save_bundle
 from .core.pipeline import run_stages
 from .core.training import TrainData
@@ -62,9 +68,10 @@ __all__ = [
 
 Reporter = Callable[[Event], None]
 
-#: Tasks ``diffseg experiment`` runs: ``binary`` (masks/) and ``instances`` (instances/: the networks learn
-#: the 3-class target of :mod:`~napari_diffseg.core.instances`, scored as objects after the watershed).
-TASKS = ("binary", "instances")
+#: Tasks ``diffseg experiment`` runs: ``binary`` (masks/), ``multiclass`` (masks/ read as class maps, values
+#: 0..K-1 for the K classes named; Dice per class) and ``instances`` (instances/: the networks learn the
+#: 3-class target of :mod:`~napari_diffseg.core.instances`, scored as objects after the watershed).
+TASKS = ("binary", "multiclass", "instances")
 
 
 def choose_labeled(train_ids: Iterable[str], fraction: float, seed: int) -> list[str]:
@@ -508,6 +515,7 @@ def run_experiment(
     normalization: str = "dataset",
     task: str = "binary",
     object_metrics: bool | None = None,
+    classes: str | list[str] | None = None,
 ) -> dict:
     """Train ``method`` on a seeded labeled subset of the train split, evaluate on ``test*``.
 
@@ -524,6 +532,12 @@ def run_experiment(
             the foreground's ``dice_mean``; the result and the saved config say ``"task": "instances"``).
         object_metrics: With ``instances``, also the GlaS object F1 / Dice / Hausdorff; None: when the
             dataset's folder name holds "glas".
+        classes: With ``multiclass`` (required): the K class names, background first
+            (``"background,gland,lumen"``, as ``diffseg init --classes``); the dataset's masks are read as
+            class maps and every one is checked to hold values 0..K-1 before anything trains. The test
+            block then has ``dice_per_class`` (class name → mean Dice over the test images where the class
+            occurs) and ``dice_class_mean`` (their mean); ``dice_mean`` is each image's mean over the
+            foreground classes it holds, averaged.
     """
     t0 = time.perf_counter()
     if method not in METHODS:
@@ -533,6 +547,17 @@ def run_experiment(
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     instances = task == "instances"
+    multiclass = task == "multiclass"
+    class_names: list[str] = []
+    if multiclass:
+        from .base.task import make_task
+
+        if not classes:
+            raise ConfigError(
+                "--task multiclass needs the class names, background first: --classes background,CLASS1,CLASS2 "
+                "(the masks hold their indices 0..K-1)"
+            )
+        class_names = make_task("multiclass", classes).class_names
     dist_info = setup_from_env(device)  # under torchrun: one process per GPU (or CPU, gloo)
     dev = dist_info.device
     torch.manual_seed(seed)
@@ -541,14 +566,19 @@ def run_experiment(
     all_train_ids, test_ids = folder.train_ids, folder.test_ids
     has_truth: Callable[[str], bool] = folder.has_instances if instances else folder.has_mask
     stacks = folder.holds_stacks()
-    if stacks and instances:
+    if stacks and task != "binary":
         raise ConfigError(
-            f"{dataset} holds z-stacks; --task instances does not read stacks yet: run the binary task "
+            f"{dataset} holds z-stacks; --task {task} does not read stacks yet: run the binary task "
             "(masks/<id>.tif, one label plane per image plane)"
         )
 
     def load_truth(i: str) -> np.ndarray:  # the class map the networks learn
-        return instances_to_target(ds.load_instances(i)).astype(np.int64) if instances else ds.load_mask(i)
+        if instances:
+            return instances_to_target(ds.load_instances(i)).astype(np.int64)
+        return ds.load_mask(i, binary=not multiclass)
+
+    if multiclass:  # every mask is a class map of the K classes named, checked before anything trains
+        check_class_maps(folder, [*all_train_ids, *test_ids], class_names)
 
     if instances:
         lacking = [i for i in [*all_train_ids, *test_ids] if not ds.has_instances(i)]
@@ -599,7 +629,7 @@ def run_experiment(
         [region(i) for i in val_ids],
     )
     data = TrainData(labeled_images, labeled_masks, unlabeled_images=unlabeled_images, val=val)
-    k = INSTANCE_CLASSES if instances else 2
+    k = INSTANCE_CLASSES if instances else (len(class_names) if multiclass else 2)
     spec = ModelSpec(method, channels, k, pr.student_channels, pr.teacher_channels, pr.emb_dim)
     bundle = ModelBundle(spec, seed=seed, normalization=norm).to(dev)
     extra: dict = {}
@@ -669,6 +699,8 @@ def run_experiment(
         if stacks:  # scored per stack: its planes' predictions as one (Z, H, W) volume
             steps = {sid: folder.voxel_steps(sid) for sid in stack_ids["test"]}
             test = {**per_stack_scores(plane_preds, test_masks, test_ids, bundle, steps), "per_plane": test}
+        if multiclass:
+            test = {**test, **per_class_scores(test, plane_preds, test_masks, test_regions, class_names)}
     prov = provenance(pr, dev, dist_info.world)
     result = {
         "method": method,
@@ -694,8 +726,10 @@ def run_experiment(
         "cpu_count": os.cpu_count(),
         "provenance": prov,
     }
-    if instances:  # binary results stay exactly as they were
+    if instances or multiclass:  # binary results stay exactly as they were
         result["task"] = task
+    if multiclass:
+        result["classes"] = class_names
     if stacks:  # counts above are of stacks; the networks saw their planes
         result["n_labeled"], result["n_val"] = len(stack_ids["labeled"]), len(stack_ids["val"])
         result["n_unlabeled"] = len({StackPlanes.split_id(i)[0] for i in unlabeled_ids})
@@ -748,12 +782,67 @@ def run_experiment(
         extra_config: dict[str, Any] = {"preset": pr.to_dict(), "labeled_ids": stack_ids["labeled"]}
         if instances:
             extra_config["task"] = task
+        if multiclass:
+            from .base.task import make_task
+
+            extra_config.update(make_task("multiclass", classes).model_config())
         save_bundle(bundle, model_out, extra=extra_config, metrics=test)
         result["model"] = str(model_out)
     result["seconds"] = time.perf_counter() - t0
     prov["wall_seconds"] = result["seconds"]  # the whole run: training and evaluation
     prov["train_seconds"] = train_seconds
     return result
+
+
+def check_class_maps(folder: DatasetFolder, ids: Iterable[str], class_names: list[str]) -> None:
+    """Refuse a multiclass dataset whose masks (read as class maps, not binarised) hold a value outside
+    ``0..K-1`` for the K classes named, naming the first such mask, its values and what to do.
+
+    Raises:
+        ConfigError: A mask with a value the classes do not cover (a 0/255 mask, object ids...).
+    """
+    k = len(class_names)
+    for i in ids:
+        if not folder.has_mask(i):
+            continue
+        values = np.unique(folder.load_mask(i, binary=False))
+        bad = values[(values < 0) | (values >= k)]
+        if bad.size:
+            shown = ", ".join(str(int(v)) for v in values[:8]) + (" …" if values.size > 8 else "")
+            raise ConfigError(
+                f"mask of {i!r} in {folder.root} holds the value {int(bad.max())} (its values: {shown}) but "
+                f"--classes names {k} classes ({', '.join(class_names)}: values 0..{k - 1}); a multiclass "
+                "dataset's masks hold class indices. Name every class in --classes (background first), or "
+                "map the mask values to class indices"
+            )
+
+
+def per_class_scores(
+    test: Mapping[str, Any],
+    preds: list[np.ndarray],
+    masks: list[np.ndarray],
+    regions: list[np.ndarray | None],
+    class_names: list[str],
+) -> dict[str, Any]:
+    """A multiclass run's per-class Dice on the test images: ``dice_per_class`` (class name → mean over the
+    images where the class occurs in the prediction or the truth; NaN where it occurs in none),
+    ``dice_class_mean`` (the mean of the finite ones) and each ``per_image`` row's ``dice_per_class``."""
+    k = len(class_names)
+    rows = []
+    for pred, y, region in zip(preds, masks, regions, strict=True):
+        truth = y if region is None else y * region  # the prediction is already cut to the region
+        rows.append(dice_per_class(pred, truth, k))
+    means = mean_per_class(rows)
+    finite = [d for d in means if math.isfinite(d)]
+    per_image = [
+        {**row, "dice_per_class": dict(zip(class_names[1:], r, strict=True))}
+        for row, r in zip(test["per_image"], rows, strict=True)
+    ]
+    return {
+        "dice_per_class": dict(zip(class_names[1:], means, strict=True)),
+        "dice_class_mean": float(np.mean(finite)) if finite else math.nan,
+        "per_image": per_image,
+    }
 
 
 def write_json(path: str | Path, obj: dict) -> None:

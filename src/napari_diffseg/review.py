@@ -12,21 +12,26 @@ Every function here runs in a worker thread; the widgets only call them and disp
 Results are plain dicts (``{"kind": "annotation" | "proposal" | "missing", "image_id", "model_id",
 "mask", "edit", "uncertainty", "limits", "base_version", ...}``) whose arrays are already as the napari
 layers take them; the records in them are the client's typed models (:mod:`napari_diffseg.base.contracts`).
+``"task"`` is the project's :class:`ShownTask`: in an instance project ``"mask"`` holds the proposal as
+objects (``part=instances``: one id per object, as napari's Labels layer paints them), in a multiclass
+project class values with the classes' names and colours.
 No Qt, no napari (tests/test_import_isolation.py checks it).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from napari_diffseg._layers import to_display
 from napari_diffseg.backend.errors import BackendError
-from napari_diffseg.base.contracts import TRAINING_KINDS, EventData, Image, Job
+from napari_diffseg.base.contracts import TRAINING_KINDS, EventData, Image, Job, TaskClass
 from napari_diffseg.base.cost import Plan, format_seconds
 from napari_diffseg.base.uncertainty import DEFAULT_THRESHOLD, SCALE, summarize_map
 
@@ -36,6 +41,7 @@ __all__ = [
     "LOSS_GROUPS",
     "PARTS",
     "JobHistory",
+    "ShownTask",
     "active_model_id",
     "annotated_planes",
     "cost_text",
@@ -43,7 +49,9 @@ __all__ = [
     "first_proposal_plan",
     "load_for_image",
     "loss_name",
+    "object_edits_text",
     "prepared",
+    "project_task",
     "proposal_or_request",
     "proposal_parts",
     "reject_and_next",
@@ -58,6 +66,57 @@ FETCH_POOL = ThreadPoolExecutor(max_workers=6, thread_name_prefix="diffseg-fetch
 PARTS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="diffseg-parts")  # leaf requests only
 
 
+@dataclass(frozen=True)
+class ShownTask:
+    """What the annotate widget needs of a project's task to draw its Labels layer: the kind (``binary``,
+    ``multiclass``, ``instances``) and the classes as ``(value, name, colour)``, background (0) first, from
+    ``GET /project``."""
+
+    kind: str = "binary"
+    classes: tuple[tuple[int, str, str], ...] = ()
+
+    @classmethod
+    def of(cls, kind: str, classes: Sequence[TaskClass]) -> ShownTask:
+        return cls(kind, tuple((int(c.value), str(c.name), str(c.colour)) for c in classes))
+
+    @property
+    def mask_part(self) -> str:
+        """The proposal part the Labels layer shows: ``instances`` (one id per object) in an instance
+        project, else ``mask`` (class values)."""
+        return "instances" if self.kind == "instances" else "mask"
+
+
+_TASKS: weakref.WeakKeyDictionary[Any, ShownTask] = weakref.WeakKeyDictionary()
+
+
+def project_task(client: Any) -> ShownTask:
+    """Worker: the task of the project ``client`` talks to (asked once per client: a project's task is fixed
+    when it is created). A client without ``project()`` (a stand-in in tests) or an older backend: binary."""
+    try:
+        return _TASKS[client]
+    except (KeyError, TypeError):
+        pass
+    ask = getattr(client, "project", None)
+    if ask is None:
+        task = ShownTask()
+    else:
+        info = ask()
+        task = ShownTask.of(info.task, info.classes)
+    try:
+        _TASKS[client] = task
+    except TypeError:  # a client that cannot be weakly referenced: asked again next time
+        pass
+    return task
+
+
+def object_edits_text(added: int | None, removed: int | None, changed: int | None) -> str:
+    """``objects: 1 added, 0 removed, 2 changed`` (an instance project's edit cost in objects); "" when
+    the annotation has none (no proposal, or a binary / multiclass project)."""
+    if added is None and removed is None and changed is None:
+        return ""
+    return f"objects: {added or 0} added, {removed or 0} removed, {changed or 0} changed"
+
+
 def active_model_id(client: Any) -> str | None:
     """Worker: the id of the backend's active model (None before there is one)."""
     return next((m.id for m in client.models() if m.active), None)
@@ -65,7 +124,8 @@ def active_model_id(client: Any) -> str | None:
 
 def proposal_parts(client: Any, image_id: str, model_id: str | None) -> dict[str, Any] | None:
     """Worker: the record, mask and uncertainty of the latest proposal of ``model_id`` (None: of any model)
-    for ``image_id``, requested at the same time; None when there is none."""
+    for ``image_id``, requested at the same time; None when there is none. In an instance project the mask
+    is the proposal's objects (``part=instances``), each its own id."""
     if model_id is None:
         record = client.proposal(image_id)
         if record is None:
@@ -73,9 +133,10 @@ def proposal_parts(client: Any, image_id: str, model_id: str | None) -> dict[str
         model_id = record.model_id
     else:
         record = None
+    task = project_task(client)
     parts = {
         part: PARTS.submit(client.proposal_pixels, image_id, part, model_id=model_id)
-        for part in ("mask", "uncertainty")
+        for part in (task.mask_part, "uncertainty")
     }
     try:
         if record is None:
@@ -96,8 +157,9 @@ def proposal_parts(client: Any, image_id: str, model_id: str | None) -> dict[str
             "image_id": image_id,
             "proposal": record,
             "model_id": record.model_id,
-            "mask": pixels["mask"],
+            "mask": pixels[task.mask_part],
             "uncertainty": pixels["uncertainty"],
+            "task": task,
         }
     )
 
@@ -203,6 +265,7 @@ def load_for_image(
                 "mask": mask,
                 "uncertainty": uncertainty,
                 "planes": planes,
+                "task": project_task(client),
             }
         )
     found = proposal_parts(client, image_id, model_id)

@@ -39,6 +39,16 @@ it replaces when that is what the layer holds. The other planes still hold the u
 stay unlabelled for training. A switch between a 2D image and a stack reuses the same layers (napari
 changes a layer's dimensions with its data).
 
+**The project's task** decides what the Labels layer holds (:class:`~napari_diffseg.review.ShownTask`, asked
+once per connection): a binary project's proposal in one colour as above; a **multiclass** project's class
+values in the project's class colours, with a line naming each value's class; an **instance** project's
+proposal as objects (``part=instances``): each object its own id and colour (napari's own label colours),
+corrected in napari's natural way: paint a new object with a fresh id (the layer's selected label is one
+when a proposal opens and after each save; *New object* or napari's M key picks another), erase, fill,
+merge (fill one object with another's id) or split (paint part of one with a fresh id). A save sends the
+ids as they are; the backend turns them into the training target, and the saved line gives the edit cost
+in objects (added, removed, changed) beside the pixels.
+
 What is fetched, and the propose job followed, is the Qt-free :mod:`napari_diffseg.review`: this module
 calls it in worker threads and displays what it returns.
 
@@ -71,8 +81,10 @@ from napari_diffseg.backend.errors import BackendError, StaleAnnotation
 from napari_diffseg.base.contracts import Image, Job, SavedAnnotation
 from napari_diffseg.base.uncertainty import DEFAULT_THRESHOLD, LEGEND, SCALE, probability_band, summarize_map
 from napari_diffseg.review import (
+    ShownTask,
     annotated_planes,
     load_for_image,
+    object_edits_text,
     prepared,
     proposal_or_request,
     reject_and_next,
@@ -86,7 +98,10 @@ __all__ = [
     "SAVE_KEY",
     "AnnotateWidget",
     "ask_unsaved",
+    "fresh_label",
     "label_colormap",
+    "task_colormap",
+    "task_legend",
     "uncertainty_colormap",
     "uncertainty_limits",
 ]
@@ -115,6 +130,49 @@ def label_colormap() -> Any:
     for i, color in enumerate(_OTHER_LABELS, start=2):
         colors[i] = color
     return DirectLabelColormap(color_dict=colors)
+
+
+def task_colormap(task: ShownTask) -> Any:
+    """The Labels layer's colours for a project's task: an instance project's objects in napari's own
+    label colours (each id its own, cycling); a multiclass project's classes in the project's colours (0
+    transparent); a binary project's :func:`label_colormap`."""
+    if task.kind == "instances":
+        from napari.utils.colormaps import label_colormap as napari_label_colormap
+
+        return napari_label_colormap(49)
+    if task.kind == "multiclass" and task.classes:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        colors: dict[int | None, str] = {None: "#ff8c00", 0: "transparent"}
+        for value, _name, colour in task.classes:
+            if value > 0:
+                colors[value] = colour
+        return DirectLabelColormap(color_dict=colors)
+    return label_colormap()
+
+
+def task_legend(task: ShownTask) -> str:
+    """The line under the status saying what the Labels layer's values are ("" for a binary project)."""
+    if task.kind == "multiclass":
+        names = " · ".join(
+            f"<span style='color:{colour}'>■</span> {value} {name}"
+            for value, name, colour in task.classes
+            if value > 0
+        )
+        return f"<b>Classes</b> (label value → class; 0 erases): {names}"
+    if task.kind == "instances":
+        return (
+            "<b>Objects</b>: each object its own label id and colour. Paint a new object with a fresh id "
+            "(<i>New object</i>, or napari's M key); erase with label 0; fill; merge: fill one object with "
+            "another's id; split: paint part of one with a fresh id. Save sends the ids as they are."
+        )
+    return ""
+
+
+def fresh_label(data: Any) -> int:
+    """An id no object of ``data`` uses: the largest plus one (1 for an empty layer)."""
+    values = np.asarray(data)
+    return int(values.max()) + 1 if values.size else 1
 
 
 def uncertainty_colormap(threshold: float = DEFAULT_THRESHOLD) -> Any:
@@ -206,12 +264,22 @@ class AnnotateWidget(QWidget):
         self._waiting_for_model = False  # no proposal was shown for want of a model: show one when it comes
         self._shown_unc: np.ndarray | None = None
         self._annotated: list[int] = []  # a z-stack: the planes the version in the Labels layer annotates
+        self.task = ShownTask()  # the project's task as the Labels layer shows it
+        self._layer_task: ShownTask | None = None  # the task whose colours the Labels layer has
 
         self.current = QLabel("no image: open one in the DiffSeg project widget (Next image)")
         self.current.setWordWrap(True)
         self.current.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
         self.current.setMinimumHeight(2 * self.current.fontMetrics().lineSpacing() + 4)  # two lines
         low, high = probability_band(DEFAULT_THRESHOLD)
+        self.classes_legend = QLabel("")
+        self.classes_legend.setWordWrap(True)
+        self.classes_legend.setVisible(False)
+        self.new_object_button = QPushButton("New object (fresh label id)")
+        self.new_object_button.setToolTip(
+            "Select an id no object uses yet and the paint brush: the next strokes paint a new object"
+        )
+        self.new_object_button.setVisible(False)
         self.legend = QLabel(f"<b>Uncertainty</b> (0–1 bit): {LEGEND}")
         self.legend.setWordWrap(True)
         self.legend.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
@@ -258,6 +326,8 @@ class AnnotateWidget(QWidget):
         threshold_row.addStretch(1)
         layout = QVBoxLayout(self)
         layout.addWidget(self.current)
+        layout.addWidget(self.classes_legend)
+        layout.addWidget(self.new_object_button)
         layout.addWidget(self.load_button)
         layout.addLayout(buttons)
         layout.addLayout(review)
@@ -267,6 +337,7 @@ class AnnotateWidget(QWidget):
         layout.addStretch(1)
 
         self.load_button.clicked.connect(self.load_proposal)
+        self.new_object_button.clicked.connect(self.new_object)
         self.save_button.clicked.connect(self.save)
         self.revert_button.clicked.connect(self.revert)
         self.reject_button.clicked.connect(self.reject)
@@ -561,7 +632,8 @@ class AnnotateWidget(QWidget):
             labels.metadata = meta
         else:
             labels = self.labels = self.viewer.add_labels(result["edit"], opacity=0.5, metadata=meta)
-            labels.colormap = label_colormap()
+            self._layer_task = None
+        self._apply_task(labels, result.get("task") or ShownTask())
         labels.name = title
         self.viewer.layers.selection.active = labels
         planes = stack_planes(image) if image is not None else None
@@ -578,6 +650,33 @@ class AnnotateWidget(QWidget):
                 "on show"
             )
         self.current.setToolTip("")
+
+    def _apply_task(self, labels: Any, task: ShownTask) -> None:
+        """Colour the Labels layer for the project's task (only when it changed), say what its values are,
+        and in an instance project select a fresh id (a stroke paints a new object)."""
+        self.task = task
+        if self._layer_task != task:
+            labels.colormap = task_colormap(task)
+            self._layer_task = task
+        legend = task_legend(task)
+        self.classes_legend.setText(legend)
+        self.classes_legend.setVisible(bool(legend))
+        self.new_object_button.setVisible(task.kind == "instances")
+        if task.kind == "instances":
+            labels.selected_label = fresh_label(labels.data)
+        elif task.kind == "multiclass" and not 0 < labels.selected_label < len(task.classes):
+            labels.selected_label = 1
+
+    def new_object(self) -> None:
+        """Select an id no object uses and the paint brush (an instance project): the next strokes paint a
+        new object."""
+        labels = self.labels
+        if labels is None or labels not in self.viewer.layers:
+            show_warning("Open an image with its proposal first.")
+            return
+        labels.selected_label = fresh_label(labels.data)
+        labels.mode = "paint"
+        self.viewer.layers.selection.active = labels
 
     def _set_uncertainty(
         self, name: str, unc: np.ndarray | None, limits: tuple[float, float] | None, meta: dict[str, Any]
@@ -694,13 +793,19 @@ class AnnotateWidget(QWidget):
             self._annotated = [int(z) for z in ann.planes or []]
             if self.labels is not None and self.labels in self.viewer.layers:
                 self.labels.name = f"{name} annotation"  # what the layer now holds
+                if self.task.kind == "instances" and np.any(mask == self.labels.selected_label):
+                    self.labels.selected_label = fresh_label(mask)  # the next stroke: a new object
         if self._saving is mask:
             self._saving = None
-        edit = ""
+        cost = []
         if ann.edit_dice is not None:
-            edit = (
-                f" (edit Dice {ann.edit_dice:.3f} against the proposal, {ann.pixels_changed} pixels changed)"
+            cost.append(
+                f"edit Dice {ann.edit_dice:.3f} against the proposal, {ann.pixels_changed} pixels changed"
             )
+        objects = object_edits_text(ann.objects_added, ann.objects_removed, ann.objects_changed)
+        if objects:  # an instance project: the cost in objects beside the pixels
+            cost.append(objects)
+        edit = f" ({'; '.join(cost)})" if cost else ""
         if ann.planes is not None:
             edit += f"; annotated planes {_planes_text(ann.planes)}"
         show_info(f"Saved {name}: annotation version {version}{edit}.")

@@ -108,11 +108,22 @@ def images_in(folder: Path) -> list[Path]:
         return []
 
 
-def _create_and_start(folder: Path, create: bool) -> tuple[subprocess.Popen[bytes], str]:
-    """Worker: create the project (if asked), then start its local backend."""
+def _create_and_start(
+    folder: Path, create: bool, task: str = "binary", classes: str | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Worker: create the project (if asked) for ``task`` (``classes``: a multiclass project's class names,
+    background first), then start its local backend."""
     if create:
-        create_project(folder)
+        create_project(folder, task, classes if task == "multiclass" else None)
     return start_local_backend(folder)
+
+
+TASK_CHOICES: tuple[tuple[str, str], ...] = (
+    ("binary (one foreground)", "binary"),
+    ("multiclass (named classes)", "multiclass"),
+    ("instances (one id per object)", "instances"),
+)
+"""The Project widget's task choices for a new project: (label, task)."""
 
 
 @dataclass
@@ -302,6 +313,20 @@ def _cell(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
+def _edit_cell(rec: Image) -> str:
+    """The last edit Dice, and in an instance project the objects added / removed / changed beside it
+    (``0.912 · +1 −0 ~2 objects``)."""
+    text = _cell(rec.last_edit_dice)
+    if (
+        rec.last_objects_added is None
+        and rec.last_objects_removed is None
+        and rec.last_objects_changed is None
+    ):
+        return text
+    objects = f"+{rec.last_objects_added or 0} −{rec.last_objects_removed or 0} ~{rec.last_objects_changed or 0} objects"
+    return f"{text} · {objects}" if text else objects
+
+
 class ProjectWidget(QWidget):
     """Open or create a project (its local backend starts by itself), or connect to a backend by URL and
     token; import image layers or files; browse the images and open one for review."""
@@ -324,6 +349,22 @@ class ProjectWidget(QWidget):
             "Open the project in this folder (or create one in a new or empty folder) and start a local "
             "backend for it on 127.0.0.1"
         )
+        self.task = QComboBox()
+        for label, kind in TASK_CHOICES:
+            self.task.addItem(label, kind)
+        self.task.setToolTip(
+            "The task of a project created here (fixed once created).\n"
+            "binary: one foreground class (0 = background).\n"
+            "multiclass: named classes (tissue maps); give their names, background first.\n"
+            "instances: each object (cell, nucleus, gland) its own label id, to count and measure them."
+        )
+        self.classes = QLineEdit()
+        self.classes.setPlaceholderText("class names, background first: background,tumour,stroma")
+        self.classes.setToolTip(
+            "A multiclass project's classes, comma-separated, background (value 0) first; a colour may follow "
+            "a name: tumour:#ff0000"
+        )
+        self.classes.setEnabled(False)
         self.url = QLineEdit(DEFAULT_URL)
         self.token = QLineEdit()
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
@@ -385,6 +426,11 @@ class ProjectWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("<b>Local project</b>"))
         layout.addLayout(folder_row)
+        task_row = QHBoxLayout()
+        task_row.addWidget(QLabel("new project's task"))
+        task_row.addWidget(self.task)
+        layout.addLayout(task_row)
+        layout.addWidget(self.classes)
         layout.addWidget(self.start_button)
         layout.addWidget(QLabel("<b>or a running backend</b>"))
         layout.addLayout(form)
@@ -397,6 +443,7 @@ class ProjectWidget(QWidget):
         self.connect_button.clicked.connect(self._on_connect)
         self.browse_button.clicked.connect(self._on_browse)
         self.start_button.clicked.connect(self._on_open_project)
+        self.task.currentIndexChanged.connect(self._on_task)
         self.import_layers_button.clicked.connect(self.import_selected_layers)
         self.import_files_button.clicked.connect(lambda: self.import_files())
         self.refresh_button.clicked.connect(self.refresh)
@@ -457,9 +504,22 @@ class ProjectWidget(QWidget):
         elif ask_create(self, path):
             self.start_local(path, create=True)
 
+    def set_task(self, task: str, classes: str = "") -> None:
+        """Choose the task of the next project created here (``binary``, ``multiclass`` with ``classes``,
+        the class names background first, or ``instances``)."""
+        index = self.task.findData(task)
+        if index < 0:
+            raise ValueError(f"unknown task {task!r}; choose one of {[k for _l, k in TASK_CHOICES]}")
+        self.task.setCurrentIndex(index)
+        self.classes.setText(classes)
+
+    def _on_task(self, _index: int) -> None:
+        self.classes.setEnabled(self.task.currentData() == "multiclass")
+
     def start_local(self, folder: str | os.PathLike[str], create: bool = False) -> None:
         """Start ``diffseg serve FOLDER`` on a free loopback port and connect to it; with ``create`` the
-        project is created first (in a worker thread, like the start)."""
+        project is created first (in a worker thread, like the start), for the task chosen in the widget
+        (:meth:`set_task`)."""
         path = Path(folder).expanduser()
         if not create and not (path / "project.db").is_file():
             self._failed(
@@ -470,14 +530,25 @@ class ProjectWidget(QWidget):
                 )
             )
             return
+        task = str(self.task.currentData() or "binary")
+        classes = self.classes.text().strip() or None
+        if create and task == "multiclass" and not classes:
+            self.status.setText("not created: name the classes first")
+            show_warning(
+                "A multiclass project needs its class names, background first (background,tumour,stroma): "
+                "enter them under the task, then open the folder again."
+            )
+            return
         self.session.stop_server()
-        verb = "creating a project and starting" if create else "starting"
+        verb = f"creating a {task} project and starting" if create else "starting"
         self.status.setText(f"{verb} a backend for {path}…")
         self.start_button.setEnabled(False)
         run_in_thread(
             _create_and_start,
             path,
             create,
+            task,
+            classes,
             on_done=self._on_local_started,
             on_error=self._failed,
             on_finish=lambda: self.start_button.setEnabled(True),
@@ -608,7 +679,7 @@ class ProjectWidget(QWidget):
                 rec.name,
                 rec.state,
                 _cell(rec.uncertainty),
-                _cell(rec.last_edit_dice),
+                _edit_cell(rec),
                 rec.split,
             )
             for col, text in enumerate(cells):
