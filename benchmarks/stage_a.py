@@ -31,6 +31,15 @@ VARIANTS: dict[str, dict] = {
     "hinge": {"pretrain_min_class_share": 0.02},
     "highnoise": {"pretrain_t_min_frac": 0.5},
     "both": {"pretrain_min_class_share": 0.02, "pretrain_t_min_frac": 0.5},
+    # the image pathway predicts the clean image (x0), not the noise: the mask must carry the image
+    "x0": {"pretrain_predict_x0": True},
+    "x0hinge": {"pretrain_predict_x0": True, "pretrain_min_class_share": 0.05},
+    # x0 + the within-class variance of the image under the mask (its minimum: a K-means split), a hinge
+    "x0kmeans": {
+        "pretrain_predict_x0": True,
+        "pretrain_class_var_weight": 1.0,
+        "pretrain_min_class_share": 0.05,
+    },
 }
 
 

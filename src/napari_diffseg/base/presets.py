@@ -48,6 +48,7 @@ PRESET_RANGES: dict[str, Range] = {
     "pretrain_pixel_entropy_weight": Range(0, _WEIGHT, doc="loss weight"),
     "pretrain_t_min_frac": Range(0, 1, doc="a fraction of the diffusion steps"),
     "pretrain_min_class_share": Range(0, 1, doc="a share of the pixels"),
+    "pretrain_class_var_weight": Range(0, _WEIGHT, doc="loss weight"),
     "teacher_steps": Range(0, _STEPS, doc="Stage B steps"),
     "recycle_prob": Range(0, 1, doc="a probability"),
     "cotrain_steps": Range(0, _STEPS, doc="Stage C or baseline steps"),
@@ -124,6 +125,8 @@ class Preset:
     # class above that share of the pixels (a hinge) instead of pushing the split towards 50/50.
     pretrain_t_min_frac: float = 0.0
     pretrain_min_class_share: float = 0.0
+    pretrain_predict_x0: bool = False
+    pretrain_class_var_weight: float = 0.0
     # Stage B: the teacher as a mask diffusion model on labeled images (warm-up before co-training).
     teacher_steps: int = 300
     recycle_prob: float = 0.5  # share of teacher samples that start from its own estimate (refinement)

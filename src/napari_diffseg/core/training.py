@@ -353,6 +353,20 @@ def _uniform(n_items: int, n: int, gen: torch.Generator) -> list[int]:
 # ------------------------------------------------------------------------------------------------
 # Stage A: unsupervised cycle pretraining
 # ------------------------------------------------------------------------------------------------
+def class_variance(x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Expected within-class variance of image ``x`` (B, C, H, W) under the soft mask ``probs``
+    (B, K, H, W): sum_k p_k |x - mu_k|^2 averaged over pixels and channels, with mu_k the p_k-weighted
+    mean of each image. The image explained by the mask alone (one colour per class): its minimum over
+    hard masks is the K-means split of the image, and for fixed means it is linear in p, so it is
+    minimal at hard masks (no soft code for intensity can lower it)."""
+    w = probs.float()
+    xf = x.float()
+    mass = w.sum(dim=(2, 3)).clamp_min(1e-6)  # (B, K)
+    mu = torch.einsum("bkhw,bchw->bkc", w, xf) / mass[..., None]  # (B, K, C)
+    d2 = (xf[:, None] - mu[..., None, None]).pow(2).mean(dim=2)  # (B, K, H, W)
+    return (w * d2).sum(dim=1).mean()
+
+
 def pretrain_teacher(
     bundle: ModelBundle,
     images: Sequence[torch.Tensor],
@@ -398,8 +412,10 @@ def pretrain_teacher(
             logits = f(m_T, x, torch.full((b,), diff.T - 1, device=device, dtype=torch.long))
             probs = torch.softmax(logits.float() / preset.pretrain_tau, dim=1)
             x_t = diff.q_sample(x, t, eps)
-            eps_hat = g(x_t, probs, t.to(device))
-        rec = F.mse_loss(eps_hat.float(), eps)
+            out = g(x_t, probs, t.to(device))
+        # x0: the image itself, which at high t only the mask can tell; eps: the noise (the old target,
+        # whose optimum barely depends on the image, and so on the mask, once x_t is mostly noise)
+        rec = F.mse_loss(out.float(), x if preset.pretrain_predict_x0 else eps)
         share = probs.mean(dim=(0, 2, 3))
         if min_share > 0:  # only stop a class from vanishing: the split itself is learned
             marginal = F.relu(min_share - share).sum() / min_share
@@ -408,6 +424,10 @@ def pretrain_teacher(
         pixel = normalized_entropy(probs).mean()
         loss = rec + preset.pretrain_marginal_weight * marginal + preset.pretrain_pixel_entropy_weight * pixel
         terms = {"loss": loss, "reconstruction": rec, "marginal": marginal, "pixel_entropy": pixel}
+        if preset.pretrain_class_var_weight > 0:
+            cvar = class_variance(x, probs)
+            terms["class_variance"] = cvar
+            terms["loss"] = loss = loss + preset.pretrain_class_var_weight * cvar
         opt.zero_grad(set_to_none=True)
         loss.backward()
         _check_step("pretrain", step + 1, loop.total, preset, terms, loop.parameters())
