@@ -232,7 +232,9 @@ class _PeakPoller:
         return max((_mib(kib) for r, kib in self.peaks.values() if r == role), default=float("nan"))
 
 
-def bench_fov(slide: Path, model: Path, root: Path, fov: int, threads: int, steps: int | None) -> dict:
+def bench_fov(
+    slide: Path, model: Path, root: Path, fov: int, threads: int, steps: int | None, timeout: float
+) -> dict:
     import shutil
 
     from napari_diffseg.backend.client import DiffsegClient
@@ -258,7 +260,7 @@ def bench_fov(slide: Path, model: Path, root: Path, fov: int, threads: int, step
             out["upload_s"] = round(time.perf_counter() - t0, 2)
             t0 = time.perf_counter()
             job = client.request_proposals([up.image.id], steps=steps)
-            done = client.wait(job.id, timeout=3600)
+            done = client.wait(job.id, timeout=timeout)
             out["propose_s"] = round(time.perf_counter() - t0, 1)
             if done.state != "done":
                 raise SystemExit(f"the propose job ended {done.state}: {done.error}")
@@ -306,6 +308,9 @@ def main() -> None:
     ap.add_argument(
         "--steps", type=int, default=None, help="DDIM steps of the proposal (default: the preset's)"
     )
+    ap.add_argument(
+        "--timeout", type=float, default=4 * 3600, help="seconds to wait for the proposal job (default 4 h)"
+    )
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "diffseg-large-ome-zarr")
     ap.add_argument("--modes", default="copy,into_source", help="predict runs: copy, into_source or both")
     ap.add_argument("--skip-predict", action="store_true")
@@ -334,7 +339,9 @@ def main() -> None:
             slide, model, args.cache / "out", args.threads, args.modes.split(",")
         )
     if not args.skip_fov:
-        result["fov_proposal"] = bench_fov(slide, model, args.cache, args.fov, args.threads, args.steps)
+        result["fov_proposal"] = bench_fov(
+            slide, model, args.cache, args.fov, args.threads, args.steps, args.timeout
+        )
     result["machine"]["load_avg_at_end"] = os.getloadavg()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
