@@ -187,14 +187,24 @@ def bench_predict(slide: Path, model: Path, out: Path, threads: int, modes: list
 class _PeakPoller:
     """Peak resident memory (VmHWM) of a process and all its descendants, polled from /proc."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, worker_of: Path | None = None) -> None:
         self.pid = pid
+        self.worker_of = None if worker_of is None else str(worker_of).encode()
         self.peaks: dict[int, tuple[str, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _tree(self) -> list[int]:
-        out, todo = [], [self.pid]
+        # the project's job worker, wherever it hangs in the process tree, is recognised by its command line
+        workers = []
+        for status in Path("/proc").glob("[0-9]*/cmdline") if self.worker_of else []:
+            try:
+                cmd = status.read_bytes()
+                if b"napari_diffseg.backend.worker" in cmd and self.worker_of in cmd:
+                    workers.append(int(status.parent.name))
+            except (OSError, ValueError):
+                pass
+        out, todo = workers, [self.pid]
         while todo:
             pid = todo.pop()
             out.append(pid)
@@ -251,7 +261,7 @@ def bench_fov(
     proc, url = start_local_backend(proj, threads=threads)
     out: dict = {"fov": fov, "at": [y0, x0]}
     try:
-        with _PeakPoller(proc.pid) as poller, DiffsegClient(url, timeout=600) as client:
+        with _PeakPoller(proc.pid, worker_of=proj) as poller, DiffsegClient(url, timeout=600) as client:
             t0 = time.perf_counter()
             region = img.read(y0, y0 + fov, x0, x0 + fov)
             out["read_s"] = round(time.perf_counter() - t0, 2)
