@@ -26,15 +26,19 @@ from napari_diffseg.data.dataset import DatasetFolder
 from napari_diffseg.experiment import dataset_channels, label_free_report, load_images, provenance
 
 HERE = Path(__file__).resolve().parent
+# The preset's default Stage A (noise target, 50/50 class prior), pinned so that the JSONs stay
+# comparable whatever the defaults become.
+OLD = {"pretrain_predict_x0": False, "pretrain_class_var_weight": 0.0, "pretrain_min_class_share": 0.0}
 VARIANTS: dict[str, dict] = {
-    "current": {},
-    "hinge": {"pretrain_min_class_share": 0.02},
-    "highnoise": {"pretrain_t_min_frac": 0.5},
-    "both": {"pretrain_min_class_share": 0.02, "pretrain_t_min_frac": 0.5},
+    "current": OLD,
+    "hinge": {**OLD, "pretrain_min_class_share": 0.02},
+    "highnoise": {**OLD, "pretrain_t_min_frac": 0.5},
+    "both": {**OLD, "pretrain_min_class_share": 0.02, "pretrain_t_min_frac": 0.5},
     # the image pathway predicts the clean image (x0), not the noise: the mask must carry the image
-    "x0": {"pretrain_predict_x0": True},
-    "x0hinge": {"pretrain_predict_x0": True, "pretrain_min_class_share": 0.05},
-    # x0 + the within-class variance of the image under the mask (its minimum: a K-means split), a hinge
+    "x0": {**OLD, "pretrain_predict_x0": True},
+    "x0hinge": {**OLD, "pretrain_predict_x0": True, "pretrain_min_class_share": 0.05},
+    # x0 + the within-class variance of the image under the mask (minimal at a K-means split) + a hinge
+    # class prior: issue 14's redesign (opt-in)
     "x0kmeans": {
         "pretrain_predict_x0": True,
         "pretrain_class_var_weight": 1.0,

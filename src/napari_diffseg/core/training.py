@@ -377,7 +377,13 @@ def pretrain_teacher(
     cancel: CancelToken | None = None,
     checkpoint: str | Path | None = None,
 ) -> Iterator[Event]:
-    """Stage A: the mask pathway's one-step mask must help the image pathway denoise the image."""
+    """Stage A: the mask pathway's one-step mask must help the image pathway reconstruct the image.
+
+    The image pathway predicts the clean image from the noised one and the mask (``pretrain_predict_x0``;
+    else the noise, the design before issue 14, which hardly needs the mask), the within-class variance
+    of the image under the mask is added (``pretrain_class_var_weight``), and the class prior is a hinge
+    on a minimum share (``pretrain_min_class_share``; 0: the pull towards equal shares).
+    """
     if not images:
         raise ConfigError("pretraining needs at least one image")
     f, g = bundle.nets["teacher_mask"], bundle.nets["teacher_image"]
