@@ -666,7 +666,8 @@ def import_(
 
     Axes come from the file (ImageJ and OME-TIFF metadata, every OME series as its own image STEM-sN); a
     time-lapse becomes one image per time point (STEM-t000, ...); where a plain file is ambiguous the
-    assumption is printed and --axes overrides it. Z-stacks are not yet supported for training.
+    assumption is printed and --axes overrides it. A z-stack is one 3D image (its mask a (Z, Y, X) TIFF);
+    jobs train and propose on its planes.
 
     OME-Zarr images are read lazily: only the chosen level (default: full resolution) or --region of it is
     read, and it must fit a project image; `diffseg predict` segments a whole slide tile by tile.
