@@ -162,9 +162,9 @@ def task_legend(task: ShownTask) -> str:
         return f"<b>Classes</b> (label value → class; 0 erases): {names}"
     if task.kind == "instances":
         return (
-            "<b>Objects</b>: each object its own label id and colour. Paint a new object with a fresh id "
-            "(<i>New object</i>, or napari's M key); erase with label 0; fill; merge: fill one object with "
-            "another's id; split: paint part of one with a fresh id. Save sends the ids as they are."
+            "<b>Objects</b>: one label id and colour each. A fresh id paints a new object (<i>New object</i> "
+            "or M); label 0 erases; merge: fill one object with another's id; split: paint part of one with a "
+            "fresh id. Save sends the ids as painted."
         )
     return ""
 
@@ -274,6 +274,8 @@ class AnnotateWidget(QWidget):
         low, high = probability_band(DEFAULT_THRESHOLD)
         self.classes_legend = QLabel("")
         self.classes_legend.setWordWrap(True)
+        self.classes_legend.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+        self.classes_legend.setMinimumHeight(3 * self.classes_legend.fontMetrics().lineSpacing() + 2)
         self.classes_legend.setVisible(False)
         self.new_object_button = QPushButton("New object (fresh label id)")
         self.new_object_button.setToolTip(
