@@ -126,6 +126,9 @@ def main() -> None:
         help="preset fields to change, JSON (e.g. '{\"cotrain_steps\": 200}'); default: the preset as it is",
     )
     parser.add_argument("--name", default="cho_zstack")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="the uncertainty colour threshold, bit (default: 0.5)"
+    )
     parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "screenshots")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -162,6 +165,8 @@ def main() -> None:
                 )
 
             wait_until(shown, 300)
+            if args.threshold is not None:  # what the annotator sets in the box under the legend
+                annotate.threshold.setValue(args.threshold)
             image = session.image
             viewer.reset_view()
             settle(1.5)
