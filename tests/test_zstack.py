@@ -209,6 +209,9 @@ def test_a_stack_costs_its_planes() -> None:
     one = job_plan("propose", "cpu", [flat]).seconds - job_plan("propose", "cpu", []).seconds
     five = job_plan("propose", "cpu", [stack]).seconds - job_plan("propose", "cpu", []).seconds
     assert five == pytest.approx(5 * one)
+    # the estimate's text says what the cost follows: "1 image(s) of 512×443 (5 planes)"
+    assert job_plan("propose", "cpu", [stack]).sizes == "512×443 (5 planes)"
+    assert job_plan("propose", "cpu", [flat]).sizes == "512×443"
 
 
 def test_a_v3_project_opens_with_its_2d_records_as_they_were(tmp_path: Path) -> None:

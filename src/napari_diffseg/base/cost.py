@@ -234,16 +234,19 @@ def _multiple(preset: Preset) -> int:
 
 
 def _sizes(images: Sequence[ImageLike]) -> str:
-    """``565×584`` when every image has that size, else the range of their sides."""
+    """``565×584`` when every image has that size, else the range of their sides; ``512×443 (20 planes)``
+    when z-stacks make the planes more than the images (a job's cost follows the planes)."""
     if not images:
         return ""
+    planes = sum(_planes(im) for im in images)
+    in_planes = f" ({planes} planes)" if planes > len(images) else ""
     shapes = {(im.width, im.height) for im in images}
     if len(shapes) == 1:
         w, h = next(iter(shapes))
-        return f"{w}×{h}"
+        return f"{w}×{h}{in_planes}"
     areas = sorted(im.width * im.height for im in images)
     side = [round(math.sqrt(a)) for a in (areas[0], areas[-1])]
-    return f"{side[0]}²–{side[1]}²"
+    return f"{side[0]}²–{side[1]}²{in_planes}"
 
 
 ANNOTATED = ("corrected", "ground_truth")
