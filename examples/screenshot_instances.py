@@ -25,45 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 600.0) -> None:
-    """Run the Qt event loop until ``condition()`` holds."""
-    from qtpy.QtWidgets import QApplication
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the widgets did not get there in time")
-        QApplication.processEvents()
-        time.sleep(0.02)
-    settle()
-
-
-def settle(seconds: float = 0.5) -> None:
-    from qtpy.QtWidgets import QApplication
-
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:  # let the canvas and the docks draw
-        QApplication.processEvents()
-        time.sleep(0.01)
-
-
-def diffseg(*args: str) -> None:
-    """Run a ``diffseg`` command (this interpreter's), echoing it."""
-    cmd = [sys.executable, "-m", "napari_diffseg.cli", *args]
-    print("$ diffseg " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True)
+sys.path.insert(0, str(HERE))
+from _shots import diffseg, settle, shrink, wait_until  # noqa: E402
 
 
 def prepare(
@@ -191,20 +162,11 @@ def main() -> None:
             print(annotate.current.text(), annotate.unc_summary.text(), sep="\n", flush=True)
             path = args.out / f"{args.name}.png"
             viewer.screenshot(str(path), canvas_only=False)
-            _shrink(path)
+            shrink(path)
             print(f"screenshot {path} ({os.path.getsize(path) // 1024} KiB)", flush=True)
         finally:
             session.stop_server()
             viewer.close()
-
-
-def _shrink(path: Path) -> None:
-    """The screenshot in 256 colours (a napari window has few): a third of the size, same look."""
-    from PIL import Image as PILImage
-
-    with PILImage.open(path) as im:
-        small = im.convert("RGB").quantize(colors=256, method=PILImage.Quantize.MEDIANCUT)
-    small.save(path, optimize=True)
 
 
 if __name__ == "__main__":
