@@ -3,9 +3,11 @@ Image layer; save the correction (Shift-S) as a new annotation version, revert t
 the image. Unsaved edits are never dropped silently: before another image or proposal replaces them the
 annotator chooses Save, Discard or Cancel (:func:`ask_unsaved`).
 
-Why one module of 700+ lines: it is one QWidget class and its slots; everything that is not Qt (loading an
-image with its proposal, the uncertainty summary, next-image choice) already lives in ``review.py`` and
-``base/uncertainty.py``, so splitting further would cut one class's event handlers apart.
+Why one module of ~900 lines: one dock widget whose handlers guard the same editing state (unsaved edits,
+the image and proposal on show, stale saves, the planes of a stack, the task's labels); everything that is
+not Qt (loading an image with its proposal, the uncertainty summary, next-image choice, which planes a save
+annotates) lives in ``review.py`` and ``base/uncertainty.py``. The next split would move the task-specific
+layer set-up (instances, classes) into its own helper module.
 
 Proposals come by themselves: when an image is opened, the proposal of the **active model** is shown; when
 that model has none for the image yet, a ``propose`` job is requested for it, followed in a worker thread
@@ -51,9 +53,6 @@ in objects (added, removed, changed) beside the pixels.
 
 What is fetched, and the propose job followed, is the Qt-free :mod:`napari_diffseg.review`: this module
 calls it in worker threads and displays what it returns.
-
-Why one module of ~550 lines: one dock widget whose handlers guard the same editing state (unsaved
-edits, the image and proposal on show, stale saves); the work behind it is in :mod:`napari_diffseg.review`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The project dock widget: open or create a project (a local backend is started for it) or connect to a
 remote backend; import image layers or files; the image table; "Next image".
 
-Why one module of 600+ lines: one QWidget class and the two helpers it shares with the reader path
+Why one module of ~750 lines: one QWidget class (its task choice and import dialogs included) and the two helpers it shares with the reader path
 (``show_image``, the import dialogs); backend start-up is in ``backend/local.py``, listings in ``review.py``.
 
 A folder of images opened as a project is not refused: the widget offers a new project beside it

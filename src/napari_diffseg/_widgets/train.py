@@ -2,9 +2,10 @@
 events (progress and ETA over the whole job, a live plot of the losses grouped for people, the validation
 Dice), cancel it; the table of model versions, set the active one, export weights.
 
-Why one module of 900 lines: one QWidget class and its slots; the plot is ``_plot.py``, the job history,
-ETA, loss names and cost text are Qt-free in ``review.py``. A next split would move the model table into
-its own widget.
+Why one module of ~900 lines: one dock widget (the job form with its cost line, progress, two plots, the
+model table) whose handlers share the followed job's state; the plot is ``_plot.py``, and what is not Qt
+(the job follower, the job history, ETA, loss names, the cost text, the suggested job) is in
+:mod:`napari_diffseg.review`. A next split would move the model table into its own widget.
 
 Before a job starts the widget says what it will cost for this project (:func:`napari_diffseg.base.cost.job_plan`
 over the project's images, at the speed the last job measured on this backend); a new project starts at
@@ -14,10 +15,6 @@ Training never runs in the napari process, and no backend call runs on the Qt th
 arrive from a worker thread; :class:`JobHistory` (no Qt) turns them into what is drawn, and the view is
 refreshed at most four times a second. The job follower and :class:`JobHistory` live in
 :mod:`napari_diffseg.review`.
-
-Why one module of ~900 lines: one dock widget (the job form with its cost line, progress, two plots, the
-model table) whose handlers share the followed job's state; what is not Qt (the job follower, the job
-history, the cost text, the suggested job) is in :mod:`napari_diffseg.review`.
 """
 
 from __future__ import annotations

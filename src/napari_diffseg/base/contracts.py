@@ -1,6 +1,6 @@
 """The typed contract every process boundary shares: records, events, job states and job parameters.
 
-Why one module of 500 lines: the contract is meant to be read in one place (every record, event and
+Why one module of ~560 lines: the contract is meant to be read in one place (every record, event and
 parameter model the processes exchange); it is declarations only.
 
 One set of pydantic v2 models, used by the HTTP service (request and response bodies, so they make up
