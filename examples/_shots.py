@@ -46,3 +46,25 @@ def shrink(path: Path) -> None:
     with PILImage.open(path) as im:
         small = im.convert("RGB").quantize(colors=256, method=PILImage.Quantize.MEDIANCUT)
     small.save(path, optimize=True)
+
+
+def train_and_propose(project: Path, preset: str, overrides: dict, threads: int) -> None:
+    """One co-training round, then proposals, as jobs of a local backend started for ``project``."""
+    from napari_diffseg.backend.client import DiffsegClient
+    from napari_diffseg.backend.local import start_local_backend
+
+    proc, url = start_local_backend(project, threads=threads)
+    try:
+        with DiffsegClient(url) as client:
+            for kind, params in (
+                ("cotrain", {"preset": preset, "overrides": overrides}),
+                ("propose", {"preset": preset, "overrides": overrides}),
+            ):
+                t0 = time.monotonic()
+                job = client.wait(client.start_job(kind, params).id)
+                print(f"{kind} job {job.id}: {job.state} in {time.monotonic() - t0:.0f} s", flush=True)
+                if job.state != "done":
+                    raise SystemExit(f"the {kind} job ended {job.state}: {job.error}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

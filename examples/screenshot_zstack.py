@@ -30,14 +30,13 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data"
 sys.path.insert(0, str(HERE))
-from _shots import diffseg, settle, shrink, wait_until  # noqa: E402
+from _shots import diffseg, settle, shrink, train_and_propose, wait_until  # noqa: E402
 
 
 def prepare(
@@ -66,24 +65,7 @@ def prepare(
                 link.symlink_to((dataset / sub / f"{stem}.tif").resolve())
     diffseg("init", str(project), "--images", str(ds))
 
-    from napari_diffseg.backend.client import DiffsegClient
-    from napari_diffseg.backend.local import start_local_backend
-
-    proc, url = start_local_backend(project, threads=threads)
-    try:
-        with DiffsegClient(url) as client:
-            for kind, params in (
-                ("cotrain", {"preset": preset, "overrides": overrides}),
-                ("propose", {"preset": preset, "overrides": overrides}),
-            ):
-                t0 = time.monotonic()
-                job = client.wait(client.start_job(kind, params).id)
-                print(f"{kind} job {job.id}: {job.state} in {time.monotonic() - t0:.0f} s", flush=True)
-                if job.state != "done":
-                    raise SystemExit(f"the {kind} job ended {job.state}: {job.error}")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    train_and_propose(project, preset, overrides, threads)
     return project
 
 
