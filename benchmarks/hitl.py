@@ -67,11 +67,16 @@ LOOP_ARMS = ("uncertainty", "power", "random")  # the correct-and-co-train loop,
 
 # Per-round budget: the cpu preset with shorter stages, since every round warm-starts from the last one.
 OVERRIDES = {"teacher_steps": 200, "cotrain_steps": 300, "refresh_every": 150}
-PROPOSAL = {"steps": 5, "samples": 4}  # DDIM S=5 scores like S=10 (benchmarks/teacher_cost.py)
+PROPOSAL = {"steps": 5, "samples": 4}
+OBJECT_KEYS = (
+    "objects_added",
+    "objects_removed",
+    "objects_changed",
+)  # as the store records them  # DDIM S=5 scores like S=10 (benchmarks/teacher_cost.py)
 
 
-def _arm_path(out: Path, dataset: str, arm: str, seed: int) -> Path:
-    return out / f"{dataset}_{arm}_s{seed}.json"
+def _arm_path(out: Path, dataset: str, arm: str, seed: int, task: str = "binary") -> Path:
+    return out / f"{dataset}{'' if task == 'binary' else '_' + task}_{arm}_s{seed}.json"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,6 +111,63 @@ def _evaluate(bundle, test, preset) -> dict:
         per.append({"id": image_id, **segmentation_metrics(pred, y, bundle.spec.num_classes)})
     s = summarize(per)
     return {"dice": float(s["dice_mean"]), "iou": float(s["iou_mean"]), "n": int(s["n"])}
+
+
+def _evaluate_instances(bundle, test, preset) -> dict:
+    """An instance model's test figures: the students' 3-class output → objects by the product's seeded
+    watershed, AP@0.5 / AP@0.75 / F1@0.5 against ``instances/`` (means over the images, as ``diffseg
+    experiment --task instances``) and the foreground's pixel Dice."""
+    from napari_diffseg.experiment import evaluate_instances
+
+    ids = [t[0] for t in test]
+    s = evaluate_instances(bundle, [bundle.preprocess(t[1]) for t in test], [t[2] for t in test], ids, preset)
+    return {
+        "dice": float(s["dice_mean"]),
+        "iou": float(s["iou_mean"]),
+        "ap_50": float(s["ap_50"]),
+        "ap_75": float(s["ap_75"]),
+        "f1_50": float(s["f1_50"]),
+        "n": int(s["n"]),
+    }
+
+
+def _objects(proposed, truth) -> dict:
+    """The edit cost in objects (``base.labels.object_edits``, as the store counts it) of correcting the
+    objects ``proposed`` into ``truth``, beside the objects drawn from scratch (every true object)."""
+    import numpy as np
+
+    from napari_diffseg.base.labels import object_edits
+
+    e = object_edits(proposed, truth)
+    return {
+        "objects_added": int(e.added),
+        "objects_removed": int(e.removed),
+        "objects_changed": int(e.changed),
+        "objects_fixed": int(e.added + e.removed + e.changed),
+        "objects_proposed": len(np.unique(proposed[proposed > 0])),
+        "objects_drawn_from_scratch": len(np.unique(truth[truth > 0])),
+    }
+
+
+def _pool_objects(project, ds, pool: list, model_id: str) -> dict:
+    """An instance project's :func:`_pool_cost`: the objects the annotator would fix on every image of
+    ``pool`` had they corrected its proposal from ``model_id`` (the objects the store shows: the
+    product's seeded watershed of the proposal), per image, against the objects drawn from scratch."""
+    from napari_diffseg.core.instances import proposal_instances
+
+    rows = []
+    for image_id in pool:
+        found = project.proposal(image_id, model_id)
+        assert found is not None
+        rows.append(_objects(proposal_instances(found[1]), ds.load_instances(project.image(image_id).name)))
+    n = max(len(rows), 1)
+    fixed = sum(r["objects_fixed"] for r in rows)
+    drawn = sum(r["objects_drawn_from_scratch"] for r in rows)
+    return {
+        "n": len(rows),
+        **({k: sum(r[k] for r in rows) / n for k in rows[0]} if rows else {}),
+        "fixed_over_drawn": fixed / max(drawn, 1),
+    }
 
 
 def _save_round1(project, work: Path, cache: Path, meta: dict) -> None:
@@ -173,8 +235,10 @@ def run_arm(args: argparse.Namespace) -> dict:
     from napari_diffseg.base.contracts import parse_job_params
     from napari_diffseg.base.preprocessing import dataset_statistics
     from napari_diffseg.base.presets import get_preset
+    from napari_diffseg.base.task import make_task
     from napari_diffseg.core.acquisition import acquire
     from napari_diffseg.core.device import choose_device
+    from napari_diffseg.core.instances import instances_to_target, proposal_instances
     from napari_diffseg.core.models import ModelBundle, ModelSpec, load_bundle, preprocess
     from napari_diffseg.core.pipeline import run_stages
     from napari_diffseg.core.training import TrainData
@@ -185,6 +249,10 @@ def run_arm(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
     dataset_dir = Path(args.data) / args.dataset
     ds = DatasetFolder(dataset_dir)
+    instances = args.task == "instances"
+    # the annotator's truth: object ids (instances/) for an instance project, else the binary mask
+    truth_of = ds.load_instances if instances else ds.load_mask
+    n_classes = 3 if instances else 2  # an instance model learns background / interior / boundary
     from napari_diffseg.core.validation import ValSet
     from napari_diffseg.experiment import choose_val, provenance
 
@@ -202,14 +270,20 @@ def run_arm(args: argparse.Namespace) -> dict:
     def tensor(image_id: str) -> torch.Tensor:
         return preprocess(ds.load_image(image_id), channels, norm)
 
-    test = [(i, ds.load_image(i), ds.load_mask(i), _fov(dataset_dir, i)) for i in test_ids]
+    test = [(i, ds.load_image(i), truth_of(i), _fov(dataset_dir, i)) for i in test_ids]
+    evaluate = _evaluate_instances if instances else _evaluate
+
+    def target(image_id: str) -> torch.Tensor:  # what a supervised network learns (as the cotrain job)
+        if instances:
+            return torch.from_numpy(instances_to_target(ds.load_instances(image_id)).astype(np.int64))
+        return torch.from_numpy(ds.load_mask(image_id))
 
     def val_set() -> ValSet:  # the supervised arms' validation images, as the project's cotrain job has them
         regions = [_fov(dataset_dir, i) for i in val_ids]
         return ValSet(
             [tensor(i) for i in val_ids],
-            [torch.from_numpy(ds.load_mask(i)) for i in val_ids],
-            [torch.from_numpy(r) if r.size else None for r in regions],
+            [target(i) for i in val_ids],
+            [torch.from_numpy(r) if r.size and not instances else None for r in regions],
         )
 
     overrides = {k: getattr(args, k) for k in OVERRIDES} if args.preset == "cpu" else {}
@@ -219,6 +293,7 @@ def run_arm(args: argparse.Namespace) -> dict:
     rounds_out: list[dict] = []
     result = {
         "dataset": args.dataset,
+        **({"task": "instances"} if instances else {}),  # binary results stay exactly as they were
         "arm": args.arm,
         "seed": args.seed,
         "k": args.k,
@@ -250,11 +325,13 @@ def run_arm(args: argparse.Namespace) -> dict:
                 steps = preset.cotrain_steps * r
             t0 = time.perf_counter()
             pr = get_preset(args.preset).with_overrides(**{**overrides, "cotrain_steps": steps})
-            spec = ModelSpec("supervised", channels, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
+            spec = ModelSpec(
+                "supervised", channels, n_classes, pr.student_channels, pr.teacher_channels, pr.emb_dim
+            )
             bundle = ModelBundle(spec, seed=args.seed, normalization=norm).to(device)
             data = TrainData(
                 [tensor(i) for i in labeled],
-                [torch.from_numpy(ds.load_mask(i)) for i in labeled],
+                [target(i) for i in labeled],
                 val=val_set(),
             )
             gen = torch.Generator().manual_seed(args.seed)
@@ -262,7 +339,7 @@ def run_arm(args: argparse.Namespace) -> dict:
                 pass
             t_train = time.perf_counter() - t0
             t0 = time.perf_counter()
-            score = _evaluate(bundle, test, pr)
+            score = evaluate(bundle, test, pr)
             rounds_out.append(
                 {
                     "round": r,
@@ -271,11 +348,22 @@ def run_arm(args: argparse.Namespace) -> dict:
                     "student_steps": steps,
                     "test_dice": score["dice"],
                     "test_iou": score["iou"],
+                    **({f"test_{k}": score[k] for k in ("ap_50", "ap_75", "f1_50")} if instances else {}),
                     "seconds_train": t_train,
                     "seconds_eval": time.perf_counter() - t0,
                     # from scratch every foreground pixel is drawn
                     "drawn_pixels_per_image": float(
                         np.mean([int((ds.load_mask(i) > 0).sum()) for i in labeled])
+                    ),
+                    # and every object
+                    **(
+                        {
+                            "drawn_objects_per_image": float(
+                                np.mean([len(np.unique(truth_of(i))) - 1 for i in labeled])
+                            )
+                        }
+                        if instances
+                        else {}
                     ),
                 }
             )
@@ -286,7 +374,7 @@ def run_arm(args: argparse.Namespace) -> dict:
         result["provenance"] = {**provenance(pr, device), "wall_seconds": result["seconds"]}
         return result
 
-    work = Path(args.work) / f"{args.dataset}_{args.arm}_s{args.seed}"
+    work = Path(args.work) / f"{args.dataset}{'_instances' if instances else ''}_{args.arm}_s{args.seed}"
     if work.exists():
         shutil.rmtree(work)
     # Round 1 (pretraining + the first co-training round on the k start images) is the same for every
@@ -296,16 +384,18 @@ def run_arm(args: argparse.Namespace) -> dict:
         + "_".join(f"{k}{v}" for k, v in sorted(overrides.items()))
         + f"_v{len(val_ids)}"
         + ("" if device.type == "cpu" else f"_{device.type}")
+        + ("_instances" if instances else "")
     )
     cached = _restore_round1(cache, work)
     result["round1_from_cache"] = cached is not None
-    with Project.open(work) if cached is not None else Project.create(work) as project:
+    task = make_task("instances") if instances else None
+    with Project.open(work) if cached is not None else Project.create(work, task=task) as project:
         if cached is None:
             for i in train_ids:
-                mask = ds.load_mask(i) if i in start_ids else None
+                mask = truth_of(i) if i in start_ids else None
                 project.import_array(ds.load_image(i), i, mask, split="train")
             for i in val_ids:  # annotated validation images: checkpoint choice and the pseudo-label gate
-                project.import_array(ds.load_image(i), i, ds.load_mask(i), split="val")
+                project.import_array(ds.load_image(i), i, truth_of(i), split="val")
         labeled = list(start_ids)
         for r in range(1, args.rounds + 1):
             t0 = time.perf_counter()
@@ -323,7 +413,7 @@ def run_arm(args: argparse.Namespace) -> dict:
             assert active is not None
             bundle, _, _ = load_bundle(project.model_dir(active.id), device)
             t0 = time.perf_counter()
-            score = _evaluate(bundle, test, preset)
+            score = evaluate(bundle, test, preset)
             row: dict = {
                 "round": r,
                 "model": active.id,
@@ -332,6 +422,7 @@ def run_arm(args: argparse.Namespace) -> dict:
                 "student_steps": preset.cotrain_steps * r,
                 "test_dice": score["dice"],
                 "test_iou": score["iou"],
+                **({f"test_{k}": score[k] for k in ("ap_50", "ap_75", "f1_50")} if instances else {}),
                 "seconds_train": t_train,
                 "seconds_eval": time.perf_counter() - t0,
             }
@@ -352,13 +443,13 @@ def run_arm(args: argparse.Namespace) -> dict:
                 t_propose = time.perf_counter() - t0
                 if args.arm in ("uncertainty", "power"):
                     # every unlabeled image has a proposal now: what correcting *any* of them would cost
-                    row["pool"] = _pool_cost(project, ds, pool, active.id)
+                    row["pool"] = (_pool_objects if instances else _pool_cost)(project, ds, pool, active.id)
                 edits = []
                 for image_id in chosen:
                     rec = project.image(image_id)
                     found = project.proposal(image_id, active.id)
                     assert found is not None
-                    truth = ds.load_mask(rec.name)
+                    truth = truth_of(rec.name)
                     version = project.save_annotation(
                         image_id, truth, kind="correction", replaces=None, proposal_id=found[0].id
                     )
@@ -375,6 +466,12 @@ def run_arm(args: argparse.Namespace) -> dict:
                             "changed_over_drawn": ann.pixels_changed / max(drawn, 1),
                         }
                     )
+                    if instances:  # the store's object edit cost, against drawing every object
+                        assert ann.objects_added is not None
+                        objects = _objects(proposal_instances(found[1]), truth)  # what the store shows
+                        stored = (ann.objects_added, ann.objects_removed, ann.objects_changed)
+                        assert stored == tuple(objects[k] for k in OBJECT_KEYS), (stored, objects)
+                        edits[-1].update(objects)
                     labeled.append(rec.name)
                 row.update(
                     {
@@ -385,6 +482,13 @@ def run_arm(args: argparse.Namespace) -> dict:
                         "mean_changed_over_drawn": float(np.mean([e["changed_over_drawn"] for e in edits])),
                     }
                 )
+                if instances:
+                    row.update(
+                        {
+                            f"mean_{k}": float(np.mean([e[k] for e in edits]))
+                            for k in (*OBJECT_KEYS, "objects_fixed", "objects_drawn_from_scratch")
+                        }
+                    )
             rounds_out.append(row)
             print(json.dumps(row), flush=True)  # with its corrections: --salvage rebuilds an arm from this
         result["check"] = project.check().get("ok", None)
@@ -406,7 +510,8 @@ def salvage(out: Path, dataset: str, arm: str, seed: int, args: argparse.Namespa
     """An arm stopped before its end (time ran out): its JSON from the per-round lines of its log, marked
     ``incomplete``. Logs written since the per-round lines carry the corrections hold them; for older logs
     they come from the arm's kept project under ``--work``, or only their means are there."""
-    target = _arm_path(out, dataset, arm, seed)
+    task = getattr(args, "task", "binary")
+    target = _arm_path(out, dataset, arm, seed, task)
     log = target.with_suffix(".log")
     if target.exists() or not log.exists():
         return None
@@ -417,8 +522,10 @@ def salvage(out: Path, dataset: str, arm: str, seed: int, args: argparse.Namespa
     if not rows:
         return None
     logged = {r["round"] for r in rows if "corrections" in r}  # logs written since the rows carry them
-    project_dir = Path(args.work) / f"{dataset}_{arm}_s{seed}"
-    if (project_dir / "project.db").exists():  # the per-image corrections, from the project it drove
+    project_dir = Path(args.work) / target.stem
+    if (
+        task == "binary" and (project_dir / "project.db").exists()
+    ):  # instance logs carry their corrections  # the per-image corrections, from the project it drove
         import numpy as np
 
         from napari_diffseg.project import Project
@@ -446,11 +553,12 @@ def salvage(out: Path, dataset: str, arm: str, seed: int, args: argparse.Namespa
                             "changed_over_drawn": (ann.pixels_changed or 0) / max(drawn, 1),
                         }
                     )
-    done = next((r for r in load(out) if r["dataset"] == dataset), {})
+    done = next((r for r in load(out) if r["dataset"] == dataset and r.get("task", "binary") == task), {})
     # where it ran: as the finished arms beside it, when they ran on the same kind of device
     same = done.get("device", "cpu") == args.device
     result = {
         "dataset": dataset,
+        **({"task": task} if task != "binary" else {}),
         "arm": arm,
         "seed": seed,
         "k": args.k,
@@ -794,6 +902,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="glas", help="a folder under ../shared/data (glas, drive, ...)")
     p.add_argument("--data", default=str(DATA), help="the folder holding the dataset folders")
+    p.add_argument(
+        "--task",
+        default="binary",
+        choices=("binary", "instances"),
+        help="instances: an instance project; start images and corrections are the dataset's instances/",
+    )
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     p.add_argument("--k", type=int, default=2, help="ground-truth images to start with")
     p.add_argument("--b", type=int, default=5, help="images corrected per round")
@@ -825,20 +939,21 @@ def main() -> None:
 
     if args.arm:
         result = run_arm(args)
-        target = _arm_path(out, args.dataset, args.arm, args.seed)
+        target = _arm_path(out, args.dataset, args.arm, args.seed, args.task)
         tmp = target.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=2))
         os.replace(tmp, target)
         return
 
     if not args.report_only:
-        todo = [a for a in args.arms if not _arm_path(out, args.dataset, a, args.seed).exists()]
+        todo = [a for a in args.arms if not _arm_path(out, args.dataset, a, args.seed, args.task).exists()]
 
         def launch(arm: str) -> tuple[str, int, float]:
             cmd = [sys.executable, __file__, "--arm", arm] + [
                 f"--{k}={v}"
                 for k, v in (
                     ("dataset", args.dataset),
+                    ("task", args.task),
                     ("data", args.data),
                     ("k", args.k),
                     ("b", args.b),
@@ -855,7 +970,7 @@ def main() -> None:
             ]
             if args.keep:
                 cmd.append("--keep")
-            log = out / f"{args.dataset}_{arm}_s{args.seed}.log"
+            log = _arm_path(out, args.dataset, arm, args.seed, args.task).with_suffix(".log")
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
             t0 = time.perf_counter()
             with open(log, "w") as fh:
