@@ -6,6 +6,8 @@
     python benchmarks/sweep.py --report-all               # every dataset under results/evidence/ at once
     python benchmarks/sweep.py --dataset ../shared/data/isbi2012_em \
         --split benchmarks/splits/isbi2012_em_blocks.csv                      # ISBI 2012: a block split
+    python benchmarks/sweep.py --dataset ../shared/data/dsb2018_nuclei --task instances \
+        --arms supervised diffseg --fractions 0.1 0.2 1.0                     # issue 13: one label per object
 
 An **arm** is a method plus preset overrides (see ARMS): the methods themselves, and the ablations that
 isolate each part of diffseg (Stage A off, teacher pseudo-labels off, ...). Every run uses the protocol of
@@ -25,6 +27,13 @@ A's label-free Dice against Otsu and all-foreground; and the pseudo-label gate.
 validation, 20-29 test): a folder of symlinks to the dataset's images/, masks/ and fov/ beside that
 ``split.csv``, made under ``--views`` (a temporary folder, never the repository); the results go to
 ``results/evidence/<dataset>-<split file stem>``.
+
+``--task instances`` (issue 13) trains every arm on the dataset's ``instances/`` (the background / interior /
+boundary target, objects by a seeded watershed: ``diffseg experiment --task instances``); the results go to
+``results/evidence/<dataset>-instances`` and the report's main figure is then the test **AP@0.5** (mean over
+the test images), with AP@0.75, F1@0.5 and the pixel Dice beside it, and for GlaS the challenge's object F1 /
+object Dice / object Hausdorff. ``--task multiclass --classes background,a,b`` scores the mean Dice over the
+foreground classes and lists Dice per class.
 """
 
 from __future__ import annotations
@@ -75,6 +84,34 @@ ABLATES: dict[str, tuple[str, ...]] = {
 PLOTTED = ("diffseg", "supervised", "cps", "mean-teacher", "supervised-x2")
 
 
+#: instance runs: the extra test figures listed beside the main one (GlaS's object metrics when present)
+INSTANCE_EXTRAS = (
+    ("ap_75", "AP@0.75"),
+    ("f1_50", "F1@0.5"),
+    ("dice_mean", "pixel Dice"),
+    ("object_f1", "GlaS object F1"),
+    ("object_dice", "GlaS object Dice"),
+    ("object_hausdorff", "GlaS object Hausdorff (px)"),
+)
+
+
+def main_key(r: dict) -> str:
+    """The figure a run is ranked by: test AP@0.5 for an instance run, the mean of the per-class Dice for a
+    multiclass run, else the foreground Dice."""
+    test = r.get("test", {})
+    if r.get("task") == "instances" and "ap_50" in test:
+        return "ap_50"
+    if r.get("task") == "multiclass" and "dice_class_mean" in test:
+        return "dice_class_mean"
+    return "dice_mean"
+
+
+def score(r: dict, part: str = "test") -> float:
+    """A run's main figure (:func:`main_key`) on ``part`` (``test`` or ``test_one_student``)."""
+    d = r[part]
+    return float(d[main_key(r)] if main_key(r) in d else d["dice_mean"])
+
+
 def result_path(out: Path, arm: str, fraction: float, seed: int) -> Path:
     return out / f"{arm}_f{fraction:g}_s{seed}.json"
 
@@ -88,6 +125,8 @@ def experiment_command(
     preset: str,
     threads: int,
     overrides: dict | None = None,
+    task: str = "binary",
+    classes: str | None = None,
 ) -> list[str]:
     """The `diffseg experiment` command line of one run (``overrides`` as ``--set KEY=JSON``)."""
     cmd = [
@@ -110,15 +149,31 @@ def experiment_command(
         str(threads),
         "-q",
     ]
+    if task != "binary":
+        cmd += ["--task", task]
+    if classes:
+        cmd += ["--classes", classes]
     for k, v in (overrides or {}).items():
         cmd += ["--set", f"{k}={json.dumps(v)}"]
     return cmd
 
 
-def run_one(dataset: Path, out: Path, arm: str, fraction: float, seed: int, preset: str, threads: int) -> int:
+def run_one(
+    dataset: Path,
+    out: Path,
+    arm: str,
+    fraction: float,
+    seed: int,
+    preset: str,
+    threads: int,
+    task: str = "binary",
+    classes: str | None = None,
+) -> int:
     method, overrides = ARMS[arm]
     target = result_path(out, arm, fraction, seed)
-    cmd = experiment_command(dataset, target, method, fraction, seed, preset, threads, overrides)
+    cmd = experiment_command(
+        dataset, target, method, fraction, seed, preset, threads, overrides, task, classes
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with open(target.with_suffix(".log"), "w") as fh:
         return subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
@@ -179,8 +234,12 @@ def _one_student_section(by: dict[tuple[str, float], dict[int, dict]]) -> list[s
         runs = {s: r for s, r in rs.items() if "test_one_student" in r}
         if not runs:
             continue
-        pair = {s: r["test"]["dice_mean"] for s, r in runs.items()}
-        one = {s: r["test_one_student"]["dice_mean"] for s, r in runs.items()}
+        # the one-student block of an instance run holds the pixel Dice only: both sides on the same figure
+        key = {
+            s: main_key(r) if main_key(r) in r["test_one_student"] else "dice_mean" for s, r in runs.items()
+        }
+        pair = {s: float(r["test"][key[s]]) for s, r in runs.items()}
+        one = {s: float(r["test_one_student"][key[s]]) for s, r in runs.items()}
         rows.append(
             f"| {a} | {f:.0%} | {_mean_sd_cell(list(pair.values()))} | {_mean_sd_cell(list(one.values()))} | "
             f"{_paired_cell(pair, one)} |"
@@ -189,7 +248,8 @@ def _one_student_section(by: dict[tuple[str, float], dict[int, dict]]) -> list[s
         return []
     return [
         "",
-        "Twin students deployed as their mean against one student alone (same runs, test Dice):",
+        "Twin students deployed as their mean against one student alone (same runs; test Dice, for instance runs "
+        "the pixel Dice of the foreground):",
         "",
         "| arm | fraction | pair | one student | pair − one [95 % t] (n) |",
         "|---|---|---|---|---|",
@@ -235,6 +295,59 @@ def _teacher_section(by: dict[tuple[str, float], dict[int, dict]]) -> list[str]:
     ]
 
 
+def _extras_section(
+    by: dict[tuple[str, float], dict[int, dict]], arms: list[str], fractions: list[float]
+) -> list[str]:
+    """Instance runs: AP@0.75, F1@0.5, pixel Dice (and GlaS's object metrics) per arm and fraction; multiclass
+    runs: Dice per class. Mean ± sample std over seeds."""
+    runs = [r for rs in by.values() for r in rs.values()]
+    if any(r.get("task") == "instances" for r in runs):
+        keys = [(k, name) for k, name in INSTANCE_EXTRAS if any(k in r["test"] for r in runs)]
+        head = "| arm | fraction | " + " | ".join(name for _, name in keys) + " |"
+        rows = []
+        for a in arms:
+            for f in fractions:
+                rs = by.get((a, f), {})
+                if rs:
+                    cells = [
+                        _mean_sd_cell([float(r["test"].get(k, float("nan"))) for r in rs.values()])
+                        for k, _ in keys
+                    ]
+                    rows.append(f"| {a} | {f:.0%} | " + " | ".join(cells) + " |")
+        return [
+            "",
+            "The other test figures of the same runs:",
+            "",
+            head,
+            "|---|---|" + "---|" * len(keys),
+            *rows,
+        ]
+    if any(r.get("task") == "multiclass" for r in runs):
+        names = next((list(r["test"]["dice_per_class"]) for r in runs if "dice_per_class" in r["test"]), [])
+        rows = []
+        for a in arms:
+            for f in fractions:
+                rs = by.get((a, f), {})
+                if rs and names:
+                    cells = [
+                        _mean_sd_cell(
+                            [float(r["test"]["dice_per_class"].get(n, float("nan"))) for r in rs.values()]
+                        )
+                        for n in names
+                    ]
+                    rows.append(f"| {a} | {f:.0%} | " + " | ".join(cells) + " |")
+        if rows:
+            return [
+                "",
+                "Test Dice per class:",
+                "",
+                "| arm | fraction | " + " | ".join(names) + " |",
+                "|---|---|" + "---|" * len(names),
+                *rows,
+            ]
+    return []
+
+
 def load(out: Path) -> dict[tuple[str, float], dict[int, dict]]:
     by: dict[tuple[str, float], dict[int, dict]] = {}
     for p in sorted(out.glob("*.json")):
@@ -255,8 +368,11 @@ def report(out: Path) -> str:
     runs = [r for rs in by.values() for r in rs.values()]
     commits = sorted({str(r.get("provenance", {}).get("commit"))[:10] for r in runs})
     dirty = sum(bool(r.get("provenance", {}).get("dirty")) for r in runs)
+    what = {"ap_50": "test AP@0.5 (objects, mean over the test images)"}.get(main_key(some), "test Dice")
+    if some.get("task") == "multiclass":
+        what = "test Dice (mean over the foreground classes)"
     lines = [
-        f"## {out.name}: test Dice, preset `{some['preset']}`",
+        f"## {out.name}: {what}, preset `{some['preset']}`",
         "",
         f"Mean ± sample std (ddof 1) over seeds, n in brackets; {some['test']['n']} test images"
         + (", scored inside the field of view" if some.get("scored_in_fov") else "")
@@ -274,19 +390,20 @@ def report(out: Path) -> str:
             if not rs:
                 cells.append("—")
                 continue
-            m, sd = mean_sd([r["test"]["dice_mean"] for r in rs.values()])
+            m, sd = mean_sd([score(r) for r in rs.values()])
             cells.append(f"{m:.3f} ± {sd:.3f} ({len(rs)})" if len(rs) > 1 else f"{m:.3f} (1)")
             secs += [r.get("train_seconds", r["seconds"]) for r in rs.values()]
         lines.append(f"| {a} | " + " | ".join(cells) + f" | {sum(secs) / max(1, len(secs)):.0f} |")
+    lines += _extras_section(by, arms, fractions)
     full = by.get(("supervised-converged", 1.0)) or by.get(("supervised", 1.0))
     if full:
         ref_name = "supervised-converged" if ("supervised-converged", 1.0) in by else "supervised"
-        ref, _ = mean_sd([r["test"]["dice_mean"] for r in full.values()])
+        ref, _ = mean_sd([score(r) for r in full.values()])
         ratios = []
         for f in fractions:
             rs = by.get(("diffseg", f), {})
             if rs and f < 1:
-                m, _ = mean_sd([r["test"]["dice_mean"] for r in rs.values()])
+                m, _ = mean_sd([score(r) for r in rs.values()])
                 ratios.append(f"{f:.0%}: {m / ref:.1%}")
         if ratios:
             lines += [
@@ -301,8 +418,8 @@ def report(out: Path) -> str:
     for a, ref in pairs:
         cells = []
         for f in fractions:
-            da = {s: r["test"]["dice_mean"] for s, r in by.get((a, f), {}).items()}
-            db = {s: r["test"]["dice_mean"] for s, r in by.get((ref, f), {}).items()}
+            da = {s: score(r) for s, r in by.get((a, f), {}).items()}
+            db = {s: score(r) for s, r in by.get((ref, f), {}).items()}
             cells.append(_paired_cell(da, db))
         if any(c != "—" for c in cells):
             lines.append(f"| {a} | {ref} | " + " | ".join(cells) + " |")
@@ -365,7 +482,7 @@ def plot(out: Path) -> Path | None:
         fs = sorted(f for (arm, f) in by if arm == a and f < 1)
         if not fs:
             continue
-        stats = [mean_sd([r["test"]["dice_mean"] for r in by[(a, f)].values()]) for f in fs]
+        stats = [mean_sd([score(r) for r in by[(a, f)].values()]) for f in fs]
         dodge = 1 + 0.02 * (n - 2)  # the arms a little apart, so that their bars do not hide each other
         ax.errorbar(
             [100 * f * dodge for f in fs],
@@ -378,13 +495,16 @@ def plot(out: Path) -> Path | None:
     for name in ("supervised-converged", "supervised"):
         full = by.get((name, 1.0))
         if full:
-            ref, _ = mean_sd([r["test"]["dice_mean"] for r in full.values()])
+            ref, _ = mean_sd([score(r) for r in full.values()])
             ax.axhline(ref, color="grey", ls="--", label=f"{name}, 100 % ({len(full)} seeds)")
             ax.axhline(0.95 * ref, color="grey", ls=":", label="95 % of that")
             break
     some = next(iter(next(iter(by.values())).values()))
     ax.set_xlabel("labeled training images (%)")
-    ax.set_ylabel("test Dice" + (" (inside the field of view)" if some.get("scored_in_fov") else ""))
+    if main_key(some) == "ap_50":
+        ax.set_ylabel("test AP@0.5 (objects)")
+    else:
+        ax.set_ylabel("test Dice" + (" (inside the field of view)" if some.get("scored_in_fov") else ""))
     ax.set_title(f"{out.name}, preset {some['preset']} (error bars: sample std over seeds)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -435,6 +555,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/evidence/<dataset>")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--task", default="binary", choices=("binary", "multiclass", "instances"))
+    ap.add_argument("--classes", default=None, help="--task multiclass: class names, background first")
     args = ap.parse_args()
     unknown = set(args.arms) - set(ARMS)
     if unknown:
@@ -449,7 +571,9 @@ def main() -> None:
         ap.error("--dataset is required (or --report-all)")
     if args.split is not None:
         args.dataset = dataset_view(args.dataset, args.split, args.views)
-    out = args.out or RESULTS / args.dataset.resolve().name
+    out = args.out or RESULTS / (
+        args.dataset.resolve().name + ("" if args.task == "binary" else f"-{args.task}")
+    )
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         todo = [
@@ -462,7 +586,7 @@ def main() -> None:
         print(f"{len(todo)} run(s) to do in {out}", flush=True)
         for a, f, s in todo:
             t0 = time.perf_counter()
-            rc = run_one(args.dataset, out, a, f, s, args.preset, args.threads)
+            rc = run_one(args.dataset, out, a, f, s, args.preset, args.threads, args.task, args.classes)
             status = "ok" if rc == 0 else f"FAILED (rc {rc}, see .log)"
             print(f"{a} f={f:g} s={s}: {status} in {time.perf_counter() - t0:.0f} s", flush=True)
     print(write_report(out))

@@ -156,3 +156,45 @@ def test_shipped_isbi_block_split_is_contiguous() -> None:
 @pytest.mark.parametrize("df, q", [(1, 12.706), (2, 4.303), (9, 2.262), (30, 2.042)])
 def test_t_quantile(df: int, q: float) -> None:
     assert sweep.t_quantile_975(df) == pytest.approx(q, abs=1e-3)
+
+
+def test_instance_runs_are_ranked_and_paired_by_ap50(tmp_path: Path) -> None:
+    """--task instances: the main table, the paired differences and the share of full supervision use the
+    test AP@0.5 (not the pixel Dice), the other figures are listed beside it, and the twin-student section
+    compares pixel Dice with pixel Dice (the one-student block holds no AP)."""
+
+    def inst(arm: str, f: float, seed: int, ap: float, dice: float) -> dict:
+        test = {"dice_mean": dice, "n": 5, "ap_50": ap, "ap_75": ap / 2, "f1_50": ap + 0.05}
+        r = _run(arm, f, seed, dice, task="instances")
+        r["test"] = test
+        if arm == "diffseg":
+            r["test_one_student"] = {"network": "student_a", "dice_mean": dice - 0.01}
+        return r
+
+    for s, (a_d, a_s) in enumerate([(0.60, 0.50), (0.64, 0.52), (0.62, 0.57)]):
+        _write(tmp_path, "diffseg", 0.2, s, inst("diffseg", 0.2, s, a_d, 0.9))  # same Dice, better AP
+        _write(tmp_path, "supervised", 0.2, s, inst("supervised", 0.2, s, a_s, 0.9))
+        _write(tmp_path, "supervised", 1.0, s, inst("supervised", 1.0, s, 0.80, 0.95))
+    text = sweep.report(tmp_path)
+    assert "test AP@0.5" in text.splitlines()[0]
+    assert "| diffseg | 0.620 ± 0.020 (3) | — |" in text  # AP@0.5, not the pixel Dice 0.900
+    assert "| diffseg | 20% | 0.310 ± 0.010 (3) | 0.670 ± 0.020 (3) | 0.900 ± 0.000 (3) |" in text
+    diffs = [0.10, 0.12, 0.05]
+    h = sweep.t_quantile_975(2) * sweep.mean_sd(diffs)[1] / math.sqrt(3)
+    m = sum(diffs) / 3
+    assert f"| diffseg | supervised | {m:+.3f} [{m - h:+.3f}, {m + h:+.3f}] (3) |" in text
+    assert f"diffseg as a share of supervised at 100 % labels (0.800): 20%: {0.62 / 0.8:.1%}" in text
+    assert "| diffseg | 20% | 0.900 ± 0.000 (3) | 0.890 ± 0.000 (3) |" in text  # pixel Dice both sides
+
+
+def test_experiment_command_passes_the_task(tmp_path: Path) -> None:
+    cmd = sweep.experiment_command(
+        tmp_path, tmp_path / "r.json", "cps", 0.2, 1, "cpu", 1, {"a": 1}, "instances"
+    )
+    assert cmd[cmd.index("--task") + 1] == "instances" and "--classes" not in cmd
+    assert cmd[cmd.index("--set") + 1] == "a=1"
+    cmd = sweep.experiment_command(
+        tmp_path, tmp_path / "r.json", "cps", 0.2, 1, "cpu", 1, None, "multiclass", "bg,a"
+    )
+    assert cmd[cmd.index("--classes") + 1] == "bg,a"
+    assert "--task" not in sweep.experiment_command(tmp_path, tmp_path / "r.json", "cps", 0.2, 1, "cpu", 1)
