@@ -38,6 +38,20 @@ The test images score each round's students (the learning curve is the measureme
 them). Every arm's JSON records ``provenance`` (commit, dirty flag, resolved preset, versions, device,
 threads, wall seconds).
 
+Instances (``--task instances``, issue 13): the project is created with task ``instances``; the start
+images, the validation images and every correction are the dataset's ``instances/`` (one id per object), and
+each correction is saved against the proposal it started from, so the store records its edit cost in
+objects (added / removed / changed, matched at IoU >= 0.5, ``base.labels.object_edits`` on the objects the
+annotator was shown). Each round's row records, per corrected image, those counts beside the number of true
+objects (the cost of drawing every object from scratch), and the students' test AP@0.5 / AP@0.75 / F1@0.5
+(objects by the product's seeded watershed) beside the foreground's Dice; the scratch and full arms train
+supervised 3-class (background / interior / boundary) students. Files: ``<dataset>_instances_<arm>_s<seed>``,
+the report's "objects fixed per image by round vs objects drawn from scratch" section and
+``<dataset>_instances.png``::
+
+    python benchmarks/hitl.py --dataset dsb2018_nuclei --task instances --arms uncertainty scratch \
+        --k 2 --b 3 --rounds 3 --threads 1 --out benchmarks/results/hitl_instances
+
 Results: ``benchmarks/results/hitl/<dataset>_<arm>_s<seed>.json`` (resumable: finished arms are skipped),
 ``benchmarks/results/hitl/summary.md`` and ``benchmarks/results/hitl/<dataset>.png``. Working projects go
 to ``--work`` (default a temp folder), never into the repository.
@@ -825,6 +839,112 @@ def _mean_section(runs: list[dict], seeds: list[int]) -> list[str]:
     return lines
 
 
+def _task(run: dict) -> str:
+    return run.get("task", "binary")
+
+
+def _full_run(runs: list[dict], seed: int) -> dict | None:
+    """The fully supervised run of this seed, else None."""
+    return next((r for r in runs if r["arm"] == "full" and r["seed"] == seed), None)
+
+
+def _instance_score(run: dict | None, i: int) -> str:
+    if run is None or i >= len(run["per_round"]):
+        return "—"
+    row = run["per_round"][i]
+    return f"{row['test_ap_50']:.3f} / {row['test_f1_50']:.3f} / {row['test_dice']:.3f}"
+
+
+def _instance_section(by_arm: dict) -> list[str]:
+    """The per-seed tables of an instance run: AP@0.5 / F1@0.5 / Dice per arm and round, then the objects
+    the annotator fixed per corrected image against the objects drawn from scratch."""
+    any_run = next(iter(by_arm.values()))
+    score_arms = [a for a in (*LOOP_ARMS, "scratch") if a in by_arm]
+    loop_arms = [a for a in LOOP_ARMS if a in by_arm]
+    full = by_arm.get("full")
+    lines = [
+        f"#### {any_run['dataset']} (instances), seed {any_run['seed']}: {any_run['n_train']} training images, "
+        f"{any_run['n_test']} test images, k = {any_run['k']} to start, b = {any_run['b']} corrected per round",
+        "",
+        (
+            f"Fully supervised ({any_run['n_train']} images, same iteration budget): test AP@0.5 / F1@0.5 / "
+            f"Dice **{_instance_score(full, 0)}**"
+            if full
+            else "Fully supervised reference: not run."
+        ),
+        "",
+    ]
+    if not score_arms:
+        return lines
+    lines += [
+        "| round | labeled images | "
+        + " | ".join(f"{ARM_TITLES[a]}: AP@0.5 / F1@0.5 / Dice" for a in score_arms)
+        + " |",
+        "|---|---|" + "---|" * len(score_arms),
+    ]
+    ref = max((by_arm[a] for a in score_arms), key=lambda run: len(run["per_round"]))
+    for i, row in enumerate(ref["per_round"]):
+        lines.append(
+            f"| {i + 1} | {row['n_labeled']} ({100 * row['fraction_labeled']:.0f} %) | "
+            + " | ".join(_instance_score(by_arm[a], i) for a in score_arms)
+            + " |"
+        )
+    if loop_arms:
+        lines += [
+            "",
+            "| after round | arm | images corrected | objects drawn from scratch / image | objects fixed / image "
+            "(added + removed + changed) | fixed ÷ from scratch | added + removed ÷ from scratch "
+            "| average unlabeled image: fixed / from scratch per image | s (co-train + propose) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for a in loop_arms:
+            for row in by_arm[a]["per_round"]:
+                edits = row.get("corrections")
+                if not edits:
+                    continue
+                n = len(edits)
+                drawn = sum(e["objects_drawn_from_scratch"] for e in edits)
+                add, rem, chg = (sum(e[k] for e in edits) for k in OBJECT_KEYS)
+                pool = row.get("pool")
+                average = (
+                    f"{pool['objects_fixed']:.1f} / {pool['objects_drawn_from_scratch']:.1f} "
+                    f"({pool['n']} images)"
+                    if pool and "objects_fixed" in pool
+                    else "—"
+                )
+                lines.append(
+                    f"| {row['round']} | {ARM_TITLES[a]} | {n} | {drawn / n:.1f} | "
+                    f"{(add + rem + chg) / n:.1f} ({add / n:.1f} + {rem / n:.1f} + {chg / n:.1f}) | "
+                    f"{(add + rem + chg) / max(drawn, 1):.2f} | {(add + rem) / max(drawn, 1):.2f} | {average} | "
+                    f"{row['seconds_train']:.0f} + {row.get('seconds_propose', 0):.0f} |"
+                )
+        lines.append("")
+        for a in loop_arms:
+            run = by_arm[a]
+            if run.get("incomplete"):
+                lines.append(f"- **{ARM_TITLES[a]}**: {run['incomplete']}.")
+            else:
+                lines.append(
+                    f"- **{ARM_TITLES[a]}**: wall time {run['seconds']:.0f} s ({run['torch_threads']} torch "
+                    f"thread(s)); the store's check: {'ok' if run.get('check') else run.get('check')}."
+                )
+    lines.append("")
+    return lines
+
+
+INSTANCE_NOTE = (
+    "Instance projects (`--task instances`): the start images and every correction are the dataset's "
+    "instances/ (one id per object), saved against the proposal it started from; the store counts the "
+    "correction's edit cost in objects (`base.labels.object_edits`: the proposal's objects — the product's "
+    "seeded watershed of its 3-class probabilities, as the annotator sees them — matched one to one with the "
+    "true objects at IoU ≥ 0.5; a true object without a match was *added*, a proposed one without a match "
+    "*removed*, a matched pair differing in any pixel *changed*). Drawing from scratch costs every true object. "
+    "*Added + removed* are the objects drawn or erased whole; *changed* ones only needed their outline "
+    "touched (any pixel counts). Test figures: AP@0.5 = TP / (TP + FP + FN) and F1@0.5 of the students' "
+    "objects (the DSB 2018 convention, means over the test images) and the foreground's pixel Dice."
+)
+
+
 def report(out: Path) -> str:
     runs = load(out)
     if not runs:
@@ -832,20 +952,22 @@ def report(out: Path) -> str:
     gpus = sorted({r["gpu"] for r in runs if r.get("gpu")})
     where = runs[0]["machine"] + "".join(f", {g}" for g in gpus)
     threads = " or ".join(str(t) for t in sorted({r.get("torch_threads", 1) for r in runs}))
-    lines = [
-        f"Human-in-the-loop simulation. Machine: {where}.",
-        "",
-        "Edit Dice: between the proposal and the truth, mean over the images corrected after that round "
-        "(from that round's proposals). Changed÷drawn: the pixels whose label the annotator had to change "
-        "over the foreground pixels they would paint from scratch, both summed over the round's images "
-        "(* = mean of per-image ratios: an arm salvaged from its log). Seconds: the co-training round "
-        f"(round 1 includes pretraining) + proposals, wall clock with {threads} torch thread(s) per arm "
-        "and other arms running beside it; an arm that started from the shared round-1 snapshot reports "
-        "the round-1 time of the arm that made it.",
-        "",
-    ]
-    for dataset in sorted({r["dataset"] for r in runs}):
-        ds_runs = [r for r in runs if r["dataset"] == dataset]
+    binary = [r for r in runs if _task(r) == "binary"]
+    instance = [r for r in runs if _task(r) == "instances"]
+    lines = [f"Human-in-the-loop simulation. Machine: {where}.", ""]
+    if binary:
+        lines += [
+            "Edit Dice: between the proposal and the truth, mean over the images corrected after that round "
+            "(from that round's proposals). Changed÷drawn: the pixels whose label the annotator had to change "
+            "over the foreground pixels they would paint from scratch, both summed over the round's images "
+            "(* = mean of per-image ratios: an arm salvaged from its log). Seconds: the co-training round "
+            f"(round 1 includes pretraining) + proposals, wall clock with {threads} torch thread(s) per arm "
+            "and other arms running beside it; an arm that started from the shared round-1 snapshot reports "
+            "the round-1 time of the arm that made it.",
+            "",
+        ]
+    for dataset in sorted({r["dataset"] for r in binary}):
+        ds_runs = [r for r in binary if r["dataset"] == dataset]
         seeds = sorted({r["seed"] for r in ds_runs})
         lines += [f"### {dataset}", ""]
         for seed in seeds:
@@ -854,7 +976,80 @@ def report(out: Path) -> str:
         loop_seeds = sorted({r["seed"] for r in ds_runs if r["arm"] in LOOP_ARMS})
         if len(loop_seeds) > 1:
             lines += _mean_section(ds_runs, loop_seeds)
+    if instance:
+        lines += [
+            INSTANCE_NOTE
+            + " Seconds: wall clock with "
+            + " or ".join(str(t) for t in sorted({r.get("torch_threads", 1) for r in instance}))
+            + " torch thread(s), round 1 including pretraining.",
+            "",
+        ]
+    for dataset in sorted({r["dataset"] for r in instance}):
+        ds_runs = [r for r in instance if r["dataset"] == dataset]
+        lines += [f"### {dataset}: objects fixed per image by round vs objects drawn from scratch", ""]
+        for seed in sorted({r["seed"] for r in ds_runs}):
+            lines += _instance_section({r["arm"]: r for r in ds_runs if r["seed"] == seed})
     return "\n".join(lines)
+
+
+def _plot_instances(out: Path, dataset: str, runs: list[dict]) -> None:
+    """``<dataset>_instances.png``: left, test AP@0.5 per arm against labeled images; right, per round,
+    the objects fixed per corrected image (added / removed / changed, stacked) beside the objects drawn
+    from scratch (the first seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seed = min(r["seed"] for r in runs)
+    by_arm = {r["arm"]: r for r in runs if r["seed"] == seed}
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    for arm, style in (("uncertainty", "o-"), ("power", "D-"), ("random", "s--"), ("scratch", "^:")):
+        run = by_arm.get(arm)
+        if run is None:
+            continue
+        x = [row["n_labeled"] for row in run["per_round"]]
+        ax.plot(x, [row["test_ap_50"] for row in run["per_round"]], style, label=ARM_TITLES[arm])
+    if "full" in by_arm:
+        ax.axhline(
+            by_arm["full"]["per_round"][-1]["test_ap_50"],
+            color="k",
+            lw=1,
+            label=f"all {runs[0]['n_train']} labeled",
+        )
+    ax.set_xlabel("labeled training images")
+    ax.set_ylabel("test AP@0.5")
+    ax.set_title(f"{dataset} instances: test AP@0.5")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    loop = [a for a in LOOP_ARMS if a in by_arm]
+    bars = [(a, row) for a in loop for row in by_arm[a]["per_round"] if row.get("corrections")]
+    width = 0.38
+    for j, (_arm, row) in enumerate(bars):
+        edits = row["corrections"]
+        n = len(edits)
+        drawn = sum(e["objects_drawn_from_scratch"] for e in edits) / n
+        parts = [sum(e[k] for e in edits) / n for k in OBJECT_KEYS]
+        bx.bar(j - width / 2, drawn, width, color="0.6", label="drawn from scratch" if j == 0 else None)
+        bottom = 0.0
+        for k, (v, colour) in enumerate(zip(parts, ("tab:red", "tab:purple", "tab:orange"), strict=True)):
+            label = ("added", "removed", "changed")[k] if j == 0 else None
+            bx.bar(j + width / 2, v, width, bottom=bottom, color=colour, label=label)
+            bottom += v
+    bx.set_xticks(
+        range(len(bars)),
+        [f"after round {row['round']}" + (f"\n{ARM_TITLES[a]}" if len(loop) > 1 else "") for a, row in bars],
+    )
+    bx.set_ylabel("objects per corrected image")
+    bx.set_title(
+        f"objects fixed vs drawn from scratch ({ARM_TITLES[loop[0]] if len(loop) == 1 else 'per arm'})"
+    )
+    bx.grid(alpha=0.3, axis="y")
+    if bars:
+        bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"{dataset}_instances.png")
+    plt.close(fig)
 
 
 def plot(out: Path) -> None:
@@ -864,7 +1059,12 @@ def plot(out: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    runs = load(out)
+    everything = load(out)
+    runs = [r for r in everything if _task(r) == "binary"]
+    for dataset in sorted({r["dataset"] for r in everything if _task(r) == "instances"}):
+        _plot_instances(
+            out, dataset, [r for r in everything if r["dataset"] == dataset and _task(r) == "instances"]
+        )
     for dataset in sorted({r["dataset"] for r in runs}):
         ds_runs = [r for r in runs if r["dataset"] == dataset]
         seeds = sorted({r["seed"] for r in ds_runs})

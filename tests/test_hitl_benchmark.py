@@ -172,3 +172,51 @@ def test_hitl_report_shows_corrections_of_an_arm_stopped_after_them(tmp_path: Pa
         cells.append(f"{sum(e['edit_dice'] for e in edits) / len(edits):.3f} / {ratio:.2f}")
     assert f"| 2 | {cells[0]} | {cells[1]} | " in summary, summary
     assert "not reached (stopped early)" in summary
+
+
+def test_hitl_script_instances_tiny(tmp_path: Path) -> None:
+    """``--task instances``: an instance project; the corrections are the dataset's instances/, saved against
+    their proposals, so the store's object edit cost is what the JSON and the report show."""
+    from napari_diffseg.data.synthetic import make_sample_dataset
+
+    make_sample_dataset(
+        tmp_path / "data" / "nuc", n_train=6, n_test=2, size=(64, 64), kind="nuclei", seed=1, instances=True
+    )
+    out, work = tmp_path / "out", tmp_path / "work"
+    cmd = [sys.executable, str(SCRIPT), "--data", str(tmp_path / "data"), "--dataset", "nuc", "--task"]
+    cmd += ["instances", "--preset", "tiny", "--k", "1", "--b", "2", "--rounds", "2", "--threads", "1"]
+    cmd += ["--keep", "--arms", "uncertainty", "scratch", "--out", str(out), "--work", str(work)]
+    run = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    u = json.loads((out / "nuc_instances_uncertainty_s0.json").read_text())
+    s = json.loads((out / "nuc_instances_scratch_s0.json").read_text())
+    assert u["task"] == s["task"] == "instances"
+    for row in u["per_round"] + s["per_round"]:
+        assert all(0.0 <= row[k] <= 1.0 for k in ("test_ap_50", "test_f1_50", "test_dice"))
+    first = u["per_round"][0]
+    assert len(first["corrections"]) == 2 and first["pool"]["n"] == 3
+    from napari_diffseg.data.dataset import DatasetFolder
+
+    ds = DatasetFolder(tmp_path / "data" / "nuc")
+    with Project.open(work / "nuc_instances_uncertainty_s0") as project:
+        assert project.task.kind == "instances"
+        for c in first["corrections"]:
+            ann = project.annotation(c["image"])
+            assert ann is not None and ann.kind == "correction" and ann.proposal_id is not None
+            stored = (ann.objects_added, ann.objects_removed, ann.objects_changed)
+            assert stored == (c["objects_added"], c["objects_removed"], c["objects_changed"])
+            truth = ds.load_instances(c["image"])
+            assert np.array_equal(project.load_annotation(c["image"]), truth)  # ids kept, not binarised
+            assert c["objects_drawn_from_scratch"] == len(np.unique(truth)) - 1
+            assert c["objects_fixed"] == sum(stored)
+        assert project.check()["ok"]
+    assert s["per_round"][1]["drawn_objects_per_image"] > 0
+    summary = (out / "summary.md").read_text()
+    assert "### nuc: objects fixed per image by round vs objects drawn from scratch" in summary
+    n = len(first["corrections"])
+    drawn = sum(c["objects_drawn_from_scratch"] for c in first["corrections"]) / n
+    fixed = sum(c["objects_fixed"] for c in first["corrections"]) / n
+    assert f"| 1 | most uncertain | 2 | {drawn:.1f} | {fixed:.1f} (" in summary, summary
+    assert (out / "nuc_instances.png").exists() and not (out / "nuc.png").exists()
