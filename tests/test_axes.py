@@ -292,3 +292,37 @@ def test_experiment_on_a_two_channel_dataset(tmp_path: Path) -> None:
     args = ["experiment", str(ds), "--labeled-fraction", "0.5", "--method", "supervised", "--preset", "tiny"]
     assert main([*args, "--json", str(out)]) == 0
     assert json.loads(out.read_text())["test"]["n"] == 2
+
+
+# ------------------------------------------------------------------------------------------ napari layers
+
+
+@pytest.mark.parametrize(
+    ("shape", "rgb", "choice", "channels", "axes"),
+    [
+        ((30, 40), False, None, None, "YX"),
+        ((30, 40, 3), True, None, None, "YXC"),
+        ((6, 30, 40), False, None, None, "ZYX"),
+        ((6, 30, 40), False, None, 3, None),  # a grey stack in a project of 3 fluorescence channels
+        ((1, 30, 40), False, None, None, "YX"),  # a leading axis of one: a 2D image
+        ((1, 6, 30, 40), False, None, None, "ZYX"),
+        ((4, 24, 28, 3), True, None, None, "ZYXC"),
+        ((2, 30, 40), False, "CYX", 2, "CYX"),
+        ((5, 30, 40), False, "TYX", None, "TYX"),
+        ((2, 6, 30, 40), False, None, None, None),
+        ((2, 4, 24, 28, 3), True, None, None, None),
+        ((6, 30, 40), False, "YX", None, None),  # the axes choice names 2 axes, the layer has 3
+    ],
+)
+def test_layer_axes(shape, rgb, choice, channels, axes) -> None:
+    """The axes "Import selected layers" uploads a layer with (issue 12): 2D grey or RGB, 3D a z-stack
+    unless the axes box says otherwise; 4D refused with what to do instead."""
+    from napari_diffseg._layers import layer_axes
+
+    if axes is not None:
+        assert layer_axes(shape, rgb, "x", choice, channels) == axes
+        return
+    with pytest.raises(ValueError, match=r"Import files|CYX|axes choice|single-channel") as info:
+        layer_axes(shape, rgb, "x", choice, channels)
+    if len(shape) - rgb >= 4:
+        assert "a layer imports as" in str(info.value) and "--axes" in str(info.value)

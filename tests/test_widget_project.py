@@ -79,7 +79,7 @@ def test_create_a_project_then_import_the_selected_image_layers(
         viewer.add_image(grey, name="grey"),
         viewer.add_image(rgb, name="rgb", rgb=True),
         viewer.add_labels(np.zeros((40, 50), np.int32), name="mask"),
-        viewer.add_image(rng.random((3, 20, 20)), name="stack"),
+        viewer.add_image(rng.random((2, 3, 20, 20)), name="hyperstack"),
         viewer.add_image(rgb, name="not selected", rgb=True),
     ]
     viewer.layers.selection.clear()
@@ -90,7 +90,7 @@ def test_create_a_project_then_import_the_selected_image_layers(
     headers = [widget.table.horizontalHeaderItem(c).text() for c in range(widget.table.columnCount())]
     assert headers == ["name", "state", "uncertainty", "last edit Dice", "split"]
     skipped = messages["warning"][-1]
-    assert "mask (a Labels layer, not an image)" in skipped and "stack (3D" in skipped
+    assert "mask (a Labels layer, not an image)" in skipped and "hyperstack (4D" in skipped
     assert "not selected" not in skipped
     qtbot.waitUntil(lambda: any("Imported 2" in m for m in messages["info"]), timeout=WAIT_MS)
 
@@ -157,6 +157,111 @@ def test_import_files_reports_bad_files_and_imports_the_others(
     assert "broken.png" in warning and "notes.txt" in warning and "other images were imported" in warning
     assert any("Imported 3" in m for m in messages["info"])
     assert widget.import_files_button.isEnabled() and widget.import_layers_button.isEnabled()
+
+
+def test_a_3d_layer_imports_as_a_z_stack_and_a_4d_one_or_channel_layers_are_refused(
+    widget, qtbot, tmp_path, monkeypatch, messages
+) -> None:
+    """Issue 12: a z-stack opened with napari's own reader is imported as one image of axes ZYX (RGB
+    planes: ZYXC), a 3D layer with one plane as a 2D image; a 4D layer, and the channel layers napari makes
+    of one file with channel_axis, are refused with what to do instead."""
+    import tifffile
+
+    _open(widget, qtbot, tmp_path / "proj", monkeypatch)
+    qtbot.waitUntil(lambda: widget.session.client is not None, timeout=WAIT_MS)
+    viewer = widget.viewer
+    rng = np.random.default_rng(2)
+    stack = rng.integers(0, 4000, (6, 30, 40), dtype=np.uint16)
+    colour = rng.integers(0, 255, (4, 24, 28, 3), dtype=np.uint8)
+    plane = rng.integers(0, 4000, (1, 30, 40), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "zstack.tif", stack)
+    opened = viewer.open(
+        tmp_path / "zstack.tif", plugin="napari"
+    )  # napari's own reader, as a biologist would
+    assert [layer.data.shape for layer in opened] == [stack.shape]
+    viewer.add_image(colour, name="colour stack", rgb=True)
+    viewer.add_image(plane, name="one plane")
+    viewer.add_image(rng.random((2, 6, 30, 40)), name="time-lapse stack")
+    viewer.layers.selection.clear()
+    viewer.layers.selection.update(list(viewer.layers))
+    widget.import_layers_button.click()
+    qtbot.waitUntil(lambda: widget.table.rowCount() == 3, timeout=WAIT_MS)
+    assert set(_names(widget)) == {"zstack", "colour stack", "one plane"}
+    refused = messages["warning"][-1]
+    assert refused.startswith("Not imported: time-lapse stack (4D (shape (2, 6, 30, 40)); a layer imports")
+    assert "'Import files'" in refused and "--axes" in refused
+    qtbot.waitUntil(lambda: any("Imported 3" in m for m in messages["info"]), timeout=WAIT_MS)
+
+    client = widget.session.client
+    rec = client.image("zstack")
+    assert rec.axes == "ZYX" and rec.shape == [6, 30, 40] and rec.channels == 1
+    assert np.array_equal(client.image_pixels("zstack"), stack[:, None])  # (Z, C, H, W)
+    rec = client.image("colour stack")
+    assert rec.axes == "ZYXC" and rec.shape == [4, 24, 28, 3] and rec.channels == 3
+    assert np.array_equal(client.image_pixels("colour stack"), np.moveaxis(colour, -1, 1))
+    rec = client.image("one plane")
+    assert rec.axes == "YX" and rec.shape == [30, 40]
+    assert np.array_equal(client.image_pixels("one plane"), plane)
+
+    # three channels of one file, opened with channel_axis: one layer each, none imported on its own
+    tifffile.imwrite(tmp_path / "channels.tif", rng.integers(0, 4000, (3, 30, 40), dtype=np.uint16))
+    layers = viewer.open(tmp_path / "channels.tif", plugin="napari", channel_axis=0)
+    assert len(layers) == 3 and all(layer.data.shape == (30, 40) for layer in layers)
+    viewer.layers.selection.clear()
+    viewer.layers.selection.update(layers[:2])
+    widget.import_selected_layers()
+    refused = messages["warning"][-1]
+    assert refused.count("one of 3 layers napari opened from channels.tif") == 2
+    assert "Import the file itself with 'Import files'" in refused
+    qtbot.wait(300)
+    assert widget.table.rowCount() == 3 and len(client.images()) == 3
+
+
+def test_a_time_lapse_layer_is_sent_one_time_point_each() -> None:
+    from napari_diffseg._widgets.project import LayerPixels, _uploads
+
+    frames = np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5)
+    sent = _uploads("movie", LayerPixels(frames, "TYX"), None)
+    assert [(name, axes) for name, _body, axes in sent] == [
+        ("movie-t000", "YX"),
+        ("movie-t001", "YX"),
+        ("movie-t002", "YX"),
+    ]
+    assert all(np.array_equal(body, frames[t]) for t, (_n, body, _a) in enumerate(sent))
+    ((name, body, axes),) = _uploads("stack", LayerPixels(frames, "ZYX"), None)
+    assert (name, axes) == ("stack", "ZYX") and body is frames
+
+
+def test_a_grey_3d_layer_in_a_project_of_channels_is_refused_unless_the_axes_say_cyx(
+    widget, qtbot, tmp_path, monkeypatch, messages
+) -> None:
+    """A project of two-channel images takes no grey z-stack: the refusal names the CYX choice; with it
+    the same layer is imported as one image of two channels."""
+    _open(widget, qtbot, tmp_path / "proj", monkeypatch)
+    qtbot.waitUntil(lambda: widget.session.client is not None, timeout=WAIT_MS)
+    client = widget.session.client
+    rng = np.random.default_rng(3)
+    client.upload_image(rng.integers(0, 4000, (2, 30, 40), dtype=np.uint16), name="first", axes="CYX")
+    widget.refresh()
+    qtbot.waitUntil(lambda: widget.table.rowCount() == 1, timeout=WAIT_MS)
+    viewer = widget.viewer
+    layer = viewer.add_image(rng.integers(0, 4000, (2, 30, 40), dtype=np.uint16), name="two planes")
+    viewer.layers.selection.clear()
+    viewer.layers.selection.add(layer)
+
+    widget.import_selected_layers()
+    refused = messages["warning"][-1]
+    assert "a single-channel z-stack of 2 planes, but this project's images have 2 channels" in refused
+    assert "choose 'CYX (channels)'" in refused
+    qtbot.wait(300)
+    assert len(client.images()) == 1
+
+    widget.axes.setCurrentIndex(widget.axes.findData("CYX"))
+    widget.import_selected_layers()
+    qtbot.waitUntil(lambda: widget.table.rowCount() == 2, timeout=WAIT_MS)
+    rec = client.image("two planes")
+    assert rec.axes == "CYX" and rec.shape == [2, 30, 40] and rec.channels == 2
+    assert np.array_equal(client.image_pixels("two planes"), layer.data)
 
 
 def test_import_without_a_backend_says_what_to_do(widget, qtbot, messages) -> None:

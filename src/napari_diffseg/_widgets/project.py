@@ -1,7 +1,7 @@
 """The project dock widget: open or create a project (a local backend is started for it) or connect to a
 remote backend; import image layers or files; the image table; "Next image".
 
-Why one module of ~750 lines: one QWidget class (its task choice and import dialogs included) and the two helpers it shares with the reader path
+Why one module of ~810 lines: one QWidget class (its task choice, import dialogs and layer checks included) and the two helpers it shares with the reader path
 (``show_image``, the import dialogs); backend start-up is in ``backend/local.py``, listings in ``review.py``.
 
 A folder of images opened as a project is not refused: the widget offers a new project beside it
@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_diffseg._layers import to_display
+from napari_diffseg._layers import layer_axes, to_display
 from napari_diffseg._widgets._session import (
     Session,
     notify_error,
@@ -147,10 +147,20 @@ AXES_CHOICES: tuple[tuple[str, str | None], ...] = (
 """The Project widget's axes choices for an import: (label, OME letters or None to read them)."""
 
 
-def _upload_all(
-    client: Any, items: Sequence[tuple[str, np.ndarray | Path]], axes: str | None = None
-) -> ImportReport:
-    """Worker: upload each ``(name, array or file)``; a bad item is recorded and the others go on.
+@dataclass(frozen=True)
+class LayerPixels:
+    """A copy of an Image layer's pixels and the axes they are uploaded with (:func:`layer_axes`)."""
+
+    data: np.ndarray
+    axes: str
+
+
+Item = np.ndarray | Path | LayerPixels
+
+
+def _upload_all(client: Any, items: Sequence[tuple[str, Item]], axes: str | None = None) -> ImportReport:
+    """Worker: upload each ``(name, array, file or layer pixels)``; a bad item is recorded and the others
+    go on.
 
     ``axes`` (OME letters, or None: read from the file) is sent with every upload, as ``diffseg import
     --axes``. A lost connection or a refused token stops the import (every further upload would fail
@@ -181,16 +191,19 @@ def _upload_all(
     return report
 
 
-def _uploads(
-    name: str, item: np.ndarray | Path, axes: str | None
-) -> list[tuple[str, np.ndarray | Path, str | None]]:
+def _uploads(name: str, item: Item, axes: str | None) -> list[tuple[str, np.ndarray | Path, str | None]]:
     """What to send for one item: ``(name, body, axes)``. A TIFF or PNG holding one 2D image is sent as the
     file (the backend reads it, keeping its channel names); a file of several series or time points is
     read here and sent one image at a time (``NAME-s0``..., ``NAME-t000``...), like ``diffseg import``;
-    JPEG and BMP are decoded here (EXIF orientation, CMYK) and sent as arrays."""
+    JPEG and BMP are decoded here (EXIF orientation, CMYK) and sent as arrays. A layer's pixels go with
+    their own axes (a time-lapse one time point each, ``NAME-t000``...)."""
+    from napari_diffseg.data.imagefile import ImageRead, read_image_file, split_frames
+
+    if isinstance(item, LayerPixels):
+        frames = split_frames(ImageRead(Path(name), name, item.data, item.axes))
+        return [(f.name, f.data, f.axes) for f in frames]
     if not isinstance(item, Path):
         return [(name, item, None)]
-    from napari_diffseg.data.imagefile import read_image_file, split_frames
 
     frames = [f for r in read_image_file(item, axes=axes) for f in split_frames(r)]
     if len(frames) == 1 and item.suffix.lower() in UPLOAD_SUFFIXES:
@@ -387,7 +400,8 @@ class ProjectWidget(QWidget):
         self.axes.setToolTip(
             "How 'Import files' reads the files' axes. auto: from the file (ImageJ / OME-TIFF metadata; a plain\n"
             "stack of 2-4 pages is taken as channels, more as a z-stack). CYX: the first axis holds channels;\n"
-            "TYX: time points, one image each; ZYX: a z-stack (one 3D image, annotated plane by plane)."
+            "TYX: time points, one image each; ZYX: a z-stack (one 3D image, annotated plane by plane).\n"
+            "'Import selected layers' takes a grey 3D layer as a z-stack (ZYX) unless CYX or TYX is chosen."
         )
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
@@ -593,19 +607,31 @@ class ProjectWidget(QWidget):
     # ------------------------------------------------------------------------------ import
 
     def import_selected_layers(self) -> None:
-        """Upload the selected Image layers (2D grey or RGB) under their layer names; other layers are
-        skipped with a notification. The upload runs in a worker thread on copies of the data."""
+        """Upload the selected Image layers under their layer names: a 2D layer as a grey or RGB image, a
+        3D one as a z-stack (ZYX; CYX or TYX when chosen in the axes box, :func:`layer_axes`). Other layers
+        are skipped with a notification saying why and what to do (4D and more, the channel layers napari
+        made of one file with ``channel_axis``: import the file). The upload runs in a worker thread on
+        copies of the data."""
         if self._require_client() is None:
             return
-        items: list[tuple[str, np.ndarray | Path]] = []
+        items: list[tuple[str, Item]] = []
         skipped: list[str] = []
+        channels = _fluorescence_channels(self.images)
         for layer in self.viewer.layers.selection:
-            why = _not_importable(layer)
-            if why:
+            why = _not_importable(layer) or _channel_layer(layer, self.viewer.layers)
+            data = None
+            if not why:
+                data = layer.data[0] if layer.multiscale else layer.data
+                try:
+                    axes = layer_axes(
+                        tuple(data.shape), bool(layer.rgb), layer.name, self.axes.currentData(), channels
+                    )
+                except ValueError as exc:
+                    why = str(exc)
+            if why or data is None:
                 skipped.append(f"{layer.name} ({why})")
                 continue
-            data = layer.data[0] if layer.multiscale else layer.data
-            items.append((layer.name, np.array(data, copy=True)))
+            items.append((layer.name, LayerPixels(np.array(data, copy=True), axes)))
         if skipped:
             show_warning("Not imported: " + "; ".join(skipped) + ".")
         if not items:
@@ -626,7 +652,7 @@ class ProjectWidget(QWidget):
             return
         self._upload([(file_stem(p), Path(p)) for p in paths], self.axes.currentData())
 
-    def _upload(self, items: list[tuple[str, np.ndarray | Path]], axes: str | None = None) -> None:
+    def _upload(self, items: Sequence[tuple[str, Item]], axes: str | None = None) -> None:
         self.status.setText(f"importing {len(items)} image(s)…")
         self._before_import = list(self.images)  # what the new images are compared with
         for button in (self.import_layers_button, self.import_files_button):
@@ -730,16 +756,54 @@ class ProjectWidget(QWidget):
 
 
 def _not_importable(layer: Any) -> str:
-    """Why a layer cannot be imported ("" when it can)."""
+    """Why a layer cannot be imported, whatever its shape ("" when it can; the shape: :func:`layer_axes`)."""
     from napari.layers import Image
 
     if not isinstance(layer, Image):
         return f"a {layer.__class__.__name__} layer, not an image"  # __class__: napari may pass a proxy
     if "diffseg_image" in layer.metadata or "diffseg_image_id" in layer.metadata:
         return "it comes from the project"
-    if layer.ndim != 2:
-        return f"{layer.ndim}D; only 2D grey or RGB images can be imported"
     return ""
+
+
+def _channel_layer(layer: Any, layers: Sequence[Any]) -> str:
+    """Why ``layer`` is not imported on its own when it is one of several grey layers of the same shape
+    napari opened from one file (the file's channels, split with ``channel_axis``; napari-diffseg's reader
+    says so in the layer's metadata, ``axes`` with a C); "" otherwise."""
+    from napari.layers import Image
+
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if not path or layer.rgb:
+        return ""
+    read_axes = layer.metadata.get("axes")  # napari-diffseg's reader: the file's axes, as read
+    if isinstance(read_axes, str) and "C" not in read_axes:
+        return ""  # one series or image of the file, not one of its channels
+    siblings = [
+        other
+        for other in layers
+        if other is not layer
+        and isinstance(other, Image)
+        and not other.rgb
+        and getattr(other.source, "path", None) == path
+        and other.level_shapes[0].tolist() == layer.level_shapes[0].tolist()
+    ]
+    if not siblings:
+        return ""
+    return (
+        f"one of {len(siblings) + 1} layers napari opened from {Path(path).name}, its channels split into "
+        "layers (channel_axis): a layer holds one channel of the image. Import the file itself with 'Import "
+        "files' (axes read from the file, or chosen beside the button; `diffseg import FILE --axes CYX` or "
+        "CZYX) so that its channels stay one image"
+    )
+
+
+def _fluorescence_channels(images: Sequence[Image]) -> int | None:
+    """The channel count of the project's fluorescence images (axes with C before Y and X), None when it
+    has none (grey or RGB images only, or no images)."""
+    counts = [
+        im.channels for im in images if im.channels > 1 and "C" in im.axes and not im.axes.endswith("C")
+    ]
+    return max(counts) if counts else None
 
 
 def _free_sibling(folder: Path) -> Path:
