@@ -235,6 +235,9 @@ def test_the_whole_instance_loop_through_the_docked_widgets(
         assert np.array_equal(saved2, edited2)
         assert {fresh, second_fresh} <= set(_object_ids(saved2)) and second_fresh == fresh + 1
         assert len(_object_ids(saved2)) == len(ids) + 1
+        assert np.array_equal(labels.data, edited2)  # the layer holds what was saved
+        colour = {tuple(np.round(labels.get_color(i), 3)) for i in (fresh, second_fresh)}
+        assert len(colour) == 2  # each object its own colour too
         latest = client.annotations(expected.id)[-1]
         assert latest.replaces == 1 and latest.proposal_id == annotate.proposal_id
         assert (latest.objects_added, latest.objects_removed, latest.objects_changed) == (2, 1, 0)
