@@ -111,3 +111,80 @@ def test_dsb_round_trip_ceiling() -> None:
         ids = ds.load_instances(i)
         aps.append(instance_metrics(labels_to_instances(instances_to_target(ids)), ids)["ap_50"])
     assert len(aps) == 13 and float(np.mean(aps)) > 0.99
+
+
+def _stack_probs(ids: np.ndarray) -> np.ndarray:
+    """Confident ``(Z, 3, H, W)`` probabilities of a ``(Z, H, W)`` stack of ids (its per-plane target)."""
+    target = np.stack([instances_to_target(plane) for plane in ids])
+    return np.stack([(target == k) for k in range(3)], axis=1).astype(np.float32)
+
+
+def _two_nuclei_stack() -> np.ndarray:
+    """Four planes: nucleus 1 in planes 0-2, nucleus 2 in planes 1-3 beside it (not touching), a third in
+    plane 3 only, away from both."""
+    zz, yy, xx = np.mgrid[:4, :48, :64]
+    ids = np.zeros((4, 48, 64), np.uint16)
+    ids[(zz <= 2) & ((yy - 16) ** 2 + (xx - 16) ** 2 <= 9**2)] = 1
+    ids[(zz >= 1) & ((yy - 24) ** 2 + (xx - 46) ** 2 <= 10**2)] = 2
+    ids[3][(yy[3] - 36) ** 2 + (xx[3] - 12) ** 2 <= 6**2] = 3
+    return ids
+
+
+def test_stack_objects_keep_one_id_through_their_planes() -> None:
+    from napari_diffseg.core.instances import proposal_instances, stack_instances
+
+    truth = _two_nuclei_stack()
+    probs = _stack_probs(truth)
+    linked = stack_instances(probs)
+    assert linked.shape == truth.shape and linked.dtype == np.uint16
+    assert np.unique(linked[linked > 0]).size == 3  # three objects, not 2 + 2 + 2 + 2 plane pieces
+    for t in (1, 2, 3):
+        ids = np.unique(linked[truth == t])
+        ids = ids[ids > 0]
+        assert ids.size == 1, (t, ids)  # one id through every plane the object crosses
+        inside = linked == ids[0]
+        # the object's voxels are the truth's, less nothing but boundary shared with the background
+        assert (inside & (truth != t)).sum() == 0 and inside.sum() >= 0.95 * (truth == t).sum()
+    assert np.array_equal(proposal_instances(probs), linked)  # what a stack proposal shows
+    # plane by plane (the fallback beyond the voxel limit): one id per plane piece, none shared
+    per_plane = stack_instances(probs, link_max_voxels=0)
+    assert (
+        np.unique(per_plane[per_plane > 0]).size == 1 + 2 + 2 + 2
+    )  # objects per plane: {1}, {1,2}, {1,2}, {2,3}
+    assert not set(np.unique(per_plane[0])[1:]) & set(np.unique(per_plane[1])[1:])
+    with pytest.raises(DataError, match=r"\(Z, 3, H, W\)"):
+        stack_instances(probs[0])
+
+
+def test_stack_linking_is_by_faces_not_corners() -> None:
+    """Two blobs in adjacent planes that touch only diagonally (no voxel directly above another) stay two
+    objects: Z is linked only where the planes overlap (no resampling, no 26-connectivity)."""
+    from napari_diffseg.core.instances import stack_instances
+
+    ids = np.zeros((2, 32, 32), np.uint16)
+    ids[0, 4:12, 4:12] = 1
+    ids[1, 12:20, 12:20] = 2  # its corner (12, 12) is diagonal to (11, 11) of the plane below
+    linked = stack_instances(_stack_probs(ids))
+    assert np.unique(linked[linked > 0]).size == 2
+
+
+def test_predict_of_a_stack_links_instances_across_planes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``predict`` of a z-stack with an instance model: the networks plane by plane, the objects from the
+    whole stack (one id per nucleus), and the probabilities returned per plane."""
+    from napari_diffseg import predict
+
+    truth = _two_nuclei_stack()
+    probs = _stack_probs(truth)
+    stack = truth[:, None].astype(np.float32)  # (Z, C, H, W); the fake networks read the plane's ids
+    lookup = {truth[z].tobytes(): probs[z] for z in range(truth.shape[0])}
+    monkeypatch.setattr(
+        predict, "predict_image", lambda _b, _c, plane: lookup[plane[0].astype(np.uint16).tobytes()]
+    )
+    from types import SimpleNamespace
+
+    bundle = SimpleNamespace(spec=SimpleNamespace(num_classes=3))  # all _labels reads of a model
+    labels, out_probs = predict._predict_stack(bundle, {"task": "instances"}, stack)  # type: ignore[arg-type]
+    assert np.array_equal(out_probs, probs)
+    assert labels.shape == truth.shape and np.unique(labels[labels > 0]).size == 3
+    labels_b, _ = predict._predict_stack(bundle, {"task": "multiclass"}, stack)  # type: ignore[arg-type]
+    assert np.array_equal(labels_b, probs.argmax(1))  # class maps stay per plane

@@ -121,24 +121,15 @@ def _labels(bundle: ModelBundle, config: dict, probs: np.ndarray) -> tuple[np.nd
 
 
 def _predict_stack(bundle: ModelBundle, config: dict, stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A raw (Z, C, H, W) z-stack → its (Z, H, W) label image and (Z, K, H, W) probabilities, plane by plane.
-
-    An instance model's object ids are per plane (not linked across planes): plane z's ids are offset by
-    the largest id of the planes before it, so no two objects of the stack share an id.
-    """
-    labels, probs = [], []
-    offset = 0
-    for plane in stack:
-        lab, p = _labels(bundle, config, predict_image(bundle, config, plane))
-        if config.get("task") == "instances":
-            lab = np.where(lab > 0, lab.astype(np.int64) + offset, 0)
-            offset = int(lab.max(initial=offset))
-        labels.append(lab)
-        probs.append(p)
-    out = np.stack(labels)
+    """A raw (Z, C, H, W) z-stack → its (Z, H, W) label image and (Z, K, H, W) probabilities: the networks
+    plane by plane; an instance model's objects made from the whole stack's probabilities at once, so an
+    object keeps one id through the planes it crosses (``core.instances.stack_instances``)."""
+    probs = np.stack([predict_image(bundle, config, plane) for plane in stack])
     if config.get("task") == "instances":
-        out = out.astype(np.uint16 if out.max(initial=0) < 2**16 else np.uint32)
-    return out, np.stack(probs)
+        from .core.instances import stack_instances
+
+        return stack_instances(probs), probs
+    return np.stack([_labels(bundle, config, p)[0] for p in probs]), probs
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,20 @@ shared ``classes_012.png`` case uses the same 2-pixel inner rim.)
 4. foreground pieces that no seed reached (an object predicted as boundary only) become objects too;
 5. objects under :data:`MIN_OBJECT_SIZE` pixels (16: a 4 × 4 square; the smallest DSB nucleus is ~23) are
    removed (set to background) and ids renumbered 1..N, uint16 (uint32 beyond 65,535 objects).
+
+**Z-stacks** (:func:`stack_instances`). The networks are 2D and see one plane at a time, but a nucleus spans
+several planes, and counting it once per plane would count it several times. A stack's ``(Z, 3, H, W)``
+probabilities are therefore post-processed as one volume: the same five steps with 3D face connectivity
+(a voxel touches its 4 in-plane neighbours and the voxels directly above and below it — nothing is
+resampled, so a coarse Z step links only what overlaps from one plane to the next), so one object keeps one
+id through the planes it crosses. Sizes are then in voxels. A stack of more than :data:`LINK_MAX_VOXELS`
+voxels (the backend's upload limit) is done plane by plane instead, ids offset so that no two objects share
+one, to bound the watershed's memory.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -42,6 +53,7 @@ __all__ = [
     "labels_to_instances",
     "probs_to_instances",
     "proposal_instances",
+    "stack_instances",
 ]
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
@@ -53,8 +65,8 @@ BOUNDARY_WIDTH = 2
 MIN_SEED_SIZE = 4
 #: Objects smaller than this (pixels) are removed from the post-processed instances.
 MIN_OBJECT_SIZE = 16
-
-_FOUR = ndi.generate_binary_structure(2, 1)
+#: Stacks up to this many voxels are post-processed as one volume (objects linked across planes).
+LINK_MAX_VOXELS = 2**26
 
 
 def _check_ids(instances: np.ndarray) -> np.ndarray:
@@ -120,6 +132,29 @@ def _renumber(labels: np.ndarray, min_size: int) -> np.ndarray:
     return out.astype(np.uint16 if out.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
 
 
+def _seeded_watershed(
+    interior: np.ndarray, boundary: np.ndarray, *, min_size: int, min_seed_size: int, threshold: float
+) -> np.ndarray:
+    """Steps 1-5 of the module docstring on interior / boundary probabilities of any dimension (2D: an
+    image, 3D: a stack), face-connected."""
+    from skimage.segmentation import watershed
+
+    face = ndi.generate_binary_structure(interior.ndim, 1)
+    foreground = (interior + boundary) > threshold
+    seeds, n = ndi.label((interior > threshold) & foreground, structure=face)
+    if n:
+        sizes = np.bincount(seeds.ravel())
+        small = sizes < min_seed_size
+        small[0] = False
+        seeds[small[seeds]] = 0
+    labels = watershed(1.0 - interior, markers=seeds, mask=foreground, connectivity=1)
+    # foreground that no seed reached (an object predicted as boundary only) is an object of its own
+    rest, n_rest = ndi.label(foreground & (labels == 0), structure=face)
+    if n_rest:
+        labels = np.where(rest > 0, rest + labels.max(initial=0), labels)
+    return _renumber(labels.astype(np.int64), min_size)
+
+
 def probs_to_instances(
     probs: np.ndarray,
     *,
@@ -133,24 +168,44 @@ def probs_to_instances(
     Raises:
         DataError: Not a ``(3, H, W)`` array.
     """
-    from skimage.segmentation import watershed
-
     p = np.asarray(probs, dtype=np.float32)
     if p.ndim != 3 or p.shape[0] != INSTANCE_CLASSES:
         raise DataError(f"instance post-processing needs (3, H, W) class probabilities, got shape {p.shape}")
-    foreground = (p[INTERIOR] + p[BOUNDARY]) > threshold
-    seeds, n = ndi.label((p[INTERIOR] > threshold) & foreground, structure=_FOUR)
-    if n:
-        sizes = np.bincount(seeds.ravel())
-        small = sizes < min_seed_size
-        small[0] = False
-        seeds[small[seeds]] = 0
-    labels = watershed(1.0 - p[INTERIOR], markers=seeds, mask=foreground, connectivity=1)
-    # foreground that no seed reached (an object predicted as boundary only) is an object of its own
-    rest, n_rest = ndi.label(foreground & (labels == 0), structure=_FOUR)
-    if n_rest:
-        labels = np.where(rest > 0, rest + labels.max(initial=0), labels)
-    return _renumber(labels.astype(np.int64), min_size)
+    return _seeded_watershed(
+        p[INTERIOR], p[BOUNDARY], min_size=min_size, min_seed_size=min_seed_size, threshold=threshold
+    )
+
+
+def stack_instances(
+    probs: np.ndarray,
+    *,
+    min_size: int = MIN_OBJECT_SIZE,
+    min_seed_size: int = MIN_SEED_SIZE,
+    threshold: float = 0.5,
+    link_max_voxels: int = LINK_MAX_VOXELS,
+) -> np.ndarray:
+    """A z-stack's 3-class probabilities ``(Z, 3, H, W)`` → instance ids ``(Z, H, W)``, objects linked
+    across planes (one id per object through the planes it crosses; module docstring). Beyond
+    ``link_max_voxels`` plane by plane, each plane's ids offset by the largest id of the planes before it.
+    uint16 (uint32 beyond 65,535 objects).
+
+    Raises:
+        DataError: Not a ``(Z, 3, H, W)`` array.
+    """
+    p = np.asarray(probs)
+    if p.ndim != 4 or p.shape[1] != INSTANCE_CLASSES:
+        raise DataError(f"a stack's instance post-processing needs (Z, 3, H, W) probabilities, got {p.shape}")
+    kw: dict[str, Any] = {"min_size": min_size, "min_seed_size": min_seed_size, "threshold": threshold}
+    if p.shape[0] * p.shape[2] * p.shape[3] <= link_max_voxels:
+        return _seeded_watershed(p[:, INTERIOR].astype(np.float32), p[:, BOUNDARY].astype(np.float32), **kw)
+    planes, offset = [], 0
+    for plane in p:
+        ids = probs_to_instances(plane, **kw).astype(np.int64)
+        ids = np.where(ids > 0, ids + offset, 0)
+        offset = int(ids.max(initial=offset))
+        planes.append(ids)
+    out = np.stack(planes)
+    return out.astype(np.uint16 if out.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
 
 
 def labels_to_instances(classes: np.ndarray, min_size: int = MIN_OBJECT_SIZE) -> np.ndarray:
@@ -163,8 +218,8 @@ def labels_to_instances(classes: np.ndarray, min_size: int = MIN_OBJECT_SIZE) ->
 
 def proposal_instances(probs: np.ndarray) -> np.ndarray:
     """:func:`probs_to_instances` of a proposal: ``(3, H, W)`` → ``(H, W)``; a z-stack's ``(Z, 3, H, W)`` →
-    ``(Z, H, W)``, plane by plane, plane z's ids offset by the largest id of the planes before it (objects
-    are not linked across planes, and no two share an id). uint16 (uint32 beyond 65,535 objects).
+    ``(Z, H, W)`` by :func:`stack_instances` (objects linked across planes). uint16 (uint32 beyond 65,535
+    objects).
 
     Raises:
         DataError: Not 3-class probabilities.
@@ -174,11 +229,4 @@ def proposal_instances(probs: np.ndarray) -> np.ndarray:
         return probs_to_instances(p)
     if p.ndim != 4:
         raise DataError(f"a proposal is (3, H, W) or (Z, 3, H, W) probabilities, got shape {p.shape}")
-    planes, offset = [], 0
-    for plane in p:
-        ids = probs_to_instances(plane).astype(np.int64)
-        ids = np.where(ids > 0, ids + offset, 0)
-        offset = int(ids.max(initial=offset))
-        planes.append(ids)
-    out = np.stack(planes)
-    return out.astype(np.uint16 if out.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
+    return stack_instances(p)
