@@ -307,3 +307,57 @@ def test_the_planes_a_gui_save_annotates() -> None:
     assert annotated_planes(proposal, proposal) == []  # nothing edited, nothing on show
     assert annotated_planes(proposal, proposal, previous=[9], on_show=7) == []  # out of range: dropped
     assert annotated_planes(edit, None) == [0, 1, 2, 3, 4]  # nothing to compare with: the labelled planes
+
+
+def test_instance_experiment_on_stacks_scores_3d_objects(tmp_path: Path) -> None:
+    """``experiment --task instances`` on a folder of z-stacks with (Z, H, W) ``instances/``: the 2D networks
+    train on the planes' targets, and each test stack's objects are made from all its planes and scored
+    in 3D (4 nuclei crossing 3 planes are 4 objects, not 12); ``evaluate`` of the model gives the same."""
+    from napari_diffseg.experiment import evaluate_instances_folder, run_experiment
+
+    ds = tmp_path / "ds"
+    for sub in ("images", "instances"):
+        (ds / sub).mkdir(parents=True)
+    rows = ["id,split"]
+    yy, xx = np.mgrid[:48, :56]
+    for n in range(5):
+        rng = np.random.default_rng(20 + n)
+        ids = np.zeros((48, 56), np.uint16)
+        for k, (cy, cx) in enumerate([(12, 12), (12, 42), (36, 14), (35, 40)]):
+            cy, cx = cy + int(rng.integers(-2, 3)), cx + int(rng.integers(-2, 3))
+            ids[(yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2] = k + 1
+        stack_ids = np.stack([ids] * 3)  # each nucleus crosses the three planes with one id
+        image = np.clip(30 + 150 * (stack_ids > 0) + rng.normal(0, 10, stack_ids.shape), 0, 255).astype(
+            np.uint8
+        )
+        _write_stack(ds / "images" / f"s{n}.tif", image)
+        tifffile.imwrite(ds / "instances" / f"s{n}.tif", stack_ids)
+        rows.append(f"s{n},{'test' if n == 4 else 'train'}")
+    (ds / "split.csv").write_text("\n".join(rows) + "\n")
+    result = run_experiment(
+        ds,
+        labeled_fraction=0.5,
+        method="supervised",
+        preset="tiny",
+        device="cpu",
+        task="instances",
+        model_out=tmp_path / "m",
+    )
+    assert result["task"] == "instances" and result["z_stacks"]["test_planes"] == 3
+    (row,) = result["test"]["per_image"]
+    assert (row["id"], row["planes"], row["n_true"]) == ("s4", 3, 4)  # 3D objects
+    assert result["test"]["objects_true"] == 4 and 0.0 <= result["test"]["ap_50"] <= 1.0
+    scored = evaluate_instances_folder(tmp_path / "m", ds, device="cpu")
+    assert [r["id"] for r in scored["per_image"]] == ["s4"] and scored["objects_true"] == 4
+    assert scored["ap_50"] == pytest.approx(result["test"]["ap_50"], abs=1e-6)
+    assert scored["objects_pred"] == result["test"]["objects_pred"]
+    with pytest.raises(Exception, match="multiclass does not read stacks"):
+        run_experiment(
+            ds,
+            labeled_fraction=0.5,
+            method="supervised",
+            preset="tiny",
+            device="cpu",
+            task="multiclass",
+            classes="background,nucleus",
+        )

@@ -38,7 +38,7 @@ from .core.diffusion import SamplerConfig
 from .core.distributed import cleanup, setup_from_env
 from .core.inference import predict_probs, propose
 from .core.instance_metrics import instance_metrics, summarize_instances
-from .core.instances import INSTANCE_CLASSES, instances_to_target, probs_to_instances
+from .core.instances import INSTANCE_CLASSES, instances_to_target, probs_to_instances, stack_instances
 from .core.metrics import (
     best_permutation_dice,
     dice_per_class,
@@ -274,6 +274,41 @@ def evaluate_instances(
     return _instance_summary(rows, objects)
 
 
+def evaluate_instance_stacks(
+    bundle: ModelBundle,
+    images: list[torch.Tensor],
+    plane_ids: list[str],
+    planes: StackPlanes,
+    preset: Preset,
+) -> dict:
+    """:func:`evaluate_instances` of z-stacks: each plane's 3-class probabilities, then per stack the
+    objects of all its planes at once (``core.instances.stack_instances``: an object keeps one id through
+    the planes it crosses) scored in 3D against the stack's ``instances/`` ids: AP@0.5...0.9 and F1@0.5
+    over objects (an object's IoU over its voxels), the foreground's Dice / IoU over voxels (HD95 with the
+    planes' real distance where the file gives it). One row per stack."""
+    nets = bundle.deployed()
+    probs_by: dict[str, list[np.ndarray]] = {}
+    for pid, x in zip(plane_ids, images, strict=True):
+        probs = predict_probs(
+            nets, x[None], multiple=bundle.spec.multiple, roi=preset.roi_size, sw_batch=preset.sw_batch_size
+        )
+        probs_by.setdefault(StackPlanes.split_id(pid)[0], []).append(probs[0].float().cpu().numpy())
+    rows: list[dict[str, Any]] = []
+    objects: list[dict[str, Any]] = []
+    for stack_id, plane_probs in probs_by.items():
+        pred = stack_instances(np.stack(plane_probs))
+        truth = planes.instance_stack(stack_id)
+        pixel = segmentation_metrics(
+            (pred > 0).astype(np.int64),
+            (truth > 0).astype(np.int64),
+            2,
+            spacing=planes.folder.voxel_steps(stack_id),
+        )
+        rows.append({"id": stack_id, "planes": len(plane_probs), **pixel})
+        objects.append(instance_metrics(pred, truth))
+    return _instance_summary(rows, objects)
+
+
 def evaluate_instances_folder(
     model: str | Path,
     dataset: str | Path,
@@ -298,12 +333,25 @@ def evaluate_instances_folder(
     glas = _is_glas(dataset) if object_metrics is None else object_metrics
     rows: list[dict[str, Any]] = []
     objects: list[dict[str, Any]] = []
-    for i in ids:
-        pixel, obj = _instance_row(
-            predict_image(bundle, config, ds.load_image(i)), ds.load_instances(i), glas
-        )
-        rows.append({"id": i, **pixel})
-        objects.append(obj)
+    if ds.holds_stacks():  # z-stacks: objects from each stack's planes at once, scored in 3D
+        from .predict import _predict_stack
+
+        for i in ids:
+            stack = ds.load_stack(i)
+            pred, _probs = _predict_stack(bundle, config, stack)
+            truth = ds.load_instance_stack(i, (stack.shape[0], *stack.shape[2:]))
+            pixel = segmentation_metrics(
+                (pred > 0).astype(np.int64), (truth > 0).astype(np.int64), 2, spacing=ds.voxel_steps(i)
+            )
+            rows.append({"id": i, "planes": int(stack.shape[0]), **pixel})
+            objects.append(instance_metrics(pred, truth))
+    else:
+        for i in ids:
+            pixel, obj = _instance_row(
+                predict_image(bundle, config, ds.load_image(i)), ds.load_instances(i), glas
+            )
+            rows.append({"id": i, **pixel})
+            objects.append(obj)
     return {
         "model": str(resolve_model(model)),
         "dataset": str(dataset),
@@ -566,10 +614,10 @@ def run_experiment(
     all_train_ids, test_ids = folder.train_ids, folder.test_ids
     has_truth: Callable[[str], bool] = folder.has_instances if instances else folder.has_mask
     stacks = folder.holds_stacks()
-    if stacks and task != "binary":
+    if stacks and multiclass:
         raise ConfigError(
-            f"{dataset} holds z-stacks; --task {task} does not read stacks yet: run the binary task "
-            "(masks/<id>.tif, one label plane per image plane)"
+            f"{dataset} holds z-stacks; --task multiclass does not read stacks yet: run the binary task "
+            "(masks/<id>.tif, one label plane per image plane) or --task instances (instances/<id>.tif)"
         )
 
     def load_truth(i: str) -> np.ndarray:  # the class map the networks learn
@@ -603,7 +651,7 @@ def run_experiment(
     stack_ids = {"labeled": labeled_ids, "val": val_ids, "test": test_ids}
     if stacks:  # z-stacks: stacks are chosen (labeled, val), the 2D networks train on their planes
         planes = StackPlanes(folder)
-        ds, has_truth = planes, planes.has_mask
+        ds, has_truth = planes, (planes.has_instances if instances else planes.has_mask)
         all_train_ids, train_ids = planes.plane_ids(all_train_ids), planes.plane_ids(train_ids)
         labeled_ids, unlabeled_ids = planes.plane_ids(labeled_ids), planes.plane_ids(unlabeled_ids)
         val_ids, test_ids = planes.plane_ids(val_ids), planes.plane_ids(test_ids)
@@ -690,8 +738,12 @@ def run_experiment(
     if instances:  # objects are scored on the whole image (a field of view would cut them)
         test_regions: list[np.ndarray | None] = [None] * len(test_ids)
         glas = _is_glas(dataset) if object_metrics is None else object_metrics
-        test_instances = [ds.load_instances(i) for i in test_ids]
-        test = evaluate_instances(bundle, test_images, test_instances, test_ids, pr, object_metrics=glas)
+        if stacks:  # objects of a stack are made from all its planes at once and scored in 3D
+            assert isinstance(ds, StackPlanes)
+            test = evaluate_instance_stacks(bundle, test_images, test_ids, ds, pr)
+        else:
+            test_instances = [ds.load_instances(i) for i in test_ids]
+            test = evaluate_instances(bundle, test_images, test_instances, test_ids, pr, object_metrics=glas)
     else:
         test_regions = [ds.load_region(i) for i in test_ids]
         plane_preds: list[np.ndarray] = []

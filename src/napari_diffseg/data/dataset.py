@@ -285,6 +285,22 @@ class DatasetFolder:
             )
         return read_mask_stack(mask_file, shape, binary=binary)
 
+    def load_instance_stack(self, image_id: str, shape: tuple[int, int, int]) -> np.ndarray:
+        """int64 ``(Z, H, W)`` object ids of the z-stack ``image_id`` of ``shape`` (``instances/<id>.tif``,
+        a ``(Z, H, W)`` TIFF; an object keeps its id through the planes it crosses).
+
+        Raises:
+            DataError: No instance mask for this id, a bad file, or another shape than the stack's.
+        """
+        self._check_id(image_id)
+        path = self._instances.get(image_id)
+        if path is None:
+            raise DataError(
+                f"Dataset folder {self.root}: stack {image_id!r} has no instance mask "
+                f"(expected instances/{image_id}.tif, a (Z, Y, X) TIFF with one id per object)."
+            )
+        return read_mask_stack(path, shape, binary=False)
+
     def voxel_steps(self, image_id: str) -> tuple[float, float, float] | None:
         """A z-stack's (Z, Y, X) step in units of its Y pixel size, from the file's metadata (ImageJ
         ``spacing`` and resolution, OME physical sizes): ``(4.95, 1, 1)`` for planes 1 µm apart at 0.202 µm
@@ -337,8 +353,8 @@ class StackPlanes:
 
     Plane ids are ``<id>@z<n>`` (a 2D image of the folder is one plane, ``<id>@z0``); a plane is in its
     stack's split, and has a mask when its stack has one. The last stack read is kept, so reading its planes
-    in order decodes each file once. Instance masks and field-of-view masks of stacks are not read (a
-    DataError says so).
+    in order decodes each file once. A stack's instance mask (``instances/<id>.tif``, ``(Z, H, W)``) gives each
+    plane its ids; field-of-view masks of stacks are not read (every voxel is scored).
     """
 
     def __init__(self, folder: DatasetFolder) -> None:
@@ -346,6 +362,7 @@ class StackPlanes:
         self.root = folder.root
         self._planes: dict[str, int] = {}
         self._cached: tuple[str, np.ndarray, np.ndarray | None] | None = None
+        self._cached_ids: tuple[str, np.ndarray] | None = None
 
     def _stack(self, stack_id: str, with_mask: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if self._cached is None or self._cached[0] != stack_id or (with_mask and self._cached[2] is None):
@@ -381,8 +398,8 @@ class StackPlanes:
         return self.folder.has_mask(self.split_id(plane_id)[0])
 
     def has_instances(self, plane_id: str) -> bool:
-        """Instance masks of stacks are not read: always False."""
-        return False
+        """True if the plane's stack has an instance mask."""
+        return self.folder.has_instances(self.split_id(plane_id)[0])
 
     def load_image(self, plane_id: str) -> np.ndarray:
         """Raw float32 ``(C, H, W)`` of one plane."""
@@ -400,7 +417,14 @@ class StackPlanes:
         """Stacks are scored on every voxel: None."""
         return None
 
+    def instance_stack(self, stack_id: str) -> np.ndarray:
+        """int64 ``(Z, H, W)`` object ids of a stack (the last one read is kept)."""
+        if self._cached_ids is None or self._cached_ids[0] != stack_id:
+            z, _c, h, w = self._stack(stack_id, with_mask=False)[0].shape
+            self._cached_ids = (stack_id, self.folder.load_instance_stack(stack_id, (z, h, w)))
+        return self._cached_ids[1]
+
     def load_instances(self, plane_id: str) -> np.ndarray:
-        raise DataError(
-            f"{self.root}: instance masks of z-stacks are not read yet; run the binary task on this dataset."
-        )
+        """int64 ``(H, W)`` object ids of one plane (its stack's ids: an object crossing planes keeps one)."""
+        stack_id, z = self.split_id(plane_id)
+        return self.instance_stack(stack_id)[z]
