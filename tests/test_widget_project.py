@@ -264,6 +264,38 @@ def test_a_grey_3d_layer_in_a_project_of_channels_is_refused_unless_the_axes_say
     assert np.array_equal(client.image_pixels("two planes"), layer.data)
 
 
+def test_a_late_listing_does_not_overwrite_a_newer_one(widget, qtbot) -> None:
+    """Two refreshes in a row (a job's images_changed, then the Refresh button): the first listing, asked
+    for before the proposals were saved, answers last; the table keeps the newer states."""
+    import threading
+    import time
+
+    first_asked = threading.Event()
+
+    class SlowThenFast:
+        calls = 0
+
+        def images(self) -> list[Image]:
+            SlowThenFast.calls += 1
+            if SlowThenFast.calls == 1:
+                first_asked.set()
+                time.sleep(0.8)  # answers after the second listing
+                return [_image("a")]
+            return [_image("a").model_copy(update={"state": "proposed"})]
+
+    widget.session.client = SlowThenFast()
+    try:
+        widget.refresh()
+        assert first_asked.wait(5)
+        widget.refresh()
+        qtbot.waitUntil(lambda: widget.table.rowCount() == 1, timeout=5000)
+        qtbot.wait(1500)  # the slow, older listing has answered by now
+        assert SlowThenFast.calls == 2
+        assert _names(widget) == {"a": "proposed"}
+    finally:
+        widget.session.client = None
+
+
 def test_import_without_a_backend_says_what_to_do(widget, qtbot, messages) -> None:
     widget.viewer.add_image(np.zeros((16, 16), np.uint8), name="x")
     widget.import_selected_layers()

@@ -349,6 +349,7 @@ class ProjectWidget(QWidget):
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
         self.images: list[Image] = []
+        self._listing = 0  # the latest image listing asked for (refresh)
         self.last_import: ImportReport | None = None
         self._pending_import: list[Path] = []  # images to import once the new project's backend is up
         self._before_import: list[Image] = []
@@ -695,7 +696,14 @@ class ProjectWidget(QWidget):
         """Reload the image table from the backend."""
         if self.session.client is None:
             return
-        run_in_thread(self.session.client.images, on_done=self._show_images)
+        self._listing += 1
+        # a bound method as the handler (not a partial): Qt drops it with the widget, should it close first
+        run_in_thread(_images_listing, self.session.client, self._listing, on_done=self._on_listing)
+
+    def _on_listing(self, result: tuple[int, list[Image]]) -> None:
+        listing, images = result
+        if listing == self._listing:  # an older listing that answers late would show stale states
+            self._show_images(images)
 
     def _show_images(self, images: list[Image]) -> None:
         self.images = list(images)
@@ -753,6 +761,11 @@ class ProjectWidget(QWidget):
 
     def _add_image(self, result: tuple[Any, ...] | None) -> None:
         show_image(self.viewer, self.session, result)
+
+
+def _images_listing(client: Any, listing: int) -> tuple[int, list[Image]]:
+    """Worker: the project's images, with the number of the refresh that asked for them."""
+    return listing, client.images()
 
 
 def _not_importable(layer: Any) -> str:
