@@ -520,6 +520,14 @@ def load(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("*_s*.json"))]
 
 
+def _n_test(args: argparse.Namespace, dataset: str) -> int | None:
+    """The dataset's number of test images (for an arm rebuilt from its log with no finished arm beside it)."""
+    from napari_diffseg.data.dataset import DatasetFolder
+
+    folder = Path(args.data) / dataset
+    return len(DatasetFolder(folder).test_ids) if folder.is_dir() else None
+
+
 def salvage(out: Path, dataset: str, arm: str, seed: int, args: argparse.Namespace) -> Path | None:
     """An arm stopped before its end (time ran out): its JSON from the per-round lines of its log, marked
     ``incomplete``. Logs written since the per-round lines carry the corrections hold them; for older logs
@@ -579,7 +587,7 @@ def salvage(out: Path, dataset: str, arm: str, seed: int, args: argparse.Namespa
         "b": args.b,
         "rounds": args.rounds,
         "n_train": done.get("n_train") or round(rows[0]["n_labeled"] / rows[0]["fraction_labeled"]),
-        "n_test": done.get("n_test"),
+        "n_test": done.get("n_test") or (_n_test(args, dataset) if task != "binary" else None),
         "preset": args.preset,
         "overrides": {k: getattr(args, k) for k in OVERRIDES} if args.preset == "cpu" else {},
         "torch_threads": args.threads,
