@@ -20,48 +20,17 @@ pytest.importorskip("pytestqt")
 if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
     pytest.skip("no display: install Xvfb and pytest-xvfb to run the GUI tests", allow_module_level=True)
 
+from gui_steps import JOB_MS, WAIT_MS
+from gui_steps import dock as _dock
+from gui_steps import row as _row
+from gui_steps import run_job as _run_job
+from gui_steps import table as _table
 from napari_diffseg.backend.client import DiffsegClient
 
 pytestmark = pytest.mark.timeout(300)
 
-WAIT_MS = 30_000
-JOB_MS = 120_000
 SIZE = (64, 64)
 N_TRAIN = 5
-
-
-def _dock(viewer, name: str):
-    _dock_widget, widget = viewer.window.add_plugin_dock_widget("napari-diffseg", name)
-    return widget
-
-
-def _table(widget, table=None) -> list[dict[str, str]]:
-    """The rows of a QTableWidget as header → text."""
-    table = widget.table if table is None else table
-    headers = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
-    return [
-        {h: (table.item(r, c).text() if table.item(r, c) else "") for c, h in enumerate(headers)}
-        for r in range(table.rowCount())
-    ]
-
-
-def _row(project, name: str) -> dict[str, str]:
-    rows = [r for r in _table(project) if r["name"] == name]
-    assert len(rows) == 1, (name, _table(project))
-    return rows[0]
-
-
-def _run_job(qtbot, train, kind: str) -> dict:
-    """Start a tiny job of ``kind`` from the train widget's form and wait until it is done."""
-    train.kind.setCurrentText(kind)
-    train.preset.setCurrentText("tiny")
-    train.rounds.setValue(1)
-    train.start_button.click()
-    qtbot.waitUntil(lambda: train.job is not None and train.job.kind == kind, timeout=WAIT_MS)
-    qtbot.waitUntil(lambda: train.job.ended, timeout=JOB_MS)
-    assert train.job.state == "done", (train.job, train.status.text())
-    qtbot.waitUntil(train.start_button.isEnabled, timeout=WAIT_MS)
-    return train.job
 
 
 def _sample_files(folder: Path) -> tuple[list[Path], list[np.ndarray]]:
