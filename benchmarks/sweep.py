@@ -34,6 +34,9 @@ boundary target, objects by a seeded watershed: ``diffseg experiment --task inst
 the test images), with AP@0.75, F1@0.5 and the pixel Dice beside it, and for GlaS the challenge's object F1 /
 object Dice / object Hausdorff. ``--task multiclass --classes background,a,b`` scores the mean Dice over the
 foreground classes and lists Dice per class.
+
+Why one script of ~600 lines: running the arms and reporting them (tables, paired intervals, figure) read
+the same result files and arm table, and the report must be remade from the JSONs alone.
 """
 
 from __future__ import annotations

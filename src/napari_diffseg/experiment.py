@@ -11,6 +11,11 @@ Protocol (docs/method.md, "Evaluation hygiene"):
 - Metrics are computed inside the dataset's ``fov/`` masks where it has them (DRIVE's field of view).
 - Every result records its provenance: commit (and whether the tree was dirty), the fully resolved
   preset, package versions, device, threads and wall time.
+
+Why one module of ~900 lines: :func:`run_experiment` is one protocol (split, train, read the test split
+once, score, record), and its scoring helpers (per image, per z-stack, per class, per object) exist for it
+and for ``diffseg evaluate``, which must score a saved model exactly as the experiment did; split apart they
+would drift.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ normalisation statistics are streamed, then the students run over it one row of 
 (:func:`napari_diffseg.core.tiled.predict_rows`, the same numbers as the in-memory path) and its labels are
 written tile by tile as an OME-Zarr ``labels`` image, into a copy of the image (default) or into the
 image itself (``into_source``); the whole image is never in memory.
+
+Why one module of ~510 lines: every input kind (a file, a z-stack, a folder, an OME-Zarr image) goes
+through the same model loading, label making (classes, or objects for an instance model) and output naming,
+and each path is short.
 """
 
 from __future__ import annotations
