@@ -257,10 +257,12 @@ def run_arm(args: argparse.Namespace) -> dict:
     from napari_diffseg.core.pipeline import run_stages
     from napari_diffseg.core.training import TrainData
     from napari_diffseg.data.dataset import DatasetFolder
+    from napari_diffseg.experiment import git_state
     from napari_diffseg.project import Project
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    started = git_state()  # the code this arm runs (HEAD may move while it runs)
     dataset_dir = Path(args.data) / args.dataset
     ds = DatasetFolder(dataset_dir)
     instances = args.task == "instances"
@@ -385,7 +387,7 @@ def run_arm(args: argparse.Namespace) -> dict:
             pool = [i for i in train_ids if i not in labeled]
             labeled += sorted(arm_rng.choice(pool, size=min(args.b, len(pool)), replace=False).tolist())
         result["seconds"] = time.perf_counter() - t_start
-        result["provenance"] = {**provenance(pr, device), "wall_seconds": result["seconds"]}
+        result["provenance"] = {**provenance(pr, device, started=started), "wall_seconds": result["seconds"]}
         return result
 
     work = Path(args.work) / f"{args.dataset}{'_instances' if instances else ''}_{args.arm}_s{args.seed}"
@@ -507,7 +509,7 @@ def run_arm(args: argparse.Namespace) -> dict:
             print(json.dumps(row), flush=True)  # with its corrections: --salvage rebuilds an arm from this
         result["check"] = project.check().get("ok", None)
     result["seconds"] = time.perf_counter() - t_start
-    result["provenance"] = {**provenance(preset, device), "wall_seconds": result["seconds"]}
+    result["provenance"] = {**provenance(preset, device, started=started), "wall_seconds": result["seconds"]}
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return result

@@ -127,3 +127,16 @@ def test_stage_a_off_still_reports_label_free_against_trivial_masks(synth_datase
     lf = r["label_free"]
     assert set(lf) >= {"teacher_dice", "otsu_dice", "all_foreground_dice", "teacher_minus_best_trivial"}
     assert all(0.0 < lf[k] <= 1.0 for k in ("otsu_dice", "all_foreground_dice")) and lf["n_images"] == 3
+
+
+def test_provenance_records_the_commit_a_run_started_from(monkeypatch) -> None:
+    """A run that outlives a commit records the code it ran (the commit at its start), and the commit HEAD
+    had moved to by its end beside it; a run that did not see HEAD move records no commit_at_end."""
+    heads = iter(["aaa111", "aaa111", "bbb222"])
+    monkeypatch.setattr(exp, "_git", lambda *a: next(heads) if a[0] == "rev-parse" else "")
+    started = exp.git_state()
+    assert started == {"commit": "aaa111", "dirty": False}
+    same = exp.provenance(get_preset("tiny"), "cpu", started=started)
+    assert same["commit"] == "aaa111" and "commit_at_end" not in same
+    moved = exp.provenance(get_preset("tiny"), "cpu", started=started)
+    assert (moved["commit"], moved["commit_at_end"], moved["dirty"]) == ("aaa111", "bbb222", False)

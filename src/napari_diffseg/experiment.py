@@ -115,8 +115,18 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def provenance(preset: Preset, device: torch.device | str, world: int = 1) -> dict[str, Any]:
-    """What a result needs to be reproduced: commit and dirty flag (None outside a git checkout), the
+def git_state() -> dict[str, Any]:
+    """The checkout's ``commit`` and ``dirty`` flag now (None outside a git checkout). Taken when a run
+    starts: the code a run executes is the code of its start, whatever is committed while it runs."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": _git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
+
+
+def provenance(
+    preset: Preset, device: torch.device | str, world: int = 1, started: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a result needs to be reproduced: commit and dirty flag (``started``: the :func:`git_state` taken
+    when the run began, with ``commit_at_end`` added when HEAD moved during the run; else now), the
     resolved preset, package versions, device, threads, host."""
     versions: dict[str, str | None] = {}
     for pkg in ("napari-diffseg", "torch", "monai", "numpy", "scikit-image", "tifffile"):
@@ -124,10 +134,12 @@ def provenance(preset: Preset, device: torch.device | str, world: int = 1) -> di
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    now = git_state()
+    git = dict(started) if started is not None else now
+    if started is not None and now["commit"] != started.get("commit"):
+        git["commit_at_end"] = now["commit"]
     return {
-        "commit": _git("rev-parse", "HEAD"),
-        "dirty": None if status is None else bool(status),
+        **git,
         "preset": preset.to_dict(),
         "versions": versions,
         "python": platform.python_version(),
@@ -593,6 +605,7 @@ def run_experiment(
             foreground classes it holds, averaged.
     """
     t0 = time.perf_counter()
+    started = git_state()  # the code this run executes, whatever is committed while it runs
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     pr = get_preset(preset) if isinstance(preset, str) else preset
@@ -758,7 +771,7 @@ def run_experiment(
             test = {**per_stack_scores(plane_preds, test_masks, test_ids, bundle, steps), "per_plane": test}
         if multiclass:
             test = {**test, **per_class_scores(test, plane_preds, test_masks, test_regions, class_names)}
-    prov = provenance(pr, dev, dist_info.world)
+    prov = provenance(pr, dev, dist_info.world, started)
     result = {
         "method": method,
         "labeled_fraction": labeled_fraction,
