@@ -512,14 +512,14 @@ def plot(out: Path) -> Path | None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    target = out / "dice.png"
+    target = out / ("ap50.png" if main_key(some) == "ap_50" else "dice.png")
     fig.savefig(target)
     plt.close(fig)
     return target
 
 
 def write_report(out: Path) -> str:
-    """summary.md and dice.png of one dataset folder, from its JSONs."""
+    """summary.md and dice.png (ap50.png for instance runs) of one dataset folder, from its JSONs."""
     text = report(out)
     (out / "summary.md").write_text(text + "\n")
     plot(out)
