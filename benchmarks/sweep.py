@@ -351,6 +351,62 @@ def _extras_section(
     return []
 
 
+def _parts(r: dict) -> dict[str, list[dict]]:
+    """A run's per-image test rows grouped by test part: the id's prefix before ``_`` for ids like GlaS's
+    ``testA_12`` / ``testB_3`` (empty when the ids have no such parts)."""
+    by: dict[str, list[dict]] = {}
+    for row in r["test"].get("per_image", []):
+        head, sep, _ = str(row.get("id", "")).partition("_")
+        if sep and head.startswith("test") and head != "test":
+            by.setdefault(head, []).append(row)
+    return by if len(by) > 1 else {}
+
+
+def _glas_parts_section(
+    by: dict[tuple[str, float], dict[int, dict]], arms: list[str], fractions: list[float]
+) -> list[str]:
+    """GlaS-style object figures per test part (testA, testB) as the challenge reports them: object F1 from
+    the TP / FP / FN pooled over the part's images, object Dice and object Hausdorff averaged over its
+    images (the challenge weights them by area over the part: close, not equal). Mean ± sample std over
+    seeds."""
+    rows = []
+    for a in arms:
+        for f in fractions:
+            rs = [r for r in by.get((a, f), {}).values() if "object_f1" in r["test"] and _parts(r)]
+            if not rs:
+                continue
+            for part in sorted(_parts(rs[0])):
+                f1, dice, haus = [], [], []
+                for r in rs:
+                    rows_p = _parts(r).get(part, [])
+                    tp = sum(int(x["object_tp"]) for x in rows_p)
+                    fp = sum(int(x["object_fp"]) for x in rows_p)
+                    fn = sum(int(x["object_fn"]) for x in rows_p)
+                    f1.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"))
+                    dice.append(sum(float(x["object_dice"]) for x in rows_p) / max(1, len(rows_p)))
+                    hs = [
+                        float(x["object_hausdorff"])
+                        for x in rows_p
+                        if x["object_hausdorff"] == x["object_hausdorff"]
+                    ]
+                    haus.append(sum(hs) / len(hs) if hs else float("nan"))
+                rows.append(
+                    f"| {a} | {f:.0%} | {part} ({len(_parts(rs[0])[part])}) | {_mean_sd_cell(f1)} | "
+                    f"{_mean_sd_cell(dice)} | {_mean_sd_cell(haus, 1)} |"
+                )
+    if not rows:
+        return []
+    return [
+        "",
+        "Object figures per test part (object F1 pooled over the part's images, object Dice and Hausdorff "
+        "averaged over them; Hausdorff in the stored images' pixels):",
+        "",
+        "| arm | fraction | part (images) | object F1 | object Dice | object Hausdorff |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
 def load(out: Path) -> dict[tuple[str, float], dict[int, dict]]:
     by: dict[tuple[str, float], dict[int, dict]] = {}
     for p in sorted(out.glob("*.json")):
@@ -398,6 +454,7 @@ def report(out: Path) -> str:
             secs += [r.get("train_seconds", r["seconds"]) for r in rs.values()]
         lines.append(f"| {a} | " + " | ".join(cells) + f" | {sum(secs) / max(1, len(secs)):.0f} |")
     lines += _extras_section(by, arms, fractions)
+    lines += _glas_parts_section(by, arms, fractions)
     full = by.get(("supervised-converged", 1.0)) or by.get(("supervised", 1.0))
     if full:
         ref_name = "supervised-converged" if ("supervised-converged", 1.0) in by else "supervised"

@@ -198,3 +198,36 @@ def test_experiment_command_passes_the_task(tmp_path: Path) -> None:
     )
     assert cmd[cmd.index("--classes") + 1] == "bg,a"
     assert "--task" not in sweep.experiment_command(tmp_path, tmp_path / "r.json", "cps", 0.2, 1, "cpu", 1)
+
+
+def test_glas_object_figures_per_test_part(tmp_path: Path) -> None:
+    """GlaS runs get the challenge's per-part figures: object F1 from TP / FP / FN pooled over the part's
+    images (not the mean of per-image F1s), object Dice and Hausdorff averaged over them."""
+
+    def row(i: str, tp: int, fp: int, fn: int, dice: float, haus: float) -> dict:
+        f1 = 2 * tp / (2 * tp + fp + fn)
+        return {
+            "id": i,
+            "object_tp": tp,
+            "object_fp": fp,
+            "object_fn": fn,
+            "object_f1": f1,
+            "object_dice": dice,
+            "object_hausdorff": haus,
+        }
+
+    per_image = [
+        row("testA_1", 9, 1, 0, 0.8, 10.0),
+        row("testA_2", 1, 0, 3, 0.6, 30.0),  # pooled over A: 2*10 / (20 + 1 + 3) = 0.833
+        row("testB_1", 2, 2, 2, 0.5, 50.0),
+    ]
+    r = _run("supervised", 0.1, 0, 0.8, task="instances")
+    r["test"] = {"dice_mean": 0.8, "n": 3, "ap_50": 0.5, "object_f1": 0.6, "per_image": per_image}
+    _write(tmp_path, "supervised", 0.1, 0, r)
+    text = sweep.report(tmp_path)
+    assert "| supervised | 10% | testA (2) | 0.833 (1) | 0.700 (1) | 20.0 (1) |" in text
+    assert "| supervised | 10% | testB (1) | 0.500 (1) | 0.500 (1) | 50.0 (1) |" in text
+    # ids without test parts (DSB's) get no such section
+    r2 = dict(r, test={**r["test"], "per_image": [dict(x, id=f"img{n}") for n, x in enumerate(per_image)]})
+    _write(tmp_path, "supervised", 0.1, 0, r2)
+    assert "per test part" not in sweep.report(tmp_path)
