@@ -231,13 +231,7 @@ class DatasetFolder:
         Raises:
             DataError: No instance mask for this id, a bad file, or a size that differs from the image's.
         """
-        self._check_id(image_id)
-        path = self._instances.get(image_id)
-        if path is None:
-            raise DataError(
-                f"Dataset folder {self.root}: image {image_id!r} has no instance mask "
-                f"(expected instances/{image_id}.tif with one id per object)."
-            )
+        path = self._instance_path(image_id, "with one id per object")
         ids = read_mask(path, binary=False)
         hw = read_image_shape(self._images[image_id])
         if ids.shape != hw:
@@ -292,14 +286,18 @@ class DatasetFolder:
         Raises:
             DataError: No instance mask for this id, a bad file, or another shape than the stack's.
         """
+        path = self._instance_path(image_id, "a (Z, Y, X) TIFF with one id per object")
+        return read_mask_stack(path, shape, binary=False)
+
+    def _instance_path(self, image_id: str, expected: str) -> Path:
         self._check_id(image_id)
         path = self._instances.get(image_id)
         if path is None:
             raise DataError(
-                f"Dataset folder {self.root}: stack {image_id!r} has no instance mask "
-                f"(expected instances/{image_id}.tif, a (Z, Y, X) TIFF with one id per object)."
+                f"Dataset folder {self.root}: image {image_id!r} has no instance mask "
+                f"(expected instances/{image_id}.tif, {expected})."
             )
-        return read_mask_stack(path, shape, binary=False)
+        return path
 
     def voxel_steps(self, image_id: str) -> tuple[float, float, float] | None:
         """A z-stack's (Z, Y, X) step in units of its Y pixel size, from the file's metadata (ImageJ
