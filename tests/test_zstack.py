@@ -162,9 +162,12 @@ def test_zstack_loop_from_the_cli_and_the_api(tmp_path: Path, capsys) -> None:
         assert r.status_code == 201 and r.json()["annotation"]["planes"] == [1]
     # predict of a (Z, Y, X) stack writes a TIFF of shape (Z, Y, X)
     out = tmp_path / "out"
+    capsys.readouterr()
     assert main(["predict", str(root), str(files / "stack.tif"), "--out", str(out), "--device", "cpu"]) == 0
     labels = tifffile.imread(out / "stack.tif.tif")
     assert labels.shape == (3, 48, 56) and labels.dtype == np.uint8
+    said = capsys.readouterr().out  # a stack gets no PNG overlay, and the summary does not claim one
+    assert not list(out.glob("*.png")) and "overlays for 0 of them (none for z-stacks" in said
     assert main(["check", str(root)]) == 0  # every stored stack, 3D mask and 3D proposal checks out
 
 

@@ -312,9 +312,15 @@ def predict(
     msg = f"predicted {len(done)} of {len(report.outcomes)} image(s)"
     if files:
         meaning = _labels_meaning(model)
+        n_overlays = sum(o.overlay is not None for o in files)
         msg += f": wrote {len(files)} mask(s) to {out} as label TIFFs FILE.tif ({meaning}" + (
-            "; FILE.overlay.png shows each on its image)" if overlays else ")"
+            "; FILE.overlay.png shows each on its image)" if overlays and n_overlays == len(files) else ")"
         )
+        if overlays and n_overlays < len(files):  # z-stacks get no PNG overlay: a PNG has one plane
+            msg += (
+                f"; overlays for {n_overlays} of them (none for z-stacks: open the stack and its label TIFF "
+                "in napari instead)"
+            )
     if zarrs:
         msg += f"; OME-Zarr label image(s): {', '.join(str(z) for z in zarrs)}"
     if not as_json:
