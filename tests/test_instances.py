@@ -80,7 +80,7 @@ def test_refuses_bad_input() -> None:
         instances_to_target(-np.ones((4, 4), np.int16))
     with pytest.raises(DataError, match="integer"):
         instances_to_target(np.full((4, 4), 0.5))
-    with pytest.raises(DataError, match=r"\(3, H, W\)"):
+    with pytest.raises(DataError, match=r"\(K, H, W\) class probabilities, K >= 3"):
         probs_to_instances(np.zeros((2, 4, 4)))
 
 
@@ -152,7 +152,7 @@ def test_stack_objects_keep_one_id_through_their_planes() -> None:
         np.unique(per_plane[per_plane > 0]).size == 1 + 2 + 2 + 2
     )  # objects per plane: {1}, {1,2}, {1,2}, {2,3}
     assert not set(np.unique(per_plane[0])[1:]) & set(np.unique(per_plane[1])[1:])
-    with pytest.raises(DataError, match=r"\(Z, 3, H, W\)"):
+    with pytest.raises(DataError, match=r"\(Z, K, H, W\)"):
         stack_instances(probs[0])
 
 

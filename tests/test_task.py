@@ -58,7 +58,7 @@ def test_instance_classes_match_core() -> None:
         ("multiclass", "background,,b", "1 to 60 printable"),
         ("multiclass", "background,a:red", "#rrggbb"),
         ("binary", "background,a,b", "2 classes"),
-        ("instances", "a,b,c", "2 classes"),
+        ("instances", "background", "at least one object class"),
     ],
 )
 def test_make_task_refuses_what_cannot_work(kind: str, classes: str | None, match: str) -> None:
@@ -72,7 +72,7 @@ def test_make_task_refuses_what_cannot_work(kind: str, classes: str | None, matc
 def test_the_task_is_stored_and_read_back(tmp_path: Path) -> None:
     task = make_task("multiclass", "background,tumour,stroma")
     with Project.create(tmp_path / "p", task=task) as proj:
-        assert proj.task == task and proj.schema_version == SCHEMA_VERSION == 5
+        assert proj.task == task and proj.schema_version == SCHEMA_VERSION == 6
     with Project.open(tmp_path / "p") as proj:
         assert proj.task == task
     with Project.create(tmp_path / "b") as proj:
@@ -91,7 +91,7 @@ def test_a_schema_v4_project_opens_as_binary(tmp_path: Path) -> None:
     apply_migrations(con, target=4)
     con.close()
     with Project.open(root) as proj:
-        assert proj.schema_version == 5 and proj.task == make_task("binary")
+        assert proj.schema_version == SCHEMA_VERSION and proj.task == make_task("binary")
     con = sqlite3.connect(root / "project.db")
     cols = {r[1] for r in con.execute("PRAGMA table_info(annotations)")}
     con.close()

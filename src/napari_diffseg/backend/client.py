@@ -286,18 +286,32 @@ class DiffsegClient:
         author: str = "",
         planes: list[int] | None = None,
         binarize: bool = False,
+        classes: np.ndarray | None = None,
     ) -> SavedAnnotation:
         """Save a new annotation version; returns it (``.version``, ``.annotation``).
 
         A z-stack's mask is ``(Z, H, W)``; ``planes`` names the planes it annotates (None: those holding a
         labelled pixel). The mask must fit the project's task; ``binarize`` (a binary project) takes every
-        value > 0 as foreground.
+        value > 0 as foreground. ``classes`` (an instance project with several object classes): a class map
+        of the mask's shape (0 = none, 1..n); each object takes the majority class under it.
 
         Raises:
             StaleAnnotation: ``replaces`` is not the latest version any more (``.current`` says which is).
         """
-        content, media = self._body(mask)
         params: dict[str, Any] = {"kind": kind, "author": author}
+        if classes is not None:
+            ids = np.asarray(mask)
+            cmap = np.asarray(classes)
+            if cmap.shape != ids.shape:
+                raise ValueError(
+                    f"the class map has shape {cmap.shape} but the mask {ids.shape}; they must match"
+                )
+            content, media = self._body(
+                np.stack([ids.astype(np.int64), cmap.astype(np.int64)]).astype(np.uint32)
+            )
+            params["with_classes"] = "true"
+        else:
+            content, media = self._body(mask)
         if replaces is not None:
             params["replaces"] = int(replaces)
         if proposal_id is not None:
@@ -333,7 +347,8 @@ class DiffsegClient:
 
     def proposal_pixels(self, ref: str, part: str = "mask", model_id: str | None = None) -> np.ndarray:
         """``probs`` (K, H, W) float32, ``uncertainty`` (H, W) float32, ``mask`` (H, W), or in an instance
-        project ``instances`` (H, W): one id per object, of the latest proposal."""
+        project ``instances`` (H, W): one id per object, and with several object classes ``classes``
+        (H, W): each proposed object's class, of the latest proposal."""
         params: dict[str, str] = {"part": part}
         if model_id:
             params["model_id"] = model_id

@@ -260,3 +260,30 @@ def decode_mask(
     from napari_diffseg.data.io import read_mask
 
     return _with_file(data, media_type, what, lambda p: read_mask(p, binary=False, max_pixels=max_pixels))
+
+
+def decode_mask_with_classes(
+    data: bytes, media_type: str, *, max_pixels: int, what: str = "the uploaded mask"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode an instance mask sent with its class map as one ``.npy`` of shape ``(2, H, W)`` (a z-stack's
+    ``(2, Z, H, W)``): ``[0]`` the object ids, ``[1]`` each pixel's class (0 = none, 1..n).
+
+    Raises:
+        DataError: Not ``.npy``, not of that shape, bad values, or more than ``max_pixels`` per array.
+    """
+    if not data:
+        raise DataError(f"{what} is empty (0 bytes); send the mask and its class map in the request body.")
+    if media_type != NPY:
+        raise DataError(
+            f"{what}: a mask with its class map (with_classes=true) is one .npy of shape (2, H, W) "
+            f"(ids, classes); got {media_type}."
+        )
+    _check_kind(data, media_type, what)
+    shape, _dtype, _f, _o = npy_header(data, what)
+    if len(shape) not in (3, 4) or shape[0] != 2:
+        raise DataError(
+            f"{what}: with_classes=true needs a .npy of shape (2, H, W) (a z-stack's (2, Z, H, W)): the object "
+            f"ids, then each pixel's class; got shape {shape}."
+        )
+    both = from_npy(data, what, max_elements=2 * max_pixels)
+    return both[0], both[1]

@@ -255,10 +255,23 @@ def _targets(
     Binary: foreground = value > 0 (an older project's correction painted with other values is taken as
     foreground, said in ``notes``); multiclass: class values checked to lie below K; instances: the object
     ids (any ids, as napari paints them) become the 3-class target background / interior / boundary
-    (``core/instances.py``), here in the backend, never in the GUI. A mask that does not fit fails the job
-    with a message naming the image and what to do.
+    (``core/instances.py``), here in the backend, never in the GUI — with several object classes each
+    object's interior goes to its class's channel (the classes saved with the annotation). A mask that
+    does not fit fails the job with a message naming the image and what to do.
     """
     task = project.task
+    per_object: dict[int, int] | None = None
+    if task.classed:
+        ann = project.annotation(image_id, version)
+        per_object = None if ann is None else ann.object_classes
+        if per_object is None:
+            raise _bad_image(
+                project,
+                image_id,
+                f"has annotation v{version} without its objects' classes, but the project's objects are of "
+                f"{task.object_classes} classes; save it again with a class map (diffseg correct --classes, "
+                "the Annotate widget's classes layer)",
+            )
     # instances: a z-stack's object may be in pieces within one plane; the target is made per plane anyway
     labels = Task("binary") if task.kind == "instances" else task.labels
     rec = project.image(image_id)
@@ -271,7 +284,7 @@ def _targets(
         if task.kind == "instances":
             try:
                 check_labels(plane, labels, source=where)  # whole, non-negative ids that fit uint16
-                out.append(instances_to_target(plane).astype(np.int64))
+                out.append(instances_to_target(plane, classes=per_object).astype(np.int64))
             except DataError as exc:
                 raise _bad_image(
                     project, image_id, f"has an annotation that is not an instance mask ({exc})"
@@ -552,7 +565,7 @@ def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[
             per.append(segmentation_metrics(probs.argmax(0), plane, k))
             if kind == "multiclass":
                 classes.append(dice_per_class(probs.argmax(0), plane, k))
-            elif kind == "instances" and k == 3:
+            elif kind == "instances" and k >= 3:
                 objects.append(instance_metrics(probs_to_instances(probs), ids))
     if not per:
         return {}

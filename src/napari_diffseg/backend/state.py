@@ -72,7 +72,7 @@ class ProposalCache:
     parts, later fetches are one file read.
     """
 
-    PARTS = ("probs", "uncertainty", "mask", "instances")
+    PARTS = ("probs", "uncertainty", "mask", "instances", "classes")
 
     def __init__(self, root: Path) -> None:
         self.folder = root / "cache" / "proposals"
@@ -105,11 +105,23 @@ class ProposalCache:
             mask = np.argmax(probs, axis=k_axis)
         labels = mask.astype(np.uint8 if k <= 256 else np.uint16)
         arrays = {"probs": probs.astype(np.float32), "uncertainty": unc.astype(np.float32), "mask": labels}
-        if k == 3 and project.task.kind == "instances":
-            from napari_diffseg.core.instances import proposal_instances
+        task = project.task
+        if k >= 3 and task.kind == "instances":
+            from napari_diffseg.core.instances import class_map, classify_objects, proposal_instances
 
             arrays["instances"] = proposal_instances(probs)
-        elif part == "instances":
+            if task.classed:  # each proposed object's class, as a class map beside the ids
+                arrays["classes"] = class_map(
+                    arrays["instances"], classify_objects(arrays["instances"], probs)
+                )
+        if part == "classes" and "classes" not in arrays:
+            raise ApiError(
+                409,
+                f"part=classes is the class of each proposed object in an instance project with several object "
+                f"classes; this project's task is {task}: ask for part=instances or part=mask.",
+                "conflict",
+            )
+        if part == "instances" and "instances" not in arrays:
             raise ApiError(
                 409,
                 f"part=instances is an instance project's proposal as objects; this project's task is "

@@ -314,6 +314,11 @@ class Annotation(_Out):
     objects_changed: int | None = Field(
         default=None, description="Instance projects: matched objects whose pixels the annotator changed."
     )
+    object_classes: dict[int, int] | None = Field(
+        default=None,
+        description="Instance projects with several object classes: each object's class {id: class 1..n}; "
+        "None in every other project.",
+    )
 
 
 class SavedAnnotation(_Out):

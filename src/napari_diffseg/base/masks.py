@@ -43,7 +43,9 @@ __all__ = [
     "Task",
     "check_label_file",
     "check_labels",
+    "check_object_classes",
     "check_task_mask",
+    "object_classes_from_map",
     "parse_task",
     "read_labels",
 ]
@@ -226,6 +228,98 @@ def check_task_mask(
                 "--binarize (binarize=true)"
             )
     return checked
+
+
+def object_classes_from_map(
+    ids: np.ndarray, classes: np.ndarray, object_classes: int, *, source: str = "the mask"
+) -> dict[int, int]:
+    """Each object's class from a class map painted beside its ids (the form a user gives them: a
+    dataset folder's ``masks/`` beside ``instances/``, a "classes" Labels layer beside the objects):
+    the most frequent class value > 0 under the object's pixels (ties: the smaller value); pixels of the
+    class map outside every object are ignored.
+
+    Args:
+        ids: Object ids ``(H, W)`` or ``(Z, H, W)``, 0 = background (checked by :func:`check_labels`).
+        classes: The class map, same shape: 0 = no class, 1..``object_classes``.
+        object_classes: The project's object classes (its classes but background).
+        source: How to name the image in messages.
+
+    Returns:
+        ``{object id: class}`` for every object of ``ids``.
+
+    Raises:
+        MaskError: Shapes differ, a class value outside 0..object_classes, or an object with no class
+            pixel under it (named, with what to do).
+    """
+    i = np.asarray(ids)
+    c = np.asarray(classes)
+    if c.shape != i.shape:
+        raise MaskError(
+            f"{source}: the class map has shape {c.shape} but the object ids {i.shape}; they must match"
+        )
+    if c.dtype == bool:
+        c = c.astype(np.uint8)
+    if not np.issubdtype(c.dtype, np.integer) or (c.size and (c.min() < 0 or c.max() > object_classes)):
+        bad = np.unique(c[(c < 0) | (c > object_classes)]) if np.issubdtype(c.dtype, np.number) else c[:0]
+        raise MaskError(
+            f"{source}: the class map holds {_values(bad) if bad.size else c.dtype} but the project has "
+            f"{object_classes} object class(es): values 0 (none) to {object_classes}"
+        )
+    i = i.astype(np.int64)
+    present = np.unique(i[i > 0])
+    if not present.size:
+        return {}
+    sel = (i > 0) & (c > 0)
+    index = np.searchsorted(present, i[sel])
+    counts = np.bincount(
+        index * (object_classes + 1) + c[sel].astype(np.int64), minlength=present.size * (object_classes + 1)
+    ).reshape(present.size, object_classes + 1)
+    counts[:, 0] = 0
+    missing = present[counts.max(axis=1) == 0]
+    if missing.size:
+        raise MaskError(
+            f"{source}: object(s) {_values(missing)} have no class: paint each object's class in the class "
+            f"map (values 1..{object_classes}) over at least one of its pixels"
+        )
+    return {int(obj): int(k) for obj, k in zip(present, counts.argmax(axis=1), strict=True)}
+
+
+def check_object_classes(
+    ids: np.ndarray, classes: object, object_classes: int, *, source: str = "the mask"
+) -> dict[int, int]:
+    """A ``{object id: class}`` map as a client sends it (JSON keys may be strings) checked against the
+    objects of ``ids``: every object has a class in 1..``object_classes``; ids that are not in the mask
+    are dropped.
+
+    Raises:
+        MaskError: Not a mapping, a key or class that is not a whole number, a class out of range, an
+            object without a class.
+    """
+    if not isinstance(classes, dict):
+        raise MaskError(
+            f"{source}: object classes must be a mapping {{object id: class}}, got {type(classes).__name__}"
+        )
+    parsed: dict[int, int] = {}
+    for key, value in classes.items():
+        try:
+            obj, k = int(key), int(value)
+        except (TypeError, ValueError) as exc:
+            raise MaskError(
+                f"{source}: object class entry {key!r}: {value!r} is not two whole numbers"
+            ) from exc
+        if isinstance(value, bool) or not 1 <= k <= object_classes:
+            raise MaskError(
+                f"{source}: object {obj} has class {value!r}; the project's object classes are 1..{object_classes}"
+            )
+        parsed[obj] = k
+    present = np.unique(np.asarray(ids)[np.asarray(ids) > 0]).astype(np.int64)
+    missing = [int(o) for o in present if int(o) not in parsed]
+    if missing:
+        raise MaskError(
+            f"{source}: object(s) {_values(np.asarray(missing))} have no class; give every object one "
+            f"(1..{object_classes})"
+        )
+    return {int(o): parsed[int(o)] for o in present}
 
 
 def read_labels(path: str | os.PathLike[str]) -> np.ndarray:

@@ -6,7 +6,10 @@
   indices 0..K-1; the networks have K outputs and Dice is reported per class and as their mean.
 - ``instances``: a mask holds object ids (0 = background, each object its own id, any ids); jobs turn
   it into the 3-class target background / interior / boundary (``core/instances.py``) the networks
-  learn, and a seeded watershed turns their output back into objects.
+  learn, and a seeded watershed turns their output back into objects. Objects may be of **several
+  classes** (``--classes background,nucleus,mitosis``: n = 2 object classes): every annotation then
+  carries each object's class, the target has n + 2 classes (one interior per object class, one shared
+  boundary) and every object found gets one class.
 
 The task is chosen when a project is created (``diffseg init --task``), stored in the project
 (schema v5, ``meta.task``), returned by ``GET /project`` and written into every model's ``config.json``
@@ -96,10 +99,21 @@ class ProjectTask:
 
     @property
     def num_classes(self) -> int:
-        """Output classes of the networks: 2 (binary), K (multiclass), 3 (instances: the 3-class target)."""
+        """Output classes of the networks: 2 (binary), K (multiclass), 3 (instances of one class: the
+        3-class target; n object classes: n + 2)."""
         if self.kind == "instances":
-            return INSTANCE_CLASSES
+            return INSTANCE_CLASSES + self.object_classes - 1
         return len(self.classes)
+
+    @property
+    def object_classes(self) -> int:
+        """An instance project's object classes (the classes but background); 0 for other tasks."""
+        return len(self.classes) - 1 if self.kind == "instances" else 0
+
+    @property
+    def classed(self) -> bool:
+        """An instance project whose objects are of several classes (each annotation carries them)."""
+        return self.object_classes > 1
 
     @property
     def labels(self) -> Task:
@@ -175,10 +189,16 @@ def _build(kind: str, specs: list[tuple[str, str | None]] | None) -> ProjectTask
             )
         specs = [(n, None) for n in _DEFAULT_NAMES[kind]]
     k = len(specs)
-    if kind != "multiclass" and k != 2:
+    if kind == "binary" and k != 2:
         raise ConfigError(
-            f"a {kind} project has 2 classes (background and the {_DEFAULT_NAMES[kind][1]} class), got {k} "
-            "names; for several classes create a multiclass project (--task multiclass)"
+            f"a binary project has 2 classes (background and the foreground class), got {k} "
+            "names; for several classes create a multiclass project (--task multiclass), for objects of "
+            "several classes an instance project (--task instances --classes background,a,b)"
+        )
+    if kind == "instances" and k < 2:
+        raise ConfigError(
+            f"an instance project names background and at least one object class, got {k} name(s): e.g. "
+            "--classes background,nucleus (or background,nucleus,mitosis for objects of two classes)"
         )
     if not 2 <= k <= MAX_CLASSES:
         raise ConfigError(
@@ -210,7 +230,8 @@ def make_task(kind: str = "binary", classes: str | Sequence[str] | None = None) 
         kind: ``binary``, ``multiclass`` or ``instances``.
         classes: The class names in value order, background first: ``"background,tumour,stroma"`` or a
             list; each may carry a colour, ``"tumour:#ff0000"``. Required for multiclass (K >= 2); binary
-            and instance projects take 2 names (default ``background,foreground`` / ``background,object``).
+            projects take 2 names (default ``background,foreground``), instance projects 2 or more
+            (default ``background,object``; more: objects of several classes).
 
     Raises:
         ConfigError: An unknown kind, a multiclass task without classes, a wrong count, an empty or

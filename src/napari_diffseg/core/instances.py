@@ -22,6 +22,18 @@ shared ``classes_012.png`` case uses the same 2-pixel inner rim.)
 5. objects under :data:`MIN_OBJECT_SIZE` pixels (16: a 4 × 4 square; the smallest DSB nucleus is ~23) are
    removed (set to background) and ids renumbered 1..N, uint16 (uint32 beyond 65,535 objects).
 
+**Objects of several classes** (a project of task ``instances`` with classes ``background, nucleus,
+mitosis, ...``: ``n`` object classes). The target then has ``K = n + 2`` classes: 0 background, 2 the
+boundary (shared by every class: a rim separates objects whatever their class), and the interior of object
+class ``c`` at channel :func:`interior_channel` ``(c)`` = 1 for ``c = 1`` and ``c + 1`` beyond — so a
+one-class project keeps the 3-class target above, and its models, unchanged. Post-processing sums the
+interior channels into one interior probability and runs the same watershed (objects are found whatever
+their class); each object's class is then the object class whose interior probability, summed over the
+object's pixels, is largest (:func:`classify_objects`) — one class per object, never a patchwork. An
+annotation's classes come as a map ``{object id: class}`` (``1..n``), made in the backend from a class map
+painted beside the ids (:func:`napari_diffseg.base.masks.object_classes_from_map`: the majority class
+under each object).
+
 **Z-stacks** (:func:`stack_instances`). The networks are 2D and see one plane at a time, but a nucleus spans
 several planes, and counting it once per plane would count it several times. A stack's ``(Z, 3, H, W)``
 probabilities are therefore post-processed as one volume: the same five steps with 3D face connectivity
@@ -34,6 +46,7 @@ one, to bound the watershed's memory.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -49,8 +62,13 @@ __all__ = [
     "INTERIOR",
     "MIN_OBJECT_SIZE",
     "MIN_SEED_SIZE",
+    "class_map",
+    "classify_objects",
+    "instance_channels",
     "instances_to_target",
+    "interior_channel",
     "labels_to_instances",
+    "object_classes_of",
     "probs_to_instances",
     "proposal_instances",
     "stack_instances",
@@ -67,6 +85,37 @@ MIN_SEED_SIZE = 4
 MIN_OBJECT_SIZE = 16
 #: Stacks up to this many voxels are post-processed as one volume (objects linked across planes).
 LINK_MAX_VOXELS = 2**26
+
+
+def instance_channels(object_classes: int = 1) -> int:
+    """Output classes of an instance model with ``object_classes`` object classes: ``object_classes + 2``."""
+    if object_classes < 1:
+        raise DataError(f"an instance task has at least one object class, got {object_classes}")
+    return int(object_classes) + 2
+
+
+def object_classes_of(num_classes: int) -> int:
+    """Object classes of an instance model with ``num_classes`` outputs (3 → 1, 4 → 2, ...).
+
+    Raises:
+        DataError: Fewer than 3 outputs (not an instance model).
+    """
+    if num_classes < INSTANCE_CLASSES:
+        raise DataError(
+            f"an instance model has at least 3 output classes (background, interior, boundary), got {num_classes}"
+        )
+    return int(num_classes) - 2
+
+
+def interior_channel(object_class: int) -> int:
+    """The target channel of object class ``object_class``'s interior (1 → 1, 2 → 3, 3 → 4, ...)."""
+    if object_class < 1:
+        raise DataError(f"object classes are numbered from 1, got {object_class}")
+    return INTERIOR if object_class == 1 else int(object_class) + 1
+
+
+def _interior_channels(num_classes: int) -> list[int]:
+    return [interior_channel(c) for c in range(1, object_classes_of(num_classes) + 1)]
 
 
 def _check_ids(instances: np.ndarray) -> np.ndarray:
@@ -92,12 +141,19 @@ def _rim(ids: np.ndarray) -> np.ndarray:
     return out & (ids > 0)
 
 
-def instances_to_target(instances: np.ndarray, boundary_width: int = BOUNDARY_WIDTH) -> np.ndarray:
-    """Instance ids ``(H, W)`` (any non-negative integers, 0 = background) → the 3-class target, uint8:
+def instances_to_target(
+    instances: np.ndarray,
+    boundary_width: int = BOUNDARY_WIDTH,
+    classes: Mapping[int, int] | None = None,
+) -> np.ndarray:
+    """Instance ids ``(H, W)`` (any non-negative integers, 0 = background) → the target, uint8:
     0 background, 1 interior, 2 an object's inner rim ``boundary_width`` pixels thick.
 
+    With ``classes`` (``{object id: class}``, classes ``1..n``; module docstring) an object of class ``c``
+    has its interior at :func:`interior_channel` ``(c)``; the rim stays 2 whatever the class.
+
     Raises:
-        DataError: Not a 2D integer array, or negative ids.
+        DataError: Not a 2D integer array, negative ids, or an object without a class in ``classes``.
     """
     ids = _check_ids(instances)
     if boundary_width < 1:
@@ -118,6 +174,15 @@ def instances_to_target(instances: np.ndarray, boundary_width: int = BOUNDARY_WI
         lost = present[~has_interior[present]]
         if lost.size:
             target[np.isin(ids, lost)] = INTERIOR
+    if classes is not None and present.size:
+        lut = np.zeros(int(ids.max()) + 1, np.uint8)
+        for obj in present:
+            c = classes.get(int(obj))
+            if c is None:
+                raise DataError(f"object {int(obj)} has no class; every object of the mask needs one")
+            lut[obj] = interior_channel(int(c))
+        interior = target == INTERIOR
+        target[interior] = lut[ids[interior]]
     return target
 
 
@@ -162,18 +227,67 @@ def probs_to_instances(
     min_seed_size: int = MIN_SEED_SIZE,
     threshold: float = 0.5,
 ) -> np.ndarray:
-    """3-class probabilities ``(3, H, W)`` (background, interior, boundary) → instance ids ``(H, W)``
-    by a seeded watershed (module docstring). Returns uint16 (uint32 beyond 65,535 objects).
+    """Class probabilities ``(K, H, W)`` (background, interior, boundary[, interiors of further object
+    classes]) → instance ids ``(H, W)`` by a seeded watershed (module docstring; the interior channels are
+    summed). Returns uint16 (uint32 beyond 65,535 objects).
 
     Raises:
-        DataError: Not a ``(3, H, W)`` array.
+        DataError: Not a ``(K, H, W)`` array with K >= 3.
     """
     p = np.asarray(probs, dtype=np.float32)
-    if p.ndim != 3 or p.shape[0] != INSTANCE_CLASSES:
-        raise DataError(f"instance post-processing needs (3, H, W) class probabilities, got shape {p.shape}")
+    if p.ndim != 3 or p.shape[0] < INSTANCE_CLASSES:
+        raise DataError(
+            f"instance post-processing needs (K, H, W) class probabilities, K >= 3, got {p.shape}"
+        )
     return _seeded_watershed(
-        p[INTERIOR], p[BOUNDARY], min_size=min_size, min_seed_size=min_seed_size, threshold=threshold
+        _interior(p, 0), p[BOUNDARY], min_size=min_size, min_seed_size=min_seed_size, threshold=threshold
     )
+
+
+def _interior(p: np.ndarray, axis: int) -> np.ndarray:
+    """The summed interior probability of every object class (``axis``: the class axis)."""
+    chans = _interior_channels(p.shape[axis])
+    out = np.take(p, chans[0], axis=axis).astype(np.float32)
+    for c in chans[1:]:
+        out = out + np.take(p, c, axis=axis)
+    return out
+
+
+def classify_objects(instances: np.ndarray, probs: np.ndarray) -> dict[int, int]:
+    """Each object's class ``{id: class}`` (``1..n``): the object class whose interior probability,
+    summed over the object's pixels, is largest (module docstring). ``instances`` is ``(H, W)`` with
+    ``probs`` ``(K, H, W)``, or a stack's ``(Z, H, W)`` with ``(Z, K, H, W)``. With one object class
+    (K = 3) every object is class 1.
+
+    Raises:
+        DataError: Shapes that do not match.
+    """
+    ids = np.asarray(instances)
+    p = np.asarray(probs)
+    axis = 0 if p.ndim == 3 else 1
+    if p.ndim not in (3, 4) or ids.ndim != p.ndim - 1 or np.delete(p.shape, axis).tolist() != list(ids.shape):
+        raise DataError(f"classify_objects: instances {ids.shape} do not match probabilities {p.shape}")
+    present = np.unique(ids[ids > 0]).astype(np.int64)
+    if not present.size:
+        return {}
+    chans = _interior_channels(p.shape[axis])
+    if len(chans) == 1:
+        return {int(i): 1 for i in present}
+    scores = np.stack(
+        [ndi.sum_labels(np.take(p, c, axis=axis).astype(np.float64), ids, present) for c in chans]
+    )
+    return {int(i): int(c) + 1 for i, c in zip(present, scores.argmax(axis=0), strict=True)}
+
+
+def class_map(instances: np.ndarray, classes: Mapping[int, int]) -> np.ndarray:
+    """The per-pixel class (uint8, 0 = background) of instance ids coloured by ``{id: class}``; an id
+    without a class is 0."""
+    ids = np.asarray(instances).astype(np.int64)
+    lut = np.zeros(int(ids.max(initial=0)) + 1, np.uint8)
+    for obj, c in classes.items():
+        if 0 < int(obj) < lut.size:
+            lut[int(obj)] = int(c)
+    return lut[ids]
 
 
 def stack_instances(
@@ -184,7 +298,7 @@ def stack_instances(
     threshold: float = 0.5,
     link_max_voxels: int = LINK_MAX_VOXELS,
 ) -> np.ndarray:
-    """A z-stack's 3-class probabilities ``(Z, 3, H, W)`` → instance ids ``(Z, H, W)``, objects linked
+    """A z-stack's class probabilities ``(Z, K, H, W)`` (K >= 3) → instance ids ``(Z, H, W)``, objects linked
     across planes (one id per object through the planes it crosses; module docstring). Beyond
     ``link_max_voxels`` plane by plane, each plane's ids offset by the largest id of the planes before it.
     uint16 (uint32 beyond 65,535 objects).
@@ -193,11 +307,11 @@ def stack_instances(
         DataError: Not a ``(Z, 3, H, W)`` array.
     """
     p = np.asarray(probs)
-    if p.ndim != 4 or p.shape[1] != INSTANCE_CLASSES:
-        raise DataError(f"a stack's instance post-processing needs (Z, 3, H, W) probabilities, got {p.shape}")
+    if p.ndim != 4 or p.shape[1] < INSTANCE_CLASSES:
+        raise DataError(f"a stack's instance post-processing needs (Z, K, H, W) probabilities, got {p.shape}")
     kw: dict[str, Any] = {"min_size": min_size, "min_seed_size": min_seed_size, "threshold": threshold}
     if p.shape[0] * p.shape[2] * p.shape[3] <= link_max_voxels:
-        return _seeded_watershed(p[:, INTERIOR].astype(np.float32), p[:, BOUNDARY].astype(np.float32), **kw)
+        return _seeded_watershed(_interior(p, 1), p[:, BOUNDARY].astype(np.float32), **kw)
     planes, offset = [], 0
     for plane in p:
         ids = probs_to_instances(plane, **kw).astype(np.int64)
@@ -208,16 +322,18 @@ def stack_instances(
     return out.astype(np.uint16 if out.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
 
 
-def labels_to_instances(classes: np.ndarray, min_size: int = MIN_OBJECT_SIZE) -> np.ndarray:
-    """A hard 3-class map ``(H, W)`` (e.g. the argmax of a prediction) → instances, by the same
-    watershed with one-hot probabilities."""
+def labels_to_instances(
+    classes: np.ndarray, min_size: int = MIN_OBJECT_SIZE, num_classes: int = INSTANCE_CLASSES
+) -> np.ndarray:
+    """A hard target map ``(H, W)`` (e.g. the argmax of a prediction, ``num_classes`` classes) →
+    instances, by the same watershed with one-hot probabilities."""
     c = np.asarray(classes)
-    onehot = np.stack([c == k for k in range(INSTANCE_CLASSES)]).astype(np.float32)
+    onehot = np.stack([c == k for k in range(num_classes)]).astype(np.float32)
     return probs_to_instances(onehot, min_size=min_size)
 
 
 def proposal_instances(probs: np.ndarray) -> np.ndarray:
-    """:func:`probs_to_instances` of a proposal: ``(3, H, W)`` → ``(H, W)``; a z-stack's ``(Z, 3, H, W)`` →
+    """:func:`probs_to_instances` of a proposal: ``(K, H, W)`` → ``(H, W)``; a z-stack's ``(Z, K, H, W)`` →
     ``(Z, H, W)`` by :func:`stack_instances` (objects linked across planes). uint16 (uint32 beyond 65,535
     objects).
 
@@ -228,5 +344,5 @@ def proposal_instances(probs: np.ndarray) -> np.ndarray:
     if p.ndim == 3:
         return probs_to_instances(p)
     if p.ndim != 4:
-        raise DataError(f"a proposal is (3, H, W) or (Z, 3, H, W) probabilities, got shape {p.shape}")
+        raise DataError(f"a proposal is (K, H, W) or (Z, K, H, W) probabilities, got shape {p.shape}")
     return stack_instances(p)

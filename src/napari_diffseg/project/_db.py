@@ -45,7 +45,7 @@ _IMAGE_COLS = (
 )
 _ANN_COLS = (
     "image_id, version, kind, replaces, proposal_id, author, edit_dice, pixels_changed, labels, file_sha256, "
-    "created_at, planes, objects_added, objects_removed, objects_changed"
+    "created_at, planes, objects_added, objects_removed, objects_changed, object_classes"
 )
 _PROP_COLS = "id, image_id, model_id, classes, uncertainty, file_sha256, created_at, plane"
 _MODEL_COLS = "id, round, method, metrics, active, created_at"
@@ -83,6 +83,7 @@ def _annotation(row: Sequence[Any]) -> AnnotationRecord:
         objects_added=row[12],
         objects_removed=row[13],
         objects_changed=row[14],
+        object_classes=None if row[15] is None else {int(k): int(v) for k, v in json.loads(row[15]).items()},
     )
 
 

@@ -12,14 +12,20 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.base.formats import tiff_bytes
 from napari_diffseg.base.labels import edit_stats, object_edits
-from napari_diffseg.base.masks import check_task_mask
+from napari_diffseg.base.masks import (
+    MaskError,
+    check_object_classes,
+    check_task_mask,
+    object_classes_from_map,
+)
 from napari_diffseg.project._db import _ANN_COLS, ImageRef, _annotation, _StoreBase, _Tx
 from napari_diffseg.project._util import check_mask, read_tiff
 from napari_diffseg.project.errors import StaleVersionError
@@ -55,10 +61,11 @@ class _AnnotationsMixin(_StoreBase):
         data: bytes,
         planes: list[int] | None = None,
         objects: tuple[int, int, int] | None = None,
+        object_classes: dict[int, int] | None = None,
     ) -> None:
         sha = tx.write(self._annotation_path(image_id, version), data)
         tx.execute(
-            f"INSERT INTO annotations ({_ANN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO annotations ({_ANN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 image_id,
                 version,
@@ -73,6 +80,9 @@ class _AnnotationsMixin(_StoreBase):
                 time.time(),
                 None if planes is None else json.dumps([int(z) for z in planes]),
                 *((None, None, None) if objects is None else (int(n) for n in objects)),
+                None
+                if object_classes is None
+                else json.dumps({str(k): int(v) for k, v in object_classes.items()}),
             ),
         )
         state = "ground_truth" if kind == "ground_truth" else "corrected"
@@ -89,6 +99,8 @@ class _AnnotationsMixin(_StoreBase):
         author: str = "",
         planes: Iterable[int] | None = None,
         binarize: bool = False,
+        classes: object | None = None,
+        object_classes: Mapping[Any, Any] | None = None,
     ) -> int:
         """Append a new annotation version of an image; earlier versions are never changed.
 
@@ -110,6 +122,11 @@ class _AnnotationsMixin(_StoreBase):
             planes: A z-stack only: the plane indices this version annotates. None: every plane that holds
                 a labelled pixel (what was painted). Edit Dice is computed over these planes.
             binarize: A binary project only: take every value > 0 as foreground (stored as 1).
+            classes: An instance project with several object classes: a class map of the mask's shape
+                (0 = none, 1..n) from which each object takes its majority class
+                (:func:`~napari_diffseg.base.masks.object_classes_from_map`) — a "classes" layer painted
+                beside the objects, a dataset folder's ``masks/`` beside ``instances/``.
+            object_classes: The same as ``{object id: class}`` (instead of ``classes``).
 
         Returns:
             The new version number.
@@ -133,6 +150,7 @@ class _AnnotationsMixin(_StoreBase):
         checked = check_task_mask(m, task.labels, source=f"the mask of image {rec.name!r}", binarize=binarize)
         if binarize and task.kind == "binary":
             m = checked.mask.astype(np.uint8)
+        per_object = self._object_classes(m, classes, object_classes, f"the mask of image {rec.name!r}")
         annotated = _annotated_planes(m, planes, what) if rec.is_stack else None
         if planes is not None and not rec.is_stack:
             raise DataError(
@@ -194,8 +212,44 @@ class _AnnotationsMixin(_StoreBase):
                 data,
                 annotated,
                 objects,
+                per_object,
             )
         return version
+
+    def _object_classes(
+        self, mask: np.ndarray, classes: object | None, object_classes: Mapping[Any, Any] | None, source: str
+    ) -> dict[int, int] | None:
+        """Each object's class of a save (a classed instance project), checked; None for other projects."""
+        task = self.task
+        given = classes is not None or object_classes is not None
+        if not task.classed:
+            if given:
+                raise MaskError(
+                    f"{source}: object classes were given but this {task} project has one object class; "
+                    "objects of several classes need a project created with them (diffseg init --task "
+                    "instances --classes background,a,b)"
+                )
+            return None
+        if classes is not None and object_classes is not None:
+            raise DataError(f"{source}: give the objects' classes once: a class map or a mapping, not both.")
+        names = ", ".join(f"{i} {c.name}" for i, c in enumerate(task.classes) if i)
+        if classes is not None:
+            cmap = check_mask(classes, mask.shape, f"{source}: the class map")
+            return object_classes_from_map(mask, cmap, task.object_classes, source=source)
+        if object_classes is not None:
+            return check_object_classes(mask, dict(object_classes), task.object_classes, source=source)
+        if not mask.any():
+            return {}
+        raise MaskError(
+            f"{source}: this project's objects are of {task.object_classes} classes ({names}); send each "
+            "object's class with the mask: a class map (classes=...) or {object id: class} (object_classes=...)"
+        )
+
+    def load_object_classes(self, image: ImageRef, version: int | None = None) -> dict[int, int] | None:
+        """Each object's class ``{id: class}`` of an annotation version (latest by default) of a classed
+        instance project; None elsewhere or without an annotation."""
+        ann = self.annotation(image, version)
+        return None if ann is None else ann.object_classes
 
     def annotation_versions(self, image: ImageRef) -> list[AnnotationRecord]:
         """Every annotation version of an image, oldest first."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.base.formats import tiff_bytes
-from napari_diffseg.base.masks import check_task_mask
+from napari_diffseg.base.masks import MaskError, check_task_mask, object_classes_from_map
 from napari_diffseg.data.dataset import DEFAULT_SPLIT, is_valid_split
 from napari_diffseg.data.imagefile import ImageRead
 from napari_diffseg.data.io import DEFAULT_MAX_PIXELS
@@ -324,7 +324,7 @@ class _ImagesMixin(_StoreBase):
             folder: ``images/``, optional ``masks/``, ``instances/`` and ``split.csv`` (docs/architecture.md).
             binarize: A binary project: take every mask value > 0 as foreground (:meth:`import_items`).
         """
-        items = collect_dataset(folder, instances=self.task.kind == "instances")
+        items = collect_dataset(folder, instances=self.task.kind == "instances", classed=self.task.classed)
         return self.import_items(items, binarize=binarize)
 
     def import_files(
@@ -345,7 +345,9 @@ class _ImagesMixin(_StoreBase):
         (:meth:`import_items`).
         """
         instances = self.task.kind == "instances"
-        items = collect_paths(paths, masks_dir, split=split, axes=axes, instances=instances)
+        items = collect_paths(
+            paths, masks_dir, split=split, axes=axes, instances=instances, classed=self.task.classed
+        )
         return self.import_items(items, binarize=binarize, notes=notes)
 
     def _task_mask(
@@ -390,7 +392,8 @@ class _ImagesMixin(_StoreBase):
                 loaded = load_images(item, binary_masks=False)
                 for image in loaded:
                     if image.mask is not None:
-                        self._task_mask(image.mask, f"mask {item.mask}", binarize, None)
+                        checked = self._task_mask(image.mask, f"mask {item.mask}", binarize, None)
+                        self._import_classes(checked, image, item)
                     # the first image of a new project fixes the count for the rest of this import too
                     here = expected if expected is not None else _combined_channels(counts)
                     self._check_channels(
@@ -417,11 +420,13 @@ class _ImagesMixin(_StoreBase):
                     what = f"Cannot use image {item.image} ({image.name})"
                     self._check_channels(image.chw, what, self.channel_count(), has_model)
                 m = None
+                per_object = None
                 if image.mask is not None:
                     task_mask = self._task_mask(image.mask, f"mask {item.mask}", binarize, notes)
                     m = check_mask(task_mask, image.mask_shape, f"mask {item.mask}")
+                    per_object = self._import_classes(m, image, item)
                 image_id, is_new, mask_outcome = self._store_image(
-                    image, str(item.image.resolve()), item.split, m
+                    image, str(item.image.resolve()), item.split, m, per_object
                 )
                 ids.append(image_id)
                 (added if is_new else existing).append(image_id)
@@ -430,6 +435,29 @@ class _ImagesMixin(_StoreBase):
                 elif mask_outcome == "skipped":
                     skipped.append(image_id)
         return ImportResult(tuple(ids), tuple(added), tuple(existing), tuple(saved), tuple(skipped))
+
+    def _import_classes(
+        self, mask: np.ndarray, image: LoadedImage, item: ImportItem
+    ) -> dict[int, int] | None:
+        """Each object's class of an imported instance mask (a project of several object classes): the
+        majority class of the item's class map under it; None for other projects.
+
+        Raises:
+            MaskError: No class map for a mask with objects, or an object without a class under it.
+        """
+        task = self.task
+        if not task.classed:
+            return None
+        source = f"mask {item.mask}"
+        if image.classes is None:
+            if not np.asarray(mask).any():
+                return {}
+            raise MaskError(
+                f"{source}: this project's objects are of {task.object_classes} classes, but the mask comes "
+                "without a class map. Import a dataset folder whose masks/ hold each pixel's class (1.."
+                f"{task.object_classes}) beside its instances/ object ids"
+            )
+        return object_classes_from_map(mask, image.classes, task.object_classes, source=source)
 
     @staticmethod
     def _check_split(split: str) -> None:
@@ -445,7 +473,12 @@ class _ImagesMixin(_StoreBase):
         return candidate
 
     def _store_image(
-        self, image: LoadedImage, source: str, split: str, mask: np.ndarray | None
+        self,
+        image: LoadedImage,
+        source: str,
+        split: str,
+        mask: np.ndarray | None,
+        object_classes: dict[int, int] | None = None,
     ) -> tuple[str, bool, str | None]:
         """Store pixels (deduplicated by content) and an optional ground-truth mask in one transaction.
 
@@ -508,6 +541,8 @@ class _ImagesMixin(_StoreBase):
                         mask,
                         mask_data,
                         planes,
+                        None,
+                        object_classes,
                     )
                     outcome = "saved"
                 else:

@@ -55,6 +55,9 @@ class ImportItem:
     split: str = DEFAULT_SPLIT
     axes: str | None = None
     """The axes the user gave (``--axes``), overriding what the file says; None: read them."""
+    classes: Path | None = None
+    """A class map beside an instance mask (objects of several classes: a dataset folder's ``masks/``
+    file beside its ``instances/`` one); each object takes the majority class under it."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class LoadedImage:
     channel_names: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     mask: np.ndarray | None = None
+    classes: np.ndarray | None = None
 
     @property
     def mask_shape(self) -> tuple[int, ...]:
@@ -82,25 +86,30 @@ def _check_split(split: str) -> str:
     return split
 
 
-def collect_dataset(folder: PathLike, *, instances: bool = False) -> list[ImportItem]:
+def collect_dataset(folder: PathLike, *, instances: bool = False, classed: bool = False) -> list[ImportItem]:
     """Items for every image of a dataset folder (``images/``, optional ``masks/`` and ``split.csv``).
 
     With ``instances`` (an instance project) an image's mask is its ``instances/<id>.tif`` (object ids)
-    where the folder has one, else its ``masks/`` file.
+    where the folder has one, else its ``masks/`` file. With ``classed`` too (objects of several classes)
+    the ``masks/`` file beside an ``instances/`` one is the class map the objects take their class from.
 
     Raises:
         DataError: The folder is not a valid dataset folder, or an id is not a valid image name.
     """
     ds = DatasetFolder(folder)
-    return [
-        ImportItem(
-            ds.image_path(i),
-            (ds.instance_path(i) if instances else None) or ds.mask_path(i),
-            check_name(i, f"image id in {ds.root}"),
-            ds.split_of(i),
+    items = []
+    for i in ds.ids:
+        inst = ds.instance_path(i) if instances else None
+        items.append(
+            ImportItem(
+                ds.image_path(i),
+                inst or ds.mask_path(i),
+                check_name(i, f"image id in {ds.root}"),
+                ds.split_of(i),
+                classes=ds.mask_path(i) if classed and inst is not None else None,
+            )
         )
-        for i in ds.ids
-    ]
+    return items
 
 
 def _scan_masks(masks_dir: Path) -> dict[str, Path]:
@@ -135,6 +144,7 @@ def collect_paths(
     split: str = DEFAULT_SPLIT,
     axes: str | None = None,
     instances: bool = False,
+    classed: bool = False,
 ) -> list[ImportItem]:
     """Items for image files, plain folders of images and dataset folders.
 
@@ -143,7 +153,8 @@ def collect_paths(
     plain folders come from ``masks_dir``, matched by file stem; images without a mask there get none.
 
     ``axes`` (``--axes``) overrides the axes of every image file collected; ``instances`` (an instance
-    project) takes a dataset folder's ``instances/`` masks (:func:`collect_dataset`).
+    project) takes a dataset folder's ``instances/`` masks, with ``classed`` its ``masks/`` as their class
+    map (:func:`collect_dataset`).
 
     Raises:
         DataError: A missing path, an unsupported extension, a folder without images, a bad dataset folder,
@@ -162,7 +173,7 @@ def collect_paths(
                         f"{path} is a dataset folder, which brings its own masks/: drop --masks, or import "
                         "its images/ folder with --masks."
                     )
-                items.extend(collect_dataset(path, instances=instances))
+                items.extend(collect_dataset(path, instances=instances, classed=classed))
                 continue
             files = [
                 p
@@ -183,7 +194,7 @@ def collect_paths(
     if not items:
         raise DataError("nothing to import: pass image files, folders of images or dataset folders.")
     if letters is not None:
-        items = [ImportItem(i.image, i.mask, i.name, i.split, letters) for i in items]
+        items = [replace(i, axes=letters) for i in items]
     return items
 
 
@@ -240,16 +251,23 @@ def load_images(
             "file of one image. Import the images without --masks."
         )
     image = loaded[0]
+    mask = _read_item_mask(item.mask, item, image, binary_masks, max_pixels)
+    classes = None if item.classes is None else _read_item_mask(item.classes, item, image, False, max_pixels)
+    return [replace(image, mask=mask, classes=classes)]
+
+
+def _read_item_mask(
+    path: Path, item: ImportItem, image: LoadedImage, binary: bool, max_pixels: int
+) -> np.ndarray:
     if image.chw.ndim == 4:
-        mask = read_mask_stack(item.mask, image.mask_shape, binary=binary_masks, max_pixels=max_pixels)
-        return [replace(image, mask=mask)]
-    mask = read_mask(item.mask, binary=binary_masks)
+        return read_mask_stack(path, image.mask_shape, binary=binary, max_pixels=max_pixels)
+    mask = read_mask(path, binary=binary)
     if mask.shape != image.chw.shape[1:]:
         raise DataError(
-            f"mask {item.mask} is {mask.shape[0]}x{mask.shape[1]} but image {item.image} is "
+            f"mask {path} is {mask.shape[0]}x{mask.shape[1]} but image {item.image} is "
             f"{image.chw.shape[1]}x{image.chw.shape[2]} (H x W); a mask must have its image's height and width."
         )
-    return [replace(image, mask=mask)]
+    return mask
 
 
 def load_item(item: ImportItem, *, binary_masks: bool = True) -> tuple[np.ndarray, np.ndarray | None]:

@@ -116,6 +116,8 @@ class AnnotationRecord(_Record):
         objects_added, objects_removed, objects_changed: An instance project's edit cost in objects
             against the proposal's objects (matched at IoU 0.5, :func:`napari_diffseg.base.labels.object_edits`);
             None without a proposal or in a binary / multiclass project.
+        object_classes: An instance project with several object classes: ``{object id: class 1..n}`` for
+            every object of the mask; None otherwise.
     """
 
     image_id: str
@@ -133,6 +135,7 @@ class AnnotationRecord(_Record):
     objects_added: int | None = None
     objects_removed: int | None = None
     objects_changed: int | None = None
+    object_classes: dict[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,13 @@ MIGRATIONS: list[Migration] = [
             "ALTER TABLE annotations ADD COLUMN objects_changed INTEGER",
         ),
     ),
+    Migration(
+        "v6: objects of several classes: each object's class in an instance project's annotation",
+        (
+            # JSON {"<object id>": class 1..n}; NULL in binary / multiclass / one-class instance projects
+            "ALTER TABLE annotations ADD COLUMN object_classes TEXT",
+        ),
+    ),
 ]
 
 SCHEMA_VERSION: int = len(MIGRATIONS)

@@ -97,14 +97,29 @@ def save_annotation(
             "mask painted with more than two labels, which is refused otherwise."
         ),
     ] = False,
+    with_classes: Annotated[
+        bool,
+        Query(
+            description="An instance project with several object classes: the body is one .npy of shape "
+            "(2, H, W) (a z-stack's (2, Z, H, W)): the object ids, then each pixel's class (0 = none, 1..n); "
+            "each object takes the majority class under it."
+        ),
+    ] = False,
 ) -> SaveAnnotationOut:
     """Save a new annotation version; 409 ``{"detail", "current"}`` if ``replaces`` is not the latest.
 
     A z-stack's mask is ``(Z, H, W)``; only its annotated planes (``planes``, else those holding a label)
     are trained on as labelled. The mask must fit the project's task (``GET /project``): class values
     below K (multiclass), object ids with each id one piece (instances: any ids, as napari paints them),
-    one or two foreground values (binary, unless ``binarize``); else 422 and nothing is saved."""
-    mask = codec.decode_mask(upload.data, upload.media_type, max_pixels=ctx.settings.max_pixels)
+    one or two foreground values (binary, unless ``binarize``); else 422 and nothing is saved. An instance
+    project with several object classes needs each object's class: ``with_classes``."""
+    classes = None
+    if with_classes:
+        mask, classes = codec.decode_mask_with_classes(
+            upload.data, upload.media_type, max_pixels=ctx.settings.max_pixels
+        )
+    else:
+        mask = codec.decode_mask(upload.data, upload.media_type, max_pixels=ctx.settings.max_pixels)
     project = ctx.project()
     rec = find_image(project, ref)
     version = project.save_annotation(
@@ -116,6 +131,7 @@ def save_annotation(
         author=author,
         planes=planes,
         binarize=binarize,
+        classes=classes,
     )
     ann = project.annotation(rec.id, version)
     assert ann is not None

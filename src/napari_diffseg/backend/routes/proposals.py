@@ -60,11 +60,12 @@ def proposal_pixels(
     ctx: Ctx,
     ref: RefPath,
     part: Annotated[
-        Literal["probs", "uncertainty", "mask", "instances"],
+        Literal["probs", "uncertainty", "mask", "instances", "classes"],
         Query(
             description="Which array. instances (an instance project only): the proposal as objects, each "
             "its own id, from the seeded watershed of its background / interior / boundary probabilities "
-            "(what the annotator edits as an instance Labels layer); mask is then the 3-class argmax."
+            "(what the annotator edits as an instance Labels layer); mask is then the 3-class argmax. classes "
+            "(an instance project with several object classes): each proposed object's class as a class map."
         ),
     ] = "mask",
     model_id: ModelIdQuery = None,
