@@ -33,7 +33,9 @@ boundary target, objects by a seeded watershed: ``diffseg experiment --task inst
 ``results/evidence/<dataset>-instances`` and the report's main figure is then the test **AP@0.5** (mean over
 the test images), with AP@0.75, F1@0.5 and the pixel Dice beside it, and for GlaS the challenge's object F1 /
 object Dice / object Hausdorff. ``--task multiclass --classes background,a,b`` scores the mean Dice over the
-foreground classes and lists Dice per class.
+foreground classes and lists Dice per class. ``--task instances --object-classes grade_glas`` trains on objects
+of several classes, each gland taking its image's grade (benign / malignant), from a view whose masks/ are
+class maps; the results go to ``results/evidence/glas-grade_glas-instances``.
 
 Why one script of ~600 lines: running the arms and reporting them (tables, paired intervals, figure) read
 the same result files and arm table, and the report must be remade from the JSONs alone.
@@ -597,6 +599,52 @@ def dataset_view(dataset: Path, split_csv: Path, views: Path) -> Path:
     return view
 
 
+def object_class_view(dataset: Path, column: str, views: Path) -> tuple[Path, str]:
+    """Objects of several classes from a per-image label of ``split.csv`` (GlaS: ``grade_glas``, benign or
+    malignant): ``<views>/<dataset>-<column>`` with symlinks to images/ and instances/, the split.csv, and
+    masks/ written as class maps (each object of an image takes the image's class: its value's position in
+    the sorted values, from 1). Returns the view and the ``--classes`` list (background first).
+
+    Raises:
+        SystemExit: No such column, or an image without a value.
+    """
+    import csv
+
+    import numpy as np
+    import tifffile
+
+    from napari_diffseg.base.masks import read_labels
+    from napari_diffseg.data.dataset import DatasetFolder
+
+    dataset = dataset.resolve()
+    with (dataset / "split.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or column not in rows[0]:
+        raise SystemExit(f"{dataset / 'split.csv'} has no column {column!r}")
+    values = sorted({r[column].strip() for r in rows})
+    if "" in values or len(values) < 2:
+        raise SystemExit(
+            f"column {column!r} needs a value for every image and at least two values, got {values}"
+        )
+    view = views / f"{dataset.name}-{column}"
+    (view / "masks").mkdir(parents=True, exist_ok=True)
+    for sub in ("images", "instances"):
+        link = view / sub
+        if not link.exists():
+            link.symlink_to(dataset / sub, target_is_directory=True)
+    for r in rows:
+        target = view / "masks" / f"{r['id']}.tif"
+        if target.exists():
+            continue
+        source = DatasetFolder(dataset).instance_path(r["id"])
+        if source is None:
+            raise SystemExit(f"{dataset} has no instances/ file for {r['id']}")
+        ids = read_labels(source)
+        tifffile.imwrite(target, ((ids > 0) * (values.index(r[column].strip()) + 1)).astype(np.uint8))
+    (view / "split.csv").write_text((dataset / "split.csv").read_text())
+    return view, ",".join(["background", *values])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", type=Path)
@@ -617,6 +665,13 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--task", default="binary", choices=("binary", "multiclass", "instances"))
     ap.add_argument("--classes", default=None, help="--task multiclass: class names, background first")
+    ap.add_argument(
+        "--object-classes",
+        default=None,
+        metavar="COLUMN",
+        help="--task instances: objects of several classes, each object taking its image's value of this "
+        "split.csv column (GlaS: grade_glas); a view with class maps is made under --views",
+    )
     args = ap.parse_args()
     unknown = set(args.arms) - set(ARMS)
     if unknown:
@@ -631,6 +686,10 @@ def main() -> None:
         ap.error("--dataset is required (or --report-all)")
     if args.split is not None:
         args.dataset = dataset_view(args.dataset, args.split, args.views)
+    if args.object_classes is not None:
+        if args.task != "instances":
+            ap.error("--object-classes goes with --task instances")
+        args.dataset, args.classes = object_class_view(args.dataset, args.object_classes, args.views)
     out = args.out or RESULTS / (
         args.dataset.resolve().name + ("" if args.task == "binary" else f"-{args.task}")
     )

@@ -231,3 +231,26 @@ def test_glas_object_figures_per_test_part(tmp_path: Path) -> None:
     r2 = dict(r, test={**r["test"], "per_image": [dict(x, id=f"img{n}") for n, x in enumerate(per_image)]})
     _write(tmp_path, "supervised", 0.1, 0, r2)
     assert "per test part" not in sweep.report(tmp_path)
+
+
+def test_object_class_view_gives_each_object_its_images_class(tmp_path: Path) -> None:
+    import numpy as np
+    import tifffile
+
+    ds = tmp_path / "glas"
+    for sub in ("images", "instances"):
+        (ds / sub).mkdir(parents=True)
+    ids = np.zeros((8, 8), np.uint16)
+    ids[1:3, 1:3], ids[5:7, 5:7] = 1, 4
+    for name in ("a", "b", "c"):
+        tifffile.imwrite(ds / "images" / f"{name}.tif", np.zeros((8, 8), np.uint8))
+        tifffile.imwrite(ds / "instances" / f"{name}.tif", ids)
+    (ds / "split.csv").write_text("id,split,grade\na,train,malignant\nb,train,benign\nc,test,malignant\n")
+    view, classes = sweep.object_class_view(ds, "grade", tmp_path / "views")
+    assert classes == "background,benign,malignant"  # sorted values, background first
+    assert view.name == "glas-grade" and (view / "instances").is_symlink()
+    a = tifffile.imread(view / "masks" / "a.tif")
+    b = tifffile.imread(view / "masks" / "b.tif")
+    assert np.array_equal(a, (ids > 0) * 2) and np.array_equal(b, (ids > 0) * 1)
+    with pytest.raises(SystemExit, match="no column 'nope'"):
+        sweep.object_class_view(ds, "nope", tmp_path / "views")
