@@ -307,6 +307,7 @@ class _StoreBase:
             data: bytes,
             planes: list[int] | None = None,
             objects: tuple[int, int, int] | None = None,
+            object_classes: dict[int, int] | None = None,
         ) -> None:
             """Implemented in :mod:`.annotations`."""
 
