@@ -9,6 +9,10 @@ Two kinds:
 - ``"nuclei"``: dark, round-ish, partly touching nuclei with chromatin texture on a bright textured background
   with darker cytoplasm haze and small debris; some nuclei are pale.
 
+Objects of two classes (:func:`make_sample_classed`, ``make_sample_dataset(..., object_classes=2)``): on the
+same kind of background, class 1 ("disc") objects are small, round and dark, class 2 ("rod") objects large,
+elongated and pale — size, shape and stain all differ, so a small network tells them apart.
+
 Images are built in optical-density space from stain concentration maps (Beer-Lambert), then blurred, lit by
 a smooth uneven illumination field and given Poisson + Gaussian noise. Stain colours, contrast and noise vary
 per image.
@@ -24,7 +28,7 @@ from scipy import ndimage as ndi
 
 from napari_diffseg.base.errors import ConfigError, DataError
 
-__all__ = ["KINDS", "make_sample", "make_sample_dataset", "make_sample_instances"]
+__all__ = ["KINDS", "make_sample", "make_sample_classed", "make_sample_dataset", "make_sample_instances"]
 
 KINDS: tuple[str, ...] = ("glands", "nuclei")
 _MIN_SIDE = 32
@@ -309,6 +313,69 @@ def _nuclei_ids(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.nd
     return image, ids
 
 
+def _one_piece(ids: np.ndarray) -> np.ndarray:
+    """Keep each id's largest 4-connected piece (a later object drawn over an earlier one may cut it)."""
+    out = ids.copy()
+    for obj, sl in enumerate(ndi.find_objects(ids), start=1):
+        if sl is None:
+            continue
+        pieces, n = ndi.label(ids[sl] == obj)
+        if n > 1:
+            sizes = np.bincount(pieces.ravel())
+            sizes[0] = 0
+            out[sl][(pieces > 0) & (pieces != sizes.argmax())] = 0
+    return out
+
+
+def _classed_ids(
+    rng: np.random.Generator, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image, object ids and class map of objects of two classes (module docstring): 1 small round dark
+    discs, 2 large elongated pale rods, on the nuclei kind's background."""
+    h, w = shape
+    scale = np.sqrt(h * w) / 256.0
+    n = max(6, round(rng.integers(22, 34) * (h * w) / 256.0**2))
+    kinds = rng.permutation(1 + (np.arange(n) + rng.integers(0, 2)) % 2)  # as many of each class (±1)
+    placed: list[tuple[float, float, float, int]] = []
+    for k in kinds:
+        r = (rng.uniform(4.5, 6.5) if k == 1 else rng.uniform(8.0, 10.5)) * max(scale, 0.25) ** 0.25
+        reach = r * (1.15 if k == 1 else 1.7)  # the elongated rods reach further along their axis
+        for _ in range(40):
+            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+            if all(np.hypot(cy - py, cx - px) > 0.95 * (reach + pr) for py, px, pr, _k in placed):
+                placed.append((cy, cx, reach, int(k)))
+                break
+    texture = 0.5 * _smooth_noise(rng, shape, 1.5) + _smooth_noise(rng, shape, 6.0)
+    h_conc = np.clip(0.08 + 0.04 * texture, 0.0, None)
+    ids = np.zeros(shape, dtype=np.uint16)
+    class_of = [0]
+    objects = np.zeros(shape)
+    for cy, cx, reach, k in placed:
+        r = reach / (1.15 if k == 1 else 1.7)
+        blob = _Blob(rng, cy, cx, r, elong=0.05 if k == 1 else 0.0, wobble=0.08)
+        if k == 2:  # a rod: a fixed strong elongation, not a random one up to it
+            blob.a, blob.b = r * 1.6, r * 0.55
+        sl = blob.bbox(shape, margin=2.0)
+        if blob.is_empty(sl):
+            continue
+        depth = blob.depth(sl)
+        inside = depth > 0
+        if not inside.any():
+            continue
+        ids[sl][inside] = len(class_of)
+        class_of.append(k)
+        strength = rng.uniform(0.8, 1.05) if k == 1 else rng.uniform(0.28, 0.4)
+        edge = 1.0 / (1.0 + np.exp(-depth / 0.7))
+        grain = 1.0 + (0.3 if k == 1 else 0.1) * _smooth_noise(rng, depth.shape, 1.0)
+        objects[sl] = np.maximum(objects[sl], strength * edge * grain)
+    h_conc = np.maximum(h_conc, objects)
+    e_conc = 0.12 * h_conc + 0.04
+    image = _render(rng, h_conc, e_conc, blur=rng.uniform(0.7, 1.2), od_scale=rng.uniform(1.2, 1.5))
+    ids = _one_piece(ids)
+    classes = np.asarray(class_of, dtype=np.uint8)[ids]
+    return image, ids, classes
+
+
 # ----------------------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------------------
@@ -353,6 +420,25 @@ def make_sample_instances(
     return _nuclei_ids(np.random.default_rng(seed), (int(size[0]), int(size[1])))
 
 
+def make_sample_classed(
+    seed: int, size: tuple[int, int] = (256, 256)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One synthetic image of objects of two classes (module docstring) with its object ids and class map.
+
+    Returns:
+        ``(image, ids, classes)``: uint8 RGB ``(H, W, 3)``, uint16 object ids ``(H, W)`` (0 = background)
+        and the uint8 class map ``(H, W)``: 0 background, 1 disc (small, round, dark), 2 rod (large,
+        elongated, pale); every object has one class over all its pixels.
+
+    Raises:
+        ConfigError: A size under 32 pixels.
+    """
+    h, w = (int(s) for s in size)
+    if h < _MIN_SIDE or w < _MIN_SIDE:
+        raise ConfigError(f"Synthetic sample size must be at least {_MIN_SIDE}x{_MIN_SIDE}, got {h}x{w}.")
+    return _classed_ids(np.random.default_rng(seed), (h, w))
+
+
 def make_sample_dataset(
     out_dir: str | os.PathLike[str],
     *,
@@ -362,9 +448,14 @@ def make_sample_dataset(
     kind: str = "glands",
     seed: int = 0,
     instances: bool = False,
+    object_classes: int = 1,
 ) -> Path:
     """Write a synthetic dataset folder: ``images/<id>.png``, ``masks/<id>.png`` and ``split.csv`` (and
     with ``instances``, ``instances/<id>.tif``: uint16 object ids, see :func:`make_sample_instances`).
+
+    With ``object_classes=2`` the images hold objects of two classes (:func:`make_sample_classed`; ``kind``
+    is not used): ``instances/<id>.tif`` their ids and ``masks/<id>.png`` the class map (0 background,
+    1 disc, 2 rod), the layout an instance project of several object classes imports.
 
     Ids are ``train_000``, ``train_001``... and ``test_000``...; their splits are ``train`` and ``test``.
 
@@ -390,12 +481,17 @@ def make_sample_dataset(
         raise ConfigError(f"n_train and n_test must be >= 0 and not both 0, got {n_train} and {n_test}.")
     if kind not in KINDS:
         raise ConfigError(f"Unknown synthetic sample kind {kind!r}; choose one of {', '.join(KINDS)}.")
+    if object_classes not in (1, 2):
+        raise ConfigError(f"object_classes must be 1 or 2 (discs and rods), got {object_classes}.")
     rows = ["id,split"]
     for split_no, (split, count) in enumerate((("train", n_train), ("test", n_test))):
         for i in range(count):
             image_id = f"{split}_{i:03d}"
             sub_seed = int(np.random.SeedSequence([seed, split_no, i]).generate_state(1)[0])
-            if instances:
+            if object_classes == 2:
+                image, ids, mask = make_sample_classed(sub_seed, size=size)
+                write_tiff(root / "instances" / f"{image_id}.tif", ids)
+            elif instances:
                 image, ids = make_sample_instances(sub_seed, size=size, kind=kind)
                 mask = (ids > 0).astype(np.uint8)
                 write_tiff(root / "instances" / f"{image_id}.tif", ids)
