@@ -30,6 +30,15 @@ organisers' MATLAB code ``evaluation_v6``):
 
 The challenge pools the area weights over the whole test set; :func:`instance_metrics` weights within each
 image and :func:`summarize_instances` averages the images, so numbers are per-image means.
+
+**Objects of several classes** (:func:`class_matching`, :func:`summarize_classes`). Each predicted and each
+true object has one class. *Per-class AP@0.5*: for class ``c`` only the predicted objects of class ``c`` and
+the true objects of class ``c`` are matched (IoU >= 0.5, as above), so a found object of the wrong class is
+a FP of its predicted class and a FN of its true one; AP_c = TP_c / (TP_c + FP_c + FN_c) with the counts
+**pooled over the images** (a class absent from an image would otherwise score it 1), ``nan`` when no
+image holds an object of class ``c`` on either side. *Class accuracy*: of the class-agnostic matches at
+IoU >= 0.5 (the pairs behind ``ap_50``), the share whose predicted class is the true one (pooled; ``nan``
+without matches) — whether the objects found are named right, apart from whether they are found.
 """
 
 from __future__ import annotations
@@ -47,10 +56,13 @@ from ..base.errors import DataError
 __all__ = [
     "AP_THRESHOLDS",
     "average_precision",
+    "class_matching",
     "glas_object_metrics",
     "instance_metrics",
     "iou_matrix",
     "match_counts",
+    "match_pairs",
+    "summarize_classes",
     "summarize_instances",
 ]
 
@@ -117,6 +129,99 @@ def match_counts(iou: np.ndarray, threshold: float) -> tuple[int, int, int]:
     rows, cols = linear_sum_assignment(cost)
     tp = int(ok[rows, cols].sum())
     return tp, n_pred - tp, n_true - tp
+
+
+def match_pairs(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The matched (row, column) index pairs of :func:`match_counts`' matching (rows: true objects, columns:
+    predicted ones, in increasing id order)."""
+    empty = np.zeros(0, np.int64)
+    if iou.size == 0:
+        return empty, empty
+    ok = iou >= threshold
+    if not ok.any():
+        return empty, empty
+    rows, cols = linear_sum_assignment(-np.where(ok, iou, 0.0))
+    keep = ok[rows, cols]
+    return rows[keep].astype(np.int64), cols[keep].astype(np.int64)
+
+
+def class_matching(
+    pred: np.ndarray,
+    true: np.ndarray,
+    pred_classes: Mapping[int, int],
+    true_classes: Mapping[int, int],
+    object_classes: int,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """One image's counts for the per-class figures (module docstring): per object class ``1..n``, TP / FP /
+    FN of matching only that class's predicted and true objects; and of the class-agnostic matching, the
+    matched pairs and those whose classes agree.
+
+    Args:
+        pred, true: Instance label images (0 = background).
+        pred_classes, true_classes: ``{object id: class}`` (1..``object_classes``) of every object of each.
+
+    Returns:
+        ``{"tp": [n], "fp": [n], "fn": [n], "matched": int, "class_correct": int}`` (lists by class 1..n).
+
+    Raises:
+        DataError: An object without a class, or a class outside 1..``object_classes``.
+    """
+    p, t = _pair(pred, true)
+    p_ids, t_ids = np.unique(p[p > 0]), np.unique(t[t > 0])
+    for name, ids, classes in (("pred", p_ids, pred_classes), ("true", t_ids, true_classes)):
+        for i in ids:
+            c = classes.get(int(i))
+            if c is None or not 1 <= int(c) <= object_classes:
+                raise DataError(
+                    f"{name} object {int(i)} has class {c!r}; every object needs one in 1..{object_classes}"
+                )
+    tp, fp, fn = [], [], []
+    for c in range(1, object_classes + 1):
+        p_c = np.where(np.isin(p, [i for i in p_ids if int(pred_classes[int(i)]) == c]), p, 0)
+        t_c = np.where(np.isin(t, [i for i in t_ids if int(true_classes[int(i)]) == c]), t, 0)
+        counts = match_counts(iou_matrix(p_c, t_c), threshold)
+        tp.append(counts[0])
+        fp.append(counts[1])
+        fn.append(counts[2])
+    rows, cols = match_pairs(iou_matrix(p, t), threshold)
+    correct = sum(
+        int(true_classes[int(t_ids[r])]) == int(pred_classes[int(p_ids[c])])
+        for r, c in zip(rows, cols, strict=True)
+    )
+    return {"tp": tp, "fp": fp, "fn": fn, "matched": int(rows.size), "class_correct": int(correct)}
+
+
+def summarize_classes(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
+    """The per-class figures of a test set from :func:`class_matching`'s rows (counts pooled over the
+    images; module docstring): ``ap_50_per_class`` (object class name → AP@0.5, ``nan`` where the class
+    has no object on either side), ``class_accuracy`` (``nan`` without matches), ``objects_matched_50``
+    and ``objects_true_per_class`` / ``objects_pred_per_class`` (name → count).
+
+    Args:
+        class_names: The object classes' names, class 1 first (background not included).
+    """
+    n = len(class_names)
+    tp = np.zeros(n, np.int64)
+    fp = np.zeros(n, np.int64)
+    fn = np.zeros(n, np.int64)
+    matched = correct = 0
+    for r in rows:
+        tp += np.asarray(r["tp"], np.int64)
+        fp += np.asarray(r["fp"], np.int64)
+        fn += np.asarray(r["fn"], np.int64)
+        matched += int(r["matched"])
+        correct += int(r["class_correct"])
+    denom = tp + fp + fn
+    ap = [float(a / d) if d else math.nan for a, d in zip(tp, denom, strict=True)]
+    names = [str(c) for c in class_names]
+    return {
+        "ap_50_per_class": dict(zip(names, ap, strict=True)),
+        "class_accuracy": correct / matched if matched else math.nan,
+        "objects_matched_50": matched,
+        "objects_true_per_class": {c: int(v) for c, v in zip(names, tp + fn, strict=True)},
+        "objects_pred_per_class": {c: int(v) for c, v in zip(names, tp + fp, strict=True)},
+    }
 
 
 def average_precision(
