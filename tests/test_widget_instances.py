@@ -142,7 +142,7 @@ def test_the_project_widget_creates_a_project_of_the_chosen_task(
     try:
         monkeypatch.setattr(project_module, "ask_create", lambda *_a: True)
         widget.set_task(task, classes)
-        assert widget.classes.isEnabled() == (task == "multiclass")
+        assert widget.classes.isEnabled()  # multiclass: required; instances: optional object classes
         folder = tmp_path / "new"
         widget.folder.setText(str(folder))
         widget.start_button.click()

@@ -111,10 +111,11 @@ def images_in(folder: Path) -> list[Path]:
 def _create_and_start(
     folder: Path, create: bool, task: str = "binary", classes: str | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Worker: create the project (if asked) for ``task`` (``classes``: a multiclass project's class names,
-    background first), then start its local backend."""
+    """Worker: create the project (if asked) for ``task`` (``classes``: the class names, background first: a
+    multiclass project's classes, or an instance project's object classes; none for a binary project), then
+    start its local backend."""
     if create:
-        create_project(folder, task, classes if task == "multiclass" else None)
+        create_project(folder, task, classes if task in CLASS_TASKS else None)
     return start_local_backend(folder)
 
 
@@ -124,6 +125,24 @@ TASK_CHOICES: tuple[tuple[str, str], ...] = (
     ("instances (one id per object)", "instances"),
 )
 """The Project widget's task choices for a new project: (label, task)."""
+
+CLASS_TASKS = ("multiclass", "instances")
+"""The tasks whose class names the Project widget takes (required for multiclass, optional for instances)."""
+
+_CLASS_HINTS = {
+    "multiclass": (
+        "class names, background first: background,tumour,stroma",
+        "A multiclass project's classes, comma-separated, background (value 0) first; a colour may follow "
+        "a name: tumour:#ff0000",
+    ),
+    "instances": (
+        "optional object classes, background first: background,nucleus,mitosis",
+        "Optional: an instance project whose objects are of several classes names them, comma-separated, "
+        "background (value 0) first, e.g. background,nucleus,mitosis (a colour may follow a name: "
+        "mitosis:#ff0000). Each object then carries one class, painted in a 'classes' layer beside the "
+        "objects. Empty: objects of one class.",
+    ),
+}
 
 
 @dataclass
@@ -370,14 +389,12 @@ class ProjectWidget(QWidget):
             "The task of a project created here (fixed once created).\n"
             "binary: one foreground class (0 = background).\n"
             "multiclass: named classes (tissue maps); give their names, background first.\n"
-            "instances: each object (cell, nucleus, gland) its own label id, to count and measure them."
+            "instances: each object (cell, nucleus, gland) its own label id, to count and measure them; "
+            "optionally of several named classes (background,nucleus,mitosis)."
         )
         self.classes = QLineEdit()
-        self.classes.setPlaceholderText("class names, background first: background,tumour,stroma")
-        self.classes.setToolTip(
-            "A multiclass project's classes, comma-separated, background (value 0) first; a colour may follow "
-            "a name: tumour:#ff0000"
-        )
+        self.classes.setPlaceholderText(_CLASS_HINTS["multiclass"][0])
+        self.classes.setToolTip(_CLASS_HINTS["multiclass"][1])
         self.classes.setEnabled(False)
         self.url = QLineEdit(DEFAULT_URL)
         self.token = QLineEdit()
@@ -521,7 +538,8 @@ class ProjectWidget(QWidget):
 
     def set_task(self, task: str, classes: str = "") -> None:
         """Choose the task of the next project created here (``binary``, ``multiclass`` with ``classes``,
-        the class names background first, or ``instances``)."""
+        the class names background first, or ``instances``, with ``classes`` for objects of several
+        classes: ``background,nucleus,mitosis``)."""
         index = self.task.findData(task)
         if index < 0:
             raise ValueError(f"unknown task {task!r}; choose one of {[k for _l, k in TASK_CHOICES]}")
@@ -529,7 +547,11 @@ class ProjectWidget(QWidget):
         self.classes.setText(classes)
 
     def _on_task(self, _index: int) -> None:
-        self.classes.setEnabled(self.task.currentData() == "multiclass")
+        task = self.task.currentData()
+        self.classes.setEnabled(task in CLASS_TASKS)
+        placeholder, tip = _CLASS_HINTS.get(str(task), _CLASS_HINTS["multiclass"])
+        self.classes.setPlaceholderText(placeholder)
+        self.classes.setToolTip(tip)
 
     def start_local(self, folder: str | os.PathLike[str], create: bool = False) -> None:
         """Start ``diffseg serve FOLDER`` on a free loopback port and connect to it; with ``create`` the
