@@ -146,7 +146,10 @@ def experiment(
         str | None,
         typer.Option(
             help="--task multiclass: the class names, background first (background,gland,lumen); a mask "
-            "value outside 0..K-1 is refused"
+            "value outside 0..K-1 is refused. --task instances: background and two or more object classes "
+            "(background,disc,rod) train objects of several classes: masks/<id> is then each image's class "
+            "map (0 background, 1..n) beside instances/<id>.tif, and the test adds ap_50_per_class and "
+            "class_accuracy"
         ),
     ] = None,
 ) -> None:
@@ -193,6 +196,9 @@ def experiment(
 
 def _instance_line(t: dict) -> str:
     line = f"; objects: AP@0.5 {t['ap_50']:.4f}, AP@0.75 {t['ap_75']:.4f}, F1@0.5 {t['f1_50']:.4f}"
+    if "ap_50_per_class" in t:  # objects of several classes
+        per = ", ".join(f"{name} {ap:.4f}" for name, ap in t["ap_50_per_class"].items())
+        line += f"; AP@0.5 per class: {per}; class accuracy {t['class_accuracy']:.4f}"
     if "object_f1" in t:
         line += (
             f", GlaS object F1 {t['object_f1']:.4f}, object Dice {t['object_dice']:.4f}, "
@@ -345,6 +351,12 @@ def _labels_meaning(model: Path) -> str:
         names = [str(c["name"]) for c in config.get("classes", [])]
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return "0 = background, k = class k"
+    if task == "instances" and classes > 3 and len(names) == classes - 1:
+        named = ", ".join(f"{k} = {name}" for k, name in enumerate(names) if k)
+        return (
+            f"one id per object, 0 = background; FILE.classes.tif: each object's class ({named}); "
+            "FILE.objects.csv: id, class, class name, area per object"
+        )
     if task == "instances":
         return "one id per object, 0 = background"
     if task == "multiclass" and names:
@@ -454,14 +466,29 @@ def sample_data(
     instances: Annotated[
         bool, typer.Option("--instances", help="also write instances/<id>.tif, one id per object")
     ] = False,
+    object_classes: Annotated[
+        int,
+        typer.Option(
+            help="2: objects of two classes (small dark discs, large pale rods; --kind is not used): "
+            "instances/<id>.tif their ids, masks/<id>.png their class map (0 background, 1 disc, 2 rod)"
+        ),
+    ] = 1,
 ) -> None:
     """Write a synthetic dataset folder with ground truth (no network needed)."""
     from .data.synthetic import make_sample_dataset
 
     path = make_sample_dataset(
-        out, n_train=n_train, n_test=n_test, size=(size, size), kind=kind, seed=seed, instances=instances
+        out,
+        n_train=n_train,
+        n_test=n_test,
+        size=(size, size),
+        kind=kind,
+        seed=seed,
+        instances=instances,
+        object_classes=object_classes,
     )
-    typer.echo(f"wrote {n_train} train + {n_test} test {kind} images with masks to {path}")
+    what = "disc and rod" if object_classes == 2 else kind
+    typer.echo(f"wrote {n_train} train + {n_test} test {what} images with masks to {path}")
 
 
 # ------------------------------------------------------------------------------------------ the main job
@@ -581,7 +608,9 @@ def init(
         str | None,
         typer.Option(
             help="the class names, background first, e.g. background,tumour,stroma (a colour may follow "
-            "a name: tumour:#ff0000); required for --task multiclass"
+            "a name: tumour:#ff0000); required for --task multiclass. --task instances: background and the "
+            "object classes (background,nucleus,mitosis: objects of two classes, a dataset folder's masks/ "
+            "then being each image's class map beside its instances/)"
         ),
     ] = None,
     multiclass: Annotated[bool, typer.Option("--multiclass", help="the same as --task multiclass")] = False,
@@ -592,8 +621,9 @@ def init(
     """Create a project and optionally import a dataset folder (or an images folder plus a masks folder).
 
     The project's task is fixed here: binary (default), multiclass with named classes, or instances (a
-    dataset folder's instances/ masks are imported for an instance project). Every mask is checked against
-    it before the project is created."""
+    dataset folder's instances/ masks are imported for an instance project; with several object classes,
+    its masks/ beside them as the class maps each object takes its class from). Every mask is checked
+    against it before the project is created."""
     from .base.masks import check_task_mask
     from .base.task import make_task
     from .project import Project, collect_paths
@@ -609,13 +639,17 @@ def init(
         task = "multiclass"
     chosen = make_task(task, classes)  # a bad task or class list fails before any file is read
     items = (
-        collect_paths([images], masks, axes=axes, instances=task == "instances") if images is not None else []
+        collect_paths([images], masks, axes=axes, instances=task == "instances", classed=chosen.classed)
+        if images is not None
+        else []
     )
     first: tuple[int, str] | None = None
     for item in items:  # decode and check every file before the project is created
         for image in load_images(item, binary_masks=False):
             if image.mask is not None:
                 check_task_mask(image.mask, chosen.labels, source=f"mask {item.mask}", binarize=binarize)
+                if chosen.classed:
+                    _check_object_classes(chosen, image.mask, image.classes, item)
             c = int(image.chw.shape[0])
             if first is None:
                 first = (c, image.name)
@@ -646,6 +680,29 @@ def init(
     if result is not None:
         msg += f": {_import_summary(result)}"
     typer.echo(msg)
+
+
+def _check_object_classes(task: Any, ids: Any, classes: Any, item: Any) -> None:
+    """An imported instance mask of a project of several object classes: its class map is there and gives
+    every object a class in 1..n (before the project is created)."""
+    from .base.masks import object_classes_from_map
+
+    if classes is None:
+        if not ids.any():
+            return
+        raise _user_error(
+            f"mask {item.mask} of image {item.image.name}: the project's objects are of {task.object_classes} "
+            f"classes ({_object_class_list(task)}) but the mask has no class map: a dataset folder needs "
+            "masks/<id> (0 background, each object's pixels its class) beside instances/<id>.tif"
+        )
+    object_classes_from_map(
+        ids, classes, task.object_classes, source=f"image {item.image.name} (class map {item.classes})"
+    )
+
+
+def _object_class_list(task: Any) -> str:
+    """``1 = disc, 2 = rod``: the object classes of an instance project and their values."""
+    return ", ".join(f"{k} = {c.name}" for k, c in enumerate(task.classes) if k)
 
 
 @app.command("import")
@@ -781,10 +838,19 @@ def correct(
             help="z-stack only: the planes the mask annotates, e.g. 0,2 (default: every plane holding a label)"
         ),
     ] = None,
+    classes_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--classes",
+            help="an instance project of several object classes: the class map beside the ids mask (PNG or "
+            "TIFF of its size, 0 = none, 1..n = class); each object takes the class painted under most of it",
+        ),
+    ] = None,
 ) -> None:
     """Save a mask file as a new annotation version of an image (what the plugin's save does).
 
-    A z-stack's mask is a (Z, H, W) TIFF; only its annotated planes are trained on as labelled."""
+    A z-stack's mask is a (Z, H, W) TIFF; only its annotated planes are trained on as labelled. In an instance
+    project of several object classes the mask holds object ids and --classes their class map."""
     from .base.errors import DataError
     from .base.masks import check_task_mask
     from .data.io import read_mask, read_mask_stack
@@ -800,13 +866,26 @@ def correct(
         if multiclass and proj.task.kind != "multiclass":
             raise _user_error(_MULTICLASS_MOVED.format(task=proj.task))
         rec = proj.image(image)
+        task = proj.task
+        if classes_file is not None and not task.classed:
+            raise _user_error(
+                f"--classes gives the objects' classes of an instance project of several object classes; this "
+                f"project's task is {task}: save the mask without --classes"
+            )
         if rec.is_stack:
             shape = (rec.planes, rec.height, rec.width)
             mask = read_mask_stack(mask_file, shape, binary=False)
+            class_map = None if classes_file is None else read_mask_stack(classes_file, shape, binary=False)
         else:
             mask = read_mask(mask_file, binary=False)
-        task = proj.task
+            class_map = None if classes_file is None else read_mask(classes_file, binary=False)
         check_task_mask(mask, task.labels, source=mask_file.name, binarize=binarize)  # messages name the file
+        if task.classed and class_map is None and mask.any():
+            raise _user_error(
+                f"{mask_file.name}: this project's objects are of {task.object_classes} classes "
+                f"({_object_class_list(task)}): pass --classes FILE, a class map of the mask's size (PNG or "
+                "TIFF, 0 = none, each object's pixels its class)"
+            )
         base = replaces if replaces is not None else proj.latest_version(rec.id)
         version = proj.save_annotation(
             rec.id,
@@ -817,6 +896,7 @@ def correct(
             author=author,
             planes=chosen,
             binarize=task.kind == "binary",  # stored as 0/1, as a binary mask file always was
+            classes=class_map,
         )
         ann = proj.annotation(rec.id, version)
     if as_json:

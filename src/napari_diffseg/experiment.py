@@ -42,8 +42,14 @@ from .base.presets import Preset, get_preset
 from .core.diffusion import SamplerConfig
 from .core.distributed import cleanup, setup_from_env
 from .core.inference import predict_probs, propose
-from .core.instance_metrics import instance_metrics, summarize_instances
-from .core.instances import INSTANCE_CLASSES, instances_to_target, probs_to_instances, stack_instances
+from .core.instance_metrics import class_matching, instance_metrics, summarize_classes, summarize_instances
+from .core.instances import (
+    INSTANCE_CLASSES,
+    classify_objects,
+    instances_to_target,
+    probs_to_instances,
+    stack_instances,
+)
 from .core.metrics import (
     best_permutation_dice,
     dice_per_class,
@@ -253,16 +259,60 @@ def per_stack_scores(
     return {**summarize(rows), "per_image": rows}
 
 
-def _instance_row(probs: np.ndarray, truth: np.ndarray, object_metrics: bool) -> tuple[dict, dict]:
-    """(pixel metrics of the objects' foreground, instance metrics) of one image's 3-class probabilities."""
+def _instance_row(
+    probs: np.ndarray,
+    truth: np.ndarray,
+    object_metrics: bool,
+    true_classes: Mapping[int, int] | None = None,
+) -> tuple[dict, dict]:
+    """(pixel metrics of the objects' foreground, instance metrics) of one image's K-class probabilities;
+    with ``true_classes`` (objects of several classes: ``{true id: class}``) the instance metrics get
+    ``classes_50``, the per-class counts of :func:`~napari_diffseg.core.instance_metrics.class_matching`
+    (each predicted object's class by :func:`~napari_diffseg.core.instances.classify_objects`)."""
     pred = probs_to_instances(probs)
     pixel = segmentation_metrics((pred > 0).astype(np.int64), (truth > 0).astype(np.int64), 2)
-    return pixel, instance_metrics(pred, truth, glas=object_metrics)
+    obj = instance_metrics(pred, truth, glas=object_metrics)
+    if true_classes is not None:
+        n = probs.shape[0] - 2
+        obj["classes_50"] = class_matching(pred, truth, classify_objects(pred, probs), true_classes, n)
+    return pixel, obj
 
 
-def _instance_summary(rows: list[dict[str, Any]], objects: list[dict[str, Any]]) -> dict:
+def _instance_summary(
+    rows: list[dict[str, Any]], objects: list[dict[str, Any]], class_names: list[str] | None = None
+) -> dict:
+    """Means over the images; with ``class_names`` (objects of several classes, class 1 first) also the
+    per-class figures of :func:`~napari_diffseg.core.instance_metrics.summarize_classes`."""
     per_image = [{**r, **o} for r, o in zip(rows, objects, strict=True)]
-    return {**summarize(rows), **summarize_instances(objects), "per_image": per_image}
+    classed = summarize_classes([o["classes_50"] for o in objects], class_names) if class_names else {}
+    return {**summarize(rows), **summarize_instances(objects), **classed, "per_image": per_image}
+
+
+def dataset_object_classes(
+    folder: DatasetFolder, image_id: str, ids: np.ndarray, object_classes: int
+) -> dict[int, int]:
+    """Each object's class ``{id: class}`` of a dataset image whose objects are of several classes: the
+    majority class of its ``masks/`` class map (0 background, 1..n) under each object of ``instances/``.
+
+    Raises:
+        ConfigError: The image has no ``masks/`` file.
+        MaskError: A class value above ``object_classes``, or an object with no class under it (the message
+            names the image).
+    """
+    from .base.masks import object_classes_from_map
+
+    if not folder.has_mask(image_id):
+        raise ConfigError(
+            f"image {image_id!r} of {folder.root} has no masks/ file: objects of {object_classes} classes need "
+            f"masks/{image_id}.png (or .tif) beside instances/{image_id}.tif, holding each object's class "
+            f"(1..{object_classes}; 0 background)"
+        )
+    return object_classes_from_map(
+        ids,
+        folder.load_mask(image_id, binary=False),
+        object_classes,
+        source=f"image {image_id!r} of {folder.root} (its masks/ class map beside instances/)",
+    )
 
 
 def evaluate_instances(
@@ -273,22 +323,29 @@ def evaluate_instances(
     preset: Preset,
     *,
     object_metrics: bool = False,
+    true_classes: list[dict[int, int]] | None = None,
+    class_names: list[str] | None = None,
 ) -> dict:
-    """Instance figures of the deployed networks: the 3-class probabilities → instances by the seeded
+    """Instance figures of the deployed networks: the K-class probabilities → instances by the seeded
     watershed, then per image AP at IoU 0.50...0.90, F1@0.5 (and with ``object_metrics`` the GlaS object
     F1 / Dice / Hausdorff) against ``instances``, beside the foreground's pixel Dice / IoU / HD95
-    (``dice_mean``...: objects > 0 against true objects > 0); means over the images."""
+    (``dice_mean``...: objects > 0 against true objects > 0); means over the images.
+
+    Objects of several classes: ``true_classes`` (each image's ``{id: class}``) and ``class_names`` (the
+    object classes, class 1 first) add ``ap_50_per_class``, ``class_accuracy`` and the object counts per
+    class (:func:`~napari_diffseg.core.instance_metrics.summarize_classes`)."""
     rows: list[dict[str, Any]] = []
     objects: list[dict[str, Any]] = []
     nets = bundle.deployed()
-    for i, x, truth in zip(ids, images, instances, strict=True):
+    per_image_classes = true_classes if true_classes is not None else [None] * len(ids)
+    for i, x, truth, classes in zip(ids, images, instances, per_image_classes, strict=True):
         probs = predict_probs(
             nets, x[None], multiple=bundle.spec.multiple, roi=preset.roi_size, sw_batch=preset.sw_batch_size
         )
-        pixel, obj = _instance_row(probs[0].float().cpu().numpy(), truth, object_metrics)
+        pixel, obj = _instance_row(probs[0].float().cpu().numpy(), truth, object_metrics, classes)
         rows.append({"id": i, **pixel})
         objects.append(obj)
-    return _instance_summary(rows, objects)
+    return _instance_summary(rows, objects, class_names if true_classes is not None else None)
 
 
 def evaluate_instance_stacks(
@@ -336,10 +393,12 @@ def evaluate_instances_folder(
 ) -> dict:
     """``diffseg evaluate`` of an instance model: :func:`evaluate_instances`'s figures on the dataset's
     ``instances/`` (``object_metrics`` None: the GlaS object metrics when the dataset's folder name holds
-    "glas")."""
-    from .predict import load_model, predict_image, resolve_model
+    "glas"). A model of several object classes is also scored per class against the dataset's ``masks/``
+    class maps (:func:`evaluate_instances`)."""
+    from .predict import load_model, object_class_names, predict_image, resolve_model
 
     bundle, config = load_model(model, device)
+    names = object_class_names(config, bundle.spec.num_classes)
     ds = DatasetFolder(dataset)
     ids = ds.ids if split == "all" else ds.ids_in_split(split)
     ids = [i for i in ids if ds.has_instances(i)]
@@ -350,6 +409,10 @@ def evaluate_instances_folder(
     glas = _is_glas(dataset) if object_metrics is None else object_metrics
     rows: list[dict[str, Any]] = []
     objects: list[dict[str, Any]] = []
+    if ds.holds_stacks() and len(names) > 1:
+        raise ConfigError(
+            f"{dataset} holds z-stacks; a model of several object classes is scored on 2D images for now"
+        )
     if ds.holds_stacks():  # z-stacks: objects from each stack's planes at once, scored in 3D
         from .predict import _predict_stack
 
@@ -364,9 +427,9 @@ def evaluate_instances_folder(
             objects.append(instance_metrics(pred, truth))
     else:
         for i in ids:
-            pixel, obj = _instance_row(
-                predict_image(bundle, config, ds.load_image(i)), ds.load_instances(i), glas
-            )
+            truth = ds.load_instances(i)
+            classes = dataset_object_classes(ds, i, truth, len(names)) if len(names) > 1 else None
+            pixel, obj = _instance_row(predict_image(bundle, config, ds.load_image(i)), truth, glas, classes)
             rows.append({"id": i, **pixel})
             objects.append(obj)
     return {
@@ -374,7 +437,8 @@ def evaluate_instances_folder(
         "dataset": str(dataset),
         "split": split,
         "task": "instances",
-        **_instance_summary(rows, objects),
+        **({"classes": ["background", *names]} if len(names) > 1 else {}),
+        **_instance_summary(rows, objects, names if len(names) > 1 else None),
     }
 
 
@@ -597,7 +661,15 @@ def run_experiment(
             the foreground's ``dice_mean``; the result and the saved config say ``"task": "instances"``).
         object_metrics: With ``instances``, also the GlaS object F1 / Dice / Hausdorff; None: when the
             dataset's folder name holds "glas".
-        classes: With ``multiclass`` (required): the K class names, background first
+        classes: With ``instances`` (optional): the class names, background first; three or more
+            (``"background,disc,rod"``) make objects of several classes: ``masks/<id>`` is then each image's
+            class map beside ``instances/<id>.tif`` (each object takes its majority class, every object
+            needs one), the networks learn one interior per object class, and the test block gains
+            ``ap_50_per_class`` (object class name → AP@0.5 matching only objects of that class, counts
+            pooled over the images), ``class_accuracy`` (share of the class-agnostic matches at IoU 0.5
+            whose predicted class is right) and the object counts per class
+            (:func:`~napari_diffseg.core.instance_metrics.summarize_classes`).
+            With ``multiclass`` (required): the K class names, background first
             (``"background,gland,lumen"``, as ``diffseg init --classes``); the dataset's masks are read as
             class maps and every one is checked to hold values 0..K-1 before anything trains. The test
             block then has ``dice_per_class`` (class name → mean Dice over the test images where the class
@@ -624,6 +696,12 @@ def run_experiment(
                 "(the masks hold their indices 0..K-1)"
             )
         class_names = make_task("multiclass", classes).class_names
+    object_names: list[str] = []  # instances of several classes: the object classes' names, class 1 first
+    if instances and classes:
+        from .base.task import make_task
+
+        object_names = make_task("instances", classes).class_names[1:]
+    classed = len(object_names) > 1
     dist_info = setup_from_env(device)  # under torchrun: one process per GPU (or CPU, gloo)
     dev = dist_info.device
     torch.manual_seed(seed)
@@ -638,9 +716,15 @@ def run_experiment(
             "(masks/<id>.tif, one label plane per image plane) or --task instances (instances/<id>.tif)"
         )
 
+    if stacks and classed:
+        raise ConfigError(
+            f"{dataset} holds z-stacks; objects of several classes are trained and scored on 2D images for now"
+        )
+    object_classes: dict[str, dict[int, int]] = {}  # classed: each image's {object id: class}, read once
+
     def load_truth(i: str) -> np.ndarray:  # the class map the networks learn
         if instances:
-            return instances_to_target(ds.load_instances(i)).astype(np.int64)
+            return instances_to_target(ds.load_instances(i), classes=object_classes.get(i)).astype(np.int64)
         return ds.load_mask(i, binary=not multiclass)
 
     if multiclass:  # every mask is a class map of the K classes named, checked before anything trains
@@ -653,6 +737,11 @@ def run_experiment(
                 f"--task instances reads instances/<id>.tif; {len(lacking)} image(s) have none "
                 f"(e.g. {lacking[:3]})"
             )
+        if classed:  # every object's class from masks/, checked before anything trains
+            for i in [*all_train_ids, *test_ids]:
+                object_classes[i] = dataset_object_classes(
+                    folder, i, folder.load_instances(i), len(object_names)
+                )
     if not test_ids:
         raise ConfigError(
             f"{dataset} has no test images (split.csv split starting with 'test'); add some to evaluate"
@@ -695,7 +784,11 @@ def run_experiment(
         [region(i) for i in val_ids],
     )
     data = TrainData(labeled_images, labeled_masks, unlabeled_images=unlabeled_images, val=val)
-    k = INSTANCE_CLASSES if instances else (len(class_names) if multiclass else 2)
+    k = (
+        INSTANCE_CLASSES + max(len(object_names), 1) - 1
+        if instances
+        else (len(class_names) if multiclass else 2)
+    )
     spec = ModelSpec(method, channels, k, pr.student_channels, pr.teacher_channels, pr.emb_dim)
     bundle = ModelBundle(spec, seed=seed, normalization=norm).to(dev)
     extra: dict = {}
@@ -761,7 +854,16 @@ def run_experiment(
             test = evaluate_instance_stacks(bundle, test_images, test_ids, ds, pr)
         else:
             test_instances = [ds.load_instances(i) for i in test_ids]
-            test = evaluate_instances(bundle, test_images, test_instances, test_ids, pr, object_metrics=glas)
+            test = evaluate_instances(
+                bundle,
+                test_images,
+                test_instances,
+                test_ids,
+                pr,
+                object_metrics=glas,
+                true_classes=[object_classes[i] for i in test_ids] if classed else None,
+                class_names=object_names if classed else None,
+            )
     else:
         test_regions = [ds.load_region(i) for i in test_ids]
         plane_preds: list[np.ndarray] = []
@@ -800,6 +902,8 @@ def run_experiment(
         result["task"] = task
     if multiclass:
         result["classes"] = class_names
+    if classed:
+        result["classes"] = ["background", *object_names]
     if stacks:  # counts above are of stacks; the networks saw their planes
         result["n_labeled"], result["n_val"] = len(stack_ids["labeled"]), len(stack_ids["val"])
         result["n_unlabeled"] = len({StackPlanes.split_id(i)[0] for i in unlabeled_ids})
@@ -852,6 +956,10 @@ def run_experiment(
         extra_config: dict[str, Any] = {"preset": pr.to_dict(), "labeled_ids": stack_ids["labeled"]}
         if instances:
             extra_config["task"] = task
+        if classed:
+            from .base.task import make_task
+
+            extra_config.update(make_task("instances", classes).model_config())
         if multiclass:
             from .base.task import make_task
 

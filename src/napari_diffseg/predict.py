@@ -37,6 +37,8 @@ __all__ = [
     "PredictReport",
     "evaluate_folder",
     "load_model",
+    "object_class_names",
+    "objects_csv",
     "output_names",
     "overlay_rgb",
     "predict_files",
@@ -124,6 +126,33 @@ def _labels(bundle: ModelBundle, config: dict, probs: np.ndarray) -> tuple[np.nd
     return probs.argmax(0).astype(np.uint8 if bundle.spec.num_classes <= 256 else np.uint16), probs
 
 
+def object_class_names(config: dict, num_classes: int) -> list[str]:
+    """An instance model's object class names, class 1 first: its ``config.json`` classes but background
+    (``["object"]`` / ``class_1``, ... where it names none); ``[]`` for a model of another task. More than one
+    name: a model of several object classes (``num_classes`` = names + 2)."""
+    if config.get("task") != "instances":
+        return []
+    n = max(1, int(num_classes) - 2)
+    given = config.get("classes")
+    names = [str(c.get("name")) for c in given if isinstance(c, dict)] if isinstance(given, list) else []
+    if len(names) == n + 1 and all(names):
+        return names[1:]
+    return ["object"] if n == 1 else [f"class_{i}" for i in range(1, n + 1)]
+
+
+def objects_csv(ids: np.ndarray, classes: dict[int, int], names: Sequence[str]) -> str:
+    """One row per object of ``ids`` (a 2D image or a z-stack): ``id,class,class_name,area`` (area in pixels,
+    voxels for a stack), ids in increasing order."""
+    flat = np.asarray(ids).ravel().astype(np.int64)
+    areas = np.bincount(flat) if flat.size else np.zeros(1, np.int64)
+    lines = ["id,class,class_name,area"]
+    for obj in sorted(classes):
+        c = int(classes[obj])
+        name = names[c - 1] if 1 <= c <= len(names) else f"class_{c}"
+        lines.append(f"{int(obj)},{c},{name.replace(',', ' ')},{int(areas[obj]) if obj < areas.size else 0}")
+    return "\n".join(lines) + "\n"
+
+
 def _predict_stack(bundle: ModelBundle, config: dict, stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A raw (Z, C, H, W) z-stack → its (Z, H, W) label image and (Z, K, H, W) probabilities: the networks
     plane by plane; an instance model's objects made from the whole stack's probabilities at once, so an
@@ -146,19 +175,27 @@ class Outcome:
     overlay: Path | None = None
     probabilities: Path | None = None
     error: str | None = None
+    classes: Path | None = None
+    """A model of several object classes: ``OUT/NAME.EXT.classes.tif``, each object's class per pixel."""
+    objects: Path | None = None
+    """A model of several object classes: ``OUT/NAME.EXT.objects.csv``, one row per object."""
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict[str, str | None]:
-        return {
+        out = {
             "source": str(self.source),
             "labels": None if self.labels is None else str(self.labels),
             "overlay": None if self.overlay is None else str(self.overlay),
             "probabilities": None if self.probabilities is None else str(self.probabilities),
             "error": self.error,
         }
+        if self.classes is not None or self.objects is not None:  # other models' JSON stays as it was
+            out["classes"] = None if self.classes is None else str(self.classes)
+            out["objects"] = None if self.objects is None else str(self.objects)
+        return out
 
 
 @dataclass(frozen=True)
@@ -255,7 +292,10 @@ def predict_files(
     Outputs in ``out`` for an image file ``NAME.EXT`` (names: :func:`output_names`, never shared by two
     inputs): ``NAME.EXT.tif``, the label image (uint8, uint16 beyond 255 classes; 0 = background, k =
     class k; an instance model's: one id per object, uint16, uint32 beyond 65,535 objects); ``NAME.EXT.overlay.png`` with ``overlays``, the image with the labels tinted, for a person;
-    ``NAME.EXT.prob.tif`` with ``probabilities``, the foreground probabilities (K − 1, H, W) float32. An
+    ``NAME.EXT.prob.tif`` with ``probabilities``, the foreground probabilities (K − 1, H, W) float32. A
+    model of several object classes adds ``NAME.EXT.classes.tif``, each object's class per pixel (uint8, 0 =
+    background; the class of an object by :func:`~napari_diffseg.core.instances.classify_objects`), and
+    ``NAME.EXT.objects.csv`` (:func:`objects_csv`: id, class, class name, area). An
     existing output is never replaced without ``overwrite`` (that input fails, naming the file). A z-stack
     ``(Z, [C,] Y, X)`` is predicted plane by plane and its label TIFF is ``(Z, Y, X)`` (probabilities
     ``(Z, K − 1, Y, X)``; no overlay PNG). OME-Zarr
@@ -269,6 +309,8 @@ def predict_files(
         raise DataError("no images given; pass one or more image files")
     files = _image_files(images)
     bundle, config = load_model(model, device)
+    names = object_class_names(config, bundle.spec.num_classes)
+    classed = len(names) > 1
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     from .data.ome_zarr import is_ome_zarr
@@ -293,7 +335,10 @@ def predict_files(
             labels_file = out / f"{name}.tif"
             overlay_file = out / f"{name}.overlay.png" if overlays else None
             prob_file = out / f"{name}.prob.tif" if probabilities else None
-            existing = [t for t in (labels_file, overlay_file, prob_file) if t is not None and t.exists()]
+            classes_file = out / f"{name}.classes.tif" if classed else None
+            objects_file = out / f"{name}.objects.csv" if classed else None
+            outputs = (labels_file, overlay_file, prob_file, classes_file, objects_file)
+            existing = [t for t in outputs if t is not None and t.exists()]
             if existing and not overwrite:
                 raise DataError(
                     f"{existing[0]} already exists (an earlier run?); pass --overwrite to replace it, or "
@@ -305,6 +350,12 @@ def predict_files(
             else:
                 labels_arr, probs = _labels(bundle, config, predict_image(bundle, config, image))
             write_tiff(labels_file, labels_arr)
+            if classes_file is not None and objects_file is not None:
+                from .core.instances import class_map, classify_objects
+
+                per_object = classify_objects(labels_arr, probs)
+                write_tiff(classes_file, class_map(labels_arr, per_object))
+                atomic_write_bytes(objects_file, objects_csv(labels_arr, per_object, names).encode())
             if prob_file is not None:
                 write_tiff(prob_file, probs[..., 1:, :, :].astype(np.float32))
             if overlay_file is not None:
@@ -315,7 +366,16 @@ def predict_files(
                     atomic_write_bytes(overlay_file, png)
                 else:
                     overlay_file = None
-            outcomes.append(Outcome(path, labels=labels_file, overlay=overlay_file, probabilities=prob_file))
+            outcomes.append(
+                Outcome(
+                    path,
+                    labels=labels_file,
+                    overlay=overlay_file,
+                    probabilities=prob_file,
+                    classes=classes_file,
+                    objects=objects_file,
+                )
+            )
         except _READ_ERRORS as exc:
             outcomes.append(Outcome(path, error=str(exc) or type(exc).__name__))
     return PredictReport(outcomes)

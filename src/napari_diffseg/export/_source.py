@@ -39,6 +39,13 @@ def task_of(config: dict, num_classes: int) -> str:
         raise ConfigError(
             f"the model's task is {task!r}; binary, multi-class and instance models can be exported"
         )
+    if task == "instances" and num_classes > 3:  # objects of several classes
+        raise ConfigError(
+            f"this instance model finds objects of {num_classes - 2} classes ({num_classes} outputs: background, "
+            "boundary and one interior per object class); a bioimage.io package carries the post-processing of "
+            "one object class only, so it is not exported yet. `diffseg predict` segments with it (ids, each "
+            "object's class, a table of the objects)"
+        )
     if task == "instances" and num_classes != 3:
         raise ConfigError(
             f"an instance model has 3 classes (background, interior, boundary); this one has {num_classes}"
