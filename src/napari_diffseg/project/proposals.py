@@ -157,10 +157,11 @@ class _ProposalsMixin(_StoreBase):
         if cached is not None:
             return prop, cached
         probs, _ = self._load_proposal_file(prop)
-        if probs.shape[-3] != 3:
+        k = self.task.num_classes  # 3 (background, interior, boundary); n + 2 with n object classes
+        if probs.shape[-3] != k:
             raise DataError(
-                f"proposal {proposal_id} has {probs.shape[-3]} classes, not the 3 (background, interior, "
-                "boundary) of an instance model: propose again with the project's active model."
+                f"proposal {proposal_id} has {probs.shape[-3]} classes, not the {k} (background, interior(s), "
+                "boundary) of this project's instance model: propose again with the project's active model."
             )
         ids = proposal_instances(probs).astype(np.int64)
         with _MASK_CACHE_LOCK:
