@@ -319,3 +319,12 @@ def test_experiment_and_evaluate_report_per_class_figures(
     plain = json.loads(one.read_text())
     assert "classes" not in plain and not {"ap_50_per_class", "class_accuracy"} & set(plain["test"])
     assert "classes_50" not in plain["test"]["per_image"][0]
+
+
+def test_export_refuses_a_model_of_several_object_classes() -> None:
+    from napari_diffseg.base.errors import ConfigError
+    from napari_diffseg.export._source import task_of
+
+    assert task_of({"task": "instances"}, 3) == "instances"  # one object class: exported as before
+    with pytest.raises(ConfigError, match=r"objects of 2 classes .* not exported yet"):
+        task_of({"task": "instances"}, 4)
