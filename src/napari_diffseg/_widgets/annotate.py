@@ -51,6 +51,15 @@ merge (fill one object with another's id) or split (paint part of one with a fre
 ids as they are; the backend turns them into the training target, and the saved line gives the edit cost
 in objects (added, removed, changed) beside the pixels.
 
+**Objects of several classes** (an instance project created with ``background,nucleus,mitosis``): the
+objects are drawn as outlines and a second Labels layer, "<image> classes", below them fills each object
+with its class in the project's class colours (the proposal's ``classes`` part, or the loaded annotation's
+``{object id: class}``). The *Class* box lists the object classes: choosing one selects it in the classes
+layer with the paint brush, and a dab of it on an object gives the whole object that class. A new object
+takes the *Class* box's class as it is painted; at save, any object still without a class pixel under it
+gets that class too (the widget says which), so nothing is sent unclassed. Save sends the ids and the class
+map (``classes=``); the backend gives each object the majority class under it (:mod:`._classes`).
+
 What is fetched, and the propose job followed, is the Qt-free :mod:`napari_diffseg.review`: this module
 calls it in worker threads and displays what it returns.
 """
@@ -63,7 +72,9 @@ from typing import Any
 
 import numpy as np
 from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
+    QComboBox,
     QDoubleSpinBox,
     QHBoxLayout,
     QLabel,
@@ -74,18 +85,25 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_diffseg._widgets._classes import (
+    classed,
+    fill_unclassed,
+    load_with_classes,
+    object_classes,
+    proposal_with_classes,
+    sync_classes,
+)
 from napari_diffseg._widgets._session import notify_error, run_in_thread, session_for, set_layer_data
 from napari_diffseg._widgets.project import go_to_plane, show_image
 from napari_diffseg.backend.errors import BackendError, StaleAnnotation
 from napari_diffseg.base.contracts import Image, Job, SavedAnnotation
 from napari_diffseg.base.uncertainty import DEFAULT_THRESHOLD, LEGEND, SCALE, probability_band, summarize_map
+from napari_diffseg.core.instances import class_map
 from napari_diffseg.review import (
     ShownTask,
     annotated_planes,
-    load_for_image,
     object_edits_text,
     prepared,
-    proposal_or_request,
     reject_and_next,
     stack_planes,
     uncertainty_limits,
@@ -97,6 +115,7 @@ __all__ = [
     "SAVE_KEY",
     "AnnotateWidget",
     "ask_unsaved",
+    "class_colormap",
     "fresh_label",
     "label_colormap",
     "task_colormap",
@@ -107,6 +126,7 @@ __all__ = [
 
 CLOSED_LABELS = "(no proposal)"  # the names of the hidden layers kept for the next image
 CLOSED_UNCERTAINTY = "(no uncertainty)"
+CLOSED_CLASSES = "(no classes)"
 
 SAVE_KEY = "Shift-S"
 REJECT_HELP = (
@@ -150,8 +170,30 @@ def task_colormap(task: ShownTask) -> Any:
     return label_colormap()
 
 
+def class_colormap(task: ShownTask) -> Any:
+    """The classes layer's colours (objects of several classes): each object class in the project's colour,
+    0 (no class) transparent."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors: dict[int | None, str] = {None: "#ff8c00", 0: "transparent"}
+    for value, _name, colour in object_classes(task):
+        colors[value] = colour
+    return DirectLabelColormap(color_dict=colors)
+
+
 def task_legend(task: ShownTask) -> str:
     """The line under the status saying what the Labels layer's values are ("" for a binary project)."""
+    if classed(task):
+        names = " · ".join(
+            f"<span style='color:{colour}'>■</span> {value} {name}"
+            for value, name, colour in object_classes(task)
+        )
+        return (
+            "<b>Objects</b> (outlines): one label id each; a fresh id paints a new object (<i>New object</i> or "
+            "M), 0 erases, merge and split as usual. <b>Classes</b> (fill, the '… classes' layer): "
+            f"{names}. Choose one in <i>Class</i> and dab it on an object: the whole object takes it. New "
+            "objects take the <i>Class</i> box's class. Save sends the ids and the classes."
+        )
     if task.kind == "multiclass":
         names = " · ".join(
             f"<span style='color:{colour}'>■</span> {value} {name}"
@@ -265,6 +307,15 @@ class AnnotateWidget(QWidget):
         self._annotated: list[int] = []  # a z-stack: the planes the version in the Labels layer annotates
         self.task = ShownTask()  # the project's task as the Labels layer shows it
         self._layer_task: ShownTask | None = None  # the task whose colours the Labels layer has
+        # objects of several classes: the class map layer beside the objects, and what it held
+        self.class_layer: Any = None
+        self.proposal_classes: np.ndarray | None = None  # the class map as loaded (Revert)
+        self._classes_clean: np.ndarray | None = None  # the class map as last loaded or saved
+        self._saving_classes: np.ndarray | None = None
+        self._class_layer_task: ShownTask | None = None
+        self._snap: tuple[np.ndarray, np.ndarray] | None = None  # both layers after the last class sync
+        self._syncing = False
+        self._sync_pending = False
 
         self.current = QLabel("no image: open one in the DiffSeg project widget (Next image)")
         self.current.setWordWrap(True)
@@ -281,6 +332,19 @@ class AnnotateWidget(QWidget):
             "Select an id no object uses yet and the paint brush: the next strokes paint a new object"
         )
         self.new_object_button.setVisible(False)
+        self.class_box = QComboBox()
+        self.class_box.setToolTip(
+            "Objects of several classes: the class to paint. Choosing one selects it in the '… classes' layer "
+            "with the paint brush; a dab on an object gives the whole object that class. A new object takes "
+            "this class as it is painted, and at save any object with no class under it gets this class too "
+            "(the saved line names them): your choice here, never a guess."
+        )
+        self.class_row = QWidget()
+        class_row = QHBoxLayout(self.class_row)
+        class_row.setContentsMargins(0, 0, 0, 0)
+        class_row.addWidget(QLabel("Class"))
+        class_row.addWidget(self.class_box, 1)
+        self.class_row.setVisible(False)
         self.legend = QLabel(f"<b>Uncertainty</b> (0–1 bit): {LEGEND}")
         self.legend.setWordWrap(True)
         self.legend.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
@@ -329,6 +393,7 @@ class AnnotateWidget(QWidget):
         layout.addWidget(self.current)
         layout.addWidget(self.classes_legend)
         layout.addWidget(self.new_object_button)
+        layout.addWidget(self.class_row)
         layout.addWidget(self.load_button)
         layout.addLayout(buttons)
         layout.addLayout(review)
@@ -339,6 +404,7 @@ class AnnotateWidget(QWidget):
 
         self.load_button.clicked.connect(self.load_proposal)
         self.new_object_button.clicked.connect(self.new_object)
+        self.class_box.activated.connect(self._on_class_activated)
         self.save_button.clicked.connect(self.save)
         self.revert_button.clicked.connect(self.revert)
         self.reject_button.clicked.connect(self.reject)
@@ -347,7 +413,8 @@ class AnnotateWidget(QWidget):
         self.session.image_opened.connect(self._on_image_opened)
         self.session.model_changed.connect(self._on_model_changed)
         self.session.switch_guard = self.confirm_switch
-        self.session.companion = load_for_image  # the proposal is fetched with the image's pixels
+        # the proposal (and its class map) is fetched with the image's pixels
+        self.session.companion = load_with_classes
         self.destroyed.connect(partial(_drop_guard, self.session))
         self.destroyed.connect(partial(_mark_deleted, self._alive))
         self.viewer.bind_key(SAVE_KEY, self._on_save_key, overwrite=True)
@@ -379,7 +446,7 @@ class AnnotateWidget(QWidget):
             token = self._load_token
             self._loading = record.id
             run_in_thread(
-                load_for_image,
+                load_with_classes,
                 self.session.client,
                 record,
                 self.session.model_id,
@@ -430,7 +497,22 @@ class AnnotateWidget(QWidget):
             or self.labels not in self.viewer.layers
         ):
             return False
-        return not np.array_equal(np.asarray(self.labels.data), self._clean)
+        return not np.array_equal(np.asarray(self.labels.data), self._clean) or self._classes_edited()
+
+    def _class_data(self) -> np.ndarray | None:
+        """The classes layer's data in a project of several object classes (None elsewhere)."""
+        layer = self.class_layer
+        if not classed(self.task) or layer is None or layer not in self.viewer.layers:
+            return None
+        return np.asarray(layer.data)
+
+    def _classes_edited(self) -> bool:
+        data = self._class_data()
+        return (
+            data is not None
+            and self._classes_clean is not None
+            and not np.array_equal(data, self._classes_clean)
+        )
 
     def confirm_switch(self, proceed: Callable[[], None]) -> None:
         """The session's switch guard: call ``proceed`` now when there is nothing unsaved, after the save
@@ -440,10 +522,19 @@ class AnnotateWidget(QWidget):
             proceed()
             return
         data = np.asarray(self.labels.data)
-        if self._saving is not None and np.array_equal(data, self._saving):
+        classes = self._class_data()
+        if (
+            self._saving is not None
+            and np.array_equal(data, self._saving)
+            and (
+                classes is None
+                or self._saving_classes is None
+                or np.array_equal(classes, self._saving_classes)
+            )
+        ):
             self._after_save.append(proceed)  # these edits are being saved: switch when that is done
             return
-        if self._clean is not None and np.array_equal(data, self._clean):
+        if self._clean is not None and np.array_equal(data, self._clean) and not self._classes_edited():
             proceed()
             return
         answer = ask_unsaved(self, self.labels.name)
@@ -460,13 +551,19 @@ class AnnotateWidget(QWidget):
 
         Layers are not removed: removing a Labels and an Image layer and adding new ones crashes napari
         at the next paint with some OpenGL drivers, and swapping data is several times faster."""
-        for layer, name in ((self.labels, CLOSED_LABELS), (self.uncertainty, CLOSED_UNCERTAINTY)):
+        for layer, name in (
+            (self.labels, CLOSED_LABELS),
+            (self.class_layer, CLOSED_CLASSES),
+            (self.uncertainty, CLOSED_UNCERTAINTY),
+        ):
             if layer is not None and layer in self.viewer.layers:
                 layer.visible = False
                 layer.name = name
-                if layer is self.labels:
+                if layer is not self.uncertainty:
                     _clear_history(layer)  # Ctrl-Z must not bring back what was dropped
         self.proposal_mask = self._clean = None
+        self.proposal_classes = self._classes_clean = None
+        self._snap = None
         self.image_id = self.proposal_id = self.base_version = self.model_id = None
         self._shown_unc = None
         self._annotated = []
@@ -479,12 +576,16 @@ class AnnotateWidget(QWidget):
         shape: tuple[int, ...] = (int(record.height), int(record.width))
         if planes is not None:
             shape = (planes, *shape)
-        for layer, dtype in ((self.labels, np.int32), (self.uncertainty, np.float32)):
+        for layer, dtype in (
+            (self.labels, np.int32),
+            (self.class_layer, np.int32),
+            (self.uncertainty, np.float32),
+        ):
             if layer is None or layer not in self.viewer.layers or layer.visible:
                 continue
             if np.ndim(layer.data) != len(shape) and not getattr(layer, "multiscale", False):
                 set_layer_data(layer, np.zeros(shape, dtype))
-                if layer is self.labels:
+                if layer is not self.uncertainty:
                     _clear_history(layer)
 
     def _plane_on_show(self) -> int | None:
@@ -525,7 +626,7 @@ class AnnotateWidget(QWidget):
         self._loading = image_id
         self.current.setText(f"{self._image_name(image_id)}: loading the proposal…")
         run_in_thread(
-            proposal_or_request,
+            proposal_with_classes,
             client,
             image_id,
             dict(self.propose_options),
@@ -633,9 +734,11 @@ class AnnotateWidget(QWidget):
             labels.metadata = meta
         else:
             labels = self.labels = self.viewer.add_labels(result["edit"], opacity=0.5, metadata=meta)
+            labels.events.paint.connect(self._on_paint)
             self._layer_task = None
         self._apply_task(labels, result.get("task") or ShownTask())
         labels.name = title
+        self._show_classes(name, result, meta)
         self.viewer.layers.selection.active = labels
         planes = stack_planes(image) if image is not None else None
         if planes is None or np.ndim(result["edit"]) != 3:
@@ -658,7 +761,11 @@ class AnnotateWidget(QWidget):
         self.task = task
         if self._layer_task != task:
             labels.colormap = task_colormap(task)
+            # objects of several classes: outlines over the classes layer's fill (the class shows through)
+            labels.contour = 2 if classed(task) else 0
+            labels.opacity = 0.9 if classed(task) else 0.5
             self._layer_task = task
+            self._fill_class_box(task)
         legend = task_legend(task)
         self.classes_legend.setText(legend)
         self.classes_legend.setVisible(bool(legend))
@@ -667,6 +774,149 @@ class AnnotateWidget(QWidget):
             labels.selected_label = fresh_label(labels.data)
         elif task.kind == "multiclass" and not 0 < labels.selected_label < len(task.classes):
             labels.selected_label = 1
+
+    # ------------------------------------------------------------------------------ object classes
+
+    def _fill_class_box(self, task: ShownTask) -> None:
+        """The *Class* box lists the object classes (a project of several; hidden elsewhere)."""
+        from qtpy.QtGui import QColor, QIcon, QPixmap
+
+        chosen = self.class_box.currentData()
+        self.class_box.clear()
+        for value, name, colour in object_classes(task) if classed(task) else []:
+            swatch = QPixmap(12, 12)
+            swatch.fill(QColor(colour))
+            self.class_box.addItem(QIcon(swatch), f"{value} {name}", value)
+        index = self.class_box.findData(chosen)
+        self.class_box.setCurrentIndex(max(index, 0))
+        self.class_row.setVisible(classed(task))
+
+    def chosen_class(self) -> int:
+        """The class in the *Class* box (1 when none is listed)."""
+        value = self.class_box.currentData()
+        return int(value) if value is not None else 1
+
+    def _on_class_activated(self, index: int) -> None:
+        value = self.class_box.itemData(index)
+        if value is not None:
+            self.choose_class(int(value))
+
+    def choose_class(self, value: int) -> None:
+        """Choose object class ``value``: listed in the *Class* box, selected in the classes layer with the
+        paint brush (that layer active), and given to the next new objects."""
+        index = self.class_box.findData(int(value))
+        if index < 0:
+            raise ValueError(
+                f"no object class {value}: the project's object classes are {self._class_values()}"
+            )
+        self.class_box.setCurrentIndex(index)
+        layer = self.class_layer
+        if layer is None or layer not in self.viewer.layers or not layer.visible:
+            return
+        layer.selected_label = int(value)
+        layer.mode = "paint"
+        self.viewer.layers.selection.active = layer
+
+    def _class_values(self) -> list[int]:
+        return [int(self.class_box.itemData(i)) for i in range(self.class_box.count())]
+
+    def _on_class_label(self, _event: Any = None) -> None:
+        """The classes layer's selected label changed (its own controls): the *Class* box follows."""
+        layer = self.class_layer
+        if layer is None:
+            return
+        index = self.class_box.findData(int(layer.selected_label))
+        if index >= 0:
+            self.class_box.setCurrentIndex(index)
+
+    def _show_classes(self, name: str, result: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Objects of several classes: the class map that came with ``result`` in the "<image> classes"
+        layer, just below the objects (created once, then reused); other projects: that layer hidden."""
+        layer = self.class_layer
+        alive = layer is not None and layer in self.viewer.layers
+        if not classed(self.task):
+            if alive:
+                layer.visible = False
+                layer.name = CLOSED_CLASSES
+            self.proposal_classes = self._classes_clean = None
+            self._snap = None
+            return
+        cmap = result.get("classes")
+        if cmap is None:  # with_classes adds it; a stand-in loader may not
+            cmap = np.zeros(np.shape(result["mask"]), np.int32)
+            show_warning(
+                f"{name}: no class map came with the objects: every object is shown without a class; paint "
+                "their classes before saving."
+            )
+        cmap = np.asarray(cmap).astype(np.int32)
+        if alive:
+            layer.visible = True  # first: napari updates a hidden layer's extent late
+            layer.data = cmap.copy()
+            _clear_history(layer)
+            layer.metadata = meta
+        else:
+            from napari.layers import Labels
+
+            layer = self.class_layer = Labels(
+                cmap.copy(), opacity=0.45, metadata=meta, name=f"{name} classes"
+            )
+            self.viewer.layers.insert(self.viewer.layers.index(self.labels), layer)  # below the objects
+            layer.events.paint.connect(self._on_paint)
+            layer.events.selected_label.connect(self._on_class_label)
+            self._class_layer_task = None
+        if self._class_layer_task != self.task:
+            layer.colormap = class_colormap(self.task)
+            self._class_layer_task = self.task
+        layer.name = f"{name} classes"
+        layer.selected_label = self.chosen_class()
+        self.proposal_classes = self._classes_clean = cmap
+        self.viewer.layers.selection.active = self.labels  # the objects stay the layer being edited
+        self._snapshot()
+
+    def _snapshot(self) -> None:
+        classes = self._class_data()
+        if classes is None or self.labels is None:
+            self._snap = None
+            return
+        self._snap = (np.array(self.labels.data, copy=True), np.array(classes, copy=True))
+
+    def _on_paint(self, _event: Any = None) -> None:
+        """A stroke in the objects or the classes layer (objects of several classes): keep the class map
+        painted per object, once the stroke's pixels are written (napari may announce a single dab before
+        it writes it: the sync runs from the event loop)."""
+        if self._syncing or self._snap is None or self._sync_pending:
+            return
+        self._sync_pending = True
+        QTimer.singleShot(0, self._sync_classes)
+
+    def _sync_classes(self) -> None:
+        """:func:`~._classes.sync_classes` since the last sync: a dab recolours the whole object, a new object
+        takes the *Class* box's class, erased pixels lose theirs; one undo step of the classes layer."""
+        self._sync_pending = False
+        if not self._alive.value or self._snap is None:
+            return
+        classes = self._class_data()
+        if classes is None or self.labels is None:
+            return
+        ids = np.asarray(self.labels.data)
+        found = sync_classes(ids, classes, self._snap[0], self._snap[1], self.chosen_class())
+        if found is not None:
+            flat, values = found
+            self._paint_classes(flat, values)
+        self._snapshot()
+
+    def _paint_classes(self, flat: np.ndarray, values: np.ndarray) -> None:
+        """Set class-map pixels (flat indices) in the classes layer, as one undo step."""
+        layer = self.class_layer
+        shape = np.shape(layer.data)
+        self._syncing = True
+        try:
+            with layer.block_history():
+                for value in np.unique(values):
+                    where = np.unravel_index(flat[values == value], shape)
+                    layer.data_setitem(where, int(value))
+        finally:
+            self._syncing = False
 
     def new_object(self) -> None:
         """Select an id no object uses and the paint brush (an instance project): the next strokes paint a
@@ -747,6 +997,10 @@ class AnnotateWidget(QWidget):
         if self.labels is None or self.proposal_mask is None:
             return
         self.labels.data = self.proposal_mask.copy()
+        layer = self.class_layer
+        if self.proposal_classes is not None and layer is not None and layer in self.viewer.layers:
+            layer.data = self.proposal_classes.copy()
+        self._snapshot()
 
     # ------------------------------------------------------------------------------ save
 
@@ -759,9 +1013,18 @@ class AnnotateWidget(QWidget):
             show_warning("Load a proposal first: nothing to save.")
             return
         mask = np.array(self.labels.data, copy=True)  # the worker gets a copy, never the layer
+        classes: np.ndarray | None = None
+        filled: list[int] = []
+        if classed(self.task):
+            found = self._classes_to_save(mask)
+            if found is None:
+                return
+            classes, filled = found
         planes: list[int] | None = None
         if mask.ndim == 3:  # a z-stack: name the planes this save annotates
             planes = annotated_planes(mask, self._clean, self._annotated, self._plane_on_show())
+            if classes is not None and self._classes_clean is not None:  # a class repainted is an edit too
+                planes = sorted(set(planes) | set(annotated_planes(classes, self._classes_clean)))
             if not planes:
                 show_warning(
                     "Nothing saved: no plane of the stack is edited and none is on show (the 3D view). "
@@ -770,8 +1033,10 @@ class AnnotateWidget(QWidget):
                 )
                 return
         self._saving = mask
+        self._saving_classes = classes
         if then is not None:
             self._after_save.append(then)
+        extra: dict[str, Any] = {} if classes is None else {"classes": classes}
         run_in_thread(
             self.session.client.save_annotation,
             self.image_id,
@@ -779,11 +1044,39 @@ class AnnotateWidget(QWidget):
             replaces=self.base_version,
             proposal_id=self.proposal_id,
             planes=planes,
-            on_done=partial(self._on_saved, self.image_id, mask),
+            **extra,
+            on_done=partial(self._on_saved, self.image_id, mask, classes, filled),
             on_error=self._on_save_failed,
         )
 
-    def _on_saved(self, image_id: str, mask: np.ndarray, saved: SavedAnnotation) -> None:
+    def _classes_to_save(self, mask: np.ndarray) -> tuple[np.ndarray, list[int]] | None:
+        """The class map to send beside ``mask`` (objects of several classes), a copy, and the objects that
+        had no class pixel under them and were given the *Class* box's class (painted in the classes layer
+        too, so what is on screen is what is sent); None (with a warning) when there is no classes layer."""
+        if self._sync_pending:
+            self._sync_classes()  # a stroke just made: its classes first
+        data = self._class_data()
+        if data is None or np.shape(data) != mask.shape:
+            show_warning(
+                "Not saved: this project's objects carry classes, but the classes layer is missing or does "
+                "not match the objects; load the proposal again ('Load / request proposal')."
+            )
+            return None
+        classes, filled = fill_unclassed(mask, data, self.chosen_class())
+        if filled:
+            flat = np.flatnonzero(np.isin(mask, filled))
+            self._paint_classes(flat, np.full(flat.size, self.chosen_class(), np.int64))
+            self._snapshot()
+        return classes, filled
+
+    def _on_saved(
+        self,
+        image_id: str,
+        mask: np.ndarray,
+        classes: np.ndarray | None,
+        filled: list[int],
+        saved: SavedAnnotation,
+    ) -> None:
         version = saved.version
         image = self.session.image
         name = image.name if image is not None and image.id == image_id else image_id
@@ -796,8 +1089,10 @@ class AnnotateWidget(QWidget):
                 self.labels.name = f"{name} annotation"  # what the layer now holds
                 if self.task.kind == "instances" and np.any(mask == self.labels.selected_label):
                     self.labels.selected_label = fresh_label(mask)  # the next stroke: a new object
+            if classes is not None:
+                self._saved_classes(name, mask, classes, ann.object_classes)
         if self._saving is mask:
-            self._saving = None
+            self._saving = self._saving_classes = None
         cost = []
         if ann.edit_dice is not None:
             cost.append(
@@ -806,6 +1101,8 @@ class AnnotateWidget(QWidget):
         objects = object_edits_text(ann.objects_added, ann.objects_removed, ann.objects_changed)
         if objects:  # an instance project: the cost in objects beside the pixels
             cost.append(objects)
+        if ann.object_classes:
+            cost.append(_classes_text(ann.object_classes, self.task, filled, self.chosen_class()))
         edit = f" ({'; '.join(cost)})" if cost else ""
         if ann.planes is not None:
             edit += f"; annotated planes {_planes_text(ann.planes)}"
@@ -819,8 +1116,30 @@ class AnnotateWidget(QWidget):
         for proceed in pending:
             proceed()
 
+    def _saved_classes(
+        self, name: str, mask: np.ndarray, classes: np.ndarray, stored: dict[int, int] | None
+    ) -> None:
+        """After a save: the classes layer shows each object in the class the backend stored for it (the
+        majority under it), unless it was edited while the save was under way."""
+        self._classes_clean = classes
+        layer = self.class_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        layer.name = f"{name} classes"
+        if stored is None or not np.array_equal(np.asarray(layer.data), classes):
+            return
+        if not np.array_equal(np.asarray(self.labels.data), mask):
+            return
+        shown = class_map(mask, stored).astype(np.int32)
+        shown[mask == 0] = classes[mask == 0]  # class paint outside every object is left as it is
+        differ = np.flatnonzero(shown != classes)
+        if differ.size:
+            self._paint_classes(differ, shown.ravel()[differ])
+        self._classes_clean = np.array(layer.data, copy=True)
+        self._snapshot()
+
     def _on_save_failed(self, exc: BaseException) -> None:
-        self._saving = None
+        self._saving = self._saving_classes = None
         self._after_save.clear()  # never switch away from edits that were not saved
         if isinstance(exc, StaleAnnotation):
             show_warning(
@@ -892,6 +1211,21 @@ class AnnotateWidget(QWidget):
         self.include_button.setEnabled(self.last_rejected is not None)
         show_info(f"{record.name} is included again ({record.state}).")
         self.session.images_changed.emit()
+
+
+def _classes_text(stored: dict[int, int], task: ShownTask, filled: list[int], chosen: int) -> str:
+    """``objects by class: 12 nucleus, 3 mitosis; 1 new object given class mitosis (the Class box)``."""
+    names = {value: name for value, name, _colour in task.classes}
+    counts = np.bincount(np.asarray(list(stored.values()), np.int64), minlength=len(names))
+    text = "objects by class: " + ", ".join(
+        f"{int(counts[v])} {names[v]}" for v in sorted(names) if v > 0 and v < counts.size
+    )
+    if filled:
+        text += (
+            f"; {len(filled)} object{'s' if len(filled) != 1 else ''} without a class given class "
+            f"{names.get(chosen, chosen)} (the Class box)"
+        )
+    return text
 
 
 def _planes_text(planes: list[int] | tuple[int, ...]) -> str:
