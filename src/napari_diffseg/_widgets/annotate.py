@@ -189,10 +189,9 @@ def task_legend(task: ShownTask) -> str:
             for value, name, colour in object_classes(task)
         )
         return (
-            "<b>Objects</b> (outlines): one label id each; a fresh id paints a new object (<i>New object</i> or "
-            "M), 0 erases, merge and split as usual. <b>Classes</b> (fill, the '… classes' layer): "
-            f"{names}. Choose one in <i>Class</i> and dab it on an object: the whole object takes it. New "
-            "objects take the <i>Class</i> box's class. Save sends the ids and the classes."
+            "<b>Objects</b> (outlines): one label id each; <i>New object</i> or M paints a new one, 0 erases. "
+            f"<b>Classes</b> (fill): {names}. Choose one in <i>Class</i> and dab it on an object: the whole "
+            "object takes it, and so do new objects. Save sends the ids and the classes."
         )
     if task.kind == "multiclass":
         names = " · ".join(
@@ -767,6 +766,8 @@ class AnnotateWidget(QWidget):
             self._layer_task = task
             self._fill_class_box(task)
         legend = task_legend(task)
+        lines = 5 if classed(task) else 3  # the classed legend names the classes too: room for it
+        self.classes_legend.setMinimumHeight(lines * self.classes_legend.fontMetrics().lineSpacing() + 2)
         self.classes_legend.setText(legend)
         self.classes_legend.setVisible(bool(legend))
         self.new_object_button.setVisible(task.kind == "instances")
