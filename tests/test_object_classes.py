@@ -293,3 +293,10 @@ def test_one_class_projects_have_no_classes_part(tmp_path: Path) -> None:
         r = http.get("/api/v1/images/img/proposal/pixels?part=classes")
         assert r.status_code == 409 and "part=instances" in r.json()["detail"]
         assert http.get("/api/v1/images/img/proposal/pixels?part=instances").status_code == 200
+
+
+def test_a_classed_task_names_its_object_classes() -> None:
+    assert str(make_task("instances", "background,benign,malignant")) == (
+        "instances (2 object classes: benign, malignant)"
+    )
+    assert str(make_task("instances")) == "instances"

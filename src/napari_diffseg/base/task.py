@@ -131,6 +131,8 @@ class ProjectTask:
     def __str__(self) -> str:
         if self.kind == "multiclass":
             return f"multiclass ({len(self.classes)} classes: {', '.join(self.class_names)})"
+        if self.classed:
+            return f"instances ({self.object_classes} object classes: {', '.join(self.class_names[1:])})"
         return self.kind
 
     def to_dict(self) -> dict[str, Any]:
