@@ -308,16 +308,25 @@ def _extras_section(
     runs = [r for rs in by.values() for r in rs.values()]
     if any(r.get("task") == "instances" for r in runs):
         keys = [(k, name) for k, name in INSTANCE_EXTRAS if any(k in r["test"] for r in runs)]
+        # objects of several classes: AP@0.5 per object class (only that class's objects matched) and the
+        # share of the class-agnostic matches whose class is right
+        names = next((list(r["test"]["ap_50_per_class"]) for r in runs if "ap_50_per_class" in r["test"]), [])
+        keys += [(f"ap_50_per_class/{n}", f"AP@0.5 {n}") for n in names]
+        if any("class_accuracy" in r["test"] for r in runs):
+            keys.append(("class_accuracy", "class accuracy"))
         head = "| arm | fraction | " + " | ".join(name for _, name in keys) + " |"
         rows = []
+
+        def value(r: dict, k: str) -> float:
+            top, _, sub = k.partition("/")
+            v = r["test"].get(top, float("nan"))
+            return float(v.get(sub, float("nan")) if isinstance(v, dict) else v)
+
         for a in arms:
             for f in fractions:
                 rs = by.get((a, f), {})
                 if rs:
-                    cells = [
-                        _mean_sd_cell([float(r["test"].get(k, float("nan"))) for r in rs.values()])
-                        for k, _ in keys
-                    ]
+                    cells = [_mean_sd_cell([value(r, k) for r in rs.values()]) for k, _ in keys]
                     rows.append(f"| {a} | {f:.0%} | " + " | ".join(cells) + " |")
         return [
             "",

@@ -254,3 +254,19 @@ def test_object_class_view_gives_each_object_its_images_class(tmp_path: Path) ->
     assert np.array_equal(a, (ids > 0) * 2) and np.array_equal(b, (ids > 0) * 1)
     with pytest.raises(SystemExit, match="no column 'nope'"):
         sweep.object_class_view(ds, "nope", tmp_path / "views")
+
+
+def test_object_class_runs_list_ap50_per_class_and_class_accuracy(tmp_path: Path) -> None:
+    for s, (benign, malignant, acc) in enumerate([(0.5, 0.3, 0.8), (0.6, 0.5, 0.9), (0.7, 0.4, 0.7)]):
+        r = _run("supervised", 0.2, s, 0.9, task="instances")
+        r["test"] = {
+            "dice_mean": 0.9,
+            "n": 5,
+            "ap_50": 0.5,
+            "ap_50_per_class": {"benign": benign, "malignant": malignant},
+            "class_accuracy": acc,
+        }
+        _write(tmp_path, "supervised", 0.2, s, r)
+    text = sweep.report(tmp_path)
+    assert "| AP@0.5 benign | AP@0.5 malignant | class accuracy |" in text
+    assert "| 0.600 ± 0.100 (3) | 0.400 ± 0.100 (3) | 0.800 ± 0.100 (3) |" in text
