@@ -300,3 +300,33 @@ def test_a_classed_task_names_its_object_classes() -> None:
         "instances (2 object classes: benign, malignant)"
     )
     assert str(make_task("instances")) == "instances"
+
+
+def test_validation_reports_the_share_of_matched_objects_with_the_right_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose prediction is the annotation's target with one object's class swapped: all four
+    objects are found (AP@0.5 1) and 3 of 4 have the right class."""
+    from napari_diffseg.backend import jobs as jobs_mod
+    from napari_diffseg.base.presets import get_preset
+    from napari_diffseg.cli import _val_line
+
+    root = tmp_path / "p"
+    _classed_project(root)
+    ids = _scene()
+    wrong = {**CLASSES, 2: 3}
+    monkeypatch.setattr(
+        jobs_mod,
+        "predict_probs",
+        lambda *a, **k: torch.from_numpy(_onehot(instances_to_target(ids, classes=wrong), 5))[None],
+    )
+    with Project.open(root) as proj:
+        proj.set_split("img", "val")
+        proj.save_annotation("img", ids, replaces=None, classes=class_map(ids, CLASSES))
+        preset = get_preset("tiny")
+        bundle = jobs_mod._new_bundle(proj, 1, preset, 0, torch.device("cpu"))
+        metrics = jobs_mod._val_metrics(proj, bundle, preset)
+        task = proj.task
+    assert metrics["val_ap_50"] == pytest.approx(1.0)
+    assert metrics["val_class_accuracy"] == pytest.approx(0.75)
+    assert "class right for 75.0% of the matched objects" in _val_line(metrics, task)

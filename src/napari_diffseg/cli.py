@@ -1054,6 +1054,8 @@ def _val_line(metrics: dict[str, Any], task: Any) -> str:
         line += f" ({', '.join(per)})"
     if "val_ap_50" in metrics:
         line += f"; objects: AP@0.5 {metrics['val_ap_50']:.3f}, F1@0.5 {metrics['val_f1_50']:.3f}"
+        if "val_class_accuracy" in metrics:
+            line += f", class right for {metrics['val_class_accuracy']:.1%} of the matched objects"
     return line
 
 

@@ -37,8 +37,8 @@ from ..core.device import choose_device
 from ..core.diffusion import SamplerConfig
 from ..core.distributed import DistInfo
 from ..core.inference import predict_probs, propose
-from ..core.instance_metrics import instance_metrics, summarize_instances
-from ..core.instances import instances_to_target, probs_to_instances
+from ..core.instance_metrics import class_matching, instance_metrics, summarize_instances
+from ..core.instances import classify_objects, instances_to_target, probs_to_instances
 from ..core.metrics import dice_per_class, mean_per_class, segmentation_metrics, summarize
 from ..core.models import ModelBundle, ModelSpec, load_bundle, preprocess, save_bundle
 from ..core.pipeline import run_stages
@@ -540,10 +540,13 @@ def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[
     """The saved model's scores on the annotated ``val`` images: ``val_dice`` (mean over the foreground
     classes present), ``val_iou``, ``val_n``; a multiclass project adds each class's Dice
     (``val_dice_class<k>``, classes absent from an image left out) and an instance project the objects'
-    ``val_ap_50`` and ``val_f1_50`` (the watershed's objects against the annotated ones)."""
-    kind = project.task.kind
+    ``val_ap_50`` and ``val_f1_50`` (the watershed's objects against the annotated ones); with several
+    object classes also ``val_class_accuracy`` (the share of objects matched at IoU 0.5 whose class is right)."""
+    task = project.task
+    kind = task.kind
     k = bundle.spec.num_classes
     per, classes, objects = [], [], []
+    matched = correct = 0
     for rec in project.images(split="val"):
         if rec.state == "excluded":
             continue
@@ -566,7 +569,14 @@ def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[
             if kind == "multiclass":
                 classes.append(dice_per_class(probs.argmax(0), plane, k))
             elif kind == "instances" and k >= 3:
-                objects.append(instance_metrics(probs_to_instances(probs), ids))
+                found = probs_to_instances(probs)
+                objects.append(instance_metrics(found, ids))
+                if task.classed and ann.object_classes is not None and k == task.num_classes:
+                    counts = class_matching(
+                        found, ids, classify_objects(found, probs), ann.object_classes, task.object_classes
+                    )
+                    matched += int(counts["matched"])
+                    correct += int(counts["class_correct"])
     if not per:
         return {}
     s = summarize(per)
@@ -577,6 +587,8 @@ def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[
     if objects:
         o = summarize_instances(objects)
         out.update(val_ap_50=float(o["ap_50"]), val_f1_50=float(o["f1_50"]))
+    if matched:
+        out["val_class_accuracy"] = correct / matched
     return out
 
 
