@@ -6,9 +6,9 @@ image's true objects and classes, stored as a stand-in model's proposal with **o
 (what a correction fixes), so the screenshot shows the layers and the widget, not a model's accuracy. The
 image opens with its objects as outlines, the "… classes" layer filling each object with its class, and
 the *Class* box; the script then chooses *rod* and dabs it on the wrong object (the whole object turns rod),
-and saves the screenshot ``classed_instances_annotate.png`` beside this file (256 colours). Headless::
+and saves the screenshot ``docs/screenshots/classed_instances_annotate.png`` (256 colours). Headless::
 
-    xvfb-run -a python docs/screenshots/classed_instances_annotate.py
+    xvfb-run -a python examples/screenshot_instance_classes.py
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "examples"))
+sys.path.insert(0, str(HERE))
 from _shots import settle, shrink, wait_until  # noqa: E402
 
 
@@ -84,7 +84,7 @@ def main() -> None:
             settle(1.5)
             print(f"object at ({y}, {x}): class {before} → {int(np.asarray(layer.data)[y, x])}", flush=True)
             print(annotate.current.text(), flush=True)
-            path = HERE / "classed_instances_annotate.png"
+            path = HERE.parent / "docs" / "screenshots" / "classed_instances_annotate.png"
             viewer.screenshot(str(path), canvas_only=False)
             shrink(path)
             print(f"screenshot {path} ({os.path.getsize(path) // 1024} KiB)", flush=True)
