@@ -266,9 +266,12 @@ def test_http_save_with_classes_and_the_proposals_classes(tmp_path: Path) -> Non
         assert r.status_code == 422 and "(2, H, W)" in r.json()["detail"], r.text
         assert http.get(f"{api}/annotations").json() == []
         both = np.stack([ids, class_map(ids, CLASSES)]).astype(np.uint16)
-        r = http.post(f"{api}/annotations?with_classes=true", content=to_npy(both), headers=npy)
+        r = http.post(f"{api}/annotations?with_classes=true&proposal_id=1", content=to_npy(both), headers=npy)
         assert r.status_code == 201, r.text
-        assert r.json()["annotation"]["object_classes"] == {str(k): v for k, v in CLASSES.items()}
+        saved = r.json()["annotation"]
+        assert saved["object_classes"] == {str(k): v for k, v in CLASSES.items()}
+        # compared with the proposal's objects, which are the same four: nothing added, removed or changed
+        assert (saved["objects_added"], saved["objects_removed"], saved["objects_changed"]) == (0, 0, 0)
     # the training target of the stored correction: each object's interior in its class's channel
     with Project.open(root) as proj:
         got = jobs_mod._targets(proj, proj.image("img").id, 1, [proj.load_annotation("img")], None)[0]
