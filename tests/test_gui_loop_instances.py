@@ -225,6 +225,10 @@ def test_the_whole_instance_loop_through_the_docked_widgets(
         metrics = client.model(new_model).metrics
         assert metrics["labeled"] == 2  # the ground truth and the correction, both as 3-class targets
         assert metrics["val_n"] == 1 and 0.0 <= metrics["val_ap_50"] <= 1.0  # objects scored on val-00
+        # the val Dice cell's tooltip lists the objects' figures
+        row = [train.models_table.item(r, 1).text() for r in range(2)].index(new_model)
+        tip = train.models_table.item(row, 4).toolTip()
+        assert f"objects AP@0.5: {metrics['val_ap_50']:.3f}" in tip and "validation on 1 image(s)" in tip, tip
 
         # 7. Next image: the new model has no proposal for it yet, so one is requested; instances again
         second = client.next_image()

@@ -81,6 +81,30 @@ PROPOSE_SCOPES = (
     ("all images (also annotated)", "all"),
 )
 MODEL_COLUMNS = ("active", "model", "round", "method", "val Dice", "created")
+
+#: How a model's validation figures are named in the val Dice cell's tooltip (the others: their key).
+_VAL_NAMES = {
+    "val_dice": "Dice",
+    "val_iou": "IoU",
+    "val_ap_50": "objects AP@0.5",
+    "val_f1_50": "objects F1@0.5",
+    "val_class_accuracy": "objects with the right class",
+}
+
+
+def val_tooltip(metrics: dict[str, Any]) -> str:
+    """Every validation figure of a model, one per line (an instance project's objects' AP@0.5 and F1@0.5,
+    the share of matched objects with the right class, a multiclass project's Dice per class)."""
+    n = metrics.get("val_n")
+    lines = [f"validation on {int(n)} image(s)" if n else "no validation images scored"]
+    for key, value in metrics.items():
+        if not key.startswith("val_") or key == "val_n" or not isinstance(value, int | float):
+            continue
+        name = _VAL_NAMES.get(key) or key.removeprefix("val_").replace("dice_class", "Dice of class ")
+        lines.append(f"{name}: {float(value):.3f}")
+    return "\n".join(lines)
+
+
 IMAGES_CHANGED_INTERVAL_S = 2.0  # while a propose job runs, the image table is refreshed at most this often
 VIEW_INTERVAL_MS = 250  # the progress bars, the ETA and the plots are refreshed at most 4× a second
 BAR_INTERVAL_S = 1.0  # napari's progress bar at most once a second: each update runs the event loop
@@ -785,6 +809,8 @@ class TrainWidget(QWidget):
                 item = QTableWidgetItem(text)
                 if col == len(cells) - 1:
                     item.setToolTip(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(model.created_at)))
+                elif col == MODEL_COLUMNS.index("val Dice"):
+                    item.setToolTip(val_tooltip(model.metrics))
                 table.setItem(row, col, item)
             if model.id == selected:
                 table.selectRow(row)
