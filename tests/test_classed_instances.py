@@ -321,10 +321,14 @@ def test_experiment_and_evaluate_report_per_class_figures(
     assert "classes_50" not in plain["test"]["per_image"][0]
 
 
-def test_export_refuses_a_model_of_several_object_classes() -> None:
+def test_export_names_each_object_class_channel() -> None:
     from napari_diffseg.base.errors import ConfigError
-    from napari_diffseg.export._source import task_of
+    from napari_diffseg.export._source import class_names, task_of
 
     assert task_of({"task": "instances"}, 3) == "instances"  # one object class: exported as before
-    with pytest.raises(ConfigError, match=r"objects of 2 classes .* not exported yet"):
-        task_of({"task": "instances"}, 4)
+    assert task_of({"task": "instances"}, 4) == "instances"
+    with pytest.raises(ConfigError, match="at least 3 classes"):
+        task_of({"task": "instances"}, 2)
+    config = {"task": "instances", "classes": [{"name": n} for n in ("background", "disc", "rod")]}
+    assert class_names(config, 4) == ["background", "interior of disc", "boundary", "interior of rod"]
+    assert class_names({"task": "instances"}, 3) == ["background", "interior", "boundary"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +78,31 @@ def _norm_line(norm: Any) -> str:
     )
 
 
-def _instance_lines() -> list[str]:
-    """The README's section on turning an instance model's outputs into objects."""
+def _instance_lines(names: Sequence[str] = ()) -> list[str]:
+    """The README's section on turning an instance model's outputs into objects (``names``: the channel
+    names of a model of several object classes)."""
     from ..core import instances as inst
 
+    interiors = [i for i, n in enumerate(names) if n.startswith("interior of ")]
+    classed = len(interiors) > 1
+    several = (
+        [
+            "This model finds objects of several classes: channel "
+            + ", ".join(f"{i} is the {names[i]}" for i in interiors)
+            + "; P(interior) below is their sum (objects are found whatever their class).",
+            "",
+        ]
+        if classed
+        else []
+    )
+    step6 = (
+        [
+            "6. each object takes **one class**: the one whose interior probability, summed over the object's "
+            "pixels, is largest (`napari_diffseg.core.instances.classify_objects(ids, probabilities[0])`).",
+        ]
+        if classed
+        else []
+    )
     return [
         "## From the outputs to objects (instance model)",
         "",
@@ -90,6 +112,7 @@ def _instance_lines() -> list[str]:
         "it, so run it after the package (`config.napari_diffseg.instance_postprocessing` holds the same "
         "parameters):",
         "",
+        *several,
         "1. foreground = P(interior) + P(boundary) > 0.5;",
         "2. seeds = 4-connected pieces of P(interior) > 0.5 inside the foreground, pieces under "
         f"{inst.MIN_SEED_SIZE} px dropped;",
@@ -97,6 +120,7 @@ def _instance_lines() -> list[str]:
         "4. foreground no seed reached becomes objects of its own (4-connected pieces);",
         f"5. objects under {inst.MIN_OBJECT_SIZE} px are removed and the rest numbered 1…N (uint16; uint32 "
         "beyond 65,535 objects).",
+        *step6,
         "",
         "With napari-diffseg installed: `napari_diffseg.core.instances.probs_to_instances(probabilities[0])`.",
         "",
@@ -132,12 +156,16 @@ def readme(src: Source, bundle: Any, names: list[str], task: str, roi: int, name
         "(channels in the class order above).",
         "* **output `labels`**: `(batch, 1, y, x)` uint8, the argmax of the probabilities"
         + (
-            " (0 background, 1 interior, 2 boundary of an object)."
+            (
+                " (0 background, 1 interior, 2 boundary of an object)."
+                if k == 3
+                else " (0 background, 2 boundary, the others each object class's interior, as named above)."
+            )
             if task == "instances"
             else ": the mask `diffseg predict` writes."
         ),
         "",
-        *(_instance_lines() if task == "instances" else []),
+        *(_instance_lines(names) if task == "instances" else []),
         "## Training data",
         "",
     ]

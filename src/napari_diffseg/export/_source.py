@@ -39,18 +39,21 @@ def task_of(config: dict, num_classes: int) -> str:
         raise ConfigError(
             f"the model's task is {task!r}; binary, multi-class and instance models can be exported"
         )
-    if task == "instances" and num_classes > 3:  # objects of several classes
+    if task == "instances" and num_classes < 3:
         raise ConfigError(
-            f"this instance model finds objects of {num_classes - 2} classes ({num_classes} outputs: background, "
-            "boundary and one interior per object class); a bioimage.io package carries the post-processing of "
-            "one object class only, so it is not exported yet. `diffseg predict` segments with it (ids, each "
-            "object's class, a table of the objects)"
-        )
-    if task == "instances" and num_classes != 3:
-        raise ConfigError(
-            f"an instance model has 3 classes (background, interior, boundary); this one has {num_classes}"
+            f"an instance model has at least 3 classes (background, interior, boundary); this one has {num_classes}"
         )
     return str(task)
+
+
+def object_class_names(config: dict, k: int) -> list[str]:
+    """An instance model's object class names (``k - 2`` of them, from its config's ``classes``; else
+    ``object``, ``class_2``...)."""
+    n = k - 2
+    stored = [str(c.get("name", "")) for c in config.get("classes", []) if isinstance(c, dict)][1:]
+    if len(stored) == n and all(stored):
+        return stored
+    return ["object"] if n == 1 else [f"class_{c}" for c in range(1, n + 1)]
 
 
 def check_normalization(config: dict) -> None:
@@ -74,6 +77,15 @@ def class_names(config: dict, k: int) -> list[str]:
         return [str(n) for n in names]
     if config.get("task") == "instances" and k == 3:
         return ["background", "interior", "boundary"]
+    if (
+        config.get("task") == "instances" and k > 3
+    ):  # one interior channel per object class (core/instances.py)
+        from ..core.instances import interior_channel
+
+        out = ["background", "", "boundary", *[""] * (k - 3)]
+        for c, name in enumerate(object_class_names(config, k), start=1):
+            out[interior_channel(c)] = f"interior of {name}"
+        return out
     return ["background", "foreground"] if k == 2 else ["background", *(f"class_{i}" for i in range(1, k))]
 
 

@@ -59,7 +59,7 @@ from .. import __version__
 from ..base.errors import ConfigError, DiffsegError
 from ..base.preprocessing import PER_IMAGE_CONFIG
 from ._files import METHOD_CITATION, METHOD_DOI, cover, environment_file, fmt, readme, safe_name
-from ._source import Source, check_normalization, class_names, collect, task_of
+from ._source import Source, check_normalization, class_names, collect, object_class_names, task_of
 
 __all__ = [
     "ExportError",
@@ -92,7 +92,7 @@ def _kind_of_input(n: int) -> str:
     return {1: "grey", 3: "RGB"}.get(n, f"{n}-channel")
 
 
-def instance_postprocessing() -> dict[str, Any]:
+def instance_postprocessing(object_classes: Sequence[str] = ()) -> dict[str, Any]:
     """How an instance model's outputs become objects (``config.napari_diffseg.instance_postprocessing``):
     the seeded watershed of :func:`napari_diffseg.core.instances.probs_to_instances`, with its parameters.
     bioimage.io's model format has no operator for it, so the package carries the 3-class outputs exactly
@@ -110,6 +110,23 @@ def instance_postprocessing() -> dict[str, Any]:
         },
         "training_target": {"boundary_width": inst.BOUNDARY_WIDTH},
         "output": "uint16 object ids (uint32 beyond 65,535 objects), 0 = background",
+        **(
+            {
+                "input": "probabilities (background, boundary at channel 2, the interior of object class c at "
+                "channel 1 for c = 1 and c + 1 beyond); the watershed runs on the summed interiors",
+                "object_classes": {
+                    "callable": "napari_diffseg.core.instances.classify_objects",
+                    "classes": {str(c): name for c, name in enumerate(object_classes, start=1)},
+                    "interior_channels": {
+                        str(c): inst.interior_channel(c) for c in range(1, len(object_classes) + 1)
+                    },
+                    "rule": "each object takes the class whose interior probability, summed over its pixels, "
+                    "is largest",
+                },
+            }
+            if len(object_classes) > 1
+            else {}
+        ),
     }
 
 
@@ -314,7 +331,9 @@ def _descr(
         "class_names": names,
         "normalization": norm.to_dict() if norm is not None else dict(PER_IMAGE_CONFIG),
         "tiling": {"roi": roi, "overlap": net.overlap, "sw_batch": net.sw_batch},
-        "instance_postprocessing": instance_postprocessing() if task == "instances" else None,
+        "instance_postprocessing": instance_postprocessing(object_class_names(cfg, k))
+        if task == "instances"
+        else None,
         "validation": summary,
     }
     extra: dict[str, Any] = {"napari_diffseg": napari_diffseg}  # our own section of `config`
