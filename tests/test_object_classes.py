@@ -272,9 +272,20 @@ def test_http_save_with_classes_and_the_proposals_classes(tmp_path: Path) -> Non
         assert saved["object_classes"] == {str(k): v for k, v in CLASSES.items()}
         # compared with the proposal's objects, which are the same four: nothing added, removed or changed
         assert (saved["objects_added"], saved["objects_removed"], saved["objects_changed"]) == (0, 0, 0)
+        # the same objects with one given another class: that object is changed
+        recoloured = np.stack([ids, class_map(ids, {**CLASSES, 9: 1})]).astype(np.uint16)
+        r = http.post(
+            f"{api}/annotations?with_classes=true&proposal_id=1&replaces=1",
+            content=to_npy(recoloured),
+            headers=npy,
+        )
+        assert r.status_code == 201, r.text
+        saved = r.json()["annotation"]
+        assert (saved["objects_added"], saved["objects_removed"], saved["objects_changed"]) == (0, 0, 1)
+        assert saved["pixels_changed"] == 0
     # the training target of the stored correction: each object's interior in its class's channel
     with Project.open(root) as proj:
-        got = jobs_mod._targets(proj, proj.image("img").id, 1, [proj.load_annotation("img")], None)[0]
+        got = jobs_mod._targets(proj, proj.image("img").id, 1, [proj.load_annotation("img", 1)], None)[0]
     assert got is not None and np.array_equal(got, target)
 
 
@@ -333,3 +344,26 @@ def test_validation_reports_the_share_of_matched_objects_with_the_right_class(
     assert metrics["val_ap_50"] == pytest.approx(1.0)
     assert metrics["val_class_accuracy"] == pytest.approx(0.75)
     assert "class right for 75.0% of the matched objects" in _val_line(metrics, task)
+
+
+def test_object_edits_count_a_class_change_as_a_changed_object() -> None:
+    from napari_diffseg.base.labels import ObjectEdits, object_edits
+
+    ids = _scene()
+    renumbered = np.where(ids > 0, ids + 100, 0)  # the same objects under other ids
+    moved = {k + 100: v for k, v in CLASSES.items()}
+    assert object_edits(ids, renumbered, proposed_classes=CLASSES, corrected_classes=moved) == ObjectEdits(
+        0, 0, 0
+    )
+    moved[102] = 1  # object 2 (class 2) is now class 1
+    assert object_edits(ids, renumbered, proposed_classes=CLASSES, corrected_classes=moved) == ObjectEdits(
+        0, 0, 1
+    )
+    assert object_edits(ids, renumbered) == ObjectEdits(0, 0, 0)  # without classes: pixels only
+    stack = object_edits(
+        np.stack([ids, ids]),
+        np.stack([renumbered, renumbered]),
+        proposed_classes=CLASSES,
+        corrected_classes=moved,
+    )
+    assert stack == ObjectEdits(0, 0, 2)  # plane by plane

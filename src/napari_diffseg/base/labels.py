@@ -9,6 +9,7 @@ pulling in torch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -80,16 +81,23 @@ class ObjectEdits(NamedTuple):
     changed: int
 
 
-def _dense(ids: np.ndarray) -> tuple[np.ndarray, int]:
-    """Ids renumbered 0..n (0 stays background) and n."""
+def _dense(ids: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """Ids renumbered 0..n (0 stays background), n, and each new number's original id."""
     values, inverse = np.unique(ids, return_inverse=True)
     inverse = inverse.reshape(ids.shape)
     if values.size and values[0] == 0:
-        return inverse, int(values.size - 1)
-    return inverse + 1, int(values.size)
+        return inverse, int(values.size - 1), values
+    return inverse + 1, int(values.size), np.concatenate([[0], values])
 
 
-def object_edits(proposed: np.ndarray, corrected: np.ndarray, threshold: float = 0.5) -> ObjectEdits:
+def object_edits(
+    proposed: np.ndarray,
+    corrected: np.ndarray,
+    threshold: float = 0.5,
+    *,
+    proposed_classes: Mapping[int, int] | None = None,
+    corrected_classes: Mapping[int, int] | None = None,
+) -> ObjectEdits:
     """The edit cost in objects between two instance label images (0 = background, any ids).
 
     Objects are matched one to one, the pairs of highest IoU first, among pairs with IoU >= ``threshold``
@@ -98,7 +106,8 @@ def object_edits(proposed: np.ndarray, corrected: np.ndarray, threshold: float =
     merged into a neighbour beyond recognition), a corrected object with no match was ``added`` (painted
     new, or split off). Splitting one object in two thus counts one changed and one added; merging two,
     one changed and one removed. A ``(Z, H, W)`` stack is counted plane by plane (objects are matched
-    within each plane) and summed.
+    within each plane) and summed. With each side's ``{id: class}`` (objects of several classes) a matched
+    pair whose class differs is ``changed`` too, even with the same pixels (the annotator recoloured it).
 
     Raises:
         ValueError: The two images differ in shape.
@@ -108,10 +117,16 @@ def object_edits(proposed: np.ndarray, corrected: np.ndarray, threshold: float =
     if p.shape != t.shape:
         raise ValueError(f"proposed {p.shape} and corrected {t.shape} must have the same shape")
     if p.ndim == 3:
-        per = [object_edits(a, b, threshold) for a, b in zip(p, t, strict=True)]
+        per = [
+            object_edits(
+                a, b, threshold, proposed_classes=proposed_classes, corrected_classes=corrected_classes
+            )
+            for a, b in zip(p, t, strict=True)
+        ]
         return ObjectEdits(*(int(sum(x)) for x in zip(*per, strict=True))) if per else ObjectEdits(0, 0, 0)
-    pr, n_p = _dense(p)
-    tr, n_t = _dense(t)
+    pr, n_p, ids_p = _dense(p)
+    tr, n_t, ids_t = _dense(t)
+    classed = proposed_classes is not None and corrected_classes is not None
     table = np.bincount((pr * (n_t + 1) + tr).ravel(), minlength=(n_p + 1) * (n_t + 1)).reshape(
         n_p + 1, n_t + 1
     )
@@ -129,5 +144,7 @@ def object_edits(proposed: np.ndarray, corrected: np.ndarray, threshold: float =
         used_p[r] = used_t[c] = True
         matched += 1
         if inter[r, c] != area_p[r + 1] or inter[r, c] != area_t[c + 1]:
+            changed += 1
+        elif classed and proposed_classes.get(int(ids_p[r + 1])) != corrected_classes.get(int(ids_t[c + 1])):  # type: ignore[union-attr]
             changed += 1
     return ObjectEdits(added=n_t - matched, removed=n_p - matched, changed=changed)

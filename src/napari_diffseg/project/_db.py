@@ -319,3 +319,6 @@ class _StoreBase:
 
         def _proposal_instances(self, proposal_id: int) -> tuple[ProposalRecord, np.ndarray]:
             """Implemented in :mod:`.proposals`."""
+
+        def _proposal_object_classes(self, proposal_id: int) -> dict[int, int]:
+            """Implemented in :mod:`.proposals`."""

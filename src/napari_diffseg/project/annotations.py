@@ -180,7 +180,11 @@ class _AnnotationsMixin(_StoreBase):
                 edit, changed = edit_stats(proposed, corrected)
             if shown is not None:  # and in objects: added, removed, changed (matched at IoU 0.5)
                 sel = slice(None) if annotated is None else annotated
-                e = object_edits(shown[sel], m[sel])
+                # objects of several classes: a matched object given another class is changed too
+                shown_classes = self._proposal_object_classes(proposal_id) if per_object is not None else None
+                e = object_edits(
+                    shown[sel], m[sel], proposed_classes=shown_classes, corrected_classes=per_object
+                )
                 objects = (e.added, e.removed, e.changed)
         data = tiff_bytes(m)
         with self._write() as tx:

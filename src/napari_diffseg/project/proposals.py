@@ -170,6 +170,15 @@ class _ProposalsMixin(_StoreBase):
                 _MASK_CACHE.popitem(last=False)
         return prop, ids
 
+    def _proposal_object_classes(self, proposal_id: int) -> dict[int, int]:
+        """Each object's class ``{id: class}`` of a classed instance project's proposal (the objects of
+        :meth:`_proposal_instances`, classed by ``core.instances.classify_objects``): what the annotator saw."""
+        from napari_diffseg.core.instances import classify_objects
+
+        prop, ids = self._proposal_instances(proposal_id)
+        probs, _ = self._load_proposal_file(prop)
+        return classify_objects(ids, probs)
+
     def proposal(
         self, image: ImageRef, model_id: str | None = None
     ) -> tuple[ProposalRecord, np.ndarray, np.ndarray] | None:
