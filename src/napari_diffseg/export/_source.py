@@ -47,13 +47,11 @@ def task_of(config: dict, num_classes: int) -> str:
 
 
 def object_class_names(config: dict, k: int) -> list[str]:
-    """An instance model's object class names (``k - 2`` of them, from its config's ``classes``; else
-    ``object``, ``class_2``...)."""
-    n = k - 2
-    stored = [str(c.get("name", "")) for c in config.get("classes", []) if isinstance(c, dict)][1:]
-    if len(stored) == n and all(stored):
-        return stored
-    return ["object"] if n == 1 else [f"class_{c}" for c in range(1, n + 1)]
+    """An instance model's object class names, class 1 first (``k - 2`` of them; as ``diffseg predict``
+    names them, :func:`napari_diffseg.predict.object_class_names`)."""
+    from ..predict import object_class_names as names
+
+    return names(config, k)
 
 
 def check_normalization(config: dict) -> None:
