@@ -174,6 +174,31 @@ def test_cotrain_propose_predict_and_correct_with_classes(
     rc, _, err = _run(capsys, "predict", str(project), str(img), "--out", str(out), "--quiet")
     assert rc == 2 and "test_000.png.classes.tif already exists" in err  # never replaced silently either
 
+    # a z-stack (an ImageJ hyperstack of 3 planes): objects linked across planes, one class per object
+    rgb = iio.imread(img)[..., :3]
+    tifffile.imwrite(
+        tmp_path / "stack.tif", np.stack([rgb] * 3), imagej=True, photometric="rgb", metadata={"axes": "ZYXS"}
+    )
+    rc, _, err = _run(
+        capsys, "predict", str(project), str(tmp_path / "stack.tif"), "--out", str(out), "--quiet"
+    )
+    assert rc == 0, err
+    sids = tifffile.imread(out / "stack.tif.tif")
+    scls = tifffile.imread(out / "stack.tif.classes.tif")
+    assert sids.shape == scls.shape == (3, *ids.shape)
+    np.testing.assert_array_equal(scls > 0, sids > 0)
+    with open(out / "stack.tif.objects.csv", newline="") as f:
+        srows = list(csv.DictReader(f))
+    # three identical planes: every object is linked through all three, the same pixels in each (sizes are
+    # counted in voxels, so pieces too small to keep in 2D may stay)
+    assert len(srows) >= len(rows)
+    for r in srows:
+        obj = sids == int(r["id"])
+        assert obj[0].any() and np.array_equal(obj[0], obj[1]) and np.array_equal(obj[0], obj[2])
+    for r in srows:  # each object's voxels across the planes, one class
+        obj = sids == int(r["id"])
+        assert int(r["area"]) == int(obj.sum()) and set(np.unique(scls[obj])) == {int(r["class"])}
+
     # correct: the ids with their class map; a mask without one, or with a bad one, saves nothing
     ids_file = classed_ds / "instances" / "train_000.tif"
     truth = tifffile.imread(ids_file)
