@@ -367,3 +367,23 @@ def test_object_edits_count_a_class_change_as_a_changed_object() -> None:
         corrected_classes=moved,
     )
     assert stack == ObjectEdits(0, 0, 2)  # plane by plane
+
+
+def test_a_z_stack_correction_carries_its_objects_classes_to_every_plane(tmp_path: Path) -> None:
+    from napari_diffseg.backend import jobs as jobs_mod
+
+    root = tmp_path / "p"
+    ids = np.stack([_scene(), _scene(), np.zeros_like(_scene())])  # objects through planes 0 and 1
+    with Project.create(root, task=make_task("instances", "background,round,square,long")) as proj:
+        proj.import_array(np.zeros((3, 48, 48), np.uint8), "stack", axes="ZYX")
+        version = proj.save_annotation(
+            "stack", ids, replaces=None, classes=class_map(ids, CLASSES), planes=[0, 1, 2]
+        )
+        assert proj.load_object_classes("stack", version) == CLASSES
+        ann = proj.annotation("stack", version)
+        assert ann is not None and ann.planes == (0, 1, 2)
+        planes = jobs_mod._label_planes(proj.load_annotation("stack"), ann.planes)
+        targets = jobs_mod._targets(proj, proj.image("stack").id, version, planes, None)
+    want = instances_to_target(_scene(), classes=CLASSES)
+    assert np.array_equal(targets[0], want) and np.array_equal(targets[1], want)
+    assert targets[2] is not None and not targets[2].any()
