@@ -192,10 +192,23 @@ def test_prepare_out_reuses_only_a_demo_folder(tmp_path: Path) -> None:
         prepare_out(again)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_the_backend_and_its_jobs(tmp_path: Path) -> None:
     out = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "napari_diffseg.cli", "demo", "--out", str(out), "--preset", "tiny", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        # Ctrl-C in a terminal: SIGINT handled as Python does by default, even when this test runs in the
+        # background of a shell without job control, which starts its children with SIGINT ignored
+        preexec_fn=_default_sigint,
+    )
     assert proc.stderr is not None
     lines: list[str] = []
     while True:  # wait until the data is uploaded and the pretraining job starts
