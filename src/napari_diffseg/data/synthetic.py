@@ -16,6 +16,9 @@ elongated and pale — size, shape and stain all differ, so a small network tell
 Images are built in optical-density space from stain concentration maps (Beer-Lambert), then blurred, lit by
 a smooth uneven illumination field and given Poisson + Gaussian noise. Stain colours, contrast and noise vary
 per image.
+
+Why one module of ~500 lines: the image kinds (glands, nuclei, discs and rods) share the blob geometry,
+the texture and noise model and the dataset-folder writer; each kind is one function over them.
 """
 
 from __future__ import annotations

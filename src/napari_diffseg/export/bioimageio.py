@@ -33,7 +33,13 @@ Tasks: binary and multi-class models export as above (K channels, class names fr
 it has them). Instance models (3 classes: background, interior, boundary) export their class probabilities
 and labels the same way; the step from them to objects, a seeded watershed, has no operator in the
 bioimage.io model format, so it is documented with its parameters in the package's README and in
-``config.napari_diffseg.instance_postprocessing`` (:func:`instance_postprocessing`). Any other task is refused.
+``config.napari_diffseg.instance_postprocessing`` (:func:`instance_postprocessing`). A model of several object
+classes (n + 2 classes) names each interior channel by its class and adds the class step after the watershed.
+Any other task is refused.
+
+Why one module of ~580 lines: the package's pieces (test tensors, weights, the rdf, the post-processing
+record) are built in one pass over one loaded model and must agree with each other; the human-facing files
+and the model's inputs are already in ``_files.py`` and ``_source.py``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Images: lookup, listing, pixels, state and split, the next image to review, counts, and import."""
+"""Images: lookup, listing, pixels, state and split, the next image to review, counts, and import.
+
+Why one module of ~560 lines: lookup, listing and import all read and write the ``images`` table and the
+image files under one transaction discipline; import is the larger half, and it needs the same checks
+(channels, task masks, object classes) as the rest of the mixin.
+"""
 
 from __future__ import annotations
 
