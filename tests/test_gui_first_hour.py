@@ -237,7 +237,9 @@ def test_a_refused_job_says_why_in_the_status_line(make_napari_viewer, qtbot, tm
             _session.show_warning = original
         assert "at least one annotated image" in train.status.text()
         assert warned and "at least one annotated image" in warned[0]
-        assert train.start_button.isEnabled()
+        # the worker's "errored" and "finished" signals come one after the other: Start comes back
+        # with the second, a moment after the status line says why
+        qtbot.waitUntil(train.start_button.isEnabled, timeout=WAIT_MS)
 
 
 def test_a_folder_of_images_becomes_a_project_and_an_odd_import_is_warned_about(
