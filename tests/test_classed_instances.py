@@ -357,3 +357,72 @@ def test_export_names_each_object_class_channel() -> None:
     config = {"task": "instances", "classes": [{"name": n} for n in ("background", "disc", "rod")]}
     assert class_names(config, 4) == ["background", "interior of disc", "boundary", "interior of rod"]
     assert class_names({"task": "instances"}, 3) == ["background", "interior", "boundary"]
+
+
+def test_experiment_and_evaluate_on_z_stacks_of_classed_objects(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder of z-stacks whose objects are of two classes (``instances/`` and ``masks/`` both
+    ``(Z, H, W)``): the planes train the K = 4 target with their stack's classes, each test stack's objects
+    are made from all its planes and classed over all their voxels, and the per-class figures count 3D
+    objects; an object crossing planes takes the class under most of its voxels."""
+    from napari_diffseg.data.dataset import DatasetFolder
+    from napari_diffseg.experiment import dataset_object_classes
+
+    ds = tmp_path / "stacks"
+    for sub in ("images", "instances", "masks"):
+        (ds / sub).mkdir(parents=True)
+    rows, truth = ["id,split"], {}
+    for n in range(6):
+        rgb, ids, cmap = make_sample_classed(40 + n, (64, 64))
+        grey = rgb.mean(-1).astype(np.uint8)
+        stack_ids, stack_cls = np.stack([ids] * 3), np.stack([cmap] * 3)  # each object crosses 3 planes
+        name = f"s{n}"
+        if n == 5:  # one plane paints its first object with the other class: the majority still wins
+            first = int(ids[ids > 0].min())
+            stack_cls[0][ids == first] = 3 - int(cmap[ids == first][0])
+        tifffile.imwrite(
+            ds / "images" / f"{name}.tif", np.stack([grey] * 3), imagej=True, metadata={"axes": "ZYX"}
+        )
+        tifffile.imwrite(ds / "instances" / f"{name}.tif", stack_ids, photometric="minisblack")
+        tifffile.imwrite(ds / "masks" / f"{name}.tif", stack_cls, photometric="minisblack")
+        truth[name] = _true_classes(ids, cmap)
+        rows.append(f"{name},{'test' if n == 5 else 'train'}")
+    (ds / "split.csv").write_text("\n".join(rows) + "\n")
+    folder = DatasetFolder(ds)
+    stack = tifffile.imread(ds / "instances" / "s5.tif").astype(np.int64)
+    assert dataset_object_classes(folder, "s5", stack, 2) == truth["s5"]
+
+    out, model = tmp_path / "r.json", tmp_path / "model"
+    argv = ["experiment", str(ds), "-f", "1.0", "--val-fraction", "0", "--method", "supervised"]
+    argv += ["--set", "cotrain_steps=150", "--set", "patch_size=64", "--set", "student_channels=[16,32]"]
+    argv += [
+        "--task",
+        "instances",
+        "--classes",
+        CLASSES,
+        "--json",
+        str(out),
+        "--model-out",
+        str(model),
+        *TINY,
+    ]
+    rc, text, err = _run(capsys, *argv)
+    assert rc == 0, err
+    test = json.loads(out.read_text())["test"]
+    (row,) = test["per_image"]
+    assert (row["id"], row["planes"]) == ("s5", 3)
+    counts = {"disc": 0, "rod": 0}  # 3D objects, not one per plane
+    for c in truth["s5"].values():
+        counts[("disc", "rod")[c - 1]] += 1
+    assert test["objects_true_per_class"] == counts and test["objects_true"] == len(truth["s5"])
+    assert sum(test["objects_pred_per_class"].values()) == test["objects_pred"]
+    assert set(test["ap_50_per_class"]) == {"disc", "rod"} and 0.0 <= test["class_accuracy"] <= 1.0
+    assert test["objects_matched_50"] >= 1
+
+    rc, text, err = _run(capsys, "evaluate", str(model), str(ds), "--json", "-", "--device", "cpu")
+    assert rc == 0, err
+    ev = json.loads(text)
+    for key in ("ap_50", "class_accuracy", "objects_matched_50", "objects_pred"):
+        assert ev[key] == pytest.approx(test[key])
+    assert ev["ap_50_per_class"] == pytest.approx(test["ap_50_per_class"])

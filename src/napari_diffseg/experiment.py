@@ -278,6 +278,27 @@ def _instance_row(
     return pixel, obj
 
 
+def _instance_stack_row(
+    probs: np.ndarray,
+    truth: np.ndarray,
+    spacing: tuple[float, ...] | None,
+    true_classes: Mapping[int, int] | None = None,
+) -> tuple[dict, dict]:
+    """:func:`_instance_row` of a z-stack: its planes' probabilities ``(Z, K, H, W)`` → objects linked across
+    the planes (``core.instances.stack_instances``), scored in 3D against the stack's ids ``(Z, H, W)``
+    (each object's IoU over its voxels; HD95 with the planes' real distance when ``spacing`` gives it);
+    with ``true_classes`` each predicted object's class from its voxels' summed interior probabilities."""
+    pred = stack_instances(probs)
+    pixel = segmentation_metrics(
+        (pred > 0).astype(np.int64), (truth > 0).astype(np.int64), 2, spacing=spacing
+    )
+    obj = instance_metrics(pred, truth)
+    if true_classes is not None:
+        n = probs.shape[1] - 2
+        obj["classes_50"] = class_matching(pred, truth, classify_objects(pred, probs), true_classes, n)
+    return {"planes": int(probs.shape[0]), **pixel}, obj
+
+
 def _instance_summary(
     rows: list[dict[str, Any]], objects: list[dict[str, Any]], class_names: list[str] | None = None
 ) -> dict:
@@ -293,6 +314,8 @@ def dataset_object_classes(
 ) -> dict[int, int]:
     """Each object's class ``{id: class}`` of a dataset image whose objects are of several classes: the
     majority class of its ``masks/`` class map (0 background, 1..n) under each object of ``instances/``.
+    ``ids`` of a z-stack are ``(Z, H, W)``: its ``masks/`` file is then the ``(Z, H, W)`` class map, and an
+    object crossing planes takes the class under most of its voxels.
 
     Raises:
         ConfigError: The image has no ``masks/`` file.
@@ -307,9 +330,14 @@ def dataset_object_classes(
             f"masks/{image_id}.png (or .tif) beside instances/{image_id}.tif, holding each object's class "
             f"(1..{object_classes}; 0 background)"
         )
+    if ids.ndim == 3:
+        z, h, w = ids.shape
+        class_map = folder.load_mask_stack(image_id, (z, h, w), binary=False)
+    else:
+        class_map = folder.load_mask(image_id, binary=False)
     return object_classes_from_map(
         ids,
-        folder.load_mask(image_id, binary=False),
+        class_map,
         object_classes,
         source=f"image {image_id!r} of {folder.root} (its masks/ class map beside instances/)",
     )
@@ -354,12 +382,17 @@ def evaluate_instance_stacks(
     plane_ids: list[str],
     planes: StackPlanes,
     preset: Preset,
+    *,
+    true_classes: Mapping[str, Mapping[int, int]] | None = None,
+    class_names: list[str] | None = None,
 ) -> dict:
-    """:func:`evaluate_instances` of z-stacks: each plane's 3-class probabilities, then per stack the
+    """:func:`evaluate_instances` of z-stacks: each plane's K-class probabilities, then per stack the
     objects of all its planes at once (``core.instances.stack_instances``: an object keeps one id through
     the planes it crosses) scored in 3D against the stack's ``instances/`` ids: AP@0.5...0.9 and F1@0.5
     over objects (an object's IoU over its voxels), the foreground's Dice / IoU over voxels (HD95 with the
-    planes' real distance where the file gives it). One row per stack."""
+    planes' real distance where the file gives it). One row per stack. Objects of several classes:
+    ``true_classes`` (each stack's ``{id: class}``) and ``class_names`` add the per-class figures, each
+    predicted object classed over all its voxels."""
     nets = bundle.deployed()
     probs_by: dict[str, list[np.ndarray]] = {}
     for pid, x in zip(plane_ids, images, strict=True):
@@ -370,17 +403,15 @@ def evaluate_instance_stacks(
     rows: list[dict[str, Any]] = []
     objects: list[dict[str, Any]] = []
     for stack_id, plane_probs in probs_by.items():
-        pred = stack_instances(np.stack(plane_probs))
-        truth = planes.instance_stack(stack_id)
-        pixel = segmentation_metrics(
-            (pred > 0).astype(np.int64),
-            (truth > 0).astype(np.int64),
-            2,
-            spacing=planes.folder.voxel_steps(stack_id),
+        pixel, obj = _instance_stack_row(
+            np.stack(plane_probs),
+            planes.instance_stack(stack_id),
+            planes.folder.voxel_steps(stack_id),
+            None if true_classes is None else true_classes[stack_id],
         )
-        rows.append({"id": stack_id, "planes": len(plane_probs), **pixel})
-        objects.append(instance_metrics(pred, truth))
-    return _instance_summary(rows, objects)
+        rows.append({"id": stack_id, **pixel})
+        objects.append(obj)
+    return _instance_summary(rows, objects, class_names if true_classes is not None else None)
 
 
 def evaluate_instances_folder(
@@ -409,22 +440,15 @@ def evaluate_instances_folder(
     glas = _is_glas(dataset) if object_metrics is None else object_metrics
     rows: list[dict[str, Any]] = []
     objects: list[dict[str, Any]] = []
-    if ds.holds_stacks() and len(names) > 1:
-        raise ConfigError(
-            f"{dataset} holds z-stacks; a model of several object classes is scored on 2D images for now"
-        )
     if ds.holds_stacks():  # z-stacks: objects from each stack's planes at once, scored in 3D
-        from .predict import _predict_stack
-
         for i in ids:
             stack = ds.load_stack(i)
-            pred, _probs = _predict_stack(bundle, config, stack)
+            probs = np.stack([predict_image(bundle, config, plane) for plane in stack])
             truth = ds.load_instance_stack(i, (stack.shape[0], *stack.shape[2:]))
-            pixel = segmentation_metrics(
-                (pred > 0).astype(np.int64), (truth > 0).astype(np.int64), 2, spacing=ds.voxel_steps(i)
-            )
-            rows.append({"id": i, "planes": int(stack.shape[0]), **pixel})
-            objects.append(instance_metrics(pred, truth))
+            classes = dataset_object_classes(ds, i, truth, len(names)) if len(names) > 1 else None
+            pixel, obj = _instance_stack_row(probs, truth, ds.voxel_steps(i), classes)
+            rows.append({"id": i, **pixel})
+            objects.append(obj)
     else:
         for i in ids:
             truth = ds.load_instances(i)
@@ -716,15 +740,13 @@ def run_experiment(
             "(masks/<id>.tif, one label plane per image plane) or --task instances (instances/<id>.tif)"
         )
 
-    if stacks and classed:
-        raise ConfigError(
-            f"{dataset} holds z-stacks; objects of several classes are trained and scored on 2D images for now"
-        )
-    object_classes: dict[str, dict[int, int]] = {}  # classed: each image's {object id: class}, read once
+    # classed: each image's (each stack's) {object id: class}, read once
+    object_classes: dict[str, dict[int, int]] = {}
 
     def load_truth(i: str) -> np.ndarray:  # the class map the networks learn
-        if instances:
-            return instances_to_target(ds.load_instances(i), classes=object_classes.get(i)).astype(np.int64)
+        if instances:  # a plane's objects take their stack's classes
+            classes = object_classes.get(StackPlanes.split_id(i)[0] if stacks else i)
+            return instances_to_target(ds.load_instances(i), classes=classes).astype(np.int64)
         return ds.load_mask(i, binary=not multiclass)
 
     if multiclass:  # every mask is a class map of the K classes named, checked before anything trains
@@ -738,10 +760,10 @@ def run_experiment(
                 f"(e.g. {lacking[:3]})"
             )
         if classed:  # every object's class from masks/, checked before anything trains
+            whole = StackPlanes(folder) if stacks else None  # a stack's (Z, H, W) ids and class map
             for i in [*all_train_ids, *test_ids]:
-                object_classes[i] = dataset_object_classes(
-                    folder, i, folder.load_instances(i), len(object_names)
-                )
+                ids = whole.instance_stack(i) if whole is not None else folder.load_instances(i)
+                object_classes[i] = dataset_object_classes(folder, i, ids, len(object_names))
     if not test_ids:
         raise ConfigError(
             f"{dataset} has no test images (split.csv split starting with 'test'); add some to evaluate"
@@ -851,7 +873,15 @@ def run_experiment(
         glas = _is_glas(dataset) if object_metrics is None else object_metrics
         if stacks:  # objects of a stack are made from all its planes at once and scored in 3D
             assert isinstance(ds, StackPlanes)
-            test = evaluate_instance_stacks(bundle, test_images, test_ids, ds, pr)
+            test = evaluate_instance_stacks(
+                bundle,
+                test_images,
+                test_ids,
+                ds,
+                pr,
+                true_classes=object_classes if classed else None,
+                class_names=object_names if classed else None,
+            )
         else:
             test_instances = [ds.load_instances(i) for i in test_ids]
             test = evaluate_instances(
