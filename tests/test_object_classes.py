@@ -18,6 +18,7 @@ from napari_diffseg.base.masks import MaskError, check_object_classes, object_cl
 from napari_diffseg.base.task import make_task
 from napari_diffseg.core.instances import (
     BOUNDARY,
+    Watershed,
     class_map,
     classify_objects,
     instance_channels,
@@ -339,8 +340,9 @@ def test_validation_reports_the_share_of_matched_objects_with_the_right_class(
         proj.save_annotation("img", ids, replaces=None, classes=class_map(ids, CLASSES))
         preset = get_preset("tiny")
         bundle = jobs_mod._new_bundle(proj, 1, preset, 0, torch.device("cpu"))
-        metrics = jobs_mod._val_metrics(proj, bundle, preset)
+        metrics, watershed = jobs_mod._val_metrics(proj, bundle, preset)
         task = proj.task
+    assert watershed == Watershed()  # 4 validation objects: too few to tune on, the defaults stay
     assert metrics["val_ap_50"] == pytest.approx(1.0)
     assert metrics["val_class_accuracy"] == pytest.approx(0.75)
     assert "class right for 75.0% of the matched objects" in _val_line(metrics, task)

@@ -152,6 +152,13 @@ def experiment(
             "class_accuracy"
         ),
     ] = None,
+    watershed: Annotated[
+        str,
+        typer.Option(
+            help="--task instances: tuned (choose the watershed's thresholds, smoothing and minimum seed on "
+            "the validation images after training; the model keeps them) | default (the fixed defaults)"
+        ),
+    ] = "tuned",
 ) -> None:
     """Train METHOD on a seeded labeled subset of the train split and evaluate on the test split."""
     overrides = _parse_set(set_ or [])
@@ -175,6 +182,7 @@ def experiment(
             overrides=overrides,
             task=task,
             classes=classes,
+            watershed=watershed,
         )
     finally:
         bars.close()
@@ -184,6 +192,8 @@ def experiment(
         write_json(json_out, result)
     t = result["test"]
     objects = _instance_line(t) if task == "instances" else ""
+    if task == "instances" and "watershed" in result:
+        objects += _watershed_line(result["watershed"], t)
     if task == "multiclass":
         per_class = ", ".join(f"{name} {dice:.4f}" for name, dice in t["dice_per_class"].items())
         objects = f"; Dice per class: {per_class} (mean {t['dice_class_mean']:.4f})"
@@ -192,6 +202,21 @@ def experiment(
         f"{t['dice_std']:.4f}, IoU {t['iou_mean']:.4f}, HD95 {t['hd95_mean']:.1f} px{objects} "
         f"({result['n_labeled']} labeled, {result['seconds']:.0f} s on {result['device']})"
     )
+
+
+def _watershed_line(tuning: dict, t: dict) -> str:
+    """What the watershed's tuning on the validation images chose, and what it changed on the test."""
+    if not tuning["tuned"]:
+        return f"; watershed: defaults kept ({tuning['objects']} validation objects, too few to tune on)"
+    from .core.instances import Watershed
+
+    line = (
+        f"; watershed chosen on {tuning['images']} validation images ({tuning['objects']} objects, AP@0.5 "
+        f"{tuning['ap_50_start']:.4f} → {tuning['ap_50']:.4f}): {Watershed(**tuning['params'])}"
+    )
+    if "ap_50_default_watershed" in t:
+        line += f"; test AP@0.5 with the defaults {t['ap_50_default_watershed']:.4f}"
+    return line
 
 
 def _instance_line(t: dict) -> str:

@@ -43,8 +43,10 @@ from .core.diffusion import SamplerConfig
 from .core.distributed import cleanup, setup_from_env
 from .core.inference import predict_probs, propose
 from .core.instance_metrics import class_matching, instance_metrics, summarize_classes, summarize_instances
+from .core.instance_tuning import Tuning, tune_watershed
 from .core.instances import (
     INSTANCE_CLASSES,
+    Watershed,
     classify_objects,
     instances_to_target,
     probs_to_instances,
@@ -264,18 +266,31 @@ def _instance_row(
     truth: np.ndarray,
     object_metrics: bool,
     true_classes: Mapping[int, int] | None = None,
+    params: Watershed | None = None,
 ) -> tuple[dict, dict]:
-    """(pixel metrics of the objects' foreground, instance metrics) of one image's K-class probabilities;
-    with ``true_classes`` (objects of several classes: ``{true id: class}``) the instance metrics get
-    ``classes_50``, the per-class counts of :func:`~napari_diffseg.core.instance_metrics.class_matching`
-    (each predicted object's class by :func:`~napari_diffseg.core.instances.classify_objects`)."""
-    pred = probs_to_instances(probs)
+    """(pixel metrics of the objects' foreground, instance metrics) of one image's K-class probabilities,
+    objects by the watershed with ``params`` (the defaults when None); with ``true_classes`` (objects of
+    several classes: ``{true id: class}``) the instance metrics get ``classes_50``, the per-class counts of
+    :func:`~napari_diffseg.core.instance_metrics.class_matching` (each predicted object's class by
+    :func:`~napari_diffseg.core.instances.classify_objects`)."""
+    pred = probs_to_instances(probs, params)
     pixel = segmentation_metrics((pred > 0).astype(np.int64), (truth > 0).astype(np.int64), 2)
-    obj = instance_metrics(pred, truth, glas=object_metrics)
+    obj = {**instance_metrics(pred, truth, glas=object_metrics), **_default_watershed(probs, truth, params)}
     if true_classes is not None:
         n = probs.shape[0] - 2
         obj["classes_50"] = class_matching(pred, truth, classify_objects(pred, probs), true_classes, n)
     return pixel, obj
+
+
+def _default_watershed(probs: np.ndarray, truth: np.ndarray, params: Watershed | None) -> dict[str, float]:
+    """With tuned ``params``: the image's ``ap_50`` / ``ap_75`` / ``f1_50`` with the default watershed too,
+    as ``<key>_default_watershed`` (what the same networks score with the fixed post-processing: the figure
+    runs made before models carried their own parameters report)."""
+    if params is None or params == Watershed():
+        return {}
+    pred = probs_to_instances(probs) if probs.ndim == 3 else stack_instances(probs)
+    base = instance_metrics(pred, truth)
+    return {f"{k}_default_watershed": float(base[k]) for k in ("ap_50", "ap_75", "f1_50")}
 
 
 def _instance_stack_row(
@@ -283,16 +298,17 @@ def _instance_stack_row(
     truth: np.ndarray,
     spacing: tuple[float, ...] | None,
     true_classes: Mapping[int, int] | None = None,
+    params: Watershed | None = None,
 ) -> tuple[dict, dict]:
     """:func:`_instance_row` of a z-stack: its planes' probabilities ``(Z, K, H, W)`` → objects linked across
     the planes (``core.instances.stack_instances``), scored in 3D against the stack's ids ``(Z, H, W)``
     (each object's IoU over its voxels; HD95 with the planes' real distance when ``spacing`` gives it);
     with ``true_classes`` each predicted object's class from its voxels' summed interior probabilities."""
-    pred = stack_instances(probs)
+    pred = stack_instances(probs, params)
     pixel = segmentation_metrics(
         (pred > 0).astype(np.int64), (truth > 0).astype(np.int64), 2, spacing=spacing
     )
-    obj = instance_metrics(pred, truth)
+    obj = {**instance_metrics(pred, truth), **_default_watershed(probs, truth, params)}
     if true_classes is not None:
         n = probs.shape[1] - 2
         obj["classes_50"] = class_matching(pred, truth, classify_objects(pred, probs), true_classes, n)
@@ -353,9 +369,10 @@ def evaluate_instances(
     object_metrics: bool = False,
     true_classes: list[dict[int, int]] | None = None,
     class_names: list[str] | None = None,
+    params: Watershed | None = None,
 ) -> dict:
     """Instance figures of the deployed networks: the K-class probabilities → instances by the seeded
-    watershed, then per image AP at IoU 0.50...0.90, F1@0.5 (and with ``object_metrics`` the GlaS object
+    watershed (with ``params``: also the defaults' ``ap_50_default_watershed``...), then per image AP at IoU 0.50...0.90, F1@0.5 (and with ``object_metrics`` the GlaS object
     F1 / Dice / Hausdorff) against ``instances``, beside the foreground's pixel Dice / IoU / HD95
     (``dice_mean``...: objects > 0 against true objects > 0); means over the images.
 
@@ -370,7 +387,7 @@ def evaluate_instances(
         probs = predict_probs(
             nets, x[None], multiple=bundle.spec.multiple, roi=preset.roi_size, sw_batch=preset.sw_batch_size
         )
-        pixel, obj = _instance_row(probs[0].float().cpu().numpy(), truth, object_metrics, classes)
+        pixel, obj = _instance_row(probs[0].float().cpu().numpy(), truth, object_metrics, classes, params)
         rows.append({"id": i, **pixel})
         objects.append(obj)
     return _instance_summary(rows, objects, class_names if true_classes is not None else None)
@@ -385,6 +402,7 @@ def evaluate_instance_stacks(
     *,
     true_classes: Mapping[str, Mapping[int, int]] | None = None,
     class_names: list[str] | None = None,
+    params: Watershed | None = None,
 ) -> dict:
     """:func:`evaluate_instances` of z-stacks: each plane's K-class probabilities, then per stack the
     objects of all its planes at once (``core.instances.stack_instances``: an object keeps one id through
@@ -408,6 +426,7 @@ def evaluate_instance_stacks(
             planes.instance_stack(stack_id),
             planes.folder.voxel_steps(stack_id),
             None if true_classes is None else true_classes[stack_id],
+            params,
         )
         rows.append({"id": stack_id, **pixel})
         objects.append(obj)
@@ -438,6 +457,7 @@ def evaluate_instances_folder(
             f"{dataset} has no images with instances/ masks in split {split!r}; try --split all"
         )
     glas = _is_glas(dataset) if object_metrics is None else object_metrics
+    params = Watershed.from_config(config)  # the model's own (chosen on its validation images) or defaults
     rows: list[dict[str, Any]] = []
     objects: list[dict[str, Any]] = []
     if ds.holds_stacks():  # z-stacks: objects from each stack's planes at once, scored in 3D
@@ -446,14 +466,15 @@ def evaluate_instances_folder(
             probs = np.stack([predict_image(bundle, config, plane) for plane in stack])
             truth = ds.load_instance_stack(i, (stack.shape[0], *stack.shape[2:]))
             classes = dataset_object_classes(ds, i, truth, len(names)) if len(names) > 1 else None
-            pixel, obj = _instance_stack_row(probs, truth, ds.voxel_steps(i), classes)
+            pixel, obj = _instance_stack_row(probs, truth, ds.voxel_steps(i), classes, params)
             rows.append({"id": i, **pixel})
             objects.append(obj)
     else:
         for i in ids:
             truth = ds.load_instances(i)
             classes = dataset_object_classes(ds, i, truth, len(names)) if len(names) > 1 else None
-            pixel, obj = _instance_row(predict_image(bundle, config, ds.load_image(i)), truth, glas, classes)
+            probs = predict_image(bundle, config, ds.load_image(i))
+            pixel, obj = _instance_row(probs, truth, glas, classes, params)
             rows.append({"id": i, **pixel})
             objects.append(obj)
     return {
@@ -461,9 +482,28 @@ def evaluate_instances_folder(
         "dataset": str(dataset),
         "split": split,
         "task": "instances",
+        "watershed": params.to_config(),
         **({"classes": ["background", *names]} if len(names) > 1 else {}),
         **_instance_summary(rows, objects, names if len(names) > 1 else None),
     }
+
+
+def tune_on_validation(
+    bundle: ModelBundle, images: list[torch.Tensor], truths: list[np.ndarray], preset: Preset
+) -> Tuning:
+    """The deployed networks' probabilities on the validation ``images`` (normalised ``(C, H, W)``), then the
+    watershed parameters that give them the best mean AP@0.5 against ``truths`` (their object ids)."""
+    nets = bundle.deployed()
+    probs = [
+        predict_probs(
+            nets, x[None], multiple=bundle.spec.multiple, roi=preset.roi_size, sw_batch=preset.sw_batch_size
+        )[0]
+        .float()
+        .cpu()
+        .numpy()
+        for x in images
+    ]
+    return tune_watershed(probs, truths)
 
 
 def model_task(model: str | Path) -> str:
@@ -669,6 +709,7 @@ def run_experiment(
     task: str = "binary",
     object_metrics: bool | None = None,
     classes: str | list[str] | None = None,
+    watershed: str = "tuned",
 ) -> dict:
     """Train ``method`` on a seeded labeled subset of the train split, evaluate on ``test*``.
 
@@ -685,6 +726,11 @@ def run_experiment(
             the foreground's ``dice_mean``; the result and the saved config say ``"task": "instances"``).
         object_metrics: With ``instances``, also the GlaS object F1 / Dice / Hausdorff; None: when the
             dataset's folder name holds "glas".
+        watershed: With ``instances``: ``tuned`` (default) chooses the post-processing's parameters on the
+            validation images after training (:func:`~napari_diffseg.core.instance_tuning.tune_watershed`;
+            the result's ``watershed`` says what and on how many objects, the saved model keeps them, and
+            the test block adds ``ap_50_default_watershed``... of the fixed defaults beside); ``default``
+            keeps the fixed defaults (the behaviour before models carried their own).
         classes: With ``instances`` (optional): the class names, background first; three or more
             (``"background,disc,rod"``) make objects of several classes: ``masks/<id>`` is then each image's
             class map beside ``instances/<id>.tif`` (each object takes its majority class, every object
@@ -785,6 +831,8 @@ def run_experiment(
         labeled_ids, unlabeled_ids = planes.plane_ids(labeled_ids), planes.plane_ids(unlabeled_ids)
         val_ids, test_ids = planes.plane_ids(val_ids), planes.plane_ids(test_ids)
     channels = dataset_channels(ds, all_train_ids)
+    if watershed not in ("tuned", "default"):
+        raise ConfigError(f"watershed must be 'tuned' or 'default', got {watershed!r}")
     if normalization not in ("dataset", "per_image"):
         raise ConfigError(f"normalization must be 'dataset' or 'per_image', got {normalization!r}")
     norm = (
@@ -865,6 +913,11 @@ def run_experiment(
         cleanup()
         if not dist_info.is_main:
             return {"rank": dist_info.rank, "note": "non-zero ranks do not evaluate"}
+    params: Watershed | None = None  # an instance model's post-processing, chosen on validation images
+    if instances and watershed == "tuned" and val_ids:
+        tuning = tune_on_validation(bundle, val.images, [ds.load_instances(i) for i in val_ids], pr)
+        params = tuning.params
+        extra["watershed"] = tuning.to_dict()
     # ---- final evaluation: the first time test images are read ----
     test_images = load_images(ds, test_ids, channels, norm)
     test_masks = [load_truth(i) for i in test_ids]
@@ -881,6 +934,7 @@ def run_experiment(
                 pr,
                 true_classes=object_classes if classed else None,
                 class_names=object_names if classed else None,
+                params=params,
             )
         else:
             test_instances = [ds.load_instances(i) for i in test_ids]
@@ -893,6 +947,7 @@ def run_experiment(
                 object_metrics=glas,
                 true_classes=[object_classes[i] for i in test_ids] if classed else None,
                 class_names=object_names if classed else None,
+                params=params,
             )
     else:
         test_regions = [ds.load_region(i) for i in test_ids]
@@ -986,6 +1041,8 @@ def run_experiment(
         extra_config: dict[str, Any] = {"preset": pr.to_dict(), "labeled_ids": stack_ids["labeled"]}
         if instances:
             extra_config["task"] = task
+            if params is not None:
+                extra_config["watershed"] = params.to_config()
         if classed:
             from .base.task import make_task
 

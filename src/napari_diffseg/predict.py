@@ -119,10 +119,10 @@ def predict_image(bundle: ModelBundle, config: dict, image: np.ndarray) -> np.nd
 def _labels(bundle: ModelBundle, config: dict, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(K, H, W) probabilities → (label image, probs): class indices (uint8, uint16 beyond 255 classes) or,
     for an instance model, one id per object (core/instances.py, uint16/uint32)."""
-    if config.get("task") == "instances":
-        from .core.instances import probs_to_instances
+    if config.get("task") == "instances":  # with the model's own watershed parameters, if it has them
+        from .core.instances import Watershed, probs_to_instances
 
-        return probs_to_instances(probs), probs
+        return probs_to_instances(probs, Watershed.from_config(config)), probs
     return probs.argmax(0).astype(np.uint8 if bundle.spec.num_classes <= 256 else np.uint16), probs
 
 
@@ -159,9 +159,9 @@ def _predict_stack(bundle: ModelBundle, config: dict, stack: np.ndarray) -> tupl
     object keeps one id through the planes it crosses (``core.instances.stack_instances``)."""
     probs = np.stack([predict_image(bundle, config, plane) for plane in stack])
     if config.get("task") == "instances":
-        from .core.instances import stack_instances
+        from .core.instances import Watershed, stack_instances
 
-        return stack_instances(probs), probs
+        return stack_instances(probs, Watershed.from_config(config)), probs
     return np.stack([_labels(bundle, config, p)[0] for p in probs]), probs
 
 

@@ -38,7 +38,8 @@ from ..core.diffusion import SamplerConfig
 from ..core.distributed import DistInfo
 from ..core.inference import predict_probs, propose
 from ..core.instance_metrics import class_matching, instance_metrics, summarize_instances
-from ..core.instances import classify_objects, instances_to_target, probs_to_instances
+from ..core.instance_tuning import tune_watershed
+from ..core.instances import Watershed, classify_objects, instances_to_target, probs_to_instances
 from ..core.metrics import dice_per_class, mean_per_class, segmentation_metrics, summarize
 from ..core.models import ModelBundle, ModelSpec, load_bundle, preprocess, save_bundle
 from ..core.pipeline import run_stages
@@ -353,9 +354,17 @@ def _new_model_id(project: Project, job_id: int, what: str) -> str:
 
 
 def _save_model(
-    project: Project, bundle: ModelBundle, mid: str, *, round: int, preset: Preset, metrics: dict
+    project: Project,
+    bundle: ModelBundle,
+    mid: str,
+    *,
+    round: int,
+    preset: Preset,
+    metrics: dict,
+    watershed: Watershed | None = None,
 ) -> str:
-    """Save ``bundle`` as model ``mid``, register it and make it active.
+    """Save ``bundle`` as model ``mid``, register it and make it active (an instance model with the
+    ``watershed`` parameters chosen on the project's validation images, when it has them).
 
     Weights with a NaN or an infinity are never saved (the store refuses to register them too); if the
     registration fails, the folder written for it is removed, so nothing is left half-written.
@@ -373,6 +382,8 @@ def _save_model(
     folder = project.model_dir(mid)
     try:
         extra = {"preset": preset.to_dict(), "round": round, **project.task.model_config()}
+        if watershed is not None:
+            extra["watershed"] = watershed.to_config()
         save_bundle(bundle, folder, extra=extra, metrics=metrics)
         project.register_model(mid, round=round, method=bundle.spec.method, metrics=metrics)
     except BaseException:
@@ -536,17 +547,26 @@ def _propose(
         yield Event("progress", "propose", n + 1, len(ids), metrics=metrics, message=image_id)
 
 
-def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[str, float]:
+def _val_metrics(
+    project: Project, bundle: ModelBundle, preset: Preset
+) -> tuple[dict[str, float], Watershed | None]:
     """The saved model's scores on the annotated ``val`` images: ``val_dice`` (mean over the foreground
     classes present), ``val_iou``, ``val_n``; a multiclass project adds each class's Dice
     (``val_dice_class<k>``, classes absent from an image left out) and an instance project the objects'
     ``val_ap_50`` and ``val_f1_50`` (the watershed's objects against the annotated ones); with several
-    object classes also ``val_class_accuracy`` (the share of objects matched at IoU 0.5 whose class is right)."""
+    object classes also ``val_class_accuracy`` (the share of objects matched at IoU 0.5 whose class is right).
+
+    An instance project's watershed parameters are chosen on the same images first
+    (:func:`~napari_diffseg.core.instance_tuning.tune_watershed`; the defaults are kept under 20 annotated
+    objects) and returned with the scores, for the model to keep; the object scores are then those of the
+    chosen parameters (optimistic: chosen on these images) with ``val_ap_50_default_watershed`` beside."""
     task = project.task
     kind = task.kind
     k = bundle.spec.num_classes
-    per, classes, objects = [], [], []
-    matched = correct = 0
+    per, classes = [], []
+    found_on: list[
+        tuple[np.ndarray, np.ndarray, dict[int, int] | None]
+    ] = []  # instances: probs, ids, classes
     for rec in project.images(split="val"):
         if rec.state == "excluded":
             continue
@@ -569,16 +589,25 @@ def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[
             if kind == "multiclass":
                 classes.append(dice_per_class(probs.argmax(0), plane, k))
             elif kind == "instances" and k >= 3:
-                found = probs_to_instances(probs)
-                objects.append(instance_metrics(found, ids))
-                if task.classed and ann.object_classes is not None and k == task.num_classes:
-                    counts = class_matching(
-                        found, ids, classify_objects(found, probs), ann.object_classes, task.object_classes
-                    )
-                    matched += int(counts["matched"])
-                    correct += int(counts["class_correct"])
+                classed = task.classed and ann.object_classes is not None and k == task.num_classes
+                found_on.append((probs, ids, ann.object_classes if classed else None))
     if not per:
-        return {}
+        return {}, None
+    params = (
+        tune_watershed([p for p, _, _ in found_on], [i for _, i, _ in found_on]).params if found_on else None
+    )
+    objects, matched, correct = [], 0, 0
+    for probs, ids, object_classes in found_on:
+        found = probs_to_instances(probs, params)
+        objects.append(instance_metrics(found, ids))
+        if params is not None and params != Watershed():
+            objects[-1]["ap_50_default_watershed"] = instance_metrics(probs_to_instances(probs), ids)["ap_50"]
+        if object_classes is not None:
+            counts = class_matching(
+                found, ids, classify_objects(found, probs), object_classes, task.object_classes
+            )
+            matched += int(counts["matched"])
+            correct += int(counts["class_correct"])
     s = summarize(per)
     out = {"val_dice": float(s["dice_mean"]), "val_iou": float(s["iou_mean"]), "val_n": int(s["n"])}
     for c, dice in enumerate(mean_per_class(classes), start=1):
@@ -587,9 +616,11 @@ def _val_metrics(project: Project, bundle: ModelBundle, preset: Preset) -> dict[
     if objects:
         o = summarize_instances(objects)
         out.update(val_ap_50=float(o["ap_50"]), val_f1_50=float(o["f1_50"]))
+        if "ap_50_default_watershed" in o:
+            out["val_ap_50_default_watershed"] = float(o["ap_50_default_watershed"])
     if matched:
         out["val_class_accuracy"] = correct / matched
-    return out
+    return out, params
 
 
 def _cotrain(
@@ -672,9 +703,12 @@ def _cotrain(
             pretrain_generator=torch.Generator().manual_seed(seed),
             distributed=distributed,
         )
-        metrics = {"round": round_no, **counts, **_val_metrics(project, bundle, preset)}
+        scores, watershed = _val_metrics(project, bundle, preset)
+        metrics = {"round": round_no, **counts, **scores}
         if main:
-            _save_model(project, bundle, done_id, round=round_no, preset=preset, metrics=metrics)
+            _save_model(
+                project, bundle, done_id, round=round_no, preset=preset, metrics=metrics, watershed=watershed
+            )
         _barrier(dist_info)
         prev = done_id
         yield Event(

@@ -109,7 +109,7 @@ class ProposalCache:
         if k >= 3 and task.kind == "instances":
             from napari_diffseg.core.instances import class_map, classify_objects, proposal_instances
 
-            arrays["instances"] = proposal_instances(probs)
+            arrays["instances"] = proposal_instances(probs, project.model_watershed(prop.model_id))
             if task.classed:  # each proposed object's class, as a class map beside the ids
                 arrays["classes"] = class_map(
                     arrays["instances"], classify_objects(arrays["instances"], probs)

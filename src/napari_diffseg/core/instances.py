@@ -11,16 +11,19 @@ small objects (DSB's smallest nuclei are ~25 pixels, ~3 pixels in radius). An ob
 any interior under its rim keeps its whole area as interior, so every object still has a seed. (The
 shared ``classes_012.png`` case uses the same 2-pixel inner rim.)
 
-**Back to instances** (:func:`probs_to_instances`). From the 3 class probabilities ``p``:
+**Back to instances** (:func:`probs_to_instances`). From the 3 class probabilities ``p``, with the
+parameters of a :class:`Watershed` (the defaults in brackets; a model may carry its own, chosen on
+validation images by :func:`napari_diffseg.core.instance_tuning.tune_watershed`):
 
-1. foreground = ``p_interior + p_boundary > 0.5`` (the background class is not the most likely);
-2. seeds = connected (4-connected) pieces of confident interior, ``p_interior > 0.5``, of at least
-   :data:`MIN_SEED_SIZE` pixels;
+1. foreground = ``p_interior + p_boundary > threshold`` (0.5: the background class is not the most likely);
+2. seeds = connected (4-connected) pieces of confident interior, ``p_interior > seed_threshold`` (0.5)
+   after a Gaussian smoothing of ``seed_sigma`` pixels (0: none; it joins the pieces of a large object's
+   ragged interior into one seed), of at least ``min_seed_size`` (:data:`MIN_SEED_SIZE`) pixels;
 3. a seeded watershed (scikit-image) on ``1 − p_interior`` floods the foreground from the seeds, so the
    boundary pixels are shared out between the objects they separate;
 4. foreground pieces that no seed reached (an object predicted as boundary only) become objects too;
-5. objects under :data:`MIN_OBJECT_SIZE` pixels (16: a 4 × 4 square; the smallest DSB nucleus is ~23) are
-   removed (set to background) and ids renumbered 1..N, uint16 (uint32 beyond 65,535 objects).
+5. objects under ``min_size`` (:data:`MIN_OBJECT_SIZE`) pixels (16: a 4 × 4 square; the smallest DSB
+   nucleus is ~23) are removed (set to background) and ids renumbered 1..N, uint16 (uint32 beyond 65,535 objects).
 
 **Objects of several classes** (a project of task ``instances`` with classes ``background, nucleus,
 mitosis, ...``: ``n`` object classes). The target then has ``K = n + 2`` classes: 0 background, 2 the
@@ -47,6 +50,7 @@ one, to bound the watershed's memory.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -62,6 +66,7 @@ __all__ = [
     "INTERIOR",
     "MIN_OBJECT_SIZE",
     "MIN_SEED_SIZE",
+    "Watershed",
     "class_map",
     "classify_objects",
     "instance_channels",
@@ -85,6 +90,80 @@ MIN_SEED_SIZE = 4
 MIN_OBJECT_SIZE = 16
 #: Stacks up to this many voxels are post-processed as one volume (objects linked across planes).
 LINK_MAX_VOXELS = 2**26
+
+
+@dataclass(frozen=True)
+class Watershed:
+    """The post-processing's parameters (module docstring, steps 1, 2 and 5). The defaults are the fixed
+    choice every model used before models carried their own; a model's ``config.json`` may hold others
+    under ``"watershed"`` (chosen on validation images, :mod:`napari_diffseg.core.instance_tuning`)."""
+
+    threshold: float = 0.5
+    """Foreground: ``p_interior + p_boundary > threshold``."""
+    seed_threshold: float = 0.5
+    """Seeds: the (smoothed) interior probability above this."""
+    seed_sigma: float = 0.0
+    """Gaussian smoothing (pixels, in-plane) of the interior probability before seeding; 0: none."""
+    min_seed_size: int = MIN_SEED_SIZE
+    """Seeds smaller than this (pixels, voxels in a stack) are dropped."""
+    min_size: int = MIN_OBJECT_SIZE
+    """Objects smaller than this are removed."""
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "seed_threshold"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0.0 < float(v) < 1.0):
+                raise DataError(f"watershed {name} must be a probability in (0, 1), got {v!r}")
+        if not (isinstance(self.seed_sigma, (int, float)) and 0.0 <= float(self.seed_sigma) <= 50.0):
+            raise DataError(f"watershed seed_sigma must be 0...50 pixels, got {self.seed_sigma!r}")
+        for name in ("min_seed_size", "min_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise DataError(f"watershed {name} must be a whole number of pixels >= 1, got {v!r}")
+
+    def to_config(self) -> dict[str, float | int]:
+        """The parameters as a JSON object (a model's ``config.json`` ``"watershed"``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None) -> Watershed:
+        """The parameters a model's config holds under ``"watershed"``; the defaults where it has none.
+
+        Raises:
+            DataError: Unknown keys or values out of range (the model folder was edited by hand).
+        """
+        raw = (config or {}).get("watershed")
+        if raw is None:
+            return cls()
+        if not isinstance(raw, Mapping):
+            raise DataError(f"a model's watershed parameters must be a JSON object, got {raw!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise DataError(f"unknown watershed parameter(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(raw))
+
+    def __str__(self) -> str:
+        return (
+            f"foreground > {self.threshold:g}, seeds > {self.seed_threshold:g}"
+            + (f" after smoothing σ = {self.seed_sigma:g} px" if self.seed_sigma else "")
+            + f", seeds ≥ {self.min_seed_size} px, objects ≥ {self.min_size} px"
+        )
+
+
+def _params(
+    params: Watershed | None, min_size: int | None, min_seed_size: int | None, threshold: float | None
+) -> Watershed:
+    """``params`` (the defaults when None) with the single parameters given by keyword; ``threshold`` alone
+    sets both the foreground's and the seeds' (what it meant before they were two)."""
+    w = params if params is not None else Watershed()
+    if threshold is not None:
+        w = replace(w, threshold=threshold, seed_threshold=threshold)
+    if min_size is not None:
+        w = replace(w, min_size=min_size)
+    if min_seed_size is not None:
+        w = replace(w, min_seed_size=min_seed_size)
+    return w
 
 
 def instance_channels(object_classes: int = 1) -> int:
@@ -197,19 +276,21 @@ def _renumber(labels: np.ndarray, min_size: int) -> np.ndarray:
     return out.astype(np.uint16 if out.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
 
 
-def _seeded_watershed(
-    interior: np.ndarray, boundary: np.ndarray, *, min_size: int, min_seed_size: int, threshold: float
-) -> np.ndarray:
+def _seeded_watershed(interior: np.ndarray, boundary: np.ndarray, w: Watershed) -> np.ndarray:
     """Steps 1-5 of the module docstring on interior / boundary probabilities of any dimension (2D: an
-    image, 3D: a stack), face-connected."""
+    image, 3D: a stack: smoothed in-plane only), face-connected."""
     from skimage.segmentation import watershed
 
     face = ndi.generate_binary_structure(interior.ndim, 1)
-    foreground = (interior + boundary) > threshold
-    seeds, n = ndi.label((interior > threshold) & foreground, structure=face)
+    foreground = (interior + boundary) > w.threshold
+    seed_map = interior
+    if w.seed_sigma > 0:
+        sigma = [0.0] * (interior.ndim - 2) + [float(w.seed_sigma)] * 2
+        seed_map = ndi.gaussian_filter(interior, sigma)
+    seeds, n = ndi.label((seed_map > w.seed_threshold) & foreground, structure=face)
     if n:
         sizes = np.bincount(seeds.ravel())
-        small = sizes < min_seed_size
+        small = sizes < w.min_seed_size
         small[0] = False
         seeds[small[seeds]] = 0
     labels = watershed(1.0 - interior, markers=seeds, mask=foreground, connectivity=1)
@@ -217,19 +298,21 @@ def _seeded_watershed(
     rest, n_rest = ndi.label(foreground & (labels == 0), structure=face)
     if n_rest:
         labels = np.where(rest > 0, rest + labels.max(initial=0), labels)
-    return _renumber(labels.astype(np.int64), min_size)
+    return _renumber(labels.astype(np.int64), w.min_size)
 
 
 def probs_to_instances(
     probs: np.ndarray,
+    params: Watershed | None = None,
     *,
-    min_size: int = MIN_OBJECT_SIZE,
-    min_seed_size: int = MIN_SEED_SIZE,
-    threshold: float = 0.5,
+    min_size: int | None = None,
+    min_seed_size: int | None = None,
+    threshold: float | None = None,
 ) -> np.ndarray:
     """Class probabilities ``(K, H, W)`` (background, interior, boundary[, interiors of further object
     classes]) → instance ids ``(H, W)`` by a seeded watershed (module docstring; the interior channels are
-    summed). Returns uint16 (uint32 beyond 65,535 objects).
+    summed) with ``params`` (the defaults when None; a keyword given overrides its field, ``threshold``
+    both thresholds). Returns uint16 (uint32 beyond 65,535 objects).
 
     Raises:
         DataError: Not a ``(K, H, W)`` array with K >= 3.
@@ -240,7 +323,7 @@ def probs_to_instances(
             f"instance post-processing needs (K, H, W) class probabilities, K >= 3, got {p.shape}"
         )
     return _seeded_watershed(
-        _interior(p, 0), p[BOUNDARY], min_size=min_size, min_seed_size=min_seed_size, threshold=threshold
+        _interior(p, 0), p[BOUNDARY], _params(params, min_size, min_seed_size, threshold)
     )
 
 
@@ -292,10 +375,11 @@ def class_map(instances: np.ndarray, classes: Mapping[int, int]) -> np.ndarray:
 
 def stack_instances(
     probs: np.ndarray,
+    params: Watershed | None = None,
     *,
-    min_size: int = MIN_OBJECT_SIZE,
-    min_seed_size: int = MIN_SEED_SIZE,
-    threshold: float = 0.5,
+    min_size: int | None = None,
+    min_seed_size: int | None = None,
+    threshold: float | None = None,
     link_max_voxels: int = LINK_MAX_VOXELS,
 ) -> np.ndarray:
     """A z-stack's class probabilities ``(Z, K, H, W)`` (K >= 3) → instance ids ``(Z, H, W)``, objects linked
@@ -309,12 +393,12 @@ def stack_instances(
     p = np.asarray(probs)
     if p.ndim != 4 or p.shape[1] < INSTANCE_CLASSES:
         raise DataError(f"a stack's instance post-processing needs (Z, K, H, W) probabilities, got {p.shape}")
-    kw: dict[str, Any] = {"min_size": min_size, "min_seed_size": min_seed_size, "threshold": threshold}
+    w = _params(params, min_size, min_seed_size, threshold)
     if p.shape[0] * p.shape[2] * p.shape[3] <= link_max_voxels:
-        return _seeded_watershed(_interior(p, 1), p[:, BOUNDARY].astype(np.float32), **kw)
+        return _seeded_watershed(_interior(p, 1), p[:, BOUNDARY].astype(np.float32), w)
     planes, offset = [], 0
     for plane in p:
-        ids = probs_to_instances(plane, **kw).astype(np.int64)
+        ids = probs_to_instances(plane, w).astype(np.int64)
         ids = np.where(ids > 0, ids + offset, 0)
         offset = int(ids.max(initial=offset))
         planes.append(ids)
@@ -332,17 +416,17 @@ def labels_to_instances(
     return probs_to_instances(onehot, min_size=min_size)
 
 
-def proposal_instances(probs: np.ndarray) -> np.ndarray:
+def proposal_instances(probs: np.ndarray, params: Watershed | None = None) -> np.ndarray:
     """:func:`probs_to_instances` of a proposal: ``(K, H, W)`` → ``(H, W)``; a z-stack's ``(Z, K, H, W)`` →
-    ``(Z, H, W)`` by :func:`stack_instances` (objects linked across planes). uint16 (uint32 beyond 65,535
-    objects).
+    ``(Z, H, W)`` by :func:`stack_instances` (objects linked across planes); with the ``params`` of the
+    model that proposed it. uint16 (uint32 beyond 65,535 objects).
 
     Raises:
         DataError: Not 3-class probabilities.
     """
     p = np.asarray(probs)
     if p.ndim == 3:
-        return probs_to_instances(p)
+        return probs_to_instances(p, params)
     if p.ndim != 4:
         raise DataError(f"a proposal is (K, H, W) or (Z, K, H, W) probabilities, got shape {p.shape}")
-    return stack_instances(p)
+    return stack_instances(p, params)

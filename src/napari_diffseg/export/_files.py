@@ -78,10 +78,14 @@ def _norm_line(norm: Any) -> str:
     )
 
 
-def _instance_lines(names: Sequence[str] = ()) -> list[str]:
+def _instance_lines(names: Sequence[str] = (), config: dict | None = None) -> list[str]:
     """The README's section on turning an instance model's outputs into objects (``names``: the channel
-    names of a model of several object classes)."""
+    names of a model of several object classes), with the watershed parameters the model keeps in its
+    ``config`` (the defaults when it has none)."""
     from ..core import instances as inst
+
+    w = inst.Watershed.from_config(config)
+    tuned = w != inst.Watershed()
 
     interiors = [i for i, n in enumerate(names) if n.startswith("interior of ")]
     classed = len(interiors) > 1
@@ -113,16 +117,31 @@ def _instance_lines(names: Sequence[str] = ()) -> list[str]:
         "parameters):",
         "",
         *several,
-        "1. foreground = P(interior) + P(boundary) > 0.5;",
-        "2. seeds = 4-connected pieces of P(interior) > 0.5 inside the foreground, pieces under "
-        f"{inst.MIN_SEED_SIZE} px dropped;",
+        f"1. foreground = P(interior) + P(boundary) > {w.threshold:g};",
+        "2. seeds = 4-connected pieces of "
+        + (
+            f"P(interior) smoothed by a Gaussian of σ = {w.seed_sigma:g} px, "
+            if w.seed_sigma
+            else "P(interior) "
+        )
+        + f"> {w.seed_threshold:g} inside the foreground, pieces under {w.min_seed_size} px dropped;",
         "3. `skimage.segmentation.watershed(1 - P(interior), markers=seeds, mask=foreground, connectivity=1)`;",
         "4. foreground no seed reached becomes objects of its own (4-connected pieces);",
-        f"5. objects under {inst.MIN_OBJECT_SIZE} px are removed and the rest numbered 1…N (uint16; uint32 "
+        f"5. objects under {w.min_size} px are removed and the rest numbered 1…N (uint16; uint32 "
         "beyond 65,535 objects).",
         *step6,
         "",
-        "With napari-diffseg installed: `napari_diffseg.core.instances.probs_to_instances(probabilities[0])`.",
+        *(
+            [
+                "These parameters were chosen for this model on its validation images (the best mean AP@0.5 "
+                "over a small grid), not fixed by hand.",
+                "",
+            ]
+            if tuned
+            else []
+        ),
+        "With napari-diffseg installed: `napari_diffseg.core.instances.probs_to_instances(probabilities[0]"
+        + (", Watershed(**parameters))` (`Watershed` from the same module)." if tuned else ")`."),
         "",
     ]
 
@@ -165,7 +184,7 @@ def readme(src: Source, bundle: Any, names: list[str], task: str, roi: int, name
             else ": the mask `diffseg predict` writes."
         ),
         "",
-        *(_instance_lines(names) if task == "instances" else []),
+        *(_instance_lines(names, src.config) if task == "instances" else []),
         "## Training data",
         "",
     ]

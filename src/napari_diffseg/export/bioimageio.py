@@ -64,6 +64,7 @@ import numpy as np
 from .. import __version__
 from ..base.errors import ConfigError, DiffsegError
 from ..base.preprocessing import PER_IMAGE_CONFIG
+from ..core.instances import Watershed
 from ._files import METHOD_CITATION, METHOD_DOI, cover, environment_file, fmt, readme, safe_name
 from ._source import Source, check_normalization, class_names, collect, object_class_names, task_of
 
@@ -98,9 +99,12 @@ def _kind_of_input(n: int) -> str:
     return {1: "grey", 3: "RGB"}.get(n, f"{n}-channel")
 
 
-def instance_postprocessing(object_classes: Sequence[str] = ()) -> dict[str, Any]:
+def instance_postprocessing(
+    object_classes: Sequence[str] = (), watershed: Watershed | None = None
+) -> dict[str, Any]:
     """How an instance model's outputs become objects (``config.napari_diffseg.instance_postprocessing``):
-    the seeded watershed of :func:`napari_diffseg.core.instances.probs_to_instances`, with its parameters.
+    the seeded watershed of :func:`napari_diffseg.core.instances.probs_to_instances`, with the model's
+    parameters (``watershed``, a :class:`~napari_diffseg.core.instances.Watershed`: the defaults when None).
     bioimage.io's model format has no operator for it, so the package carries the 3-class outputs exactly
     as ``diffseg predict`` computes them and documents the step here and in its README."""
     from ..core import instances as inst
@@ -109,11 +113,7 @@ def instance_postprocessing(object_classes: Sequence[str] = ()) -> dict[str, Any
         "name": "seeded watershed",
         "callable": "napari_diffseg.core.instances.probs_to_instances",
         "input": "probabilities (background, interior, boundary)",
-        "parameters": {
-            "threshold": 0.5,
-            "min_seed_size": inst.MIN_SEED_SIZE,
-            "min_size": inst.MIN_OBJECT_SIZE,
-        },
+        "parameters": (watershed if watershed is not None else Watershed()).to_config(),
         "training_target": {"boundary_width": inst.BOUNDARY_WIDTH},
         "output": "uint16 object ids (uint32 beyond 65,535 objects), 0 = background",
         **(
@@ -337,7 +337,9 @@ def _descr(
         "class_names": names,
         "normalization": norm.to_dict() if norm is not None else dict(PER_IMAGE_CONFIG),
         "tiling": {"roi": roi, "overlap": net.overlap, "sw_batch": net.sw_batch},
-        "instance_postprocessing": instance_postprocessing(object_class_names(cfg, k))
+        "instance_postprocessing": instance_postprocessing(
+            object_class_names(cfg, k), Watershed.from_config(cfg)
+        )
         if task == "instances"
         else None,
         "validation": summary,

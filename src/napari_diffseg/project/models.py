@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari_diffseg.base.errors import DataError
 from napari_diffseg.project._db import _MODEL_COLS, PathLike, _model, _StoreBase, _to_json
 from napari_diffseg.project._util import SAFE_ID_RE, check_safe_id, copy_tree_durable
 from napari_diffseg.project._weights import WEIGHTS_FILE, nonfinite_tensors
 from napari_diffseg.project.records import ModelRecord
+
+if TYPE_CHECKING:
+    from napari_diffseg.core.instances import Watershed
 
 
 class _ModelsMixin(_StoreBase):
@@ -146,11 +150,32 @@ class _ModelsMixin(_StoreBase):
             tx.execute("UPDATE models SET active = 1 WHERE id = ?", (model_id,))
         return self.model(model_id)
 
+    def model_watershed(self, model_id: str) -> Watershed:
+        """The watershed parameters instance model ``model_id`` keeps (:func:`read_model_watershed`)."""
+        return read_model_watershed(self.model_dir(model_id))
+
     def active_model(self) -> ModelRecord | None:
         """The active model, or None before one is set."""
         with self._read() as conn:
             row = conn.execute(f"SELECT {_MODEL_COLS} FROM models WHERE active = 1").fetchone()
         return None if row is None else _model(row)
+
+
+def read_model_watershed(folder: Path) -> Watershed:
+    """The watershed parameters an instance model keeps in its ``config.json`` (chosen on the project's
+    validation images when it was trained); the defaults for a model without them, or whose folder is gone
+    or unreadable (what every model used before they were stored)."""
+    from napari_diffseg.core.instances import Watershed
+
+    try:
+        header = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return Watershed()
+    config = header.get("config") if isinstance(header, dict) else None
+    try:
+        return Watershed.from_config(config if isinstance(config, dict) else None)
+    except (DataError, TypeError):
+        return Watershed()
 
 
 def _refuse_nonfinite(mid: str, folder: Path, action: str = "register") -> None:

@@ -12,6 +12,7 @@ from napari_diffseg.base.errors import DataError
 from napari_diffseg.base.formats import tiff_bytes
 from napari_diffseg.project._db import _PROP_COLS, ImageRef, _proposal, _StoreBase
 from napari_diffseg.project._util import check_proposal, check_safe_id, hard_mask, read_tiff
+from napari_diffseg.project.models import read_model_watershed
 from napari_diffseg.project.records import ProposalRecord
 
 # Hard masks of recently read proposals, shared by every Project of this process and keyed by
@@ -163,7 +164,8 @@ class _ProposalsMixin(_StoreBase):
                 f"proposal {proposal_id} has {probs.shape[-3]} classes, not the {k} (background, interior(s), "
                 "boundary) of this project's instance model: propose again with the project's active model."
             )
-        ids = proposal_instances(probs).astype(np.int64)
+        watershed = read_model_watershed(self._root / "models" / check_safe_id(prop.model_id, "model id"))
+        ids = proposal_instances(probs, watershed).astype(np.int64)
         with _MASK_CACHE_LOCK:
             _MASK_CACHE[key] = ids
             while len(_MASK_CACHE) > 16:
