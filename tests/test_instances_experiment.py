@@ -94,6 +94,16 @@ def test_experiment_instances_needs_instances(synth_dataset: Path) -> None:
         )
 
 
+@pytest.mark.parametrize("method", ["cps", "mean-teacher", "diffseg"])
+def test_a_semi_supervised_method_with_every_image_labeled_is_refused_before_training(
+    nuclei_instances: Path, method: str
+) -> None:
+    from napari_diffseg.experiment import run_experiment
+
+    with pytest.raises(ConfigError, match="every training image is labeled; use --method supervised"):
+        run_experiment(nuclei_instances, labeled_fraction=1.0, method=method, preset="tiny", task="instances")
+
+
 def test_cli_sample_data_experiment_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`diffseg sample-data --instances`, `diffseg experiment --task instances --json`, `diffseg evaluate`."""
     from napari_diffseg.cli import main

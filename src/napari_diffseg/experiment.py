@@ -823,6 +823,11 @@ def run_experiment(
     train_ids = [i for i in all_train_ids if i not in set(val_ids)]
     labeled_ids = choose_labeled(train_ids, labeled_fraction, seed)
     unlabeled_ids = [i for i in train_ids if i not in set(labeled_ids)]
+    if method != "supervised" and not unlabeled_ids:  # refused before any image is read or trained
+        raise ConfigError(
+            f"{method} learns from unlabeled images, and at --labeled-fraction {labeled_fraction:g} every "
+            f"training image is labeled; use --method supervised, or a smaller fraction"
+        )
     stack_ids = {"labeled": labeled_ids, "val": val_ids, "test": test_ids}
     if stacks:  # z-stacks: stacks are chosen (labeled, val), the 2D networks train on their planes
         planes = StackPlanes(folder)
