@@ -1081,6 +1081,11 @@ def _val_line(metrics: dict[str, Any], task: Any) -> str:
         line += f"; objects: AP@0.5 {metrics['val_ap_50']:.3f}, F1@0.5 {metrics['val_f1_50']:.3f}"
         if "val_class_accuracy" in metrics:
             line += f", class right for {metrics['val_class_accuracy']:.1%} of the matched objects"
+        if "val_ap_50_default_watershed" in metrics:
+            line += (
+                f" (watershed tuned on these images; AP@0.5 {metrics['val_ap_50_default_watershed']:.3f} "
+                "with the defaults)"
+            )
     return line
 
 

@@ -89,6 +89,7 @@ _VAL_NAMES = {
     "val_ap_50": "objects AP@0.5",
     "val_f1_50": "objects F1@0.5",
     "val_class_accuracy": "objects with the right class",
+    "val_ap_50_default_watershed": "objects AP@0.5 with the default watershed (the model's own is tuned here)",
 }
 
 
