@@ -41,7 +41,7 @@ default; the results go to ``results/evidence/<dataset>-instances-tuned`` and th
 fixed AP@0.5 of the same networks. Without it the runs keep the fixed watershed, as every instance folder
 made before it did.
 
-Why one script of ~600 lines: running the arms and reporting them (tables, paired intervals, figure) read
+Why one script of ~800 lines: running the arms and reporting them (tables, paired intervals, figure) read
 the same result files and arm table, and the report must be remade from the JSONs alone.
 """
 

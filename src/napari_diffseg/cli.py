@@ -6,7 +6,7 @@ arguments and paths are checked, so that ``diffseg --help`` is instant and a wro
 second, not after torch has loaded. Help and usage lines name arguments and option values in capitals
 (``diffseg init PROJECT [--images IMAGES]``).
 
-Why one module of ~600 lines: one typer app with one short function per subcommand (argument
+Why one module of ~1,300 lines: one typer app with one short function per subcommand (argument
 declarations, a call into the layer that does the work, a one-line summary); splitting it would only
 scatter the command table.
 """

@@ -12,7 +12,7 @@ Protocol (docs/method.md, "Evaluation hygiene"):
 - Every result records its provenance: commit (and whether the tree was dirty), the fully resolved
   preset, package versions, device, threads and wall time.
 
-Why one module of ~900 lines: :func:`run_experiment` is one protocol (split, train, read the test split
+Why one module of ~1,100 lines: :func:`run_experiment` is one protocol (split, train, read the test split
 once, score, record), and its scoring helpers (per image, per z-stack, per class, per object) exist for it
 and for ``diffseg evaluate``, which must score a saved model exactly as the experiment did; split apart they
 would drift.

@@ -1,6 +1,6 @@
 """Jobs on a project: teacher pretraining, proposals, co-training rounds.
 
-Why one module of ~730 lines: the three job kinds share its event, checkpoint, cancel and resume plumbing;
+Why one module of ~800 lines: the three job kinds share its event, checkpoint, cancel and resume plumbing;
 splitting them into ``jobs/pretrain.py`` etc. is the next step when a fourth kind arrives.
 
 ``execute_job(root, job_id)`` runs one job recorded in the project store: it marks it running, feeds
