@@ -39,7 +39,8 @@ class maps; the results go to ``results/evidence/glas-grade_glas-instances``. ``
 lets each run choose its watershed's parameters on its validation images, as ``diffseg experiment`` does by
 default; the results go to ``results/evidence/<dataset>-instances-tuned`` and the report adds the tuned −
 fixed AP@0.5 of the same networks. Without it the runs keep the fixed watershed, as every instance folder
-made before it did.
+made before it did. ``--models DIR`` keeps each run's trained model under ``DIR/<results folder>/`` (outside the
+repository) to evaluate it again later without training again.
 
 Why one script of ~800 lines: running the arms and reporting them (tables, paired intervals, figure) read
 the same result files and arm table, and the report must be remade from the JSONs alone.
@@ -138,6 +139,7 @@ def experiment_command(
     task: str = "binary",
     classes: str | None = None,
     watershed: str = "default",
+    model_out: Path | None = None,
 ) -> list[str]:
     """The `diffseg experiment` command line of one run (``overrides`` as ``--set KEY=JSON``)."""
     cmd = [
@@ -164,6 +166,8 @@ def experiment_command(
         cmd += ["--task", task]
     if task == "instances":
         cmd += ["--watershed", watershed]
+    if model_out is not None:
+        cmd += ["--model-out", str(model_out)]
     if classes:
         cmd += ["--classes", classes]
     for k, v in (overrides or {}).items():
@@ -182,11 +186,24 @@ def run_one(
     task: str = "binary",
     classes: str | None = None,
     watershed: str = "default",
+    models: Path | None = None,
 ) -> int:
     method, overrides = ARMS[arm]
     target = result_path(out, arm, fraction, seed)
+    model_out = None if models is None else models / out.name / target.stem
     cmd = experiment_command(
-        dataset, target, method, fraction, seed, preset, threads, overrides, task, classes, watershed
+        dataset,
+        target,
+        method,
+        fraction,
+        seed,
+        preset,
+        threads,
+        overrides,
+        task,
+        classes,
+        watershed,
+        model_out,
     )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with open(target.with_suffix(".log"), "w") as fh:
@@ -746,6 +763,13 @@ def main() -> None:
         "the one tuned on the validation images (diffseg experiment's default); tuned results go to "
         "<dataset>-instances-tuned",
     )
+    ap.add_argument(
+        "--models",
+        type=Path,
+        default=None,
+        help="also keep each run's trained model, as MODELS/<results folder>/<arm>_f<fraction>_s<seed>/ "
+        "(outside the repository: for evaluating again without training again)",
+    )
     args = ap.parse_args()
     unknown = set(args.arms) - set(ARMS)
     if unknown:
@@ -783,7 +807,17 @@ def main() -> None:
         for a, f, s in todo:
             t0 = time.perf_counter()
             rc = run_one(
-                args.dataset, out, a, f, s, args.preset, args.threads, args.task, args.classes, args.watershed
+                args.dataset,
+                out,
+                a,
+                f,
+                s,
+                args.preset,
+                args.threads,
+                args.task,
+                args.classes,
+                args.watershed,
+                args.models,
             )
             status = "ok" if rc == 0 else f"FAILED (rc {rc}, see .log)"
             print(f"{a} f={f:g} s={s}: {status} in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -270,3 +270,65 @@ def test_object_class_runs_list_ap50_per_class_and_class_accuracy(tmp_path: Path
     text = sweep.report(tmp_path)
     assert "| AP@0.5 benign | AP@0.5 malignant | class accuracy |" in text
     assert "| 0.600 ± 0.100 (3) | 0.400 ± 0.100 (3) | 0.800 ± 0.100 (3) |" in text
+
+
+def test_tuned_watershed_runs_report_tuned_minus_fixed_on_the_same_networks(tmp_path: Path) -> None:
+    cmd = sweep.experiment_command(
+        tmp_path,
+        tmp_path / "r.json",
+        "supervised",
+        0.2,
+        1,
+        "cpu",
+        1,
+        None,
+        "instances",
+        None,
+        "tuned",
+        tmp_path / "m",
+    )
+    assert cmd[cmd.index("--watershed") + 1] == "tuned" and cmd[cmd.index("--model-out") + 1] == str(
+        tmp_path / "m"
+    )
+    fixed = sweep.experiment_command(
+        tmp_path, tmp_path / "r.json", "supervised", 0.2, 1, "cpu", 1, None, "instances"
+    )
+    assert fixed[fixed.index("--watershed") + 1] == "default" and "--model-out" not in fixed
+
+    out = tmp_path / "ds-instances-tuned"
+    out.mkdir()
+    gains = [0.05, 0.03, 0.04]
+    for seed, gain in enumerate(gains):
+        test = {"dice_mean": 0.8, "n": 5, "ap_50": 0.5 + gain, "ap_50_default_watershed": 0.5}
+        watershed = {
+            "params": {
+                "threshold": 0.5,
+                "seed_threshold": 0.8,
+                "seed_sigma": 1.0,
+                "min_seed_size": 4,
+                "min_size": 16,
+            },
+            "ap_50": 0.7,
+            "ap_50_start": 0.65,
+            "images": 3,
+            "objects": 120,
+            "runs": 30,
+            "tuned": True,
+        }
+        _write(
+            out,
+            "supervised",
+            0.2,
+            seed,
+            _run("supervised", 0.2, seed, 0.8, task="instances", test=test, watershed=watershed),
+        )
+    text = sweep.report(out)
+    m, sd = sum(gains) / 3, math.sqrt(sum((g - sum(gains) / 3) ** 2 for g in gains) / 2)
+    h = sweep.t_quantile_975(2) * sd / math.sqrt(3)
+    assert "tuned − fixed" in text
+    assert f"| supervised | {m:+.3f} [{m - h:+.3f}, {m + h:+.3f}] (3) |" in text
+    assert (
+        "| supervised | 20% | 0 | 120 | 0.650 → 0.700 | threshold 0.5, seed_threshold 0.8, seed_sigma 1"
+        in text
+    )
+    assert "AP@0.5, fixed watershed" in text  # the extras table lists the defaults' figure
