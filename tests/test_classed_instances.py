@@ -31,6 +31,14 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return rc, out, err
 
 
+def _classed_experiment(dataset: Path, out: Path, model: Path) -> list[str]:
+    """``diffseg experiment`` of a tiny supervised model of two object classes on every training image."""
+    argv = ["experiment", str(dataset), "-f", "1.0", "--val-fraction", "0", "--method", "supervised"]
+    argv += ["--set", "cotrain_steps=150", "--set", "patch_size=64", "--set", "student_channels=[16,32]"]
+    argv += ["--task", "instances", "--classes", CLASSES, "--json", str(out), "--model-out", str(model)]
+    return [*argv, *TINY]
+
+
 def _true_classes(ids: np.ndarray, cmap: np.ndarray) -> dict[int, int]:
     """Each object's class read straight off the synthetic class map (one class over each object)."""
     out = {}
@@ -279,20 +287,7 @@ def test_experiment_and_evaluate_report_per_class_figures(
     classed_ds: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, model = tmp_path / "r.json", tmp_path / "model"
-    argv = ["experiment", str(classed_ds), "-f", "1.0", "--val-fraction", "0", "--method", "supervised"]
-    argv += ["--set", "cotrain_steps=150", "--set", "patch_size=64", "--set", "student_channels=[16,32]"]
-    argv += [
-        "--task",
-        "instances",
-        "--classes",
-        CLASSES,
-        "--json",
-        str(out),
-        "--model-out",
-        str(model),
-        *TINY,
-    ]
-    rc, text, err = _run(capsys, *argv)
+    rc, text, err = _run(capsys, *_classed_experiment(classed_ds, out, model))
     assert rc == 0, err
     assert "AP@0.5 per class: disc" in text
     result = json.loads(out.read_text())
@@ -394,20 +389,7 @@ def test_experiment_and_evaluate_on_z_stacks_of_classed_objects(
     assert dataset_object_classes(folder, "s5", stack, 2) == truth["s5"]
 
     out, model = tmp_path / "r.json", tmp_path / "model"
-    argv = ["experiment", str(ds), "-f", "1.0", "--val-fraction", "0", "--method", "supervised"]
-    argv += ["--set", "cotrain_steps=150", "--set", "patch_size=64", "--set", "student_channels=[16,32]"]
-    argv += [
-        "--task",
-        "instances",
-        "--classes",
-        CLASSES,
-        "--json",
-        str(out),
-        "--model-out",
-        str(model),
-        *TINY,
-    ]
-    rc, text, err = _run(capsys, *argv)
+    rc, text, err = _run(capsys, *_classed_experiment(ds, out, model))
     assert rc == 0, err
     test = json.loads(out.read_text())["test"]
     (row,) = test["per_image"]
