@@ -272,6 +272,14 @@ def predict(
     as_json: Annotated[
         bool, typer.Option("--json", help="print every input's outputs or error as JSON")
     ] = False,
+    object_rows: Annotated[
+        int,
+        typer.Option(
+            min=16,
+            help="OME-Zarr with an instance model: the rows of context each block of the image is "
+            "post-processed with, so objects up to this tall are made whole across blocks",
+        ),
+    ] = 256,
 ) -> None:
     """Segment images with a model's students (one pass, tiled for large images).
 
@@ -282,7 +290,8 @@ def predict(
     predicted; exit status 0 when every input was predicted, 1 when some were not, 2 when none was.
     An OME-Zarr image is read lazily and its labels are written tile by tile as an OME-Zarr label image:
     into a copy OUT/NAME.ome.zarr (default) or, with --into-source, into the image itself;
-    --probabilities adds OUT/NAME_probabilities.ome.zarr.
+    --probabilities adds OUT/NAME_probabilities.ome.zarr. An instance model's objects get one id each there
+    too (uint32; post-processed block by block with --object-rows of context).
     """
     for item in images:
         _must_exist(item, "image", "pass image files, OME-Zarr images or folders of them")
@@ -318,6 +327,7 @@ def predict(
             labels_name=labels_name,
             overwrite=overwrite,
             progress=progress,
+            object_rows=object_rows,
         )
     finally:
         if bar is not None:
@@ -354,8 +364,14 @@ def predict(
             )
     if zarrs:
         msg += f"; OME-Zarr label image(s): {', '.join(str(z) for z in zarrs)}"
+        extra = [str(p) for o in done if o.labels in zarrs for p in (o.classes, o.objects) if p is not None]
+        if extra:
+            msg += f" (objects' classes: {', '.join(extra)})"
     if not as_json:
         typer.echo(msg)
+    for o in done:
+        if o.note:
+            typer.echo(f"note: {o.source.name}: {o.note}", err=True)
     if failed:
         typer.echo(f"could not predict {len(failed)} file(s):", err=True)
         for o in failed:

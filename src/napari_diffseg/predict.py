@@ -26,6 +26,7 @@ from .base.formats import IMAGE_EXTENSIONS
 from .base.presets import Preset
 from .core.device import choose_device
 from .core.inference import predict_probs
+from .core.instance_bands import CONTEXT_ROWS
 from .core.metrics import segmentation_metrics, summarize
 from .core.models import ModelBundle, load_bundle
 from .data.dataset import DatasetFolder
@@ -39,6 +40,7 @@ __all__ = [
     "load_model",
     "object_class_names",
     "objects_csv",
+    "objects_table",
     "output_names",
     "overlay_rgb",
     "predict_files",
@@ -144,7 +146,11 @@ def objects_csv(ids: np.ndarray, classes: dict[int, int], names: Sequence[str]) 
     """One row per object of ``ids`` (a 2D image or a z-stack): ``id,class,class_name,area`` (area in pixels,
     voxels for a stack), ids in increasing order."""
     flat = np.asarray(ids).ravel().astype(np.int64)
-    areas = np.bincount(flat) if flat.size else np.zeros(1, np.int64)
+    return objects_table(classes, names, np.bincount(flat) if flat.size else np.zeros(1, np.int64))
+
+
+def objects_table(classes: dict[int, int], names: Sequence[str], areas: np.ndarray) -> str:
+    """:func:`objects_csv` from each object's area (``areas[id]``, pixels) instead of the ids."""
     lines = ["id,class,class_name,area"]
     for obj in sorted(classes):
         c = int(classes[obj])
@@ -179,6 +185,8 @@ class Outcome:
     """A model of several object classes: ``OUT/NAME.EXT.classes.tif``, each object's class per pixel."""
     objects: Path | None = None
     """A model of several object classes: ``OUT/NAME.EXT.objects.csv``, one row per object."""
+    note: str | None = None
+    """Something to know about an output that was written (an OME-Zarr's objects that may be cut)."""
 
     @property
     def ok(self) -> bool:
@@ -195,6 +203,8 @@ class Outcome:
         if self.classes is not None or self.objects is not None:  # other models' JSON stays as it was
             out["classes"] = None if self.classes is None else str(self.classes)
             out["objects"] = None if self.objects is None else str(self.objects)
+        if self.note is not None:
+            out["note"] = self.note
         return out
 
 
@@ -285,6 +295,7 @@ def predict_files(
     labels_name: str = "diffseg",
     overwrite: bool = False,
     progress: Any = None,
+    object_rows: int = CONTEXT_ROWS,
 ) -> PredictReport:
     """Segment image files and OME-Zarr images, each on its own: a file that cannot be read or predicted is
     recorded with its reason (``PredictReport.failed``) and the others are still predicted.
@@ -319,7 +330,7 @@ def predict_files(
     for path, name in zip(files, output_names(files), strict=True):
         try:
             if is_ome_zarr(path):
-                labels = predict_ome_zarr(
+                outcome = predict_ome_zarr(
                     bundle,
                     config,
                     path,
@@ -329,8 +340,9 @@ def predict_files(
                     probabilities=probabilities,
                     overwrite=overwrite,
                     progress=progress,
+                    object_rows=object_rows,
                 )
-                outcomes.append(Outcome(path, labels=labels))
+                outcomes.append(outcome)
                 continue
             labels_file = out / f"{name}.tif"
             overlay_file = out / f"{name}.overlay.png" if overlays else None
@@ -394,33 +406,45 @@ class _ZarrRows:
 
 class _Bands:
     """Collects the predictor's row bands into whole chunk rows for the writers, keeping only what is
-    written: the labels (argmax, small integers) and, when asked for, the foreground probabilities."""
+    written: the labels (argmax, small integers; not with ``labels=False``, an instance model's, whose
+    objects are made elsewhere) and, when asked for, the foreground probabilities."""
 
-    def __init__(self, rows: int, write: Any, dtype: Any, probabilities: bool) -> None:
+    def __init__(
+        self, rows: int, write: Any, dtype: Any, probabilities: bool, *, labels: bool = True
+    ) -> None:
         self.rows, self.write, self.dtype, self.probabilities = rows, write, dtype, probabilities
+        self.with_labels = labels
         self.y0 = 0
+        self.pending = 0
         self.labels: list[np.ndarray] = []
         self.probs: list[np.ndarray] = []
 
     def __call__(self, y0: int, probs: np.ndarray) -> None:
-        self.labels.append(probs.argmax(0).astype(self.dtype))
+        if not (self.with_labels or self.probabilities):
+            return
+        if self.with_labels:
+            self.labels.append(probs.argmax(0).astype(self.dtype))
         if self.probabilities:
             self.probs.append(probs[1:].astype(np.float32))
-        if sum(a.shape[0] for a in self.labels) >= self.rows:
+        self.pending += probs.shape[1]
+        if self.pending >= self.rows:
             self._emit(final=False)
 
     def _emit(self, final: bool) -> None:
-        labels = np.concatenate(self.labels, axis=0)
+        labels = np.concatenate(self.labels, axis=0) if self.with_labels else None
         probs = np.concatenate(self.probs, axis=1) if self.probabilities else None
-        n = labels.shape[0] if final else (labels.shape[0] // self.rows) * self.rows
+        n = self.pending if final else (self.pending // self.rows) * self.rows
         if n:
-            self.write(self.y0, labels[:n], None if probs is None else probs[:, :n])
+            self.write(
+                self.y0, None if labels is None else labels[:n], None if probs is None else probs[:, :n]
+            )
             self.y0 += n
-        self.labels = [labels[n:]] if n < labels.shape[0] else []
-        self.probs = [probs[:, n:]] if probs is not None and n < labels.shape[0] else []
+        self.pending -= n
+        self.labels = [labels[n:]] if labels is not None and self.pending else []
+        self.probs = [probs[:, n:]] if probs is not None and self.pending else []
 
     def flush(self) -> None:
-        if self.labels:
+        if self.pending:
             self._emit(final=True)
 
 
@@ -435,8 +459,15 @@ def predict_ome_zarr(
     probabilities: bool = False,
     overwrite: bool = False,
     progress: Any = None,
-) -> Path:
+    object_rows: int = CONTEXT_ROWS,
+) -> Outcome:
     """Segment an OME-Zarr image (its full-resolution level) and write the labels as an OME-Zarr label image.
+
+    An instance model's objects (one uint32 id each) are made block by block of the label image's chunk rows,
+    each post-processed with ``object_rows`` rows of context above and below
+    (:mod:`napari_diffseg.core.instance_bands`: objects up to that tall are made whole across blocks, as
+    the whole-image post-processing would make them); a model of several object classes adds the label
+    image ``<labels_name>-classes`` (each object's class per pixel) and ``<out>/<name>.objects.csv``.
 
     Args:
         bundle, config: The model (see :func:`load_model`).
@@ -449,19 +480,16 @@ def predict_ome_zarr(
             image ``<out>/<name>_probabilities.ome.zarr``.
         overwrite: Replace an existing copy, label image or probability image.
         progress: Called as ``progress(rows done, rows)``.
+        object_rows: An instance model: the rows of context (the tallest object made whole).
 
     Returns:
-        The label image's folder.
+        What was written: ``labels`` the label image's folder, ``probabilities``, ``classes`` and ``objects``
+        where written, and a ``note`` when objects may have been cut (taller than ``object_rows``).
 
     Raises:
         DataError: A bad OME-Zarr (see :func:`~napari_diffseg.data.ome_zarr.open_ome_zarr`), an existing
             output without ``overwrite``, a copy that would replace its source.
     """
-    if config.get("task") == "instances":  # the watershed needs the whole image, not rows of tiles
-        raise DataError(
-            f"{Path(path).name}: an instance model predicts image files for now, not OME-Zarr images; "
-            "export a region as TIFF"
-        )
     from .core.tiled import ChannelStats, image_stats, predict_rows
     from .data.ome_zarr import image_stem, open_ome_zarr
     from .data.ome_zarr_write import ImageWriter, LabelsWriter, copy_image
@@ -469,8 +497,21 @@ def predict_ome_zarr(
     src = open_ome_zarr(path)
     out = Path(out)
     name = image_stem(src.path)
+    k = bundle.spec.num_classes
+    instances = config.get("task") == "instances"
+    names = object_class_names(config, k)
+    classed = len(names) > 1
+    classes_name = f"{labels_name}-classes"
+    objects_file = out / f"{name}.objects.csv" if classed else None
+    if objects_file is not None and objects_file.exists() and not overwrite:
+        raise DataError(f"{objects_file} already exists (an earlier run?); pass --overwrite to replace it")
     if into_source:
         target = src
+        if classed and (src.path / "labels" / classes_name).exists() and not overwrite:
+            raise DataError(
+                f"{src.path} already has a label image {classes_name!r}; pass --overwrite, or --labels-name "
+                "another"
+            )
     else:
         dest = out / f"{name}.ome.zarr"
         if dest.resolve() == src.path.resolve():
@@ -479,8 +520,10 @@ def predict_ome_zarr(
                 "write the labels into the image itself"
             )
         target = copy_image(src, dest, overwrite=overwrite)
-    k = bundle.spec.num_classes
-    labels = LabelsWriter(target, labels_name, k, overwrite=overwrite)
+    labels = LabelsWriter(target, labels_name, k, overwrite=overwrite, instances=instances)
+    class_labels = (
+        LabelsWriter(target, classes_name, len(names) + 1, overwrite=overwrite) if classed else None
+    )
     prob_writer = None
     if probabilities:
         prob_writer = ImageWriter(
@@ -497,8 +540,9 @@ def predict_ome_zarr(
             overwrite=overwrite,
         )
 
-    def write(y0: int, label_rows: np.ndarray, fg: np.ndarray | None) -> None:
-        labels.write(y0, label_rows)
+    def write(y0: int, label_rows: np.ndarray | None, fg: np.ndarray | None) -> None:
+        if label_rows is not None:
+            labels.write(y0, label_rows)
         if prob_writer is not None and fg is not None:
             prob_writer.write(y0, fg)
 
@@ -507,9 +551,40 @@ def predict_ome_zarr(
     multiple = bundle.spec.multiple
     hp, wp = src.height + (-src.height) % multiple, src.width + (-src.width) % multiple
     small = src.height * src.width <= IN_MEMORY_PIXELS or hp + 2 * m < roi or wp + 2 * m < roi
-    if small or (hp <= roi and wp <= roi):
-        probs = predict_image(bundle, config, src.read())
-        write(0, probs.argmax(0).astype(labels.dtype), probs[1:].astype(np.float32))
+    small = small or (hp <= roi and wp <= roi)
+    areas = np.zeros(1, np.int64)
+    objects: Any = None
+    bands = _Bands(labels.chunk, write, labels.dtype, prob_writer is not None, labels=not instances)
+    if instances:  # objects block by block, each with context rows around it (core/instance_bands.py)
+        from .core.instance_bands import BandInstances
+        from .core.instances import Watershed
+
+        def write_objects(y0: int, ids: np.ndarray, cls: np.ndarray | None) -> None:
+            nonlocal areas
+            labels.write(y0, ids)
+            if class_labels is not None and cls is not None:
+                class_labels.write(y0, cls)
+            counts = np.bincount(ids.ravel(), minlength=areas.size)
+            counts[: areas.size] += areas
+            areas = counts
+
+        objects = BandInstances(
+            src.height,
+            src.width,
+            Watershed.from_config(config),
+            write_objects,
+            block=src.height if small else labels.chunk,  # in memory: the whole image at once
+            context=object_rows,
+            classed=classed,
+        )
+
+    def sink(y0: int, probs: np.ndarray) -> None:
+        if objects is not None:
+            objects(y0, probs)
+        bands(y0, probs)
+
+    if small:
+        sink(0, predict_image(bundle, config, src.read()))
         if progress is not None:
             progress(src.height, src.height)
     else:
@@ -523,12 +598,11 @@ def predict_ome_zarr(
                 src.dtype,
                 src.channels,
             )
-        bands = _Bands(labels.chunk, write, labels.dtype, prob_writer is not None)
         predict_rows(
             bundle.deployed(),
             _ZarrRows(src),
             stats,
-            bands,
+            sink,
             channels=bundle.spec.in_channels,
             multiple=multiple,
             roi=roi,
@@ -536,10 +610,29 @@ def predict_ome_zarr(
             read_block=chunk_rows,
             progress=progress,
         )
-        bands.flush()
-    if prob_writer is not None:
-        prob_writer.close()
-    return labels.close()
+    bands.flush()
+    note = None
+    if objects is not None:
+        objects.flush()
+        if objects.cut:
+            note = (
+                f"{objects.cut} object(s) reached the edge of the {object_rows} rows of context each block of "
+                f"{labels.chunk} rows is post-processed with, and may be cut in two: objects this tall need "
+                f"--object-rows {2 * object_rows}"
+            )
+    prob_path = None if prob_writer is None else prob_writer.close()
+    classes_path = None if class_labels is None else class_labels.close()
+    if objects_file is not None and objects is not None:
+        present = {i: c for i, c in objects.object_class.items() if i < areas.size and areas[i] > 0}
+        atomic_write_bytes(objects_file, objects_table(present, names, areas).encode())
+    return Outcome(
+        Path(path),
+        labels=labels.close(),
+        probabilities=prob_path,
+        classes=classes_path,
+        objects=objects_file,
+        note=note,
+    )
 
 
 def evaluate_folder(

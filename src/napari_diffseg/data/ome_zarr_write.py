@@ -179,9 +179,19 @@ class LabelsWriter:
         name: The label image's name (its folder under ``labels/``).
         num_classes: Label values 0 .. num_classes - 1 (picks the dtype and the colours).
         overwrite: Replace an existing label image of that name.
+        instances: Object ids instead of classes (``num_classes`` is not used): uint32, and no colour per
+            value in the metadata (a viewer colours each object on its own).
     """
 
-    def __init__(self, image: OmeZarrImage, name: str, num_classes: int, *, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        image: OmeZarrImage,
+        name: str,
+        num_classes: int,
+        *,
+        overwrite: bool = False,
+        instances: bool = False,
+    ) -> None:
         if not name or "/" in name or name.startswith("."):
             raise DataError(f"invalid labels name {name!r}")
         if image.version not in ("0.4", "0.5"):
@@ -193,7 +203,8 @@ class LabelsWriter:
         self.image = image
         self.name = name
         self.num_classes = int(num_classes)
-        self.dtype = np.uint8 if num_classes <= 256 else np.uint16
+        self.instances = instances
+        self.dtype = np.uint32 if instances else np.uint8 if num_classes <= 256 else np.uint16
         root = zarr.open_group(image.path, mode="r+")
         fmt = image.zarr_format
         labels = root.require_group("labels")
@@ -279,11 +290,12 @@ class LabelsWriter:
         ms = _multiscales(
             self.name, self.axes, paths, scales, self.image.version, translation, self.image.units
         )
-        colors = [
-            {"label-value": k, "rgba": [*LABEL_COLORS[(k - 1) % len(LABEL_COLORS)], 255]}
-            for k in range(1, self.num_classes)
-        ]
-        image_label = {"colors": colors, "source": {"image": "../../"}}
+        image_label: dict[str, Any] = {"source": {"image": "../../"}}
+        if not self.instances:
+            image_label["colors"] = [
+                {"label-value": k, "rgba": [*LABEL_COLORS[(k - 1) % len(LABEL_COLORS)], 255]}
+                for k in range(1, self.num_classes)
+            ]
         if self.image.version == "0.5":
             self.group.attrs["ome"] = {"version": "0.5", "multiscales": [ms], "image-label": image_label}
         else:
