@@ -4,11 +4,12 @@ Image files are read whole. An OME-Zarr image (:mod:`napari_diffseg.data.ome_zar
 normalisation statistics are streamed, then the students run over it one row of windows at a time
 (:func:`napari_diffseg.core.tiled.predict_rows`, the same numbers as the in-memory path) and its labels are
 written tile by tile as an OME-Zarr ``labels`` image, into a copy of the image (default) or into the
-image itself (``into_source``); the whole image is never in memory.
+image itself (``into_source``); the whole image is never in memory. An instance model's objects are made
+there block by block (:mod:`napari_diffseg.core.instance_bands`).
 
-Why one module of ~510 lines: every input kind (a file, a z-stack, a folder, an OME-Zarr image) goes
+Why one module of ~670 lines: every input kind (a file, a z-stack, a folder, an OME-Zarr image) goes
 through the same model loading, label making (classes, or objects for an instance model) and output naming,
-and each path is short.
+and each path is short; the block-by-block object making itself lives in ``core/instance_bands.py``.
 """
 
 from __future__ import annotations
