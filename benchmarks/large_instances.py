@@ -122,6 +122,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from large_ome_zarr import _commit  # this folder is on sys.path when the script runs
 
     torch.set_num_threads(args.threads)
     from napari_diffseg.core.instance_metrics import average_precision
@@ -188,6 +189,7 @@ def main() -> None:
         "identical_objects": same,
         "objects_at_iou_0.9": close,
         "model": str(args.model),
+        "commit": _commit(),  # benchmarks/large_ome_zarr.py's
     }
     print(
         f"tiled (predict, child): {t_tiled:.1f} s, peak RSS {rss_tiled:.0f} MiB, {result['tiled']['objects']} "
