@@ -201,7 +201,8 @@ def test_predict_ome_zarr_objects(tmp_path: Path, monkeypatch, capsys, tiled: bo
         monkeypatch.setattr(ome_zarr_write, "DEFAULT_CHUNK", 64)  # blocks of 64 rows: four seams
     image = np.zeros((3, h, w), np.uint8)
     src = write_ome_zarr(tmp_path / "slide.ome.zarr", image, levels=2, chunk=64)
-    argv = ["predict", str(model), str(src), "--out", str(tmp_path / "out"), "-q", "--object-rows", "60"]
+    argv = ["predict", str(model), str(src), "--out", str(tmp_path / "out"), "-q", "--probabilities"]
+    argv += ["--object-rows", "60"]
     rc = main(argv)
     out = capsys.readouterr()
     assert rc == 0, out.err
@@ -223,6 +224,8 @@ def test_predict_ome_zarr_objects(tmp_path: Path, monkeypatch, capsys, tiled: bo
     first = table[1].split(",")
     assert first[2] in ("round", "long") and int(first[3]) == int((got == int(first[0])).sum())
     assert "diffseg-classes" in out.out and "note:" not in out.err
+    fg = np.asarray(open_ome_zarr(tmp_path / "out" / "slide_probabilities.ome.zarr").read())
+    np.testing.assert_allclose(fg, probs[1:], atol=1e-6)
     # again with objects taller than the context: said, with what to pass
     if tiled:
         rc = main([*argv[:-2], "--object-rows", "16", "--overwrite"])
