@@ -364,9 +364,12 @@ def predict(
             )
     if zarrs:
         msg += f"; OME-Zarr label image(s): {', '.join(str(z) for z in zarrs)}"
-        extra = [str(p) for o in done if o.labels in zarrs for p in (o.classes, o.objects) if p is not None]
-        if extra:
-            msg += f" (objects' classes: {', '.join(extra)})"
+        tables = [str(o.objects) for o in done if o.labels in zarrs and o.objects is not None]
+        classes = [str(o.classes) for o in done if o.labels in zarrs and o.classes is not None]
+        if tables:
+            msg += f"; objects (id, class, area, centroid): {', '.join(tables)}"
+        if classes:
+            msg += f"; each object's class: {', '.join(classes)}"
     if not as_json:
         typer.echo(msg)
     for o in done:

@@ -150,13 +150,19 @@ def objects_csv(ids: np.ndarray, classes: dict[int, int], names: Sequence[str]) 
     return objects_table(classes, names, np.bincount(flat) if flat.size else np.zeros(1, np.int64))
 
 
-def objects_table(classes: dict[int, int], names: Sequence[str], areas: np.ndarray) -> str:
-    """:func:`objects_csv` from each object's area (``areas[id]``, pixels) instead of the ids."""
-    lines = ["id,class,class_name,area"]
+def objects_table(
+    classes: dict[int, int], names: Sequence[str], areas: np.ndarray, centroids: np.ndarray | None = None
+) -> str:
+    """:func:`objects_csv` from each object's area (``areas[id]``, pixels) instead of the ids; with
+    ``centroids`` (``(ids, 2)``: row, column) two more columns ``centroid_y,centroid_x`` (pixels, 0.1 px)."""
+    lines = ["id,class,class_name,area" + (",centroid_y,centroid_x" if centroids is not None else "")]
     for obj in sorted(classes):
         c = int(classes[obj])
         name = names[c - 1] if 1 <= c <= len(names) else f"class_{c}"
-        lines.append(f"{int(obj)},{c},{name.replace(',', ' ')},{int(areas[obj]) if obj < areas.size else 0}")
+        line = f"{int(obj)},{c},{name.replace(',', ' ')},{int(areas[obj]) if obj < areas.size else 0}"
+        if centroids is not None:
+            line += f",{centroids[obj, 0]:.1f},{centroids[obj, 1]:.1f}"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -503,7 +509,7 @@ def predict_ome_zarr(
     names = object_class_names(config, k)
     classed = len(names) > 1
     classes_name = f"{labels_name}-classes"
-    objects_file = out / f"{name}.objects.csv" if classed else None
+    objects_file = out / f"{name}.objects.csv" if instances else None  # a slide's objects: always a table
     if objects_file is not None and objects_file.exists() and not overwrite:
         raise DataError(f"{objects_file} already exists (an earlier run?); pass --overwrite to replace it")
     if into_source:
@@ -554,6 +560,7 @@ def predict_ome_zarr(
     small = src.height * src.width <= IN_MEMORY_PIXELS or hp + 2 * m < roi or wp + 2 * m < roi
     small = small or (hp <= roi and wp <= roi)
     areas = np.zeros(1, np.int64)
+    sums = np.zeros((1, 2), np.float64)  # per object: the sums of its pixels' rows and columns
     objects: Any = None
     bands = _Bands(labels.chunk, write, labels.dtype, prob_writer is not None, labels=not instances)
     if instances:  # objects block by block, each with context rows around it (core/instance_bands.py)
@@ -561,13 +568,21 @@ def predict_ome_zarr(
         from .core.instances import Watershed
 
         def write_objects(y0: int, ids: np.ndarray, cls: np.ndarray | None) -> None:
-            nonlocal areas
+            nonlocal areas, sums
             labels.write(y0, ids)
             if class_labels is not None and cls is not None:
                 class_labels.write(y0, cls)
-            counts = np.bincount(ids.ravel(), minlength=areas.size)
+            n = max(areas.size, int(ids.max(initial=0)) + 1)
+            counts = np.bincount(ids.ravel(), minlength=n)
             counts[: areas.size] += areas
-            areas = counts
+            new_sums = np.zeros((n, 2), np.float64)
+            new_sums[: sums.shape[0]] += sums
+            for r in range(0, ids.shape[0], 128):  # 128 rows at a time: coordinates of a wide slide are big
+                part = ids[r : r + 128]
+                rows, cols = np.indices(part.shape, dtype=np.float64)
+                new_sums[:, 0] += np.bincount(part.ravel(), (rows + y0 + r).ravel(), n)
+                new_sums[:, 1] += np.bincount(part.ravel(), cols.ravel(), n)
+            areas, sums = counts, new_sums
 
         objects = BandInstances(
             src.height,
@@ -625,7 +640,8 @@ def predict_ome_zarr(
     classes_path = None if class_labels is None else class_labels.close()
     if objects_file is not None and objects is not None:
         present = {i: c for i, c in objects.object_class.items() if i < areas.size and areas[i] > 0}
-        atomic_write_bytes(objects_file, objects_table(present, names, areas).encode())
+        centroids = sums / np.maximum(areas, 1)[:, None]
+        atomic_write_bytes(objects_file, objects_table(present, names, areas, centroids).encode())
     return Outcome(
         Path(path),
         labels=labels.close(),

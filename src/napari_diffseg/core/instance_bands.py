@@ -82,7 +82,7 @@ class BandInstances:
         self.cut = 0
         """Objects that reached a window's inner edge: possibly cut (taller than ``context``)."""
         self.object_class: dict[int, int] = {}
-        """``{id: class}`` of every object written, for a model of several object classes."""
+        """``{id: class}`` of every object written (1 for all without ``classed``)."""
 
     def __call__(self, y0: int, probs: np.ndarray) -> None:
         probs = np.asarray(probs, dtype=np.float32)
@@ -126,7 +126,7 @@ class BandInstances:
         lut = np.zeros(n_local + 1, np.uint32)
         kept = np.flatnonzero(keep) + 1  # local ids
         lut[kept] = np.arange(self.objects + 1, self.objects + 1 + kept.size, dtype=np.uint32)
-        classes = classify_objects(local, window) if self.classed and kept.size else {}
+        classes = classify_objects(local, window) if self.classed and kept.size else {}  # else all class 1
         cls_lut = np.zeros(n_local + 1, np.uint8)
         for obj in kept:
             c = int(classes.get(int(obj), 1))
