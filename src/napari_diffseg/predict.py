@@ -473,8 +473,9 @@ def predict_ome_zarr(
     An instance model's objects (one uint32 id each) are made block by block of the label image's chunk rows,
     each post-processed with ``object_rows`` rows of context above and below
     (:mod:`napari_diffseg.core.instance_bands`: objects up to that tall are made whole across blocks, as
-    the whole-image post-processing would make them); a model of several object classes adds the label
-    image ``<labels_name>-classes`` (each object's class per pixel) and ``<out>/<name>.objects.csv``.
+    the whole-image post-processing would make them), with ``<out>/<name>.objects.csv`` listing every object
+    (:func:`objects_table` with centroids); a model of several object classes adds the label image
+    ``<labels_name>-classes`` (each object's class per pixel).
 
     Args:
         bundle, config: The model (see :func:`load_model`).
