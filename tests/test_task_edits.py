@@ -12,6 +12,7 @@ import tifffile
 import torch
 from fastapi.testclient import TestClient
 
+from napari_diffseg.base.errors import DataError
 from napari_diffseg.base.labels import ObjectEdits, object_edits
 from napari_diffseg.base.task import make_task
 from napari_diffseg.cli import main
@@ -118,3 +119,96 @@ def test_other_tasks_record_no_object_cost(tmp_path: Path) -> None:
         version = proj.save_annotation("img", np.ones((16, 16), np.uint8), replaces=None, proposal_id=pid)
         ann = proj.annotation("img", version)
     assert ann is not None and ann.edit_dice is not None and ann.objects_changed is None
+
+
+# ------------------------------------------------------------------------------ re-split objects
+
+
+def _joined_pair_project(root: Path) -> tuple[int, np.ndarray]:
+    """An instance project whose proposal holds two touching squares joined by a seam of interior
+    probability 0.6: the default watershed (seeds > 0.5) makes one object of them, seeds > 0.7 two."""
+    from napari_diffseg.backend import jobs as jobs_mod
+    from napari_diffseg.base.presets import get_preset
+
+    interior = np.zeros((40, 40), np.float32)
+    interior[8:20, 5:35] = 0.9
+    interior[21:33, 5:35] = 0.9
+    interior[20, 5:35] = 0.6  # the seam
+    boundary = np.zeros_like(interior)
+    boundary[20, 5:35] = 0.3
+    probs = np.stack([1.0 - interior - boundary, interior, boundary]).astype(np.float32)
+    two = np.zeros((40, 40), np.int64)
+    two[8:21, 5:35] = 1
+    two[21:33, 5:35] = 2
+    with Project.create(root, task=make_task("instances")) as proj:
+        proj.import_array(np.zeros((40, 40), np.uint8), "img")
+        preset = get_preset("tiny")
+        bundle = jobs_mod._new_bundle(proj, 1, preset, 0, torch.device("cpu"))
+        mid = jobs_mod._save_model(proj, bundle, "m", round=0, preset=preset, metrics={})
+        pid = proj.save_proposal(mid, "img", probs, np.zeros((40, 40), np.float32))
+    return pid, two
+
+
+def test_objects_re_split_with_other_watershed_parameters(tmp_path: Path) -> None:
+    """``GET .../proposal/pixels?part=instances&watershed=...`` re-splits the proposal's objects (and says
+    with what, ``X-Watershed``); a correction saved with the same ``watershed`` counts its cost in objects
+    from those, not from the model's split."""
+    import json
+
+    from napari_diffseg.backend.app import create_app
+    from napari_diffseg.backend.client import DiffsegClient as Client
+
+    root = tmp_path / "p"
+    pid, two = _joined_pair_project(root)
+    with TestClient(create_app(root, run_jobs=False), base_url="http://127.0.0.1") as http:
+        client = Client("http://127.0.0.1")
+        client._http = TestClient(http.app, base_url="http://127.0.0.1/api/v1")
+        ids, used = client.proposal_objects("img")
+        assert ids.max() == 1 and used["seed_threshold"] == 0.5  # the model's: one object
+        ids2, used2 = client.proposal_objects("img", watershed={"seed_threshold": 0.7})
+        assert ids2.max() == 2 and used2["seed_threshold"] == 0.7 and used2["min_size"] == used["min_size"]
+        assert (ids2 > 0).sum() == (ids > 0).sum()  # the same foreground, split in two
+        np.testing.assert_array_equal(client.proposal_pixels("img", "instances"), ids)  # cached, unchanged
+        # bad parameters: a clear 422 naming the problem, nothing cached
+        for bad, words in [
+            ('{"seed_threshold": 2}', "seed_threshold must be a probability"),
+            ('{"seeds": 1}', "unknown watershed parameter"),
+            ("[0.7]", "JSON object"),
+            ("seed=0.7", "JSON object"),
+        ]:
+            r = http.get("/api/v1/images/img/proposal/pixels", params={"part": "instances", "watershed": bad})
+            assert r.status_code == 422 and words in r.json()["detail"], (bad, r.text)
+        r = http.get(
+            "/api/v1/images/img/proposal/pixels", params={"part": "mask", "watershed": '{"threshold": 0.4}'}
+        )
+        assert r.status_code == 422 and "part=instances" in r.json()["detail"]
+        # the two objects saved as they were shown re-split: nothing changed, in objects
+        saved = client.save_annotation(
+            "img", ids2.astype(np.int64), replaces=None, proposal_id=pid, watershed={"seed_threshold": 0.7}
+        )
+        ann = saved.annotation
+        assert (ann.objects_added, ann.objects_removed, ann.objects_changed) == (0, 0, 0)
+        # the same mask against the model's split: the joined object became the larger half (IoU > 0.5,
+        # changed) and the other half is a new object
+        saved = client.save_annotation("img", ids2.astype(np.int64), replaces=1, proposal_id=pid)
+        ann = saved.annotation
+        assert (ann.objects_added, ann.objects_removed, ann.objects_changed) == (1, 0, 1)
+        r = http.post(
+            "/api/v1/images/img/annotations",
+            params={"replaces": 2, "proposal_id": pid, "watershed": json.dumps({"min_size": 0})},
+            content=_npy(two),
+            headers={"Content-Type": "application/x-npy"},
+        )
+        assert r.status_code == 422 and "min_size" in r.json()["detail"]
+    with Project.open(root) as proj:
+        assert len(proj.annotation_versions("img")) == 2  # the refused save changed nothing
+        with pytest.raises(DataError, match="proposal_id"):
+            proj.save_annotation("img", two, replaces=2, watershed={"seed_threshold": 0.7})
+
+
+def _npy(a: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()

@@ -25,9 +25,10 @@ resource, each part would be a few methods around the same private plumbing.
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -291,13 +292,16 @@ class DiffsegClient:
         planes: list[int] | None = None,
         binarize: bool = False,
         classes: np.ndarray | None = None,
+        watershed: Mapping[str, Any] | None = None,
     ) -> SavedAnnotation:
         """Save a new annotation version; returns it (``.version``, ``.annotation``).
 
         A z-stack's mask is ``(Z, H, W)``; ``planes`` names the planes it annotates (None: those holding a
         labelled pixel). The mask must fit the project's task; ``binarize`` (a binary project) takes every
         value > 0 as foreground. ``classes`` (an instance project with several object classes): a class map
-        of the mask's shape (0 = none, 1..n); each object takes the majority class under it.
+        of the mask's shape (0 = none, 1..n); each object takes the majority class under it. ``watershed``:
+        the parameters the proposal's objects were re-split with (:meth:`proposal_objects`), so the edit
+        cost in objects counts from what the annotator saw.
 
         Raises:
             StaleAnnotation: ``replaces`` is not the latest version any more (``.current`` says which is).
@@ -324,6 +328,8 @@ class DiffsegClient:
             params["planes"] = [int(z) for z in planes]
         if binarize:
             params["binarize"] = "true"
+        if watershed:
+            params["watershed"] = json.dumps(dict(watershed))
         return self._one(
             SavedAnnotation,
             "POST",
@@ -349,14 +355,41 @@ class DiffsegClient:
                 return None
             raise
 
-    def proposal_pixels(self, ref: str, part: str = "mask", model_id: str | None = None) -> np.ndarray:
+    def proposal_pixels(
+        self,
+        ref: str,
+        part: str = "mask",
+        model_id: str | None = None,
+        watershed: Mapping[str, Any] | None = None,
+    ) -> np.ndarray:
         """``probs`` (K, H, W) float32, ``uncertainty`` (H, W) float32, ``mask`` (H, W), or in an instance
         project ``instances`` (H, W): one id per object, and with several object classes ``classes``
-        (H, W): each proposed object's class, of the latest proposal."""
+        (H, W): each proposed object's class, of the latest proposal. ``watershed`` (``instances``,
+        ``classes``): the objects re-split with these watershed parameters (some or all) in place of the
+        proposing model's (:meth:`proposal_objects` also says which parameters made them)."""
+        return self.proposal_objects(ref, part, model_id, watershed)[0]
+
+    def proposal_objects(
+        self,
+        ref: str,
+        part: str = "instances",
+        model_id: str | None = None,
+        watershed: Mapping[str, Any] | None = None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """:meth:`proposal_pixels` and, for ``instances`` and ``classes``, the watershed parameters that
+        made the objects (the proposing model's, with ``watershed`` in their place); ``{}`` for other
+        parts or an older backend."""
         params: dict[str, str] = {"part": part}
         if model_id:
             params["model_id"] = model_id
-        return self._array(self._request("GET", f"/images/{_ref(ref)}/proposal/pixels", params=params))
+        if watershed:
+            params["watershed"] = json.dumps(dict(watershed))
+        resp = self._request("GET", f"/images/{_ref(ref)}/proposal/pixels", params=params)
+        try:
+            used = json.loads(resp.headers.get("X-Watershed", "{}"))
+        except ValueError:
+            used = {}
+        return self._array(resp), used if isinstance(used, dict) else {}
 
     def request_proposals(
         self,

@@ -143,6 +143,28 @@ class Watershed:
             raise DataError(f"unknown watershed parameter(s) {unknown}; known: {sorted(known)}")
         return cls(**dict(raw))
 
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> Watershed:
+        """These parameters with those of ``overrides`` (a JSON object: some or all of the fields; a whole
+        number such as ``48.0`` is taken as ``48``) in their place.
+
+        Raises:
+            DataError: Not an object, unknown keys, or values out of range (each message says the range).
+        """
+        if not overrides:
+            return self
+        if not isinstance(overrides, Mapping):
+            raise DataError(f"watershed parameters must be a JSON object, got {overrides!r}")
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise DataError(f"unknown watershed parameter(s) {unknown}; known: {sorted(known)}")
+        values = dict(overrides)
+        for name in ("min_seed_size", "min_size"):
+            v = values.get(name)
+            if isinstance(v, float) and v.is_integer():
+                values[name] = int(v)
+        return replace(self, **values)
+
     def __str__(self) -> str:
         return (
             f"foreground > {self.threshold:g}, seeds > {self.seed_threshold:g}"

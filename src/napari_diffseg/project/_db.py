@@ -15,7 +15,7 @@ import secrets
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -317,8 +317,12 @@ class _StoreBase:
         def _proposal_hard_mask(self, proposal_id: int) -> tuple[ProposalRecord, np.ndarray]:
             """Implemented in :mod:`.proposals`."""
 
-        def _proposal_instances(self, proposal_id: int) -> tuple[ProposalRecord, np.ndarray]:
+        def _proposal_instances(
+            self, proposal_id: int, watershed: Mapping[str, Any] | None = None
+        ) -> tuple[ProposalRecord, np.ndarray]:
             """Implemented in :mod:`.proposals`."""
 
-        def _proposal_object_classes(self, proposal_id: int) -> dict[int, int]:
+        def _proposal_object_classes(
+            self, proposal_id: int, watershed: Mapping[str, Any] | None = None
+        ) -> dict[int, int]:
             """Implemented in :mod:`.proposals`."""

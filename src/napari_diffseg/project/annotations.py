@@ -101,6 +101,7 @@ class _AnnotationsMixin(_StoreBase):
         binarize: bool = False,
         classes: object | None = None,
         object_classes: Mapping[Any, Any] | None = None,
+        watershed: Mapping[str, Any] | None = None,
     ) -> int:
         """Append a new annotation version of an image; earlier versions are never changed.
 
@@ -127,6 +128,9 @@ class _AnnotationsMixin(_StoreBase):
                 (:func:`~napari_diffseg.base.masks.object_classes_from_map`) — a "classes" layer painted
                 beside the objects, a dataset folder's ``masks/`` beside ``instances/``.
             object_classes: The same as ``{object id: class}`` (instead of ``classes``).
+            watershed: An instance project: the watershed parameters the annotator re-split the proposal's
+                objects with (some or all; the proposing model's for the rest), so that the edit cost in
+                objects is counted against the objects they saw.
 
         Returns:
             The new version number.
@@ -156,6 +160,16 @@ class _AnnotationsMixin(_StoreBase):
             raise DataError(
                 f"{what}: planes apply to a z-stack only; {rec.name!r} is a 2D image (axes {rec.axes})."
             )
+        if watershed and (task.kind != "instances" or proposal_id is None):
+            raise DataError(
+                f"{what}: watershed parameters re-split an instance project's proposal; "
+                + (
+                    "pass the proposal_id they re-split"
+                    if task.kind == "instances"
+                    else f"this is a {task.kind} project"
+                )
+                + "."
+            )
         edit: float | None = None
         changed: int | None = None
         objects: tuple[int, int, int] | None = None
@@ -164,7 +178,7 @@ class _AnnotationsMixin(_StoreBase):
                 raise DataError(f"proposal_id must be an integer, got {proposal_id!r}.")
             shown: np.ndarray | None = None
             if task.kind == "instances":  # the objects shown; the pixel cost is over the foreground
-                prop, shown = self._proposal_instances(proposal_id)
+                prop, shown = self._proposal_instances(proposal_id, watershed)
                 proposed = (shown > 0).astype(np.int64)
             else:
                 prop, proposed = self._proposal_hard_mask(proposal_id)
@@ -181,7 +195,9 @@ class _AnnotationsMixin(_StoreBase):
             if shown is not None:  # and in objects: added, removed, changed (matched at IoU 0.5)
                 sel = slice(None) if annotated is None else annotated
                 # objects of several classes: a matched object given another class is changed too
-                shown_classes = self._proposal_object_classes(proposal_id) if per_object is not None else None
+                shown_classes = (
+                    self._proposal_object_classes(proposal_id, watershed) if per_object is not None else None
+                )
                 e = object_edits(
                     shown[sel], m[sel], proposed_classes=shown_classes, corrected_classes=per_object
                 )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +16,9 @@ from napari_diffseg.project._db import _PROP_COLS, ImageRef, _proposal, _StoreBa
 from napari_diffseg.project._util import check_proposal, check_safe_id, hard_mask, read_tiff
 from napari_diffseg.project.models import read_model_watershed
 from napari_diffseg.project.records import ProposalRecord
+
+if TYPE_CHECKING:
+    from napari_diffseg.core.instances import Watershed
 
 # Hard masks of recently read proposals, shared by every Project of this process and keyed by
 # (project, proposal id, file hash): scoring a correction against the proposal it started from then
@@ -146,17 +151,22 @@ class _ProposalsMixin(_StoreBase):
         probs, _ = self._load_proposal_file(prop)
         return prop, self._remember_mask(prop, probs)
 
-    def _proposal_instances(self, proposal_id: int) -> tuple[ProposalRecord, np.ndarray]:
+    def _proposal_instances(
+        self, proposal_id: int, watershed: Mapping[str, Any] | None = None
+    ) -> tuple[ProposalRecord, np.ndarray]:
         """An instance project's proposal as objects (``core/instances.py``: the seeded watershed of its
-        3-class probabilities), what the annotator edited; cached like the hard masks."""
+        3-class probabilities), what the annotator edited; cached like the hard masks. ``watershed``: some
+        of the watershed's parameters in place of the proposing model's (the annotator re-split the
+        objects: :meth:`proposal_watershed`); not cached."""
         from napari_diffseg.core.instances import proposal_instances
 
         prop, _mask = self._proposal_hard_mask(proposal_id)
         key = (str(self._root), -prop.id, prop.file_sha256)  # negative id: the objects, not the hard mask
-        with _MASK_CACHE_LOCK:
-            cached = _MASK_CACHE.get(key)
-        if cached is not None:
-            return prop, cached
+        if not watershed:
+            with _MASK_CACHE_LOCK:
+                cached = _MASK_CACHE.get(key)
+            if cached is not None:
+                return prop, cached
         probs, _ = self._load_proposal_file(prop)
         k = self.task.num_classes  # 3 (background, interior, boundary); n + 2 with n object classes
         if probs.shape[-3] != k:
@@ -164,20 +174,58 @@ class _ProposalsMixin(_StoreBase):
                 f"proposal {proposal_id} has {probs.shape[-3]} classes, not the {k} (background, interior(s), "
                 "boundary) of this project's instance model: propose again with the project's active model."
             )
-        watershed = read_model_watershed(self._root / "models" / check_safe_id(prop.model_id, "model id"))
-        ids = proposal_instances(probs, watershed).astype(np.int64)
-        with _MASK_CACHE_LOCK:
-            _MASK_CACHE[key] = ids
-            while len(_MASK_CACHE) > 16:
-                _MASK_CACHE.popitem(last=False)
+        ids = proposal_instances(probs, self.proposal_watershed(prop, watershed)).astype(np.int64)
+        if not watershed:
+            with _MASK_CACHE_LOCK:
+                _MASK_CACHE[key] = ids
+                while len(_MASK_CACHE) > 16:
+                    _MASK_CACHE.popitem(last=False)
         return prop, ids
 
-    def _proposal_object_classes(self, proposal_id: int) -> dict[int, int]:
+    def proposal_watershed(
+        self, prop: ProposalRecord, watershed: Mapping[str, Any] | None = None
+    ) -> Watershed:
+        """The watershed that makes proposal ``prop``'s objects: its model's (``config.json``), with the
+        parameters of ``watershed`` in their place.
+
+        Raises:
+            DataError: Unknown parameters or values out of range.
+        """
+        model = read_model_watershed(self._root / "models" / check_safe_id(prop.model_id, "model id"))
+        return model.with_overrides(watershed)
+
+    def proposal_objects(
+        self, proposal_id: int, watershed: Mapping[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None, Watershed]:
+        """An instance project's proposal as objects (uint16, uint32 beyond 65,535), their class map (int32;
+        a project of several object classes, else None) and the watershed that made them: the proposing
+        model's, with the parameters of ``watershed`` in their place (the annotator re-splitting them).
+
+        Raises:
+            DataError: Not an instance project, no such proposal, bad watershed parameters.
+        """
+        from napari_diffseg.core.instances import class_map, classify_objects
+
+        if self.task.kind != "instances":
+            raise DataError(
+                f"proposal objects are an instance project's; this project's task is {self.task}."
+            )
+        prop, ids = self._proposal_instances(proposal_id, watershed)
+        cmap = None
+        if self.task.classed:
+            probs, _ = self._load_proposal_file(prop)
+            cmap = class_map(ids, classify_objects(ids, probs)).astype(np.int32)
+        out = ids.astype(np.uint16 if ids.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
+        return out, cmap, self.proposal_watershed(prop, watershed)
+
+    def _proposal_object_classes(
+        self, proposal_id: int, watershed: Mapping[str, Any] | None = None
+    ) -> dict[int, int]:
         """Each object's class ``{id: class}`` of a classed instance project's proposal (the objects of
         :meth:`_proposal_instances`, classed by ``core.instances.classify_objects``): what the annotator saw."""
         from napari_diffseg.core.instances import classify_objects
 
-        prop, ids = self._proposal_instances(proposal_id)
+        prop, ids = self._proposal_instances(proposal_id, watershed)
         probs, _ = self._load_proposal_file(prop)
         return classify_objects(ids, probs)
 

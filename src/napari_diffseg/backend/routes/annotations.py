@@ -14,7 +14,14 @@ from fastapi import Query, Response
 
 from napari_diffseg.backend import codec
 from napari_diffseg.backend.handlers import ApiError
-from napari_diffseg.backend.routes.common import MAX_ID, RefPath, api_router, find_image
+from napari_diffseg.backend.routes.common import (
+    MAX_ID,
+    RefPath,
+    WatershedQuery,
+    api_router,
+    find_image,
+    parse_watershed,
+)
 from napari_diffseg.backend.schemas import AnnotationOut, SaveAnnotationOut
 from napari_diffseg.backend.state import Ctx
 from napari_diffseg.backend.uploads import UploadDep, binary_body, npy, npy_response
@@ -105,6 +112,7 @@ def save_annotation(
             "each object takes the majority class under it."
         ),
     ] = False,
+    watershed: WatershedQuery = None,
 ) -> SaveAnnotationOut:
     """Save a new annotation version; 409 ``{"detail", "current"}`` if ``replaces`` is not the latest.
 
@@ -112,7 +120,10 @@ def save_annotation(
     are trained on as labelled. The mask must fit the project's task (``GET /project``): class values
     below K (multiclass), object ids with each id one piece (instances: any ids, as napari paints them),
     one or two foreground values (binary, unless ``binarize``); else 422 and nothing is saved. An instance
-    project with several object classes needs each object's class: ``with_classes``."""
+    project with several object classes needs each object's class: ``with_classes``. An instance
+    correction of a proposal whose objects the annotator re-split (``GET .../proposal/pixels?watershed=``)
+    names the same ``watershed``, so its edit cost in objects counts from what they saw."""
+    overrides = parse_watershed(watershed)
     classes = None
     if with_classes:
         mask, classes = codec.decode_mask_with_classes(
@@ -132,6 +143,7 @@ def save_annotation(
         planes=planes,
         binarize=binarize,
         classes=classes,
+        watershed=overrides,
     )
     ann = project.annotation(rec.id, version)
     assert ann is not None

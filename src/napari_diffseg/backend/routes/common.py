@@ -4,6 +4,7 @@ that turn a reference into a record (or a 404 ``ApiError``), and the record → 
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any
 
@@ -69,6 +70,31 @@ ModelIdPath = Annotated[str, PathParam(min_length=1, max_length=128, description
 ModelIdQuery = Annotated[
     str | None, Query(min_length=1, max_length=128, description="Model id (default: latest).")
 ]
+WatershedQuery = Annotated[
+    str | None,
+    Query(
+        min_length=2,
+        max_length=1000,
+        description="An instance project: some or all of the watershed's parameters as a JSON object "
+        '(threshold, seed_threshold, seed_sigma, min_seed_size, min_size; e.g. {"seed_threshold": 0.8}) in '
+        "place of the proposing model's: the proposal's objects re-split as the annotator chose.",
+    ),
+]
+
+
+def parse_watershed(text: str | None) -> dict[str, Any] | None:
+    """The watershed overrides of a ``watershed`` query parameter (None: none given), else 422."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ApiError(
+            422, f'watershed must be a JSON object, e.g. {{"seed_threshold": 0.8}}: {exc}', "invalid"
+        ) from exc
+    if not isinstance(value, dict):
+        raise ApiError(422, f"watershed must be a JSON object of parameters, got {text!r}", "invalid")
+    return value
 
 
 def check_ref(ref: str) -> str:

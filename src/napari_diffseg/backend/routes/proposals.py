@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from fastapi import Query, Response
 
+from napari_diffseg.backend import codec
 from napari_diffseg.backend.handlers import ApiError
 from napari_diffseg.backend.routes.common import (
     ModelIdQuery,
     RefPath,
+    WatershedQuery,
     api_router,
     check_model_id,
     find_image,
+    parse_watershed,
     submit,
 )
 from napari_diffseg.backend.schemas import JobOut, ProposalOut, ProposalsCreate
@@ -69,12 +73,33 @@ def proposal_pixels(
         ),
     ] = "mask",
     model_id: ModelIdQuery = None,
+    watershed: WatershedQuery = None,
 ) -> Response:
-    """One part of the latest proposal as ``.npy``; after the first fetch it is a single file read."""
+    """One part of the latest proposal as ``.npy``; after the first fetch it is a single file read. The
+    objects (``instances``, ``classes``) come with ``X-Watershed``, the watershed that made them (JSON)."""
     project = ctx.project()
     prop = _latest_proposal(project, find_image(project, ref), model_id)
+    headers = {"X-Proposal-Id": str(prop.id), "X-Model-Id": prop.model_id}
+    overrides = parse_watershed(watershed)
+    if overrides is not None and part not in ("instances", "classes"):
+        raise ApiError(
+            422,
+            f"watershed re-splits a proposal's objects: ask for part=instances or classes, not {part}",
+            "invalid",
+        )
+    if overrides is not None:  # the objects re-split: made now, not cached
+        ids, cmap, used = project.proposal_objects(prop.id, overrides)
+        if part == "classes" and cmap is None:
+            raise ApiError(
+                409, "part=classes is for an instance project with several object classes", "conflict"
+            )
+        arr = cmap if part == "classes" and cmap is not None else ids
+        headers["X-Watershed"] = json.dumps(used.to_config())
+        return npy(codec.to_npy(arr), headers)
     data = ctx.proposals.get(project, prop, part)
-    return npy(data, {"X-Proposal-Id": str(prop.id), "X-Model-Id": prop.model_id})
+    if part in ("instances", "classes"):
+        headers["X-Watershed"] = json.dumps(project.proposal_watershed(prop).to_config())
+    return npy(data, headers)
 
 
 @router.post("/proposals", status_code=202, response_model=JobOut, tags=["proposals"])
