@@ -212,3 +212,39 @@ def _npy(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a)
     return buf.getvalue()
+
+
+def test_re_split_objects_of_several_classes_keep_their_classes(tmp_path: Path) -> None:
+    from napari_diffseg.backend import jobs as jobs_mod
+    from napari_diffseg.backend.app import create_app
+    from napari_diffseg.base.presets import get_preset
+    from napari_diffseg.core.instances import interior_channel
+
+    interior = np.zeros((40, 40), np.float32)
+    interior[8:20, 5:35] = 0.9
+    interior[21:33, 5:35] = 0.9
+    interior[20, 5:35] = 0.6
+    boundary = np.zeros_like(interior)
+    boundary[20, 5:35] = 0.3
+    probs = np.zeros((4, 40, 40), np.float32)  # background, round's interior, boundary, long's interior
+    probs[interior_channel(1), :20] = interior[:20]  # the upper square is a "round"
+    probs[interior_channel(2), 20:] = interior[20:]  # the lower one a "long"
+    probs[2] = boundary
+    probs[0] = 1.0 - probs[1:].sum(0)
+    root = tmp_path / "p"
+    with Project.create(root, task=make_task("instances", "background,round,long")) as proj:
+        proj.import_array(np.zeros((40, 40), np.uint8), "img")
+        preset = get_preset("tiny")
+        bundle = jobs_mod._new_bundle(proj, 1, preset, 0, torch.device("cpu"))
+        mid = jobs_mod._save_model(proj, bundle, "m", round=0, preset=preset, metrics={})
+        pid = proj.save_proposal(mid, "img", probs, np.zeros((40, 40), np.float32))
+        ids, cmap, used = proj.proposal_objects(pid, {"seed_threshold": 0.7})
+    assert ids.max() == 2 and used.seed_threshold == 0.7 and cmap is not None
+    assert set(np.unique(cmap[ids > 0])) == {1, 2}
+    assert (cmap[ids == ids[10, 10]] == 1).all() and (cmap[ids == ids[30, 10]] == 2).all()
+    with TestClient(create_app(root, run_jobs=False), base_url="http://127.0.0.1") as http:
+        r = http.get(
+            "/api/v1/images/img/proposal/pixels",
+            params={"part": "classes", "watershed": '{"seed_threshold": 0.7}'},
+        )
+        assert r.status_code == 200 and '"seed_threshold": 0.7' in r.headers["X-Watershed"]

@@ -170,3 +170,59 @@ def test_a_multiclass_project_without_class_names_is_not_created(
     widget.start_button.click()
     assert not (tmp_path / "new" / "project.db").exists() and widget.session.server is None
     assert any("class names" in w for w in warnings)
+
+
+def test_split_objects_re_splits_the_proposal_and_the_save_counts_from_it(
+    make_napari_viewer, qtbot, tmp_path
+) -> None:
+    """Two touching squares joined by a seam: the model's watershed shows one object; *Split objects* with
+    seeds above 0.7 shows two (made by the backend); saved untouched, the correction changed no object."""
+    from napari_diffseg.base.task import make_task
+    from napari_diffseg.project import Project
+
+    root = tmp_path / "proj"
+    model = _stand_in_model(root)
+    interior = np.zeros(SIZE, np.float32)
+    interior[8:20, 5:35] = 0.9
+    interior[21:33, 5:35] = 0.9
+    interior[20, 5:35] = 0.6  # a seam the default seeds (> 0.5) cross
+    boundary = np.zeros_like(interior)
+    boundary[20, 5:35] = 0.3
+    probs = np.stack([1.0 - interior - boundary, interior, boundary]).astype(np.float32)
+    with Project.create(root, task=make_task("instances")) as proj:
+        proj.register_model(model, round=0, method="teacher")
+        proj.import_array(np.zeros(SIZE, np.uint8), "img")
+        proj.save_proposal("teacher0", "img", probs, np.zeros(SIZE, np.float32))
+    with Server(root) as server, DiffsegClient(server.url) as client:
+        _viewer, _project, annotate = _open_proposal(make_napari_viewer, qtbot, server.url)
+        labels = annotate.labels
+        assert int(np.asarray(labels.data).max()) == 1  # joined
+        assert annotate.objects_button.isVisibleTo(annotate)
+        annotate.objects_button.click()
+        panel = annotate.objects_panel
+        assert panel.isVisibleTo(annotate)
+        qtbot.waitUntil(lambda: annotate._watershed_used is not None, timeout=WAIT_MS)
+        assert panel.values()["seed_threshold"] == 0.5  # the model's own, from the backend
+
+        # an edit blocks re-splitting (it would replace the edit)
+        edited = np.asarray(labels.data).copy()
+        edited[40:44, 40:44] = 7
+        labels.data = edited
+        panel.apply_button.click()
+        assert "splitting" not in annotate.current.text()
+        annotate.revert_button.click()
+
+        panel.boxes["seed_threshold"].setValue(0.7)
+        panel.apply_button.click()
+        qtbot.waitUntil(lambda: int(np.asarray(labels.data).max()) == 2, timeout=WAIT_MS)
+        assert "re-split (seeds > 0.7" in annotate.current.text()
+        assert annotate._watershed == {**panel.values(), "seed_threshold": 0.7}
+        annotate.save_button.click()
+        qtbot.waitUntil(lambda: client.image("img").latest_version == 1, timeout=WAIT_MS)
+        ann = client.annotations("img")[-1]
+        assert (ann.objects_added, ann.objects_removed, ann.objects_changed) == (0, 0, 0)
+
+        # Model's: the joined object again
+        panel.model_button.click()
+        qtbot.waitUntil(lambda: int(np.asarray(labels.data).max()) == 1, timeout=WAIT_MS)
+        assert annotate._watershed is None and panel.values()["seed_threshold"] == 0.5

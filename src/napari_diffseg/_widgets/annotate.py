@@ -49,7 +49,10 @@ corrected in napari's natural way: paint a new object with a fresh id (the layer
 when a proposal opens and after each save; *New object* or napari's M key picks another), erase, fill,
 merge (fill one object with another's id) or split (paint part of one with a fresh id). A save sends the
 ids as they are; the backend turns them into the training target, and the saved line gives the edit cost
-in objects (added, removed, changed) beside the pixels.
+in objects (added, removed, changed) beside the pixels. *Split objects…* opens the watershed's parameters
+(:mod:`._objects`): *Re-split* has the backend make the whole proposal's objects again with them (refused
+while the layer holds unsaved edits), *Model's* brings back the proposing model's own; a save then sends
+the same parameters, so the cost in objects counts from what was on show.
 
 **Objects of several classes** (an instance project created with ``background,nucleus,mitosis``): the
 objects are drawn as outlines and a second Labels layer, "<image> classes", below them fills each object
@@ -93,6 +96,7 @@ from napari_diffseg._widgets._classes import (
     proposal_with_classes,
     sync_classes,
 )
+from napari_diffseg._widgets._objects import ObjectsPanel, resplit_proposal, watershed_text
 from napari_diffseg._widgets._session import notify_error, run_in_thread, session_for, set_layer_data
 from napari_diffseg._widgets.project import go_to_plane, show_image
 from napari_diffseg.backend.errors import BackendError, StaleAnnotation
@@ -315,6 +319,10 @@ class AnnotateWidget(QWidget):
         self._snap: tuple[np.ndarray, np.ndarray] | None = None  # both layers after the last class sync
         self._syncing = False
         self._sync_pending = False
+        # an instance project: the watershed parameters the shown objects were re-split with (None: the
+        # model's own), sent with the correction; and those that made them (for the Split objects panel)
+        self._watershed: dict[str, Any] | None = None
+        self._watershed_used: dict[str, Any] | None = None
 
         self.current = QLabel("no image: open one in the DiffSeg project widget (Next image)")
         self.current.setWordWrap(True)
@@ -331,6 +339,15 @@ class AnnotateWidget(QWidget):
             "Select an id no object uses yet and the paint brush: the next strokes paint a new object"
         )
         self.new_object_button.setVisible(False)
+        self.objects_button = QPushButton("Split objects…")
+        self.objects_button.setCheckable(True)
+        self.objects_button.setToolTip(
+            "Touching objects joined, or one object in pieces? Make the whole proposal's objects again with "
+            "other watershed parameters before correcting by hand"
+        )
+        self.objects_button.setVisible(False)
+        self.objects_panel = ObjectsPanel(self.resplit)
+        self.objects_panel.setVisible(False)
         self.class_box = QComboBox()
         self.class_box.setToolTip(
             "Objects of several classes: the class to paint. Choosing one selects it in the '… classes' layer "
@@ -391,7 +408,11 @@ class AnnotateWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.current)
         layout.addWidget(self.classes_legend)
-        layout.addWidget(self.new_object_button)
+        objects_row = QHBoxLayout()
+        objects_row.addWidget(self.new_object_button, 1)
+        objects_row.addWidget(self.objects_button)
+        layout.addLayout(objects_row)
+        layout.addWidget(self.objects_panel)
         layout.addWidget(self.class_row)
         layout.addWidget(self.load_button)
         layout.addLayout(buttons)
@@ -403,6 +424,7 @@ class AnnotateWidget(QWidget):
 
         self.load_button.clicked.connect(self.load_proposal)
         self.new_object_button.clicked.connect(self.new_object)
+        self.objects_button.toggled.connect(self._on_objects_toggled)
         self.class_box.activated.connect(self._on_class_activated)
         self.save_button.clicked.connect(self.save)
         self.revert_button.clicked.connect(self.revert)
@@ -722,7 +744,15 @@ class AnnotateWidget(QWidget):
             self._annotated = []  # the proposal: no plane of it is annotated until edited or accepted
             plane = result["proposal"].plane
             what = f"proposal {self.proposal_id} of model {self.model_id}"
+            if result.get("watershed_overrides"):
+                what += f", objects re-split ({watershed_text(result.get('watershed') or {})})"
             title = f"{name} proposal"
+        self._watershed = result.get("watershed_overrides") or None
+        self._watershed_used = result.get("watershed") or None
+        if self._watershed_used:
+            self.objects_panel.set_values(self._watershed_used)
+        elif self.objects_panel.isVisible() and result["kind"] == "proposal":
+            QTimer.singleShot(0, partial(self._on_objects_toggled, True))  # fill it for this proposal
         self._waiting_for_model = False
         self._set_uncertainty(name, result.get("uncertainty"), result.get("limits"), meta)
         labels = self.labels
@@ -771,10 +801,79 @@ class AnnotateWidget(QWidget):
         self.classes_legend.setText(legend)
         self.classes_legend.setVisible(bool(legend))
         self.new_object_button.setVisible(task.kind == "instances")
+        self.objects_button.setVisible(task.kind == "instances")
+        self.objects_panel.setVisible(task.kind == "instances" and self.objects_button.isChecked())
         if task.kind == "instances":
             labels.selected_label = fresh_label(labels.data)
         elif task.kind == "multiclass" and not 0 < labels.selected_label < len(task.classes):
             labels.selected_label = 1
+
+    # ------------------------------------------------------------------------------ split objects
+
+    def _on_objects_toggled(self, checked: bool) -> None:
+        """Show or hide the Split objects panel; on first showing, fill it with the parameters that made
+        the objects on show (asked of the backend)."""
+        self.objects_panel.setVisible(checked and self.task.kind == "instances")
+        client = self.session.client
+        if not checked or self._watershed_used or client is None or self.proposal_id is None:
+            return
+        if self.image_id is None or self.model_id is None:
+            return
+        run_in_thread(
+            client.proposal_objects,
+            self.image_id,
+            "instances",
+            model_id=self.model_id,
+            on_done=self._on_watershed_known,
+            on_error=lambda exc: None,  # the panel keeps its values; re-splitting still works
+        )
+
+    def _on_watershed_known(self, found: tuple[Any, dict[str, Any]]) -> None:
+        used = found[1]
+        if used and self._alive.value:
+            self._watershed_used = used
+            self.objects_panel.set_values(used)
+
+    def resplit(self, overrides: dict[str, Any]) -> None:
+        """Have the backend make the shown proposal's objects again with the watershed parameters
+        ``overrides`` (``{}``: the proposing model's own) and show them; refused while the objects are
+        edited (re-splitting would replace the edits)."""
+        client = self.session.client
+        if client is None or self.image_id is None or self.proposal_id is None or self.model_id is None:
+            show_warning("Load a proposal first: re-splitting makes a proposal's objects again.")
+            return
+        if self.has_unsaved_edits():
+            show_warning(
+                "Not re-split: the objects are edited. Save or revert your edits first — re-splitting "
+                "replaces the objects shown."
+            )
+            return
+        self._load_token += 1
+        token = self._load_token
+        self.current.setText(f"{self._image_name(self.image_id)}: splitting the objects again…")
+        run_in_thread(
+            resplit_proposal,
+            client,
+            self.image_id,
+            self.proposal_id,
+            self.model_id,
+            self.task,
+            self.base_version,
+            dict(overrides),
+            on_done=partial(self._on_resplit, token),
+            on_error=partial(self._on_resplit_failed, token),
+        )
+
+    def _on_resplit(self, token: int, result: dict[str, Any]) -> None:
+        if token == self._load_token and self._alive.value:
+            self._show_loaded(result)
+
+    def _on_resplit_failed(self, token: int, exc: BaseException) -> None:
+        if token != self._load_token or not self._alive.value:
+            return
+        message = exc.message if isinstance(exc, BackendError) else str(exc)
+        self.current.setText(f"{self._image_name(self.image_id or '')}: not re-split: {message}")
+        notify_error(exc)
 
     # ------------------------------------------------------------------------------ object classes
 
@@ -1038,6 +1137,8 @@ class AnnotateWidget(QWidget):
         if then is not None:
             self._after_save.append(then)
         extra: dict[str, Any] = {} if classes is None else {"classes": classes}
+        if self._watershed and self.proposal_id is not None:  # counted against the objects re-split
+            extra["watershed"] = self._watershed
         run_in_thread(
             self.session.client.save_annotation,
             self.image_id,
