@@ -3,11 +3,13 @@ Image layer; save the correction (Shift-S) as a new annotation version, revert t
 the image. Unsaved edits are never dropped silently: before another image or proposal replaces them the
 annotator chooses Save, Discard or Cancel (:func:`ask_unsaved`).
 
-Why one module of ~900 lines: one dock widget whose handlers guard the same editing state (unsaved edits,
-the image and proposal on show, stale saves, the planes of a stack, the task's labels); everything that is
-not Qt (loading an image with its proposal, the uncertainty summary, next-image choice, which planes a save
-annotates) lives in ``review.py`` and ``base/uncertainty.py``. The next split would move the task-specific
-layer set-up (instances, classes) into its own helper module.
+Why one module of ~1,360 lines: one dock widget whose handlers guard the same editing state (unsaved edits,
+the image and proposal on show, stale saves, the planes of a stack, the task's labels, the watershed the
+objects were re-split with); everything that is not Qt (loading an image with its proposal, the uncertainty
+summary, next-image choice, which planes a save annotates) lives in ``review.py`` and
+``base/uncertainty.py``, and the object classes' and the Split objects panel's own parts in ``_classes.py``
+and ``_objects.py``. The next split would move the task-specific layer set-up (instances, classes) into its
+own helper module.
 
 Proposals come by themselves: when an image is opened, the proposal of the **active model** is shown; when
 that model has none for the image yet, a ``propose`` job is requested for it, followed in a worker thread
