@@ -241,3 +241,52 @@ def test_predict_ome_zarr_objects(tmp_path: Path, monkeypatch, capsys, tiled: bo
         rc = main([*argv[:-2], "--object-rows", "16", "--overwrite"])
         err = capsys.readouterr().err
         assert rc == 0 and "may be cut in two" in err and "--object-rows 32" in err
+
+
+def test_predict_watershed_overrides_the_models(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``diffseg predict --watershed '{...}'``: the objects with those parameters in place of the model's
+    (image files here); bad parameters, or a model of another task, get one clear line and nothing written."""
+    import tifffile
+
+    import napari_diffseg.predict as predict_mod
+    from napari_diffseg.cli import main
+
+    ids = _discs(120, 100, 30, seed=2)
+    probs = _probs(ids)
+    model = _instance_model(tmp_path)  # its own watershed: seeds > 0.6
+    monkeypatch.setattr(predict_mod, "predict_image", lambda bundle, config, image: probs)
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((120, 100), np.uint8))
+    override = {"seed_threshold": 0.9, "min_size": 40}
+    argv = ["predict", str(model), str(tmp_path / "a.tif"), "--out", str(tmp_path / "out"), "--no-overlays"]
+    assert main([*argv, "--watershed", '{"seed_threshold": 0.9, "min_size": 40}']) == 0
+    got = tifffile.imread(tmp_path / "out" / "a.tif.tif")
+    _same_partition(got, probs_to_instances(probs, Watershed(seed_threshold=0.6).with_overrides(override)))
+    capsys.readouterr()
+    for bad, words in [
+        ('{"seeds": 1}', "unknown watershed parameter"),
+        ('{"min_size": 0}', "min_size must be a whole number"),
+        ("0.9", "JSON object"),
+        ("{seed", "JSON object"),
+    ]:
+        rc = main([*argv, "--out", str(tmp_path / "bad"), "--watershed", bad])
+        err = capsys.readouterr().err
+        assert rc == 2 and words in err and err.count("\n") == 1, (bad, err)
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+    from napari_diffseg.base.presets import get_preset
+    from napari_diffseg.core.models import ModelBundle, ModelSpec, save_bundle
+
+    pr = get_preset("tiny")
+    binary = save_bundle(
+        ModelBundle(ModelSpec("diffseg", 3, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim), seed=0),
+        tmp_path / "binary",
+        extra={"preset": pr.to_dict(), "task": "binary"},
+    )
+    rc = main(
+        ["predict", str(binary), str(tmp_path / "a.tif"), "--out", str(tmp_path / "b2"), "--watershed", "{}"]
+    )
+    assert rc == 0  # an empty object changes nothing, for any model
+    rc = main(
+        [*argv[:1], str(binary), *argv[2:], "--out", str(tmp_path / "b3"), "--watershed", '{"min_size": 5}']
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "applies to an instance model" in err

@@ -280,6 +280,14 @@ def predict(
             "post-processed with, so objects up to this tall are made whole across blocks",
         ),
     ] = 256,
+    watershed: Annotated[
+        str | None,
+        typer.Option(
+            help="an instance model: watershed parameters in place of the model's own, as JSON, e.g. "
+            '\'{"seed_threshold": 0.8, "min_size": 30}\' (threshold, seed_threshold, seed_sigma, '
+            "min_seed_size, min_size)",
+        ),
+    ] = None,
 ) -> None:
     """Segment images with a model's students (one pass, tiled for large images).
 
@@ -301,6 +309,16 @@ def predict(
     _threads(threads)
     from .predict import predict_files
 
+    overrides = None
+    if watershed is not None:
+        try:
+            overrides = json.loads(watershed)
+        except ValueError as exc:
+            raise _user_error(
+                f"--watershed must be a JSON object, e.g. '{{\"seed_threshold\": 0.8}}': {exc}"
+            ) from exc
+        if not isinstance(overrides, dict):
+            raise _user_error(f"--watershed must be a JSON object of parameters, got {watershed!r}")
     bar: Any = None
 
     def progress(done: int, total: int) -> None:
@@ -328,6 +346,7 @@ def predict(
             overwrite=overwrite,
             progress=progress,
             object_rows=object_rows,
+            watershed=overrides,
         )
     finally:
         if bar is not None:

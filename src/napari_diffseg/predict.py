@@ -14,7 +14,7 @@ and each path is short; the block-by-block object making itself lives in ``core/
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,6 +303,7 @@ def predict_files(
     overwrite: bool = False,
     progress: Any = None,
     object_rows: int = CONTEXT_ROWS,
+    watershed: Mapping[str, Any] | None = None,
 ) -> PredictReport:
     """Segment image files and OME-Zarr images, each on its own: a file that cannot be read or predicted is
     recorded with its reason (``PredictReport.failed``) and the others are still predicted.
@@ -317,16 +318,26 @@ def predict_files(
     existing output is never replaced without ``overwrite`` (that input fails, naming the file). A z-stack
     ``(Z, [C,] Y, X)`` is predicted plane by plane and its label TIFF is ``(Z, Y, X)`` (probabilities
     ``(Z, K − 1, Y, X)``; no overlay PNG). OME-Zarr
-    options: see :func:`predict_ome_zarr`.
+    options: see :func:`predict_ome_zarr`. ``watershed`` (an instance model): some or all of the watershed's
+    parameters in place of the model's own (``core.instances.Watershed``).
 
     Raises:
-        DataError: No image given, or a folder without images.
+        DataError: No image given, a folder without images, ``watershed`` for a model of another task or
+            with unknown parameters or values out of range.
         CheckpointError: The model cannot be loaded.
     """
     if not images:
         raise DataError("no images given; pass one or more image files")
     files = _image_files(images)
     bundle, config = load_model(model, device)
+    if watershed:
+        from .core.instances import Watershed
+
+        if config.get("task") != "instances":
+            raise DataError(
+                f"--watershed applies to an instance model; {model} is a {config.get('task', 'binary')} model"
+            )
+        config = {**config, "watershed": Watershed.from_config(config).with_overrides(watershed).to_config()}
     names = object_class_names(config, bundle.spec.num_classes)
     classed = len(names) > 1
     out = Path(out)
