@@ -137,11 +137,7 @@ class Watershed:
             return cls()
         if not isinstance(raw, Mapping):
             raise DataError(f"a model's watershed parameters must be a JSON object, got {raw!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise DataError(f"unknown watershed parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(raw))
+        return cls().with_overrides(raw)
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> Watershed:
         """These parameters with those of ``overrides`` (a JSON object: some or all of the fields; a whole
