@@ -18,7 +18,7 @@ reachable, after ``retries`` attempts with backoff), :class:`AuthError` (401, 40
 ``.status`` and the server's message). Requests that may have changed something (POST) are retried only
 when the connection could not be made at all, so a save is never applied twice.
 
-Why one module of ~500 lines: one class mirrors the HTTP API route by route (project, images,
+Why one module of ~540 lines: one class mirrors the HTTP API route by route (project, images,
 annotations, proposals, jobs, models), all sharing its retry, error and array-decoding helpers; split by
 resource, each part would be a few methods around the same private plumbing.
 """
