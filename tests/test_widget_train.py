@@ -434,3 +434,39 @@ def format_seconds_of(plan, speed: float) -> str:
     from napari_diffseg.base.cost import format_seconds
 
     return f"about {format_seconds(plan.seconds * speed)}"
+
+
+def test_closing_the_session_stops_the_speed_poll_of_a_calibrating_backend(qtbot) -> None:
+    """A backend that measures its speed forever: closing the session ends the poll's worker at its next
+    poll (no thread left sleeping past the viewer), and no speed from it is taken afterwards."""
+    import threading
+    from types import SimpleNamespace
+
+    from napari_diffseg._widgets._session import Session
+
+    polls = threading.Semaphore(0)
+
+    class Calibrating:
+        def health(self):
+            polls.release()
+            return SimpleNamespace(speed=None, calibrating=True)
+
+        def models(self):
+            return []
+
+        def jobs(self, state=None):
+            return []
+
+        def close(self) -> None:
+            pass
+
+    session = Session()
+    session.set_client(Calibrating())
+    worker = session._speed_worker
+    assert worker is not None
+    assert polls.acquire(timeout=10) and polls.acquire(timeout=10)  # it polls while the backend measures
+    finished: list[bool] = []
+    worker.finished.connect(lambda: finished.append(True))
+    session.close()
+    qtbot.waitUntil(lambda: finished == [True], timeout=10_000)
+    assert session._speed_worker is None and session.speed is None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any
 
@@ -95,6 +95,8 @@ class Session(QObject):
         self.next_strategy = "uncertainty"
         self.speed: float | None = None
         self.speed_source = ""
+        # the worker polling the backend while it measures its speed (a generator worker: quit() stops it)
+        self._speed_worker: Any = None
 
     def set_model_id(self, model_id: str | None) -> None:
         """Remember the backend's active model (the proposals shown come from it); :attr:`model_changed`
@@ -127,7 +129,8 @@ class Session(QObject):
         self.model_id, self.model_known = None, False
         self.speed, self.speed_source = None, ""  # another backend, another machine
         self.connected.emit(client)
-        run_in_thread(
+        self._stop_speed_poll()  # the previous backend's poll, if it was still measuring
+        self._speed_worker = run_in_thread(
             _measured_speed,
             client,
             on_done=partial(self._on_measured_speed, client),
@@ -140,6 +143,19 @@ class Session(QObject):
             on_done=partial(self._on_interrupted_jobs, client),
             on_error=lambda _exc: None,  # the widgets' own refresh on `connected` reports a dead backend
         )
+
+    def _stop_speed_poll(self) -> None:
+        worker, self._speed_worker = self._speed_worker, None
+        if worker is not None:
+            worker.quit()  # honoured at the poll's next yield (within about a second)
+
+    def close(self) -> None:
+        """The viewer is going: stop polling the backend, then stop the local backend this session started.
+
+        Without this, a poll still waiting for a calibrating backend outlives the viewer and its worker's
+        signals are emitted into deleted Qt objects at exit."""
+        self._stop_speed_poll()
+        self.stop_server()
 
     def set_speed(self, speed: float, source: str) -> None:
         """Use ``speed`` (from ``source``: ``"job"`` or ``"start"``) for estimates from now on."""
@@ -221,16 +237,22 @@ def session_for(viewer: Any) -> Session:
 def _forget(key: int) -> None:
     entry = _SESSIONS.pop(key, None)
     if entry is not None:
-        entry[1].stop_server()
+        entry[1].close()
 
 
-def _measured_speed(client: Any, interval_s: float = 1.0, timeout_s: float = 300.0) -> float | None:
-    """Worker: the backend's speed measured at its start (``GET /health``), waiting while it measures."""
+def _measured_speed(
+    client: Any, interval_s: float = 1.0, timeout_s: float = 300.0
+) -> Generator[None, None, float | None]:
+    """Worker: the backend's speed measured at its start (``GET /health``), waiting while it measures.
+
+    A generator that yields between polls, so that ``worker.quit()`` (:meth:`Session.close`, a new
+    client) stops it there instead of leaving a thread sleeping past the viewer's end."""
     deadline = time.monotonic() + timeout_s
     while True:
         health = client.health()
         if health.speed is not None or not health.calibrating or time.monotonic() > deadline:
             return health.speed
+        yield None
         time.sleep(interval_s)
 
 

@@ -50,4 +50,4 @@ def open_project(project: Path, title: str = "diffseg demo") -> None:
         dock_widgets(viewer, Path(project))
         napari.run()
     finally:
-        session_for(viewer).stop_server()
+        session_for(viewer).close()
