@@ -470,3 +470,42 @@ def test_closing_the_session_stops_the_speed_poll_of_a_calibrating_backend(qtbot
     session.close()
     qtbot.waitUntil(lambda: finished == [True], timeout=10_000)
     assert session._speed_worker is None and session.speed is None
+
+
+CLOSE_WHILE_CALIBRATING = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import napari
+from qtpy.QtWidgets import QApplication
+from backend_server import Server
+from napari_diffseg._widgets._session import session_for
+from napari_diffseg.backend.client import DiffsegClient
+
+srv = Server({root!r}).start()
+viewer = napari.Viewer(show=False)
+session = session_for(viewer)
+session.set_client(DiffsegClient(srv.url))
+end = time.monotonic() + 3
+while time.monotonic() < end:  # the speed poll runs: the backend waits 60 s before it measures
+    QApplication.processEvents()
+    time.sleep(0.05)
+assert session._speed_worker is not None
+viewer.close()  # a script's end: the viewer closed, the Qt application never quit, the backend stopped
+srv.stop()
+print("script done")
+"""
+
+
+def test_a_script_that_closes_napari_while_the_backend_calibrates_exits_cleanly(tmp_path: Path) -> None:
+    """The speed poll is still waiting when the viewer closes and the backend stops: the process must
+    end with 0, not abort in Qt's teardown (a worker emitting into deleted signal objects)."""
+    import subprocess
+    import sys
+
+    root = make_project(tmp_path / "proj", n_train=1, size=32, annotate=0)
+    script = tmp_path / "close.py"
+    script.write_text(CLOSE_WHILE_CALIBRATING.format(tests=str(Path(__file__).parent), root=str(root)))
+    env = {**os.environ, "DIFFSEG_CALIBRATE": "1", "DIFFSEG_CALIBRATE_DELAY": "60", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "script done" in done.stdout and "has been deleted" not in done.stderr

@@ -8,6 +8,7 @@ says what to do). :data:`FETCH_POOL`, :func:`active_model_id` and :func:`fetch_i
 
 from __future__ import annotations
 
+import atexit
 import subprocess
 import time
 import weakref
@@ -15,7 +16,7 @@ from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any
 
-from napari.qt.threading import create_worker
+from napari.qt.threading import WorkerBase, create_worker
 from napari.utils.notifications import (
     Notification,
     NotificationSeverity,
@@ -238,6 +239,22 @@ def _forget(key: int) -> None:
     entry = _SESSIONS.pop(key, None)
     if entry is not None:
         entry[1].close()
+
+
+@atexit.register
+def _close_sessions_at_exit(wait_ms: int = 10_000) -> None:
+    """At interpreter exit: close every session (its speed poll, its local backend), then give the workers
+    still in flight (a request to a backend that just stopped fails within its ~2 s of retries) up to
+    ``wait_ms`` to end. Registered after Qt is imported, so it runs before Qt's own teardown: a worker
+    that ended after it would emit its signals into deleted Qt objects and abort the process. A script
+    that closes the viewer without quitting the Qt application (no ``aboutToQuit``, where napari waits for
+    its workers) reaches this."""
+    for _ref, session in list(_SESSIONS.values()):
+        session.close()
+    try:
+        WorkerBase.await_workers(msecs=wait_ms)
+    except RuntimeError:  # a worker still busy after wait_ms: nothing more can be done without killing it
+        pass
 
 
 def _measured_speed(
