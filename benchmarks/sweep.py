@@ -52,6 +52,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -500,6 +501,45 @@ def load(out: Path) -> dict[tuple[str, float], dict[int, dict]]:
     return by
 
 
+def _main_table(
+    by: dict[tuple[str, float], dict[int, dict]], arms: list[str], fractions: list[float]
+) -> list[str]:
+    """One row per arm: the main figure's mean ± sample std (n seeds) at each fraction, mean training s."""
+    lines = [
+        "| arm | " + " | ".join(f"{f:.0%}" for f in fractions) + " | mean training s |",
+        "|---|" + "---|" * (len(fractions) + 1),
+    ]
+    for a in arms:
+        cells, secs = [], []
+        for f in fractions:
+            rs = by.get((a, f), {})
+            if not rs:
+                cells.append("—")
+                continue
+            m, sd = mean_sd([score(r) for r in rs.values()])
+            cells.append(f"{m:.3f} ± {sd:.3f} ({len(rs)})" if len(rs) > 1 else f"{m:.3f} (1)")
+            secs += [r.get("train_seconds", r["seconds"]) for r in rs.values()]
+        lines.append(f"| {a} | " + " | ".join(cells) + f" | {sum(secs) / max(1, len(secs)):.0f} |")
+    return lines
+
+
+def _paired_table(
+    by: dict[tuple[str, float], dict[int, dict]], fractions: list[float], pairs: list[tuple[str, str]]
+) -> list[str]:
+    """One row per (arm, reference) pair with runs: the paired difference per seed at each fraction."""
+    lines = ["| arm | reference | " + " | ".join(f"{f:.0%}" for f in fractions) + " |"]
+    lines += ["|---|---|" + "---|" * len(fractions)]
+    for a, ref in pairs:
+        cells = []
+        for f in fractions:
+            da = {s: score(r) for s, r in by.get((a, f), {}).items()}
+            db = {s: score(r) for s, r in by.get((ref, f), {}).items()}
+            cells.append(_paired_cell(da, db))
+        if any(c != "—" for c in cells):
+            lines.append(f"| {a} | {ref} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def report(out: Path) -> str:
     by = load(out)
     if not by:
@@ -523,20 +563,8 @@ def report(out: Path) -> str:
         + (f" ({dirty} of {len(runs)} runs on a dirty tree)" if dirty else "")
         + f", {prov.get('processor') or prov.get('machine')}, {prov.get('threads')} thread(s).",
         "",
-        "| arm | " + " | ".join(f"{f:.0%}" for f in fractions) + " | mean training s |",
-        "|---|" + "---|" * (len(fractions) + 1),
     ]
-    for a in arms:
-        cells, secs = [], []
-        for f in fractions:
-            rs = by.get((a, f), {})
-            if not rs:
-                cells.append("—")
-                continue
-            m, sd = mean_sd([score(r) for r in rs.values()])
-            cells.append(f"{m:.3f} ± {sd:.3f} ({len(rs)})" if len(rs) > 1 else f"{m:.3f} (1)")
-            secs += [r.get("train_seconds", r["seconds"]) for r in rs.values()]
-        lines.append(f"| {a} | " + " | ".join(cells) + f" | {sum(secs) / max(1, len(secs)):.0f} |")
+    lines += _main_table(by, arms, fractions)
     lines += _extras_section(by, arms, fractions)
     lines += _watershed_section(by, arms, fractions)
     lines += _glas_parts_section(by, arms, fractions)
@@ -555,19 +583,10 @@ def report(out: Path) -> str:
                 "",
                 f"diffseg as a share of {ref_name} at 100 % labels ({ref:.3f}): " + ", ".join(ratios),
             ]
-    lines += ["", "Paired differences (arm − reference, same seeds), mean [95 % t interval] (n):", ""]
-    lines += ["| arm | reference | " + " | ".join(f"{f:.0%}" for f in fractions) + " |"]
-    lines += ["|---|---|" + "---|" * len(fractions)]
     pairs = [(a, ref) for a in ("diffseg", "cps") for ref in REFERENCES if ref != a]
     pairs += [(a, ref) for a in ARMS for ref in ABLATES.get(a, ())]
-    for a, ref in pairs:
-        cells = []
-        for f in fractions:
-            da = {s: score(r) for s, r in by.get((a, f), {}).items()}
-            db = {s: score(r) for s, r in by.get((ref, f), {}).items()}
-            cells.append(_paired_cell(da, db))
-        if any(c != "—" for c in cells):
-            lines.append(f"| {a} | {ref} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences (arm − reference, same seeds), mean [95 % t interval] (n):", ""]
+    lines += _paired_table(by, fractions, pairs)
     lines += _one_student_section(by)
     lines += _teacher_section(by)
     lf = [
@@ -668,6 +687,63 @@ def write_report(out: Path) -> str:
     return text
 
 
+#: a README block made from one results folder: ``<!-- evidence:FOLDER -->`` ... ``<!-- /evidence:FOLDER -->``
+README_BLOCK = re.compile(r"(<!-- evidence:(?P<name>[\w.-]+) -->\n).*?(<!-- /evidence:(?P=name) -->)", re.S)
+
+
+def readme_block(out: Path, readme_dir: Path) -> str:
+    """The README's table of one results folder, from its JSONs alone: every arm's mean ± sample std at each
+    fraction, diffseg (and each ablation) paired by seed against the arms it is judged against, the share of
+    full supervision, and the figure (``write_report`` draws it)."""
+    by = load(out)
+    if not by:
+        raise SystemExit(f"{out}: no result JSONs for its README block")
+    fractions = sorted({f for _, f in by})
+    arms = [a for a in ARMS if any((a, f) in by for f in fractions)]
+    runs = [r for rs in by.values() for r in rs.values()]
+    some = runs[0]
+    prov = some.get("provenance", {})
+    commits = sorted({str(r.get("provenance", {}).get("commit"))[:7] for r in runs})
+    what = "test AP@0.5" if main_key(some) == "ap_50" else "test Dice"
+    lines = [
+        f"*Made from the {len(runs)} result JSONs of [`{out.name}/`]({os.path.relpath(out, readme_dir)}/) by "
+        "`python benchmarks/sweep.py --report-all --readme README.md` (do not edit by hand).* "
+        f"{what[0].upper() + what[1:]}, {some['test']['n']} test images"
+        + (" scored inside the field of view" if some.get("scored_in_fov") else "")
+        + f", preset `{some['preset']}`; mean ± sample std over seeds (n); "
+        f"{prov.get('processor') or prov.get('machine')}, {prov.get('threads')} thread(s) a run; commits "
+        + ", ".join(commits)
+        + ".",
+        "",
+    ]
+    lines += _main_table(by, arms, fractions)
+    pairs = [("diffseg", ref) for ref in REFERENCES] + [(a, ref) for a in ARMS for ref in ABLATES.get(a, ())]
+    lines += ["", f"Paired by seed, {what} difference, mean [95 % t interval] (n):", ""]
+    lines += _paired_table(by, fractions, pairs)
+    figure = out / ("ap50.png" if main_key(some) == "ap_50" else "dice.png")
+    lines += [
+        "",
+        f"![{out.name}: {what} against the labeled fraction]({os.path.relpath(figure, readme_dir)})",
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, results: Path = RESULTS) -> list[str]:
+    """Rewrite every ``<!-- evidence:FOLDER -->`` block of ``readme`` from ``results/FOLDER``'s JSONs; returns
+    the folders written. A block naming a folder without results stops with an error (nothing written)."""
+    text = readme.read_text()
+    done: list[str] = []
+
+    def fill(m: re.Match[str]) -> str:
+        done.append(m["name"])
+        return m.group(1) + readme_block(results / m["name"], readme.resolve().parent) + "\n" + m.group(3)
+
+    new = README_BLOCK.sub(fill, text)
+    if new != text:
+        readme.write_text(new)
+    return done
+
+
 def dataset_view(dataset: Path, split_csv: Path, views: Path) -> Path:
     """``<views>/<dataset>-<split stem>``: symlinks to the dataset's images/, masks/, fov/ and instances/, and
     a copy of ``split_csv`` as its split.csv (the dataset itself is never copied or changed)."""
@@ -739,6 +815,11 @@ def main() -> None:
         help="where --split views are made (outside the repository)",
     )
     ap.add_argument("--report-all", action="store_true", help="summary.md + dice.png of every results folder")
+    ap.add_argument(
+        "--readme",
+        type=Path,
+        help="with --report-all: also rewrite this file's <!-- evidence:FOLDER --> blocks from the JSONs",
+    )
     ap.add_argument("--arms", nargs="+", default=["diffseg", "supervised", "cps", "mean-teacher"])
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.1])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -779,6 +860,8 @@ def main() -> None:
             if any(folder.glob("*.json")):
                 write_report(folder)
                 print(f"{folder}: summary.md, dice.png")
+        if args.readme is not None:
+            print(f"{args.readme}: blocks of {', '.join(update_readme(args.readme, args.out or RESULTS))}")
         return
     if args.dataset is None:
         ap.error("--dataset is required (or --report-all)")

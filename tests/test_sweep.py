@@ -332,3 +332,31 @@ def test_tuned_watershed_runs_report_tuned_minus_fixed_on_the_same_networks(tmp_
         in text
     )
     assert "AP@0.5, fixed watershed" in text  # the extras table lists the defaults' figure
+
+
+def test_readme_blocks_are_rewritten_from_the_jsons_and_the_rest_is_kept(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    out = results / "ds"
+    out.mkdir(parents=True)
+    for s, (d, sup) in enumerate([(0.80, 0.75), (0.82, 0.80), (0.78, 0.74)]):
+        _write(out, "diffseg", 0.1, s, _run("diffseg", 0.1, s, d))
+        _write(out, "supervised", 0.1, s, _run("supervised", 0.1, s, sup))
+    readme = tmp_path / "README.md"
+    before, after = "# Title\n\nprose before\n", "\nprose after\n"
+    readme.write_text(before + "<!-- evidence:ds -->\nstale table\n<!-- /evidence:ds -->" + after)
+    assert sweep.update_readme(readme, results) == ["ds"]
+    text = readme.read_text()
+    assert text.startswith(
+        before + "<!-- evidence:ds -->\n*Made from the 6 result JSONs of [`ds/`](results/ds/)"
+    )
+    assert text.endswith("<!-- /evidence:ds -->" + after) and "stale table" not in text
+    assert "| diffseg | 0.800 ± 0.020 (3) | 10 |" in text
+    assert "| diffseg | supervised | +0.037 [" in text and "(3) |" in text
+    assert "](results/ds/dice.png)" in text
+    assert sweep.update_readme(readme, results) == ["ds"] and readme.read_text() == text  # idempotent
+    # a block naming a folder without results stops; the README is left as it was
+    readme.write_text(text + "<!-- evidence:missing -->\n<!-- /evidence:missing -->\n")
+    kept = readme.read_text()
+    with pytest.raises(SystemExit, match="missing: no result JSONs"):
+        sweep.update_readme(readme, results)
+    assert readme.read_text() == kept
