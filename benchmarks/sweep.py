@@ -693,8 +693,8 @@ README_BLOCK = re.compile(r"(<!-- evidence:(?P<name>[\w.-]+) -->\n).*?(<!-- /evi
 
 def readme_block(out: Path, readme_dir: Path) -> str:
     """The README's table of one results folder, from its JSONs alone: every arm's mean ± sample std at each
-    fraction, diffseg (and each ablation) paired by seed against the arms it is judged against, the share of
-    full supervision, and the figure (``write_report`` draws it)."""
+    fraction, diffseg (and each ablation) paired by seed against the arms it is judged against, and the figure
+    (``write_report`` draws it; the rest of the report stays in ``summary.md``)."""
     by = load(out)
     if not by:
         raise SystemExit(f"{out}: no result JSONs for its README block")
@@ -855,6 +855,8 @@ def main() -> None:
     unknown = set(args.arms) - set(ARMS)
     if unknown:
         ap.error(f"unknown arm(s) {sorted(unknown)}; known: {', '.join(ARMS)}")
+    if args.readme is not None and not args.report_all:
+        ap.error("--readme goes with --report-all (the README's blocks are rewritten after every summary)")
     if args.report_all:
         for folder in sorted(p for p in (args.out or RESULTS).iterdir() if p.is_dir()):
             if any(folder.glob("*.json")):
