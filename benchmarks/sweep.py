@@ -63,7 +63,9 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "evidence"
 
 ARMS: dict[str, tuple[str, dict]] = {
-    "diffseg": ("diffseg", {}),
+    # the paper's recipe: Stage A (label-free) first on a cold start. The preset default until issue 14's
+    # ablation; every `diffseg` JSON made before the default changed ran exactly this.
+    "diffseg": ("diffseg", {"cold_start_pretrain": True}),
     "supervised": ("supervised", {}),
     "cps": ("cps", {}),
     "mean-teacher": ("mean-teacher", {}),
@@ -71,7 +73,8 @@ ARMS: dict[str, tuple[str, dict]] = {
     "supervised-x2": ("cps", {"unsup_weight": 0.0}),
     # trained until its validation Dice stops improving (6 checks = 300 steps), at most 10x the budget
     "supervised-converged": ("supervised", {"cotrain_steps": 5000, "val_patience": 6}),
-    # ablations of diffseg (same code path, one part switched off)
+    # Stage A off: the preset default since issue 14's ablation (the override keeps the runs made before
+    # the change the same arm); the ablations below change this default (Stage A off) in one more part
     "diffseg-noA": ("diffseg", {"pretrain_steps": 0}),
     "diffseg-nopseudo": ("diffseg", {"unsup_weight": 0.0}),
     # the students' loss of the CPS baseline (sup + ramp x 1.0 x CPS) through diffseg's code path: the
@@ -86,13 +89,22 @@ ARMS: dict[str, tuple[str, dict]] = {
 REFERENCES = ("supervised", "cps", "mean-teacher")
 #: what each ablation is compared with, paired by seed (the arm it changes one thing of)
 ABLATES: dict[str, tuple[str, ...]] = {
-    **{a: ("diffseg",) for a in ARMS if a.startswith("diffseg-")},
-    "diffseg-cpsonly": ("diffseg", "cps"),  # the pseudo-labels' contribution; the same loss as `cps`
+    **{a: ("diffseg-noA",) for a in ARMS if a.startswith("diffseg-")},
+    "diffseg-noA": ("diffseg",),  # Stage A's contribution
+    "diffseg-cpsonly": ("diffseg-noA", "cps"),  # the pseudo-labels' contribution; the same loss as `cps`
     "supervised-x2": ("supervised",),
     "supervised-converged": ("supervised",),
 }
 #: the arms the figure draws (the others are in the tables)
-PLOTTED = ("diffseg", "supervised", "cps", "mean-teacher", "supervised-x2")
+PLOTTED = ("diffseg", "diffseg-noA", "supervised", "cps", "mean-teacher", "supervised-x2")
+#: what the main tables say of an arm whose name alone does not
+ARM_NOTES = {
+    "diffseg": "the paper's recipe, label-free Stage A first",
+    "diffseg-noA": "Stage A off: **the default** since issue 14",
+}
+PLOT_LABELS = {"diffseg": "diffseg (Stage A first)", "diffseg-noA": "diffseg-noA (the default)"}
+#: the arms compared with every reference (supervised, CPS, mean-teacher)
+COMPARED = ("diffseg", "diffseg-noA")
 
 
 #: instance runs: the extra test figures listed beside the main one (GlaS's object metrics when present)
@@ -519,7 +531,8 @@ def _main_table(
             m, sd = mean_sd([score(r) for r in rs.values()])
             cells.append(f"{m:.3f} ± {sd:.3f} ({len(rs)})" if len(rs) > 1 else f"{m:.3f} (1)")
             secs += [r.get("train_seconds", r["seconds"]) for r in rs.values()]
-        lines.append(f"| {a} | " + " | ".join(cells) + f" | {sum(secs) / max(1, len(secs)):.0f} |")
+        name = f"{a} ({ARM_NOTES[a]})" if a in ARM_NOTES else a
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(secs) / max(1, len(secs)):.0f} |")
     return lines
 
 
@@ -572,18 +585,19 @@ def report(out: Path) -> str:
     if full:
         ref_name = "supervised-converged" if ("supervised-converged", 1.0) in by else "supervised"
         ref, _ = mean_sd([score(r) for r in full.values()])
-        ratios = []
-        for f in fractions:
-            rs = by.get(("diffseg", f), {})
-            if rs and f < 1:
-                m, _ = mean_sd([score(r) for r in rs.values()])
-                ratios.append(f"{f:.0%}: {m / ref:.1%}")
-        if ratios:
-            lines += [
-                "",
-                f"diffseg as a share of {ref_name} at 100 % labels ({ref:.3f}): " + ", ".join(ratios),
-            ]
-    pairs = [(a, ref) for a in ("diffseg", "cps") for ref in REFERENCES if ref != a]
+        for arm in COMPARED:
+            ratios = []
+            for f in fractions:
+                rs = by.get((arm, f), {})
+                if rs and f < 1:
+                    m, _ = mean_sd([score(r) for r in rs.values()])
+                    ratios.append(f"{f:.0%}: {m / ref:.1%}")
+            if ratios:
+                lines += [
+                    "",
+                    f"{arm} as a share of {ref_name} at 100 % labels ({ref:.3f}): " + ", ".join(ratios),
+                ]
+    pairs = [(a, ref) for a in (*COMPARED, "cps") for ref in REFERENCES if ref != a]
     pairs += [(a, ref) for a in ARMS for ref in ABLATES.get(a, ())]
     lines += ["", "Paired differences (arm − reference, same seeds), mean [95 % t interval] (n):", ""]
     lines += _paired_table(by, fractions, pairs)
@@ -654,7 +668,7 @@ def plot(out: Path) -> Path | None:
             yerr=[0.0 if sd != sd else sd for _, sd in stats],
             marker="o",
             capsize=3,
-            label=a,
+            label=PLOT_LABELS.get(a, a),
         )
     for name in ("supervised-converged", "supervised"):
         full = by.get((name, 1.0))
@@ -717,7 +731,8 @@ def readme_block(out: Path, readme_dir: Path) -> str:
         "",
     ]
     lines += _main_table(by, arms, fractions)
-    pairs = [("diffseg", ref) for ref in REFERENCES] + [(a, ref) for a in ARMS for ref in ABLATES.get(a, ())]
+    pairs = [(a, ref) for a in COMPARED for ref in REFERENCES]
+    pairs += [(a, ref) for a in ARMS for ref in ABLATES.get(a, ()) if (a, ref) not in pairs]
     lines += ["", f"Paired by seed, {what} difference, mean [95 % t interval] (n):", ""]
     lines += _paired_table(by, fractions, pairs)
     figure = out / ("ap50.png" if main_key(some) == "ap_50" else "dice.png")

@@ -88,11 +88,14 @@ def test_plans_follow_the_project_and_the_preset() -> None:
     images = [Img("a", "a", 584, 565, "ground_truth"), *(Img(f"u{i}", f"u{i}", 584, 565) for i in range(4))]
     images.append(Img("t", "t", 584, 565, split="test"))
     cpu = get_preset("cpu")
-    cold = job_plan("cotrain", "cpu", images, rounds=2)
+    cold = job_plan("cotrain", cpu.with_overrides(cold_start_pretrain=True), images, rounds=2)
     warm = job_plan("cotrain", "cpu", images, warm_start=True, rounds=2)
-    assert [p.key for p in cold.phases][:2] == ["start", "pretrain"]
+    assert [p.key for p in cold.phases][:2] == ["start", "pretrain"]  # the paper's recipe: Stage A first
     assert "pretrain" not in [p.key for p in warm.phases]
     assert cold.seconds - warm.seconds == pytest.approx(cpu.pretrain_steps * STEP_SECONDS["cpu"]["pretrain"])
+    default_cold = job_plan("cotrain", "cpu", images, rounds=2)  # the default cold start skips Stage A
+    assert "pretrain" not in [p.key for p in default_cold.phases]
+    assert default_cold.seconds == pytest.approx(warm.seconds)
     pl = [p for p in warm.phases if p.key == "pseudo-labels"]
     passes = math.ceil(cpu.cotrain_steps / cpu.refresh_every)
     assert [p.round for p in pl] == [1, 2] and pl[0].units == passes * 4  # the 4 unlabeled train images
@@ -255,7 +258,8 @@ def test_the_suggested_job_and_the_cost_line() -> None:
 
     fresh = [Img("a", "a", 256, 256), Img("b", "b", 256, 256)]
     annotated = [Img("a", "a", 256, 256, "corrected"), Img("b", "b", 256, 256)]
-    assert suggested_kind(fresh, []) == "pretrain"
+    assert suggested_kind(fresh, []) == "pretrain"  # nothing to learn from but the images
+    assert suggested_kind(annotated, []) == "cotrain"  # an annotation: co-train (Stage A would not help)
     assert suggested_kind(fresh, ["m"]) == "propose"
     assert suggested_kind(annotated, ["m"]) == "cotrain"
 

@@ -107,17 +107,16 @@ def test_demo_writes_a_report_with_dice_per_round_and_edit_dice(demo_run) -> Non
         assert len(proj.images(state="ground_truth", split="train")) == s.k
         assert not any(r.split.startswith("test") for r in proj.images())  # test images stay out
         jobs = proj.jobs()
-    assert [j.kind for j in jobs] == ["pretrain", "cotrain", "propose", "cotrain", "propose"]
+    assert [j.kind for j in jobs] == ["cotrain", "propose", "cotrain", "propose"]  # no label-free stage
     assert all(j.state == "done" for j in jobs)
     assert numbers["mean_edit_dice"] == pytest.approx(
         np.mean([c["edit_dice"] for c in numbers["corrections"]])
     )
 
     # loss curves came from the jobs' persisted events; every step was timed
-    assert numbers["events_with_losses"]["pretrain"] > 0
+    assert numbers["events_with_losses"]["cotrain_round1"] > 0
     assert numbers["events_with_losses"]["cotrain_round2"] > 0
     steps = (
-        "pretrain",
         "cotrain_round1",
         "propose",
         "correct",
@@ -211,7 +210,7 @@ def test_ctrl_c_stops_the_backend_and_its_jobs(tmp_path: Path) -> None:
     )
     assert proc.stderr is not None
     lines: list[str] = []
-    while True:  # wait until the data is uploaded and the pretraining job starts
+    while True:  # wait until the data is uploaded and round 1 starts
         line = proc.stderr.readline()
         lines.append(line)
         if "labeled at the start" in line or not line:

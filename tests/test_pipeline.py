@@ -49,13 +49,16 @@ def _weights(b: ModelBundle) -> dict[str, torch.Tensor]:
     return {f"{n}.{k}": v.clone() for n, net in b.nets.items() for k, v in net.state_dict().items()}
 
 
-@pytest.mark.parametrize("method", ["diffseg", "cps"])
-def test_run_stages_is_the_stage_sequence_bit_for_bit(method: str) -> None:
-    pr = get_preset("tiny")
+@pytest.mark.parametrize(("method", "stage_a"), [("diffseg", False), ("diffseg", True), ("cps", False)])
+def test_run_stages_is_the_stage_sequence_bit_for_bit(method: str, stage_a: bool) -> None:
+    """Stage A runs on a cold start only when the preset asks for it (``cold_start_pretrain``, off by
+    default: issue 14's ablation), then Stages B and C; a baseline is its one loop."""
+    pr = get_preset("tiny").with_overrides(cold_start_pretrain=stage_a)
     by_hand = _bundle(method)
     g = torch.Generator().manual_seed(0)
     if method == "diffseg":
-        list(pretrain_teacher(by_hand, _data().all_images, pr, generator=g, device=CPU))
+        if stage_a:
+            list(pretrain_teacher(by_hand, _data().all_images, pr, generator=g, device=CPU))
         list(train_teacher(by_hand, _data(), pr, generator=g, device=CPU))
         list(cotrain(by_hand, _data(), pr, generator=g, seed=0, device=CPU))
     else:
@@ -67,7 +70,9 @@ def test_run_stages_is_the_stage_sequence_bit_for_bit(method: str) -> None:
     a, b = _weights(by_hand), _weights(piped)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     phases = {e.phase for e in events if e.kind == "done"}
-    assert phases == ({"pretrain", "teacher", "cotrain"} if method == "diffseg" else {"cps"})
+    stages = {"pretrain", "teacher", "cotrain"} if stage_a else {"teacher", "cotrain"}
+    assert phases == (stages if method == "diffseg" else {"cps"})
+    assert not get_preset("tiny").cold_start_pretrain and not get_preset("cpu").cold_start_pretrain
 
 
 def test_run_stages_warm_start_skips_pretraining_and_checkpoints_each_stage(tmp_path: Path) -> None:
@@ -84,24 +89,26 @@ def test_run_stages_warm_start_skips_pretraining_and_checkpoints_each_stage(tmp_
             seed=0,
             device=CPU,
             checkpoints=ck,
-            pretrain=False,
+            cold_start=False,
             after_pretrain=lambda: called.append(True),
         )
     )
     assert "pretrain" not in {e.phase for e in events} and not called
     assert not ck["pretrain"].exists() and ck["teacher"].exists()
-    list(
-        run_stages(
-            _bundle("diffseg"),
-            _data(),
-            pr,
-            generator=gen,
-            seed=0,
-            device=CPU,
-            after_pretrain=lambda: called.append(1),
+    for stage_a in (False, True):  # a cold start scores the teacher before Stage B, with or without Stage A
+        events = list(
+            run_stages(
+                _bundle("diffseg"),
+                _data(),
+                pr.with_overrides(cold_start_pretrain=stage_a),
+                generator=gen,
+                seed=0,
+                device=CPU,
+                after_pretrain=lambda: called.append(1),
+            )
         )
-    )
-    assert called == [1]
+        assert ("pretrain" in {e.phase for e in events}) is stage_a
+    assert called == [1, 1]
 
 
 def test_preprocess_is_normalisation_after_channel_matching() -> None:

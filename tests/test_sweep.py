@@ -20,7 +20,10 @@ def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
     from napari_diffseg.base.presets import get_preset
 
     arms = sweep.ARMS
-    assert arms["diffseg-noA"] == ("diffseg", {"pretrain_steps": 0})  # Stage A off
+    assert arms["diffseg"] == ("diffseg", {"cold_start_pretrain": True})  # the paper's recipe, Stage A first
+    assert arms["diffseg-noA"] == ("diffseg", {"pretrain_steps": 0})  # Stage A off (the preset default)
+    assert sweep.ABLATES["diffseg-noA"] == ("diffseg",)  # Stage A's contribution
+    assert sweep.ABLATES["diffseg-nopseudo"] == ("diffseg-noA",)  # the other parts: of the default
     assert arms["diffseg-nopseudo"] == ("diffseg", {"unsup_weight": 0.0})  # teacher pseudo-labels off
     # pseudo-labels off with the CPS baseline's weight: the `cps` students' loss through diffseg's path
     assert arms["diffseg-cpsonly"] == ("diffseg", {"unsup_weight": 0.0, "cps_weight": 1.0})
@@ -96,13 +99,19 @@ def test_report_sample_std_paired_intervals_and_sections(tmp_path: Path) -> None
     assert (out / "dice.png").stat().st_size > 1000
 
     sd = math.sqrt(sum((v - 0.80) ** 2 for v in diff.values()) / 2)  # ddof 1, not the population std
-    assert f"| diffseg | {0.80:.3f} ± {sd:.3f} (3) |" in text
+    assert f"| diffseg ({sweep.ARM_NOTES['diffseg']}) | {0.80:.3f} ± {sd:.3f} (3) |" in text
+    assert f"| diffseg-noA ({sweep.ARM_NOTES['diffseg-noA']}) | 0.780 ± {sd:.3f} (3) |" in text
     d = [diff[s] - sup[s] for s in range(3)]
     m = sum(d) / 3
     h = t.ppf(0.975, 2) * math.sqrt(sum((x - m) ** 2 for x in d) / 2) / math.sqrt(3)
     assert f"| diffseg | supervised | {m:+.3f} [{m - h:+.3f}, {m + h:+.3f}] (3) |" in text
     # an ablation against the arm it ablates: exactly -0.02 every seed, so a zero-width interval
     assert "| diffseg-noA | diffseg | -0.020 [-0.020, -0.020] (3) |" in text
+    # the default (Stage A off) is compared with the references too
+    assert (
+        f"| diffseg-noA | supervised | {m - 0.02:+.3f} [{m - 0.02 - h:+.3f}, {m - 0.02 + h:+.3f}] (3) |"
+        in text
+    )
     # the pair against one student, the teacher on validation images, Stage A against the trivial masks
     assert "| diffseg | 10% | 0.800 ± 0.020 (3) | 0.790 ± 0.020 (3) | +0.010 [+0.010, +0.010] (3) |" in text
     row = next(ln for ln in text.splitlines() if ln.startswith("| diffseg | 10% | 10 |"))
@@ -177,7 +186,7 @@ def test_instance_runs_are_ranked_and_paired_by_ap50(tmp_path: Path) -> None:
         _write(tmp_path, "supervised", 1.0, s, inst("supervised", 1.0, s, 0.80, 0.95))
     text = sweep.report(tmp_path)
     assert "test AP@0.5" in text.splitlines()[0]
-    assert "| diffseg | 0.620 ± 0.020 (3) | — |" in text  # AP@0.5, not the pixel Dice 0.900
+    assert f"| diffseg ({sweep.ARM_NOTES['diffseg']}) | 0.620 ± 0.020 (3) | — |" in text  # AP, not Dice 0.900
     assert "| diffseg | 20% | 0.310 ± 0.010 (3) | 0.670 ± 0.020 (3) | 0.900 ± 0.000 (3) |" in text
     diffs = [0.10, 0.12, 0.05]
     h = sweep.t_quantile_975(2) * sweep.mean_sd(diffs)[1] / math.sqrt(3)
@@ -350,7 +359,7 @@ def test_readme_blocks_are_rewritten_from_the_jsons_and_the_rest_is_kept(tmp_pat
         before + "<!-- evidence:ds -->\n*Made from the 6 result JSONs of [`ds/`](results/ds/)"
     )
     assert text.endswith("<!-- /evidence:ds -->" + after) and "stale table" not in text
-    assert "| diffseg | 0.800 ± 0.020 (3) | 10 |" in text
+    assert f"| diffseg ({sweep.ARM_NOTES['diffseg']}) | 0.800 ± 0.020 (3) | 10 |" in text
     assert "| diffseg | supervised | +0.037 [" in text and "(3) |" in text
     assert "](results/ds/dice.png)" in text
     assert sweep.update_readme(readme, results) == ["ds"] and readme.read_text() == text  # idempotent

@@ -76,8 +76,8 @@ def _model_source(path: Path) -> tuple[Path, str | None]:
             active = proj.active_model()
             if active is None:
                 raise _user_error(
-                    f"project {path} has no model yet: run `diffseg pretrain {path}` (then correct a few "
-                    f"proposals and `diffseg cotrain {path}`) first"
+                    f"project {path} has no model yet: annotate a few images and run `diffseg cotrain {path}` "
+                    f"(or `diffseg pretrain {path}` for a label-free first model) first"
                 )
             name = active.id
             path = proj.model_dir(active.id)

@@ -7,8 +7,9 @@ and only through :class:`~napari_diffseg.backend.client.DiffsegClient`:
    ``OUT/data`` and creates the project ``OUT/project``;
 2. uploads the train and val images; ``k`` train images and every val image get their ground truth;
    the test images never enter the project (they are read only to score the students);
-3. pretrains the teacher (label-free), runs co-training round 1, and scores the active model's students
-   on the test images;
+3. runs co-training round 1 (a cold start: the teacher learns from the labeled images, without the
+   label-free Stage A, which issue 14's ablation found the students do not need) and scores the active
+   model's students on the test images;
 4. proposes masks with uncertainty for the unlabeled train images (and the val images, to measure how
    well the uncertainty finds the proposals' errors); a simulated annotator opens the ``b`` most
    uncertain ones (the backend's ``/next``) and saves the ground truth as a correction of the proposal
@@ -108,7 +109,6 @@ DEMO_PRESETS: dict[str, DemoSettings] = {
         job_preset="cpu",
         overrides={
             "batch_size": 4,
-            "pretrain_steps": 60,
             "teacher_steps": 100,
             "cotrain_steps": 150,
             "refresh_every": 150,
@@ -527,8 +527,6 @@ def run_demo(
                 f"labeled at the start (ground truth): {', '.join(labeled)}; {s.n_val} val images with ground truth"
             )
 
-            with run.step("pretrain"):
-                run.run_job(client, "pretrain", "pretrain", run.job_params(), "teacher pretraining")
             with run.step("cotrain_round1"):
                 run.run_job(client, "cotrain_round1", "cotrain", run.job_params(rounds=1), "round 1")
             with run.step("evaluate_round1"):
@@ -649,7 +647,7 @@ def _numbers(run: _Run, splits: dict[str, list[str]], labeled: list[str]) -> dic
     for key, events in run.events.items():
         losses[key] = sum(1 for e in events if e.data.losses)
     return {
-        "what": "diffseg demo: synthetic H&E glands, teacher pretraining, 2 co-training rounds, a simulated "
+        "what": "diffseg demo: synthetic H&E glands, 2 co-training rounds, a simulated "
         "annotator correcting the most uncertain proposals",
         "settings": asdict(s),
         "machine": {

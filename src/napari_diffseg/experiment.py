@@ -869,7 +869,8 @@ def run_experiment(
     extra: dict = {}
 
     def pretrain_check() -> None:
-        """Label-free check of Stage A on train images with ground truth (never the test split)."""
+        """Label-free check of Stage A on train images with ground truth (never the test split); without
+        Stage A (the default, ``cold_start_pretrain`` off) it scores the untrained teacher, and says so."""
         gt_ids = [i for i in train_ids if has_truth(i)][::teacher_eval_every]
         if gt_ids:
             lf = label_free_report(
@@ -879,7 +880,7 @@ def run_experiment(
                 pr,
                 regions=[ds.load_region(i) for i in gt_ids],
             )
-            extra["label_free"] = lf
+            extra["label_free"] = {**lf, "stage_a": bool(pr.cold_start_pretrain and pr.pretrain_steps > 0)}
             extra["pretrain_best_perm_dice"] = lf["teacher_dice"]  # the name older results used
 
     events = run_stages(

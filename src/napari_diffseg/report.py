@@ -43,7 +43,6 @@ _GROUP_SHADES = {  # loss curves: purples for the students, browns for the teach
 PANEL_DPI = 96
 
 _LOSS_JOBS = (
-    ("pretrain", "teacher pretraining"),
     ("cotrain_round1", "round 1"),
     ("cotrain_round2", "round 2"),
 )
@@ -417,8 +416,8 @@ def render_html(numbers: Mapping[str, Any], overlay_files: Sequence[tuple[str, s
         "<p>Synthetic H&amp;E-like glands (textured, blurred, noisy, uneven illumination, touching glands) "
         f"with exact ground truth: {numbers['data']['train']} train, {numbers['data']['val']} val and "
         f"{numbers['data']['test']} held-out test images of {s['size']}×{s['size']} px. "
-        f"The run starts with <b>{s['k']} labeled</b> train images, pretrains the diffusion teacher without "
-        "labels, co-trains the twin students (round 1), lets the teacher propose masks with uncertainty, "
+        f"The run starts with <b>{s['k']} labeled</b> train images, trains the diffusion teacher on them and "
+        "co-trains the twin students (round 1), lets the teacher propose masks with uncertainty, "
         f"has a simulated annotator correct the <b>{len(numbers['corrections'])} most uncertain</b> proposals "
         "(the correction is the ground truth) and co-trains again (round 2). Everything went through the "
         "real backend (<code>diffseg serve</code>) and its HTTP client.</p>",

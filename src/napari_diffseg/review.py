@@ -312,8 +312,9 @@ def proposal_or_request(
         if found is None:
             raise BackendError(
                 0,
-                "this image has no proposal and the project has no model yet: pretrain one in the DiffSeg "
-                "train widget (Job: pretrain), then load the proposal again.",
+                "this image has no proposal and the project has no model yet: pretrain a label-free model "
+                "in the DiffSeg train widget (Job: pretrain) or, with annotated images, run a co-training "
+                "round (Job: cotrain), then load the proposal again.",
                 "no_model",
             )
     if found is None:
@@ -760,13 +761,14 @@ def follow_job(
 
 
 def suggested_kind(images: Sequence[Image], models: Sequence[Any]) -> str:
-    """The job a project is ready for: ``pretrain`` without a model, ``propose`` with a model but no
-    annotated training image, else ``cotrain``."""
-    if not models:
-        return "pretrain"
-    if not any(im.state in ANNOTATED and im.split == "train" for im in images):
-        return "propose"
-    return "cotrain"
+    """The job a project is ready for: ``cotrain`` once a training image is annotated (with or without a
+    model: a cold start trains the teacher on the annotations, and label-free pretraining first did not
+    help the students in issue 14's ablation); without an annotation, ``pretrain`` (label-free: a first
+    model whose proposals can be corrected) when there is no model, else ``propose``."""
+    annotated = any(im.state in ANNOTATED and im.split == "train" for im in images)
+    if annotated:
+        return "cotrain"
+    return "propose" if models else "pretrain"
 
 
 def cost_text(

@@ -700,7 +700,8 @@ class AnnotateWidget(QWidget):
             self._waiting_for_model = True
             self.current.setText(
                 f"{name}: no proposal shown: the project has no model yet. Run 'pretrain' in the DiffSeg "
-                "Train widget; the proposal then opens here by itself."
+                "Train widget (a label-free first model to correct) or, with images imported with their "
+                "masks, 'cotrain'; the proposal then opens here by itself."
             )
         else:
             self.current.setText(f"{name}: no proposal shown: {message}")

@@ -8,8 +8,9 @@ model table) whose handlers share the followed job's state; the plot is ``_plot.
 :mod:`napari_diffseg.review`. A next split would move the model table into its own widget.
 
 Before a job starts the widget says what it will cost for this project (:func:`napari_diffseg.base.cost.job_plan`
-over the project's images, at the speed the last job measured on this backend); a new project starts at
-``pretrain`` (nothing to co-train on yet), a project with a model but no annotation at ``propose``.
+over the project's images, at the speed the last job measured on this backend); the job offered is
+:func:`~napari_diffseg.review.suggested_kind`'s: ``cotrain`` once an image is annotated, else ``pretrain``
+on a project without a model and ``propose`` on one with a model.
 
 Training never runs in the napari process, and no backend call runs on the Qt thread: the job's events
 arrive from a worker thread; :class:`JobHistory` (no Qt) turns them into what is drawn, and the view is
@@ -72,7 +73,10 @@ __all__ = ["PRESETS", "JobHistory", "TrainWidget", "describe_event", "format_dur
 PRESETS = ("tiny", "cpu", "gpu")
 KINDS = ("pretrain", "cotrain", "propose")  # the job choices, in the order the combo box lists them
 KIND_HELP = {
-    "pretrain": "Label-free: the teacher learns from the images alone; a first model to correct.",
+    "pretrain": (
+        "Label-free: the teacher learns from the images alone; a rough first model to correct. With an "
+        "annotation, cotrain instead: it does not need this step."
+    ),
     "cotrain": "Teacher and students learn from your annotations (at least one) and the other images.",
     "propose": "The active model proposes masks with uncertainty; 'Next image' then picks the most uncertain.",
 }
@@ -349,8 +353,7 @@ class TrainWidget(QWidget):
         self._update_estimate()
 
     def _suggest_kind(self) -> None:
-        """Until a kind is chosen: pretrain on a project without a model, propose when it has one but
-        nothing is annotated, else cotrain."""
+        """Until a kind is chosen: :func:`~napari_diffseg.review.suggested_kind`."""
         if self._kind_chosen:
             return
         kind = suggested_kind(self.images, self.models)

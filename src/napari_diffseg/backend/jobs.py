@@ -699,7 +699,7 @@ def _cotrain(
                 "teacher": jd / f"round{round_no}_teacher.safetensors",
                 "cotrain": jd / f"round{round_no}_cotrain.safetensors",
             },
-            pretrain=prev is None,  # a warm start from a trained model skips Stage A
+            cold_start=prev is None,  # Stage A only then, and only if the preset asks for it
             pretrain_generator=torch.Generator().manual_seed(seed),
             distributed=distributed,
         )

@@ -270,7 +270,8 @@ def job_plan(
         kind: The job kind.
         preset: Its preset (a name, or a preset with overrides applied).
         images: Every image record of the project (``state``, ``split``, ``height``, ``width``).
-        warm_start: A ``cotrain`` job continues from an active model (no Stage A).
+        warm_start: A ``cotrain`` job continues from an active model (no Stage A; a cold start runs it
+            only when the preset's ``cold_start_pretrain``).
         rounds: Co-training rounds.
         ids: A ``propose`` job's images (records with these ids or names); None: every non-test image
             that has no annotation and is not excluded (the job's own default).
@@ -326,7 +327,7 @@ def job_plan(
     unlabeled = [im for im in train if im.state not in ANNOTATED] or labeled
     val = [im for im in images if im.split == "val" and im.state in ANNOTATED]
     notes = []
-    if not warm_start:
+    if not warm_start and pr.cold_start_pretrain:
         phases.append(
             Phase(
                 "pretrain",

@@ -1,4 +1,4 @@
-"""The one stage sequence every trainer runs: Stage A → Stage B → Stage C for diffseg, one loop for a baseline.
+"""The one stage sequence every trainer runs: (Stage A →) Stage B → Stage C for diffseg, one loop for a baseline.
 
 ``diffseg experiment``, the project's ``cotrain`` job and the benchmarks all train through
 :func:`run_stages`, so the order of the stages, their random generators and their checkpoints are the
@@ -33,15 +33,15 @@ def run_stages(
     device: torch.device,
     cancel: CancelToken | None = None,
     checkpoints: Mapping[str, str | Path] | None = None,
-    pretrain: bool = True,
+    cold_start: bool = True,
     pretrain_generator: torch.Generator | None = None,
     distributed: bool = False,
     after_pretrain: Callable[[], None] | None = None,
 ) -> Iterator[Event]:
     """Train ``bundle`` on ``data``, yielding every stage's events.
 
-    For a ``diffseg`` bundle: Stage A (label-free cycle pretraining of the teacher on every image, when
-    ``pretrain``), then every network in training mode, Stage B (the teacher as a mask diffusion model on
+    For a ``diffseg`` bundle: Stage A (label-free cycle pretraining of the teacher on every image) when
+    the bundle starts untrained and the preset asks for it (``cold_start_pretrain``), then every network in training mode, Stage B (the teacher as a mask diffusion model on
     the labeled images) and Stage C (co-training with the twin students, under DDP when ``distributed``).
     For a baseline (``supervised``, ``mean-teacher``, ``cps``): its one training loop.
 
@@ -55,10 +55,12 @@ def run_stages(
         cancel: Checked before each step of every stage.
         checkpoints: Checkpoint file per stage (keys from :data:`STAGES`); a stage without one is not
             checkpointed. A stage resumes from its file when it exists.
-        pretrain: Run Stage A (a bundle warm-started from a trained model skips it).
+        cold_start: The bundle is untrained: Stage A runs first when ``preset.cold_start_pretrain``
+            (a bundle warm-started from a trained model never runs it).
         pretrain_generator: Random generator of Stage A; ``generator`` when None.
         distributed: Stage C runs under DDP (inside ``torchrun``, process group initialised).
-        after_pretrain: Called once Stage A has finished (before Stage B), e.g. to score the teacher.
+        after_pretrain: Called on a cold start before Stage B (after Stage A when it ran), e.g. to score
+            the teacher's label-free masks.
 
     Raises:
         Cancelled: ``cancel`` was set; the running stage saved its checkpoint first.
@@ -77,16 +79,17 @@ def run_stages(
             checkpoint=ck.get("baseline"),
         )
         return
-    if pretrain:
-        yield from pretrain_teacher(
-            bundle,
-            data.all_images,
-            preset,
-            generator=generator if pretrain_generator is None else pretrain_generator,
-            device=device,
-            cancel=cancel,
-            checkpoint=ck.get("pretrain"),
-        )
+    if cold_start:
+        if preset.cold_start_pretrain:
+            yield from pretrain_teacher(
+                bundle,
+                data.all_images,
+                preset,
+                generator=generator if pretrain_generator is None else pretrain_generator,
+                device=device,
+                cancel=cancel,
+                checkpoint=ck.get("pretrain"),
+            )
         if after_pretrain is not None:
             after_pretrain()
     for net in bundle.nets.values():
