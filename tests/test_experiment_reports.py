@@ -116,32 +116,24 @@ def test_stage_a_off_still_reports_label_free_against_trivial_masks(synth_datase
     """The `diffseg-noA` ablation (pretrain_steps 0) keeps the contract: `label_free` of the untrained
     teacher beside Otsu and all-foreground, and the override in the result and its resolved preset; the
     default trains exactly as the ablation does, and `cold_start_pretrain` puts Stage A back."""
-    r = exp.run_experiment(
-        synth_dataset,
-        labeled_fraction=0.2,
-        method="diffseg",
-        preset="tiny",
-        seed=0,
-        overrides={"pretrain_steps": 0},
-    )
+
+    def run(**overrides: object) -> dict:
+        return exp.run_experiment(
+            synth_dataset, labeled_fraction=0.2, method="diffseg", preset="tiny", seed=0, overrides=overrides
+        )
+
+    r = run(pretrain_steps=0)
     assert r["overrides"] == {"pretrain_steps": 0} and r["provenance"]["preset"]["pretrain_steps"] == 0
     lf = r["label_free"]
     assert set(lf) >= {"teacher_dice", "otsu_dice", "all_foreground_dice", "teacher_minus_best_trivial"}
     assert all(0.0 < lf[k] <= 1.0 for k in ("otsu_dice", "all_foreground_dice")) and lf["n_images"] == 3
     assert lf["stage_a"] is False
     # the default is Stage A off: the same training as the ablation, to the last bit of the test score
-    default = exp.run_experiment(synth_dataset, labeled_fraction=0.2, method="diffseg", preset="tiny", seed=0)
+    default = run()
     assert default["provenance"]["preset"]["cold_start_pretrain"] is False
     assert default["test"]["dice_mean"] == r["test"]["dice_mean"] and default["label_free"] == lf
     # the paper's recipe, Stage A first: the teacher's label-free masks are those of a trained teacher
-    with_a = exp.run_experiment(
-        synth_dataset,
-        labeled_fraction=0.2,
-        method="diffseg",
-        preset="tiny",
-        seed=0,
-        overrides={"cold_start_pretrain": True},
-    )
+    with_a = run(cold_start_pretrain=True)
     assert with_a["label_free"]["stage_a"] is True
     assert with_a["label_free"]["teacher_dice"] != lf["teacher_dice"]
 

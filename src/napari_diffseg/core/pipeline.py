@@ -41,8 +41,8 @@ def run_stages(
     """Train ``bundle`` on ``data``, yielding every stage's events.
 
     For a ``diffseg`` bundle: Stage A (label-free cycle pretraining of the teacher on every image) when
-    the bundle starts untrained and the preset asks for it (``cold_start_pretrain``), then every network in training mode, Stage B (the teacher as a mask diffusion model on
-    the labeled images) and Stage C (co-training with the twin students, under DDP when ``distributed``).
+    the bundle starts untrained and the preset asks for it (``cold_start_pretrain``), then every network
+    in training mode, Stage B (the teacher as a mask diffusion model on the labeled images) and Stage C (co-training with the twin students, under DDP when ``distributed``).
     For a baseline (``supervised``, ``mean-teacher``, ``cps``): its one training loop.
 
     Args:
