@@ -1,7 +1,9 @@
 """Issue 17, "the first hour", in the GUI (Xvfb, real backend): what a new user sees.
 
 * A new project's Train widget starts at ``pretrain`` and says what it will cost; an image opened before
-  any model says so, and its proposal appears by itself once pretraining made a model.
+  any model says so and opens on an empty mask to paint, which gives way to the proposal by itself once
+  pretraining made a model; painted and saved, that mask is the image's first annotation, and the Train
+  widget then offers ``cotrain``.
 * The Train widget then suggests ``propose``; proposing on all images fills the table's uncertainty
   column, with progress over the whole job, and "Next image" opens the most uncertain image.
 * The uncertainty layer is on a fixed 0-1 bit scale, transparent below the threshold, with a legend and
@@ -77,11 +79,18 @@ def test_a_new_project_from_pretrain_to_the_most_uncertain_proposal(
             train.estimate.text()
         )
 
-        # 2. an image opened before any model says so, naming it, and does not go stale
+        # 2. an image opened before any model says so, naming it, and offers an empty mask to paint
         project.next_button.click()
         qtbot.waitUntil(lambda: "no model yet" in annotate.current.text(), timeout=WAIT_MS)
         opened = project.session.image.name
         assert annotate.current.text().startswith(f"{opened}: ") and "pretrain" in annotate.current.text()
+        qtbot.waitUntil(
+            lambda: annotate.labels is not None and annotate.image_id is not None, timeout=WAIT_MS
+        )
+        image = project.session.image
+        assert annotate.labels.name == f"{opened} annotation" and annotate.labels.visible
+        assert np.shape(annotate.labels.data) == (image.height, image.width)
+        assert not np.any(annotate.labels.data) and "paint" in annotate.current.text()
 
         # 3. pretrain: progress and ETA over the whole job; then the proposal appears by itself
         etas: list[str] = []
@@ -93,8 +102,8 @@ def test_a_new_project_from_pretrain_to_the_most_uncertain_proposal(
         assert train.history.plan is not None and train.history.fraction() == 1.0
         assert train.progress.value() == train.progress.maximum() == 1000
         assert any("left in the whole job" in t for t in etas), etas
-        qtbot.waitUntil(lambda: annotate.image_id is not None, timeout=JOB_MS)
-        assert annotate.labels.name == f"{opened} proposal"
+        # the untouched empty mask gives way to the first model's proposal by itself
+        qtbot.waitUntil(lambda: annotate.labels.name == f"{opened} proposal", timeout=JOB_MS)
         assert "no model" not in annotate.current.text() and annotate.current.text().startswith(f"{opened}: ")
         assert "uncertainty" in annotate.unc_summary.text() and opened in annotate.unc_summary.text()
         assert train.session.speed is not None  # the next estimates use this backend's measured speed
@@ -213,6 +222,39 @@ def test_the_uncertainty_layer_informs(make_napari_viewer, qtbot, tmp_path, kind
         assert annotate.labels.name == "a annotation"
         text = annotate.current.text()
         assert text.startswith("a: saved as annotation version 1") and "edit Dice" in text
+        project.session.stop_server()
+
+
+def test_without_a_model_a_mask_is_painted_from_scratch_and_saved(
+    make_napari_viewer, qtbot, tmp_path
+) -> None:
+    """No model yet: the image opens on an empty mask; painted and saved (Shift-S), it is the image's first
+    annotation (no proposal, so no edit Dice), and then the Train widget offers a co-training round."""
+    root = _fresh_project(tmp_path / "proj")
+    with Server(root) as server, DiffsegClient(server.url) as client:
+        viewer = make_napari_viewer()
+        project, annotate, train = _dock(viewer, "Project"), _dock(viewer, "Annotate"), _dock(viewer, "Train")
+        project.connect_to(server.url)
+        qtbot.waitUntil(lambda: project.table.rowCount() == 3, timeout=WAIT_MS)
+        qtbot.waitUntil(lambda: train.kind.currentText() == "pretrain", timeout=WAIT_MS)  # nothing annotated
+        project.next_button.click()
+        qtbot.waitUntil(
+            lambda: annotate.labels is not None and annotate.image_id is not None, timeout=WAIT_MS
+        )
+        image = project.session.image
+        assert not annotate.has_unsaved_edits()
+        painted = np.zeros((image.height, image.width), np.int32)
+        painted[10:30, 12:40] = 1
+        annotate.labels.data = painted.copy()  # what the brush would leave
+        assert annotate.has_unsaved_edits()
+        annotate.save()
+        qtbot.waitUntil(lambda: "saved as annotation version 1" in annotate.current.text(), timeout=WAIT_MS)
+        assert "edit Dice" not in annotate.current.text()  # nothing was proposed to compare with
+        assert client.image(image.id).state == "corrected"
+        assert np.array_equal(client.annotation_pixels(image.id) > 0, painted > 0)
+        assert annotate.labels.name == f"{image.name} annotation" and not annotate.has_unsaved_edits()
+        train.refresh_images()
+        qtbot.waitUntil(lambda: train.kind.currentText() == "cotrain", timeout=WAIT_MS)  # Stage A not needed
         project.session.stop_server()
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "ShownTask",
     "active_model_id",
     "annotated_planes",
+    "blank_canvas",
     "cost_text",
     "fetch_image",
     "first_proposal_plan",
@@ -176,6 +177,31 @@ def prepared(result: dict[str, Any], threshold: float = DEFAULT_THRESHOLD) -> di
         result["uncertainty"], result["limits"] = unc, uncertainty_limits(unc)
         result["summary"] = summarize_map(unc, threshold)
     return result
+
+
+def blank_canvas(client: Any, record: Image) -> dict[str, Any]:
+    """Worker: what the annotate widget shows on an image while the project has no model: an empty mask
+    of the image's shape (a z-stack's ``(Z, H, W)``) to paint from scratch, in the project's task's
+    colours; saved, it is an annotation like any other (no proposal: no edit Dice), so a first co-training
+    round can start from a few masks drawn in napari."""
+    task = project_task(client)
+    planes = stack_planes(record)
+    shape = (int(record.height), int(record.width))
+    if planes is not None:
+        shape = (planes, *shape)
+    empty = np.zeros(shape, np.int32)
+    return {
+        "kind": "blank",
+        "image_id": record.id,
+        "base_version": None,
+        "model_id": None,
+        "mask": empty,
+        "edit": empty.copy(),
+        "classes": np.zeros(shape, np.int32),  # objects of several classes: none painted yet
+        "uncertainty": None,
+        "limits": None,
+        "task": task,
+    }
 
 
 def stack_planes(record: Image) -> int | None:

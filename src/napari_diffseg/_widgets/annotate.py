@@ -3,7 +3,7 @@ Image layer; save the correction (Shift-S) as a new annotation version, revert t
 the image. Unsaved edits are never dropped silently: before another image or proposal replaces them the
 annotator chooses Save, Discard or Cancel (:func:`ask_unsaved`).
 
-Why one module of ~1,360 lines: one dock widget whose handlers guard the same editing state (unsaved edits,
+Why one module of ~1,400 lines: one dock widget whose handlers guard the same editing state (unsaved edits,
 the image and proposal on show, stale saves, the planes of a stack, the task's labels, the watershed the
 objects were re-split with); everything that is not Qt (loading an image with its proposal, the uncertainty
 summary, next-image choice, which planes a save annotates) lives in ``review.py`` and
@@ -16,6 +16,11 @@ that model has none for the image yet, a ``propose`` job is requested for it, fo
 (the status line says "proposing…") and its result shown when it is done. The cached proposal is fetched
 together with the image's pixels (the session's ``companion``, with the active model id the session
 caches), so the image and its proposal appear at once.
+
+**No model yet**: the image opens on an empty mask to paint from scratch (the "… annotation" layer,
+:func:`~napari_diffseg.review.blank_canvas`); saved, it is the image's first annotation, so a first
+co-training round can start from masks drawn here. Left untouched, it gives way to the proposal as soon as
+a model is active.
 
 An image that already has an annotation (state ``corrected`` or ``ground_truth``) opens with its **latest
 annotation version** as the editable Labels layer (named "… annotation"; no proposal is requested). Saving
@@ -108,6 +113,7 @@ from napari_diffseg.core.instances import class_map
 from napari_diffseg.review import (
     ShownTask,
     annotated_planes,
+    blank_canvas,
     object_edits_text,
     prepared,
     reject_and_next,
@@ -308,6 +314,7 @@ class AnnotateWidget(QWidget):
         self._saving: np.ndarray | None = None  # the data of the save in flight
         self._after_save: list[Callable[[], None]] = []
         self._waiting_for_model = False  # no proposal was shown for want of a model: show one when it comes
+        self._blank = False  # the Labels layer holds an empty mask to paint (no model yet), not a proposal
         self._shown_unc: np.ndarray | None = None
         self._annotated: list[int] = []  # a z-stack: the planes the version in the Labels layer annotates
         self.task = ShownTask()  # the project's task as the Labels layer shows it
@@ -504,8 +511,8 @@ class AnnotateWidget(QWidget):
         image = self.session.image
         if model_id is None or image is None or not self._waiting_for_model or not self._alive.value:
             return
-        if self.image_id is not None or self.has_unsaved_edits():
-            return
+        if self.has_unsaved_edits() or (self.image_id is not None and not self._blank):
+            return  # painted on the empty mask: the strokes stay until saved or reverted
         self._waiting_for_model = False
         self._request_proposal(image.id, explicit=False)
 
@@ -588,6 +595,7 @@ class AnnotateWidget(QWidget):
         self.proposal_classes = self._classes_clean = None
         self._snap = None
         self.image_id = self.proposal_id = self.base_version = self.model_id = None
+        self._blank = False
         self._shown_unc = None
         self._annotated = []
         self.unc_summary.setText("")
@@ -703,11 +711,33 @@ class AnnotateWidget(QWidget):
                 "Train widget (a label-free first model to correct) or, with images imported with their "
                 "masks, 'cotrain'; the proposal then opens here by itself."
             )
+            image = self.session.image
+            client = self.session.client
+            if (
+                image is not None
+                and image.id == image_id
+                and client is not None
+                and not self.has_unsaved_edits()
+            ):
+                run_in_thread(  # an empty mask to paint from scratch meanwhile
+                    blank_canvas,
+                    client,
+                    image,
+                    on_done=partial(self._on_blank, token),
+                    on_error=lambda _e: None,
+                )
         else:
             self.current.setText(f"{name}: no proposal shown: {message}")
         self.current.setToolTip(message)
         if explicit or not no_model:
             notify_error(exc)
+
+    def _on_blank(self, token: int, result: dict[str, Any]) -> None:
+        """Main thread: the empty mask of an image the project has no model for (unless another image or
+        proposal was asked for meanwhile)."""
+        if token != self._load_token or not self._alive.value or not self._waiting_for_model:
+            return
+        self._show_loaded(result)
 
     def _show_proposal(self, result: dict[str, Any]) -> None:
         """Show a fetched proposal (``{"proposal", "mask", "uncertainty", "base_version"}``)."""
@@ -737,10 +767,16 @@ class AnnotateWidget(QWidget):
         self._clean = self.proposal_mask
         meta = {"diffseg_image_id": image_id}
         plane: int | None = None
+        self._blank = result["kind"] == "blank"
         if result["kind"] == "annotation":
             self.proposal_id = None
             self._annotated = [int(z) for z in result.get("planes") or []]
             what = f"annotation version {result['version']}"
+            title = f"{name} annotation"
+        elif self._blank:
+            self.proposal_id = None
+            self._annotated = []
+            what = "no model yet: paint its mask from scratch, or 'pretrain' (Train) for a first model to correct"
             title = f"{name} annotation"
         else:
             self.proposal_id = result["proposal"].id
@@ -756,7 +792,7 @@ class AnnotateWidget(QWidget):
             self.objects_panel.set_values(self._watershed_used)
         elif self.objects_panel.isVisible() and result["kind"] == "proposal":
             QTimer.singleShot(0, partial(self._on_objects_toggled, True))  # fill it for this proposal
-        self._waiting_for_model = False
+        self._waiting_for_model = self._blank  # an untouched empty mask gives way to the first proposal
         self._set_uncertainty(name, result.get("uncertainty"), result.get("limits"), meta)
         labels = self.labels
         if labels is not None and labels in self.viewer.layers:
@@ -1189,6 +1225,7 @@ class AnnotateWidget(QWidget):
         if image_id == self.image_id:
             self.base_version = version
             self._clean = mask
+            self._blank = self._waiting_for_model = False  # a saved mask is kept when a first model comes
             self._annotated = [int(z) for z in ann.planes or []]
             if self.labels is not None and self.labels in self.viewer.layers:
                 self.labels.name = f"{name} annotation"  # what the layer now holds
