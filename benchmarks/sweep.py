@@ -553,6 +553,31 @@ def _paired_table(
     return lines
 
 
+def _share_lines(by: dict[tuple[str, float], dict[int, dict]], fractions: list[float]) -> list[str]:
+    """Each compared arm's mean at every fraction below 100 % as a share of full supervision's mean: converged
+    (``supervised-converged``) when it ran, else ``supervised`` at 100 %; nothing without either."""
+    full = by.get(("supervised-converged", 1.0)) or by.get(("supervised", 1.0))
+    if not full:
+        return []
+    ref_name = "supervised-converged" if ("supervised-converged", 1.0) in by else "supervised"
+    ref, _ = mean_sd([score(r) for r in full.values()])
+    lines = []
+    for arm in COMPARED:
+        ratios = []
+        for f in fractions:
+            rs = by.get((arm, f), {})
+            if rs and f < 1:
+                m, _ = mean_sd([score(r) for r in rs.values()])
+                ratios.append(f"{f:.0%}: {m / ref:.1%}")
+        if ratios:
+            lines += [
+                "",
+                f"{arm} as a share of {ref_name} at 100 % labels ({ref:.3f}, n = {len(full)}): "
+                + ", ".join(ratios),
+            ]
+    return lines
+
+
 def report(out: Path) -> str:
     by = load(out)
     if not by:
@@ -581,22 +606,7 @@ def report(out: Path) -> str:
     lines += _extras_section(by, arms, fractions)
     lines += _watershed_section(by, arms, fractions)
     lines += _glas_parts_section(by, arms, fractions)
-    full = by.get(("supervised-converged", 1.0)) or by.get(("supervised", 1.0))
-    if full:
-        ref_name = "supervised-converged" if ("supervised-converged", 1.0) in by else "supervised"
-        ref, _ = mean_sd([score(r) for r in full.values()])
-        for arm in COMPARED:
-            ratios = []
-            for f in fractions:
-                rs = by.get((arm, f), {})
-                if rs and f < 1:
-                    m, _ = mean_sd([score(r) for r in rs.values()])
-                    ratios.append(f"{f:.0%}: {m / ref:.1%}")
-            if ratios:
-                lines += [
-                    "",
-                    f"{arm} as a share of {ref_name} at 100 % labels ({ref:.3f}): " + ", ".join(ratios),
-                ]
+    lines += _share_lines(by, fractions)
     pairs = [(a, ref) for a in (*COMPARED, "cps") for ref in REFERENCES if ref != a]
     pairs += [(a, ref) for a in ARMS for ref in ABLATES.get(a, ())]
     lines += ["", "Paired differences (arm − reference, same seeds), mean [95 % t interval] (n):", ""]
@@ -731,6 +741,7 @@ def readme_block(out: Path, readme_dir: Path) -> str:
         "",
     ]
     lines += _main_table(by, arms, fractions)
+    lines += _share_lines(by, fractions)
     pairs = [(a, ref) for a in COMPARED for ref in REFERENCES]
     pairs += [(a, ref) for a in ARMS for ref in ABLATES.get(a, ()) if (a, ref) not in pairs]
     lines += ["", f"Paired by seed, {what} difference, mean [95 % t interval] (n):", ""]

@@ -118,7 +118,7 @@ def test_report_sample_std_paired_intervals_and_sections(tmp_path: Path) -> None
     assert "0.720 ± 0.000 (3)" in row and "0.50 ± 0.00 (3) (E=4)" in row and row.endswith("| validation |")
     assert "| diffseg | 10% | 0 | 0.300 | 0.800 | 0.200 |" in text
     # the share of full supervision uses the 100 % arm
-    assert "diffseg as a share of supervised at 100 % labels (0.880): 10%: 90.9%" in text
+    assert "diffseg as a share of supervised at 100 % labels (0.880, n = 2): 10%: 90.9%" in text
 
 
 def test_report_flags_a_teacher_judged_on_test_images(tmp_path: Path) -> None:
@@ -192,7 +192,7 @@ def test_instance_runs_are_ranked_and_paired_by_ap50(tmp_path: Path) -> None:
     h = sweep.t_quantile_975(2) * sweep.mean_sd(diffs)[1] / math.sqrt(3)
     m = sum(diffs) / 3
     assert f"| diffseg | supervised | {m:+.3f} [{m - h:+.3f}, {m + h:+.3f}] (3) |" in text
-    assert f"diffseg as a share of supervised at 100 % labels (0.800): 20%: {0.62 / 0.8:.1%}" in text
+    assert f"diffseg as a share of supervised at 100 % labels (0.800, n = 3): 20%: {0.62 / 0.8:.1%}" in text
     assert "| diffseg | 20% | 0.900 ± 0.000 (3) | 0.890 ± 0.000 (3) |" in text  # pixel Dice both sides
 
 
@@ -350,17 +350,20 @@ def test_readme_blocks_are_rewritten_from_the_jsons_and_the_rest_is_kept(tmp_pat
     for s, (d, sup) in enumerate([(0.80, 0.75), (0.82, 0.80), (0.78, 0.74)]):
         _write(out, "diffseg", 0.1, s, _run("diffseg", 0.1, s, d))
         _write(out, "supervised", 0.1, s, _run("supervised", 0.1, s, sup))
+    _write(out, "supervised-converged", 1.0, 0, _run("supervised-converged", 1.0, 0, 0.9))
     readme = tmp_path / "README.md"
     before, after = "# Title\n\nprose before\n", "\nprose after\n"
     readme.write_text(before + "<!-- evidence:ds -->\nstale table\n<!-- /evidence:ds -->" + after)
     assert sweep.update_readme(readme, results) == ["ds"]
     text = readme.read_text()
     assert text.startswith(
-        before + "<!-- evidence:ds -->\n*Made from the 6 result JSONs of [`ds/`](results/ds/)"
+        before + "<!-- evidence:ds -->\n*Made from the 7 result JSONs of [`ds/`](results/ds/)"
     )
     assert text.endswith("<!-- /evidence:ds -->" + after) and "stale table" not in text
-    assert f"| diffseg ({sweep.ARM_NOTES['diffseg']}) | 0.800 ± 0.020 (3) | 10 |" in text
+    assert f"| diffseg ({sweep.ARM_NOTES['diffseg']}) | 0.800 ± 0.020 (3) | — | 10 |" in text
     assert "| diffseg | supervised | +0.037 [" in text and "(3) |" in text
+    # the share of converged full supervision (the goal's 95 % clause) is in the block too
+    assert "diffseg as a share of supervised-converged at 100 % labels (0.900, n = 1): 10%: 88.9%" in text
     assert "](results/ds/dice.png)" in text
     assert sweep.update_readme(readme, results) == ["ds"] and readme.read_text() == text  # idempotent
     # a block naming a folder without results stops; the README is left as it was
