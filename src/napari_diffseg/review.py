@@ -186,7 +186,7 @@ def blank_canvas(client: Any, record: Image) -> dict[str, Any]:
     round can start from a few masks drawn in napari."""
     task = project_task(client)
     planes = stack_planes(record)
-    shape = (int(record.height), int(record.width))
+    shape: tuple[int, ...] = (int(record.height), int(record.width))
     if planes is not None:
         shape = (planes, *shape)
     empty = np.zeros(shape, np.int32)
