@@ -48,6 +48,14 @@ def _row(project, name: str) -> dict[str, str]:
     raise AssertionError(f"{name} is not in the table")
 
 
+def _connected_docks(viewer, qtbot, url: str, images: int):
+    """The Project, Annotate and Train widgets docked and connected to ``url``, its ``images`` listed."""
+    project, annotate, train = _dock(viewer, "Project"), _dock(viewer, "Annotate"), _dock(viewer, "Train")
+    project.connect_to(url)
+    qtbot.waitUntil(lambda: project.table.rowCount() == images, timeout=WAIT_MS)
+    return project, annotate, train
+
+
 def _fresh_project(root: Path) -> Path:
     """Three unlabeled RGB images of two sizes (one larger than the tiny preset's 64-px tiles); no model."""
     from napari_diffseg.data.synthetic import make_sample
@@ -65,10 +73,7 @@ def test_a_new_project_from_pretrain_to_the_most_uncertain_proposal(
 ) -> None:
     root = _fresh_project(tmp_path / "proj")
     with Server(root) as server, DiffsegClient(server.url) as client:
-        viewer = make_napari_viewer()
-        project, annotate, train = _dock(viewer, "Project"), _dock(viewer, "Annotate"), _dock(viewer, "Train")
-        project.connect_to(server.url)
-        qtbot.waitUntil(lambda: project.table.rowCount() == 3, timeout=WAIT_MS)
+        project, annotate, train = _connected_docks(make_napari_viewer(), qtbot, server.url, images=3)
 
         # 1. nothing trained, nothing annotated: the Train widget starts at pretrain and prices it
         qtbot.waitUntil(lambda: "3 image(s)" in train.estimate.text(), timeout=WAIT_MS)
@@ -232,10 +237,7 @@ def test_without_a_model_a_mask_is_painted_from_scratch_and_saved(
     annotation (no proposal, so no edit Dice), and then the Train widget offers a co-training round."""
     root = _fresh_project(tmp_path / "proj")
     with Server(root) as server, DiffsegClient(server.url) as client:
-        viewer = make_napari_viewer()
-        project, annotate, train = _dock(viewer, "Project"), _dock(viewer, "Annotate"), _dock(viewer, "Train")
-        project.connect_to(server.url)
-        qtbot.waitUntil(lambda: project.table.rowCount() == 3, timeout=WAIT_MS)
+        project, annotate, train = _connected_docks(make_napari_viewer(), qtbot, server.url, images=3)
         qtbot.waitUntil(lambda: train.kind.currentText() == "pretrain", timeout=WAIT_MS)  # nothing annotated
         project.next_button.click()
         qtbot.waitUntil(
