@@ -9,13 +9,17 @@
 
 Every function here runs in a worker thread; the widgets only call them and display what they return.
 
-Results are plain dicts (``{"kind": "annotation" | "proposal" | "missing", "image_id", "model_id",
+Results are plain dicts (``{"kind": "annotation" | "proposal" | "blank" | "missing", "image_id", "model_id",
 "mask", "edit", "uncertainty", "limits", "base_version", ...}``) whose arrays are already as the napari
 layers take them; the records in them are the client's typed models (:mod:`napari_diffseg.base.contracts`).
 ``"task"`` is the project's :class:`ShownTask`: in an instance project ``"mask"`` holds the proposal as
 objects (``part=instances``: one id per object, as napari's Labels layer paints them), in a multiclass
 project class values with the classes' names and colours.
 No Qt, no napari (tests/test_import_isolation.py checks it).
+
+Why one module of ~870 lines: the two widgets' non-Qt halves share the client calls, the task and the
+thread pools; the next split would move the job follower and :class:`JobHistory` (the Train widget's part)
+into their own module.
 """
 
 from __future__ import annotations
