@@ -189,19 +189,25 @@ def _ensure_models(client: DiffsegClient, count: int) -> list[Model]:
 
 
 def test_cotrain_round_is_plotted_with_progress_and_listed(
-    make_napari_viewer, qtbot, server, client, messages, bars
+    make_napari_viewer, qtbot, server, client, messages, bars, monkeypatch
 ) -> None:
     from napari.utils import progress
 
     widget = _train_widget(make_napari_viewer, server.url)
     widget.kind.setCurrentText("cotrain")
     widget.preset.setCurrentText("tiny")
-    assert widget.params() == {"preset": "tiny", "rounds": 1}
+    form = widget.params()
+    assert form == {"preset": "tiny", "rounds": 1}
+    # long enough (a few seconds) that the widget sees the job running: a 7-step tiny round can end before
+    # its first event is drawn, and a job seen only at its end gets no napari bar (nothing to follow)
+    longer = {"teacher_steps": 30, "cotrain_steps": 60, "checkpoint_every": 20}
+    monkeypatch.setattr(widget, "params", lambda: {**form, "overrides": longer})
     widget.start()
     etas: list[str] = []
     qtbot.waitUntil(lambda: etas.append(widget.eta.text()) or "done" in widget.status.text(), timeout=JOB_MS)
     job_id = widget.job_id
     assert client.job(job_id).state == "done"
+    assert client.job(job_id).params["overrides"] == longer
     assert any(f"Job {job_id} (cotrain) finished" in m for m in messages["info"])
 
     # the plot's groups (students, teacher, total) hold every loss point the backend recorded, one
