@@ -644,13 +644,15 @@ def report(out: Path) -> str:
     if rows:
         lines += [
             "",
-            "The pseudo-label gate at the end of co-training (validation images):",
+            "The pseudo-label gate at the end of co-training (validation images; since 7b4cdc8 it compares "
+            "the teacher with the students' best check, before it with their last):",
             "",
-            "| arm | fraction | seed | teacher pseudo-label Dice | students' Dice | gate |",
-            "|---|---|---|---|---|---|",
+            "| arm | fraction | seed | teacher pseudo-label Dice | students' Dice (last) | (best) | gate |",
+            "|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {a} | {f:.0%} | {s} | {v['val_teacher']:.3f} | {v['val_dice']:.3f} | {v['gate']:.2f} |"
+            f"| {a} | {f:.0%} | {s} | {v['val_teacher']:.3f} | {v['val_dice']:.3f} "
+            f"| {v.get('val_best', float('nan')):.3f} | {v['gate']:.2f} |"
             for a, f, s, v in rows
         ]
     return "\n".join(lines)

@@ -88,6 +88,10 @@ def test_report_sample_std_paired_intervals_and_sections(tmp_path: Path) -> None
                 teacher=teacher,
                 label_free=lf,
                 test_one_student={"network": "student_a", "dice_mean": diff[s] - 0.01},
+                validation=[
+                    {"step": 50, "val_dice": 0.7, "val_best": 0.7, "val_teacher": 0.69, "gate": 1.0},
+                    {"step": 100, "val_dice": 0.6, "val_best": 0.75, "val_teacher": 0.69, "gate": 0.0},
+                ],
             ),
         )
         _write(out, "supervised", 0.1, s, _run("supervised", 0.1, s, sup[s]))
@@ -117,6 +121,8 @@ def test_report_sample_std_paired_intervals_and_sections(tmp_path: Path) -> None
     row = next(ln for ln in text.splitlines() if ln.startswith("| diffseg | 10% | 10 |"))
     assert "0.720 ± 0.000 (3)" in row and "0.50 ± 0.00 (3) (E=4)" in row and row.endswith("| validation |")
     assert "| diffseg | 10% | 0 | 0.300 | 0.800 | 0.200 |" in text
+    # the gate at the end: the students' last and best checks beside it
+    assert "| diffseg | 10% | 2 | 0.690 | 0.600 | 0.750 | 0.00 |" in text
     # the share of full supervision uses the 100 % arm
     assert "diffseg as a share of supervised at 100 % labels (0.880, n = 2): 10%: 90.9%" in text
 
