@@ -580,6 +580,43 @@ def _share_lines(by: dict[tuple[str, float], dict[int, dict]], fractions: list[f
     return lines
 
 
+def _gate_weight(teacher: float, students: float, margin: float) -> float:
+    """``core.validation.gate_weight``, restated so that the report needs only the JSONs."""
+    if teacher != teacher or students != students:
+        return 1.0
+    if margin <= 0:
+        return 1.0 if teacher >= students else 0.0
+    return min(1.0, max(0.0, 1.0 + (teacher - students) / margin))
+
+
+def gate_replay(r: dict) -> dict[str, bool]:
+    """Replay a diffseg run's pseudo-label gate from its validation checks under both rules.
+
+    The gate compares the teacher's pseudo-label Dice with the students' **best** check since 7b4cdc8, with
+    their **last** check before. Returns ``recorded_best`` / ``recorded_last`` (the gate recorded at every
+    check is that rule's) and ``current``: the run is a run of the current rule — made by it (its recorded
+    gates are the best-check rule's and not the last-check rule's), or made by the earlier rule where the
+    gate its training steps got (after every check, with the teacher of the next check, which a refresh may
+    have changed) is the same under both rules. A run that fits both rules at every check but not after a
+    refresh counts as not current (it cannot tell which rule made it).
+    """
+    checks = [v for v in r.get("validation", []) if "gate" in v and "val_dice" in v]
+    margin = float(r.get("provenance", {}).get("preset", {}).get("pseudo_gate_margin", 0.05))
+    best = float("nan")
+    rec_best = rec_last = same = True
+    for k, v in enumerate(checks):
+        last = float(v["val_dice"])
+        best = last if not best >= last else best
+        teacher = float(v["val_teacher"])
+        rec_best &= abs(v["gate"] - _gate_weight(teacher, best, margin)) < 1e-6
+        rec_last &= abs(v["gate"] - _gate_weight(teacher, last, margin)) < 1e-6
+        if k + 1 < len(checks):
+            nxt = float(checks[k + 1]["val_teacher"])
+            same &= abs(_gate_weight(nxt, best, margin) - _gate_weight(nxt, last, margin)) < 1e-9
+    current = same or (rec_best and not rec_last)
+    return {"recorded_best": rec_best, "recorded_last": rec_last, "current": current}
+
+
 def report(out: Path) -> str:
     by = load(out)
     if not by:
@@ -654,6 +691,23 @@ def report(out: Path) -> str:
             f"| {a} | {f:.0%} | {s} | {v['val_teacher']:.3f} | {v['val_dice']:.3f} "
             f"| {v.get('val_best', float('nan')):.3f} | {v['gate']:.2f} |"
             for a, f, s, v in rows
+        ]
+        stale = [
+            f"{a} {f:.0%} seed {s}"
+            for (a, f), rs in sorted(by.items())
+            for s, r in sorted(rs.items())
+            if ARMS.get(a, ("",))[0] == "diffseg" and not gate_replay(r)["current"]
+        ]
+        lines += [
+            "",
+            "Gate replayed from each run's checks: "
+            + (
+                "every run's training got the gate the current rule gives."
+                if not stale
+                else "made under the earlier rule, whose gate the current rule changes (run again): "
+                + ", ".join(stale)
+                + "."
+            ),
         ]
     return "\n".join(lines)
 

@@ -378,3 +378,41 @@ def test_readme_blocks_are_rewritten_from_the_jsons_and_the_rest_is_kept(tmp_pat
     with pytest.raises(SystemExit, match="missing: no result JSONs"):
         sweep.update_readme(readme, results)
     assert readme.read_text() == kept
+
+
+def _checks(students: list[float], teacher: list[float], rule: str) -> list[dict]:
+    """Validation checks of a diffseg run whose gate was set by ``rule`` ("best" or "last")."""
+    out, best = [], float("nan")
+    for i, (d, t) in enumerate(zip(students, teacher, strict=True)):
+        best = d if not best >= d else best
+        ref = best if rule == "best" else d
+        gate = sweep._gate_weight(t, ref, 0.05)
+        out.append({"step": 50 * (i + 1), "val_dice": d, "val_best": best, "val_teacher": t, "gate": gate})
+    return out
+
+
+def test_gate_replay_tells_which_runs_the_current_rule_would_change(tmp_path: Path) -> None:
+    prov = {"provenance": {"preset": {"pseudo_gate_margin": 0.05}}}
+    # the students pass the teacher (0.70 > 0.60), then fall back below it (0.55): the rules part
+    fall = [0.5, 0.7, 0.55, 0.6]
+    teacher = [0.6, 0.6, 0.6, 0.6]
+    old = {**prov, "validation": _checks(fall, teacher, "last")}
+    new = {**prov, "validation": _checks(fall, teacher, "best")}
+    assert sweep.gate_replay(old) == {"recorded_best": False, "recorded_last": True, "current": False}
+    assert sweep.gate_replay(new) == {"recorded_best": True, "recorded_last": False, "current": True}
+    # students that only improve: both rules give the same gate, so an old run is a run of the new rule
+    rise = {**prov, "validation": _checks([0.5, 0.6, 0.7, 0.8], teacher, "last")}
+    assert sweep.gate_replay(rise)["current"]
+    # a refresh (teacher 0.8 -> 0.66) after the students fell: the same gate at every check, but not on the
+    # steps between the refresh and the next check (0.2 under the best-check rule, 1 under the last)
+    refresh = {**prov, "validation": _checks([0.7, 0.5, 0.75], [0.8, 0.8, 0.66], "last")}
+    assert sweep.gate_replay(refresh) == {"recorded_best": True, "recorded_last": True, "current": False}
+    # the report names the runs to run again
+    out = tmp_path / "ds"
+    out.mkdir()
+    _write(out, "diffseg-noA", 0.1, 0, _run("diffseg-noA", 0.1, 0, 0.8, **old))
+    _write(out, "diffseg-noA", 0.1, 1, _run("diffseg-noA", 0.1, 1, 0.8, **rise))
+    text = sweep.report(out)
+    assert "(run again): diffseg-noA 10% seed 0." in text
+    _write(out, "diffseg-noA", 0.1, 0, _run("diffseg-noA", 0.1, 0, 0.8, **new))
+    assert "every run's training got the gate the current rule gives" in sweep.report(out)
