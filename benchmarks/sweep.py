@@ -617,6 +617,14 @@ def gate_replay(r: dict) -> dict[str, bool]:
     return {"recorded_best": rec_best, "recorded_last": rec_last, "current": current}
 
 
+def _machines(runs: list[dict]) -> str:
+    """The processors the runs ran on and their threads, each once ("AMD EPYC, Intel(R) Xeon(R) Processor")."""
+    provs = [r.get("provenance", {}) for r in runs]
+    cpus = sorted({str(p.get("processor") or p.get("machine")) for p in provs})
+    threads = sorted({str(p.get("threads")) for p in provs})
+    return f"{' / '.join(cpus)}, {' / '.join(threads)} thread(s)"
+
+
 def report(out: Path) -> str:
     by = load(out)
     if not by:
@@ -624,7 +632,6 @@ def report(out: Path) -> str:
     fractions = sorted({f for _, f in by})
     arms = [a for a in ARMS if any((a, f) in by for f in fractions)]
     some = next(iter(next(iter(by.values())).values()))
-    prov = some.get("provenance", {})
     runs = [r for rs in by.values() for r in rs.values()]
     commits = sorted({str(r.get("provenance", {}).get("commit"))[:10] for r in runs})
     dirty = sum(bool(r.get("provenance", {}).get("dirty")) for r in runs)
@@ -638,7 +645,7 @@ def report(out: Path) -> str:
         + (", scored inside the field of view" if some.get("scored_in_fov") else "")
         + f"; validation split {some.get('n_val', 0)} train images. Commits {', '.join(commits)}"
         + (f" ({dirty} of {len(runs)} runs on a dirty tree)" if dirty else "")
-        + f", {prov.get('processor') or prov.get('machine')}, {prov.get('threads')} thread(s).",
+        + f", {_machines(runs)}.",
         "",
     ]
     lines += _main_table(by, arms, fractions)
@@ -784,7 +791,6 @@ def readme_block(out: Path, readme_dir: Path) -> str:
     arms = [a for a in ARMS if any((a, f) in by for f in fractions)]
     runs = [r for rs in by.values() for r in rs.values()]
     some = runs[0]
-    prov = some.get("provenance", {})
     commits = sorted({str(r.get("provenance", {}).get("commit"))[:7] for r in runs})
     what = "test AP@0.5" if main_key(some) == "ap_50" else "test Dice"
     lines = [
@@ -793,9 +799,7 @@ def readme_block(out: Path, readme_dir: Path) -> str:
         f"{what[0].upper() + what[1:]}, {some['test']['n']} test images"
         + (" scored inside the field of view" if some.get("scored_in_fov") else "")
         + f", preset `{some['preset']}`; mean ± sample std over seeds (n); "
-        f"{prov.get('processor') or prov.get('machine')}, {prov.get('threads')} thread(s) a run; commits "
-        + ", ".join(commits)
-        + ".",
+        f"{_machines(runs)} a run; commits " + ", ".join(commits) + ".",
         "",
     ]
     lines += _main_table(by, arms, fractions)

@@ -410,9 +410,11 @@ def test_gate_replay_tells_which_runs_the_current_rule_would_change(tmp_path: Pa
     # the report names the runs to run again
     out = tmp_path / "ds"
     out.mkdir()
-    _write(out, "diffseg-noA", 0.1, 0, _run("diffseg-noA", 0.1, 0, 0.8, **old))
-    _write(out, "diffseg-noA", 0.1, 1, _run("diffseg-noA", 0.1, 1, 0.8, **rise))
+    for seed, r, cpu in ((0, old, "AMD EPYC"), (1, rise, "Intel Xeon")):
+        prov_cpu = {"provenance": {**r["provenance"], "processor": cpu, "threads": 1}}
+        _write(out, "diffseg-noA", 0.1, seed, _run("diffseg-noA", 0.1, seed, 0.8, **{**r, **prov_cpu}))
     text = sweep.report(out)
     assert "(run again): diffseg-noA 10% seed 0." in text
+    assert "AMD EPYC / Intel Xeon, 1 thread(s)." in text  # every machine the runs ran on
     _write(out, "diffseg-noA", 0.1, 0, _run("diffseg-noA", 0.1, 0, 0.8, **new))
     assert "every run's training got the gate the current rule gives" in sweep.report(out)
