@@ -580,6 +580,9 @@ def _share_lines(by: dict[tuple[str, float], dict[int, dict]], fractions: list[f
     return lines
 
 
+GATE_RULE = "last"  # which students' check the pseudo-label gate compares with the teacher ("last" / "best")
+
+
 def _gate_weight(teacher: float, students: float, margin: float) -> float:
     """``core.validation.gate_weight``, restated so that the report needs only the JSONs."""
     if teacher != teacher or students != students:
@@ -592,13 +595,14 @@ def _gate_weight(teacher: float, students: float, margin: float) -> float:
 def gate_replay(r: dict) -> dict[str, bool]:
     """Replay a diffseg run's pseudo-label gate from its validation checks under both rules.
 
-    The gate compares the teacher's pseudo-label Dice with the students' **best** check since 7b4cdc8, with
-    their **last** check before. Returns ``recorded_best`` / ``recorded_last`` (the gate recorded at every
-    check is that rule's) and ``current``: the run is a run of the current rule — made by it (its recorded
-    gates are the best-check rule's and not the last-check rule's), or made by the earlier rule where the
-    gate its training steps got (after every check, with the teacher of the next check, which a refresh may
-    have changed) is the same under both rules. A run that fits both rules at every check but not after a
-    refresh counts as not current (it cannot tell which rule made it).
+    The gate compares the teacher's pseudo-label Dice with the students' **last** check; from 7b4cdc8 until
+    its revert on 2026-12-03 it compared with their **best** check (``GATE_RULE``; why the revert:
+    ``core/validation.py``). Returns ``recorded_best`` / ``recorded_last`` (the gate recorded at every check
+    is that rule's) and ``current``: the run is a run of the current rule — made by it (its recorded gates are
+    the current rule's and not the other's), or made by the other rule where the gate its training steps got
+    (after every check, with the teacher of the next check, which a refresh may have changed) is the same
+    under both rules. A run that fits both rules at every check but not after a refresh counts as not
+    current (it cannot tell which rule made it).
     """
     checks = [v for v in r.get("validation", []) if "gate" in v and "val_dice" in v]
     margin = float(r.get("provenance", {}).get("preset", {}).get("pseudo_gate_margin", 0.05))
@@ -613,7 +617,8 @@ def gate_replay(r: dict) -> dict[str, bool]:
         if k + 1 < len(checks):
             nxt = float(checks[k + 1]["val_teacher"])
             same &= abs(_gate_weight(nxt, best, margin) - _gate_weight(nxt, last, margin)) < 1e-9
-    current = same or (rec_best and not rec_last)
+    rec_cur, rec_other = (rec_last, rec_best) if GATE_RULE == "last" else (rec_best, rec_last)
+    current = same or (rec_cur and not rec_other)
     return {"recorded_best": rec_best, "recorded_last": rec_last, "current": current}
 
 
@@ -688,8 +693,8 @@ def report(out: Path) -> str:
     if rows:
         lines += [
             "",
-            "The pseudo-label gate at the end of co-training (validation images; since 7b4cdc8 it compares "
-            "the teacher with the students' best check, before it with their last):",
+            "The pseudo-label gate at the end of co-training (validation images; it compares the teacher "
+            "with the students' last check; from 7b4cdc8 to its revert on 2026-12-03, with their best):",
             "",
             "| arm | fraction | seed | teacher pseudo-label Dice | students' Dice (last) | (best) | gate |",
             "|---|---|---|---|---|---|---|",
@@ -711,7 +716,7 @@ def report(out: Path) -> str:
             + (
                 "every run's training got the gate the current rule gives."
                 if not stale
-                else "made under the earlier rule, whose gate the current rule changes (run again): "
+                else "made under the other rule (7b4cdc8 to its revert), whose gate the current rule changes (run again): "
                 + ", ".join(stale)
                 + "."
             ),

@@ -398,10 +398,10 @@ def test_gate_replay_tells_which_runs_the_current_rule_would_change(tmp_path: Pa
     teacher = [0.6, 0.6, 0.6, 0.6]
     old = {**prov, "validation": _checks(fall, teacher, "last")}
     new = {**prov, "validation": _checks(fall, teacher, "best")}
-    assert sweep.gate_replay(old) == {"recorded_best": False, "recorded_last": True, "current": False}
-    assert sweep.gate_replay(new) == {"recorded_best": True, "recorded_last": False, "current": True}
-    # students that only improve: both rules give the same gate, so an old run is a run of the new rule
-    rise = {**prov, "validation": _checks([0.5, 0.6, 0.7, 0.8], teacher, "last")}
+    assert sweep.gate_replay(old) == {"recorded_best": False, "recorded_last": True, "current": True}
+    assert sweep.gate_replay(new) == {"recorded_best": True, "recorded_last": False, "current": False}
+    # students that only improve: both rules give the same gate, so a best-rule run is a run of the last rule
+    rise = {**prov, "validation": _checks([0.5, 0.6, 0.7, 0.8], teacher, "best")}
     assert sweep.gate_replay(rise)["current"]
     # a refresh (teacher 0.8 -> 0.66) after the students fell: the same gate at every check, but not on the
     # steps between the refresh and the next check (0.2 under the best-check rule, 1 under the last)
@@ -410,11 +410,11 @@ def test_gate_replay_tells_which_runs_the_current_rule_would_change(tmp_path: Pa
     # the report names the runs to run again
     out = tmp_path / "ds"
     out.mkdir()
-    for seed, r, cpu in ((0, old, "AMD EPYC"), (1, rise, "Intel Xeon")):
+    for seed, r, cpu in ((0, new, "AMD EPYC"), (1, rise, "Intel Xeon")):
         prov_cpu = {"provenance": {**r["provenance"], "processor": cpu, "threads": 1}}
         _write(out, "diffseg-noA", 0.1, seed, _run("diffseg-noA", 0.1, seed, 0.8, **{**r, **prov_cpu}))
     text = sweep.report(out)
     assert "(run again): diffseg-noA 10% seed 0." in text
     assert "AMD EPYC / Intel Xeon, 1 thread(s)." in text  # every machine the runs ran on
-    _write(out, "diffseg-noA", 0.1, 0, _run("diffseg-noA", 0.1, 0, 0.8, **new))
+    _write(out, "diffseg-noA", 0.1, 0, _run("diffseg-noA", 0.1, 0, 0.8, **old))
     assert "every run's training got the gate the current rule gives" in sweep.report(out)

@@ -89,11 +89,10 @@ def test_validator_keeps_and_restores_the_best_weights() -> None:
     assert v2.best_step == 1 and v2.best_dice == 1.0
 
 
-def test_students_that_fall_back_below_the_teacher_do_not_reopen_the_gate() -> None:
-    """The gate compares the teacher with the students' best check: once the students have passed the teacher
-    by the margin, a later check where they fall below it (pulled down by its pseudo-labels, or a noisy
-    check) keeps the gate shut; only a refresh that labels the validation images better reopens it. (Before
-    2026-12-02 it compared with the last check and reopened: DRIVE 10 %, seed 2.)"""
+def test_students_that_fall_back_below_the_teacher_reopen_the_gate() -> None:
+    """The gate compares the teacher with the students' last check: students that passed the teacher and then
+    fall below it get its pseudo-labels back (a variant that kept the gate shut on the students' best check
+    measured worse: DSB 10 %, seed 2, see ``benchmarks/results/evidence-gate-best/``)."""
     x = torch.linspace(-1, 1, 64).reshape(1, 8, 8)
     y = (x[0] > 0).long()
     net = _Threshold(0.0)  # perfect
@@ -106,12 +105,10 @@ def test_students_that_fall_back_below_the_teacher_do_not_reopen_the_gate() -> N
     with torch.no_grad():
         net.b.fill_(0.9)  # most of the image foreground now: the students fall below the teacher
     out = v.check(2)
-    assert out["val_dice"] < 0.8 and out["gate"] == 0.0
-    assert gate_weight(0.8, out["val_dice"], v.margin) == 1.0  # what the last check alone would give
-    v.set_teacher_dice(0.98)  # a refresh within the margin of the students' best: partly open again
+    assert out["val_dice"] < 0.8 < v.best_dice
+    assert out["gate"] == 1.0 == gate_weight(0.8, out["val_dice"], v.margin)
+    v.set_teacher_dice(out["val_dice"] - 0.02)  # a refresh slightly worse than the students: partly shut
     assert v.gate == pytest.approx(0.6)
-    v.set_teacher_dice(1.0)
-    assert v.gate == 1.0
 
 
 def _blobs(n: int, size: int = 32, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
