@@ -8,6 +8,8 @@
         --cotrain-steps 600 --refresh-every 300 --out benchmarks/results/hitl_long   # 2x budget per round
     python benchmarks/hitl.py --dataset glas --rounds 3 --arms power full --threads 2 --device cuda \
         --cotrain-steps 1200 --refresh-every 600 --out benchmarks/results/hitl_gpu   # 4x, on a GPU
+    python benchmarks/hitl.py --dataset glas --arms power --rounds 2 --correct-last --threads 1 --seed 2 \
+        --out benchmarks/results/hitl_default     # target 2 at the default budget: round 2's corrections
 
 The loop runs through the product itself: a real project store, the backend's own ``cotrain`` and
 ``propose`` jobs (``backend.jobs.execute_job``, in-process) and the store's edit-Dice bookkeeping. Test
@@ -315,6 +317,7 @@ def run_arm(args: argparse.Namespace) -> dict:
         "k": args.k,
         "b": args.b,
         "rounds": args.rounds,
+        "correct_last": bool(args.correct_last),
         "n_train": len(train_ids),
         "n_val": len(val_ids),
         "val_ids": val_ids,
@@ -442,7 +445,7 @@ def run_arm(args: argparse.Namespace) -> dict:
                 "seconds_train": t_train,
                 "seconds_eval": time.perf_counter() - t0,
             }
-            if r < args.rounds:
+            if r < args.rounds or args.correct_last:
                 # ---- the annotator's turn: proposals from this round's teacher, correct b images ----
                 pool = [rec.id for rec in project.images(split="train") if rec.name not in labeled]
                 t0 = time.perf_counter()
@@ -1124,6 +1127,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4, help="co-training rounds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--correct-last",
+        action="store_true",
+        help="the annotator also corrects after the last round (its proposals and edits are measured; no "
+        "further round trains): --rounds 2 --correct-last measures round 2's corrections at 2 rounds' cost",
+    )
+    p.add_argument(
         "--val-fraction",
         type=float,
         default=0.2,
@@ -1180,6 +1189,8 @@ def main() -> None:
             ]
             if args.keep:
                 cmd.append("--keep")
+            if args.correct_last:
+                cmd.append("--correct-last")
             log = _arm_path(out, args.dataset, arm, args.seed, args.task).with_suffix(".log")
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
             t0 = time.perf_counter()

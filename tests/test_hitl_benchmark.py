@@ -134,6 +134,27 @@ def _report_of_stored(folder: str, tmp_path: Path) -> str:
     return (tmp_path / "summary.md").read_text()
 
 
+def test_hitl_correct_last_measures_the_last_rounds_corrections(tmp_path: Path) -> None:
+    """``--correct-last``: the annotator's turn after the last round too (round 2's corrections at the cost of
+    two rounds); without it the last round has no corrections (the test above)."""
+    from napari_diffseg.data.synthetic import make_sample_dataset
+
+    make_sample_dataset(tmp_path / "data" / "synth", n_train=5, n_test=2, size=(48, 48))
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(SCRIPT), "--data", str(tmp_path / "data"), "--dataset", "synth"]
+    cmd += ["--preset", "tiny", "--k", "1", "--b", "2", "--rounds", "1", "--threads", "1", "--correct-last"]
+    cmd += ["--arms", "power", "--out", str(out), "--work", str(tmp_path / "work")]
+    run = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    w = json.loads((out / "synth_power_s0.json").read_text())
+    assert w["correct_last"] and [r["round"] for r in w["per_round"]] == [1]
+    last = w["per_round"][-1]
+    assert len(last["corrections"]) == 2 and last["pool"]["n"] == 3  # every unlabeled image proposed
+    assert all(c["pixels_drawn_from_scratch"] > 0 for c in last["corrections"])
+
+
 def test_hitl_report_pools_round2_over_seeds(tmp_path: Path) -> None:
     """The report's mean-over-seeds targets table pools round-2 corrections over seeds and lists each
     seed's own ratio (checked against the stored twice-the-budget GlaS results, recomputed here)."""
