@@ -19,7 +19,7 @@ have outgrown) cannot pull the students below what their labels alone would teac
 
 ``d_S`` is the students' **last** check, so students that fall back below the teacher reopen the gate. On
 2026-12-02 a variant compared the teacher with the students' *best* check instead, to stop that reopening;
-rerun on the 13 benchmark cells where the two rules act differently it scored −0.004 test Dice on average
+run on the 14 benchmark cells where the two rules act differently it scored −0.004 test Dice on average
 (the runs are in ``benchmarks/results/evidence-gate-best/``). A students' best is often an early, noisy
 check before the pseudo-label ramp: on DSB nuclei (10 %, seed 2) one such check shut the gate for good, the
 students then drifted down on their labels alone (validation 0.69 → 0.55), where the reopened gate of the
