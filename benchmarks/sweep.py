@@ -83,6 +83,8 @@ ARMS: dict[str, tuple[str, dict]] = {
     # teacher's pseudo-labels off and the CPS weight that of the `cps` arm
     "diffseg-cpsonly": ("diffseg", {"unsup_weight": 0.0, "cps_weight": 1.0}),
     "diffseg-nogate": ("diffseg", {"pseudo_gate_margin": 1000.0}),
+    # the opt-in reference gate: a labels-only student beside the twins also shuts the teacher's weight
+    "diffseg-ref": ("diffseg", {"pseudo_gate_reference": True}),
     "diffseg-S1": ("diffseg", {"refresh_ddim_steps": 1, "ddim_steps": 1}),
     "diffseg-E1": ("diffseg", {"refresh_samples": 1, "samples": 1}),
     "diffseg-R1": ("diffseg", {"rounds": 1}),
@@ -608,15 +610,20 @@ def gate_replay(r: dict) -> dict[str, bool]:
     margin = float(r.get("provenance", {}).get("preset", {}).get("pseudo_gate_margin", 0.05))
     best = float("nan")
     rec_best = rec_last = same = True
+
+    def weight(teacher: float, students: float, reference: float) -> float:
+        # the teacher gate and, for a run with the reference gate, the students against labels alone
+        return min(_gate_weight(teacher, students, margin), _gate_weight(students, reference, margin))
+
     for k, v in enumerate(checks):
         last = float(v["val_dice"])
         best = last if not best >= last else best
-        teacher = float(v["val_teacher"])
-        rec_best &= abs(v["gate"] - _gate_weight(teacher, best, margin)) < 1e-6
-        rec_last &= abs(v["gate"] - _gate_weight(teacher, last, margin)) < 1e-6
+        teacher, ref = float(v["val_teacher"]), float(v.get("val_reference", float("nan")))
+        rec_best &= abs(v["gate"] - weight(teacher, best, ref)) < 1e-6
+        rec_last &= abs(v["gate"] - weight(teacher, last, ref)) < 1e-6
         if k + 1 < len(checks):
             nxt = float(checks[k + 1]["val_teacher"])
-            same &= abs(_gate_weight(nxt, best, margin) - _gate_weight(nxt, last, margin)) < 1e-9
+            same &= abs(weight(nxt, best, ref) - weight(nxt, last, ref)) < 1e-9
     rec_cur, rec_other = (rec_last, rec_best) if GATE_RULE == "last" else (rec_best, rec_last)
     current = same or (rec_cur and not rec_other)
     return {"recorded_best": rec_best, "recorded_last": rec_last, "current": current}

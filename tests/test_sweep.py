@@ -407,6 +407,13 @@ def test_gate_replay_tells_which_runs_the_current_rule_would_change(tmp_path: Pa
     # steps between the refresh and the next check (0.2 under the best-check rule, 1 under the last)
     refresh = {**prov, "validation": _checks([0.7, 0.5, 0.75], [0.8, 0.8, 0.66], "last")}
     assert sweep.gate_replay(refresh) == {"recorded_best": True, "recorded_last": True, "current": False}
+    # a run with the reference gate: its recorded gate is the smaller of the two weights
+    ref = {**prov, "validation": _checks([0.5, 0.7], [0.9, 0.9], "last")}
+    ref["validation"][0] |= {"val_reference": 0.6, "gate": 0.0}  # 0.1 below labels alone: shut
+    ref["validation"][1] |= {"val_reference": 0.68}  # above labels alone: the teacher's weight, 1
+    assert sweep.gate_replay(ref)["recorded_last"]
+    ref["validation"][0]["gate"] = 1.0  # the teacher gate alone: not what the reference rule gives
+    assert not sweep.gate_replay(ref)["recorded_last"]
     # the report names the runs to run again
     out = tmp_path / "ds"
     out.mkdir()

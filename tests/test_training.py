@@ -158,8 +158,11 @@ def test_same_seed_same_weights(method: str) -> None:
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-def test_cotrain_resume_is_exact(tmp_path) -> None:
-    pr = get_preset("tiny").with_overrides(cotrain_steps=6, refresh_every=3, checkpoint_every=2)
+@pytest.mark.parametrize("reference", [False, True])
+def test_cotrain_resume_is_exact(tmp_path, reference: bool) -> None:
+    pr = get_preset("tiny").with_overrides(
+        cotrain_steps=6, refresh_every=3, checkpoint_every=2, pseudo_gate_reference=reference
+    )
     data = _data()
     ref = _bundle()
     _run(cotrain(ref, data, pr, generator=torch.Generator().manual_seed(0), seed=0, device=CPU))

@@ -111,6 +111,55 @@ def test_students_that_fall_back_below_the_teacher_reopen_the_gate() -> None:
     assert v.gate == pytest.approx(0.6)
 
 
+def test_the_reference_gate_cuts_a_teacher_that_keeps_the_students_below_their_labels() -> None:
+    """The teacher labels the validation images better than the students segment them (the teacher gate
+    stays open), but a labels-only reference segments them better still: the reference gate shuts."""
+    x = torch.linspace(-1, 1, 64).reshape(1, 8, 8)
+    y = (x[0] > 0).long()
+    students, reference = _Threshold(0.9), _Threshold(0.0)  # poor students, a perfect reference
+    v = Validator(
+        {"student": students},
+        ValSet([x], [y]),
+        {},
+        num_classes=2,
+        multiple=1,
+        roi=8,
+        sw_batch=1,
+        every=1,
+        reference=reference,
+    )
+    v.set_teacher_dice(1.0)
+    out = v.check(1)
+    assert out["val_reference"] == 1.0 and out["val_dice"] < 1.0 - v.margin
+    assert gate_weight(1.0, out["val_dice"], v.margin) == 1.0  # what the teacher gate alone would give
+    assert out["gate"] == 0.0 and v.summary()["last_reference_dice"] == 1.0
+    with torch.no_grad():
+        students.b.fill_(0.0)  # the students catch up with labels alone: the teacher's weight is back
+    assert v.check(2)["gate"] == 1.0
+    # without a reference nothing is scored or reported for it
+    plain = Validator(
+        {"student": students}, ValSet([x], [y]), {}, num_classes=2, multiple=1, roi=8, sw_batch=1, every=1
+    )
+    assert "val_reference" not in plain.check(1) and "last_reference_dice" not in plain.summary()
+
+
+def test_cotrain_trains_and_scores_the_reference_only_when_asked() -> None:
+    pr = get_preset("tiny").with_overrides(cotrain_steps=6, refresh_every=1000, val_every=3)
+    imgs, masks = _blobs(7)
+    data = TrainData(imgs[:2], masks[:2], unlabeled_images=imgs[2:5], val=ValSet(imgs[5:], masks[5:]))
+    assert CoTrainModule(_bundle(), pr).reference is None  # off by default: nothing extra trains
+    on = pr.with_overrides(pseudo_gate_reference=True)
+    b = _bundle()
+    module = CoTrainModule(b, on)
+    assert module.reference is not None and module.reference is not b.nets["student_a"]
+    events = list(cotrain(b, data, on, generator=torch.Generator().manual_seed(0), seed=0, device=CPU))
+    checks = [e.losses for e in events if e.kind == "progress" and "val_dice" in e.losses]
+    assert checks and all(0.0 <= c["val_reference"] <= 1.0 for c in checks)
+    steps = [e.losses for e in events if e.kind == "progress" and e.phase == "cotrain"]
+    assert all(s["ref_sup"] > 0 for s in steps)
+    assert set(b.nets) == set(_bundle().nets)  # the reference is not part of the model that is saved
+
+
 def _blobs(n: int, size: int = 32, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     imgs, masks = [], []

@@ -346,7 +346,8 @@ def job_plan(
     per_area = eval_s["teacher"] * (first + later * max(0, passes - 1)) if passes else 0.0
     pl_seconds = unl_area * per_area
     val_area = sum(area(im) for im in val)
-    val_seconds = val_area * 2 * eval_s["student"]  # the two students on every val image
+    # the two students on every val image, and the reference gate's labels-only student when it is on
+    val_seconds = val_area * (3 if pr.pseudo_gate_reference else 2) * eval_s["student"]
     checks = 0
     if val and pr.val_every > 0:  # during co-training: every val_every steps and at the end
         checks = len(range(pr.val_every, pr.cotrain_steps + 1, pr.val_every))

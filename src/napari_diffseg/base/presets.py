@@ -156,6 +156,11 @@ class Preset:
     # `pseudo_gate_margin` (Dice) worse than the students segment them.
     val_every: int = 50
     pseudo_gate_margin: float = 0.05
+    # Opt-in (issue 14, not yet measured on the benchmarks): a labels-only reference student trains beside
+    # the twins on the same labeled patches, and the pseudo-label weight also falls once the students
+    # segment the validation images `pseudo_gate_margin` worse than it does — the case the teacher gate
+    # cannot see (a teacher that keeps the students below their labels while they stay below it).
+    pseudo_gate_reference: bool = False
     # Stop a loop once its validation Dice has not improved for this many checks (0: run every step):
     # `diffseg experiment --converge` uses it to train references until they converge.
     val_patience: int = 0

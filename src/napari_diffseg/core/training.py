@@ -18,6 +18,7 @@ lives in :mod:`.pipeline`.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -205,9 +206,11 @@ class _Loop:
                 yield ev
 
 
-def _validator(bundle: ModelBundle, data: TrainData, preset: Preset, loop: _Loop) -> Validator:
+def _validator(
+    bundle: ModelBundle, data: TrainData, preset: Preset, loop: _Loop, reference: nn.Module | None = None
+) -> Validator:
     """The validator of a loop's deployed networks (call after ``loop.resume()``: it keeps its state in
-    the loop's checkpoint tensors)."""
+    the loop's checkpoint tensors); ``reference``: the labels-only student of the reference gate."""
     return Validator(
         {name: bundle.nets[name] for name in bundle.deploy},
         data.val,
@@ -219,6 +222,7 @@ def _validator(bundle: ModelBundle, data: TrainData, preset: Preset, loop: _Loop
         every=preset.val_every,
         margin=preset.pseudo_gate_margin,
         patience=preset.val_patience,
+        reference=reference,
     )
 
 
@@ -567,6 +571,9 @@ class CoTrainModule(nn.Module):
         self.teacher = bundle.nets["teacher_mask"]
         self.student_a = bundle.nets["student_a"]
         self.student_b = bundle.nets["student_b"]
+        # the reference gate's labels-only student (preset.pseudo_gate_reference): a copy of student A
+        # at the round's start, trained on the same labeled patches with the supervised loss alone
+        self.reference = copy.deepcopy(self.student_a) if preset.pseudo_gate_reference else None
         self.diff = bundle.diffusion()
         self.preset = preset
 
@@ -608,8 +615,7 @@ class CoTrainModule(nn.Module):
             + teacher_sup
             + ramp * pr.teacher_unsup_weight * teacher_unsup
         )
-        return {
-            "loss": loss,
+        out = {
             "sup": sup.detach(),
             "pseudo": pseudo.detach(),
             "cps": cps.detach(),
@@ -617,6 +623,11 @@ class CoTrainModule(nn.Module):
             "teacher_unsup": teacher_unsup.detach(),
             "agree": agree.mean().detach(),
         }
+        if self.reference is not None:  # its own parameters: adding its loss trains it alone
+            ref_sup = _sup_loss(self.reference(xa_l), y_l)
+            loss = loss + ref_sup
+            out["ref_sup"] = ref_sup.detach()
+        return {"loss": loss, **out}
 
 
 def _refresh_generator(seed: int, refresh: int, index: int) -> torch.Generator:
@@ -727,6 +738,7 @@ def cotrain(
             "teacher_mask": module.teacher,
             "student_a": module.student_a,
             "student_b": module.student_b,
+            **({"reference": module.reference} if module.reference is not None else {}),
         },
         optimizers={"opt": opt},
         generator=generator,
@@ -737,7 +749,7 @@ def cotrain(
     )
     start = loop.resume()
     cache = loop.tensors  # pseudo-labels persist in the checkpoint
-    validator = _validator(bundle, data, preset, loop)
+    validator = _validator(bundle, data, preset, loop, module.reference)
     module.train()
     b, p, diff = preset.batch_size, preset.patch_size, module.diff
     every = max(1, preset.refresh_every)
