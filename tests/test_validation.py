@@ -10,7 +10,7 @@ from torch import nn
 from napari_diffseg.base.presets import get_preset
 from napari_diffseg.core.metrics import segmentation_metrics
 from napari_diffseg.core.models import ModelBundle, ModelSpec
-from napari_diffseg.core.training import CoTrainModule, TrainData, cotrain, train_baseline
+from napari_diffseg.core.training import CoTrainModule, TrainData, _sup_loss, cotrain, train_baseline
 from napari_diffseg.core.validation import Validator, ValSet, gate_weight, image_dice, mean_dice
 
 CPU = torch.device("cpu")
@@ -215,14 +215,13 @@ def _grads(module: CoTrainModule, batch: dict, gate: float) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in module.student_a.parameters()])
 
 
-def test_pseudo_label_and_cps_terms_change_the_students_gradients() -> None:
-    pr = get_preset("tiny")
-    b = _bundle()
+def _step_batch(p: int) -> dict:
+    """One co-training batch of two blob patches, with random pseudo-labels."""
     g = torch.Generator().manual_seed(1)
-    n, p = 2, pr.patch_size
+    n = 2
     imgs, masks = _blobs(2, p)
     probs = torch.softmax(torch.randn((n, 2, p, p), generator=g), 1)
-    batch = {
+    return {
         "xa_l": torch.stack(imgs),
         "xb_l": torch.stack(imgs),
         "xa_u": torch.stack(imgs),
@@ -235,11 +234,32 @@ def test_pseudo_label_and_cps_terms_change_the_students_gradients() -> None:
         "eps_l": torch.randn((n, 2, p, p), generator=g),
         "eps_u": torch.randn((n, 2, p, p), generator=g),
     }
+
+
+def test_pseudo_label_and_cps_terms_change_the_students_gradients() -> None:
+    pr = get_preset("tiny")
+    b = _bundle()
+    batch = _step_batch(pr.patch_size)
     with_pseudo = _grads(CoTrainModule(b, pr), batch, 1.0)
     gated = _grads(CoTrainModule(b, pr), batch, 0.0)
     no_cps = _grads(CoTrainModule(b, pr.with_overrides(cps_weight=0.0)), batch, 0.0)
     assert not torch.allclose(with_pseudo, gated)  # the teacher's pseudo-labels move the students
     assert not torch.allclose(gated, no_cps)  # so does cross pseudo-supervision
+
+
+def test_the_reference_trains_on_the_labels_alone_and_leaves_the_students_untouched() -> None:
+    pr = get_preset("tiny")
+    batch = _step_batch(pr.patch_size)
+    plain = _grads(CoTrainModule(_bundle(), pr), batch, 1.0)
+    module = CoTrainModule(_bundle(), pr.with_overrides(pseudo_gate_reference=True))
+    assert torch.equal(_grads(module, batch, 1.0), plain)  # the students' gradients do not see it
+    ref = torch.cat([q.grad.flatten() for q in module.reference.parameters()])
+    assert ref.abs().sum() > 0  # it learns from the labeled patches
+    module.zero_grad()
+    labels_only = _sup_loss(module.reference(batch["xa_l"]), batch["y_l"])
+    labels_only.backward()
+    again = torch.cat([q.grad.flatten() for q in module.reference.parameters()])
+    assert torch.allclose(again, ref, atol=1e-6)  # its whole gradient is that of the supervised loss
 
 
 def test_training_stops_when_validation_stalls(monkeypatch) -> None:
