@@ -96,6 +96,7 @@ def test_report_sample_std_paired_intervals_and_sections(tmp_path: Path) -> None
         )
         _write(out, "supervised", 0.1, s, _run("supervised", 0.1, s, sup[s]))
         _write(out, "diffseg-noA", 0.1, s, _run("diffseg-noA", 0.1, s, diff[s] - 0.02))
+        _write(out, "diffseg-ref", 0.1, s, _run("diffseg-ref", 0.1, s, diff[s] + 0.01))
     _write(out, "supervised", 1.0, 0, _run("supervised", 1.0, 0, 0.90))
     _write(out, "supervised", 1.0, 1, _run("supervised", 1.0, 1, 0.86))
     text = sweep.write_report(out)
@@ -116,6 +117,12 @@ def test_report_sample_std_paired_intervals_and_sections(tmp_path: Path) -> None
         f"| diffseg-noA | supervised | {m - 0.02:+.3f} [{m - 0.02 - h:+.3f}, {m - 0.02 + h:+.3f}] (3) |"
         in text
     )
+    # the reference gate, a candidate default, is held to the references and to the default it changes
+    assert (
+        f"| diffseg-ref | supervised | {m + 0.01:+.3f} [{m + 0.01 - h:+.3f}, {m + 0.01 + h:+.3f}] (3) |"
+        in text
+    )
+    assert "| diffseg-ref | diffseg-noA | +0.030 [+0.030, +0.030] (3) |" in text
     # the pair against one student, the teacher on validation images, Stage A against the trivial masks
     assert "| diffseg | 10% | 0.800 ± 0.020 (3) | 0.790 ± 0.020 (3) | +0.010 [+0.010, +0.010] (3) |" in text
     row = next(ln for ln in text.splitlines() if ln.startswith("| diffseg | 10% | 10 |"))
