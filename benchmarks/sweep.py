@@ -85,6 +85,8 @@ ARMS: dict[str, tuple[str, dict]] = {
     "diffseg-nogate": ("diffseg", {"pseudo_gate_margin": 1000.0}),
     # the opt-in reference gate: a labels-only student beside the twins also shuts the teacher's weight
     "diffseg-ref": ("diffseg", {"pseudo_gate_reference": True}),
+    # ... whose weight also multiplies the twins' cross pseudo-supervision (below labels alone, labels only)
+    "diffseg-refcps": ("diffseg", {"pseudo_gate_reference": True, "reference_gate_cps": True}),
     "diffseg-S1": ("diffseg", {"refresh_ddim_steps": 1, "ddim_steps": 1}),
     "diffseg-E1": ("diffseg", {"refresh_samples": 1, "samples": 1}),
     "diffseg-R1": ("diffseg", {"rounds": 1}),
@@ -96,6 +98,7 @@ ABLATES: dict[str, tuple[str, ...]] = {
     **{a: ("diffseg-noA",) for a in ARMS if a.startswith("diffseg-")},
     "diffseg-noA": ("diffseg",),  # Stage A's contribution
     "diffseg-cpsonly": ("diffseg-noA", "cps"),  # the pseudo-labels' contribution; the same loss as `cps`
+    "diffseg-refcps": ("diffseg-noA", "diffseg-ref"),  # gating CPS too, against gating the teacher alone
     "supervised-x2": ("supervised",),
     "supervised-converged": ("supervised",),
 }
@@ -106,11 +109,12 @@ ARM_NOTES = {
     "diffseg": "the paper's recipe, label-free Stage A first",
     "diffseg-noA": "Stage A off: **the default** since issue 14",
     "diffseg-ref": "the default with the opt-in reference gate",
+    "diffseg-refcps": "the reference gate on CPS too",
 }
 PLOT_LABELS = {"diffseg": "diffseg (Stage A first)", "diffseg-noA": "diffseg-noA (the default)"}
 #: the arms compared with every reference (supervised, CPS, mean-teacher); the reference gate is a candidate
 #: default, so it is held to the same comparisons
-COMPARED = ("diffseg", "diffseg-noA", "diffseg-ref")
+COMPARED = ("diffseg", "diffseg-noA", "diffseg-ref", "diffseg-refcps")
 
 
 #: instance runs: the extra test figures listed beside the main one (GlaS's object metrics when present)

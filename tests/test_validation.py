@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from napari_diffseg.base.errors import ConfigError
 from napari_diffseg.base.presets import get_preset
 from napari_diffseg.core.metrics import segmentation_metrics
 from napari_diffseg.core.models import ModelBundle, ModelSpec
@@ -133,14 +134,23 @@ def test_the_reference_gate_cuts_a_teacher_that_keeps_the_students_below_their_l
     assert out["val_reference"] == 1.0 and out["val_dice"] < 1.0 - v.margin
     assert gate_weight(1.0, out["val_dice"], v.margin) == 1.0  # what the teacher gate alone would give
     assert out["gate"] == 0.0 and v.summary()["last_reference_dice"] == 1.0
+    # the reference gate's own weight (what reference_gate_cps puts on CPS), with the teacher gate open
+    assert out["reference_weight"] == v.reference_weight == 0.0
+    with torch.no_grad():
+        students.b.fill_(0.02)  # a pixel below labels alone: partly shut, by the margin rule
+    out = v.check(3)
+    expected = 1.0 + (out["val_dice"] - 1.0) / v.margin
+    assert 0.0 < expected < 1.0 and out["reference_weight"] == pytest.approx(expected)
     with torch.no_grad():
         students.b.fill_(0.0)  # the students catch up with labels alone: the teacher's weight is back
     assert v.check(2)["gate"] == 1.0
+    assert v.reference_weight == 1.0
     # without a reference nothing is scored or reported for it
     plain = Validator(
         {"student": students}, ValSet([x], [y]), {}, num_classes=2, multiple=1, roi=8, sw_batch=1, every=1
     )
     assert "val_reference" not in plain.check(1) and "last_reference_dice" not in plain.summary()
+    assert plain.reference_weight == 1.0  # no reference: nothing to weight CPS by
 
 
 def test_cotrain_trains_and_scores_the_reference_only_when_asked() -> None:
@@ -208,9 +218,9 @@ def test_without_validation_images_nothing_changes() -> None:
     assert torch.equal(runs[0], runs[1])
 
 
-def _grads(module: CoTrainModule, batch: dict, gate: float) -> torch.Tensor:
+def _grads(module: CoTrainModule, batch: dict, gate: float, cps_gate: float = 1.0) -> torch.Tensor:
     module.zero_grad()
-    out = module(batch, 1.0, torch.Generator().manual_seed(0), gate)
+    out = module(batch, 1.0, torch.Generator().manual_seed(0), gate, cps_gate)
     out["loss"].backward()
     return torch.cat([p.grad.flatten() for p in module.student_a.parameters()])
 
@@ -245,6 +255,61 @@ def test_pseudo_label_and_cps_terms_change_the_students_gradients() -> None:
     no_cps = _grads(CoTrainModule(b, pr.with_overrides(cps_weight=0.0)), batch, 0.0)
     assert not torch.allclose(with_pseudo, gated)  # the teacher's pseudo-labels move the students
     assert not torch.allclose(gated, no_cps)  # so does cross pseudo-supervision
+
+
+def test_the_cps_gate_scales_cross_pseudo_supervision_alone() -> None:
+    """reference_gate_cps's weight on the CPS term: 0 leaves the students exactly the gradient of a run
+    without CPS, 1 that of the default, and it never touches the teacher's pseudo-label term."""
+    pr = get_preset("tiny")
+    b = _bundle()
+    batch = _step_batch(pr.patch_size)
+    no_cps = _grads(CoTrainModule(b, pr.with_overrides(cps_weight=0.0)), batch, 1.0)
+    assert torch.allclose(_grads(CoTrainModule(b, pr), batch, 1.0, 0.0), no_cps, atol=1e-6)
+    full = _grads(CoTrainModule(b, pr), batch, 1.0, 1.0)
+    assert torch.equal(full, _grads(CoTrainModule(b, pr), batch, 1.0))  # 1: the default step
+    half = _grads(CoTrainModule(b, pr), batch, 1.0, 0.5)
+    assert torch.allclose(half, (full + no_cps) / 2, atol=1e-6)  # the term is linear in its weight
+    # with the teacher's term gated off too, nothing but the labels moves the students
+    labels_only = _grads(CoTrainModule(b, pr.with_overrides(cps_weight=0.0, unsup_weight=0.0)), batch, 1.0)
+    assert torch.allclose(_grads(CoTrainModule(b, pr), batch, 0.0, 0.0), labels_only, atol=1e-6)
+
+
+def test_cotrain_puts_the_reference_weight_on_cps_only_when_asked(monkeypatch) -> None:
+    """With reference_gate_cps every step's CPS weight is the reference weight of the last check (1 before
+    it); without it, CPS keeps full weight however far the students are below the reference."""
+    pr = get_preset("tiny").with_overrides(
+        cotrain_steps=6, refresh_every=1000, val_every=2, pseudo_gate_reference=True
+    )
+    imgs, masks = _blobs(7)
+    data = TrainData(imgs[:2], masks[:2], unlabeled_images=imgs[2:5], val=ValSet(imgs[5:], masks[5:]))
+    # the students score 0.7 and the reference 0.78: the reference weight is 1 + (0.7 - 0.78) / 0.05 = 0
+    monkeypatch.setattr(Validator, "score", lambda self, nets=None: 0.7 if nets is None else 0.78)
+    seen: list[float] = []
+    forward = CoTrainModule.forward
+
+    def spy(self, batch, ramp, gen, gate=1.0, cps_gate=1.0):
+        seen.append(cps_gate)
+        return forward(self, batch, ramp, gen, gate, cps_gate)
+
+    monkeypatch.setattr(CoTrainModule, "forward", spy)
+    on = pr.with_overrides(reference_gate_cps=True)
+    events = list(
+        cotrain(_bundle(), data, on, generator=torch.Generator().manual_seed(0), seed=0, device=CPU)
+    )
+    assert seen == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]  # steps 1-2 before the first check, then shut
+    logged = [e.losses["cps_gate"] for e in events if e.kind == "progress" and e.phase == "cotrain"]
+    assert logged and logged[-1] == 0.0
+    checks = [e.losses for e in events if e.kind == "progress" and "val_dice" in e.losses]
+    assert checks and all(c["reference_weight"] == 0.0 for c in checks)
+    seen.clear()
+    list(cotrain(_bundle(), data, pr, generator=torch.Generator().manual_seed(0), seed=0, device=CPU))
+    assert seen == [1.0] * 6  # the plain reference gate leaves CPS alone
+
+
+def test_reference_gate_cps_needs_the_reference() -> None:
+    with pytest.raises(ConfigError, match="pseudo_gate_reference=true"):
+        get_preset("tiny").with_overrides(reference_gate_cps=True)
+    assert get_preset("tiny").with_overrides(pseudo_gate_reference=True, reference_gate_cps=True)
 
 
 def test_the_reference_trains_on_the_labels_alone_and_leaves_the_students_untouched() -> None:

@@ -433,7 +433,9 @@ def uncertainty_limits(uncertainty: np.ndarray | None = None) -> tuple[float, fl
 
 
 # ------------------------------------------------------------------------------------------ jobs
-NOT_LOSSES = frozenset({"ramp", "gate", "agree"})  # reported with the losses: weights and a fraction
+NOT_LOSSES = frozenset(
+    {"ramp", "gate", "cps_gate", "reference_weight", "agree"}
+)  # reported with the losses: weights and a fraction
 VALIDATION_PREFIX = "val_"  # validation scores reported with the losses (drawn in the Dice plot)
 
 LOSS_GROUPS = ("students", "teacher", "total")

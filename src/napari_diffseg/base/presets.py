@@ -161,6 +161,10 @@ class Preset:
     # segment the validation images `pseudo_gate_margin` worse than it does — the case the teacher gate
     # cannot see (a teacher that keeps the students below their labels while they stay below it).
     pseudo_gate_reference: bool = False
+    # Opt-in with the reference gate (issue 14): its weight clip(1 + (d_S − d_R) / margin, 0, 1) also
+    # multiplies the twins' cross pseudo-supervision, so below labels alone the students fall back to
+    # their labels whichever unlabeled term pulled them down (DSB nuclei 5 %, seed 2: CPS did).
+    reference_gate_cps: bool = False
     # Stop a loop once its validation Dice has not improved for this many checks (0: run every step):
     # `diffseg experiment --converge` uses it to train references until they converge.
     val_patience: int = 0
@@ -193,6 +197,11 @@ class Preset:
             raise ConfigError(
                 f"patch_size {self.patch_size} must be divisible by 2**levels of the networks "
                 f"({2 ** len(self.student_channels)})"
+            )
+        if self.reference_gate_cps and not self.pseudo_gate_reference:
+            raise ConfigError(
+                "reference_gate_cps weights cross pseudo-supervision by the reference gate: "
+                "set pseudo_gate_reference=true too (or reference_gate_cps=false)"
             )
         if self.roi_size % 2 ** len(self.teacher_channels):
             raise ConfigError(

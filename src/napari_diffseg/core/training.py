@@ -578,7 +578,12 @@ class CoTrainModule(nn.Module):
         self.preset = preset
 
     def forward(
-        self, batch: dict[str, torch.Tensor], ramp: float, gen: torch.Generator, gate: float = 1.0
+        self,
+        batch: dict[str, torch.Tensor],
+        ramp: float,
+        gen: torch.Generator,
+        gate: float = 1.0,
+        cps_gate: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         pr = self.preset
         xa_l, xb_l, y_l = batch["xa_l"], batch["xb_l"], batch["y_l"]
@@ -611,7 +616,7 @@ class CoTrainModule(nn.Module):
         teacher_unsup = _weighted_ce(self.teacher(m_u, xa_u[:h], t_u.to(dev)), y_c, agree)
         loss = (
             sup
-            + ramp * (gate * pr.unsup_weight * pseudo + pr.cps_weight * cps)
+            + ramp * (gate * pr.unsup_weight * pseudo + cps_gate * pr.cps_weight * cps)
             + teacher_sup
             + ramp * pr.teacher_unsup_weight * teacher_unsup
         )
@@ -796,13 +801,17 @@ def cotrain(
         batch = {k: v.to(device) if k not in ("t_l", "t_u") else v for k, v in batch.items()}
         ramp = rampup(step, loop.total, preset.rampup_frac)
         gate = validator.gate
+        # the reference gate's weight on cross pseudo-supervision too (preset.reference_gate_cps)
+        cps_gate = validator.reference_weight if preset.reference_gate_cps else 1.0
         with autocast(device):
-            out = step_module(batch, ramp, generator, gate)
+            out = step_module(batch, ramp, generator, gate, cps_gate)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         _check_step("cotrain", step + 1, loop.total, preset, out, loop.parameters())
         opt.step()
         losses = {k: float(v.detach()) for k, v in out.items()} | {"ramp": ramp, "gate": gate}
+        if preset.reference_gate_cps:
+            losses["cps_gate"] = cps_gate
         if validator.due(step + 1, loop.total):
             losses |= validator.check(step + 1)
             module.train()
