@@ -734,7 +734,41 @@ def report(out: Path) -> str:
                 + "."
             ),
         ]
+    lines += _reference_gate_lines(by)
     return "\n".join(lines)
+
+
+def _reference_gate_lines(by: dict) -> list[str]:
+    """The reference gate over co-training, for every run that had one: the labels-only student and the
+    twins at the last check, and the mean weights the steps got (the teacher's pseudo-labels; and CPS's,
+    which is the reference weight with ``reference_gate_cps`` and 1 without)."""
+    rows = []
+    for (a, f), rs in sorted(by.items()):
+        for s, r in sorted(rs.items()):
+            checks = [v for v in r.get("validation", []) if "val_reference" in v and "val_dice" in v]
+            if not checks:
+                continue
+            preset = r.get("provenance", {}).get("preset", {})
+            margin = float(preset.get("pseudo_gate_margin", 0.05))
+            ref_w = [_gate_weight(float(v["val_dice"]), float(v["val_reference"]), margin) for v in checks]
+            cps_w = ref_w if preset.get("reference_gate_cps") else [1.0] * len(checks)
+            n = len(checks)
+            rows.append(
+                f"| {a} | {f:.0%} | {s} | {checks[-1]['val_reference']:.3f} | {checks[-1]['val_dice']:.3f} "
+                f"| {sum(v['gate'] for v in checks) / n:.2f} | {sum(cps_w) / n:.2f} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "The reference gate (a labels-only student beside the twins) over co-training: its and the twins' "
+        "validation Dice at the last check, and the mean weight over the checks of the teacher's "
+        "pseudo-labels and of CPS (gated too with `reference_gate_cps`):",
+        "",
+        "| arm | fraction | seed | labels-only Dice (last) | students' Dice (last) | teacher weight | CPS weight |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def plot(out: Path) -> Path | None:

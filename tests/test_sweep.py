@@ -432,3 +432,14 @@ def test_gate_replay_tells_which_runs_the_current_rule_would_change(tmp_path: Pa
     assert "AMD EPYC / Intel Xeon, 1 thread(s)." in text  # every machine the runs ran on
     _write(out, "diffseg-noA", 0.1, 0, _run("diffseg-noA", 0.1, 0, 0.8, **old))
     assert "every run's training got the gate the current rule gives" in sweep.report(out)
+    assert "The reference gate" not in sweep.report(out)  # no run had one
+    # runs with the reference gate: the mean weights of the teacher's pseudo-labels and of CPS
+    for arm, cps in (("diffseg-ref", False), ("diffseg-refcps", True)):
+        preset = {"pseudo_gate_margin": 0.05, "pseudo_gate_reference": True, "reference_gate_cps": cps}
+        r = {"provenance": {"preset": preset}, "validation": [dict(v) for v in ref["validation"]]}
+        r["validation"][0]["gate"] = 0.0
+        _write(out, arm, 0.1, 0, _run(arm, 0.1, 0, 0.8, **r))
+    text = sweep.report(out)
+    # reference weights 0 (0.5 against 0.6) and 1 (0.7 against 0.68); gates 0 and 1
+    assert "| diffseg-ref | 10% | 0 | 0.680 | 0.700 | 0.50 | 1.00 |" in text
+    assert "| diffseg-refcps | 10% | 0 | 0.680 | 0.700 | 0.50 | 0.50 |" in text
