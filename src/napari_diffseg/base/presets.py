@@ -156,10 +156,11 @@ class Preset:
     # `pseudo_gate_margin` (Dice) worse than the students segment them.
     val_every: int = 50
     pseudo_gate_margin: float = 0.05
-    # Opt-in (issue 14, not yet measured on the benchmarks): a labels-only reference student trains beside
-    # the twins on the same labeled patches, and the pseudo-label weight also falls once the students
-    # segment the validation images `pseudo_gate_margin` worse than it does — the case the teacher gate
-    # cannot see (a teacher that keeps the students below their labels while they stay below it).
+    # Opt-in (issue 14; measured on a few benchmark cells, docs/method.md): a labels-only reference
+    # student trains beside the twins on the same labeled patches, and the pseudo-label weight also falls
+    # once the students segment the validation images `pseudo_gate_margin` worse than it does — the case
+    # the teacher gate cannot see (a teacher that keeps the students below their labels while they stay
+    # below it).
     pseudo_gate_reference: bool = False
     # Opt-in with the reference gate (issue 14): its weight clip(1 + (d_S − d_R) / margin, 0, 1) also
     # multiplies the twins' cross pseudo-supervision, so below labels alone the students fall back to
