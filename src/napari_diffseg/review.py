@@ -433,9 +433,8 @@ def uncertainty_limits(uncertainty: np.ndarray | None = None) -> tuple[float, fl
 
 
 # ------------------------------------------------------------------------------------------ jobs
-NOT_LOSSES = frozenset(
-    {"ramp", "gate", "cps_gate", "reference_weight", "agree"}
-)  # reported with the losses: weights and a fraction
+# reported with the losses but not losses: the ramp, the gates' weights and the students' agreement
+NOT_LOSSES = frozenset({"ramp", "gate", "cps_gate", "reference_weight", "agree"})
 VALIDATION_PREFIX = "val_"  # validation scores reported with the losses (drawn in the Dice plot)
 
 LOSS_GROUPS = ("students", "teacher", "total")
