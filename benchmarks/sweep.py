@@ -110,6 +110,9 @@ ARM_NOTES = {
     "diffseg-noA": "Stage A off: **the default** since issue 14",
     "diffseg-ref": "the default with the opt-in reference gate",
     "diffseg-refcps": "the reference gate on CPS too",
+    "diffseg-cpsonly": "the default with the teacher's pseudo-labels off: CPS through diffseg's code path",
+    "diffseg-nogate": "the default with the pseudo-label gate off",
+    "supervised-x2": "two supervised students deployed as their mean",
 }
 PLOT_LABELS = {"diffseg": "diffseg (Stage A first)", "diffseg-noA": "diffseg-noA (the default)"}
 #: the arms compared with every reference (supervised, CPS, mean-teacher); the reference gate is a candidate
