@@ -443,3 +443,25 @@ def test_gate_replay_tells_which_runs_the_current_rule_would_change(tmp_path: Pa
     # reference weights 0 (0.5 against 0.6) and 1 (0.7 against 0.68); gates 0 and 1
     assert "| diffseg-ref | 10% | 0 | 0.680 | 0.700 | 0.50 | 1.00 |" in text
     assert "| diffseg-refcps | 10% | 0 | 0.680 | 0.700 | 0.50 | 0.50 |" in text
+
+
+def test_fallback_runs_say_what_they_deployed(tmp_path: Path) -> None:
+    """The fallback table gives the twins' and the labels-only student's best validation Dice and what the
+    run deployed, read from the run's checks and its closing log row; other runs get no table."""
+    out = tmp_path / "ds"
+    out.mkdir()
+    prov = {"provenance": {"preset": {"pseudo_gate_margin": 0.05, "reference_fallback": True}}}
+    for seed, twins, alone in ((0, [0.6, 0.72], [0.7, 0.65]), (1, [0.6, 0.7], [0.74, 0.71])):
+        checks = _checks(twins, [0.9, 0.9], "last")
+        for c, a in zip(checks, alone, strict=True):
+            c["val_reference"] = a
+        deployed = float(max(alone) > max(twins))
+        checks.append({"phase": "cotrain", "message": "kept the weights", "deployed_reference": deployed})
+        _write(out, "diffseg-fb", 0.05, seed, _run("diffseg-fb", 0.05, seed, 0.8, **prov, validation=checks))
+    _write(out, "diffseg-noA", 0.05, 0, _run("diffseg-noA", 0.05, 0, 0.8))
+    text = sweep.report(out)
+    assert "| diffseg-fb | 5% | 0 | 0.720 | 0.700 | twins |" in text
+    assert "| diffseg-fb | 5% | 1 | 0.700 | 0.740 | labels-only student |" in text
+    assert "| diffseg-noA | 5% | 0 |" not in text.split("The fallback to labels alone")[1]
+    # the fallback is a candidate default: held to the references like the default
+    assert ("diffseg-fb", "supervised") in [(a, r) for a in sweep.COMPARED for r in sweep.REFERENCES]

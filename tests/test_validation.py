@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -304,6 +306,96 @@ def test_cotrain_puts_the_reference_weight_on_cps_only_when_asked(monkeypatch) -
     seen.clear()
     list(cotrain(_bundle(), data, pr, generator=torch.Generator().manual_seed(0), seed=0, device=CPU))
     assert seen == [1.0] * 6  # the plain reference gate leaves CPS alone
+
+
+def _fallback_validator(students: nn.Module, reference: nn.Module, gate: bool = False) -> Validator:
+    x = torch.linspace(-1, 1, 64).reshape(1, 8, 8)
+    return Validator(
+        {"a": students, "b": copy.deepcopy(students)},
+        ValSet([x], [(x[0] > 0).long()]),
+        {},
+        num_classes=2,
+        multiple=1,
+        roi=8,
+        sw_batch=1,
+        every=1,
+        reference=reference,
+        reference_gate=gate,
+        fallback=True,
+    )
+
+
+def test_the_fallback_deploys_labels_alone_only_when_they_validate_better() -> None:
+    """The reference's best weights (not its last) replace every deployed network when its best check beat
+    the students' best; otherwise the students' best weights stay. Without its gate the reference does not
+    touch the pseudo-label weight."""
+    students, reference = _Threshold(0.5), _Threshold(0.0)  # the reference is perfect at first
+    v = _fallback_validator(students, reference)
+    v.set_teacher_dice(1.0)
+    out = v.check(1)
+    assert out["val_reference"] == 1.0 > out["val_dice"]
+    assert "reference_weight" not in out and out["gate"] == 1.0  # scored, not gating
+    with torch.no_grad():
+        reference.b.fill_(0.9)  # the reference gets worse: its best weights stay those of step 1
+        students.b.fill_(0.3)
+    v.check(2)
+    assert v.best_reference_dice == 1.0 and v.best_dice < 1.0
+    assert v.restore_best() == 1 and v.deployed_reference
+    assert all(net.b.item() == 0.0 for net in v.deployed.values())  # both take the reference's best
+    assert v.summary()["deployed_reference"] is True
+    # students that beat the reference keep their own best weights
+    students, reference = _Threshold(0.0), _Threshold(0.5)
+    v = _fallback_validator(students, reference)
+    v.check(1)
+    with torch.no_grad():
+        students.b.fill_(0.7)
+    v.check(2)
+    assert v.restore_best() == 1 and not v.deployed_reference
+    assert all(net.b.item() == 0.0 for net in v.deployed.values())
+    assert v.summary()["best_reference_dice"] < v.summary()["best_dice"]
+    # with the gate too, a better reference shuts the pseudo-labels as the reference gate does
+    assert _fallback_validator(_Threshold(0.9), _Threshold(0.0), gate=True).check(1)["gate"] == 0.0
+    with pytest.raises(ConfigError, match="labels-only reference"):
+        Validator({}, None, {}, num_classes=2, multiple=1, roi=8, sw_batch=1, every=1, fallback=True)
+
+
+def test_cotrain_falls_back_to_labels_alone_and_otherwise_trains_the_twins_as_before(monkeypatch) -> None:
+    """With reference_fallback the twins train exactly as without it (the reference has its own parameters
+    and does not gate); at the end they take the reference's weights only when it validated better."""
+    pr = get_preset("tiny").with_overrides(cotrain_steps=4, refresh_every=1000, val_every=2)
+    imgs, masks = _blobs(7)
+    data = TrainData(imgs[:2], masks[:2], unlabeled_images=imgs[2:5], val=ValSet(imgs[5:], masks[5:]))
+
+    def train(preset, reference_score: float) -> tuple[ModelBundle, list]:
+        # the twins score 0.7 at every check; the reference scores ``reference_score``
+        monkeypatch.setattr(
+            Validator, "score", lambda self, nets=None: 0.7 if nets is None else reference_score
+        )
+        b = _bundle()
+        gen = torch.Generator().manual_seed(0)
+        return b, list(cotrain(b, data, preset, generator=gen, seed=0, device=CPU))
+
+    plain, plain_events = train(pr, 0.0)
+    fb = pr.with_overrides(reference_fallback=True)
+    kept, events = train(fb, 0.5)  # labels alone validate worse: the twins stay
+    for name in ("student_a", "student_b", "teacher_mask"):
+        for key, value in plain.nets[name].state_dict().items():
+            assert torch.equal(kept.nets[name].state_dict()[key], value), (name, key)
+    log = [e for e in events if e.kind == "log" and e.message.startswith("kept the weights")]
+    assert log[-1].losses == {"deployed_reference": 0.0} and "labels-only" not in log[-1].message
+
+    def gates(evs: list) -> list[float]:
+        return [e.losses["gate"] for e in evs if e.kind == "progress" and e.phase == "cotrain"]
+
+    assert gates(events) and gates(events) == gates(plain_events)  # the fallback alone never gates
+    fell, events = train(fb, 0.9)  # labels alone validate better: both students take its weights
+    log = [e for e in events if e.kind == "log" and e.message.startswith("kept the weights")]
+    assert log[-1].losses == {"deployed_reference": 1.0} and "labels-only student" in log[-1].message
+    assert gates(events) == gates(plain_events)  # a reference 0.2 above the twins: still no gate
+    a, b2 = fell.nets["student_a"].state_dict(), fell.nets["student_b"].state_dict()
+    assert all(torch.equal(a[k], b2[k]) for k in a)
+    assert any(not torch.equal(a[k], plain.nets["student_a"].state_dict()[k]) for k in a)
+    assert set(fell.nets) == set(plain.nets)  # the reference itself is not saved
 
 
 def test_reference_gate_cps_needs_the_reference() -> None:

@@ -909,7 +909,7 @@ def run_experiment(
         if ev.losses and "val_dice" in ev.losses:
             validation.append({"phase": ev.phase, "step": ev.step, **ev.losses})
         if ev.kind == "log" and ev.message.startswith("kept the weights"):
-            validation.append({"phase": ev.phase, "message": ev.message})
+            validation.append({"phase": ev.phase, "message": ev.message, **ev.losses})
         if report is not None:
             report(ev)
 

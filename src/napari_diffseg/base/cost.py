@@ -346,8 +346,9 @@ def job_plan(
     per_area = eval_s["teacher"] * (first + later * max(0, passes - 1)) if passes else 0.0
     pl_seconds = unl_area * per_area
     val_area = sum(area(im) for im in val)
-    # the two students on every val image, and the reference gate's labels-only student when it is on
-    val_seconds = val_area * (3 if pr.pseudo_gate_reference else 2) * eval_s["student"]
+    # the two students on every val image, and the labels-only student of the reference gate or fallback
+    nets = 3 if pr.pseudo_gate_reference or pr.reference_fallback else 2
+    val_seconds = val_area * nets * eval_s["student"]
     checks = 0
     if val and pr.val_every > 0:  # during co-training: every val_every steps and at the end
         checks = len(range(pr.val_every, pr.cotrain_steps + 1, pr.val_every))

@@ -210,7 +210,8 @@ def _validator(
     bundle: ModelBundle, data: TrainData, preset: Preset, loop: _Loop, reference: nn.Module | None = None
 ) -> Validator:
     """The validator of a loop's deployed networks (call after ``loop.resume()``: it keeps its state in
-    the loop's checkpoint tensors); ``reference``: the labels-only student of the reference gate."""
+    the loop's checkpoint tensors); ``reference``: the labels-only student of the reference gate and of the
+    fallback."""
     return Validator(
         {name: bundle.nets[name] for name in bundle.deploy},
         data.val,
@@ -223,21 +224,27 @@ def _validator(
         margin=preset.pseudo_gate_margin,
         patience=preset.val_patience,
         reference=reference,
+        reference_gate=preset.pseudo_gate_reference,
+        fallback=preset.reference_fallback and reference is not None,
     )
 
 
 def _finish(validator: Validator, phase: str, total: int, elapsed: float) -> Iterator[Event]:
     """Restore the best validation weights and say so."""
     best = validator.restore_best()
-    if best is not None:
-        yield Event(
-            "log",
-            phase,
-            total,
-            total,
-            elapsed=elapsed,
-            message=f"kept the weights of step {best} (validation Dice {validator.best_dice:.3f})",
-        )
+    if best is None:
+        return
+    message = f"kept the weights of step {best} (validation Dice {validator.best_dice:.3f})"
+    losses = {}
+    if validator.fallback:
+        losses = {"deployed_reference": float(validator.deployed_reference)}
+        if validator.deployed_reference:
+            message = (
+                f"kept the weights of the labels-only student, step {best} (validation Dice "
+                f"{validator.best_reference_dice:.3f} against the twins' best {validator.best_dice:.3f}): "
+                "the unlabeled images did not help on the validation images, so both students take them"
+            )
+    yield Event("log", phase, total, total, losses=losses, elapsed=elapsed, message=message)
 
 
 def nonfinite_weights(modules: Mapping[str, nn.Module]) -> list[str]:
@@ -571,9 +578,11 @@ class CoTrainModule(nn.Module):
         self.teacher = bundle.nets["teacher_mask"]
         self.student_a = bundle.nets["student_a"]
         self.student_b = bundle.nets["student_b"]
-        # the reference gate's labels-only student (preset.pseudo_gate_reference): a copy of student A
-        # at the round's start, trained on the same labeled patches with the supervised loss alone
-        self.reference = copy.deepcopy(self.student_a) if preset.pseudo_gate_reference else None
+        # the labels-only student of the reference gate and of the fallback (preset.pseudo_gate_reference,
+        # preset.reference_fallback): a copy of student A at the round's start, trained on the same
+        # labeled patches with the supervised loss alone
+        with_reference = preset.pseudo_gate_reference or preset.reference_fallback
+        self.reference = copy.deepcopy(self.student_a) if with_reference else None
         self.diff = bundle.diffusion()
         self.preset = preset
 

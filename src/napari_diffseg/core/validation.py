@@ -38,6 +38,12 @@ alone, which can be what holds them below their labels (DSB nuclei 5 %, seed 2: 
 0.668 for supervised); with ``preset.reference_gate_cps`` it multiplies the CPS term as well, so below
 labels alone the students fall back to their labels whichever unlabeled term pulled them down.
 
+The opt-in **fallback** (``preset.reference_fallback``) trains the same labels-only student (with or
+without the reference gate) and keeps its best weights too; when training ends, if it scored the
+validation images better than the twins' best check did, its weights are what the run deploys (both
+students take them). The product then never deploys twins that its own validation images rank below
+labels alone; where those images rank wrongly (a few of them), it cannot help.
+
 The state (best Dice and step, best weights, last ``d_S`` / ``d_T``, the gate) lives in the training loop's
 checkpoint tensors, so an interrupted run resumes with the same choices.
 """
@@ -129,8 +135,10 @@ class Validator:
         val: Validation images; an empty set disables everything (no check, gate 1).
         tensors: The training loop's checkpoint tensors; the validator keeps its state there.
         every: Check every this many steps (and at the last step); 0 disables the checks.
-        reference: The reference gate's labels-only network, scored at every check (None: no reference
-            gate).
+        reference: The labels-only network, scored at every check (None: no reference).
+        reference_gate: Whether the reference's Dice gates the pseudo-label loss (the reference gate);
+            False: it is only scored (and kept, with ``fallback``).
+        fallback: Keep the reference's best weights and deploy them when they beat the students' best.
     """
 
     def __init__(
@@ -147,9 +155,15 @@ class Validator:
         margin: float = 0.05,
         patience: int = 0,
         reference: nn.Module | None = None,
+        reference_gate: bool = True,
+        fallback: bool = False,
     ) -> None:
+        if fallback and reference is None:
+            raise ConfigError("the fallback to labels alone needs the labels-only reference network")
         self.deployed = dict(deployed)
         self.reference = reference
+        self.reference_gate = reference_gate
+        self.fallback = fallback
         self.val = val if val is not None else ValSet()
         self.tensors = tensors
         self.num_classes = num_classes
@@ -194,6 +208,16 @@ class Validator:
         return self._get("reference_dice")
 
     @property
+    def best_reference_dice(self) -> float:
+        """The labels-only reference's best Dice so far (nan before a check, or without the fallback)."""
+        return self._get("best_reference_dice")
+
+    @property
+    def deployed_reference(self) -> bool:
+        """True once :meth:`restore_best` deployed the reference's weights (the fallback)."""
+        return self._get("deployed_reference", 0.0) > 0
+
+    @property
     def gate(self) -> float:
         """Weight of the students' pseudo-label loss (see the module docstring)."""
         return self._get("gate", 1.0)
@@ -201,7 +225,9 @@ class Validator:
     @property
     def reference_weight(self) -> float:
         """The reference gate's own weight ``clip(1 + (d_S − d_R) / margin, 0, 1)`` at the last check (1
-        before it, or without a reference); ``preset.reference_gate_cps`` puts it on the CPS term too."""
+        before it, or without a reference gate); ``preset.reference_gate_cps`` puts it on the CPS term too."""
+        if not self.reference_gate:
+            return 1.0
         return gate_weight(self.student_dice, self.reference_dice, self.margin)
 
     def _update_gate(self) -> None:
@@ -234,13 +260,17 @@ class Validator:
             self._set("best_dice", dice)
             self._set("best_step", float(step))
             for name, net in self.deployed.items():
-                for key, value in net.state_dict().items():
-                    stored = f"{_PREFIX}best:{name}:" + key.replace(".", ":")
-                    self.tensors[stored] = value.detach().cpu().clone()
-        extra = {}
+                self._store(f"best:{name}:", net)
+        extra: dict[str, float] = {}
         if self.reference is not None:
             self._set("reference_dice", self.score([self.reference]))
-            extra = {"val_reference": self.reference_dice, "reference_weight": self.reference_weight}
+            extra = {"val_reference": self.reference_dice}
+            if self.reference_gate:
+                extra["reference_weight"] = self.reference_weight
+            if self.fallback and not self.reference_dice <= self.best_reference_dice:
+                self._set("best_reference_dice", self.reference_dice)
+                self._set("best_reference_step", float(step))
+                self._store("best-reference:", self.reference)
         self._update_gate()
         return {
             "val_dice": dice,
@@ -249,6 +279,14 @@ class Validator:
             **extra,
             "gate": self.gate,
         }
+
+    def _store(self, prefix: str, net: nn.Module) -> None:
+        for key, value in net.state_dict().items():
+            self.tensors[_PREFIX + prefix + key.replace(".", ":")] = value.detach().cpu().clone()
+
+    def _stored(self, prefix: str) -> dict[str, torch.Tensor]:
+        full = _PREFIX + prefix
+        return {k[len(full) :].replace(":", "."): v for k, v in self.tensors.items() if k.startswith(full)}
 
     def stalled(self, step: int) -> bool:
         """True when ``patience`` > 0 and the last ``patience`` checks (up to ``step``) did not improve."""
@@ -261,18 +299,21 @@ class Validator:
         self._update_gate()
 
     def restore_best(self) -> int | None:
-        """Load the best weights into the deployed networks; the step they came from (None if none)."""
+        """Load the best weights into the deployed networks; the step they came from (None if none).
+
+        With the fallback, when the labels-only reference's best check beat the students' best, every
+        deployed network takes the reference's best weights instead (:attr:`deployed_reference`), and the
+        step is the reference's."""
         if not self.enabled or self.best_step < 0:
             return None
+        use_reference = self.fallback and self.best_reference_dice > self.best_dice
+        self._set("deployed_reference", float(use_reference))
         for name, net in self.deployed.items():
-            prefix = f"{_PREFIX}best:{name}:"
-            state = {
-                k[len(prefix) :].replace(":", "."): v for k, v in self.tensors.items() if k.startswith(prefix)
-            }
+            state = self._stored("best-reference:" if use_reference else f"best:{name}:")
             if state:
                 dev = next(net.parameters()).device
                 net.load_state_dict({k: v.to(dev) for k, v in state.items()})
-        return self.best_step
+        return int(self._get("best_reference_step")) if use_reference else self.best_step
 
     def summary(self) -> dict[str, float | int]:
         """What the run chose, for its result (best step and Dice, last teacher/student Dice, gate)."""
@@ -283,5 +324,13 @@ class Validator:
             "last_student_dice": self.student_dice,
             "last_teacher_dice": self.teacher_dice,
             **({"last_reference_dice": self.reference_dice} if self.reference is not None else {}),
+            **(
+                {
+                    "best_reference_dice": self.best_reference_dice,
+                    "deployed_reference": self.deployed_reference,
+                }
+                if self.fallback
+                else {}
+            ),
             "gate": self.gate,
         }
