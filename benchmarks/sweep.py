@@ -743,7 +743,49 @@ def report(out: Path) -> str:
         ]
     lines += _reference_gate_lines(by)
     lines += _fallback_lines(by)
+    lines += _validation_pick_lines(by, fractions)
     return "\n".join(lines)
+
+
+def best_val(r: dict) -> float | None:
+    """A run's best validation Dice over its checks (None without checks)."""
+    vals = [float(v["val_dice"]) for v in r.get("validation", []) if "val_dice" in v]
+    return max(vals) if vals else None
+
+
+def _validation_pick_lines(
+    by: dict[tuple[str, float], dict[int, dict]], fractions: list[float], arm: str = "diffseg-noA"
+) -> list[str]:
+    """The rule of the fallback applied to two separate runs: per seed, deploy whichever of ``arm`` and
+    ``supervised`` has the higher best validation Dice (the twins on a tie), and score that run's test."""
+    rows = []
+    for f in fractions:
+        a, sup = by.get((arm, f), {}), by.get(("supervised", f), {})
+        va = {s: best_val(a[s]) for s in sorted(set(a) & set(sup))}
+        vs = {s: best_val(sup[s]) for s in va}
+        seeds = [s for s in va if va[s] is not None and vs[s] is not None]
+        if not seeds:
+            continue
+        picked = {s: sup[s] if (vs[s] or 0.0) > (va[s] or 0.0) else a[s] for s in seeds}
+        switched = [s for s in seeds if picked[s] is sup[s]]
+        pick = {s: score(picked[s]) for s in seeds}
+        rows.append(
+            f"| {f:.0%} | {_mean_sd_cell(list(pick.values()))} | {len(switched)} of {len(seeds)}"
+            + (f" (seed {', '.join(map(str, switched))})" if switched else "")
+            + f" | {_paired_cell(pick, {s: score(a[s]) for s in seeds})}"
+            f" | {_paired_cell(pick, {s: score(sup[s]) for s in seeds})} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        f"Deploying whichever of {arm} and supervised (separate runs) validates better, seed by seed — the "
+        "fallback's rule, with the labels-only network a run of its own:",
+        "",
+        f"| fraction | test Dice | supervised picked | picked − {arm} | picked − supervised |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def _fallback_lines(by: dict) -> list[str]:

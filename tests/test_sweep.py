@@ -465,3 +465,24 @@ def test_fallback_runs_say_what_they_deployed(tmp_path: Path) -> None:
     assert "| diffseg-noA | 5% | 0 |" not in text.split("The fallback to labels alone")[1]
     # the fallback is a candidate default: held to the references like the default
     assert ("diffseg-fb", "supervised") in [(a, r) for a in sweep.COMPARED for r in sweep.REFERENCES]
+
+
+def test_validation_pick_deploys_the_run_that_validates_better(tmp_path: Path) -> None:
+    """Per seed the pick is whichever of the default and supervised has the higher best validation Dice;
+    its test Dice is paired with both runs."""
+    out = tmp_path / "ds"
+    out.mkdir()
+    # (default best val, default test, supervised best val, supervised test) per seed
+    cells = {0: (0.80, 0.82, 0.70, 0.75), 1: (0.60, 0.62, 0.66, 0.70), 2: (0.75, 0.70, 0.74, 0.72)}
+    for s, (va, ta, vs, ts) in cells.items():
+        checks = [{"step": 50, "val_dice": va - 0.1}, {"step": 100, "val_dice": va}]
+        _write(out, "diffseg-noA", 0.1, s, _run("diffseg-noA", 0.1, s, ta, validation=checks))
+        _write(out, "supervised", 0.1, s, _run("supervised", 0.1, s, ts, validation=[{"val_dice": vs}]))
+    text = sweep.report(out)
+    row = next(ln for ln in text.split("Deploying whichever")[1].splitlines() if ln.startswith("| 10% |"))
+    # picks: the default (0.82), supervised (0.70), the default (0.70, the validation ranks it wrongly)
+    picked = [0.82, 0.70, 0.70]
+    m = sum(picked) / 3
+    assert row.startswith(f"| 10% | {m:.3f} ± ") and "| 1 of 3 (seed 1) |" in row
+    assert "| +0.027 [" in row  # picked − default: 0, +0.08, 0
+    assert row.split(" | ")[-1].startswith("+0.017 [")  # picked − supervised: +0.07, 0, −0.02
