@@ -114,23 +114,18 @@ def test_students_that_fall_back_below_the_teacher_reopen_the_gate() -> None:
     assert v.gate == pytest.approx(0.6)
 
 
+def _ramp_validator(deployed: dict[str, nn.Module], **options) -> Validator:
+    """A validator on one 8×8 ramp image whose truth is its positive half, checking every step."""
+    x = torch.linspace(-1, 1, 64).reshape(1, 8, 8)
+    val = ValSet([x], [(x[0] > 0).long()])
+    return Validator(deployed, val, {}, num_classes=2, multiple=1, roi=8, sw_batch=1, every=1, **options)
+
+
 def test_the_reference_gate_cuts_a_teacher_that_keeps_the_students_below_their_labels() -> None:
     """The teacher labels the validation images better than the students segment them (the teacher gate
     stays open), but a labels-only reference segments them better still: the reference gate shuts."""
-    x = torch.linspace(-1, 1, 64).reshape(1, 8, 8)
-    y = (x[0] > 0).long()
     students, reference = _Threshold(0.9), _Threshold(0.0)  # poor students, a perfect reference
-    v = Validator(
-        {"student": students},
-        ValSet([x], [y]),
-        {},
-        num_classes=2,
-        multiple=1,
-        roi=8,
-        sw_batch=1,
-        every=1,
-        reference=reference,
-    )
+    v = _ramp_validator({"student": students}, reference=reference)
     v.set_teacher_dice(1.0)
     out = v.check(1)
     assert out["val_reference"] == 1.0 and out["val_dice"] < 1.0 - v.margin
@@ -148,9 +143,7 @@ def test_the_reference_gate_cuts_a_teacher_that_keeps_the_students_below_their_l
     assert v.check(2)["gate"] == 1.0
     assert v.reference_weight == 1.0
     # without a reference nothing is scored or reported for it
-    plain = Validator(
-        {"student": students}, ValSet([x], [y]), {}, num_classes=2, multiple=1, roi=8, sw_batch=1, every=1
-    )
+    plain = _ramp_validator({"student": students})
     assert "val_reference" not in plain.check(1) and "last_reference_dice" not in plain.summary()
     assert plain.reference_weight == 1.0  # no reference: nothing to weight CPS by
 
@@ -309,20 +302,8 @@ def test_cotrain_puts_the_reference_weight_on_cps_only_when_asked(monkeypatch) -
 
 
 def _fallback_validator(students: nn.Module, reference: nn.Module, gate: bool = False) -> Validator:
-    x = torch.linspace(-1, 1, 64).reshape(1, 8, 8)
-    return Validator(
-        {"a": students, "b": copy.deepcopy(students)},
-        ValSet([x], [(x[0] > 0).long()]),
-        {},
-        num_classes=2,
-        multiple=1,
-        roi=8,
-        sw_batch=1,
-        every=1,
-        reference=reference,
-        reference_gate=gate,
-        fallback=True,
-    )
+    deployed = {"a": students, "b": copy.deepcopy(students)}
+    return _ramp_validator(deployed, reference=reference, reference_gate=gate, fallback=True)
 
 
 def test_the_fallback_deploys_labels_alone_only_when_they_validate_better() -> None:
