@@ -798,7 +798,7 @@ def _fallback_lines(by: dict) -> list[str]:
             checks = [v for v in r.get("validation", []) if "val_reference" in v and "val_dice" in v]
             if not kept or not checks:
                 continue
-            twins = max(float(v["val_dice"]) for v in checks)
+            twins = best_val(r)
             alone = max(float(v["val_reference"]) for v in checks)
             which = "labels-only student" if kept[-1]["deployed_reference"] else "twins"
             rows.append(f"| {a} | {f:.0%} | {s} | {twins:.3f} | {alone:.3f} | {which} |")
