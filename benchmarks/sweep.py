@@ -64,8 +64,10 @@ RESULTS = HERE / "results" / "evidence"
 
 ARMS: dict[str, tuple[str, dict]] = {
     # the paper's recipe: Stage A (label-free) first on a cold start. The preset default until issue 14's
-    # ablation; every `diffseg` JSON made before the default changed ran exactly this.
-    "diffseg": ("diffseg", {"cold_start_pretrain": True}),
+    # ablation; every `diffseg` JSON made before the default changed ran exactly this. Every diffseg arm
+    # below but `diffseg-fb` sets `reference_fallback` off: all their runs were made before it became the
+    # default, and the override keeps each arm what its JSONs measured.
+    "diffseg": ("diffseg", {"cold_start_pretrain": True, "reference_fallback": False}),
     "supervised": ("supervised", {}),
     "cps": ("cps", {}),
     "mean-teacher": ("mean-teacher", {}),
@@ -75,25 +77,28 @@ ARMS: dict[str, tuple[str, dict]] = {
     # (Before 2026-12-02: 6 checks, which stopped GlaS seeds at 500-800 steps on a noisy validation curve,
     # 0.79-0.85; the issue-13 instance references under evidence/*-instances* were made that way.)
     "supervised-converged": ("supervised", {"cotrain_steps": 5000, "val_patience": 20}),
-    # Stage A off: the preset default since issue 14's ablation (the override keeps the runs made before
-    # the change the same arm); the ablations below change this default (Stage A off) in one more part
-    "diffseg-noA": ("diffseg", {"pretrain_steps": 0}),
-    "diffseg-nopseudo": ("diffseg", {"unsup_weight": 0.0}),
+    # Stage A off (the preset default since issue 14's ablation; the override keeps the runs made before
+    # that change the same arm), no fallback; the ablations below change this arm in one more part
+    "diffseg-noA": ("diffseg", {"pretrain_steps": 0, "reference_fallback": False}),
+    "diffseg-nopseudo": ("diffseg", {"unsup_weight": 0.0, "reference_fallback": False}),
     # the students' loss of the CPS baseline (sup + ramp x 1.0 x CPS) through diffseg's code path: the
     # teacher's pseudo-labels off and the CPS weight that of the `cps` arm
-    "diffseg-cpsonly": ("diffseg", {"unsup_weight": 0.0, "cps_weight": 1.0}),
-    "diffseg-nogate": ("diffseg", {"pseudo_gate_margin": 1000.0}),
+    "diffseg-cpsonly": ("diffseg", {"unsup_weight": 0.0, "cps_weight": 1.0, "reference_fallback": False}),
+    "diffseg-nogate": ("diffseg", {"pseudo_gate_margin": 1000.0, "reference_fallback": False}),
     # the opt-in reference gate: a labels-only student beside the twins also shuts the teacher's weight
-    "diffseg-ref": ("diffseg", {"pseudo_gate_reference": True}),
+    "diffseg-ref": ("diffseg", {"pseudo_gate_reference": True, "reference_fallback": False}),
     # ... whose weight also multiplies the twins' cross pseudo-supervision (below labels alone, labels only)
-    "diffseg-refcps": ("diffseg", {"pseudo_gate_reference": True, "reference_gate_cps": True}),
-    # the opt-in fallback: a labels-only student beside the twins (no gate), deployed instead of them when
-    # it scores the validation images better
+    "diffseg-refcps": (
+        "diffseg",
+        {"pseudo_gate_reference": True, "reference_gate_cps": True, "reference_fallback": False},
+    ),
+    # the fallback: a labels-only student beside the twins (no gate), deployed instead of them when it
+    # scores the validation images better. The preset default since issue 14's DSB and DRIVE runs.
     "diffseg-fb": ("diffseg", {"reference_fallback": True}),
-    "diffseg-S1": ("diffseg", {"refresh_ddim_steps": 1, "ddim_steps": 1}),
-    "diffseg-E1": ("diffseg", {"refresh_samples": 1, "samples": 1}),
-    "diffseg-R1": ("diffseg", {"rounds": 1}),
-    "diffseg-R3": ("diffseg", {"rounds": 3}),
+    "diffseg-S1": ("diffseg", {"refresh_ddim_steps": 1, "ddim_steps": 1, "reference_fallback": False}),
+    "diffseg-E1": ("diffseg", {"refresh_samples": 1, "samples": 1, "reference_fallback": False}),
+    "diffseg-R1": ("diffseg", {"rounds": 1, "reference_fallback": False}),
+    "diffseg-R3": ("diffseg", {"rounds": 3, "reference_fallback": False}),
 }
 REFERENCES = ("supervised", "cps", "mean-teacher")
 #: what each ablation is compared with, paired by seed (the arm it changes one thing of)
@@ -106,19 +111,23 @@ ABLATES: dict[str, tuple[str, ...]] = {
     "supervised-converged": ("supervised",),
 }
 #: the arms the figure draws (the others are in the tables)
-PLOTTED = ("diffseg", "diffseg-noA", "supervised", "cps", "mean-teacher", "supervised-x2")
+PLOTTED = ("diffseg", "diffseg-noA", "diffseg-fb", "supervised", "cps", "mean-teacher", "supervised-x2")
 #: what the main tables say of an arm whose name alone does not
 ARM_NOTES = {
     "diffseg": "the paper's recipe, label-free Stage A first",
-    "diffseg-noA": "Stage A off: **the default** since issue 14",
-    "diffseg-ref": "the default with the opt-in reference gate",
+    "diffseg-noA": "Stage A off, no fallback: the default from issue 14's Stage A ablation to the fallback",
+    "diffseg-ref": "diffseg-noA with the opt-in reference gate",
     "diffseg-refcps": "the reference gate on CPS too",
-    "diffseg-fb": "the default with the opt-in fallback to labels alone",
-    "diffseg-cpsonly": "the default with the teacher's pseudo-labels off: CPS through diffseg's code path",
-    "diffseg-nogate": "the default with the pseudo-label gate off",
+    "diffseg-fb": "diffseg-noA with the fallback to labels alone: **the default**",
+    "diffseg-cpsonly": "diffseg-noA with the teacher's pseudo-labels off: CPS through diffseg's code path",
+    "diffseg-nogate": "diffseg-noA with the pseudo-label gate off",
     "supervised-x2": "two supervised students deployed as their mean",
 }
-PLOT_LABELS = {"diffseg": "diffseg (Stage A first)", "diffseg-noA": "diffseg-noA (the default)"}
+PLOT_LABELS = {
+    "diffseg": "diffseg (Stage A first)",
+    "diffseg-noA": "diffseg-noA (no fallback)",
+    "diffseg-fb": "diffseg-fb (the default)",
+}
 #: the arms compared with every reference (supervised, CPS, mean-teacher); the reference gate is a candidate
 #: default, so it is held to the same comparisons
 COMPARED = ("diffseg", "diffseg-noA", "diffseg-ref", "diffseg-refcps", "diffseg-fb")
@@ -607,6 +616,13 @@ def _gate_weight(teacher: float, students: float, margin: float) -> float:
     return min(1.0, max(0.0, 1.0 + (teacher - students) / margin))
 
 
+def reference_gates(r: dict) -> bool:
+    """Whether a run's labels-only student gated the teacher (``pseudo_gate_reference``); the fallback's
+    student is scored at every check too but gates nothing. A preset without the key predates the fallback,
+    when every run with a labels-only student had the gate."""
+    return bool(r.get("provenance", {}).get("preset", {}).get("pseudo_gate_reference", True))
+
+
 def gate_replay(r: dict) -> dict[str, bool]:
     """Replay a diffseg run's pseudo-label gate from its validation checks under both rules.
 
@@ -621,6 +637,7 @@ def gate_replay(r: dict) -> dict[str, bool]:
     """
     checks = [v for v in r.get("validation", []) if "gate" in v and "val_dice" in v]
     margin = float(r.get("provenance", {}).get("preset", {}).get("pseudo_gate_margin", 0.05))
+    gated = reference_gates(r)
     best = float("nan")
     rec_best = rec_last = same = True
 
@@ -631,7 +648,8 @@ def gate_replay(r: dict) -> dict[str, bool]:
     for k, v in enumerate(checks):
         last = float(v["val_dice"])
         best = last if not best >= last else best
-        teacher, ref = float(v["val_teacher"]), float(v.get("val_reference", float("nan")))
+        teacher = float(v["val_teacher"])
+        ref = float(v.get("val_reference", float("nan"))) if gated else float("nan")
         rec_best &= abs(v["gate"] - weight(teacher, best, ref)) < 1e-6
         rec_last &= abs(v["gate"] - weight(teacher, last, ref)) < 1e-6
         if k + 1 < len(checks):
@@ -816,14 +834,14 @@ def _fallback_lines(by: dict) -> list[str]:
 
 
 def _reference_gate_lines(by: dict) -> list[str]:
-    """The reference gate over co-training, for every run that had one: the labels-only student and the
+    """The reference gate over co-training, for every run that had it: the labels-only student and the
     twins at the last check, and the mean weights the steps got (the teacher's pseudo-labels; and CPS's,
     which is the reference weight with ``reference_gate_cps`` and 1 without)."""
     rows = []
     for (a, f), rs in sorted(by.items()):
         for s, r in sorted(rs.items()):
             checks = [v for v in r.get("validation", []) if "val_reference" in v and "val_dice" in v]
-            if not checks:
+            if not checks or not reference_gates(r):  # the fallback's student gates nothing
                 continue
             preset = r.get("provenance", {}).get("preset", {})
             margin = float(preset.get("pseudo_gate_margin", 0.05))

@@ -20,17 +20,28 @@ def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
     from napari_diffseg.base.presets import get_preset
 
     arms = sweep.ARMS
-    assert arms["diffseg"] == ("diffseg", {"cold_start_pretrain": True})  # the paper's recipe, Stage A first
-    assert arms["diffseg-noA"] == ("diffseg", {"pretrain_steps": 0})  # Stage A off (the preset default)
+    # every diffseg arm but the fallback's runs without it: their runs were made before it was the default
+    fb_off = {"reference_fallback": False}
+    for name, (method, overrides) in arms.items():
+        if method == "diffseg":
+            assert overrides.get("reference_fallback") is (name == "diffseg-fb"), name
+    assert arms["diffseg"] == ("diffseg", {"cold_start_pretrain": True, **fb_off})  # the paper's recipe
+    assert arms["diffseg-noA"] == ("diffseg", {"pretrain_steps": 0, **fb_off})  # Stage A off, no fallback
     assert sweep.ABLATES["diffseg-noA"] == ("diffseg",)  # Stage A's contribution
-    assert sweep.ABLATES["diffseg-nopseudo"] == ("diffseg-noA",)  # the other parts: of the default
-    assert arms["diffseg-nopseudo"] == ("diffseg", {"unsup_weight": 0.0})  # teacher pseudo-labels off
+    assert sweep.ABLATES["diffseg-nopseudo"] == ("diffseg-noA",)  # the other parts: of that arm
+    assert sweep.ABLATES["diffseg-fb"] == ("diffseg-noA",)  # the fallback's contribution
+    assert arms["diffseg-nopseudo"] == ("diffseg", {"unsup_weight": 0.0, **fb_off})  # pseudo-labels off
     # pseudo-labels off with the CPS baseline's weight: the `cps` students' loss through diffseg's path
-    assert arms["diffseg-cpsonly"] == ("diffseg", {"unsup_weight": 0.0, "cps_weight": 1.0})
+    assert arms["diffseg-cpsonly"] == ("diffseg", {"unsup_weight": 0.0, "cps_weight": 1.0, **fb_off})
     assert arms["supervised-x2"] == ("cps", {"unsup_weight": 0.0})  # two students on labels only
     assert arms["diffseg-S1"][1]["ddim_steps"] == 1 and arms["diffseg-S1"][1]["refresh_ddim_steps"] == 1
-    assert arms["diffseg-E1"][1] == {"samples": 1, "refresh_samples": 1}
-    assert arms["diffseg-R1"][1] == {"rounds": 1} and arms["diffseg-R3"][1] == {"rounds": 3}
+    assert arms["diffseg-E1"][1] == {"samples": 1, "refresh_samples": 1, **fb_off}
+    assert arms["diffseg-R1"][1] == {"rounds": 1, **fb_off} and arms["diffseg-R3"][1] == {
+        "rounds": 3,
+        **fb_off,
+    }
+    # the fallback's arm is the product's default: the `cpu` preset with nothing changed
+    assert get_preset("cpu").parse_overrides(arms["diffseg-fb"][1]) == get_preset("cpu")
     cpu = get_preset("cpu")
     for name, (_method, overrides) in arms.items():
         pr = cpu.parse_overrides(overrides)  # every override is a preset field in its range
@@ -421,6 +432,11 @@ def test_gate_replay_tells_which_runs_the_current_rule_would_change(tmp_path: Pa
     assert sweep.gate_replay(ref)["recorded_last"]
     ref["validation"][0]["gate"] = 1.0  # the teacher gate alone: not what the reference rule gives
     assert not sweep.gate_replay(ref)["recorded_last"]
+    # the fallback's labels-only student is scored at every check but gates nothing: the teacher gate alone
+    fb_prov = {"provenance": {"preset": {"pseudo_gate_margin": 0.05, "pseudo_gate_reference": False}}}
+    fb = {**ref, **fb_prov}
+    assert sweep.gate_replay(fb) == {"recorded_best": True, "recorded_last": True, "current": True}
+    assert not sweep.reference_gates(fb) and sweep.reference_gates(ref)
     # the report names the runs to run again
     out = tmp_path / "ds"
     out.mkdir()
@@ -450,7 +466,8 @@ def test_fallback_runs_say_what_they_deployed(tmp_path: Path) -> None:
     run deployed, read from the run's checks and its closing log row; other runs get no table."""
     out = tmp_path / "ds"
     out.mkdir()
-    prov = {"provenance": {"preset": {"pseudo_gate_margin": 0.05, "reference_fallback": True}}}
+    preset = {"pseudo_gate_margin": 0.05, "reference_fallback": True, "pseudo_gate_reference": False}
+    prov = {"provenance": {"preset": preset}}
     for seed, twins, alone in ((0, [0.6, 0.72], [0.7, 0.65]), (1, [0.6, 0.7], [0.74, 0.71])):
         checks = _checks(twins, [0.9, 0.9], "last")
         for c, a in zip(checks, alone, strict=True):
@@ -463,6 +480,8 @@ def test_fallback_runs_say_what_they_deployed(tmp_path: Path) -> None:
     assert "| diffseg-fb | 5% | 0 | 0.720 | 0.700 | twins |" in text
     assert "| diffseg-fb | 5% | 1 | 0.700 | 0.740 | labels-only student |" in text
     assert "| diffseg-noA | 5% | 0 |" not in text.split("The fallback to labels alone")[1]
+    # its student gated nothing: not in the reference gate's table, and its gate is the current rule's
+    assert "The reference gate (" not in text and "(run again)" not in text
     # the fallback is a candidate default: held to the references like the default
     assert ("diffseg-fb", "supervised") in [(a, r) for a in sweep.COMPARED for r in sweep.REFERENCES]
 

@@ -12,6 +12,7 @@ from napari_diffseg.base.events import CancelToken, Event
 from napari_diffseg.base.presets import get_preset
 from napari_diffseg.core.models import ModelBundle, ModelSpec, load_bundle, save_bundle
 from napari_diffseg.core.training import TrainData, cotrain, pretrain_teacher, train_baseline, train_teacher
+from napari_diffseg.core.validation import ValSet
 
 CPU = torch.device("cpu")
 
@@ -158,12 +159,21 @@ def test_same_seed_same_weights(method: str) -> None:
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("reference", [False, True])
-def test_cotrain_resume_is_exact(tmp_path, reference: bool) -> None:
+@pytest.mark.parametrize(
+    "overrides",
+    [{"reference_fallback": False}, {}, {"pseudo_gate_reference": True, "reference_fallback": False}],
+    ids=["twins-only", "fallback", "reference-gate"],
+)
+def test_cotrain_resume_is_exact(tmp_path, overrides: dict) -> None:
     pr = get_preset("tiny").with_overrides(
-        cotrain_steps=6, refresh_every=3, checkpoint_every=2, pseudo_gate_reference=reference
+        cotrain_steps=6, refresh_every=3, checkpoint_every=2, val_every=2, **overrides
     )
-    data = _data()
+    plain = _data(n_unl=5)  # two of the unlabeled images become validation images (the labels-only
+    # student of the fallback and of the reference gate trains only where validation can judge it)
+    val = ValSet(plain.unlabeled_images[3:], [(x[0] > 0).long() for x in plain.unlabeled_images[3:]])
+    data = TrainData(
+        plain.labeled_images, plain.labeled_masks, unlabeled_images=plain.unlabeled_images[:3], val=val
+    )
     ref = _bundle()
     _run(cotrain(ref, data, pr, generator=torch.Generator().manual_seed(0), seed=0, device=CPU))
 

@@ -152,8 +152,23 @@ def test_cotrain_trains_and_scores_the_reference_only_when_asked() -> None:
     pr = get_preset("tiny").with_overrides(cotrain_steps=6, refresh_every=1000, val_every=3)
     imgs, masks = _blobs(7)
     data = TrainData(imgs[:2], masks[:2], unlabeled_images=imgs[2:5], val=ValSet(imgs[5:], masks[5:]))
-    assert CoTrainModule(_bundle(), pr).reference is None  # off by default: nothing extra trains
-    on = pr.with_overrides(pseudo_gate_reference=True)
+    off = pr.with_overrides(reference_fallback=False)
+    assert CoTrainModule(_bundle(), off).reference is None  # no gate, no fallback: nothing extra trains
+    assert CoTrainModule(_bundle(), pr).reference is not None  # the default's fallback trains one
+    # without validation images neither the gate nor the fallback can act: nothing extra trains
+    assert (
+        CoTrainModule(_bundle(), pr.with_overrides(pseudo_gate_reference=True), validated=False).reference
+        is None
+    )
+    no_val = TrainData(imgs[:2], masks[:2], unlabeled_images=imgs[2:5])
+    gen = torch.Generator().manual_seed(0)
+    steps = [
+        e.losses
+        for e in cotrain(_bundle(), no_val, pr, generator=gen, seed=0, device=CPU)
+        if e.kind == "progress"
+    ]
+    assert steps and not any("ref_sup" in s for s in steps)
+    on = off.with_overrides(pseudo_gate_reference=True)
     b = _bundle()
     module = CoTrainModule(b, on)
     assert module.reference is not None and module.reference is not b.nets["student_a"]
@@ -343,7 +358,9 @@ def test_the_fallback_deploys_labels_alone_only_when_they_validate_better() -> N
 def test_cotrain_falls_back_to_labels_alone_and_otherwise_trains_the_twins_as_before(monkeypatch) -> None:
     """With reference_fallback the twins train exactly as without it (the reference has its own parameters
     and does not gate); at the end they take the reference's weights only when it validated better."""
-    pr = get_preset("tiny").with_overrides(cotrain_steps=4, refresh_every=1000, val_every=2)
+    pr = get_preset("tiny").with_overrides(
+        cotrain_steps=4, refresh_every=1000, val_every=2, reference_fallback=False
+    )
     imgs, masks = _blobs(7)
     data = TrainData(imgs[:2], masks[:2], unlabeled_images=imgs[2:5], val=ValSet(imgs[5:], masks[5:]))
 

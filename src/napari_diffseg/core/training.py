@@ -573,15 +573,16 @@ class CoTrainModule(nn.Module):
     One module, one forward, one backward: this is what DDP wraps when the loop runs under torchrun.
     """
 
-    def __init__(self, bundle: ModelBundle, preset: Preset) -> None:
+    def __init__(self, bundle: ModelBundle, preset: Preset, validated: bool = True) -> None:
         super().__init__()
         self.teacher = bundle.nets["teacher_mask"]
         self.student_a = bundle.nets["student_a"]
         self.student_b = bundle.nets["student_b"]
         # the labels-only student of the reference gate and of the fallback (preset.pseudo_gate_reference,
         # preset.reference_fallback): a copy of student A at the round's start, trained on the same
-        # labeled patches with the supervised loss alone
-        with_reference = preset.pseudo_gate_reference or preset.reference_fallback
+        # labeled patches with the supervised loss alone. Both act on validation checks, so a run without
+        # validation images (``validated`` False) trains none.
+        with_reference = validated and (preset.pseudo_gate_reference or preset.reference_fallback)
         self.reference = copy.deepcopy(self.student_a) if with_reference else None
         self.diff = bundle.diffusion()
         self.preset = preset
@@ -735,7 +736,8 @@ def cotrain(
     unl = (
         data.unlabeled_images or data.labeled_images
     )  # with nothing unlabeled, consistency on labeled images
-    module = CoTrainModule(bundle, preset)
+    validated = data.val is not None and len(data.val) > 0 and preset.val_every > 0
+    module = CoTrainModule(bundle, preset, validated=validated)
     rank, world = 0, 1
     step_module: nn.Module = module
     if distributed:

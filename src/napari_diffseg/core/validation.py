@@ -38,8 +38,9 @@ alone, which can be what holds them below their labels (DSB nuclei 5 %, seed 2: 
 0.668 for supervised); with ``preset.reference_gate_cps`` it multiplies the CPS term as well, so below
 labels alone the students fall back to their labels whichever unlabeled term pulled them down.
 
-The opt-in **fallback** (``preset.reference_fallback``) trains the same labels-only student (with or
-without the reference gate) and keeps its best weights too; when training ends, if it scored the
+The **fallback** (``preset.reference_fallback``, on by default since issue 14's DSB nuclei and DRIVE
+runs) trains the same labels-only student (with or without the reference gate; only when there are
+validation images to judge it) and keeps its best weights too; when training ends, if it scored the
 validation images better than the twins' best check did, its weights are what the run deploys (both
 students take them). The product then never deploys twins that its own validation images rank below
 labels alone; where those images rank wrongly (a few of them), it cannot help.
