@@ -18,6 +18,7 @@ from napari_diffseg.core.checkpoint import (
     load_training_state,
     save_model,
     save_training_state,
+    saved_module_names,
 )
 
 
@@ -236,7 +237,9 @@ def test_training_state_errors(tmp_path: Path) -> None:
     path = tmp_path / "state.safetensors"
     with pytest.raises(CheckpointError, match="does not exist"):
         load_training_state(path, modules={"model": model}, optimizers={}, generators={})
+    assert saved_module_names(path) is None  # nothing to resume
     save_training_state(path, modules={"model": model}, optimizers={"opt": opt}, generators={"data": gen})
+    assert saved_module_names(path) == ["model"]
     with pytest.raises(CheckpointError, match="no optimizer"):
         load_training_state(path, modules={}, optimizers={"other": opt}, generators={})
     bigger = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 1))
@@ -245,9 +248,13 @@ def test_training_state_errors(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:30])
     with pytest.raises(CheckpointError, match="corrupt"):
         load_training_state(path, modules={"model": model}, optimizers={}, generators={})
+    with pytest.raises(CheckpointError, match="corrupt"):
+        saved_module_names(path)
 
 
 def test_model_weights_are_not_a_training_state(tmp_path: Path) -> None:
     save_model(tmp_path, {"student": trained_net()}, {"width": 4})
     with pytest.raises(CheckpointError, match="not a napari-diffseg training state"):
         load_training_state(tmp_path / "weights.safetensors", modules={}, optimizers={}, generators={})
+    with pytest.raises(CheckpointError, match="not a napari-diffseg training state"):
+        saved_module_names(tmp_path / "weights.safetensors")

@@ -9,7 +9,7 @@ import torch
 
 from napari_diffseg.base.errors import Cancelled, ConfigError
 from napari_diffseg.base.events import CancelToken, Event
-from napari_diffseg.base.presets import get_preset
+from napari_diffseg.base.presets import Preset, get_preset
 from napari_diffseg.core.models import ModelBundle, ModelSpec, load_bundle, save_bundle
 from napari_diffseg.core.training import TrainData, cotrain, pretrain_teacher, train_baseline, train_teacher
 from napari_diffseg.core.validation import ValSet
@@ -159,32 +159,27 @@ def test_same_seed_same_weights(method: str) -> None:
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [{"reference_fallback": False}, {}, {"pseudo_gate_reference": True, "reference_fallback": False}],
-    ids=["twins-only", "fallback", "reference-gate"],
-)
-def test_cotrain_resume_is_exact(tmp_path, overrides: dict) -> None:
-    pr = get_preset("tiny").with_overrides(
-        cotrain_steps=6, refresh_every=3, checkpoint_every=2, val_every=2, **overrides
-    )
+def _resume_data() -> TrainData:
     plain = _data(n_unl=5)  # two of the unlabeled images become validation images (the labels-only
     # student of the fallback and of the reference gate trains only where validation can judge it)
     val = ValSet(plain.unlabeled_images[3:], [(x[0] > 0).long() for x in plain.unlabeled_images[3:]])
-    data = TrainData(
+    return TrainData(
         plain.labeled_images, plain.labeled_masks, unlabeled_images=plain.unlabeled_images[:3], val=val
     )
-    ref = _bundle()
-    _run(cotrain(ref, data, pr, generator=torch.Generator().manual_seed(0), seed=0, device=CPU))
 
-    ck = tmp_path / "cotrain.safetensors"
+
+def _cancel_then_resume(
+    ck, data: TrainData, saved: Preset, resumed: Preset
+) -> tuple[ModelBundle, list[Event]]:
+    """Train with ``saved`` until the checkpoint of step 4, cancel, and resume in a fresh process with
+    ``resumed``; returns the resumed networks and the resumed run's events."""
     b = _bundle()
     token = CancelToken()
     with pytest.raises(Cancelled):
         for ev in cotrain(
             b,
             data,
-            pr,
+            saved,
             generator=torch.Generator().manual_seed(0),
             seed=0,
             device=CPU,
@@ -196,14 +191,59 @@ def test_cotrain_resume_is_exact(tmp_path, overrides: dict) -> None:
     # a fresh process: new networks, new generator, same checkpoint
     b2 = _bundle(seed=5)
     ev = _run(
-        cotrain(b2, data, pr, generator=torch.Generator().manual_seed(99), seed=0, device=CPU, checkpoint=ck)
+        cotrain(
+            b2, data, resumed, generator=torch.Generator().manual_seed(99), seed=0, device=CPU, checkpoint=ck
+        )
     )
     first_progress = next(e for e in ev if e.kind == "progress" and e.phase == "cotrain")
     assert first_progress.step == 5  # resumed after step 4
-    wa, wb = _weights(ref), _weights(b2)
+    return b2, ev
+
+
+def _same_twins(ref: ModelBundle, other: ModelBundle) -> None:
+    wa, wb = _weights(ref), _weights(other)
     for k in wa:
         if k.startswith(("teacher_mask", "student")):
             assert torch.equal(wa[k], wb[k]), k
+
+
+_RESUME_PRESET = dict(cotrain_steps=6, refresh_every=3, checkpoint_every=2, val_every=2)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"reference_fallback": False}, {}, {"pseudo_gate_reference": True, "reference_fallback": False}],
+    ids=["twins-only", "fallback", "reference-gate"],
+)
+def test_cotrain_resume_is_exact(tmp_path, overrides: dict) -> None:
+    pr = get_preset("tiny").with_overrides(**_RESUME_PRESET, **overrides)
+    data = _resume_data()
+    ref = _bundle()
+    _run(cotrain(ref, data, pr, generator=torch.Generator().manual_seed(0), seed=0, device=CPU))
+    b2, _ = _cancel_then_resume(tmp_path / "cotrain.safetensors", data, pr, pr)
+    _same_twins(ref, b2)
+
+
+def test_cotrain_resumes_a_checkpoint_without_the_labels_only_student(tmp_path) -> None:
+    """A job cancelled before the fallback became the default (its checkpoint has no labels-only student)
+    resumes under the new default: exactly as it was trained, saying that this round has no fallback."""
+    before = get_preset("tiny").with_overrides(**_RESUME_PRESET, reference_fallback=False)
+    now = get_preset("tiny").with_overrides(**_RESUME_PRESET)
+    assert now.reference_fallback
+    data = _resume_data()
+    ref = _bundle()
+    _run(cotrain(ref, data, before, generator=torch.Generator().manual_seed(0), seed=0, device=CPU))
+    b2, ev = _cancel_then_resume(tmp_path / "cotrain.safetensors", data, before, now)
+    _same_twins(ref, b2)
+    said = [e.message for e in ev if e.kind == "log" and "without the labels-only student" in e.message]
+    assert len(said) == 1
+    assert not any("ref_sup" in e.losses for e in ev if e.kind == "progress")  # none trained after resuming
+    assert not any("deployed_reference" in e.losses for e in ev)  # no fallback decision without one
+    # the other way round: a checkpoint with a labels-only student resumed with the fallback off (the
+    # labels-only student never touches the twins, so they match the run without one)
+    b3, ev = _cancel_then_resume(tmp_path / "again.safetensors", data, now, before)
+    _same_twins(ref, b3)
+    assert not any(e.kind == "log" and "without the labels-only student" in e.message for e in ev)
 
 
 def test_progress_events_are_frequent_and_typed() -> None:

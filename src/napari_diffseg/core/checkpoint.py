@@ -432,6 +432,57 @@ def save_training_state(
         ) from exc
 
 
+def _training_metadata(path: Path) -> dict[str, str]:
+    """The metadata of the training state at ``path`` (an existing file), checked for kind and version."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own SafetensorError, OSError, ...
+        raise _unreadable(path, exc) from exc
+    if metadata.get("kind") != _TRAINING_STATE_KIND:
+        raise CheckpointError(
+            f"{path} is not a napari-diffseg training state (is it a model's weights.safetensors?): "
+            "pick the training-state file of a run."
+        )
+    raw_version = metadata.get("format_version", "?")
+    version: int | str = int(raw_version) if raw_version.isdigit() else raw_version
+    _check_format(version, metadata.get("package_version", "unknown"), path)
+    return metadata
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"training state {path} is corrupt or unreadable ({exc}): delete it and resume from an earlier "
+        "state, or start training from scratch."
+    )
+
+
+def _damaged(path: Path, detail: str) -> CheckpointError:
+    return CheckpointError(
+        f"the metadata of training state {path} is damaged ({detail}): resume from an earlier state or "
+        "start training from scratch."
+    )
+
+
+def saved_module_names(path: str | os.PathLike[str]) -> list[str] | None:
+    """The module names a training state written by `save_training_state` holds; None when the file
+    does not exist (nothing to resume), so a loop can build what the state needs before loading it.
+
+    Raises:
+        CheckpointError: a file that exists but is not a readable napari-diffseg training state.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        names = json.loads(_training_metadata(path)["modules"])
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise _damaged(path, repr(exc)) from exc
+    if not isinstance(names, list):
+        raise _damaged(path, "'modules' is not a list")
+    return [str(n) for n in names]
+
+
 def load_training_state(
     path: str | os.PathLike[str],
     *,
@@ -457,23 +508,11 @@ def load_training_state(
         raise CheckpointError(
             f"training state {path} does not exist: start training from scratch or pick another run folder."
         )
+    metadata = _training_metadata(path)
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
         flat = load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own SafetensorError, OSError, ...
-        raise CheckpointError(
-            f"training state {path} is corrupt or unreadable ({exc}): delete it and resume from an "
-            "earlier state, or start training from scratch."
-        ) from exc
-    if metadata.get("kind") != _TRAINING_STATE_KIND:
-        raise CheckpointError(
-            f"{path} is not a napari-diffseg training state (is it a model's weights.safetensors?): "
-            "pick the training-state file of a run."
-        )
-    raw_version = metadata.get("format_version", "?")
-    version: int | str = int(raw_version) if raw_version.isdigit() else raw_version
-    _check_format(version, metadata.get("package_version", "unknown"), path)
+        raise _unreadable(path, exc) from exc
 
     try:
         saved_modules = set(json.loads(metadata["modules"]))
@@ -482,10 +521,7 @@ def load_training_state(
         tensor_names = json.loads(metadata["tensors"])
         extra = json.loads(metadata["extra"])
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(
-            f"the metadata of training state {path} is damaged ({exc!r}): resume from an earlier state or "
-            "start training from scratch."
-        ) from exc
+        raise _damaged(path, repr(exc)) from exc
 
     for what, wanted, saved in (
         ("module", modules, saved_modules),

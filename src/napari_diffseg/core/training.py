@@ -34,7 +34,7 @@ from ..base.errors import Cancelled, ConfigError, TrainingDiverged
 from ..base.events import CancelToken, Event, Ticker
 from ..base.presets import Preset
 from .augment import intensity_jitter, sample_patches
-from .checkpoint import load_training_state, save_training_state
+from .checkpoint import load_training_state, save_training_state, saved_module_names
 from .device import autocast
 from .diffusion import MaskDiffusion, SamplerConfig, normalized_entropy
 from .inference import propose
@@ -573,7 +573,9 @@ class CoTrainModule(nn.Module):
     One module, one forward, one backward: this is what DDP wraps when the loop runs under torchrun.
     """
 
-    def __init__(self, bundle: ModelBundle, preset: Preset, validated: bool = True) -> None:
+    def __init__(
+        self, bundle: ModelBundle, preset: Preset, validated: bool = True, reference: bool | None = None
+    ) -> None:
         super().__init__()
         self.teacher = bundle.nets["teacher_mask"]
         self.student_a = bundle.nets["student_a"]
@@ -581,8 +583,11 @@ class CoTrainModule(nn.Module):
         # the labels-only student of the reference gate and of the fallback (preset.pseudo_gate_reference,
         # preset.reference_fallback): a copy of student A at the round's start, trained on the same
         # labeled patches with the supervised loss alone. Both act on validation checks, so a run without
-        # validation images (``validated`` False) trains none.
+        # validation images (``validated`` False) trains none. ``reference`` (True/False) overrides that
+        # rule: a resumed run keeps what its checkpoint was trained with.
         with_reference = validated and (preset.pseudo_gate_reference or preset.reference_fallback)
+        if reference is not None:
+            with_reference = reference
         self.reference = copy.deepcopy(self.student_a) if with_reference else None
         self.diff = bundle.diffusion()
         self.preset = preset
@@ -737,7 +742,13 @@ def cotrain(
         data.unlabeled_images or data.labeled_images
     )  # with nothing unlabeled, consistency on labeled images
     validated = data.val is not None and len(data.val) > 0 and preset.val_every > 0
-    module = CoTrainModule(bundle, preset, validated=validated)
+    # a resumed run trains what its checkpoint holds: one written before the fallback became the default
+    # (or with it turned off) has no labels-only student, and resumes without one rather than failing
+    saved = saved_module_names(checkpoint) if checkpoint is not None else None
+    module = CoTrainModule(
+        bundle, preset, validated=validated, reference=None if saved is None else "reference" in saved
+    )
+    wanted = validated and (preset.pseudo_gate_reference or preset.reference_fallback)
     rank, world = 0, 1
     step_module: nn.Module = module
     if distributed:
@@ -766,6 +777,18 @@ def cotrain(
     start = loop.resume()
     cache = loop.tensors  # pseudo-labels persist in the checkpoint
     validator = _validator(bundle, data, preset, loop, module.reference)
+    if wanted and module.reference is None:
+        yield Event(
+            "log",
+            "cotrain",
+            start,
+            loop.total,
+            message=(
+                "resumed a checkpoint saved without the labels-only student: this round trains the twins "
+                "alone, so neither the fallback to labels alone nor the reference gate acts; the next round "
+                "has both again"
+            ),
+        )
     module.train()
     b, p, diff = preset.batch_size, preset.patch_size, module.diff
     every = max(1, preset.refresh_every)
