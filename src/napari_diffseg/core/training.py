@@ -567,6 +567,11 @@ def train_teacher(
 # ------------------------------------------------------------------------------------------------
 # Stage C: co-training of the teacher and the twin students
 # ------------------------------------------------------------------------------------------------
+def _wants_reference(preset: Preset, validated: bool) -> bool:
+    """Whether a co-training round trains the labels-only student (see `CoTrainModule`)."""
+    return validated and (preset.pseudo_gate_reference or preset.reference_fallback)
+
+
 class CoTrainModule(nn.Module):
     """Teacher mask pathway + twin students; ``forward`` returns every loss of one co-training step.
 
@@ -585,9 +590,7 @@ class CoTrainModule(nn.Module):
         # labeled patches with the supervised loss alone. Both act on validation checks, so a run without
         # validation images (``validated`` False) trains none. ``reference`` (True/False) overrides that
         # rule: a resumed run keeps what its checkpoint was trained with.
-        with_reference = validated and (preset.pseudo_gate_reference or preset.reference_fallback)
-        if reference is not None:
-            with_reference = reference
+        with_reference = _wants_reference(preset, validated) if reference is None else reference
         self.reference = copy.deepcopy(self.student_a) if with_reference else None
         self.diff = bundle.diffusion()
         self.preset = preset
@@ -745,10 +748,8 @@ def cotrain(
     # a resumed run trains what its checkpoint holds: one written before the fallback became the default
     # (or with it turned off) has no labels-only student, and resumes without one rather than failing
     saved = saved_module_names(checkpoint) if checkpoint is not None else None
-    module = CoTrainModule(
-        bundle, preset, validated=validated, reference=None if saved is None else "reference" in saved
-    )
-    wanted = validated and (preset.pseudo_gate_reference or preset.reference_fallback)
+    wanted = _wants_reference(preset, validated)
+    module = CoTrainModule(bundle, preset, reference=wanted if saved is None else "reference" in saved)
     rank, world = 0, 1
     step_module: nn.Module = module
     if distributed:
