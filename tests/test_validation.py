@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from napari_diffseg.base.errors import ConfigError
+from napari_diffseg.base.events import Ticker
 from napari_diffseg.base.presets import get_preset
 from napari_diffseg.core.metrics import segmentation_metrics
 from napari_diffseg.core.models import ModelBundle, ModelSpec
@@ -363,6 +364,9 @@ def test_cotrain_falls_back_to_labels_alone_and_otherwise_trains_the_twins_as_be
     )
     imgs, masks = _blobs(7)
     data = TrainData(imgs[:2], masks[:2], unlabeled_images=imgs[2:5], val=ValSet(imgs[5:], masks[5:]))
+    # every step reports its gate: progress events are otherwise throttled by wall time, and the
+    # runs below compare their gates step by step
+    monkeypatch.setattr(Ticker, "due", lambda self, force=False: True)
 
     def train(preset, reference_score: float) -> tuple[ModelBundle, list]:
         # the twins score 0.7 at every check; the reference scores ``reference_score``
@@ -382,9 +386,10 @@ def test_cotrain_falls_back_to_labels_alone_and_otherwise_trains_the_twins_as_be
     log = [e for e in events if e.kind == "log" and e.message.startswith("kept the weights")]
     assert log[-1].losses == {"deployed_reference": 0.0} and "labels-only" not in log[-1].message
 
-    def gates(evs: list) -> list[float]:
-        return [e.losses["gate"] for e in evs if e.kind == "progress" and e.phase == "cotrain"]
+    def gates(evs: list) -> list[tuple[int, float]]:
+        return [(e.step, e.losses["gate"]) for e in evs if e.kind == "progress" and e.phase == "cotrain"]
 
+    assert [step for step, _ in gates(events)] == [1, 2, 3, 4]
     assert gates(events) and gates(events) == gates(plain_events)  # the fallback alone never gates
     fell, events = train(fb, 0.9)  # labels alone validate better: both students take its weights
     log = [e for e in events if e.kind == "log" and e.message.startswith("kept the weights")]
