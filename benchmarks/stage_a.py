@@ -2,12 +2,18 @@
 
     python benchmarks/stage_a.py --dataset ../shared/data/glas --variants current hinge highnoise both
     python benchmarks/stage_a.py --dataset ... --report-only
+    python benchmarks/stage_a.py --dataset ... --references        # how far a label-free split can go
 
 Each variant pretrains the teacher (Stage A only, the `cpu` preset's budget unless --steps) on every train
 image of the dataset (no label is read) and scores its one-step masks against the ground truth with the best
 class permutation, beside Otsu's threshold and an all-foreground mask on the same images
 (``experiment.label_free_report``). Results: ``benchmarks/results/stage_a/<dataset>/<variant>_s<seed>.json``;
 a variant whose JSON exists is skipped.
+
+``--references`` asks how far *any* label-free split of these images goes, to size the goal (beat Otsu and
+all-foreground by 0.05): Otsu's threshold of the image smoothed at several scales, and 2-means clustering of
+per-pixel features (each channel's local mean and local standard deviation at one or several scales), per
+image, best permutation, on the same train images and on the test images; written to ``references.json``.
 """
 
 from __future__ import annotations
@@ -17,13 +23,20 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from napari_diffseg.base.presets import get_preset
 from napari_diffseg.core.models import ModelBundle, ModelSpec
 from napari_diffseg.core.training import pretrain_teacher
 from napari_diffseg.data.dataset import DatasetFolder
-from napari_diffseg.experiment import dataset_channels, label_free_report, load_images, provenance
+from napari_diffseg.experiment import (
+    _perm_dice,
+    dataset_channels,
+    label_free_report,
+    load_images,
+    provenance,
+)
 
 HERE = Path(__file__).resolve().parent
 # The preset's default Stage A (noise target, 50/50 class prior), pinned so that the JSONs stay
@@ -78,8 +91,88 @@ def run(dataset: Path, variant: str, seed: int, steps: int | None, out: Path) ->
     return result
 
 
+# Label-free references (``--references``): smoothing scales of Otsu's threshold, scale sets of the
+# 2-means features.
+OTSU_SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0)
+KMEANS_SCALES: tuple[tuple[float, ...], ...] = (
+    (1.0,),
+    (2.0,),
+    (4.0,),
+    (1.0, 4.0),
+    (2.0, 8.0),
+    (1.0, 2.0, 4.0, 8.0),
+)
+
+
+def smoothed_otsu(x: torch.Tensor, sigma: float) -> np.ndarray:
+    """Otsu's threshold of the channel-mean image after a Gaussian of ``sigma`` px → 0/1."""
+    from skimage.filters import gaussian, threshold_otsu
+
+    g = x.float().mean(0).numpy()
+    if sigma > 0:
+        g = gaussian(g, sigma)
+    if float(g.max()) <= float(g.min()):
+        return np.zeros(g.shape, dtype=np.int64)
+    return (g > threshold_otsu(g)).astype(np.int64)
+
+
+def kmeans2(x: torch.Tensor, scales: tuple[float, ...], iters: int = 30, sample: int = 20000) -> np.ndarray:
+    """2-means of per-pixel features (each channel's local mean and local std at each scale, z-scored),
+    fitted on a seeded sample of pixels from centres at the 10th and 90th percentiles → 0/1."""
+    from skimage.filters import gaussian
+
+    a = x.float().numpy()
+    feats = []
+    for s in scales:
+        for c in a:
+            m = gaussian(c, s)
+            feats += [m, np.sqrt(np.maximum(gaussian(c * c, s) - m * m, 0.0))]
+    f = np.stack(feats, -1).reshape(-1, len(feats))
+    f = (f - f.mean(0)) / (f.std(0) + 1e-6)
+    rng = np.random.default_rng(0)
+    sub = f[rng.choice(len(f), min(len(f), sample), replace=False)]
+    centres = np.stack([np.percentile(sub, 10, axis=0), np.percentile(sub, 90, axis=0)])
+    for _ in range(iters):
+        near = ((sub[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+        centres = np.stack([sub[near == j].mean(0) if (near == j).any() else centres[j] for j in range(2)])
+    return ((f[:, None] - centres[None]) ** 2).sum(-1).argmin(1).reshape(a.shape[1:]).astype(np.int64)
+
+
+def references(dataset: Path, out: Path) -> dict:
+    """Every label-free reference on the train images Stage A is scored on, and on the test images."""
+    ds = DatasetFolder(dataset)
+    channels = dataset_channels(ds, ds.train_ids)
+    result: dict = {"dataset": dataset.resolve().name}
+    for split, ids in (("train", [i for i in ds.train_ids if ds.has_mask(i)][::2]), ("test", ds.test_ids)):
+        ids = [i for i in ids if ds.has_mask(i)]
+        images, masks = load_images(ds, ids, channels), [ds.load_mask(i) for i in ids]
+        scores: dict[str, list[float]] = {}
+        for x, y in zip(images, masks, strict=True):
+            scores.setdefault("all-foreground", []).append(_perm_dice(np.ones_like(y), y, 2, None))
+            for s in OTSU_SIGMAS:
+                scores.setdefault(f"otsu sigma={s:g}", []).append(_perm_dice(smoothed_otsu(x, s), y, 2, None))
+            for sc in KMEANS_SCALES:
+                key = "2-means scales=" + ",".join(f"{v:g}" for v in sc)
+                scores.setdefault(key, []).append(_perm_dice(kmeans2(x, sc), y, 2, None))
+        result[split] = {"n_images": len(ids), "dice": {k: float(np.mean(v)) for k, v in scores.items()}}
+    (out / "references.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def references_table(r: dict) -> str:
+    tr, te = r["train"], r["test"]
+    lines = [
+        f"## Label-free references on {r['dataset']} (best-permutation Dice, per image)",
+        "",
+        f"| label-free split | train ({tr['n_images']}, every 2nd, Stage A's images) | test ({te['n_images']}) |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {v:.3f} | {te['dice'][k]:.3f} |" for k, v in tr["dice"].items()]
+    return "\n".join(lines)
+
+
 def report(out: Path) -> str:
-    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*_s*.json"))]
     lines = [
         f"## Stage A on {out.name} (best-permutation Dice, every 2nd train image)",
         "",
@@ -93,6 +186,8 @@ def report(out: Path) -> str:
             f"{lf['all_foreground_dice']:.3f} | {lf['teacher_minus_best_trivial']:+.3f} | "
             f"{r['pretrain_seconds']:.0f} |"
         )
+    if (out / "references.json").exists():
+        lines += ["", references_table(json.loads((out / "references.json").read_text()))]
     return "\n".join(lines)
 
 
@@ -104,11 +199,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="pretrain steps (default: the cpu preset's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--references", action="store_true", help="label-free references only (no training)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = HERE / "results" / "stage_a" / args.dataset.resolve().name
     out.mkdir(parents=True, exist_ok=True)
-    if not args.report_only:
+    if args.references and not (out / "references.json").exists():
+        references(args.dataset, out)
+    if not args.report_only and not args.references:
         for seed in args.seeds:
             for v in args.variants:
                 if not (out / f"{v}_s{seed}.json").exists():

@@ -1,0 +1,94 @@
+"""benchmarks/reproduce.py (are the evidence JSONs what the current code makes?) and the label-free
+references of benchmarks/stage_a.py (how far any split without labels goes; issue 14)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import reproduce  # noqa: E402
+import stage_a  # noqa: E402
+
+
+def _run(dice: list[float], val: list[float], commit: str = "a" * 40, processor: str = "AMD EPYC") -> dict:
+    return {
+        "task": "binary",
+        "provenance": {"commit": commit, "dirty": False, "processor": processor},
+        "test": {
+            "dice_mean": float(np.mean(dice)),
+            "per_image": [{"id": f"t{i}", "dice": d} for i, d in enumerate(dice)],
+        },
+        "validation": [
+            {"phase": "cotrain", "step": 50 * (i + 1), "loss": 0.5, "val_dice": v} for i, v in enumerate(val)
+        ]
+        + [{"phase": "cotrain", "step": 999, "loss": 0.1}],  # a progress entry without a check
+    }
+
+
+def test_compare_tells_identical_runs_from_drifted_ones() -> None:
+    a = _run([0.8, 0.6, 0.7], [0.5, 0.6])
+    same = reproduce.compare(a, copy.deepcopy(a) | {"provenance": {"commit": "b" * 40, "dirty": True}})
+    assert same["max_image_diff"] == 0.0 and same["same_checks"] and same["n_checks"] == 2
+    assert same["commit"] == "aaaaaaa" and same["commit_again"] == "bbbbbbb+dirty"
+
+    drifted = _run([0.8, 0.61, 0.7], [0.5, 0.6000001])
+    c = reproduce.compare(a, drifted)
+    assert c["max_image_diff"] == pytest.approx(0.01) and not c["same_checks"]
+    assert c["dice_again"] == pytest.approx(np.mean([0.8, 0.61, 0.7]))
+
+    with pytest.raises(ValueError, match="different test images"):
+        reproduce.compare(a, _run([0.8, 0.6], [0.5, 0.6]))
+
+
+def test_dataset_for_finds_the_dataset_or_makes_the_split_view(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "glas" / "images").mkdir(parents=True)
+    (data / "isbi2012_em" / "images").mkdir(parents=True)
+    views = tmp_path / "views"
+    assert reproduce.dataset_for("glas", data, views) == data / "glas"
+    view = reproduce.dataset_for("isbi2012_em-isbi2012_em_blocks", data, views)
+    assert view.parent == views and (view / "images").resolve() == (data / "isbi2012_em" / "images").resolve()
+    assert (view / "split.csv").read_text() == (BENCH / "splits" / "isbi2012_em_blocks.csv").read_text()
+    with pytest.raises(SystemExit, match="--data"):
+        reproduce.dataset_for("drive", data, views)
+
+
+def test_rerun_refuses_what_is_not_an_evidence_result(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="not a result"):
+        reproduce.rerun("glas/no-such-arm_f0.05_s0", tmp_path, tmp_path, 1)
+    with pytest.raises(SystemExit, match="not a result"):
+        reproduce.rerun("glas/supervised", tmp_path, tmp_path, 1)
+
+
+def _perm_dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    from napari_diffseg.experiment import _perm_dice
+
+    return _perm_dice(pred, truth, 2, None)
+
+
+def test_label_free_references_find_what_a_threshold_cannot() -> None:
+    rng = np.random.default_rng(0)
+    truth = np.zeros((64, 64), dtype=np.int64)
+    truth[:, 32:] = 1
+    # a noisy step: smoothing before Otsu's threshold recovers the halves that the raw threshold cannot
+    step = torch.from_numpy((truth + rng.normal(0, 0.8, truth.shape)).astype(np.float32))[None]
+    raw, smooth = (
+        _perm_dice(stage_a.smoothed_otsu(step, 0), truth),
+        _perm_dice(stage_a.smoothed_otsu(step, 4), truth),
+    )
+    assert raw < 0.8 and smooth > 0.95
+    # two textures of the same mean brightness: no threshold of the (smoothed) image separates them, the
+    # local standard deviation does
+    texture = rng.normal(0.5, np.where(truth == 1, 0.3, 0.02)).astype(np.float32)
+    x = torch.from_numpy(texture)[None].repeat(3, 1, 1)
+    assert _perm_dice(stage_a.smoothed_otsu(x, 4), truth) < 0.8
+    assert _perm_dice(stage_a.kmeans2(x, (2.0,)), truth) > 0.9
+    assert stage_a.smoothed_otsu(torch.zeros(1, 8, 8), 1).sum() == 0  # a flat image: no foreground
