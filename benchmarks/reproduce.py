@@ -88,6 +88,14 @@ def _checks(r: dict) -> list[tuple]:
     ]
 
 
+def deployed(r: dict) -> str:
+    """What a run with the fallback to labels alone deployed ("" for a run without it)."""
+    kept = [v for v in r.get("validation", []) if "deployed_reference" in v]
+    if not kept:
+        return ""
+    return "labels-only" if kept[-1]["deployed_reference"] else "twins"
+
+
 def compare(original: dict, again: dict) -> dict:
     a = {p["id"]: p["dice"] for p in original["test"]["per_image"]}
     b = {p["id"]: p["dice"] for p in again["test"]["per_image"]}
@@ -104,6 +112,8 @@ def compare(original: dict, again: dict) -> dict:
         "max_image_diff": max(abs(a[k] - b[k]) for k in a),
         "same_checks": _checks(original) == _checks(again),
         "n_checks": len(_checks(original)),
+        "deployed": deployed(original),
+        "deployed_again": deployed(again),
     }
 
 
@@ -112,8 +122,8 @@ def report() -> str:
         "## Evidence JSONs re-run with later code (`benchmarks/reproduce.py`)",
         "",
         "| result | made at | on | re-run at | on | test Dice | again | largest per-image difference "
-        "| same validation checks |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| same validation checks | deployed (fallback runs) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in sorted(OUT.glob("*/*.json")):
         c = compare(
@@ -122,7 +132,8 @@ def report() -> str:
         lines.append(
             f"| {p.parent.name}/{p.stem} | {c['commit']} | {c['processor']} | {c['commit_again']} | "
             f"{c['processor_again']} | {c['dice']:.6f} | {c['dice_again']:.6f} | {c['max_image_diff']:.1e} | "
-            f"{'yes' if c['same_checks'] else 'no'} ({c['n_checks']}) |"
+            f"{'yes' if c['same_checks'] else 'no'} ({c['n_checks']}) | "
+            + (f"{c['deployed']} / {c['deployed_again']} |" if c["deployed"] or c["deployed_again"] else "|")
         )
     return "\n".join(lines)
 

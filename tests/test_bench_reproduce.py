@@ -38,11 +38,18 @@ def test_compare_tells_identical_runs_from_drifted_ones() -> None:
     same = reproduce.compare(a, copy.deepcopy(a) | {"provenance": {"commit": "b" * 40, "dirty": True}})
     assert same["max_image_diff"] == 0.0 and same["same_checks"] and same["n_checks"] == 2
     assert same["commit"] == "aaaaaaa" and same["commit_again"] == "bbbbbbb+dirty"
+    assert same["deployed"] == same["deployed_again"] == ""  # no fallback in these runs
 
     drifted = _run([0.8, 0.61, 0.7], [0.5, 0.6000001])
     c = reproduce.compare(a, drifted)
     assert c["max_image_diff"] == pytest.approx(0.01) and not c["same_checks"]
     assert c["dice_again"] == pytest.approx(np.mean([0.8, 0.61, 0.7]))
+
+    fb, fb_again = copy.deepcopy(a), copy.deepcopy(a)
+    fb["validation"].append({"phase": "cotrain", "step": 100, "deployed_reference": True})
+    fb_again["validation"].append({"phase": "cotrain", "step": 100, "deployed_reference": False})
+    c = reproduce.compare(fb, fb_again)
+    assert (c["deployed"], c["deployed_again"]) == ("labels-only", "twins")
 
     with pytest.raises(ValueError, match="different test images"):
         reproduce.compare(a, _run([0.8, 0.6], [0.5, 0.6]))
