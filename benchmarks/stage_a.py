@@ -35,6 +35,7 @@ from napari_diffseg.experiment import (
     dataset_channels,
     label_free_report,
     load_images,
+    otsu_labels,
     provenance,
 )
 
@@ -105,15 +106,13 @@ KMEANS_SCALES: tuple[tuple[float, ...], ...] = (
 
 
 def smoothed_otsu(x: torch.Tensor, sigma: float) -> np.ndarray:
-    """Otsu's threshold of the channel-mean image after a Gaussian of ``sigma`` px → 0/1."""
-    from skimage.filters import gaussian, threshold_otsu
+    """Otsu's threshold (:func:`~napari_diffseg.experiment.otsu_labels`) of the image after a Gaussian of
+    ``sigma`` px on each channel → 0/1."""
+    from skimage.filters import gaussian
 
-    g = x.float().mean(0).numpy()
     if sigma > 0:
-        g = gaussian(g, sigma)
-    if float(g.max()) <= float(g.min()):
-        return np.zeros(g.shape, dtype=np.int64)
-    return (g > threshold_otsu(g)).astype(np.int64)
+        x = torch.from_numpy(gaussian(x.float().numpy(), sigma, channel_axis=0))
+    return otsu_labels(x)
 
 
 def kmeans2(x: torch.Tensor, scales: tuple[float, ...], iters: int = 30, sample: int = 20000) -> np.ndarray:
