@@ -632,12 +632,12 @@ class CoTrainModule(nn.Module):
         agree = ((pa[:h].argmax(1) == pb[:h].argmax(1)) & (pm.amax(1) > pr.consensus_threshold)).float()
         m_u = self.diff.q_sample(self.diff.to_m0(y_c), t_u, eps_u)
         teacher_unsup = _weighted_ce(self.teacher(m_u, xa_u[:h], t_u.to(dev)), y_c, agree)
-        loss = (
-            sup
-            + ramp * (gate * pr.unsup_weight * pseudo + cps_gate * pr.cps_weight * cps)
-            + teacher_sup
-            + ramp * pr.teacher_unsup_weight * teacher_unsup
-        )
+        cps_w = cps_weight(pr, gate)
+        if pr.pseudo_rampup:
+            unsup = ramp * (gate * pr.unsup_weight * pseudo + cps_gate * cps_w * cps)
+        else:  # the teacher's term at full weight from the first step: the gate alone weighs it
+            unsup = gate * pr.unsup_weight * pseudo + ramp * cps_gate * cps_w * cps
+        loss = sup + unsup + teacher_sup + ramp * pr.teacher_unsup_weight * teacher_unsup
         out = {
             "sup": sup.detach(),
             "pseudo": pseudo.detach(),
@@ -651,6 +651,14 @@ class CoTrainModule(nn.Module):
             loss = loss + ref_sup
             out["ref_sup"] = ref_sup.detach()
         return {"loss": loss, **out}
+
+
+def cps_weight(preset: Preset, gate: float) -> float:
+    """The twins' cross pseudo-supervision weight at pseudo-label gate ``gate``: ``cps_weight``, or with
+    ``cps_fills_gate`` rising towards ``unsup_weight`` (the CPS baseline's weight) as the gate shuts."""
+    if not preset.cps_fills_gate:
+        return preset.cps_weight
+    return preset.cps_weight + (1.0 - gate) * max(0.0, preset.unsup_weight - preset.cps_weight)
 
 
 def _refresh_generator(seed: int, refresh: int, index: int) -> torch.Generator:
@@ -847,6 +855,8 @@ def cotrain(
         losses = {k: float(v.detach()) for k, v in out.items()} | {"ramp": ramp, "gate": gate}
         if preset.reference_gate_cps:
             losses["cps_gate"] = cps_gate
+        if preset.cps_fills_gate:
+            losses["cps_w"] = cps_weight(preset, gate)
         if validator.due(step + 1, loop.total):
             losses |= validator.check(step + 1)
             module.train()
