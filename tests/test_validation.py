@@ -14,7 +14,14 @@ from napari_diffseg.base.events import Ticker
 from napari_diffseg.base.presets import get_preset
 from napari_diffseg.core.metrics import segmentation_metrics
 from napari_diffseg.core.models import ModelBundle, ModelSpec
-from napari_diffseg.core.training import CoTrainModule, TrainData, _sup_loss, cotrain, train_baseline
+from napari_diffseg.core.training import (
+    CoTrainModule,
+    TrainData,
+    _sup_loss,
+    cotrain,
+    cps_weight,
+    train_baseline,
+)
 from napari_diffseg.core.validation import Validator, ValSet, gate_weight, image_dice, mean_dice
 
 CPU = torch.device("cpu")
@@ -283,6 +290,53 @@ def test_the_cps_gate_scales_cross_pseudo_supervision_alone() -> None:
     # with the teacher's term gated off too, nothing but the labels moves the students
     labels_only = _grads(CoTrainModule(b, pr.with_overrides(cps_weight=0.0, unsup_weight=0.0)), batch, 1.0)
     assert torch.allclose(_grads(CoTrainModule(b, pr), batch, 0.0, 0.0), labels_only, atol=1e-6)
+
+
+def _grads_at(module: CoTrainModule, batch: dict, ramp: float, gate: float) -> torch.Tensor:
+    module.zero_grad()
+    module(batch, ramp, torch.Generator().manual_seed(0), gate)["loss"].backward()
+    return torch.cat([p.grad.flatten() for p in module.student_a.parameters()])
+
+
+def test_an_unramped_teacher_term_counts_from_the_first_step() -> None:
+    """pseudo_rampup=false (arm diffseg-trust): at ramp 0 the teacher's pseudo-labels already move the
+    students by their full gated weight while CPS still waits for its ramp; the default waits for both."""
+    pr = get_preset("tiny")
+    b = _bundle()
+    batch = _step_batch(pr.patch_size)
+    labels_only = _grads_at(CoTrainModule(b, pr), batch, 0.0, 1.0)  # ramp 0: the default's labels alone
+    unramped = pr.with_overrides(pseudo_rampup=False)
+    at_start = _grads_at(CoTrainModule(b, unramped), batch, 0.0, 1.0)
+    assert not torch.allclose(at_start, labels_only, atol=1e-6)
+    # ... and that is the teacher's term alone: with CPS off the default at ramp 1 steps the same way
+    no_cps = _grads_at(CoTrainModule(b, pr.with_overrides(cps_weight=0.0)), batch, 1.0, 1.0)
+    assert torch.allclose(at_start, no_cps, atol=1e-6)
+    # the gate still weighs it: shut, the unramped run at ramp 0 is the labels alone
+    assert torch.allclose(_grads_at(CoTrainModule(b, unramped), batch, 0.0, 0.0), labels_only, atol=1e-6)
+    # at ramp 1 the two rules are one loss
+    assert torch.allclose(
+        _grads_at(CoTrainModule(b, unramped), batch, 1.0, 0.6),
+        _grads_at(CoTrainModule(b, pr), batch, 1.0, 0.6),
+        atol=1e-6,
+    )
+
+
+def test_cps_fills_the_share_the_gate_shuts() -> None:
+    """cps_fills_gate: the CPS weight goes from cps_weight (gate open) to unsup_weight, the CPS baseline's
+    weight (gate shut), linearly; the default keeps cps_weight; it never drops below cps_weight."""
+    pr = get_preset("cpu")
+    on = pr.with_overrides(cps_fills_gate=True)
+    assert [cps_weight(pr, g) for g in (1.0, 0.5, 0.0)] == [0.5, 0.5, 0.5]
+    assert [cps_weight(on, g) for g in (1.0, 0.5, 0.0)] == [0.5, 0.75, 1.0]
+    assert cps_weight(on.with_overrides(unsup_weight=0.2), 0.0) == 0.5
+    tiny = get_preset("tiny")
+    b = _bundle()
+    batch = _step_batch(tiny.patch_size)
+    # gate shut: the students step as with the teacher's term off and CPS at the baseline's weight
+    filled = _grads_at(CoTrainModule(b, tiny.with_overrides(cps_fills_gate=True)), batch, 1.0, 0.0)
+    baseline_cps = tiny.with_overrides(unsup_weight=0.0, cps_weight=tiny.unsup_weight)
+    assert torch.allclose(filled, _grads_at(CoTrainModule(b, baseline_cps), batch, 1.0, 0.0), atol=1e-6)
+    assert not torch.allclose(filled, _grads_at(CoTrainModule(b, tiny), batch, 1.0, 0.0), atol=1e-6)
 
 
 def test_cotrain_puts_the_reference_weight_on_cps_only_when_asked(monkeypatch) -> None:
