@@ -11,9 +11,11 @@ class permutation, beside Otsu's threshold and an all-foreground mask on the sam
 a variant whose JSON exists is skipped.
 
 ``--references`` asks how far *any* label-free split of these images goes, to size the goal (beat Otsu and
-all-foreground by 0.05): Otsu's threshold of the image smoothed at several scales, and 2-means clustering of
-per-pixel features (each channel's local mean and local standard deviation at one or several scales), per
-image, best permutation, on the same train images and on the test images; written to ``references.json``.
+all-foreground by 0.05): Otsu's threshold of the image smoothed at several scales, skimage's other global
+thresholds (Li, triangle, Yen, isodata, mean), and 2-means clustering of per-pixel features (each channel's
+local mean and local standard deviation at one or several scales), per image, best permutation, on the same
+train images and on the test images, and the best of them per image picked with the labels (a ceiling for
+any choice among them); written to ``references.json``.
 """
 
 from __future__ import annotations
@@ -137,6 +139,23 @@ def kmeans2(x: torch.Tensor, scales: tuple[float, ...], iters: int = 30, sample:
     return ((f[:, None] - centres[None]) ** 2).sum(-1).argmin(1).reshape(a.shape[1:]).astype(np.int64)
 
 
+#: skimage's global thresholds besides Otsu, on the channel-mean image (as ``otsu_labels`` takes it)
+THRESHOLDS = ("li", "triangle", "yen", "isodata", "mean")
+
+
+def global_threshold(x: torch.Tensor, method: str) -> np.ndarray:
+    """skimage's ``threshold_<method>`` of the channel-mean image → 0/1 (all 0 on a flat image)."""
+    from skimage import filters
+
+    grey = x.float().mean(0).numpy()
+    if float(grey.max()) <= float(grey.min()):
+        return np.zeros(grey.shape, dtype=np.int64)
+    return (grey > getattr(filters, f"threshold_{method}")(grey)).astype(np.int64)
+
+
+ORACLE = "best of the above per image (picked with the labels: a ceiling, not a method)"
+
+
 def references(dataset: Path, out: Path) -> dict:
     """Every label-free reference on the train images Stage A is scored on, and on the test images."""
     ds = DatasetFolder(dataset)
@@ -150,9 +169,12 @@ def references(dataset: Path, out: Path) -> dict:
             scores.setdefault("all-foreground", []).append(_perm_dice(np.ones_like(y), y, 2, None))
             for s in OTSU_SIGMAS:
                 scores.setdefault(f"otsu sigma={s:g}", []).append(_perm_dice(smoothed_otsu(x, s), y, 2, None))
+            for m in THRESHOLDS:
+                scores.setdefault(f"{m} threshold", []).append(_perm_dice(global_threshold(x, m), y, 2, None))
             for sc in KMEANS_SCALES:
                 key = "2-means scales=" + ",".join(f"{v:g}" for v in sc)
                 scores.setdefault(key, []).append(_perm_dice(kmeans2(x, sc), y, 2, None))
+            scores.setdefault(ORACLE, []).append(max(v[-1] for k, v in scores.items() if k != ORACLE))
         result[split] = {"n_images": len(ids), "dice": {k: float(np.mean(v)) for k, v in scores.items()}}
     (out / "references.json").write_text(json.dumps(result, indent=2))
     return result

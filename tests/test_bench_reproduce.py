@@ -99,3 +99,17 @@ def test_label_free_references_find_what_a_threshold_cannot() -> None:
     assert _perm_dice(stage_a.smoothed_otsu(x, 4), truth) < 0.8
     assert _perm_dice(stage_a.kmeans2(x, (2.0,)), truth) > 0.9
     assert stage_a.smoothed_otsu(torch.zeros(1, 8, 8), 1).sum() == 0  # a flat image: no foreground
+
+
+def test_global_thresholds_differ_where_the_histogram_is_skewed() -> None:
+    """A few bright nuclei on a wide dim background: the triangle threshold (made for one dominant peak)
+    finds them, the mean threshold cuts through the background; each is a real split (not all one class),
+    and a flat image has no foreground."""
+    rng = np.random.default_rng(1)
+    truth = np.zeros((64, 64), dtype=np.int64)
+    truth[10:18, 10:18] = truth[40:46, 30:38] = 1
+    img = torch.from_numpy((0.2 * truth + rng.normal(0.1, 0.03, truth.shape)).astype(np.float32))[None]
+    masks = {m: stage_a.global_threshold(img, m) for m in stage_a.THRESHOLDS}
+    assert all(0 < m.sum() < m.size for m in masks.values())
+    assert _perm_dice(masks["triangle"], truth) > 0.8 and _perm_dice(masks["mean"], truth) < 0.3
+    assert stage_a.global_threshold(torch.ones(1, 8, 8), "yen").sum() == 0
