@@ -20,12 +20,13 @@ def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
     from napari_diffseg.base.presets import get_preset
 
     arms = sweep.ARMS
-    # every diffseg arm but the fallback's and diffseg-trust runs without it: their runs were made before
-    # it was the default
+    # every diffseg arm but the fallback's and the two made after it runs without it: their runs were
+    # made before it was the default
     fb_off = {"reference_fallback": False}
+    with_fb = ("diffseg-fb", "diffseg-trust", "diffseg-T1000")
     for name, (method, overrides) in arms.items():
         if method == "diffseg":
-            assert overrides.get("reference_fallback") is (name in ("diffseg-fb", "diffseg-trust")), name
+            assert overrides.get("reference_fallback") is (name in with_fb), name
     assert arms["diffseg"] == ("diffseg", {"cold_start_pretrain": True, **fb_off})  # the paper's recipe
     assert arms["diffseg-noA"] == ("diffseg", {"pretrain_steps": 0, **fb_off})  # Stage A off, no fallback
     assert sweep.ABLATES["diffseg-noA"] == ("diffseg",)  # Stage A's contribution
