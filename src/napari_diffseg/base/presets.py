@@ -147,11 +147,12 @@ class Preset:
     cps_weight: float = 0.5
     teacher_unsup_weight: float = 0.5
     rampup_frac: float = 0.3
-    # Opt-in (issue 14, arm `diffseg-trust`): with `pseudo_rampup` false the teacher's pseudo-label term
-    # counts fully from the first step (the gate alone weighs it; `rampup_frac` still ramps cross
-    # pseudo-supervision and the teacher's consensus term), and with `cps_fills_gate` the CPS weight
-    # rises from `cps_weight` towards `unsup_weight` (the CPS baseline's weight) as the gate shuts the
-    # teacher out: cps_weight + (1 - gate) * max(0, unsup_weight - cps_weight).
+    # Opt-in (issue 14, arm `diffseg-trust`; screened out on GlaS 10 %'s validation images, docs/method.md):
+    # with `pseudo_rampup` false the teacher's pseudo-label term counts fully from the first step (the
+    # gate alone weighs it; `rampup_frac` still ramps cross pseudo-supervision and the teacher's
+    # consensus term), and with `cps_fills_gate` the CPS weight rises from `cps_weight` towards
+    # `unsup_weight` (the CPS baseline's weight) as the gate shuts the teacher out:
+    # cps_weight + (1 - gate) * max(0, unsup_weight - cps_weight).
     pseudo_rampup: bool = True
     cps_fills_gate: bool = False
     consensus_threshold: float = 0.8
