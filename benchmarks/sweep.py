@@ -15,7 +15,8 @@ isolate each part of diffseg (Stage A off, teacher pseudo-labels off, ...). Ever
 pseudo-label gate), the labeled subset drawn from the rest, test images read once at the end.
 
 Results: ``benchmarks/results/evidence/<dataset>/<arm>_f<fraction>_s<seed>.json``; a run whose JSON exists
-is skipped (the sweep resumes). The report (``summary.md`` and ``dice.png`` beside them, both made from the
+is skipped (the sweep resumes), and so is one another sweep is running (``<arm>_f<fraction>_s<seed>.running``
+holds its pid): on two cores, start the same command twice, one thread each, and the two share the runs. The report (``summary.md`` and ``dice.png`` beside them, both made from the
 JSONs alone) gives mean ± sample std (ddof 1) over seeds and, for every arm against supervised / CPS /
 mean-teacher and every ablation against the arm it ablates, the mean paired difference per seed with its
 95 % t interval; one student against the deployed pair; the teacher on the validation images (S = 1 against
@@ -187,6 +188,44 @@ def score(r: dict, part: str = "test") -> float:
 
 def result_path(out: Path, arm: str, fraction: float, seed: int) -> Path:
     return out / f"{arm}_f{fraction:g}_s{seed}.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def claim(target: Path) -> bool:
+    """Take the run whose result is ``target`` for this process: ``<target>.running`` holds its pid, made
+    exclusively, so that two sweeps started with the same arguments (one per core) share the runs instead
+    of both doing each. False when a live process holds it; a claim left by a dead process is taken over.
+    :func:`release` removes it."""
+    lock = target.with_suffix(".running")
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or "0")
+            except (OSError, ValueError):
+                holder = 0
+            if holder > 0 and holder != os.getpid() and _alive(holder):
+                return False
+            lock.unlink(missing_ok=True)  # stale: its sweep died
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
+
+
+def release(target: Path) -> None:
+    target.with_suffix(".running").unlink(missing_ok=True)
 
 
 def experiment_command(
@@ -1148,20 +1187,28 @@ def main() -> None:
         ]
         print(f"{len(todo)} run(s) to do in {out}", flush=True)
         for a, f, s in todo:
+            target = result_path(out, a, f, s)
+            # another sweep may have done it, or be doing it, since the list was made
+            if target.exists() or not claim(target):
+                print(f"{a} f={f:g} s={s}: done or running in another sweep, skipped", flush=True)
+                continue
             t0 = time.perf_counter()
-            rc = run_one(
-                args.dataset,
-                out,
-                a,
-                f,
-                s,
-                args.preset,
-                args.threads,
-                args.task,
-                args.classes,
-                args.watershed,
-                args.models,
-            )
+            try:
+                rc = run_one(
+                    args.dataset,
+                    out,
+                    a,
+                    f,
+                    s,
+                    args.preset,
+                    args.threads,
+                    args.task,
+                    args.classes,
+                    args.watershed,
+                    args.models,
+                )
+            finally:
+                release(target)
             status = "ok" if rc == 0 else f"FAILED (rc {rc}, see .log)"
             print(f"{a} f={f:g} s={s}: {status} in {time.perf_counter() - t0:.0f} s", flush=True)
     print(write_report(out))

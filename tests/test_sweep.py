@@ -507,3 +507,57 @@ def test_validation_pick_deploys_the_run_that_validates_better(tmp_path: Path) -
     assert row.startswith(f"| 10% | {m:.3f} ± ") and "| 1 of 3 (seed 1) |" in row
     assert "| +0.027 [" in row  # picked − default: 0, +0.08, 0
     assert row.split(" | ")[-1].startswith("+0.017 [")  # picked − supervised: +0.07, 0, −0.02
+
+
+def test_two_sweeps_share_the_runs_through_claims(tmp_path: Path) -> None:
+    """A run claimed by a live process is not taken; one left by a dead process is; release frees it."""
+    import os
+    import subprocess
+
+    target = sweep.result_path(tmp_path, "cps", 0.1, 0)
+    assert sweep.claim(target)
+    lock = target.with_suffix(".running")
+    assert lock.read_text() == str(os.getpid())
+    # another live process holds it: not ours to take
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        lock.write_text(str(other.pid))
+        assert not sweep.claim(target)
+        assert lock.read_text() == str(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+    # its sweep died: the claim is stale and taken over
+    assert sweep.claim(target)
+    assert lock.read_text() == str(os.getpid())
+    sweep.release(target)
+    assert not lock.exists()
+    sweep.release(target)  # releasing twice is harmless
+
+
+def test_the_sweep_skips_a_run_another_sweep_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    ran: list[tuple[str, float, int]] = []
+
+    def fake_run_one(dataset: Path, out: Path, arm: str, fraction: float, seed: int, *rest: object) -> int:
+        ran.append((arm, fraction, seed))
+        assert sweep.result_path(out, arm, fraction, seed).with_suffix(".running").exists()
+        sweep.result_path(out, arm, fraction, seed).write_text("{}")
+        return 0
+
+    monkeypatch.setattr(sweep, "run_one", fake_run_one)
+    monkeypatch.setattr(sweep, "write_report", lambda out: "report")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        sweep.result_path(tmp_path, "cps", 0.1, 0).with_suffix(".running").write_text(str(other.pid))
+        argv = ["sweep.py", "--dataset", str(tmp_path / "ds"), "--arms", "cps", "supervised"]
+        argv += ["--fractions", "0.1", "--seeds", "0", "--out", str(tmp_path)]
+        monkeypatch.setattr(sys, "argv", argv)
+        sweep.main()
+    finally:
+        other.kill()
+        other.wait()
+    assert ran == [("supervised", 0.1, 0)]
+    assert not sweep.result_path(tmp_path, "cps", 0.1, 0).exists()
+    assert not sweep.result_path(tmp_path, "supervised", 0.1, 0).with_suffix(".running").exists()
