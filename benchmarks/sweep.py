@@ -16,8 +16,8 @@ pseudo-label gate), the labeled subset drawn from the rest, test images read onc
 
 Results: ``benchmarks/results/evidence/<dataset>/<arm>_f<fraction>_s<seed>.json``; a run whose JSON exists
 is skipped (the sweep resumes), and so is one another sweep is running (``<arm>_f<fraction>_s<seed>.running``
-holds its pid): on two cores, start the same command twice, one thread each, and the two share the runs. The report (``summary.md`` and ``dice.png`` beside them, both made from the
-JSONs alone) gives mean ± sample std (ddof 1) over seeds and, for every arm against supervised / CPS /
+holds its pid): on two cores, start the same command twice, one thread each, and the two share the runs.
+The report (``summary.md`` and ``dice.png`` beside them, both made from the JSONs alone) gives mean ± sample std (ddof 1) over seeds and, for every arm against supervised / CPS /
 mean-teacher and every ablation against the arm it ablates, the mean paired difference per seed with its
 95 % t interval; one student against the deployed pair; the teacher on the validation images (S = 1 against
 S, chained rounds R = 1..3, Spearman ρ of an image's uncertainty with its error for E > 1 and E = 1); Stage
@@ -195,8 +195,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:  # another user's process: alive
+        pass
     return True
 
 
@@ -1188,8 +1188,12 @@ def main() -> None:
         print(f"{len(todo)} run(s) to do in {out}", flush=True)
         for a, f, s in todo:
             target = result_path(out, a, f, s)
-            # another sweep may have done it, or be doing it, since the list was made
-            if target.exists() or not claim(target):
+            # another sweep may be doing it, or have done it since the list was made (claim, then look,
+            # so that a run finished between the two is not done again)
+            ours = claim(target)
+            if not ours or target.exists():
+                if ours:
+                    release(target)
                 print(f"{a} f={f:g} s={s}: done or running in another sweep, skipped", flush=True)
                 continue
             t0 = time.perf_counter()

@@ -548,10 +548,18 @@ def test_the_sweep_skips_a_run_another_sweep_holds(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(sweep, "run_one", fake_run_one)
     monkeypatch.setattr(sweep, "write_report", lambda out: "report")
+    real_claim = sweep.claim
+
+    def claim_after_another_sweep_finished(target: Path) -> bool:
+        if target.name.startswith("mean-teacher"):  # finished between the list and its turn
+            target.write_text("{}")
+        return real_claim(target)
+
+    monkeypatch.setattr(sweep, "claim", claim_after_another_sweep_finished)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         sweep.result_path(tmp_path, "cps", 0.1, 0).with_suffix(".running").write_text(str(other.pid))
-        argv = ["sweep.py", "--dataset", str(tmp_path / "ds"), "--arms", "cps", "supervised"]
+        argv = ["sweep.py", "--dataset", str(tmp_path / "ds"), "--arms", "cps", "supervised", "mean-teacher"]
         argv += ["--fractions", "0.1", "--seeds", "0", "--out", str(tmp_path)]
         monkeypatch.setattr(sys, "argv", argv)
         sweep.main()
@@ -561,3 +569,4 @@ def test_the_sweep_skips_a_run_another_sweep_holds(tmp_path: Path, monkeypatch: 
     assert ran == [("supervised", 0.1, 0)]
     assert not sweep.result_path(tmp_path, "cps", 0.1, 0).exists()
     assert not sweep.result_path(tmp_path, "supervised", 0.1, 0).with_suffix(".running").exists()
+    assert not sweep.result_path(tmp_path, "mean-teacher", 0.1, 0).with_suffix(".running").exists()
