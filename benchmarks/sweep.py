@@ -107,6 +107,17 @@ ARMS: dict[str, tuple[str, dict]] = {
     # the default with a teacher trained 1,000 steps on the labels before co-training instead of 300 (the
     # students' budget unchanged): at 10 % the 300-step teacher is often no better than the students
     "diffseg-T1000": ("diffseg", {"teacher_steps": 1000, "reference_fallback": True}),
+    # the teacher validated during Stage B: up to 1,000 steps, its best check kept, stopped after 3 checks
+    # without a gain (T1000 helps GlaS but overfits DSB nuclei's one or two labeled images)
+    "diffseg-Tval": (
+        "diffseg",
+        {
+            "teacher_steps": 1000,
+            "teacher_val_every": 100,
+            "teacher_val_patience": 3,
+            "reference_fallback": True,
+        },
+    ),
     "diffseg-S1": ("diffseg", {"refresh_ddim_steps": 1, "ddim_steps": 1, "reference_fallback": False}),
     "diffseg-E1": ("diffseg", {"refresh_samples": 1, "samples": 1, "reference_fallback": False}),
     "diffseg-R1": ("diffseg", {"rounds": 1, "reference_fallback": False}),
@@ -121,6 +132,7 @@ ABLATES: dict[str, tuple[str, ...]] = {
     "diffseg-refcps": ("diffseg-noA", "diffseg-ref"),  # gating CPS too, against gating the teacher alone
     "diffseg-trust": ("diffseg-fb",),  # what trusting the teacher sooner adds to the default
     "diffseg-T1000": ("diffseg-fb",),  # what a longer-trained teacher adds to the default
+    "diffseg-Tval": ("diffseg-fb", "diffseg-T1000"),  # a validated teacher against fixed 300 / 1,000 steps
     "supervised-x2": ("supervised",),
     "supervised-converged": ("supervised",),
 }
@@ -137,6 +149,7 @@ ARM_NOTES = {
     "diffseg-nogate": "diffseg-noA with the pseudo-label gate off",
     "diffseg-trust": "diffseg-fb with the teacher's pseudo-labels unramped and CPS filling the gate",
     "diffseg-T1000": "diffseg-fb with the teacher trained 1,000 steps before co-training, not 300",
+    "diffseg-Tval": "diffseg-fb with the teacher's best validation check in up to 1,000 steps",
     "supervised-x2": "two supervised students deployed as their mean",
 }
 PLOT_LABELS = {
@@ -154,6 +167,7 @@ COMPARED = (
     "diffseg-fb",
     "diffseg-trust",
     "diffseg-T1000",
+    "diffseg-Tval",
 )
 
 

@@ -20,10 +20,10 @@ def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
     from napari_diffseg.base.presets import get_preset
 
     arms = sweep.ARMS
-    # every diffseg arm but the fallback's and the two made after it runs without it: their runs were
+    # every diffseg arm but the fallback's and the three made after it runs without it: their runs were
     # made before it was the default
     fb_off = {"reference_fallback": False}
-    with_fb = ("diffseg-fb", "diffseg-trust", "diffseg-T1000")
+    with_fb = ("diffseg-fb", "diffseg-trust", "diffseg-T1000", "diffseg-Tval")
     for name, (method, overrides) in arms.items():
         if method == "diffseg":
             assert overrides.get("reference_fallback") is (name in with_fb), name

@@ -20,7 +20,9 @@ from napari_diffseg.core.training import (
     _sup_loss,
     cotrain,
     cps_weight,
+    teacher_val_dice,
     train_baseline,
+    train_teacher,
 )
 from napari_diffseg.core.validation import Validator, ValSet, gate_weight, image_dice, mean_dice
 
@@ -488,3 +490,65 @@ def test_training_stops_when_validation_stalls(monkeypatch) -> None:
     assert len(stop) == 1 and stop[0].step == 2 + 3 * 2  # best at step 2, then 3 checks without gain
     assert max(e.step for e in events if e.kind == "progress") == 8
     assert events[-1].kind == "done"
+
+
+def test_teacher_validation_keeps_its_best_weights_and_stops(monkeypatch) -> None:
+    """With teacher_val_every, Stage B scores the teacher on the validation images, stops after
+    teacher_val_patience checks without a gain, and ends with the weights of its best check."""
+    script = iter([0.5, 0.7, 0.6, 0.65, 0.4, 0.9, 0.9])  # best at the 2nd check (step 4)
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    b = _bundle()
+    f = b.nets["teacher_mask"]
+
+    def scripted(bundle, val, preset) -> float:
+        snapshots[len(snapshots) + 1] = copy.deepcopy(f.state_dict())
+        return next(script)
+
+    monkeypatch.setattr("napari_diffseg.core.training.teacher_val_dice", scripted)
+    pr = get_preset("tiny").with_overrides(
+        teacher_steps=40, teacher_val_every=2, teacher_val_patience=3, lr=3e-3
+    )
+    imgs, masks = _blobs(4)
+    data = TrainData(imgs[:2], masks[:2], val=ValSet(imgs[2:], masks[2:]))
+    events = list(train_teacher(b, data, pr, generator=torch.Generator().manual_seed(0), device=CPU))
+    checks = [e.losses for e in events if e.kind == "progress" and "teacher_val_dice" in e.losses]
+    assert [c["teacher_val_dice"] for c in checks] == [0.5, 0.7, 0.6, 0.65, 0.4]
+    assert [c["teacher_val_best"] for c in checks] == [0.5, 0.7, 0.7, 0.7, 0.7]
+    stop = [e for e in events if e.kind == "log" and "has not improved for 3 checks" in e.message]
+    assert len(stop) == 1 and stop[0].step == 10  # best at step 4, then 3 checks (steps 6, 8, 10)
+    assert any(e.kind == "log" and e.message.startswith("kept the weights of step 4") for e in events)
+    best, last = snapshots[2], snapshots[5]
+    assert any(not torch.equal(best[k], last[k]) for k in best)  # the teacher moved after its best check
+    assert all(torch.equal(f.state_dict()[k], best[k]) for k in best)  # and got its best weights back
+    assert events[-1].kind == "done"
+
+
+def test_teacher_validation_off_runs_fixed_steps(monkeypatch) -> None:
+    """teacher_val_every = 0 (the default) trains exactly teacher_steps, without a check."""
+    monkeypatch.setattr("napari_diffseg.core.training.teacher_val_dice", lambda *a: pytest.fail("scored"))
+    pr = get_preset("tiny").with_overrides(teacher_steps=6)
+    imgs, masks = _blobs(4)
+    data = TrainData(imgs[:2], masks[:2], val=ValSet(imgs[2:], masks[2:]))
+    events = list(train_teacher(_bundle(), data, pr, generator=torch.Generator().manual_seed(0), device=CPU))
+    assert max(e.step for e in events if e.kind == "progress") == 6
+    assert not any(e.kind == "log" for e in events)
+
+
+def test_teacher_val_dice_scores_the_teachers_samples() -> None:
+    """A teacher with zero weights (constant logits: background everywhere) scores 0 on images with
+    objects; the score is deterministic, so two checks differ by the weights alone."""
+    pr = get_preset("tiny")
+    imgs, masks = _blobs(3)
+    val = ValSet(imgs, masks)
+    b = _bundle()
+    with torch.no_grad():
+        for p in b.nets["teacher_mask"].parameters():
+            p.zero_()
+    assert teacher_val_dice(b, val, pr) == 0.0
+    trained = _bundle()
+    data = TrainData(imgs, masks)
+    pr_t = pr.with_overrides(teacher_steps=60, lr=3e-3)
+    list(train_teacher(trained, data, pr_t, generator=torch.Generator().manual_seed(0), device=CPU))
+    first = teacher_val_dice(trained, val, pr)
+    assert first == teacher_val_dice(trained, val, pr)
+    assert first > 0.3  # a trained teacher finds the squares it was trained on

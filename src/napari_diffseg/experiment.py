@@ -906,7 +906,7 @@ def run_experiment(
                 phase_seconds[key] = phase_seconds.get(key, 0.0) + ev.elapsed
         elif ev.kind in ("done", "progress"):  # cotrain's own time includes its refreshes
             phase_seconds[ev.phase] = max(phase_seconds.get(ev.phase, 0.0), ev.elapsed)
-        if ev.losses and "val_dice" in ev.losses:
+        if ev.losses and ("val_dice" in ev.losses or "teacher_val_dice" in ev.losses):
             validation.append({"phase": ev.phase, "step": ev.step, **ev.losses})
         if ev.kind == "log" and ev.message.startswith("kept the weights"):
             validation.append({"phase": ev.phase, "message": ev.message, **ev.losses})

@@ -49,7 +49,11 @@ PRESET_RANGES: dict[str, Range] = {
     "pretrain_t_min_frac": Range(0, 1, doc="a fraction of the diffusion steps"),
     "pretrain_min_class_share": Range(0, 1, doc="a share of the pixels"),
     "pretrain_class_var_weight": Range(0, _WEIGHT, doc="loss weight"),
-    "teacher_steps": Range(0, _STEPS, doc="Stage B steps"),
+    "teacher_steps": Range(0, _STEPS, doc="Stage B steps (a cap when teacher_val_every > 0)"),
+    "teacher_val_every": Range(0, _STEPS, doc="Stage B steps between validation checks; 0: none"),
+    "teacher_val_patience": Range(
+        0, 10_000, doc="Stage B checks without improvement before stopping; 0: never"
+    ),
     "recycle_prob": Range(0, 1, doc="a probability"),
     "cotrain_steps": Range(0, _STEPS, doc="Stage C or baseline steps"),
     "unsup_weight": Range(0, _WEIGHT, doc="loss weight"),
@@ -140,6 +144,12 @@ class Preset:
     pretrain_class_var_weight: float = 0.0
     # Stage B: the teacher as a mask diffusion model on labeled images (warm-up before co-training).
     teacher_steps: int = 300
+    # Opt-in (issue 14, arm `diffseg-Tval`): validate the teacher during Stage B (its samples' Dice on the
+    # validation images every `teacher_val_every` steps), keep its best weights and stop after
+    # `teacher_val_patience` checks without improvement, so `teacher_steps` is a cap: a longer-trained
+    # teacher helps GlaS but overfits DSB nuclei's one or two labeled images.
+    teacher_val_every: int = 0
+    teacher_val_patience: int = 0
     recycle_prob: float = 0.5  # share of teacher samples that start from its own estimate (refinement)
     # Stage C: co-training (and the baselines, which get the same number of student iterations).
     cotrain_steps: int = 600

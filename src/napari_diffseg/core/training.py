@@ -516,6 +516,49 @@ def _teacher_loss(
     return _sup_loss(logits, y)
 
 
+@torch.no_grad()
+def teacher_val_dice(bundle: ModelBundle, val: ValSet, preset: Preset) -> float:
+    """The teacher's mean Dice on the validation images, sampled as a first pseudo-label refresh samples
+    (``refresh_ddim_steps`` DDIM steps, ``refresh_samples`` samples, one round) with a fixed seed per image,
+    so that two checks differ by the teacher's weights alone."""
+    cfg = SamplerConfig(steps=preset.refresh_ddim_steps, samples=preset.refresh_samples, rounds=1)
+    diff = bundle.diffusion()
+    labels = []
+    for i, x in enumerate(val.images):
+        prop = propose(
+            bundle.mask_net,
+            diff,
+            x[None],
+            cfg,
+            torch.Generator().manual_seed(7_919 + i),
+            multiple=bundle.spec.multiple,
+            roi=preset.roi_size,
+            sw_batch=preset.sw_batch_size,
+        )
+        labels.append(prop.probs[0].argmax(0).cpu())
+    return mean_dice(labels, val, bundle.spec.num_classes)
+
+
+def _teacher_validator(bundle: ModelBundle, data: TrainData, preset: Preset, loop: _Loop) -> Validator | None:
+    """Stage B's validator (``preset.teacher_val_every`` > 0 and validation images): it scores the teacher's
+    samples on the validation images, keeps its best weights, and stops the stage after
+    ``preset.teacher_val_patience`` checks without improvement; None otherwise (fixed steps)."""
+    if preset.teacher_val_every <= 0 or data.val is None or len(data.val) == 0:
+        return None
+    return Validator(
+        {"teacher_mask": bundle.nets["teacher_mask"]},
+        data.val,
+        loop.tensors,
+        num_classes=bundle.spec.num_classes,
+        multiple=bundle.spec.multiple,
+        roi=preset.roi_size,
+        sw_batch=preset.sw_batch_size,
+        every=preset.teacher_val_every,
+        patience=preset.teacher_val_patience,
+        scorer=functools.partial(teacher_val_dice, bundle, data.val, preset),
+    )
+
+
 def train_teacher(
     bundle: ModelBundle,
     data: TrainData,
@@ -527,7 +570,11 @@ def train_teacher(
     checkpoint: str | Path | None = None,
     steps: int | None = None,
 ) -> Iterator[Event]:
-    """Stage B: x0-prediction mask diffusion, loss = Dice + cross-entropy against the labels."""
+    """Stage B: x0-prediction mask diffusion, loss = Dice + cross-entropy against the labels.
+
+    With ``preset.teacher_val_every`` > 0 (and validation images) ``teacher_steps`` is a cap: the teacher's
+    samples are scored on the validation images every that many steps, its best weights are kept, and the
+    stage stops after ``preset.teacher_val_patience`` checks without improvement (0: runs to the cap)."""
     if not data.labeled_images:
         raise ConfigError(
             "the teacher needs at least one labeled (or corrected) image; correct a proposal first"
@@ -546,6 +593,7 @@ def train_teacher(
         checkpoint_every=preset.checkpoint_every,
     )
     start = loop.resume()
+    validator = _teacher_validator(bundle, data, preset, loop)
     f.train()
     b, p = preset.batch_size, preset.patch_size
     for step in range(start, loop.total):
@@ -559,7 +607,17 @@ def train_teacher(
         loss.backward()
         _check_step("teacher", step + 1, loop.total, preset, {"loss": loss}, loop.parameters())
         opt.step()
-        yield from loop.after_step(step + 1, {"loss": loss.item()})
+        losses = {"loss": loss.item()}
+        if validator is not None and validator.due(step + 1, loop.total):
+            checked = validator.check(step + 1)
+            losses |= {"teacher_val_dice": checked["val_dice"], "teacher_val_best": checked["val_best"]}
+            f.train()
+        yield from loop.after_step(step + 1, losses, force="teacher_val_dice" in losses)
+        if validator is not None and validator.stalled(step + 1):
+            yield _stop_event(validator, "teacher", step + 1, loop)
+            break
+    if validator is not None:
+        yield from _finish(validator, "teacher", loop.total, loop.ticker.elapsed)
     _check_weights("teacher", loop.total, preset, loop.modules)
     yield Event("done", "teacher", loop.total, loop.total, elapsed=loop.ticker.elapsed)
 

@@ -51,7 +51,7 @@ checkpoint tensors, so an interrupted run resumes with the same choices.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -140,6 +140,8 @@ class Validator:
         reference_gate: Whether the reference's Dice gates the pseudo-label loss (the reference gate);
             False: it is only scored (and kept, with ``fallback``).
         fallback: Keep the reference's best weights and deploy them when they beat the students' best.
+        scorer: Scores the deployed networks instead of their mean softmax (e.g. the teacher, whose
+            prediction is a diffusion sampler's: `core.training.teacher_val_dice`).
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class Validator:
         reference: nn.Module | None = None,
         reference_gate: bool = True,
         fallback: bool = False,
+        scorer: Callable[[], float] | None = None,
     ) -> None:
         if fallback and reference is None:
             raise ConfigError("the fallback to labels alone needs the labels-only reference network")
@@ -172,6 +175,7 @@ class Validator:
         self.every = every
         self.margin = margin
         self.patience = patience
+        self.scorer = scorer
 
     @property
     def enabled(self) -> bool:
@@ -243,7 +247,10 @@ class Validator:
 
     @torch.no_grad()
     def score(self, nets: Sequence[nn.Module] | None = None) -> float:
-        """Mean validation Dice of the mean softmax of ``nets`` (default: the deployed networks)."""
+        """Mean validation Dice of the mean softmax of ``nets`` (default: the deployed networks, through
+        ``scorer`` when there is one)."""
+        if nets is None and self.scorer is not None:
+            return self.scorer()
         nets = list(self.deployed.values()) if nets is None else list(nets)
         labels = [
             predict_probs(nets, x[None], multiple=self.multiple, roi=self.roi, sw_batch=self.sw_batch)
