@@ -105,6 +105,22 @@ def test_plans_follow_the_project_and_the_preset() -> None:
     )
     val = [p for p in with_val.phases if p.key == "val-pseudo-labels"]
     assert len(val) == 1 and val[0].units == passes and "validation checks" in with_val.phases[-2].label
+    # a validated Stage B: the teacher's checks on the validation image add to its phase (run to the cap)
+    checked = job_plan(
+        "cotrain",
+        cpu.with_overrides(teacher_steps=1000, teacher_val_every=100),
+        [*images, Img("v", "v", 584, 565, "ground_truth", "val")],
+        warm_start=True,
+    )
+    fixed = job_plan(
+        "cotrain",
+        cpu.with_overrides(teacher_steps=1000),
+        [*images, Img("v", "v", 584, 565, "ground_truth", "val")],
+    )
+    t_checked, t_fixed = (next(p for p in plan.phases if p.key == "teacher") for plan in (checked, fixed))
+    assert t_checked.seconds > t_fixed.seconds and "10 validation checks" in t_checked.label
+    no_val = job_plan("cotrain", cpu.with_overrides(teacher_steps=1000, teacher_val_every=100), images)
+    assert next(p for p in no_val.phases if p.key == "teacher").seconds == pytest.approx(t_fixed.seconds)
     # a propose job: the unreviewed non-test images by default, the ids given otherwise
     propose = job_plan("propose", "cpu", images)
     assert propose.phases[-1].units == 4 and propose.images == 4

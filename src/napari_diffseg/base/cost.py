@@ -353,8 +353,19 @@ def job_plan(
     if val and pr.val_every > 0:  # during co-training: every val_every steps and at the end
         checks = len(range(pr.val_every, pr.cotrain_steps + 1, pr.val_every))
         checks += 0 if pr.cotrain_steps % pr.val_every == 0 else 1
+    # a validated Stage B (teacher_val_every > 0): the teacher samples the validation images at each check;
+    # teacher_steps is then a cap, and the estimate the cost of running to it
+    t_checks = 0
+    if val and pr.teacher_val_every > 0:
+        t_checks = len(range(pr.teacher_val_every, pr.teacher_steps + 1, pr.teacher_val_every))
+        t_checks += 0 if pr.teacher_steps % pr.teacher_val_every == 0 else 1
+    t_check_s = (
+        val_area * eval_s["teacher"] * sampling_evaluations(pr.refresh_ddim_steps, pr.refresh_samples, 1)
+    )
+    t_seconds = pr.teacher_steps * step_s["teacher"] + t_checks * t_check_s
+    t_what = f"teacher (at most; {t_checks} validation checks)" if t_checks else "teacher"
     for r in range(1, max(1, rounds) + 1):
-        phases.append(Phase("teacher", r, pr.teacher_steps, pr.teacher_steps * step_s["teacher"], "teacher"))
+        phases.append(Phase("teacher", r, pr.teacher_steps, t_seconds, t_what))
         phases.append(
             Phase(
                 "pseudo-labels",
