@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,25 +207,36 @@ class _Loop:
 
 
 def _validator(
-    bundle: ModelBundle, data: TrainData, preset: Preset, loop: _Loop, reference: nn.Module | None = None
+    bundle: ModelBundle,
+    data: TrainData,
+    preset: Preset,
+    loop: _Loop,
+    reference: nn.Module | None = None,
+    *,
+    nets: dict[str, nn.Module] | None = None,
+    every: int | None = None,
+    patience: int | None = None,
+    scorer: Callable[[], float] | None = None,
 ) -> Validator:
     """The validator of a loop's deployed networks (call after ``loop.resume()``: it keeps its state in
     the loop's checkpoint tensors); ``reference``: the labels-only student of the reference gate and of the
-    fallback."""
+    fallback. ``nets`` / ``every`` / ``patience`` / ``scorer`` replace the deployed networks, the preset's
+    ``val_every`` and ``val_patience``, and their scoring (Stage B's teacher: `_teacher_validator`)."""
     return Validator(
-        {name: bundle.nets[name] for name in bundle.deploy},
+        {name: bundle.nets[name] for name in bundle.deploy} if nets is None else nets,
         data.val,
         loop.tensors,
         num_classes=bundle.spec.num_classes,
         multiple=bundle.spec.multiple,
         roi=preset.roi_size,
         sw_batch=preset.sw_batch_size,
-        every=preset.val_every,
+        every=preset.val_every if every is None else every,
         margin=preset.pseudo_gate_margin,
-        patience=preset.val_patience,
+        patience=preset.val_patience if patience is None else patience,
         reference=reference,
         reference_gate=preset.pseudo_gate_reference,
         fallback=preset.reference_fallback and reference is not None,
+        scorer=scorer,
     )
 
 
@@ -545,14 +556,12 @@ def _teacher_validator(bundle: ModelBundle, data: TrainData, preset: Preset, loo
     ``preset.teacher_val_patience`` checks without improvement; None otherwise (fixed steps)."""
     if preset.teacher_val_every <= 0 or data.val is None or len(data.val) == 0:
         return None
-    return Validator(
-        {"teacher_mask": bundle.nets["teacher_mask"]},
-        data.val,
-        loop.tensors,
-        num_classes=bundle.spec.num_classes,
-        multiple=bundle.spec.multiple,
-        roi=preset.roi_size,
-        sw_batch=preset.sw_batch_size,
+    return _validator(
+        bundle,
+        data,
+        preset,
+        loop,
+        nets={"teacher_mask": bundle.nets["teacher_mask"]},
         every=preset.teacher_val_every,
         patience=preset.teacher_val_patience,
         scorer=functools.partial(teacher_val_dice, bundle, data.val, preset),
