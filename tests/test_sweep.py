@@ -23,7 +23,7 @@ def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
     # every diffseg arm but the fallback's and the three made after it runs without it: their runs were
     # made before it was the default
     fb_off = {"reference_fallback": False}
-    with_fb = ("diffseg-fb", "diffseg-trust", "diffseg-T1000", "diffseg-Tval")
+    with_fb = ("diffseg-fb", "diffseg-trust", "diffseg-T1000", "diffseg-Tval", "diffseg-Tval-long")
     for name, (method, overrides) in arms.items():
         if method == "diffseg":
             assert overrides.get("reference_fallback") is (name in with_fb), name
@@ -42,6 +42,17 @@ def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
         "rounds": 3,
         **fb_off,
     }
+    # the long budget is one rule for every method, and diffseg-Tval-long is diffseg-Tval under it
+    long_rule = {"cotrain_steps": 1500, "val_patience": 10}
+    for m in ("supervised", "cps", "mean-teacher"):
+        assert arms[f"{m}-long"] == (m, long_rule)
+    assert arms["diffseg-Tval-long"] == ("diffseg", {**arms["diffseg-Tval"][1], **long_rule})
+    assert sweep.ABLATES["diffseg-Tval-long"] == (
+        "diffseg-Tval",
+        "supervised-long",
+        "cps-long",
+        "mean-teacher-long",
+    )
     # the fallback's arm is the product's default: the `cpu` preset with nothing changed
     assert get_preset("cpu").parse_overrides(arms["diffseg-fb"][1]) == get_preset("cpu")
     cpu = get_preset("cpu")
