@@ -63,6 +63,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "evidence"
 
+#: diffseg-Tval's overrides: the teacher validated during Stage B (see ARMS)
+TVAL = {
+    "teacher_steps": 1000,
+    "teacher_val_every": 100,
+    "teacher_val_patience": 3,
+    "reference_fallback": True,
+}
+#: the long budget's rule, one for every method (see ARMS)
+LONG = {"cotrain_steps": 1500, "val_patience": 10}
+
 ARMS: dict[str, tuple[str, dict]] = {
     # the paper's recipe: Stage A (label-free) first on a cold start. The preset default until issue 14's
     # ablation; every `diffseg` JSON made before the default changed ran exactly this. Every diffseg arm
@@ -109,35 +119,14 @@ ARMS: dict[str, tuple[str, dict]] = {
     "diffseg-T1000": ("diffseg", {"teacher_steps": 1000, "reference_fallback": True}),
     # the teacher validated during Stage B: up to 1,000 steps, its best check kept, stopped after 3 checks
     # without a gain (T1000 helps GlaS but overfits DSB nuclei's one or two labeled images)
-    "diffseg-Tval": (
-        "diffseg",
-        {
-            "teacher_steps": 1000,
-            "teacher_val_every": 100,
-            "teacher_val_patience": 3,
-            "reference_fallback": True,
-        },
-    ),
+    "diffseg-Tval": ("diffseg", TVAL),
     # the long budget (issue 14, a probe): every method's students up to 1,500 steps (3x the `cpu` preset's
     # 500), stopped after 10 validation checks (500 steps) without a gain, the best check kept. At 500 steps
     # nearly every arm's validation Dice is still rising (best check at 450-500 in most runs), and on GlaS
     # the validated teacher scores the validation images above its own students: do the students take
     # more of the teacher with more steps, and does CPS gain as much?
-    **{
-        f"{m}-long": (m, {"cotrain_steps": 1500, "val_patience": 10})
-        for m in ("supervised", "cps", "mean-teacher")
-    },
-    "diffseg-Tval-long": (
-        "diffseg",
-        {
-            "teacher_steps": 1000,
-            "teacher_val_every": 100,
-            "teacher_val_patience": 3,
-            "reference_fallback": True,
-            "cotrain_steps": 1500,
-            "val_patience": 10,
-        },
-    ),
+    **{f"{m}-long": (m, LONG) for m in ("supervised", "cps", "mean-teacher")},
+    "diffseg-Tval-long": ("diffseg", {**TVAL, **LONG}),
     "diffseg-S1": ("diffseg", {"refresh_ddim_steps": 1, "ddim_steps": 1, "reference_fallback": False}),
     "diffseg-E1": ("diffseg", {"refresh_samples": 1, "samples": 1, "reference_fallback": False}),
     "diffseg-R1": ("diffseg", {"rounds": 1, "reference_fallback": False}),
@@ -176,10 +165,11 @@ ARM_NOTES = {
     "diffseg-T1000": "diffseg-fb with the teacher trained 1,000 steps before co-training, not 300",
     "diffseg-Tval": "diffseg-fb with the teacher's best validation check in up to 1,000 steps",
     "supervised-x2": "two supervised students deployed as their mean",
-    "supervised-long": "up to 1,500 steps, stopped after 10 checks without a gain",
-    "cps-long": "up to 1,500 steps, stopped after 10 checks without a gain",
-    "mean-teacher-long": "up to 1,500 steps, stopped after 10 checks without a gain",
-    "diffseg-Tval-long": "diffseg-Tval, up to 1,500 steps, stopped after 10 checks without a gain",
+    **{
+        f"{m}-long": ("diffseg-Tval, " if m == "diffseg-Tval" else "")
+        + "up to 1,500 steps, stopped after 10 checks without a gain"
+        for m in ("supervised", "cps", "mean-teacher", "diffseg-Tval")
+    },
 }
 PLOT_LABELS = {
     "diffseg": "diffseg (Stage A first)",
