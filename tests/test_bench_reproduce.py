@@ -113,3 +113,64 @@ def test_global_thresholds_differ_where_the_histogram_is_skewed() -> None:
     assert all(0 < m.sum() < m.size for m in masks.values())
     assert _perm_dice(masks["triangle"], truth) > 0.8 and _perm_dice(masks["mean"], truth) < 0.3
     assert stage_a.global_threshold(torch.ones(1, 8, 8), "yen").sum() == 0
+
+
+def test_three_class_otsu_keeps_dim_nuclei_that_one_bright_object_hides() -> None:
+    """Two dim nuclei and one very bright one: Otsu's one threshold lands between the dim and the bright
+    nucleus and loses the dim ones; the lower threshold of a 3-class Otsu keeps all three."""
+    rng = np.random.default_rng(2)
+    truth = np.zeros((64, 64), dtype=np.int64)
+    truth[8:20, 8:20] = truth[40:52, 10:22] = truth[30:42, 40:52] = 1
+    img = rng.normal(0.05, 0.01, truth.shape)
+    img[8:20, 8:20] += 0.2
+    img[40:52, 10:22] += 0.2
+    img[30:42, 40:52] += 1.0
+    x = torch.from_numpy(img.astype(np.float32))[None]
+    assert _perm_dice(stage_a.smoothed_otsu(x, 0), truth) < 0.6
+    assert _perm_dice(stage_a.multiotsu_low(x), truth) > 0.95
+    assert stage_a.multiotsu_low(torch.zeros(1, 8, 8)).sum() == 0
+
+
+def test_stain_ratio_splits_haematoxylin_rich_from_eosin_rich_tissue() -> None:
+    """A synthetic H&E patch: a purple (haematoxylin-rich) disc with a white lumen, in pink (eosin-rich)
+    stroma. The stain ratio finds the disc, lumen included (holes filled); a grey image is not colour and
+    gets no stain split."""
+    yy, xx = np.mgrid[:96, :96]
+    r = np.hypot(yy - 48, xx - 48)
+    truth = (r < 30).astype(np.int64)
+    purple, pink, white = np.array([90, 60, 150]), np.array([235, 150, 200]), np.array([245, 245, 245])
+    rgb = np.where((r < 12)[..., None], white, np.where((r < 30)[..., None], purple, pink)).astype(np.float64)
+    rgb += np.random.default_rng(3).normal(0, 4, rgb.shape)
+    raw = np.clip(np.moveaxis(rgb, -1, 0), 0, 255).astype(np.uint8)
+    split = stage_a.stain_ratio(raw, 2.0)
+    assert split is not None and _perm_dice(split, truth) > 0.9
+    assert stage_a.stain_ratio(np.repeat(raw[:1], 3, 0), 2.0) is None
+
+
+def test_references_score_every_split_on_both_splits(synth_dataset: Path, tmp_path: Path) -> None:
+    """The whole ``--references`` pass on a small colour dataset: one Dice per rule on the train and the test
+    images (the stain ratio included, since the synthetic glands are colour), each a Dice, and the
+    per-image ceiling at or above every rule."""
+    r = stage_a.references(synth_dataset, tmp_path)
+    assert set(r) == {"dataset", "train", "test"}
+    for split in ("train", "test"):
+        dice = r[split]["dice"]
+        assert "3-class Otsu, lower threshold" in dice and any(k.startswith("H&E stain ratio") for k in dice)
+        assert all(0.0 <= v <= 1.0 for v in dice.values())
+        assert dice[stage_a.ORACLE] >= max(v for k, v in dice.items() if k != stage_a.ORACLE) - 1e-9
+    assert (tmp_path / "references.json").exists()
+
+
+def test_label_free_pickers_choose_the_agreed_split_and_the_one_on_the_edges() -> None:
+    """Three splits of a bright square: two agree (and follow the square's edge), one is shifted off it.
+    Both pickers choose one of the two; an unknown picker is refused."""
+    truth = np.zeros((48, 48), dtype=np.int64)
+    truth[12:36, 12:36] = 1
+    x = torch.from_numpy(truth.astype(np.float32))[None]
+    shifted = np.roll(truth, 9, axis=1)
+    splits = {"a": truth.copy(), "b": truth.copy(), "off": shifted}
+    assert stage_a.pick(splits, x, "consensus") in {"a", "b"}
+    assert stage_a.pick(splits, x, "edges") in {"a", "b"}
+    assert stage_a.pick({"off": shifted, "a": truth}, x, "edges") == "a"
+    with pytest.raises(ValueError, match="unknown pick"):
+        stage_a.pick(splits, x, "vote")
