@@ -29,9 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_diffseg.base.preprocessing import dataset_statistics
 from napari_diffseg.base.presets import get_preset
-from napari_diffseg.core.models import ModelBundle, ModelSpec
-from napari_diffseg.core.training import pretrain_teacher
+from napari_diffseg.core.inference import predict_probs
+from napari_diffseg.core.models import ModelBundle, ModelSpec, preprocess
+from napari_diffseg.core.training import TrainData, pretrain_teacher, train_baseline
 from napari_diffseg.data.dataset import DatasetFolder
 from napari_diffseg.experiment import (
     _perm_dice,
@@ -270,6 +272,70 @@ def references(dataset: Path, out: Path) -> dict:
     return result
 
 
+#: the label-free splits ``--distill`` can train a student on: name → split of (raw image, channels)
+DISTILL = {
+    "otsu": lambda raw, ch: smoothed_otsu(preprocess(raw, ch), 0.0),
+    "multiotsu": lambda raw, ch: multiotsu_low(preprocess(raw, ch)),
+    "stain16": lambda raw, ch: stain_ratio(raw, 16.0),
+}
+
+
+def distill(dataset: Path, rule: str, seed: int, steps: int | None, out: Path) -> dict:
+    """Does a network trained on a label-free split of every train image learn more than the split? The
+    ``supervised`` student (the `cpu` preset's network and budget unless ``steps``) trained on the split
+    ``rule`` of every train image as if it were a mask, then scored (best permutation) beside the split on
+    Stage A's images and on the test images — what any label-free stage that learns from such a split
+    could hope for. Written to ``distill_<rule>_s<seed>.json``."""
+    pr = get_preset("cpu")
+    if steps is not None:
+        pr = pr.with_overrides(cotrain_steps=steps)
+    ds = DatasetFolder(dataset)
+    ids = ds.train_ids
+    channels = dataset_channels(ds, ids)
+    norm = dataset_statistics((ds.load_image(i) for i in ids), channels)
+    raws = [ds.load_image(i) for i in ids]
+    targets = [DISTILL[rule](r, channels) for r in raws]
+    if any(t is None for t in targets):
+        raise SystemExit(f"the split {rule!r} does not apply to every image of {dataset}")
+    spec = ModelSpec("supervised", channels, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
+    bundle = ModelBundle(spec, seed=seed, normalization=norm)
+    data = TrainData([bundle.preprocess(r) for r in raws], [torch.from_numpy(t) for t in targets])
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    for _ in train_baseline(bundle, data, pr, generator=gen, device=torch.device("cpu")):
+        pass
+    seconds = time.perf_counter() - t0
+
+    def student(i: str) -> np.ndarray:
+        x = bundle.preprocess(ds.load_image(i))[None]
+        return predict_probs(bundle.deployed(), x, multiple=16).argmax(1)[0].numpy()
+
+    scored = [i for i in ids if ds.has_mask(i)][::2]
+    tests = [i for i in ds.test_ids if ds.has_mask(i)]
+    result = {
+        "rule": rule,
+        "seed": seed,
+        "dataset": dataset.resolve().name,
+        "split_train": float(
+            np.mean([_perm_dice(targets[ids.index(i)], ds.load_mask(i), 2, None) for i in scored])
+        ),
+        "student_train": float(np.mean([_perm_dice(student(i), ds.load_mask(i), 2, None) for i in scored])),
+        "split_test": float(
+            np.mean(
+                [
+                    _perm_dice(DISTILL[rule](ds.load_image(i), channels), ds.load_mask(i), 2, None)
+                    for i in tests
+                ]
+            )
+        ),
+        "student_test": float(np.mean([_perm_dice(student(i), ds.load_mask(i), 2, None) for i in tests])),
+        "train_seconds": seconds,
+        "provenance": provenance(pr, "cpu"),
+    }
+    (out / f"distill_{rule}_s{seed}.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
 def references_table(r: dict) -> str:
     tr, te = r["train"], r["test"]
     lines = [
@@ -283,7 +349,9 @@ def references_table(r: dict) -> str:
 
 
 def report(out: Path) -> str:
-    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*_s*.json"))]
+    rows = [
+        json.loads(p.read_text()) for p in sorted(out.glob("*_s*.json")) if not p.name.startswith("distill_")
+    ]
     lines = [
         f"## Stage A on {out.name} (best-permutation Dice, every 2nd train image)",
         "",
@@ -299,6 +367,20 @@ def report(out: Path) -> str:
         )
     if (out / "references.json").exists():
         lines += ["", references_table(json.loads((out / "references.json").read_text()))]
+    distilled = [json.loads(p.read_text()) for p in sorted(out.glob("distill_*_s*.json"))]
+    if distilled:
+        lines += [
+            "",
+            f"## A student trained on a label-free split of every train image ({out.name}, `--distill`)",
+            "",
+            "| split | seed | split, train | student, train | split, test | student, test | s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {d['rule']} | {d['seed']} | {d['split_train']:.3f} | {d['student_train']:.3f} | "
+            f"{d['split_test']:.3f} | {d['student_test']:.3f} | {d['train_seconds']:.0f} |"
+            for d in distilled
+        ]
     return "\n".join(lines)
 
 
@@ -311,13 +393,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--references", action="store_true", help="label-free references only (no training)")
+    ap.add_argument(
+        "--distill", choices=list(DISTILL), help="train a student on this label-free split (only)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = HERE / "results" / "stage_a" / args.dataset.resolve().name
     out.mkdir(parents=True, exist_ok=True)
     if args.references and not (out / "references.json").exists():
         references(args.dataset, out)
-    if not args.report_only and not args.references:
+    if args.distill:
+        for seed in args.seeds:
+            if not (out / f"distill_{args.distill}_s{seed}.json").exists():
+                print(distill(args.dataset, args.distill, seed, args.steps, out), flush=True)
+    if not args.report_only and not args.references and not args.distill:
         for seed in args.seeds:
             for v in args.variants:
                 if not (out / f"{v}_s{seed}.json").exists():

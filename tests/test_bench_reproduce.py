@@ -174,3 +174,16 @@ def test_label_free_pickers_choose_the_agreed_split_and_the_one_on_the_edges() -
     assert stage_a.pick({"off": shifted, "a": truth}, x, "edges") == "a"
     with pytest.raises(ValueError, match="unknown pick"):
         stage_a.pick(splits, x, "vote")
+
+
+def test_distill_trains_a_student_on_a_label_free_split_and_reports_both(
+    synth_dataset: Path, tmp_path: Path
+) -> None:
+    """``--distill``: a student trained (a few steps) on the stain-ratio split of every train image, scored
+    beside the split on the train and the test images; the report shows it."""
+    d = stage_a.distill(synth_dataset, "stain16", 0, 3, tmp_path)
+    for k in ("split_train", "student_train", "split_test", "student_test"):
+        assert 0.0 <= d[k] <= 1.0
+    assert d["split_train"] > 0.0 and d["provenance"]["preset"]["cotrain_steps"] == 3
+    assert (tmp_path / "distill_stain16_s0.json").exists()
+    assert "| stain16 | 0 |" in stage_a.report(tmp_path)
