@@ -280,6 +280,11 @@ DISTILL = {
 }
 
 
+def distill_name(rule: str, seed: int, steps: int | None) -> str:
+    """``distill_<rule>[_steps<n>]_s<seed>.json``: the preset's budget unnamed, another one in the name."""
+    return f"distill_{rule}{'' if steps is None else f'_steps{steps}'}_s{seed}.json"
+
+
 def distill(dataset: Path, rule: str, seed: int, steps: int | None, out: Path) -> dict:
     """Does a network trained on a label-free split of every train image learn more than the split? The
     ``supervised`` student (the `cpu` preset's network and budget unless ``steps``) trained on the split
@@ -315,6 +320,7 @@ def distill(dataset: Path, rule: str, seed: int, steps: int | None, out: Path) -
     result = {
         "rule": rule,
         "seed": seed,
+        "steps": pr.cotrain_steps,
         "dataset": dataset.resolve().name,
         "split_train": float(
             np.mean([_perm_dice(targets[ids.index(i)], ds.load_mask(i), 2, None) for i in scored])
@@ -332,7 +338,7 @@ def distill(dataset: Path, rule: str, seed: int, steps: int | None, out: Path) -
         "train_seconds": seconds,
         "provenance": provenance(pr, "cpu"),
     }
-    (out / f"distill_{rule}_s{seed}.json").write_text(json.dumps(result, indent=2))
+    (out / distill_name(rule, seed, steps)).write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -373,11 +379,11 @@ def report(out: Path) -> str:
             "",
             f"## A student trained on a label-free split of every train image ({out.name}, `--distill`)",
             "",
-            "| split | seed | split, train | student, train | split, test | student, test | s |",
-            "|---|---|---|---|---|---|---|",
+            "| split | student steps | seed | split, train | student, train | split, test | student, test | s |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {d['rule']} | {d['seed']} | {d['split_train']:.3f} | {d['student_train']:.3f} | "
+            f"| {d['rule']} | {d['provenance']['preset']['cotrain_steps']} | {d['seed']} | {d['split_train']:.3f} | {d['student_train']:.3f} | "
             f"{d['split_test']:.3f} | {d['student_test']:.3f} | {d['train_seconds']:.0f} |"
             for d in distilled
         ]
@@ -404,7 +410,7 @@ def main() -> None:
         references(args.dataset, out)
     if args.distill:
         for seed in args.seeds:
-            if not (out / f"distill_{args.distill}_s{seed}.json").exists():
+            if not (out / distill_name(args.distill, seed, args.steps)).exists():
                 print(distill(args.dataset, args.distill, seed, args.steps, out), flush=True)
     if not args.report_only and not args.references and not args.distill:
         for seed in args.seeds:

@@ -185,5 +185,7 @@ def test_distill_trains_a_student_on_a_label_free_split_and_reports_both(
     for k in ("split_train", "student_train", "split_test", "student_test"):
         assert 0.0 <= d[k] <= 1.0
     assert d["split_train"] > 0.0 and d["provenance"]["preset"]["cotrain_steps"] == 3
-    assert (tmp_path / "distill_stain16_s0.json").exists()
-    assert "| stain16 | 0 |" in stage_a.report(tmp_path)
+    assert (tmp_path / "distill_stain16_steps3_s0.json").exists()
+    assert "| stain16 | 3 | 0 |" in stage_a.report(tmp_path)
+    assert stage_a.distill_name("otsu", 1, None) == "distill_otsu_s1.json"
+    assert stage_a.distill_name("otsu", 1, 1500) == "distill_otsu_steps1500_s1.json"
