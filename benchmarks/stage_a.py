@@ -3,6 +3,7 @@
     python benchmarks/stage_a.py --dataset ../shared/data/glas --variants current hinge highnoise both
     python benchmarks/stage_a.py --dataset ... --report-only
     python benchmarks/stage_a.py --dataset ... --references        # how far a label-free split can go
+    python benchmarks/stage_a.py --dataset ... --distill otsu --seeds 0 1 2   # a student trained on a split
 
 Each variant pretrains the teacher (Stage A only, the `cpu` preset's budget unless --steps) on every train
 image of the dataset (no label is read) and scores its one-step masks against the ground truth with the best
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -290,7 +292,7 @@ def distill(dataset: Path, rule: str, seed: int, steps: int | None, out: Path) -
     ``supervised`` student (the `cpu` preset's network and budget unless ``steps``) trained on the split
     ``rule`` of every train image as if it were a mask, then scored (best permutation) beside the split on
     Stage A's images and on the test images — what any label-free stage that learns from such a split
-    could hope for. Written to ``distill_<rule>_s<seed>.json``."""
+    could hope for. Written to :func:`distill_name`."""
     pr = get_preset("cpu")
     if steps is not None:
         pr = pr.with_overrides(cotrain_steps=steps)
@@ -315,6 +317,12 @@ def distill(dataset: Path, rule: str, seed: int, steps: int | None, out: Path) -
         x = bundle.preprocess(ds.load_image(i))[None]
         return predict_probs(bundle.deployed(), x, multiple=16).argmax(1)[0].numpy()
 
+    def mean_dice(segment: Callable[[str], np.ndarray], which: list[str]) -> float:
+        return float(np.mean([_perm_dice(segment(i), ds.load_mask(i), 2, None) for i in which]))
+
+    def split_of(i: str) -> np.ndarray:
+        return targets[ids.index(i)] if i in ids else DISTILL[rule](ds.load_image(i), channels)
+
     scored = [i for i in ids if ds.has_mask(i)][::2]
     tests = [i for i in ds.test_ids if ds.has_mask(i)]
     result = {
@@ -322,19 +330,10 @@ def distill(dataset: Path, rule: str, seed: int, steps: int | None, out: Path) -
         "seed": seed,
         "steps": pr.cotrain_steps,
         "dataset": dataset.resolve().name,
-        "split_train": float(
-            np.mean([_perm_dice(targets[ids.index(i)], ds.load_mask(i), 2, None) for i in scored])
-        ),
-        "student_train": float(np.mean([_perm_dice(student(i), ds.load_mask(i), 2, None) for i in scored])),
-        "split_test": float(
-            np.mean(
-                [
-                    _perm_dice(DISTILL[rule](ds.load_image(i), channels), ds.load_mask(i), 2, None)
-                    for i in tests
-                ]
-            )
-        ),
-        "student_test": float(np.mean([_perm_dice(student(i), ds.load_mask(i), 2, None) for i in tests])),
+        "split_train": mean_dice(split_of, scored),
+        "student_train": mean_dice(student, scored),
+        "split_test": mean_dice(split_of, tests),
+        "student_test": mean_dice(student, tests),
         "train_seconds": seconds,
         "provenance": provenance(pr, "cpu"),
     }
