@@ -228,9 +228,8 @@ def pick(splits: dict[str, np.ndarray], x: torch.Tensor, how: str) -> str:
         from skimage.filters import sobel
 
         grad = sobel(x.float().mean(0).numpy())
-        score = {
-            n: float(grad[_outline(splits[n])].mean()) if _outline(splits[n]).any() else 0.0 for n in names
-        }
+        outlines = {n: _outline(splits[n]) for n in names}
+        score = {n: float(grad[o].mean()) if o.any() else 0.0 for n, o in outlines.items()}
     else:
         raise ValueError(f"unknown pick {how!r}: one of {', '.join(PICKERS)}")
     return max(names, key=lambda n: score[n])
@@ -258,11 +257,14 @@ def references(dataset: Path, out: Path) -> dict:
     result: dict = {"dataset": dataset.resolve().name}
     for split, ids in (("train", [i for i in ds.train_ids if ds.has_mask(i)][::2]), ("test", ds.test_ids)):
         ids = [i for i in ids if ds.has_mask(i)]
-        images, masks = load_images(ds, ids, channels), [ds.load_mask(i) for i in ids]
         scores: dict[str, list[float]] = {}
-        for i, x, y in zip(ids, images, masks, strict=True):
+        for i in ids:
+            raw, y = ds.load_image(i), ds.load_mask(i)
+            x = preprocess(
+                raw, channels
+            )  # as load_images does: read once, for both the splits and the stain ratio
             scores.setdefault("all-foreground", []).append(_perm_dice(np.ones_like(y), y, 2, None))
-            splits = label_free_splits(x, ds.load_image(i))
+            splits = label_free_splits(x, raw)
             dice = {n: _perm_dice(m, y, 2, None) for n, m in splits.items()}
             for n, d in dice.items():
                 scores.setdefault(n, []).append(d)
