@@ -34,6 +34,7 @@ import torch
 from napari_diffseg.base.preprocessing import dataset_statistics
 from napari_diffseg.base.presets import get_preset
 from napari_diffseg.core.inference import predict_probs
+from napari_diffseg.core.label_free import hysteresis_split
 from napari_diffseg.core.models import ModelBundle, ModelSpec, preprocess
 from napari_diffseg.core.training import TrainData, pretrain_teacher, train_baseline
 from napari_diffseg.data.dataset import DatasetFolder
@@ -47,9 +48,14 @@ from napari_diffseg.experiment import (
 )
 
 HERE = Path(__file__).resolve().parent
-# The preset's default Stage A (noise target, 50/50 class prior), pinned so that the JSONs stay
-# comparable whatever the defaults become.
-OLD = {"pretrain_predict_x0": False, "pretrain_class_var_weight": 0.0, "pretrain_min_class_share": 0.0}
+# Stage A before issue 14 (noise target, 50/50 class prior, no split anchor), pinned so that the JSONs
+# stay comparable whatever the defaults become.
+OLD = {
+    "pretrain_predict_x0": False,
+    "pretrain_class_var_weight": 0.0,
+    "pretrain_min_class_share": 0.0,
+    "pretrain_split_weight": 0.0,
+}
 VARIANTS: dict[str, dict] = {
     "current": OLD,
     "hinge": {**OLD, "pretrain_min_class_share": 0.02},
@@ -65,7 +71,15 @@ VARIANTS: dict[str, dict] = {
         "pretrain_class_var_weight": 1.0,
         "pretrain_min_class_share": 0.05,
     },
+    # on dark-field images the one-step mask is also pulled towards a classical split
+    # (core.label_free.anchor_split): the default since issue 14
+    "split": {**OLD, "pretrain_split_weight": 1.0},
 }
+
+
+def variant_name(variant: str, seed: int, steps: int | None) -> str:
+    """``<variant>[_steps<n>]_s<seed>.json``: the preset's budget unnamed, another one in the name."""
+    return f"{variant}{'' if steps is None else f'_steps{steps}'}_s{seed}.json"
 
 
 def run(dataset: Path, variant: str, seed: int, steps: int | None, out: Path) -> dict:
@@ -95,7 +109,7 @@ def run(dataset: Path, variant: str, seed: int, steps: int | None, out: Path) ->
         "pretrain_seconds": seconds,
         "provenance": provenance(pr, "cpu"),
     }
-    (out / f"{variant}_s{seed}.json").write_text(json.dumps(result, indent=2))
+    (out / variant_name(variant, seed, steps)).write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -243,6 +257,7 @@ def label_free_splits(x: torch.Tensor, raw: np.ndarray) -> dict[str, np.ndarray]
     for sc in KMEANS_SCALES:
         splits["2-means scales=" + ",".join(f"{v:g}" for v in sc)] = kmeans2(x, sc)
     splits["3-class Otsu, lower threshold"] = multiotsu_low(x)
+    splits["hysteresis, 3-class Otsu's lower threshold to Otsu's"] = hysteresis_split(x)
     for s in STAIN_SIGMAS:
         stain = stain_ratio(raw, s)
         if stain is not None:
@@ -280,6 +295,7 @@ def references(dataset: Path, out: Path) -> dict:
 DISTILL = {
     "otsu": lambda raw, ch: smoothed_otsu(preprocess(raw, ch), 0.0),
     "multiotsu": lambda raw, ch: multiotsu_low(preprocess(raw, ch)),
+    "hysteresis": lambda raw, ch: hysteresis_split(preprocess(raw, ch)),
     "stain16": lambda raw, ch: stain_ratio(raw, 16.0),
 }
 
@@ -362,13 +378,13 @@ def report(out: Path) -> str:
     lines = [
         f"## Stage A on {out.name} (best-permutation Dice, every 2nd train image)",
         "",
-        "| variant | seed | teacher | Otsu | all-foreground | teacher − best trivial | s |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | steps | seed | teacher | Otsu | all-foreground | teacher − best trivial | s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lf = r["label_free"]
         lines.append(
-            f"| {r['variant']} | {r['seed']} | {lf['teacher_dice']:.3f} | {lf['otsu_dice']:.3f} | "
+            f"| {r['variant']} | {r['provenance']['preset']['pretrain_steps']} | {r['seed']} | {lf['teacher_dice']:.3f} | {lf['otsu_dice']:.3f} | "
             f"{lf['all_foreground_dice']:.3f} | {lf['teacher_minus_best_trivial']:+.3f} | "
             f"{r['pretrain_seconds']:.0f} |"
         )
@@ -416,7 +432,7 @@ def main() -> None:
     if not args.report_only and not args.references and not args.distill:
         for seed in args.seeds:
             for v in args.variants:
-                if not (out / f"{v}_s{seed}.json").exists():
+                if not (out / variant_name(v, seed, args.steps)).exists():
                     r = run(args.dataset, v, seed, args.steps, out)
                     print(v, seed, r["label_free"], f"{r['pretrain_seconds']:.0f} s", flush=True)
     text = report(out)

@@ -79,7 +79,10 @@ ARMS: dict[str, tuple[str, dict]] = {
     # below but `diffseg-fb` and the two made after it (`diffseg-trust`, `diffseg-T1000`) sets
     # `reference_fallback` off: their runs were made before it became the default, and the override keeps
     # each arm what its JSONs measured.
-    "diffseg": ("diffseg", {"cold_start_pretrain": True, "reference_fallback": False}),
+    "diffseg": (
+        "diffseg",
+        {"cold_start_pretrain": True, "reference_fallback": False, "pretrain_split_weight": 0.0},
+    ),
     "supervised": ("supervised", {}),
     "cps": ("cps", {}),
     "mean-teacher": ("mean-teacher", {}),

@@ -404,7 +404,10 @@ def pretrain_teacher(
     The image pathway predicts the clean image from the noised one and the mask (``pretrain_predict_x0``;
     else the noise, the design before issue 14, which hardly needs the mask), the within-class variance
     of the image under the mask is added (``pretrain_class_var_weight``), and the class prior is a hinge
-    on a minimum share (``pretrain_min_class_share``; 0: the pull towards equal shares).
+    on a minimum share (``pretrain_min_class_share``; 0: the pull towards equal shares). With
+    ``pretrain_split_weight`` the one-step mask is also pulled towards a classical label-free split of the
+    patch on dark-field images (:func:`~napari_diffseg.core.label_free.anchor_split`, class 1 the brighter
+    side); images without one, and every image of a bright-field set, train as without it.
     """
     if not images:
         raise ConfigError("pretraining needs at least one image")
@@ -428,9 +431,21 @@ def pretrain_teacher(
     b, p = preset.batch_size, preset.patch_size
     t_lo = min(diff.T - 1, int(preset.pretrain_t_min_frac * diff.T))  # high noise: the mask must help
     min_share = preset.pretrain_min_class_share
+    fields = [list(images)]
+    if preset.pretrain_split_weight > 0:
+        from .label_free import anchor_split
+
+        splits = [anchor_split(im) for im in images]
+        if any(sp is not None for sp in splits):  # an image without one takes no part in the anchor
+            fields.append(
+                [
+                    torch.from_numpy(sp) if sp is not None else torch.full(im.shape[-2:], -1, dtype=torch.long)
+                    for sp, im in zip(splits, images, strict=True)
+                ]
+            )
     for step in range(start, loop.total):
         yield from loop.check_cancel(step)
-        (x,) = sample_patches([list(images)], _uniform(len(images), b, generator), p, generator)
+        x, *split = sample_patches(fields, _uniform(len(images), b, generator), p, generator)
         x = intensity_jitter(x, generator, 0.5)
         m_T = torch.randn((b, k, p, p), generator=generator)
         t = torch.randint(t_lo, diff.T, (b,), generator=generator)
@@ -456,6 +471,12 @@ def pretrain_teacher(
             cvar = class_variance(x, probs)
             terms["class_variance"] = cvar
             terms["loss"] = loss = loss + preset.pretrain_class_var_weight * cvar
+        if split:
+            target = split[0].to(device).long()
+            known = int((target >= 0).sum())
+            anchor = F.cross_entropy(logits.float(), target, ignore_index=-1, reduction="sum") / max(known, 1)
+            terms["split"] = anchor
+            terms["loss"] = loss = loss + preset.pretrain_split_weight * anchor
         opt.zero_grad(set_to_none=True)
         loss.backward()
         _check_step("pretrain", step + 1, loop.total, preset, terms, loop.parameters())
