@@ -28,7 +28,10 @@ def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
         if method == "diffseg":
             assert overrides.get("reference_fallback") is (name in with_fb), name
     # the paper's recipe: Stage A as its JSONs measured it, without the split anchor
-    assert arms["diffseg"] == ("diffseg", {"cold_start_pretrain": True, **fb_off, "pretrain_split_weight": 0.0})
+    assert arms["diffseg"] == (
+        "diffseg",
+        {"cold_start_pretrain": True, **fb_off, "pretrain_split_weight": 0.0},
+    )
     assert arms["diffseg-noA"] == ("diffseg", {"pretrain_steps": 0, **fb_off})  # Stage A off, no fallback
     assert sweep.ABLATES["diffseg-noA"] == ("diffseg",)  # Stage A's contribution
     assert sweep.ABLATES["diffseg-nopseudo"] == ("diffseg-noA",)  # the other parts: of that arm

@@ -439,7 +439,9 @@ def pretrain_teacher(
         if any(sp is not None for sp in splits):  # an image without one takes no part in the anchor
             fields.append(
                 [
-                    torch.from_numpy(sp) if sp is not None else torch.full(im.shape[-2:], -1, dtype=torch.long)
+                    torch.from_numpy(sp)
+                    if sp is not None
+                    else torch.full(im.shape[-2:], -1, dtype=torch.long)
                     for sp, im in zip(splits, images, strict=True)
                 ]
             )
