@@ -123,6 +123,13 @@ ARMS: dict[str, tuple[str, dict]] = {
     # the teacher validated during Stage B: up to 1,000 steps, its best check kept, stopped after 3 checks
     # without a gain (T1000 helps GlaS but overfits DSB nuclei's one or two labeled images)
     "diffseg-Tval": ("diffseg", TVAL),
+    # the default with label-free Stage A first, its one-step mask pulled towards a threshold's split on
+    # dark-field images (the split anchor, on by default since issue 14): does a nuclei-aware label-free
+    # start help where the labels are fewest (DSB nuclei 5 %: two labeled images)?
+    "diffseg-As": (
+        "diffseg",
+        {"cold_start_pretrain": True, "pretrain_split_weight": 1.0, "reference_fallback": True},
+    ),
     # the long budget (issue 14, a probe): every method's students up to 1,500 steps (3x the `cpu` preset's
     # 500), stopped after 10 validation checks (500 steps) without a gain, the best check kept. At 500 steps
     # nearly every arm's validation Dice is still rising (best check at 450-500 in most runs), and on GlaS
@@ -145,6 +152,7 @@ ABLATES: dict[str, tuple[str, ...]] = {
     "diffseg-trust": ("diffseg-fb",),  # what trusting the teacher sooner adds to the default
     "diffseg-T1000": ("diffseg-fb",),  # what a longer-trained teacher adds to the default
     "diffseg-Tval": ("diffseg-fb", "diffseg-T1000"),  # a validated teacher against fixed 300 / 1,000 steps
+    "diffseg-As": ("diffseg-fb", "diffseg"),  # the anchored Stage A first, against none and the paper's
     "supervised-x2": ("supervised",),
     "supervised-converged": ("supervised",),
     # the long budget: against the same method at 500 steps, and diffseg against the long baselines
@@ -167,6 +175,7 @@ ARM_NOTES = {
     "diffseg-trust": "diffseg-fb with the teacher's pseudo-labels unramped and CPS filling the gate",
     "diffseg-T1000": "diffseg-fb with the teacher trained 1,000 steps before co-training, not 300",
     "diffseg-Tval": "diffseg-fb with the teacher's best validation check in up to 1,000 steps",
+    "diffseg-As": "diffseg-fb with label-free Stage A first, anchored to a threshold's split on fluorescence",
     "supervised-x2": "two supervised students deployed as their mean",
     **{
         f"{m}-long": ("diffseg-Tval, " if m == "diffseg-Tval" else "")
@@ -190,6 +199,7 @@ COMPARED = (
     "diffseg-trust",
     "diffseg-T1000",
     "diffseg-Tval",
+    "diffseg-As",
 )
 
 

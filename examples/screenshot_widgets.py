@@ -65,6 +65,17 @@ def pick(dataset: Path, n: int, seed: int) -> list[str]:
     return sorted(rng.choice(ids, size=min(n, len(ids)), replace=False).tolist())
 
 
+def proposal_dice(labels: np.ndarray, ds, name: str) -> float | None:
+    """Dice of a proposal's foreground (label > 0) against the dataset's mask of that image, where it has
+    one: how much of it the person would keep."""
+    if not ds.has_mask(name):
+        return None
+    truth = np.asarray(ds.load_mask(name)) > 0
+    fg = labels.reshape(truth.shape) > 0
+    total = int(fg.sum() + truth.sum())
+    return 1.0 if total == 0 else 2.0 * int((fg & truth).sum()) / total
+
+
 def _cpu() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -194,11 +205,14 @@ def main() -> None:
                 wait_until(shown)
                 viewer.reset_view()  # the image fills the canvas
                 settle(1.0)
+                name = session.image.name
                 record["steps"].append(
                     {
                         "step": what,
-                        "image": session.image.name,
+                        "image": name,
                         "seconds": time.monotonic() - t0,
+                        # what the person is shown, against the expert's mask (never shown to the model)
+                        "proposal_dice": proposal_dice(np.asarray(annotate.labels.data), ds, name),
                         "annotate_status": annotate.current.text(),
                         "uncertainty_summary": annotate.unc_summary.text(),
                     }

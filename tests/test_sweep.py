@@ -23,7 +23,14 @@ def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
     # every diffseg arm but the fallback's and the three made after it runs without it: their runs were
     # made before it was the default
     fb_off = {"reference_fallback": False}
-    with_fb = ("diffseg-fb", "diffseg-trust", "diffseg-T1000", "diffseg-Tval", "diffseg-Tval-long")
+    with_fb = (
+        "diffseg-fb",
+        "diffseg-trust",
+        "diffseg-T1000",
+        "diffseg-Tval",
+        "diffseg-Tval-long",
+        "diffseg-As",
+    )
     for name, (method, overrides) in arms.items():
         if method == "diffseg":
             assert overrides.get("reference_fallback") is (name in with_fb), name
@@ -33,6 +40,12 @@ def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
         {"cold_start_pretrain": True, **fb_off, "pretrain_split_weight": 0.0},
     )
     assert arms["diffseg-noA"] == ("diffseg", {"pretrain_steps": 0, **fb_off})  # Stage A off, no fallback
+    # the default with the anchored Stage A first (the anchor pinned on, whatever the default becomes)
+    assert arms["diffseg-As"] == (
+        "diffseg",
+        {"cold_start_pretrain": True, "pretrain_split_weight": 1.0, "reference_fallback": True},
+    )
+    assert sweep.ABLATES["diffseg-As"] == ("diffseg-fb", "diffseg")
     assert sweep.ABLATES["diffseg-noA"] == ("diffseg",)  # Stage A's contribution
     assert sweep.ABLATES["diffseg-nopseudo"] == ("diffseg-noA",)  # the other parts: of that arm
     assert sweep.ABLATES["diffseg-fb"] == ("diffseg-noA",)  # the fallback's contribution
