@@ -415,6 +415,29 @@ def test_the_split_anchor_leaves_bright_field_images_alone() -> None:
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def test_the_split_anchor_of_an_instance_project_has_rims_and_a_multiclass_one_has_none() -> None:
+    """An instance project's anchor is the 3-class target of the split's pieces (background, interior, an
+    inner rim); a multiclass project's classes are not a threshold's split, so it gets no anchor at all."""
+    from napari_diffseg.core.instances import BOUNDARY, INTERIOR
+    from napari_diffseg.core.label_free import anchor_split
+
+    imgs, _ = _separable(1, seed=0)
+    target = anchor_split(imgs[0], instances=True)
+    binary = anchor_split(imgs[0])
+    assert target is not None and binary is not None
+    assert set(np.unique(target)) == {0, INTERIOR, BOUNDARY}
+    assert np.array_equal(target > 0, binary > 0)  # the same pieces, now with their rims
+    rim = target == BOUNDARY
+    assert 0 < rim.sum() < (target == INTERIOR).sum()  # a thin rim round a larger interior
+    weights = []
+    for w in (0.0, 1.0):
+        pr = get_preset("tiny").with_overrides(pretrain_steps=5, batch_size=2, pretrain_split_weight=w)
+        b = ModelBundle(ModelSpec("diffseg", 3, 3, pr.student_channels, pr.teacher_channels, pr.emb_dim))
+        _run(pretrain_teacher(b, imgs, pr, generator=torch.Generator().manual_seed(0), device=CPU))
+        weights.append(_weights(b))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # three classes, no anchor
+
+
 def test_hysteresis_split_joins_dim_rims_to_bright_cores_and_drops_dim_specks() -> None:
     """Otsu's threshold alone cuts the dim rim off a nucleus; the lower threshold of a 3-class Otsu alone
     keeps a dim speck of background; the hysteresis between them does neither."""

@@ -893,6 +893,7 @@ def run_experiment(
         cancel=cancel,
         distributed=dist_info.enabled,
         after_pretrain=pretrain_check,
+        instances=instances,
     )
     if not dist_info.is_main:  # co-training runs on every rank; rank 0 alone reports it
         events = (ev for ev in events if ev.phase not in ("cotrain", "pseudo-labels"))

@@ -440,6 +440,7 @@ def _pretrain(
         device=dev,
         cancel=cancel,
         checkpoint=jd / "pretrain.safetensors",
+        instances=project.task.kind == "instances",
     )
     mid = _save_model(
         project,
@@ -702,6 +703,7 @@ def _cotrain(
             cold_start=prev is None,  # Stage A only then, and only if the preset asks for it
             pretrain_generator=torch.Generator().manual_seed(seed),
             distributed=distributed,
+            instances=project.task.kind == "instances",
         )
         scores, watershed = _val_metrics(project, bundle, preset)
         metrics = {"round": round_no, **counts, **scores}

@@ -42,7 +42,18 @@ def hysteresis_split(x: torch.Tensor) -> np.ndarray:
     return apply_hysteresis_threshold(grey, min(low, high), high).astype(np.int64)
 
 
-def anchor_split(x: torch.Tensor) -> np.ndarray | None:
-    """The split Stage A's anchor pulls towards on this image (:func:`hysteresis_split`), or ``None``
-    where it is not to be trusted (not :func:`is_dark_field`)."""
-    return hysteresis_split(x) if is_dark_field(x) else None
+def anchor_split(x: torch.Tensor, instances: bool = False) -> np.ndarray | None:
+    """The target Stage A's anchor pulls towards on this image, ``(H, W)`` int64, or ``None`` where the
+    split is not to be trusted (not :func:`is_dark_field`): :func:`hysteresis_split` (0/1) or, for an
+    instance project, its connected pieces as the 3-class instance target (background, interior, an inner
+    rim: :func:`~napari_diffseg.core.instances.instances_to_target`; touching objects stay one piece)."""
+    if not is_dark_field(x):
+        return None
+    split = hysteresis_split(x)
+    if not instances:
+        return split
+    from scipy import ndimage as ndi
+
+    from .instances import instances_to_target
+
+    return instances_to_target(ndi.label(split)[0]).astype(np.int64)

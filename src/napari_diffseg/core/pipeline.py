@@ -37,6 +37,7 @@ def run_stages(
     pretrain_generator: torch.Generator | None = None,
     distributed: bool = False,
     after_pretrain: Callable[[], None] | None = None,
+    instances: bool = False,
 ) -> Iterator[Event]:
     """Train ``bundle`` on ``data``, yielding every stage's events.
 
@@ -61,6 +62,8 @@ def run_stages(
         distributed: Stage C runs under DDP (inside ``torchrun``, process group initialised).
         after_pretrain: Called on a cold start before Stage B (after Stage A when it ran), e.g. to score
             the teacher's label-free masks.
+        instances: An instance project: Stage A's split anchor is its 3-class target (see
+            :func:`~napari_diffseg.core.training.pretrain_teacher`).
 
     Raises:
         Cancelled: ``cancel`` was set; the running stage saved its checkpoint first.
@@ -89,6 +92,7 @@ def run_stages(
                 device=device,
                 cancel=cancel,
                 checkpoint=ck.get("pretrain"),
+                instances=instances,
             )
         if after_pretrain is not None:
             after_pretrain()

@@ -398,6 +398,7 @@ def pretrain_teacher(
     device: torch.device,
     cancel: CancelToken | None = None,
     checkpoint: str | Path | None = None,
+    instances: bool = False,
 ) -> Iterator[Event]:
     """Stage A: the mask pathway's one-step mask must help the image pathway reconstruct the image.
 
@@ -407,7 +408,9 @@ def pretrain_teacher(
     on a minimum share (``pretrain_min_class_share``; 0: the pull towards equal shares). With
     ``pretrain_split_weight`` the one-step mask is also pulled towards a classical label-free split of the
     patch on dark-field images (:func:`~napari_diffseg.core.label_free.anchor_split`, class 1 the brighter
-    side); images without one, and every image of a bright-field set, train as without it.
+    side; with ``instances``, an instance project's 3-class target of its pieces); images without one, every
+    image of a bright-field set, and a multiclass project (more than two classes, not ``instances``) train
+    as without it.
     """
     if not images:
         raise ConfigError("pretraining needs at least one image")
@@ -432,10 +435,10 @@ def pretrain_teacher(
     t_lo = min(diff.T - 1, int(preset.pretrain_t_min_frac * diff.T))  # high noise: the mask must help
     min_share = preset.pretrain_min_class_share
     fields = [list(images)]
-    if preset.pretrain_split_weight > 0:
+    if preset.pretrain_split_weight > 0 and (k == 2 or instances):  # a multiclass split is not a threshold's
         from .label_free import anchor_split
 
-        splits = [anchor_split(im) for im in images]
+        splits = [anchor_split(im, instances) for im in images]
         if any(sp is not None for sp in splits):  # an image without one takes no part in the anchor
             fields.append(
                 [
