@@ -1,6 +1,7 @@
 """Stage A alone: does the label-free teacher learn more than a threshold? (issue 14, item 4)
 
     python benchmarks/stage_a.py --dataset ../shared/data/glas --variants current hinge highnoise both
+    python benchmarks/stage_a.py --dataset ... --variants current split --seeds 0 1 2 [--steps 500]
     python benchmarks/stage_a.py --dataset ... --report-only
     python benchmarks/stage_a.py --dataset ... --references        # how far a label-free split can go
     python benchmarks/stage_a.py --dataset ... --distill otsu --seeds 0 1 2   # a student trained on a split
@@ -13,7 +14,8 @@ a variant whose JSON exists is skipped.
 
 ``--references`` asks how far *any* label-free split of these images goes, to size the goal (beat Otsu and
 all-foreground by 0.05): Otsu's threshold of the image smoothed at several scales, skimage's other global
-thresholds (Li, triangle, Yen, isodata, mean), the lower threshold of a 3-class Otsu, 2-means clustering of
+thresholds (Li, triangle, Yen, isodata, mean), the lower threshold of a 3-class Otsu, the hysteresis from it to
+Otsu's threshold (``core.label_free.hysteresis_split``, the split Stage A's anchor uses), 2-means clustering of
 per-pixel features (each channel's local mean and local standard deviation at one or several scales) and, on
 colour images, the haematoxylin / eosin ratio of a colour deconvolution, per image, best permutation, on the same
 train images and on the test images, and the best of them per image picked with the labels (a ceiling for

@@ -1164,7 +1164,8 @@ def pretrain(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
 ) -> None:
-    """Unsupervised teacher pretraining (cycle) on the project's training images; saves model round 0."""
+    """Unsupervised teacher pretraining (cycle; on fluorescence also pulled towards a threshold's split) on
+    the project's training images; saves model round 0."""
     _run_job(project, "pretrain", {"preset": preset, "seed": seed, "device": device}, quiet, as_json, threads)
 
 
