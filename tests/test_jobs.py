@@ -62,6 +62,29 @@ def test_pretrain_propose_cotrain_loop(project: Path) -> None:
         assert p.check()["ok"]
 
 
+def test_a_label_free_model_proposes_in_one_step_unless_asked(monkeypatch, project: Path) -> None:
+    """Stage A trains the mask pathway at t = T - 1 only: a label-free model's proposals take one denoising
+    step and one round (the preset's S and R would pass it through noise levels it never saw), and say
+    so; steps and rounds asked for explicitly are kept."""
+    from napari_diffseg.backend import jobs
+
+    used = []
+    real = jobs.propose
+
+    def spy(*args, **kw):
+        used.append(args[3])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(jobs, "propose", spy)
+    assert _run(project, "pretrain")[1] == "done"
+    job, state = _run(project, "propose", ids=["train_002"])
+    assert state == "done" and (used[-1].steps, used[-1].rounds) == (1, 1)
+    with Project.open(project) as p:
+        assert any("one denoising step" in e.data.get("message", "") for e in p.events(job))
+    assert _run(project, "propose", ids=["train_003"], steps=2, rounds=2)[1] == "done"
+    assert (used[-1].steps, used[-1].rounds) == (2, 2)
+
+
 def test_cancelled_cotrain_resumes_to_done(project: Path) -> None:
     with Project.open(project) as p:
         job = start_job(p, "cotrain", {"preset": "tiny", "overrides": {"cotrain_steps": 12}})
