@@ -68,12 +68,13 @@ def pick(dataset: Path, n: int, seed: int) -> list[str]:
 def proposal_dice(labels: np.ndarray, ds, name: str) -> float | None:
     """Dice of a proposal's foreground (label > 0) against the dataset's mask of that image, where it has
     one: how much of it the person would keep."""
+    from napari_diffseg.core.metrics import dice_per_class
+
     if not ds.has_mask(name):
         return None
     truth = np.asarray(ds.load_mask(name)) > 0
-    fg = labels.reshape(truth.shape) > 0
-    total = int(fg.sum() + truth.sum())
-    return 1.0 if total == 0 else 2.0 * int((fg & truth).sum()) / total
+    (dice,) = dice_per_class((labels.reshape(truth.shape) > 0).astype(np.int64), truth.astype(np.int64), 2)
+    return 1.0 if np.isnan(dice) else dice
 
 
 def _cpu() -> str:
