@@ -172,6 +172,30 @@ def test_bad_sampler_config() -> None:
         SamplerConfig(round_t_fracs=(1.5,))
     with pytest.raises(ConfigError):
         MaskDiffusion(1)
+    with pytest.raises(ConfigError):
+        SamplerConfig(temperature=0.0)
+
+
+def test_temperature_sharpens_the_probabilities_and_keeps_the_mask() -> None:
+    """One step: the proposal is softmax(logits / temperature); a soft denoiser (a label-free model's
+    background near P = 1/2) becomes confident where its argmax already was, the mask unchanged."""
+    y = _truth()
+    diff = MaskDiffusion(2)
+    x = torch.zeros(1, 3, 32, 32)
+    soft = _oracle(y, strength=0.1)  # logits ±0.1: P = sigmoid(0.2) = 0.55 for the right class
+    props = {
+        tau: diff.sample(soft, x, SamplerConfig(steps=1, samples=2, temperature=tau), torch.Generator())
+        for tau in (1.0, 0.25)
+    }
+    right = F.one_hot(y, 2).permute(2, 0, 1).bool()[None]
+    assert props[1.0].probs[right].mean().item() == pytest.approx(
+        torch.sigmoid(torch.tensor(0.2)).item(), abs=1e-4
+    )
+    assert props[0.25].probs[right].mean().item() == pytest.approx(
+        torch.sigmoid(torch.tensor(0.8)).item(), abs=1e-4
+    )
+    assert torch.equal(props[0.25].mask, props[1.0].mask) and torch.equal(props[1.0].mask[0], y)
+    assert props[0.25].uncertainty.max() < props[1.0].uncertainty.min()
 
 
 def test_samples_drawn_in_chunks_pair_each_sample_with_its_image() -> None:

@@ -79,10 +79,15 @@ def test_a_label_free_model_proposes_in_one_step_unless_asked(monkeypatch, proje
     assert _run(project, "pretrain")[1] == "done"
     job, state = _run(project, "propose", ids=["train_002"])
     assert state == "done" and (used[-1].steps, used[-1].rounds) == (1, 1)
+    assert used[-1].temperature == jobs.LABEL_FREE_TEMPERATURE < 1  # its soft probabilities sharpened
     with Project.open(project) as p:
-        assert any("one denoising step" in e.data.get("message", "") for e in p.events(job))
+        assert any("one step and one round" in e.data.get("message", "") for e in p.events(job))
     assert _run(project, "propose", ids=["train_003"], steps=2, rounds=2)[1] == "done"
     assert (used[-1].steps, used[-1].rounds) == (2, 2)
+    # a model trained on labels proposes with its own probabilities
+    assert _run(project, "cotrain", rounds=1)[1] == "done"
+    assert _run(project, "propose", ids=["train_004"])[1] == "done"
+    assert used[-1].temperature == 1.0 and used[-1].steps > 1
 
 
 def test_cancelled_cotrain_resumes_to_done(project: Path) -> None:

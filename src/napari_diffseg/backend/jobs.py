@@ -40,6 +40,7 @@ from ..core.inference import predict_probs, propose
 from ..core.instance_metrics import class_matching, instance_metrics, summarize_instances
 from ..core.instance_tuning import tune_watershed
 from ..core.instances import Watershed, classify_objects, instances_to_target, probs_to_instances
+from ..core.label_free import LABEL_FREE_TEMPERATURE
 from ..core.metrics import dice_per_class, mean_per_class, segmentation_metrics, summarize
 from ..core.models import ModelBundle, ModelSpec, load_bundle, preprocess, save_bundle
 from ..core.pipeline import run_stages
@@ -503,19 +504,24 @@ def _propose(
     pr = params.resolve_preset(default=Preset.from_config(config))
     # a label-free model (the `pretrain` job's): Stage A trains the mask pathway at t = T - 1 only, so it
     # has never denoised a partly noised mask; more DDIM steps or chained rounds pass it through noise
-    # levels it never saw (DSB nuclei, 6 images: one step 0.794 Dice against 0.748 with S = 10, R = 2)
+    # levels it never saw (DSB nuclei, 6 images: one step 0.794 Dice against 0.748 with S = 10, R = 2).
+    # Its probabilities are not calibrated either: Stage A's image pathway reads the soft mask, which
+    # keeps the background near P = 1/2; sharpened (LABEL_FREE_TEMPERATURE), an instance project's
+    # watershed no longer floods the background
     label_free = project.model(mid).metrics.get("stage") == "pretrain"
     cfg = SamplerConfig(
         steps=params.steps or (1 if label_free else pr.ddim_steps),
         samples=params.samples or pr.samples,
         rounds=params.rounds or (1 if label_free else pr.rounds),
+        temperature=LABEL_FREE_TEMPERATURE if label_free else 1.0,
     )
-    if label_free and not (params.steps and params.rounds):
+    if label_free:
         yield Event(
             "log",
             "propose",
-            message=f"label-free model {mid}: one denoising step, one round (S={cfg.steps}, R={cfg.rounds}): "
-            "its label-free training saw only pure noise",
+            message=f"label-free model {mid}: S={cfg.steps}, R={cfg.rounds} "
+            f"(one step and one round unless asked: its label-free training saw only pure noise), "
+            f"probabilities sharpened at temperature {cfg.temperature:g} (its own are not calibrated)",
         )
     done = _proposed_by_job(project, job_id, mid)
     if done:

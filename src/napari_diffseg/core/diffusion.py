@@ -36,7 +36,8 @@ SAMPLE_CHUNK_PIXELS = 1 << 22
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """How pseudo-labels are drawn: DDIM steps S, samples E, chained rounds R."""
+    """How pseudo-labels are drawn: DDIM steps S, samples E, chained rounds R. ``temperature`` divides
+    the denoiser's logits before their softmax (1: as trained; below 1 sharpens towards the argmax)."""
 
     steps: int = 10
     samples: int = 4
@@ -44,6 +45,7 @@ class SamplerConfig:
     round_t_fracs: tuple[float, ...] = (0.6, 0.4, 0.25)
     tol: float = 0.002
     eta: float = 0.0
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= 1000:
@@ -54,6 +56,8 @@ class SamplerConfig:
             raise ConfigError(f"the number of rounds must be >= 1, got {self.rounds}")
         if any(not 0.0 < f < 1.0 for f in self.round_t_fracs):
             raise ConfigError(f"round_t_fracs must lie in (0, 1), got {self.round_t_fracs}")
+        if not 0.0 < self.temperature <= 100.0:
+            raise ConfigError(f"the sampling temperature must lie in (0, 100], got {self.temperature}")
 
     def t_frac(self, round_index: int) -> float:
         """Re-noising level (fraction of T) for round ``round_index`` >= 1 (0-based)."""
@@ -162,6 +166,8 @@ class MaskDiffusion:
             x0 = m_t
             for t in timesteps:
                 logits = denoise(m_t, xe, int(t)).float()
+                if config.temperature != 1.0:
+                    logits = logits / config.temperature
                 x0_pred = 2.0 * torch.softmax(logits, dim=1) - 1.0
                 m_t, x0 = sched.step(x0_pred, int(t), m_t, eta=config.eta, generator=generator)
             return x0  # the last step's clean-mask estimate, in [-1, 1]
