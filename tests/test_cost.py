@@ -293,6 +293,7 @@ def test_the_suggested_job_and_the_cost_line() -> None:
     mixed = [Img("s", "s", 100, 100), Img("L", "L", 300, 200), Img("t", "t", 900, 900, split="test")]
     first = first_proposal_plan(get_preset("cpu"), mixed)
     assert first is not None and first.kind == "propose" and first.images == 1 and first.sizes == "200×300"
+    assert "(S=1," in first.phases[-1].label  # the label-free model's proposal: one step (below)
     text = cost_text(job_plan("pretrain", "cpu", mixed), mixed, False, 2.0, "start", first_proposal=first)
     total = 2.0 * (job_plan("pretrain", "cpu", mixed).seconds + first.seconds)
     assert f"Then the first proposal (200×300) about {format_seconds(2.0 * first.seconds)}" in text
@@ -305,3 +306,28 @@ def test_the_suggested_job_and_the_cost_line() -> None:
     assert "no model to propose with" in cost_text(job_plan("propose", "cpu", fresh), fresh, False, None)
     assert "no images" in cost_text(job_plan("pretrain", "cpu", []), [], False, None)
     assert "connect" in cost_text(None, [], False, None)
+
+
+def test_a_label_free_models_proposals_cost_one_step_and_one_round() -> None:
+    """The propose job gives a label-free model one DDIM step and one round unless asked
+    (``backend/jobs.py``); its plan counts the same, so the cost line does not promise ten times the wait."""
+    from napari_diffseg.base.contracts import Model
+    from napari_diffseg.base.cost import is_label_free, propose_sampling, sampling_evaluations
+
+    cpu = get_preset("cpu")
+    assert propose_sampling(cpu) == (cpu.ddim_steps, cpu.samples, cpu.rounds)
+    assert propose_sampling(cpu, label_free=True) == (1, cpu.samples, 1)
+    assert propose_sampling(cpu, label_free=True, steps=3, rounds=2) == (3, cpu.samples, 2)
+    imgs = [Img("a", "a", 256, 256), Img("b", "b", 256, 256)]
+    trained = job_plan("propose", cpu, imgs)
+    free = job_plan("propose", cpu, imgs, label_free=True)
+    start = trained.phases[0].seconds
+    ratio = (trained.seconds - start) / (free.seconds - start)
+    assert cpu.ddim_steps > 1 and ratio == pytest.approx(
+        sampling_evaluations(cpu.ddim_steps, cpu.samples, cpu.rounds)
+        / sampling_evaluations(1, cpu.samples, 1)
+    )
+    assert "(S=1, E=" in free.phases[-1].label
+    model = {"id": "m", "round": 0, "method": "diffseg", "active": True, "created_at": 0.0}
+    assert is_label_free(Model(**model, metrics={"stage": "pretrain"}))
+    assert not is_label_free(Model(**model, metrics={"val_dice": 0.8})) and not is_label_free(None)

@@ -25,6 +25,7 @@ from napari_diffseg._widgets import train as train_module
 from napari_diffseg._widgets.train import JobHistory, TrainWidget, format_duration
 from napari_diffseg.backend.client import DiffsegClient
 from napari_diffseg.base.contracts import EventData, Model
+from napari_diffseg.base.presets import get_preset
 from napari_diffseg.review import LOSS_GROUPS, NOT_LOSSES
 
 WAIT_MS = 30_000
@@ -515,3 +516,26 @@ def test_a_script_that_closes_napari_while_the_backend_calibrates_exits_cleanly(
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "script done" in done.stdout and "has been deleted" not in done.stderr
+
+
+def test_the_propose_cost_of_a_label_free_model_counts_one_step(
+    make_napari_viewer, qtbot, tmp_path: Path
+) -> None:
+    """A label-free active model proposes in one DDIM step and one round (``backend/jobs.py``): the cost
+    line's plan counts that, and the preset's steps for a model trained on labels."""
+    root = make_project(tmp_path / "proj", n_train=3, size=64, annotate=0)
+    with Server(root) as srv:
+        widget = _train_widget(make_napari_viewer, srv.url)
+        qtbot.waitUntil(lambda: len(widget.images) == 3, timeout=WAIT_MS)
+        widget.kind.setCurrentText("propose")
+        base = {"id": "m", "round": 0, "method": "diffseg", "active": True, "created_at": 0.0}
+        steps = {}
+        for name, metrics in (("label-free", {"stage": "pretrain"}), ("trained", {"val_dice": 0.8})):
+            widget.models = [Model(**base, metrics=metrics)]
+            plan = widget.current_plan()
+            assert plan is not None and plan.kind == "propose"
+            steps[name] = re.search(r"S=(\d+)", plan.phases[-1].label).group(1)
+        assert steps == {
+            "label-free": "1",
+            "trained": str(get_preset(widget.preset.currentText()).ddim_steps),
+        }

@@ -1129,16 +1129,18 @@ def _val_line(metrics: dict[str, Any], task: Any) -> str:
 
 def _estimate(proj: Any, typed: Any) -> str:
     """``pretrain: about 1.1 min for 5 image(s) of 565×584 (...)``: the job's plan (base/cost.py)."""
-    from .base.cost import REFERENCE, format_seconds, job_plan
+    from .base.cost import REFERENCE, format_seconds, is_label_free, job_plan
 
     try:
         preset = typed.resolve_preset()
         kind = typed.kind
+        active = proj.active_model()
         plan = job_plan(
             kind,
             preset,
             proj.images(),
-            warm_start=proj.active_model() is not None,
+            warm_start=active is not None,
+            label_free=is_label_free(active),
             rounds=getattr(typed, "rounds", 1) or 1,
             ids=getattr(typed, "ids", None),
             steps=getattr(typed, "steps", None),

@@ -856,14 +856,14 @@ def cost_text(
 
 def first_proposal_plan(preset: Any, images: Sequence[Any]) -> Plan | None:
     """The propose job that shows a first proposal after pretraining: one image, the largest unlabelled
-    training image (the longest a person can wait); None without one."""
+    training image (the longest a person can wait), by the label-free model; None without one."""
     from napari_diffseg.base.cost import job_plan
 
     pool = [im for im in images if im.split == "train" and im.state not in ("excluded", *ANNOTATED)]
     if not pool:
         return None
     largest = max(pool, key=lambda im: int(im.height) * int(im.width))
-    return job_plan("propose", preset, images, ids=[largest.id])
+    return job_plan("propose", preset, images, ids=[largest.id], label_free=True)
 
 
 def latest_open_job(client: Any) -> Job | None:

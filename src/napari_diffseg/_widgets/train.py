@@ -53,7 +53,7 @@ from napari_diffseg._widgets._session import header as _header
 from napari_diffseg._widgets._session import notify_error, run_in_thread, session_for
 from napari_diffseg.backend.errors import BackendError, BackendUnavailable
 from napari_diffseg.base.contracts import Image, Job, JobEventOut, Model
-from napari_diffseg.base.cost import REFERENCE, Plan, job_plan
+from napari_diffseg.base.cost import REFERENCE, Plan, is_label_free, job_plan
 from napari_diffseg.base.presets import get_preset
 from napari_diffseg.review import (
     LOSS_GROUPS,
@@ -391,6 +391,7 @@ class TrainWidget(QWidget):
                 preset,
                 self.images,
                 warm_start=self.active_model() is not None,
+                label_free=self.active_is_label_free(),
                 rounds=self.rounds.value(),
                 ids=params.get("ids"),
             )
@@ -588,6 +589,7 @@ class TrainWidget(QWidget):
                 preset,
                 self.images,
                 warm_start=self.active_model() is not None,
+                label_free=self.active_is_label_free(),
                 rounds=int(params.get("rounds") or 1),
                 ids=params.get("ids"),
                 steps=params.get("steps"),
@@ -825,6 +827,10 @@ class TrainWidget(QWidget):
     def active_model(self) -> str | None:
         """The id of the active model, as the table last showed it."""
         return next((m.id for m in self.models if m.active), None)
+
+    def active_is_label_free(self) -> bool:
+        """Is the active model (as the table last showed it) label-free? Its proposals take one step."""
+        return is_label_free(next((m for m in self.models if m.active), None))
 
     def selected_model(self) -> str | None:
         """The id of the model selected in the table, or None."""

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..base.contracts import JOB_KINDS, CotrainParams, PretrainParams, ProposeParams, parse_job_params
+from ..base.cost import is_label_free, propose_sampling
 from ..base.errors import Cancelled, ConfigError, DataError, DiffsegError, TrainingDiverged
 from ..base.events import CancelToken, Event
 from ..base.fileio import atomic_write_bytes
@@ -508,11 +509,14 @@ def _propose(
     # Its probabilities are not calibrated either: Stage A's image pathway reads the soft mask, which
     # keeps the background near P = 1/2; sharpened (LABEL_FREE_TEMPERATURE), an instance project's
     # watershed no longer floods the background
-    label_free = project.model(mid).metrics.get("stage") == "pretrain"
+    label_free = is_label_free(project.model(mid))
+    steps, samples, rounds = propose_sampling(
+        pr, label_free=label_free, steps=params.steps, samples=params.samples, rounds=params.rounds
+    )
     cfg = SamplerConfig(
-        steps=params.steps or (1 if label_free else pr.ddim_steps),
-        samples=params.samples or pr.samples,
-        rounds=params.rounds or (1 if label_free else pr.rounds),
+        steps=steps,
+        samples=samples,
+        rounds=rounds,
         temperature=LABEL_FREE_TEMPERATURE if label_free else 1.0,
     )
     if label_free:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .presets import Preset, get_preset
 
@@ -39,7 +39,9 @@ __all__ = [
     "Phase",
     "Plan",
     "format_seconds",
+    "is_label_free",
     "job_plan",
+    "propose_sampling",
     "sampling_evaluations",
     "windowed_pixels",
 ]
@@ -104,6 +106,30 @@ def windowed_pixels(height: int, width: int, roi: int, multiple: int, overlap: f
         return max(0, math.ceil((length - roi) / interval)) + 1
 
     return windows(h) * windows(w) * roi * roi
+
+
+def propose_sampling(
+    preset: Preset,
+    *,
+    label_free: bool = False,
+    steps: int | None = None,
+    samples: int | None = None,
+    rounds: int | None = None,
+) -> tuple[int, int, int]:
+    """A ``propose`` job's DDIM steps S, samples E and chained rounds R: those asked for, else the preset's;
+    a label-free model (the ``pretrain`` job's, ``metrics["stage"] == "pretrain"``) takes one step and one
+    round unless asked (Stage A trained its mask pathway on pure noise only: ``backend/jobs.py``)."""
+    return (
+        steps or (1 if label_free else preset.ddim_steps),
+        samples or preset.samples,
+        rounds or (1 if label_free else preset.rounds),
+    )
+
+
+def is_label_free(model: Any) -> bool:
+    """Does this model (a record or API model with ``metrics``, or None) come from label-free pretraining?"""
+    metrics = getattr(model, "metrics", None) or {}
+    return metrics.get("stage") == "pretrain"
 
 
 def sampling_evaluations(
@@ -263,6 +289,7 @@ def job_plan(
     steps: int | None = None,
     samples: int | None = None,
     sample_rounds: int | None = None,
+    label_free: bool = False,
 ) -> Plan:
     """The phases of a ``pretrain``, ``cotrain`` or ``propose`` job on a project with ``images``.
 
@@ -277,6 +304,8 @@ def job_plan(
             that has no annotation and is not excluded (the job's own default).
         steps, samples, sample_rounds: A ``propose`` job's DDIM steps, samples and chained rounds (the
             preset's when None).
+        label_free: A ``propose`` job whose (active) model is label-free: one step and one round unless
+            given (:func:`propose_sampling`).
     """
     pr = get_preset(preset) if isinstance(preset, str) else preset
     step_s, eval_s = _scaled(pr)
@@ -301,13 +330,11 @@ def job_plan(
                 for im in images
                 if im.state in ("unlabeled", "proposed") and not im.split.startswith("test")
             ]
-        evals = sampling_evaluations(
-            steps or pr.ddim_steps, samples or pr.samples, sample_rounds or pr.rounds
+        s, e, r = propose_sampling(
+            pr, label_free=label_free, steps=steps, samples=samples, rounds=sample_rounds
         )
-        seconds = sum(area(im) for im in chosen) * evals * eval_s["teacher"]
-        label = (
-            f"proposals for {len(chosen)} image(s) (S={steps or pr.ddim_steps}, E={samples or pr.samples})"
-        )
+        seconds = sum(area(im) for im in chosen) * sampling_evaluations(s, e, r) * eval_s["teacher"]
+        label = f"proposals for {len(chosen)} image(s) (S={s}, E={e})"
         phases.append(Phase("propose", 0, len(chosen), seconds, label))
         return Plan(kind, tuple(phases), len(chosen), _sizes(chosen))
     if kind == "pretrain":
