@@ -76,12 +76,23 @@ def test_a_label_free_model_proposes_in_one_step_unless_asked(monkeypatch, proje
         return real(*args, **kw)
 
     monkeypatch.setattr(jobs, "propose", spy)
+    fitted = []
+
+    def fit(bundle, images, **kw):  # the fit itself: tests/test_training.py
+        fitted.append(len(images))
+        return 0.3, 2
+
+    monkeypatch.setattr(jobs, "fit_temperature", fit)
     assert _run(project, "pretrain")[1] == "done"
+    with Project.open(project) as p:
+        metrics = p.active_model().metrics
+    assert fitted == [6] and (metrics["temperature"], metrics["calibration_images"]) == (0.3, 2)
     job, state = _run(project, "propose", ids=["train_002"])
     assert state == "done" and (used[-1].steps, used[-1].rounds) == (1, 1)
-    assert used[-1].temperature == jobs.LABEL_FREE_TEMPERATURE < 1  # its soft probabilities sharpened
+    assert used[-1].temperature == 0.3  # its soft probabilities sharpened as the pretrain job fitted
     with Project.open(project) as p:
-        assert any("one step and one round" in e.data.get("message", "") for e in p.events(job))
+        messages = [e.data.get("message", "") for e in p.events(job)]
+        assert any("one step and one round" in m and "temperature" in m for m in messages)
     assert _run(project, "propose", ids=["train_003"], steps=2, rounds=2)[1] == "done"
     assert (used[-1].steps, used[-1].rounds) == (2, 2)
     # a model trained on labels proposes with its own probabilities

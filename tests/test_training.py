@@ -438,6 +438,36 @@ def test_the_split_anchor_of_an_instance_project_has_rims_and_a_multiclass_one_h
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # three classes, no anchor
 
 
+def test_a_label_free_models_temperature_is_fitted_to_its_anchor() -> None:
+    """A model that is right but soft (a label-free model's background near P = 1/2) gets a temperature
+    below 1, one already confident keeps 1, and bright-field images (no anchor) leave it at 1, unread."""
+    from types import SimpleNamespace
+
+    from napari_diffseg.core.diffusion import MaskDiffusion
+    from napari_diffseg.core.label_free import fit_temperature
+
+    class Thresholds(torch.nn.Module):  # the right split (the bright side) with logits ±scale
+        def __init__(self, scale: float) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(scale))
+
+        def forward(self, m, x, t):
+            side = torch.sign(x.mean(1, keepdim=True))
+            return self.scale * torch.cat([-side, side], dim=1)
+
+    def fitted(scale: float, images) -> tuple[float, int]:
+        bundle = SimpleNamespace(
+            mask_net=Thresholds(scale), diffusion=lambda: MaskDiffusion(2), spec=SimpleNamespace(multiple=8)
+        )
+        return fit_temperature(bundle, images, generator=torch.Generator().manual_seed(0), roi=64)
+
+    imgs, _ = _separable(3, seed=0)
+    soft, n = fitted(0.2, imgs)  # P = sigmoid(0.4) = 0.60 for the right class
+    assert n == 3 and soft <= 0.25
+    assert fitted(5.0, imgs) == (1.0, 3)  # already confident: left alone
+    assert fitted(0.2, [-x for x in imgs]) == (1.0, 0)  # bright-field: no anchor to fit to
+
+
 def test_hysteresis_split_joins_dim_rims_to_bright_cores_and_drops_dim_specks() -> None:
     """Otsu's threshold alone cuts the dim rim off a nucleus; the lower threshold of a 3-class Otsu alone
     keeps a dim speck of background; the hysteresis between them does neither."""

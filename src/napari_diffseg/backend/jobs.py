@@ -41,7 +41,7 @@ from ..core.inference import predict_probs, propose
 from ..core.instance_metrics import class_matching, instance_metrics, summarize_instances
 from ..core.instance_tuning import tune_watershed
 from ..core.instances import Watershed, classify_objects, instances_to_target, probs_to_instances
-from ..core.label_free import LABEL_FREE_TEMPERATURE
+from ..core.label_free import fit_temperature
 from ..core.metrics import dice_per_class, mean_per_class, segmentation_metrics, summarize
 from ..core.models import ModelBundle, ModelSpec, load_bundle, preprocess, save_bundle
 from ..core.pipeline import run_stages
@@ -434,6 +434,7 @@ def _pretrain(
     bundle = _new_bundle(project, channels, preset, seed, dev, norm)
     gen = torch.Generator().manual_seed(seed)
     jd = project.job_dir(job_id)
+    instances = project.task.kind == "instances"
     yield from pretrain_teacher(
         bundle,
         images,
@@ -442,15 +443,40 @@ def _pretrain(
         device=dev,
         cancel=cancel,
         checkpoint=jd / "pretrain.safetensors",
-        instances=project.task.kind == "instances",
+        instances=instances,
     )
+    # the proposals' temperature, fitted to the anchor Stage A learned from (core.label_free.fit_temperature)
+    temperature, calibrated = 1.0, 0
+    if preset.pretrain_split_weight > 0 and (bundle.diffusion().num_classes == 2 or instances):
+        cancel.raise_if_cancelled("calibration")
+        temperature, calibrated = fit_temperature(
+            bundle,
+            images,
+            instances=instances,
+            generator=torch.Generator().manual_seed(seed),
+            roi=preset.roi_size,
+            sw_batch=preset.sw_batch_size,
+        )
+        if calibrated:
+            yield Event(
+                "log",
+                "pretrain",
+                message=f"its proposals' temperature: {temperature:g}, fitted to the threshold's split of "
+                f"{calibrated} image(s) (its own probabilities are not calibrated)",
+            )
     mid = _save_model(
         project,
         bundle,
         _new_model_id(project, job_id, "pretrained"),
         round=0,
         preset=preset,
-        metrics={"stage": "pretrain", "images": len(ids), "planes": len(images)},
+        metrics={
+            "stage": "pretrain",
+            "images": len(ids),
+            "planes": len(images),
+            "temperature": temperature,
+            "calibration_images": calibrated,
+        },
     )
     yield Event("log", "pretrain", message=f"saved model {mid} (round 0) and made it active")
 
@@ -506,10 +532,10 @@ def _propose(
     # a label-free model (the `pretrain` job's): Stage A trains the mask pathway at t = T - 1 only, so it
     # has never denoised a partly noised mask; more DDIM steps or chained rounds pass it through noise
     # levels it never saw (DSB nuclei, 6 images: one step 0.794 Dice against 0.748 with S = 10, R = 2).
-    # Its probabilities are not calibrated either: Stage A's image pathway reads the soft mask, which
-    # keeps the background near P = 1/2; sharpened (LABEL_FREE_TEMPERATURE), an instance project's
-    # watershed no longer floods the background
-    label_free = is_label_free(project.model(mid))
+    # Its probabilities are not calibrated either: they are sharpened by the temperature the pretrain job
+    # fitted (core.label_free.fit_temperature; 1 where it had no anchor, and for a model from before it)
+    model = project.model(mid)
+    label_free = is_label_free(model)
     steps, samples, rounds = propose_sampling(
         pr, label_free=label_free, steps=params.steps, samples=params.samples, rounds=params.rounds
     )
@@ -517,15 +543,19 @@ def _propose(
         steps=steps,
         samples=samples,
         rounds=rounds,
-        temperature=LABEL_FREE_TEMPERATURE if label_free else 1.0,
+        temperature=float(model.metrics.get("temperature", 1.0)) if label_free else 1.0,
     )
     if label_free:
+        sharpened = (
+            f", probabilities at the temperature fitted to its anchor, {cfg.temperature:g}"
+            if cfg.temperature != 1.0
+            else ""
+        )
         yield Event(
             "log",
             "propose",
             message=f"label-free model {mid}: S={cfg.steps}, R={cfg.rounds} "
-            f"(one step and one round unless asked: its label-free training saw only pure noise), "
-            f"probabilities sharpened at temperature {cfg.temperature:g} (its own are not calibrated)",
+            f"(one step and one round unless asked: its label-free training saw only pure noise){sharpened}",
         )
     done = _proposed_by_job(project, job_id, mid)
     if done:
