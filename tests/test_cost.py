@@ -18,6 +18,7 @@ import torch
 
 from napari_diffseg.base.contracts import EventData
 from napari_diffseg.base.cost import (
+    CALIBRATION_IMAGES,
     STEP_SECONDS,
     format_seconds,
     job_plan,
@@ -128,7 +129,14 @@ def test_plans_follow_the_project_and_the_preset() -> None:
     # bigger images cost more to propose, not to train
     small = [Img(i.id, i.name, 256, 256, i.state, i.split) for i in images]
     assert job_plan("propose", "cpu", small).seconds < propose.seconds
-    assert job_plan("pretrain", "cpu", small).seconds == job_plan("pretrain", "cpu", images).seconds
+    pre_small, pre_big = (job_plan("pretrain", "cpu", imgs).phases for imgs in (small, images))
+    assert pre_small[1].key == pre_big[1].key == "pretrain" and pre_small[1].seconds == pre_big[1].seconds
+    # ... but the label-free model's temperature is fitted on its images (at most CALIBRATION_IMAGES)
+    assert pre_small[-1].key == "calibration" and 0 < pre_small[-1].seconds < pre_big[-1].seconds
+    assert pre_big[-1].units == min(CALIBRATION_IMAGES, len([i for i in images if i.split == "train"]))
+    assert "calibration" not in [
+        p.key for p in job_plan("pretrain", cpu.with_overrides(pretrain_split_weight=0), images).phases
+    ]
     # the tiny preset is seconds for a handful of fundus-sized images; cpu minutes
     assert job_plan("cotrain", "tiny", images).seconds < 30
     assert 60 < warm.seconds

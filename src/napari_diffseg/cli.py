@@ -1167,7 +1167,8 @@ def pretrain(
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
 ) -> None:
     """Unsupervised teacher pretraining (cycle; on fluorescence also pulled towards a threshold's split) on
-    the project's training images; saves model round 0."""
+    the project's training images; saves model round 0, whose proposals take one step, sharpened on
+    fluorescence by a temperature fitted to that split."""
     _run_job(project, "pretrain", {"preset": preset, "seed": seed, "device": device}, quiet, as_json, threads)
 
 

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from .presets import Preset, get_preset
 
 __all__ = [
+    "CALIBRATION_IMAGES",
     "EVAL_SECONDS_PER_MPX",
     "REFERENCE",
     "STARTUP_SECONDS",
@@ -45,6 +46,9 @@ __all__ = [
     "sampling_evaluations",
     "windowed_pixels",
 ]
+
+CALIBRATION_IMAGES = 8
+"""A label-free model's temperature is fitted on at most this many images (``core.label_free``)."""
 
 REFERENCE = "one quiet CPU core of our 2-core development VM (AMD EPYC)"
 """What the constants below measure (``benchmarks/preset_cost.py``)."""
@@ -216,6 +220,7 @@ class Plan:
         names = {
             "start": "start-up",
             "pretrain": "label-free pretraining",
+            "calibration": "calibration",
             "teacher": "teacher",
             "pseudo-labels": "pseudo-labels",
             "val-pseudo-labels": "pseudo-labels",
@@ -347,6 +352,12 @@ def job_plan(
                 "label-free pretraining",
             )
         )
+        if pr.pretrain_split_weight > 0 and train:  # at most: only images with an anchor are read
+            n = min(CALIBRATION_IMAGES, len(train))
+            mean_area = sum(area(im) for im in train) / len(train)
+            phases.append(
+                Phase("calibration", 0, n, n * mean_area * eval_s["teacher"], "its proposals' temperature")
+            )
         return Plan(kind, tuple(phases), len(train), _sizes(train))
     if kind != "cotrain":
         raise ValueError(f"no plan for a {kind!r} job")

@@ -17,13 +17,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..base.cost import CALIBRATION_IMAGES
+
 #: an image is dark-field when its median lies in this lowest share of its 1-99 % intensity range
 DARK_FIELD_MEDIAN = 0.25
 
 #: the temperatures :func:`fit_temperature` chooses among (1: the model's own probabilities)
 TEMPERATURES = (1.0, 0.7, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1)
-#: at most this many images (evenly spread over those with an anchor) and pixels of each are read
-CALIBRATION_IMAGES = 8
+#: at most CALIBRATION_IMAGES images (evenly spread over those with an anchor) and this many pixels of
+#: each are read
 CALIBRATION_PIXELS = 200_000
 
 
