@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_diffseg.base.preprocessing import dataset_statistics
+from napari_diffseg.base.preprocessing import Normalization, dataset_statistics
 from napari_diffseg.base.presets import get_preset
 from napari_diffseg.core.inference import predict_probs
 from napari_diffseg.core.label_free import hysteresis_split
@@ -79,21 +79,39 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def variant_name(variant: str, seed: int, steps: int | None) -> str:
-    """``<variant>[_steps<n>]_s<seed>.json``: the preset's budget unnamed, another one in the name."""
-    return f"{variant}{'' if steps is None else f'_steps{steps}'}_s{seed}.json"
+def variant_name(variant: str, seed: int, steps: int | None, normalization: str = "per_image") -> str:
+    """``<variant>[_steps<n>][_dsnorm]_s<seed>.json``: the preset's budget unnamed, another one in the name;
+    ``_dsnorm`` for the dataset's statistics (the normalisation of a project and of ``diffseg experiment``)
+    instead of each image's own 0.5 / 99.5 % clip (the default here, as the first runs had it)."""
+    norm = "_dsnorm" if normalization == "dataset" else ""
+    return f"{variant}{'' if steps is None else f'_steps{steps}'}{norm}_s{seed}.json"
 
 
-def run(dataset: Path, variant: str, seed: int, steps: int | None, out: Path) -> dict:
+def _normalization(
+    ds: DatasetFolder, ids: list[str], channels: int, normalization: str
+) -> Normalization | None:
+    """The statistics pooled over ``ids`` (``dataset``, as a project's first model has them), or None (each
+    image clipped to its own percentiles)."""
+    if normalization not in ("dataset", "per_image"):
+        raise SystemExit(f"--normalization must be dataset or per_image, not {normalization!r}")
+    return (
+        dataset_statistics((ds.load_image(i) for i in ids), channels) if normalization == "dataset" else None
+    )
+
+
+def run(
+    dataset: Path, variant: str, seed: int, steps: int | None, out: Path, normalization: str = "per_image"
+) -> dict:
     pr = get_preset("cpu").parse_overrides(VARIANTS[variant])
     if steps is not None:
         pr = pr.with_overrides(pretrain_steps=steps)
     ds = DatasetFolder(dataset)
     ids = ds.train_ids
     channels = dataset_channels(ds, ids)
-    images = load_images(ds, ids, channels)
+    norm = _normalization(ds, ids, channels, normalization)
+    images = load_images(ds, ids, channels, norm)
     spec = ModelSpec("diffseg", channels, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
-    bundle = ModelBundle(spec, seed=seed)
+    bundle = ModelBundle(spec, seed=seed, normalization=norm)
     t0 = time.perf_counter()
     for _ in pretrain_teacher(
         bundle, images, pr, generator=torch.Generator().manual_seed(seed), device=torch.device("cpu")
@@ -101,17 +119,18 @@ def run(dataset: Path, variant: str, seed: int, steps: int | None, out: Path) ->
         pass
     seconds = time.perf_counter() - t0
     gt = [i for i in ids if ds.has_mask(i)][::2]
-    lf = label_free_report(bundle, load_images(ds, gt, channels), [ds.load_mask(i) for i in gt], pr)
+    lf = label_free_report(bundle, load_images(ds, gt, channels, norm), [ds.load_mask(i) for i in gt], pr)
     result = {
         "variant": variant,
         "overrides": VARIANTS[variant],
         "seed": seed,
         "dataset": dataset.resolve().name,
+        "normalization": normalization,
         "label_free": lf,
         "pretrain_seconds": seconds,
         "provenance": provenance(pr, "cpu"),
     }
-    (out / variant_name(variant, seed, steps)).write_text(json.dumps(result, indent=2))
+    (out / variant_name(variant, seed, steps, normalization)).write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -380,13 +399,18 @@ def report(out: Path) -> str:
     lines = [
         f"## Stage A on {out.name} (best-permutation Dice, every 2nd train image)",
         "",
-        "| variant | steps | seed | teacher | Otsu | all-foreground | teacher − best trivial | s |",
-        "|---|---|---|---|---|---|---|---|",
+        "Normalisation: *image*, each image clipped to its own 0.5 / 99.5 % percentiles (the first runs);"
+        " *dataset*, the statistics pooled over the train images, as a project's first model and"
+        " `diffseg experiment` have them (`--normalization dataset`). Otsu is scored on the same images.",
+        "",
+        "| variant | steps | normalisation | seed | teacher | Otsu | all-foreground | teacher − best trivial | s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lf = r["label_free"]
+        norm = "dataset" if r.get("normalization") == "dataset" else "image"
         lines.append(
-            f"| {r['variant']} | {r['provenance']['preset']['pretrain_steps']} | {r['seed']} | {lf['teacher_dice']:.3f} | {lf['otsu_dice']:.3f} | "
+            f"| {r['variant']} | {r['provenance']['preset']['pretrain_steps']} | {norm} | {r['seed']} | {lf['teacher_dice']:.3f} | {lf['otsu_dice']:.3f} | "
             f"{lf['all_foreground_dice']:.3f} | {lf['teacher_minus_best_trivial']:+.3f} | "
             f"{r['pretrain_seconds']:.0f} |"
         )
@@ -416,6 +440,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--steps", type=int, default=None, help="pretrain steps (default: the cpu preset's)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--normalization",
+        choices=["per_image", "dataset"],
+        default="per_image",
+        help="Stage A's and the scoring's images: each clipped to its own percentiles (default, as the first "
+        "runs) or the dataset's pooled statistics (as a project's first model)",
+    )
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--references", action="store_true", help="label-free references only (no training)")
     ap.add_argument(
@@ -434,8 +465,8 @@ def main() -> None:
     if not args.report_only and not args.references and not args.distill:
         for seed in args.seeds:
             for v in args.variants:
-                if not (out / variant_name(v, seed, args.steps)).exists():
-                    r = run(args.dataset, v, seed, args.steps, out)
+                if not (out / variant_name(v, seed, args.steps, args.normalization)).exists():
+                    r = run(args.dataset, v, seed, args.steps, out, args.normalization)
                     print(v, seed, r["label_free"], f"{r['pretrain_seconds']:.0f} s", flush=True)
     text = report(out)
     (out / "summary.md").write_text(text + "\n")
