@@ -189,3 +189,22 @@ def test_distill_trains_a_student_on_a_label_free_split_and_reports_both(
     assert "| stain16 | 3 | 0 |" in stage_a.report(tmp_path)
     assert stage_a.distill_name("otsu", 1, None) == "distill_otsu_s1.json"
     assert stage_a.distill_name("otsu", 1, 1500) == "distill_otsu_steps1500_s1.json"
+
+
+def test_stage_a_runs_on_the_datasets_statistics_when_asked(synth_dataset: Path, tmp_path: Path) -> None:
+    """``--normalization dataset``: Stage A trains and is scored on the images as a project's first model
+    sees them (pooled statistics, stored with the model), not each image clipped to its own percentiles;
+    the file name, the JSON and the table say which."""
+    from napari_diffseg.data.dataset import DatasetFolder
+    from napari_diffseg.experiment import dataset_channels, load_images
+
+    r = stage_a.run(synth_dataset, "split", 0, 2, tmp_path, "dataset")
+    assert r["normalization"] == "dataset" and (tmp_path / "split_steps2_dsnorm_s0.json").exists()
+    assert stage_a.variant_name("split", 0, None) == "split_s0.json"  # the first runs keep their names
+    assert "| split | 2 | dataset | 0 |" in stage_a.report(tmp_path)
+    ds = DatasetFolder(synth_dataset)
+    ch = dataset_channels(ds, ds.train_ids)
+    norm = stage_a._normalization(ds, ds.train_ids, ch, "dataset")
+    assert norm is not None and stage_a._normalization(ds, ds.train_ids, ch, "per_image") is None
+    one = ds.train_ids[0]
+    assert not torch.equal(load_images(ds, [one], ch, norm)[0], load_images(ds, [one], ch)[0])
