@@ -76,6 +76,9 @@ VARIANTS: dict[str, dict] = {
     # on dark-field images the one-step mask is also pulled towards a classical split
     # (core.label_free.anchor_split): the default since issue 14
     "split": {**OLD, "pretrain_split_weight": 1.0},
+    # the anchor weighted more: does Stage A reach its split within the `cpu` preset's 150 steps?
+    "split3": {**OLD, "pretrain_split_weight": 3.0},
+    "split10": {**OLD, "pretrain_split_weight": 10.0},
 }
 
 
