@@ -289,18 +289,25 @@ def label_free_splits(x: torch.Tensor, raw: np.ndarray) -> dict[str, np.ndarray]
     return splits
 
 
-def references(dataset: Path, out: Path) -> dict:
-    """Every label-free reference on the train images Stage A is scored on, and on the test images."""
+def references_name(normalization: str = "per_image") -> str:
+    return "references_dsnorm.json" if normalization == "dataset" else "references.json"
+
+
+def references(dataset: Path, out: Path, normalization: str = "per_image") -> dict:
+    """Every label-free reference on the train images Stage A is scored on, and on the test images; with
+    ``normalization="dataset"`` on the images normalised with the train images' pooled statistics (the
+    stain ratio reads the raw file either way)."""
     ds = DatasetFolder(dataset)
     channels = dataset_channels(ds, ds.train_ids)
-    result: dict = {"dataset": dataset.resolve().name}
+    norm = _normalization(ds, ds.train_ids, channels, normalization)
+    result: dict = {"dataset": dataset.resolve().name, "normalization": normalization}
     for split, ids in (("train", [i for i in ds.train_ids if ds.has_mask(i)][::2]), ("test", ds.test_ids)):
         ids = [i for i in ids if ds.has_mask(i)]
         scores: dict[str, list[float]] = {}
         for i in ids:
             raw, y = ds.load_image(i), ds.load_mask(i)
             x = preprocess(
-                raw, channels
+                raw, channels, norm
             )  # as load_images does: read once, for both the splits and the stain ratio
             scores.setdefault("all-foreground", []).append(_perm_dice(np.ones_like(y), y, 2, None))
             splits = label_free_splits(x, raw)
@@ -311,7 +318,7 @@ def references(dataset: Path, out: Path) -> dict:
                 scores.setdefault(label, []).append(dice[pick(splits, x, how)])
             scores.setdefault(ORACLE, []).append(max(max(dice.values()), scores["all-foreground"][-1]))
         result[split] = {"n_images": len(ids), "dice": {k: float(np.mean(v)) for k, v in scores.items()}}
-    (out / "references.json").write_text(json.dumps(result, indent=2))
+    (out / references_name(normalization)).write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -385,8 +392,9 @@ def distill(dataset: Path, rule: str, seed: int, steps: int | None, out: Path) -
 
 def references_table(r: dict) -> str:
     tr, te = r["train"], r["test"]
+    on = "the dataset's pooled statistics" if r.get("normalization") == "dataset" else "each image's own clip"
     lines = [
-        f"## Label-free references on {r['dataset']} (best-permutation Dice, per image)",
+        f"## Label-free references on {r['dataset']} (best-permutation Dice, per image; normalised with {on})",
         "",
         f"| label-free split | train ({tr['n_images']}, every 2nd, Stage A's images) | test ({te['n_images']}) |",
         "|---|---|---|",
@@ -417,8 +425,9 @@ def report(out: Path) -> str:
             f"{lf['all_foreground_dice']:.3f} | {lf['teacher_minus_best_trivial']:+.3f} | "
             f"{r['pretrain_seconds']:.0f} |"
         )
-    if (out / "references.json").exists():
-        lines += ["", references_table(json.loads((out / "references.json").read_text()))]
+    for name in (references_name("per_image"), references_name("dataset")):
+        if (out / name).exists():
+            lines += ["", references_table(json.loads((out / name).read_text()))]
     distilled = [json.loads(p.read_text()) for p in sorted(out.glob("distill_*_s*.json"))]
     if distilled:
         lines += [
@@ -459,8 +468,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = HERE / "results" / "stage_a" / args.dataset.resolve().name
     out.mkdir(parents=True, exist_ok=True)
-    if args.references and not (out / "references.json").exists():
-        references(args.dataset, out)
+    if args.references and not (out / references_name(args.normalization)).exists():
+        references(args.dataset, out, args.normalization)
     if args.distill:
         for seed in args.seeds:
             if not (out / distill_name(args.distill, seed, args.steps)).exists():

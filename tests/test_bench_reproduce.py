@@ -208,3 +208,6 @@ def test_stage_a_runs_on_the_datasets_statistics_when_asked(synth_dataset: Path,
     assert norm is not None and stage_a._normalization(ds, ds.train_ids, ch, "per_image") is None
     one = ds.train_ids[0]
     assert not torch.equal(load_images(ds, [one], ch, norm)[0], load_images(ds, [one], ch)[0])
+    refs = stage_a.references(synth_dataset, tmp_path, "dataset")
+    assert refs["normalization"] == "dataset" and (tmp_path / "references_dsnorm.json").exists()
+    assert "normalised with the dataset's pooled statistics" in stage_a.report(tmp_path)
