@@ -39,7 +39,7 @@ from napari_diffseg.core.inference import predict_probs
 from napari_diffseg.core.label_free import hysteresis_split
 from napari_diffseg.core.models import ModelBundle, ModelSpec, preprocess
 from napari_diffseg.core.training import TrainData, pretrain_teacher, train_baseline
-from napari_diffseg.data.dataset import DatasetFolder
+from napari_diffseg.data.dataset import DatasetFolder, StackPlanes
 from napari_diffseg.experiment import (
     _perm_dice,
     dataset_channels,
@@ -90,6 +90,16 @@ def variant_name(variant: str, seed: int, steps: int | None, normalization: str 
     return f"{variant}{'' if steps is None else f'_steps{steps}'}{norm}_s{seed}.json"
 
 
+def _view(dataset: Path) -> tuple[DatasetFolder | StackPlanes, list[str], list[str]]:
+    """The dataset as the 2D networks see it, with its train and test ids: a folder of z-stacks as its
+    planes (``<id>@z<n>``, as ``diffseg experiment`` trains on them), else the folder itself."""
+    folder = DatasetFolder(dataset)
+    if folder.holds_stacks():
+        planes = StackPlanes(folder)
+        return planes, planes.plane_ids(folder.train_ids), planes.plane_ids(folder.test_ids)
+    return folder, folder.train_ids, folder.test_ids
+
+
 def _normalization(
     ds: DatasetFolder, ids: list[str], channels: int, normalization: str
 ) -> Normalization | None:
@@ -108,8 +118,7 @@ def run(
     pr = get_preset("cpu").parse_overrides(VARIANTS[variant])
     if steps is not None:
         pr = pr.with_overrides(pretrain_steps=steps)
-    ds = DatasetFolder(dataset)
-    ids = ds.train_ids
+    ds, ids, _ = _view(dataset)
     channels = dataset_channels(ds, ids)
     norm = _normalization(ds, ids, channels, normalization)
     images = load_images(ds, ids, channels, norm)
@@ -297,11 +306,11 @@ def references(dataset: Path, out: Path, normalization: str = "per_image") -> di
     """Every label-free reference on the train images Stage A is scored on, and on the test images; with
     ``normalization="dataset"`` on the images normalised with the train images' pooled statistics (the
     stain ratio reads the raw file either way)."""
-    ds = DatasetFolder(dataset)
-    channels = dataset_channels(ds, ds.train_ids)
-    norm = _normalization(ds, ds.train_ids, channels, normalization)
+    ds, train_ids, test_ids = _view(dataset)
+    channels = dataset_channels(ds, train_ids)
+    norm = _normalization(ds, train_ids, channels, normalization)
     result: dict = {"dataset": dataset.resolve().name, "normalization": normalization}
-    for split, ids in (("train", [i for i in ds.train_ids if ds.has_mask(i)][::2]), ("test", ds.test_ids)):
+    for split, ids in (("train", [i for i in train_ids if ds.has_mask(i)][::2]), ("test", test_ids)):
         ids = [i for i in ids if ds.has_mask(i)]
         scores: dict[str, list[float]] = {}
         for i in ids:
