@@ -152,7 +152,7 @@ def test_references_score_every_split_on_both_splits(synth_dataset: Path, tmp_pa
     images (the stain ratio included, since the synthetic glands are colour), each a Dice, and the
     per-image ceiling at or above every rule."""
     r = stage_a.references(synth_dataset, tmp_path)
-    assert set(r) == {"dataset", "train", "test"}
+    assert set(r) == {"dataset", "normalization", "train", "test"} and r["normalization"] == "per_image"
     for split in ("train", "test"):
         dice = r[split]["dice"]
         assert "3-class Otsu, lower threshold" in dice and any(k.startswith("H&E stain ratio") for k in dice)
