@@ -339,3 +339,20 @@ def test_a_label_free_models_proposals_cost_one_step_and_one_round() -> None:
     model = {"id": "m", "round": 0, "method": "diffseg", "active": True, "created_at": 0.0}
     assert is_label_free(Model(**model, metrics={"stage": "pretrain"}))
     assert not is_label_free(Model(**model, metrics={"val_dice": 0.8})) and not is_label_free(None)
+
+
+def test_the_pretrain_jobs_own_length() -> None:
+    """The `cpu` preset's label-free `pretrain` job runs `pretrain_job_steps` (500), a cold-start Stage A
+    and the sweeps `pretrain_steps` (150); an override of `pretrain_steps` alone sets both; the plan
+    counts what the job runs."""
+    cpu = get_preset("cpu")
+    assert (cpu.pretrain_steps, cpu.label_free_steps()) == (150, 500)
+    assert get_preset("tiny").label_free_steps() == get_preset("tiny").pretrain_steps  # 0: the same
+    asked = cpu.parse_overrides({"pretrain_steps": 40})
+    assert asked.label_free_steps() == 40
+    assert cpu.parse_overrides({"pretrain_steps": 40, "pretrain_job_steps": 70}).label_free_steps() == 70
+    imgs = [Img("a", "a", 256, 256), Img("b", "b", 256, 256)]
+    plan = job_plan("pretrain", cpu, imgs)
+    assert plan.phases[1].key == "pretrain" and plan.phases[1].units == 500
+    assert plan.phases[1].seconds == pytest.approx(500 * STEP_SECONDS["cpu"]["pretrain"])
+    assert job_plan("pretrain", asked, imgs).phases[1].units == 40

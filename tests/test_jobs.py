@@ -278,3 +278,24 @@ def test_cotrain_validates_on_annotated_val_images(project: Path, synth_dataset:
     checks = [e["losses"] for e in events if e["kind"] == "progress" and "val_dice" in e.get("losses", {})]
     assert checks and all(0.0 <= c["val_dice"] <= 1.0 and 0.0 <= c["gate"] <= 1.0 for c in checks)
     assert any(e["kind"] == "log" and "kept the weights" in e.get("message", "") for e in events)
+
+
+def test_the_pretrain_job_runs_the_presets_label_free_length(monkeypatch, project: Path) -> None:
+    """The job trains `label_free_steps()` Stage A steps (`pretrain_job_steps` when set) and its model's
+    config records them."""
+    from napari_diffseg.backend import jobs
+
+    seen = []
+    real = jobs.pretrain_teacher
+
+    def spy(bundle, images, preset, **kw):
+        seen.append(preset.pretrain_steps)
+        return real(bundle, images, preset, **kw)
+
+    monkeypatch.setattr(jobs, "pretrain_teacher", spy)
+    with Project.open(project) as p:
+        job = start_job(p, "pretrain", {"preset": "tiny", "overrides": {"pretrain_job_steps": 5}})
+    assert execute_job(project, job) == "done" and seen == [5]
+    with Project.open(project) as p:
+        config = json.loads((project / "models" / p.active_model().id / "config.json").read_text())
+    assert config["config"]["preset"]["pretrain_steps"] == 5

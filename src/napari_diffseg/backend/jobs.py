@@ -423,6 +423,7 @@ def _pretrain(
     dist_info: DistInfo | None = None,
 ) -> Iterator[Event]:
     preset = params.resolve_preset()
+    preset = preset.with_overrides(pretrain_steps=preset.label_free_steps())  # the job's own length
     seed = params.seed
     dev = choose_device(params.device)
     channels = _channels(project)

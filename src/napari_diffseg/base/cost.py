@@ -343,15 +343,8 @@ def job_plan(
         phases.append(Phase("propose", 0, len(chosen), seconds, label))
         return Plan(kind, tuple(phases), len(chosen), _sizes(chosen))
     if kind == "pretrain":
-        phases.append(
-            Phase(
-                "pretrain",
-                0,
-                pr.pretrain_steps,
-                pr.pretrain_steps * step_s["pretrain"],
-                "label-free pretraining",
-            )
-        )
+        steps = pr.label_free_steps()
+        phases.append(Phase("pretrain", 0, steps, steps * step_s["pretrain"], "label-free pretraining"))
         if pr.pretrain_split_weight > 0 and train:  # at most: only images with an anchor are read
             n = min(CALIBRATION_IMAGES, len(train))
             mean_area = sum(area(im) for im in train) / len(train)
