@@ -444,6 +444,7 @@ def test_a_label_free_models_temperature_is_fitted_to_its_anchor() -> None:
     from types import SimpleNamespace
 
     from napari_diffseg.core.diffusion import MaskDiffusion
+    from napari_diffseg.base.cost import CALIBRATION_IMAGES
     from napari_diffseg.core.label_free import fit_temperature
 
     class Thresholds(torch.nn.Module):  # the right split (the bright side) with logits ±scale
@@ -466,6 +467,8 @@ def test_a_label_free_models_temperature_is_fitted_to_its_anchor() -> None:
     assert n == 3 and soft <= 0.25
     assert fitted(5.0, imgs) == (1.0, 3)  # already confident: left alone
     assert fitted(0.2, [-x for x in imgs]) == (1.0, 0)  # bright-field: no anchor to fit to
+    many, _ = _separable(CALIBRATION_IMAGES + 3, seed=2)
+    assert fitted(0.2, many + [-x for x in imgs])[1] == CALIBRATION_IMAGES  # at most this many are read
 
 
 def test_hysteresis_split_joins_dim_rims_to_bright_cores_and_drops_dim_specks() -> None:

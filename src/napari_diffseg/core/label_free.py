@@ -96,11 +96,12 @@ def fit_temperature(
     from .diffusion import SamplerConfig
     from .inference import propose
 
-    found = [(x, a) for x in images if (a := anchor_split(x, instances)) is not None]
+    dark = [x for x in images if is_dark_field(x)]  # the images with an anchor (anchor_split's gate)
+    if len(dark) > CALIBRATION_IMAGES:  # evenly spread; only these anchors are made
+        dark = [dark[int(i)] for i in np.linspace(0, len(dark) - 1, CALIBRATION_IMAGES).round()]
+    found = [(x, a) for x in dark if (a := anchor_split(x, instances)) is not None]
     if not found:
         return 1.0, 0
-    if len(found) > CALIBRATION_IMAGES:
-        found = [found[int(i)] for i in np.linspace(0, len(found) - 1, CALIBRATION_IMAGES).round()]
     logs, targets = [], []
     for x, a in found:
         prop = propose(
