@@ -443,8 +443,8 @@ def test_a_label_free_models_temperature_is_fitted_to_its_anchor() -> None:
     below 1, one already confident keeps 1, and bright-field images (no anchor) leave it at 1, unread."""
     from types import SimpleNamespace
 
-    from napari_diffseg.core.diffusion import MaskDiffusion
     from napari_diffseg.base.cost import CALIBRATION_IMAGES
+    from napari_diffseg.core.diffusion import MaskDiffusion
     from napari_diffseg.core.label_free import fit_temperature
 
     class Thresholds(torch.nn.Module):  # the right split (the bright side) with logits ±scale
