@@ -281,8 +281,9 @@ def test_cotrain_validates_on_annotated_val_images(project: Path, synth_dataset:
 
 
 def test_the_pretrain_job_runs_the_presets_label_free_length(monkeypatch, project: Path) -> None:
-    """The job trains `label_free_steps()` Stage A steps (`pretrain_job_steps` when set) and its model's
-    config records them."""
+    """With an image to anchor Stage A to (dark-field), the job trains `label_free_steps()` Stage A steps
+    (`pretrain_job_steps` when set) and its model's config records them; without one, `pretrain_steps`
+    (more steps bought nothing without an anchor), and its log says why."""
     from napari_diffseg.backend import jobs
 
     seen = []
@@ -293,9 +294,13 @@ def test_the_pretrain_job_runs_the_presets_label_free_length(monkeypatch, projec
         return real(bundle, images, preset, **kw)
 
     monkeypatch.setattr(jobs, "pretrain_teacher", spy)
-    with Project.open(project) as p:
-        job = start_job(p, "pretrain", {"preset": "tiny", "overrides": {"pretrain_job_steps": 5}})
-    assert execute_job(project, job) == "done" and seen == [5]
-    with Project.open(project) as p:
-        config = json.loads((project / "models" / p.active_model().id / "config.json").read_text())
-    assert config["config"]["preset"]["pretrain_steps"] == 5
+    for dark, steps in ((True, 5), (False, 3)):  # the tiny preset's pretrain_steps: 3
+        monkeypatch.setattr(jobs, "is_dark_field", lambda x, dark=dark: dark)
+        with Project.open(project) as p:
+            job = start_job(p, "pretrain", {"preset": "tiny", "overrides": {"pretrain_job_steps": 5}})
+        assert execute_job(project, job) == "done" and seen[-1] == steps
+        with Project.open(project) as p:
+            config = json.loads((project / "models" / p.active_model().id / "config.json").read_text())
+            logs = [e.data.get("message", "") for e in p.events(job)]
+        assert config["config"]["preset"]["pretrain_steps"] == steps
+        assert any("no image to anchor Stage A to" in m for m in logs) == (not dark)

@@ -41,7 +41,7 @@ from ..core.inference import predict_probs, propose
 from ..core.instance_metrics import class_matching, instance_metrics, summarize_instances
 from ..core.instance_tuning import tune_watershed
 from ..core.instances import Watershed, classify_objects, instances_to_target, probs_to_instances
-from ..core.label_free import fit_temperature
+from ..core.label_free import fit_temperature, is_dark_field
 from ..core.metrics import dice_per_class, mean_per_class, segmentation_metrics, summarize
 from ..core.models import ModelBundle, ModelSpec, load_bundle, preprocess, save_bundle
 from ..core.pipeline import run_stages
@@ -423,7 +423,6 @@ def _pretrain(
     dist_info: DistInfo | None = None,
 ) -> Iterator[Event]:
     preset = params.resolve_preset()
-    preset = preset.with_overrides(pretrain_steps=preset.label_free_steps())  # the job's own length
     seed = params.seed
     dev = choose_device(params.device)
     channels = _channels(project)
@@ -432,10 +431,27 @@ def _pretrain(
         raise ConfigError("the project has no training images; import some first (diffseg import)")
     norm = _normalization(project, ids, channels)
     images = [x for i in ids for x in _tensors(project, i, channels, norm)]  # a z-stack: each plane
+    instances = project.task.kind == "instances"
+    # the job's own length (pretrain_job_steps) is for learning a threshold's split; without one to learn
+    # (no dark-field image, a multiclass project, the anchor off) more steps bought nothing: GlaS scored
+    # 0.509 at 150 steps and at 500 (benchmarks/results/stage_a/glas)
+    anchored = (
+        preset.pretrain_split_weight > 0
+        and (project.task.num_classes == 2 or instances)
+        and any(is_dark_field(x) for x in images)
+    )
+    steps = preset.label_free_steps() if anchored else preset.pretrain_steps
+    if steps != preset.label_free_steps():
+        yield Event(
+            "log",
+            "pretrain",
+            message=f"no image to anchor Stage A to (none is dark-field, as fluorescence is): {steps} steps, "
+            f"not {preset.label_free_steps()} (more do not help without an anchor)",
+        )
+    preset = preset.with_overrides(pretrain_steps=steps)
     bundle = _new_bundle(project, channels, preset, seed, dev, norm)
     gen = torch.Generator().manual_seed(seed)
     jd = project.job_dir(job_id)
-    instances = project.task.kind == "instances"
     yield from pretrain_teacher(
         bundle,
         images,

@@ -127,9 +127,11 @@ class Preset:
     # (5 and 10 %, 3 seeds) and DSB nuclei the students were no worse without it, in 60-80 % of the time
     # (docs/method.md, "What each part contributes").
     pretrain_steps: int = 200
-    # The label-free `pretrain` job's own length when > 0 (its model is what a new project proposes with;
-    # a cold-start Stage A and the sweeps keep `pretrain_steps`). `cpu`: 500 — on DSB nuclei the anchored
-    # Stage A scored 0.78 at 150 steps, under Otsu's threshold (0.82), and about 0.89 at 500 (docs/method.md).
+    # The label-free `pretrain` job's own length when > 0 and some training image gives Stage A an anchor
+    # (dark-field; without one it runs `pretrain_steps`: GlaS scored 0.509 at 150 steps and at 500). Its
+    # model is what a new project proposes with; a cold-start Stage A and the sweeps keep `pretrain_steps`.
+    # `cpu`: 500 — on DSB nuclei the anchored Stage A scored 0.78 at 150 steps, under Otsu's threshold
+    # (0.82), and about 0.88 at 500 (docs/method.md).
     pretrain_job_steps: int = 0
     cold_start_pretrain: bool = False
     pretrain_tau: float = 1.0
