@@ -357,7 +357,7 @@ def distill(dataset: Path, rule: str, seed: int, steps: int | None, out: Path) -
     ds = DatasetFolder(dataset)
     ids = ds.train_ids
     channels = dataset_channels(ds, ids)
-    norm = dataset_statistics((ds.load_image(i) for i in ids), channels)
+    norm = _normalization(ds, ids, channels, "dataset")
     raws = [ds.load_image(i) for i in ids]
     targets = [DISTILL[rule](r, channels) for r in raws]
     if any(t is None for t in targets):

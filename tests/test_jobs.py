@@ -83,6 +83,7 @@ def test_a_label_free_model_proposes_in_one_step_unless_asked(monkeypatch, proje
         return 0.3, 2
 
     monkeypatch.setattr(jobs, "fit_temperature", fit)
+    monkeypatch.setattr(jobs, "is_dark_field", lambda x: True)  # as fluorescence: an anchor to fit to
     assert _run(project, "pretrain")[1] == "done"
     with Project.open(project) as p:
         metrics = p.active_model().metrics

@@ -41,7 +41,7 @@ from ..core.inference import predict_probs, propose
 from ..core.instance_metrics import class_matching, instance_metrics, summarize_instances
 from ..core.instance_tuning import tune_watershed
 from ..core.instances import Watershed, classify_objects, instances_to_target, probs_to_instances
-from ..core.label_free import fit_temperature, is_dark_field
+from ..core.label_free import anchor_applies, fit_temperature, is_dark_field
 from ..core.metrics import dice_per_class, mean_per_class, segmentation_metrics, summarize
 from ..core.models import ModelBundle, ModelSpec, load_bundle, preprocess, save_bundle
 from ..core.pipeline import run_stages
@@ -435,10 +435,8 @@ def _pretrain(
     # the job's own length (pretrain_job_steps) is for learning a threshold's split; without one to learn
     # (no dark-field image, a multiclass project, the anchor off) more steps bought nothing: GlaS scored
     # 0.509 at 150 steps and at 500 (benchmarks/results/stage_a/glas)
-    anchored = (
-        preset.pretrain_split_weight > 0
-        and (project.task.num_classes == 2 or instances)
-        and any(is_dark_field(x) for x in images)
+    anchored = anchor_applies(preset.pretrain_split_weight, project.task.num_classes, instances) and any(
+        is_dark_field(x) for x in images
     )
     steps = preset.label_free_steps() if anchored else preset.pretrain_steps
     if steps != preset.label_free_steps():
@@ -464,7 +462,7 @@ def _pretrain(
     )
     # the proposals' temperature, fitted to the anchor Stage A learned from (core.label_free.fit_temperature)
     temperature, calibrated = 1.0, 0
-    if preset.pretrain_split_weight > 0 and (bundle.diffusion().num_classes == 2 or instances):
+    if anchored:
         cancel.raise_if_cancelled("calibration")
         temperature, calibrated = fit_temperature(
             bundle,

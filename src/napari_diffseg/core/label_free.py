@@ -29,6 +29,13 @@ TEMPERATURES = (1.0, 0.7, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1)
 CALIBRATION_PIXELS = 200_000
 
 
+def anchor_applies(split_weight: float, num_classes: int, instances: bool) -> bool:
+    """Does Stage A take an anchor in this project (before looking at its images)? The anchor is on
+    (``pretrain_split_weight > 0``) and the project is binary or of instances: a multiclass project's
+    classes are not a threshold's split."""
+    return split_weight > 0 and (num_classes == 2 or instances)
+
+
 def is_dark_field(x: torch.Tensor) -> bool:
     """Is most of this ``(C, H, W)`` image dark background, with bright objects (fluorescence)? Its
     channel-mean's median lies in the lowest quarter of the range between its 1st and 99th percentiles.

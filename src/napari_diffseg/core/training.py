@@ -38,6 +38,7 @@ from .checkpoint import load_training_state, save_training_state, saved_module_n
 from .device import autocast
 from .diffusion import MaskDiffusion, SamplerConfig, normalized_entropy
 from .inference import propose
+from .label_free import anchor_applies, anchor_split
 from .models import ModelBundle
 from .validation import Validator, ValSet, mean_dice
 
@@ -435,9 +436,7 @@ def pretrain_teacher(
     t_lo = min(diff.T - 1, int(preset.pretrain_t_min_frac * diff.T))  # high noise: the mask must help
     min_share = preset.pretrain_min_class_share
     fields = [list(images)]
-    if preset.pretrain_split_weight > 0 and (k == 2 or instances):  # a multiclass split is not a threshold's
-        from .label_free import anchor_split
-
+    if anchor_applies(preset.pretrain_split_weight, k, instances):
         splits = [anchor_split(im, instances) for im in images]
         if any(sp is not None for sp in splits):  # an image without one takes no part in the anchor
             fields.append(
