@@ -57,6 +57,7 @@ OLD = {
     "pretrain_class_var_weight": 0.0,
     "pretrain_min_class_share": 0.0,
     "pretrain_split_weight": 0.0,
+    "pretrain_smooth_weight": 0.0,
 }
 VARIANTS: dict[str, dict] = {
     "current": OLD,
@@ -79,6 +80,10 @@ VARIANTS: dict[str, dict] = {
     # the anchor weighted more: does Stage A reach its split within the `cpu` preset's 150 steps?
     "split3": {**OLD, "pretrain_split_weight": 3.0},
     "split10": {**OLD, "pretrain_split_weight": 10.0},
+    # split10 with the mask's spatial continuity (``pretrain_smooth_weight``): on GlaS split10 drew a
+    # checkerboard
+    "split10smooth1": {**OLD, "pretrain_split_weight": 10.0, "pretrain_smooth_weight": 1.0},
+    "split10smooth0.3": {**OLD, "pretrain_split_weight": 10.0, "pretrain_smooth_weight": 0.3},
 }
 
 

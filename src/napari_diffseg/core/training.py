@@ -48,6 +48,7 @@ __all__ = [
     "nonfinite_weights",
     "pretrain_teacher",
     "rampup",
+    "spatial_variation",
     "train_baseline",
     "train_teacher",
 ]
@@ -390,6 +391,15 @@ def class_variance(x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     return (w * d2).sum(dim=1).mean()
 
 
+def spatial_variation(probs: torch.Tensor) -> torch.Tensor:
+    """The mean absolute difference of ``probs`` ``(B, K, H, W)`` between vertically and between horizontally
+    neighbouring pixels, summed over the classes and halved: 0 for a constant map, 1 for a hard
+    checkerboard, about the share of pixels on a boundary for a hard mask of blobs."""
+    dy = (probs[:, :, 1:] - probs[:, :, :-1]).abs().sum(1).mean()
+    dx = (probs[..., 1:] - probs[..., :-1]).abs().sum(1).mean()
+    return (dy + dx) / 4
+
+
 def pretrain_teacher(
     bundle: ModelBundle,
     images: Sequence[torch.Tensor],
@@ -475,6 +485,10 @@ def pretrain_teacher(
             cvar = class_variance(x, probs)
             terms["class_variance"] = cvar
             terms["loss"] = loss = loss + preset.pretrain_class_var_weight * cvar
+        if preset.pretrain_smooth_weight > 0:
+            smooth = spatial_variation(probs)
+            terms["smoothness"] = smooth
+            terms["loss"] = loss = loss + preset.pretrain_smooth_weight * smooth
         if split:
             target = split[0].to(device).long()
             known = int((target >= 0).sum())
