@@ -84,6 +84,8 @@ VARIANTS: dict[str, dict] = {
     # checkerboard
     "split10smooth1": {**OLD, "pretrain_split_weight": 10.0, "pretrain_smooth_weight": 1.0},
     "split10smooth0.3": {**OLD, "pretrain_split_weight": 10.0, "pretrain_smooth_weight": 0.3},
+    "split10smooth3": {**OLD, "pretrain_split_weight": 10.0, "pretrain_smooth_weight": 3.0},
+    "split10smooth10": {**OLD, "pretrain_split_weight": 10.0, "pretrain_smooth_weight": 10.0},
 }
 
 
