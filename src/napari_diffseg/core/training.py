@@ -391,13 +391,15 @@ def class_variance(x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     return (w * d2).sum(dim=1).mean()
 
 
-def spatial_variation(probs: torch.Tensor) -> torch.Tensor:
+def spatial_variation(probs: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
     """The mean absolute difference of ``probs`` ``(B, K, H, W)`` between vertically and between horizontally
     neighbouring pixels, summed over the classes and halved: 0 for a constant map, 1 for a hard
-    checkerboard, about the share of pixels on a boundary for a hard mask of blobs."""
-    dy = (probs[:, :, 1:] - probs[:, :, :-1]).abs().sum(1).mean()
-    dx = (probs[..., 1:] - probs[..., :-1]).abs().sum(1).mean()
-    return (dy + dx) / 4
+    checkerboard, about the share of pixels on a boundary for a hard mask of blobs (one value per sample
+    with ``per_sample``)."""
+    dy = (probs[:, :, 1:] - probs[:, :, :-1]).abs().sum(1).flatten(1).mean(1)
+    dx = (probs[..., 1:] - probs[..., :-1]).abs().sum(1).flatten(1).mean(1)
+    v = (dy + dx) / 4
+    return v if per_sample else v.mean()
 
 
 def pretrain_teacher(
@@ -485,12 +487,15 @@ def pretrain_teacher(
             cvar = class_variance(x, probs)
             terms["class_variance"] = cvar
             terms["loss"] = loss = loss + preset.pretrain_class_var_weight * cvar
-        if preset.pretrain_smooth_weight > 0:
-            smooth = spatial_variation(probs)
+        target = split[0].to(device).long() if split else None
+        if preset.pretrain_smooth_weight > 0:  # on the patches the anchor does not tie to the image
+            free = (
+                (target < 0).flatten(1).all(1).float() if target is not None else torch.ones(b, device=device)
+            )
+            smooth = (spatial_variation(probs, per_sample=True) * free).sum() / free.sum().clamp(min=1)
             terms["smoothness"] = smooth
             terms["loss"] = loss = loss + preset.pretrain_smooth_weight * smooth
-        if split:
-            target = split[0].to(device).long()
+        if target is not None:
             known = int((target >= 0).sum())
             anchor = F.cross_entropy(logits.float(), target, ignore_index=-1, reduction="sum") / max(known, 1)
             terms["split"] = anchor
