@@ -84,6 +84,13 @@ VARIANTS: dict[str, dict] = {
     # checkerboard
     "split10smooth1": {**OLD, "pretrain_split_weight": 10.0, "pretrain_smooth_weight": 1.0},
     "split10smooth0.3": {**OLD, "pretrain_split_weight": 10.0, "pretrain_smooth_weight": 0.3},
+    "x0kmeanssmooth1": {
+        "pretrain_predict_x0": True,
+        "pretrain_class_var_weight": 1.0,
+        "pretrain_min_class_share": 0.05,
+        "pretrain_split_weight": 10.0,
+        "pretrain_smooth_weight": 1.0,
+    },
     "split10smooth3": {**OLD, "pretrain_split_weight": 10.0, "pretrain_smooth_weight": 3.0},
     "split10smooth10": {**OLD, "pretrain_split_weight": 10.0, "pretrain_smooth_weight": 10.0},
 }
