@@ -81,7 +81,12 @@ ARMS: dict[str, tuple[str, dict]] = {
     # each arm what its JSONs measured.
     "diffseg": (
         "diffseg",
-        {"cold_start_pretrain": True, "reference_fallback": False, "pretrain_split_weight": 0.0},
+        {
+            "cold_start_pretrain": True,
+            "reference_fallback": False,
+            "pretrain_split_weight": 0.0,
+            "pretrain_smooth_weight": 0.0,
+        },
     ),
     "supervised": ("supervised", {}),
     "cps": ("cps", {}),
@@ -128,7 +133,12 @@ ARMS: dict[str, tuple[str, dict]] = {
     # start help where the labels are fewest (DSB nuclei 5 %: two labeled images)?
     "diffseg-As": (
         "diffseg",
-        {"cold_start_pretrain": True, "pretrain_split_weight": 1.0, "reference_fallback": True},
+        {
+            "cold_start_pretrain": True,
+            "pretrain_split_weight": 1.0,
+            "pretrain_smooth_weight": 0.0,
+            "reference_fallback": True,
+        },
     ),
     # the long budget (issue 14, a probe): every method's students up to 1,500 steps (3x the `cpu` preset's
     # 500), stopped after 10 validation checks (500 steps) without a gain, the best check kept. At 500 steps

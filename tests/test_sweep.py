@@ -37,13 +37,18 @@ def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
     # the paper's recipe: Stage A as its JSONs measured it, without the split anchor
     assert arms["diffseg"] == (
         "diffseg",
-        {"cold_start_pretrain": True, **fb_off, "pretrain_split_weight": 0.0},
+        {"cold_start_pretrain": True, **fb_off, "pretrain_split_weight": 0.0, "pretrain_smooth_weight": 0.0},
     )
     assert arms["diffseg-noA"] == ("diffseg", {"pretrain_steps": 0, **fb_off})  # Stage A off, no fallback
     # the default with the anchored Stage A first (the anchor pinned on, whatever the default becomes)
     assert arms["diffseg-As"] == (
         "diffseg",
-        {"cold_start_pretrain": True, "pretrain_split_weight": 1.0, "reference_fallback": True},
+        {
+            "cold_start_pretrain": True,
+            "pretrain_split_weight": 1.0,
+            "pretrain_smooth_weight": 0.0,
+            "reference_fallback": True,
+        },
     )
     assert sweep.ABLATES["diffseg-As"] == ("diffseg-fb", "diffseg")
     assert sweep.ABLATES["diffseg-noA"] == ("diffseg",)  # Stage A's contribution

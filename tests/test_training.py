@@ -394,7 +394,8 @@ def test_the_split_anchor_teaches_the_default_stage_a_the_split() -> None:
     side. Dropping the anchor term from the loss fails this test."""
     lf = _stage_a_label_free(pretrain_split_weight=1.0)
     assert lf["teacher_dice"] > lf["all_foreground_dice"] + 0.2 and lf["teacher_dice"] > 0.95, lf
-    assert _stage_a_label_free(pretrain_split_weight=0.0)["teacher_dice"] < 0.8
+    # without the anchor (nor the smoothness term, which on these clean squares finds the split as well)
+    assert _stage_a_label_free(pretrain_split_weight=0.0, pretrain_smooth_weight=0.0)["teacher_dice"] < 0.8
 
 
 def test_the_split_anchor_leaves_bright_field_images_alone() -> None:
