@@ -26,7 +26,7 @@ from napari_diffseg.base.cost import (
     windowed_pixels,
 )
 from napari_diffseg.base.presets import get_preset
-from napari_diffseg.review import JobHistory
+from napari_diffseg.review import JobHistory, cost_text
 
 
 @dataclass
@@ -278,7 +278,7 @@ def test_one_loop_key_in_two_phases_is_two_losses() -> None:
 
 
 def test_the_suggested_job_and_the_cost_line() -> None:
-    from napari_diffseg.review import cost_text, suggested_kind
+    from napari_diffseg.review import suggested_kind
 
     fresh = [Img("a", "a", 256, 256), Img("b", "b", 256, 256)]
     annotated = [Img("a", "a", 256, 256, "corrected"), Img("b", "b", 256, 256)]
@@ -356,3 +356,11 @@ def test_the_pretrain_jobs_own_length() -> None:
     assert plan.phases[1].key == "pretrain" and plan.phases[1].units == 500
     assert plan.phases[1].seconds == pytest.approx(500 * STEP_SECONDS["cpu"]["pretrain"])
     assert job_plan("pretrain", asked, imgs).phases[1].units == 40
+    # a plan cannot see pixels: it says what a project without a dark-field image gets (150 steps)
+    short = format_seconds(150 * STEP_SECONDS["cpu"]["pretrain"])
+    assert plan.notes == (
+        f"at most: without a dark-field (fluorescence) image it runs 150 steps, not 500, and pretraining "
+        f"takes about {short}",
+    )
+    assert job_plan("pretrain", asked, imgs).notes == ()  # one length: nothing to say
+    assert f"and pretraining takes about {short})." in cost_text(plan, imgs, has_model=False, speed=None)

@@ -305,3 +305,15 @@ def test_the_pretrain_job_runs_the_presets_label_free_length(monkeypatch, projec
             logs = [e.data.get("message", "") for e in p.events(job)]
         assert config["config"]["preset"]["pretrain_steps"] == steps
         assert any("no image to anchor Stage A to" in m for m in logs) == (not dark)
+        assert any("annotate two or three images and co-train" in m for m in logs) == (not dark)
+    # one length either way (the tiny preset's own): no word on steps, but the advice all the same
+    with Project.open(project) as p:
+        job = start_job(p, "pretrain", {"preset": "tiny"})
+    assert execute_job(project, job) == "done" and seen[-1] == 3
+    with Project.open(project) as p:
+        said = [
+            e.data.get("message", "")
+            for e in p.events(job)
+            if "no image to anchor" in e.data.get("message", "")
+        ]
+    assert len(said) == 1 and "steps, not" not in said[0] and "annotate two or three images" in said[0]

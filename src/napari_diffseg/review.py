@@ -845,6 +845,8 @@ def cost_text(
         f"about {format_seconds(plan.seconds * factor)} for {plan.images} image(s){sizes}: "
         f"{plan.breakdown(factor)} — {where}."
     )
+    if plan.notes:
+        text = text[:-1] + f" ({'; '.join(plan.notes)})."
     if kind == "pretrain" and first_proposal is not None and first_proposal.images:
         # what a person waits for is a proposal on screen: pretraining, then the first image's proposal
         text += (

@@ -345,13 +345,19 @@ def job_plan(
     if kind == "pretrain":
         steps = pr.label_free_steps()
         phases.append(Phase("pretrain", 0, steps, steps * step_s["pretrain"], "label-free pretraining"))
+        pre_notes: tuple[str, ...] = ()
+        if steps != pr.pretrain_steps:  # the job's length depends on pixels a plan does not see
+            pre_notes = (
+                f"at most: without a dark-field (fluorescence) image it runs {pr.pretrain_steps} steps, not "
+                f"{steps}, and pretraining takes about {format_seconds(pr.pretrain_steps * step_s['pretrain'])}",
+            )
         if pr.pretrain_split_weight > 0 and train:  # at most: only images with an anchor are read
             n = min(CALIBRATION_IMAGES, len(train))
             mean_area = sum(area(im) for im in train) / len(train)
             phases.append(
                 Phase("calibration", 0, n, n * mean_area * eval_s["teacher"], "its proposals' temperature")
             )
-        return Plan(kind, tuple(phases), len(train), _sizes(train))
+        return Plan(kind, tuple(phases), len(train), _sizes(train), pre_notes)
     if kind != "cotrain":
         raise ValueError(f"no plan for a {kind!r} job")
     labeled = [im for im in train if im.state in ANNOTATED]
