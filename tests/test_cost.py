@@ -363,4 +363,8 @@ def test_the_pretrain_jobs_own_length() -> None:
         f"takes about {short}",
     )
     assert job_plan("pretrain", asked, imgs).notes == ()  # one length: nothing to say
-    assert f"and pretraining takes about {short})." in cost_text(plan, imgs, has_model=False, speed=None)
+    assert "quiet CPU core; a busy machine is slower" in cost_text(plan, imgs, has_model=False, speed=None)
+    assert cost_text(plan, imgs, has_model=False, speed=None).endswith(
+        f"). At most: without a dark-field (fluorescence) image it runs 150 steps, not 500, and pretraining "
+        f"takes about {short}."
+    )

@@ -845,8 +845,8 @@ def cost_text(
         f"about {format_seconds(plan.seconds * factor)} for {plan.images} image(s){sizes}: "
         f"{plan.breakdown(factor)} — {where}."
     )
-    if plan.notes:
-        text = text[:-1] + f" ({'; '.join(plan.notes)})."
+    for note in plan.notes:  # what the plan cannot know, e.g. whether the images give Stage A an anchor
+        text += f" {note[:1].upper()}{note[1:]}."
     if kind == "pretrain" and first_proposal is not None and first_proposal.images:
         # what a person waits for is a proposal on screen: pretraining, then the first image's proposal
         text += (
