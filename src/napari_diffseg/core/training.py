@@ -423,7 +423,8 @@ def pretrain_teacher(
     patch on dark-field images (:func:`~napari_diffseg.core.label_free.anchor_split`, class 1 the brighter
     side; with ``instances``, an instance project's 3-class target of its pieces); images without one, every
     image of a bright-field set, and a multiclass project (more than two classes, not ``instances``) train
-    as without it.
+    as without it. On the patches without an anchor the mask's :func:`spatial_variation` is added
+    (``pretrain_smooth_weight``): without it the 50/50 prior is met by a checkerboard.
     """
     if not images:
         raise ConfigError("pretraining needs at least one image")
