@@ -398,6 +398,14 @@ def test_the_split_anchor_teaches_the_default_stage_a_the_split() -> None:
     assert _stage_a_label_free(pretrain_split_weight=0.0, pretrain_smooth_weight=0.0)["teacher_dice"] < 0.8
 
 
+def _weights_after_stage_a(images: list[torch.Tensor], **overrides) -> dict:
+    """The weights of a binary bundle after 5 Stage A steps of the tiny preset with ``overrides``."""
+    pr = get_preset("tiny").with_overrides(pretrain_steps=5, batch_size=2, **overrides)
+    b = _bundle()
+    _run(pretrain_teacher(b, images, pr, generator=torch.Generator().manual_seed(0), device=CPU))
+    return _weights(b)
+
+
 def test_the_split_anchor_leaves_bright_field_images_alone() -> None:
     """On bright-field images (here the separable images inverted: dark objects on a bright background)
     the bright side is not the objects, no anchor is set, and Stage A trains exactly as without it."""
@@ -407,13 +415,8 @@ def test_the_split_anchor_leaves_bright_field_images_alone() -> None:
     assert all(is_dark_field(x) for x in imgs) and anchor_split(imgs[0]) is not None
     inverted = [-x for x in imgs]
     assert not any(is_dark_field(x) for x in inverted) and anchor_split(inverted[0]) is None
-    weights = []
-    for w in (0.0, 1.0):
-        pr = get_preset("tiny").with_overrides(pretrain_steps=5, batch_size=2, pretrain_split_weight=w)
-        b = _bundle()
-        _run(pretrain_teacher(b, inverted, pr, generator=torch.Generator().manual_seed(0), device=CPU))
-        weights.append(_weights(b))
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    without, anchored = (_weights_after_stage_a(inverted, pretrain_split_weight=w) for w in (0.0, 1.0))
+    assert all(torch.equal(without[k], anchored[k]) for k in without)
 
 
 def test_spatial_variation_is_one_on_a_checkerboard_and_the_boundary_share_on_blobs() -> None:
@@ -480,13 +483,8 @@ def test_the_smoothness_term_leaves_anchored_patches_alone() -> None:
     on bright-field images it changes the weights."""
     imgs, _ = _separable(3, seed=0)
     for field, same in ((imgs, True), ([-x for x in imgs], False)):
-        weights = []
-        for w in (0.0, 1.0):
-            pr = get_preset("tiny").with_overrides(pretrain_steps=5, batch_size=2, pretrain_smooth_weight=w)
-            b = _bundle()
-            _run(pretrain_teacher(b, field, pr, generator=torch.Generator().manual_seed(0), device=CPU))
-            weights.append(_weights(b))
-        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]) is same
+        rough, smooth = (_weights_after_stage_a(field, pretrain_smooth_weight=w) for w in (0.0, 1.0))
+        assert all(torch.equal(rough[k], smooth[k]) for k in rough) is same
 
 
 def test_the_split_anchor_of_an_instance_project_has_rims_and_a_multiclass_one_has_none() -> None:
