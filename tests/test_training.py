@@ -487,6 +487,27 @@ def test_the_smoothness_term_leaves_anchored_patches_alone() -> None:
         assert all(torch.equal(rough[k], smooth[k]) for k in rough) is same
 
 
+def test_every_stage_a_loss_has_a_plain_name_in_the_teachers_plot() -> None:
+    """What the Train widget draws: each term Stage A reports (every option on, on a set with and one
+    without an anchor) has a plain name in the teacher's group, not its loop key."""
+    from napari_diffseg.review import loss_name
+
+    imgs, _ = _separable(2, seed=0)
+    keys = set()
+    for field in (imgs, [-x for x in imgs]):
+        pr = get_preset("tiny").with_overrides(pretrain_steps=1, batch_size=2, pretrain_class_var_weight=1.0)
+        events = list(
+            pretrain_teacher(_bundle(), field, pr, generator=torch.Generator().manual_seed(0), device=CPU)
+        )
+        keys |= {k for e in events if e.kind == "progress" for k in e.losses}
+    assert {"split", "smoothness", "class_variance", "reconstruction"} <= keys
+    for key in keys - {"loss"}:
+        group, name = loss_name("pretrain", key)
+        assert group == "teacher" and name.startswith("label-free: "), (
+            key
+        )  # unknown: ("total", "pretrain: key")
+
+
 def test_the_split_anchor_of_an_instance_project_has_rims_and_a_multiclass_one_has_none() -> None:
     """An instance project's anchor is the 3-class target of the split's pieces (background, interior, an
     inner rim); a multiclass project's classes are not a threshold's split, so it gets no anchor at all."""

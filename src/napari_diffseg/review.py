@@ -446,6 +446,7 @@ _LOSS_NAMES: dict[tuple[str, str], tuple[str, str]] = {
     ("pretrain", "pixel_entropy"): ("teacher", "label-free: indecision"),
     ("pretrain", "class_variance"): ("teacher", "label-free: image within each class"),
     ("pretrain", "split"): ("teacher", "label-free: a threshold's split (fluorescence)"),
+    ("pretrain", "smoothness"): ("teacher", "label-free: ragged mask (no split to follow)"),
     ("teacher", "loss"): ("teacher", "labelled masks"),
     ("cotrain", "loss"): ("total", "co-training"),
     ("cotrain", "sup"): ("students", "labelled images"),
