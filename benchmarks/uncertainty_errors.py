@@ -161,9 +161,7 @@ def run(
 
 def _changed(res: dict) -> str:
     """`` (key=value, …)``: the overrides a result ran with beyond the demo's budget of today (empty: none)."""
-    extra = {
-        k: v for k, v in res.get("overrides", {}).items() if OVERRIDES.get(k, v) != v or k not in OVERRIDES
-    }
+    extra = {k: v for k, v in res.get("overrides", {}).items() if k not in OVERRIDES or OVERRIDES[k] != v}
     return f" ({', '.join(f'{k}={v}' for k, v in sorted(extra.items()))})" if extra else ""
 
 

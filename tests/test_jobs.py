@@ -307,6 +307,7 @@ def test_the_pretrain_job_runs_the_presets_label_free_length(monkeypatch, projec
         assert any("no image to anchor Stage A to" in m for m in logs) == (not dark)
         assert any("annotate two or three images and co-train" in m for m in logs) == (not dark)
     # one length either way (the tiny preset's own): no word on steps, but the advice all the same
+    monkeypatch.setattr(jobs, "is_dark_field", lambda x: False)
     with Project.open(project) as p:
         job = start_job(p, "pretrain", {"preset": "tiny"})
     assert execute_job(project, job) == "done" and seen[-1] == 3
