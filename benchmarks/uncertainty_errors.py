@@ -86,6 +86,10 @@ def run(
     eval_ids = sorted(ds.ids_in_split("test"))
     eval_ids = sorted(rng.choice(eval_ids, size=min(n_eval, len(eval_ids)), replace=False).tolist())
     root = work / f"{dataset}-s{seed}"
+    from napari_diffseg.base.presets import get_preset
+    from napari_diffseg.experiment import git_state, provenance
+
+    started = git_state()  # the code this run executes, whatever is committed while it runs
     result: dict = {
         "dataset": dataset,
         "seed": seed,
@@ -143,6 +147,7 @@ def run(
             flush=True,
         )
 
+    result["provenance"] = provenance(get_preset("cpu").parse_overrides(overrides), "cpu", started=started)
     job("pretrain", {"overrides": overrides})
     score("round 0 (label-free)")
     unlabeled = [i for i in train_ids if i not in labeled]
@@ -163,6 +168,49 @@ def _changed(res: dict) -> str:
     """`` (key=value, …)``: the overrides a result ran with beyond the demo's budget of today (empty: none)."""
     extra = {k: v for k, v in res.get("overrides", {}).items() if k not in OVERRIDES or OVERRIDES[k] != v}
     return f" ({', '.join(f'{k}={v}' for k, v in sorted(extra.items()))})" if extra else ""
+
+
+def _label(res: dict) -> str:
+    """The dataset, the overrides it ran with (:func:`_changed`) and its seed where not 0."""
+    return f"{res['dataset']}{_changed(res)}" + (f", seed {res['seed']}" if res.get("seed") else "")
+
+
+def _over_seeds(results: list[dict]) -> list[str]:
+    """Rows of mean ± sample std (ddof = 1) over seeds, for each dataset and overrides run on two seeds or
+    more: proposal Dice, pixels wrong, AUROC per round."""
+    import numpy as np
+
+    groups: dict[str, list[dict]] = {}
+    for res in results:
+        groups.setdefault(f"{res['dataset']}{_changed(res)}", []).append(res)
+    rows = []
+    for name, group in groups.items():
+        if len(group) < 2:
+            continue
+        seeds = ", ".join(str(r.get("seed", 0)) for r in group)
+        for label in group[0]["rounds"]:
+            runs = [r["rounds"][label] for r in group if label in r["rounds"]]
+            dice = [float(np.mean(d["proposal_dice"])) for d in runs]
+            wrong = [100 * d["error_rate"] for d in runs]
+            auroc = [d["auroc"] for d in runs]
+            rows.append(
+                f"| {name} | {label} | {seeds} | "
+                + " | ".join(
+                    f"{np.mean(v):.{n}f} ± {np.std(v, ddof=1):.{n}f}"
+                    for v, n in ((dice, 3), (wrong, 1), (auroc, 3))
+                )
+                + " |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "Over seeds (mean ± sample std; each seed draws its own training, labeled and held-out images):",
+        "",
+        "| dataset | model | seeds | proposal Dice | pixels wrong (%) | AUROC |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def report(out: Path) -> None:
@@ -187,17 +235,23 @@ def report(out: Path) -> None:
         "| dataset | model | images | proposal Dice (mean) | pixels wrong | AUROC | area (best) | at 0.5 bit: coloured / errors in it | flat maps |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.6), squeeze=False)
-    for ax, res in zip(axes.flat, results, strict=False):
-        ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="random order")
+    shown = [r for r in results if not r.get("seed")]  # the figure: seed 0 of each dataset and overrides
+    fig, axes = plt.subplots(1, max(len(shown), 1), figsize=(5.2 * max(len(shown), 1), 4.6), squeeze=False)
+    panel = {id(r): ax for r, ax in zip(shown, axes.flat, strict=False)}
+    for res in results:
+        ax = panel.get(id(res))
+        if ax is not None:
+            ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="random order")
         for style, (label, d) in zip(("-", "-.", ":", "--"), res["rounds"].items(), strict=False):
             at = d["at_threshold"]["0.5"]
             dice = sum(d["proposal_dice"]) / len(d["proposal_dice"])
             lines.append(
-                f"| {res['dataset']}{_changed(res)} | {label} | {len(res['held_out'])} | {dice:.3f} | {100 * d['error_rate']:.1f} % | "
+                f"| {_label(res)} | {label} | {len(res['held_out'])} | {dice:.3f} | {100 * d['error_rate']:.1f} % | "
                 f"{d['auroc']:.3f} | {d['area']:.3f} ({1 - d['error_rate'] / 2:.3f}) | "
                 f"{100 * at[0]:.1f} % / {100 * at[1]:.1f} % | {d['flat_maps']}/{len(res['held_out'])} |"
             )
+            if ax is None:
+                continue
             ax.plot(
                 d["curve"]["inspected"],
                 d["curve"]["found"],
@@ -207,7 +261,9 @@ def report(out: Path) -> None:
                 label=f"{label}: AUROC {d['auroc']:.2f}",
             )
             ax.plot([at[0]], [at[1]], "o", color="black", mfc="white" if style != "-" else "black")
-        ax.set_title(f"{res['dataset']}{_changed(res)}: {len(res['held_out'])} held-out images", fontsize=10)
+        if ax is None:
+            continue
+        ax.set_title(f"{_label(res)}: {len(res['held_out'])} held-out images", fontsize=10)
         ax.set_xlabel("share of pixels inspected, most uncertain first")
         ax.set_ylabel("share of wrong pixels found")
         ax.legend(fontsize=8, loc="lower right")
@@ -215,8 +271,9 @@ def report(out: Path) -> None:
     fig.savefig(out / "errors.png", dpi=96)
     machines = sorted({r["machine"] for r in results})
     seconds = "; ".join(
-        f"{r['dataset']}: " + ", ".join(f"{k} {v:.0f} s" for k, v in r["seconds"].items()) for r in results
+        f"{_label(r)}: " + ", ".join(f"{k} {v:.0f} s" for k, v in r["seconds"].items()) for r in results
     )
+    lines += _over_seeds(results)
     lines += [
         "",
         f"Machine: {', '.join(machines)}; one torch thread; seconds (wall, on a shared, busy machine): {seconds}.",
@@ -267,7 +324,9 @@ def main() -> None:
             args.b,
             extra,
         )
-        suffix = "".join(f"_{k}={v}" for k, v in sorted(extra.items()))
+        suffix = "".join(f"_{k}={v}" for k, v in sorted(extra.items())) + (
+            f"_s{args.seed}" if args.seed else ""
+        )
         (args.out / f"{args.dataset}{suffix}.json").write_text(json.dumps(res, indent=1) + "\n")
     report(args.out)
 
