@@ -15,7 +15,10 @@ detector of the proposal's wrong pixels: AUROC, the error-detection curve and it
 Annotate widget's default threshold (0.5 bit) colours. :func:`~napari_diffseg.base.uncertainty.summarize_map`
 says on how many images the widget would call the map flat.
 
-Results: ``benchmarks/results/uncertainty/<dataset>.json``, ``summary.md`` and ``errors.png``. The working
+Results: ``benchmarks/results/uncertainty/<dataset>[_<key>=<value>][_s<seed>].json`` (``--set`` overrides,
+a seed other than 0; each with its ``provenance``: commit, dirty flag, resolved preset, versions),
+``summary.md`` (a row per file, then mean ± sample std over the seeds of each dataset and overrides) and
+``errors.png`` (seed 0). The working
 project goes to ``--work`` (default: a temp folder), never into the repository; the data are read from
 ``../shared/data`` and never copied into the repository.
 """
