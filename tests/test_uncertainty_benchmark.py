@@ -1,5 +1,5 @@
 """benchmarks/uncertainty_errors.py's report: one row per result file, seeds named, and the mean and sample
-std over seeds of the same dataset and overrides (the run itself needs ../shared/data and minutes)."""
+std over seeds of the same dataset and overrides (the run itself needs a real dataset and minutes)."""
 
 from __future__ import annotations
 
