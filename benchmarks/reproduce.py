@@ -2,11 +2,13 @@
 
     python benchmarks/reproduce.py --data ../shared/data glas/supervised_f0.05_s0 drive/cps_f0.05_s0
     python benchmarks/reproduce.py --report-only
+    python benchmarks/reproduce.py --out benchmarks/results/reproduce-<commit> ...   # a later round of re-runs
 
 Each argument names a result of ``benchmarks/results/evidence/`` (``<folder>/<arm>_f<fraction>_s<seed>``,
 binary runs). It is run again by :func:`sweep.run_one` — the same `diffseg experiment` command, arm and
-seed — with the code of the working tree, into ``benchmarks/results/reproduce/<folder>/``; a re-run whose
-JSON exists is not run again (the script resumes). The report compares each pair: the commit and
+seed — with the code of the working tree, into ``benchmarks/results/reproduce/<folder>/`` (or ``--out``'s
+``<folder>/``: each round of re-runs at a later commit keeps its own folder and ``summary.md``); a re-run
+whose JSON exists is not run again (the script resumes). The report compares each pair: the commit and
 processor of both runs, the mean test Dice of both and the largest per-image difference, and whether the
 validation checks (the step and Dice of every check, hence the kept weights) are the same.
 
@@ -56,7 +58,7 @@ def dataset_for(folder: str, data: Path, views: Path) -> Path:
     )
 
 
-def rerun(spec: str, data: Path, views: Path, threads: int) -> Path:
+def rerun(spec: str, data: Path, views: Path, threads: int, out_root: Path = OUT) -> Path:
     folder, _, stem = spec.removesuffix(".json").partition("/")
     m = NAME.match(stem)
     if not m or not (sweep.RESULTS / folder / f"{stem}.json").exists():
@@ -66,7 +68,7 @@ def rerun(spec: str, data: Path, views: Path, threads: int) -> Path:
     original = json.loads((sweep.RESULTS / folder / f"{stem}.json").read_text())
     if original.get("task", "binary") != "binary":
         raise SystemExit(f"{spec}: only binary runs are re-run here")
-    out = OUT / folder
+    out = out_root / folder
     out.mkdir(parents=True, exist_ok=True)
     target = sweep.result_path(out, m["arm"], float(m["fraction"]), int(m["seed"]))
     if not target.exists():
@@ -118,7 +120,7 @@ def compare(original: dict, again: dict) -> dict:
     }
 
 
-def report() -> str:
+def report(out_root: Path = OUT) -> str:
     lines = [
         "## Evidence JSONs re-run with later code (`benchmarks/reproduce.py`)",
         "",
@@ -126,7 +128,7 @@ def report() -> str:
         "| same validation checks | deployed (fallback runs) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for p in sorted(OUT.glob("*/*.json")):
+    for p in sorted(out_root.glob("*/*.json")):
         c = compare(
             json.loads((sweep.RESULTS / p.parent.name / p.name).read_text()), json.loads(p.read_text())
         )
@@ -145,6 +147,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--views", type=Path, default=Path(tempfile.gettempdir()) / "diffseg-views")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the evidence runs used 1)")
+    ap.add_argument(
+        "--out", type=Path, default=OUT, help="where the re-runs and summary.md go (default %(default)s)"
+    )
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     if not args.report_only:
@@ -152,10 +157,10 @@ def main() -> None:
         if dirty:
             print(f"note: the working tree differs from {commit[:7]}; the re-runs record it as dirty")
         for spec in args.results:
-            print(spec, "->", rerun(spec, args.data, args.views, args.threads), flush=True)
-    text = report()
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "summary.md").write_text(text + "\n")
+            print(spec, "->", rerun(spec, args.data, args.views, args.threads, args.out), flush=True)
+    text = report(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.md").write_text(text + "\n")
     print(text)
 
 

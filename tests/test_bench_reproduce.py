@@ -75,6 +75,24 @@ def test_rerun_refuses_what_is_not_an_evidence_result(tmp_path: Path) -> None:
         reproduce.rerun("glas/supervised", tmp_path, tmp_path, 1)
 
 
+def test_report_reads_the_round_of_re_runs_it_is_given(tmp_path: Path) -> None:
+    """--out keeps a later round of re-runs apart; its report pairs each with the evidence JSON it re-ran."""
+    import json
+
+    original = reproduce.sweep.RESULTS / "glas" / "supervised_f0.05_s0.json"
+    run = json.loads(original.read_text())
+    again = copy.deepcopy(run)
+    again["provenance"] = dict(run["provenance"], commit="c" * 40, dirty=False)
+    again["test"]["per_image"][0]["dice"] += 0.25
+    (tmp_path / "glas").mkdir()
+    (tmp_path / "glas" / original.name).write_text(json.dumps(again))
+    text = reproduce.report(tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| glas/")]
+    assert len(rows) == 1 and rows[0].startswith("| glas/supervised_f0.05_s0 |")
+    assert "| ccccccc |" in rows[0] and "| 2.5e-01 |" in rows[0] and "| yes (" in rows[0]
+    assert reproduce.report(tmp_path / "empty").count("\n| ") == 1  # header rule only: nothing re-run there
+
+
 def _perm_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     from napari_diffseg.experiment import _perm_dice
 
