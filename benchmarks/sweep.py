@@ -297,6 +297,7 @@ def experiment_command(
     classes: str | None = None,
     watershed: str = "default",
     model_out: Path | None = None,
+    teacher_test: bool = False,
 ) -> list[str]:
     """The `diffseg experiment` command line of one run (``overrides`` as ``--set KEY=JSON``)."""
     cmd = [
@@ -327,6 +328,8 @@ def experiment_command(
         cmd += ["--model-out", str(model_out)]
     if classes:
         cmd += ["--classes", classes]
+    if teacher_test:
+        cmd += ["--teacher-test"]
     for k, v in (overrides or {}).items():
         cmd += ["--set", f"{k}={json.dumps(v)}"]
     return cmd
@@ -344,6 +347,7 @@ def run_one(
     classes: str | None = None,
     watershed: str = "default",
     models: Path | None = None,
+    teacher_test: bool = False,
 ) -> int:
     method, overrides = ARMS[arm]
     target = result_path(out, arm, fraction, seed)
@@ -361,6 +365,7 @@ def run_one(
         classes,
         watershed,
         model_out,
+        teacher_test and method == "diffseg",
     )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with open(target.with_suffix(".log"), "w") as fh:
@@ -1204,6 +1209,12 @@ def main() -> None:
         help="also keep each run's trained model, as MODELS/<results folder>/<arm>_f<fraction>_s<seed>/ "
         "(outside the repository: for evaluating again without training again)",
     )
+    ap.add_argument(
+        "--teacher-test",
+        action="store_true",
+        help="diffseg arms: also score the teacher's own masks on the test images (test_teacher in the JSON; "
+        "reporting only: would deploying the teacher where it validates best pay?)",
+    )
     args = ap.parse_args()
     unknown = set(args.arms) - set(ARMS)
     if unknown:
@@ -1266,6 +1277,7 @@ def main() -> None:
                     args.classes,
                     args.watershed,
                     args.models,
+                    args.teacher_test,
                 )
             finally:
                 release(target)

@@ -39,6 +39,7 @@ def trained(tmp_path_factory, synth_dataset) -> tuple[Path, dict]:
             str(tmp / "r.json"),
             "--model-out",
             str(tmp / "model"),
+            "--teacher-test",
             "-q",
         ]
     )
@@ -100,6 +101,12 @@ def test_experiment_json_contract(trained, synth_dataset) -> None:
     assert r["teacher"]["note"] == "the 3 validation images"  # the teacher is judged off the test split
     assert r["teacher"]["n_images"] == 3 and r["teacher"]["rounds"] == 1
     assert set(r["teacher"]["uncertainty_vs_error_spearman"]) == {"E=2", "E=1"}
+    # --teacher-test: the teacher's own masks on the same test images, beside (not instead of) the deployed
+    tt = r["test_teacher"]
+    assert [p["id"] for p in tt["per_image"]] == [p["id"] for p in t["per_image"]]
+    assert tt["dice_mean"] == pytest.approx(np.mean([p["dice"] for p in tt["per_image"]]))
+    assert 0.0 <= tt["val_dice"] <= 1.0 and tt["sampler"]["rounds"] == 1
+    assert [p["dice"] for p in tt["per_image"]] != [p["dice"] for p in t["per_image"]]
 
 
 def test_labeled_subset_is_seeded_and_saved(trained) -> None:
@@ -215,6 +222,10 @@ def test_predict_large_image_is_tiled(trained, tmp_path) -> None:
         (["predict", "{model}", "{tmp}/empty.tif", "--out", "{tmp}/o"], "empty.tif"),
         (["evaluate", "{model}", "{ds}", "--split", "val"], "no images with masks"),
         (["experiment", "{ds}", "-f", "0.1", "--device", "cuda", "--preset", "tiny"], "cuda"),
+        (
+            ["experiment", "{ds}", "-f", "0.1", "--method", "cps", "--preset", "tiny", "--teacher-test"],
+            "diffseg",
+        ),
     ],
 )
 def test_user_errors_exit_2_with_one_line(capsys, trained, synth_dataset, tmp_path, argv, needle) -> None:

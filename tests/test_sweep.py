@@ -268,6 +268,17 @@ def test_experiment_command_passes_the_task(tmp_path: Path) -> None:
     assert "--task" not in sweep.experiment_command(tmp_path, tmp_path / "r.json", "cps", 0.2, 1, "cpu", 1)
 
 
+def test_teacher_test_reaches_diffseg_arms_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--teacher-test adds the experiment's flag to diffseg arms; a baseline's command (which would refuse
+    it) is what it was."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(sweep.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    for arm in ("diffseg-Tval", "cps"):
+        assert sweep.run_one(tmp_path, tmp_path, arm, 0.1, 0, "cpu", 1, teacher_test=True) == 0
+    assert sweep.run_one(tmp_path, tmp_path, "diffseg-Tval", 0.1, 1, "cpu", 1) == 0
+    assert ["--teacher-test" in c for c in calls] == [True, False, False]
+
+
 def test_glas_object_figures_per_test_part(tmp_path: Path) -> None:
     """GlaS runs get the challenge's per-part figures: object F1 from TP / FP / FN pooled over the part's
     images (not the mean of per-image F1s), object Dice and Hausdorff averaged over them."""

@@ -159,6 +159,14 @@ def experiment(
             "the validation images after training; the model keeps them) | default (the fixed defaults)"
         ),
     ] = "tuned",
+    teacher_test: Annotated[
+        bool,
+        typer.Option(
+            "--teacher-test",
+            help="diffseg, binary: also score the teacher's own masks on the test images (test_teacher in "
+            "the JSON; reporting only, chooses nothing)",
+        ),
+    ] = False,
 ) -> None:
     """Train METHOD on a seeded labeled subset of the train split and evaluate on the test split."""
     overrides = _parse_set(set_ or [])
@@ -183,6 +191,7 @@ def experiment(
             task=task,
             classes=classes,
             watershed=watershed,
+            teacher_test=teacher_test,
         )
     finally:
         bars.close()

@@ -234,6 +234,52 @@ def evaluate_bundle(
     return {**summarize(per_image), "per_image": per_image}
 
 
+def teacher_on_test(
+    bundle: ModelBundle,
+    val: ValSet | None,
+    images: list[torch.Tensor],
+    masks: list[np.ndarray],
+    ids: list[str],
+    regions: list[np.ndarray | None],
+    preset: Preset,
+) -> dict:
+    """The teacher's own segmentation of the test images, for reporting (``--teacher-test``).
+
+    Sampled as the co-training's validation checks sample it (:func:`~napari_diffseg.core.training.
+    teacher_val_dice`: ``refresh_ddim_steps`` DDIM steps, ``refresh_samples`` samples, one round, a fixed
+    seed per image), with the teacher's weights at the end of the run, and scored like the deployed
+    networks (per-image Dice inside ``regions``). ``val_dice`` is the same teacher on the validation
+    images, the figure a rule "deploy the teacher where it validates best" would compare with the deployed
+    networks' best validation Dice; None without validation images."""
+    from .core.training import teacher_val_dice
+
+    cfg = SamplerConfig(steps=preset.refresh_ddim_steps, samples=preset.refresh_samples, rounds=1)
+    diff = bundle.diffusion()
+    per_image: list[dict[str, Any]] = []
+    for j, (i, x, y, region) in enumerate(zip(ids, images, masks, regions, strict=True)):
+        prop = propose(
+            bundle.mask_net,
+            diff,
+            x[None],
+            cfg,
+            torch.Generator().manual_seed(7_919 + j),
+            multiple=bundle.spec.multiple,
+            roi=preset.roi_size,
+            sw_batch=preset.sw_batch_size,
+        )
+        pred = prop.probs[0].argmax(0).cpu().numpy()
+        if region is not None:
+            pred, y = pred * region, y * region
+        per_image.append({"id": i, **segmentation_metrics(pred, y, bundle.spec.num_classes)})
+    return {
+        **summarize(per_image),
+        "per_image": per_image,
+        "val_dice": None if val is None else teacher_val_dice(bundle, val, preset),
+        "sampler": {"ddim_steps": cfg.steps, "samples": cfg.samples, "rounds": cfg.rounds},
+        "note": "reporting only: the teacher at the end of the run; nothing was chosen on the test images",
+    }
+
+
 def per_stack_scores(
     preds: list[np.ndarray],
     masks: list[np.ndarray],
@@ -710,6 +756,7 @@ def run_experiment(
     object_metrics: bool | None = None,
     classes: str | list[str] | None = None,
     watershed: str = "tuned",
+    teacher_test: bool = False,
 ) -> dict:
     """Train ``method`` on a seeded labeled subset of the train split, evaluate on ``test*``.
 
@@ -745,6 +792,10 @@ def run_experiment(
             block then has ``dice_per_class`` (class name → mean Dice over the test images where the class
             occurs) and ``dice_class_mean`` (their mean); ``dice_mean`` is each image's mean over the
             foreground classes it holds, averaged.
+        teacher_test: With ``diffseg`` on a binary 2D task: also score the teacher's own segmentation on the
+            test images (``test_teacher``: :func:`teacher_on_test`). Reporting only, after everything the
+            run deploys is fixed: it answers whether deploying the teacher where it validates best would
+            pay, and chooses nothing.
     """
     t0 = time.perf_counter()
     started = git_state()  # the code this run executes, whatever is committed while it runs
@@ -754,6 +805,11 @@ def run_experiment(
     pr = pr.parse_overrides(overrides)
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if teacher_test and (method != "diffseg" or task != "binary"):
+        raise ConfigError(
+            "--teacher-test scores a diffseg teacher's binary masks; run it with --method diffseg and "
+            "--task binary, or leave it out"
+        )
     instances = task == "instances"
     multiclass = task == "multiclass"
     class_names: list[str] = []
@@ -1043,6 +1099,10 @@ def run_experiment(
             extra["teacher"]["note"] = (
                 f"every {teacher_eval_every}th test image (no validation split); reporting only"
             )
+    if teacher_test and not stacks:  # last: nothing the run deploys or reports above depends on it
+        extra["test_teacher"] = teacher_on_test(
+            bundle, val if len(val) else None, test_images, test_masks, test_ids, test_regions, pr
+        )
     result.update(extra)
     if model_out is not None:
         extra_config: dict[str, Any] = {"preset": pr.to_dict(), "labeled_ids": stack_ids["labeled"]}
