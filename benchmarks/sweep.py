@@ -450,6 +450,51 @@ def _one_student_section(by: dict[tuple[str, float], dict[int, dict]]) -> list[s
     ]
 
 
+def _teacher_test_section(by: dict[tuple[str, float], dict[int, dict]]) -> list[str]:
+    """Runs made with ``--teacher-test``: the teacher's own masks on the test images beside the deployed
+    networks, and what the rule "deploy the teacher where its validation Dice beats the deployed networks'
+    best check" would have scored (reporting only: no run deployed it), paired with CPS where it ran."""
+    lines: list[str] = []
+    for (a, f), rs in sorted(by.items()):
+        runs = {s: r for s, r in sorted(rs.items()) if r.get("test_teacher")}
+        if not runs:
+            continue
+        if not lines:
+            lines = [
+                "",
+                "The teacher on the test images (`--teacher-test`; reporting only): its masks sampled as its "
+                "validation checks sample it, at the end of the run; *rule*: the teacher where its validation "
+                "Dice beats the deployed networks' best check, else what the run deployed:",
+                "",
+                "| arm | fraction | seed | deployed | teacher | teacher validation | deployed's best validation "
+                "| rule |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+        dep, tea, rule = {}, {}, {}
+        for s, r in runs.items():
+            # the deployed networks' best check: the twins', or the labels-only student's where the
+            # fallback deployed it (it deploys whichever validated better)
+            refs = [float(v["val_reference"]) for v in r.get("validation", []) if "val_reference" in v]
+            tt, bv = r["test_teacher"], max([x for x in (best_val(r), *refs) if x is not None], default=None)
+            dep[s], tea[s] = float(r["test"]["dice_mean"]), float(tt["dice_mean"])
+            pick = tt.get("val_dice") is not None and bv is not None and tt["val_dice"] > bv
+            rule[s] = tea[s] if pick else dep[s]
+            tv = "—" if tt.get("val_dice") is None else f"{tt['val_dice']:.3f}"
+            bvs = "—" if bv is None else f"{bv:.3f}"
+            lines.append(
+                f"| {a} | {f:.0%} | {s} | {dep[s]:.3f} | {tea[s]:.3f} | {tv} | {bvs} | "
+                f"{rule[s]:.3f}{' (teacher)' if pick else ''} |"
+            )
+        cps = {s: score(r) for s, r in by.get(("cps", f), {}).items()}
+        lines.append(
+            f"| {a} | {f:.0%} | paired (n) | | teacher − deployed {_paired_cell(tea, dep)} | | | "
+            f"rule − deployed {_paired_cell(rule, dep)}"
+            + (f"; rule − cps {_paired_cell(rule, cps)}" if cps else "")
+            + " |"
+        )
+    return lines
+
+
 def _teacher_section(by: dict[tuple[str, float], dict[int, dict]]) -> list[str]:
     """The teacher on the validation images of every diffseg run: S = 1 against S, R = 1..3, and the
     Spearman ρ of an image's mean uncertainty with its error (1 − Dice) for E > 1 and E = 1."""
@@ -825,6 +870,7 @@ def report(out: Path) -> str:
     lines += _paired_table(by, fractions, pairs)
     lines += _one_student_section(by)
     lines += _teacher_section(by)
+    lines += _teacher_test_section(by)
     lf = [
         (a, f, s, r["label_free"])
         for (a, f), rs in sorted(by.items())

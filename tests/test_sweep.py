@@ -614,3 +614,37 @@ def test_the_sweep_skips_a_run_another_sweep_holds(tmp_path: Path, monkeypatch: 
     assert not sweep.result_path(tmp_path, "cps", 0.1, 0).exists()
     assert not sweep.result_path(tmp_path, "supervised", 0.1, 0).with_suffix(".running").exists()
     assert not sweep.result_path(tmp_path, "mean-teacher", 0.1, 0).with_suffix(".running").exists()
+
+
+def test_teacher_test_section_applies_the_rule_on_validation_only() -> None:
+    """The teacher replaces the deployed figure only where its validation Dice beats the deployed networks'
+    best check (the labels-only student's when the fallback deployed it), never by its test Dice."""
+
+    def run(
+        dep: float, teacher: float, t_val: float, twins: list[float], ref: list[float] | None = None
+    ) -> dict:
+        checks = [{"phase": "cotrain", "step": 50 * (i + 1), "val_dice": v} for i, v in enumerate(twins)]
+        for c, v in zip(checks, ref or [], strict=False):
+            c["val_reference"] = v
+        return {
+            "test": {"dice_mean": dep},
+            "test_teacher": {"dice_mean": teacher, "val_dice": t_val},
+            "validation": checks,
+        }
+
+    by = {
+        ("diffseg-Tval", 0.1): {
+            0: run(0.70, 0.78, 0.74, [0.60, 0.72]),  # teacher validates above the twins: taken
+            1: run(0.75, 0.60, 0.70, [0.71, 0.69]),  # below: the deployed figure stays
+            2: run(0.72, 0.90, 0.73, [0.70, 0.71], ref=[0.74, 0.66]),  # below the labels-only student
+        },
+        ("cps", 0.1): {s: {"test": {"dice_mean": 0.71}} for s in range(3)},
+    }
+    lines = sweep._teacher_test_section(by)
+    rows = {ln.split(" | ")[2]: ln for ln in lines if ln.startswith("| diffseg-Tval")}
+    assert rows["0"].endswith("| 0.780 (teacher) |") and rows["1"].endswith("| 0.750 |")
+    assert rows["2"].endswith("| 0.720 |") and "| 0.740 |" in rows["2"]  # deployed's best: the reference
+    # rule − deployed: +0.08, 0, 0 over three seeds; rule − cps: 0.78 − 0.71, 0.75 − 0.71, 0.72 − 0.71
+    assert "rule − deployed +0.027 [" in rows["paired (n)"] and "rule − cps +0.040 [" in rows["paired (n)"]
+    assert "teacher − deployed +0.037 [" in rows["paired (n)"]
+    assert sweep._teacher_test_section({("cps", 0.1): by[("cps", 0.1)]}) == []
