@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from napari_diffseg.base.presets import get_preset
-from napari_diffseg.core.diffusion import SamplerConfig
-from napari_diffseg.core.inference import propose
 from napari_diffseg.core.models import ModelBundle, ModelSpec
+from napari_diffseg.core.training import teacher_labels
 from napari_diffseg.core.validation import ValSet
 from napari_diffseg.experiment import teacher_on_test
 
@@ -21,20 +20,8 @@ def _setup() -> tuple[ModelBundle, list[torch.Tensor], list[np.ndarray]]:
     spec = ModelSpec("diffseg", 1, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim)
     bundle = ModelBundle(spec, seed=0)
     images = [torch.rand(1, 40, 48, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    cfg = SamplerConfig(steps=pr.refresh_ddim_steps, samples=pr.refresh_samples, rounds=1)
-    own = []  # the teacher's own masks, sampled with the seeds teacher_on_test must use
-    for j, x in enumerate(images):
-        p = propose(
-            bundle.mask_net,
-            bundle.diffusion(),
-            x[None],
-            cfg,
-            torch.Generator().manual_seed(7_919 + j),
-            multiple=bundle.spec.multiple,
-            roi=pr.roi_size,
-            sw_batch=pr.sw_batch_size,
-        )
-        own.append(p.probs[0].argmax(0).numpy().astype(np.int64))
+    # the teacher's own masks, sampled as its validation checks sample it (as teacher_on_test must)
+    own = [m.numpy().astype(np.int64) for m in teacher_labels(bundle, images, pr)]
     return bundle, images, own
 
 
@@ -49,7 +36,7 @@ def test_teacher_on_test_scores_the_teacher_as_its_validation_checks_sample_it()
     assert [p["dice"] for p in r["per_image"]] == pytest.approx([1.0] * 3)
     assert r["dice_mean"] == pytest.approx(1.0) and r["val_dice"] == pytest.approx(1.0)
     assert r["sampler"] == {"ddim_steps": pr.refresh_ddim_steps, "samples": pr.refresh_samples, "rounds": 1}
-    # another image's seed (or masks paired with the wrong images) would not give 1 everywhere
+    # masks paired with the wrong images would not give 1 everywhere
     shifted = own[1:] + own[:1]
     r2 = teacher_on_test(bundle, None, images, shifted, ids, [None] * 3, pr)
     assert r2["val_dice"] is None and r2["dice_mean"] < 0.999

@@ -251,23 +251,13 @@ def teacher_on_test(
     networks (per-image Dice inside ``regions``). ``val_dice`` is the same teacher on the validation
     images, the figure a rule "deploy the teacher where it validates best" would compare with the deployed
     networks' best validation Dice; None without validation images."""
-    from .core.training import teacher_val_dice
+    from .core.training import teacher_check_config, teacher_labels, teacher_val_dice
 
-    cfg = SamplerConfig(steps=preset.refresh_ddim_steps, samples=preset.refresh_samples, rounds=1)
-    diff = bundle.diffusion()
+    cfg = teacher_check_config(preset)
     per_image: list[dict[str, Any]] = []
-    for j, (i, x, y, region) in enumerate(zip(ids, images, masks, regions, strict=True)):
-        prop = propose(
-            bundle.mask_net,
-            diff,
-            x[None],
-            cfg,
-            torch.Generator().manual_seed(7_919 + j),
-            multiple=bundle.spec.multiple,
-            roi=preset.roi_size,
-            sw_batch=preset.sw_batch_size,
-        )
-        pred = prop.probs[0].argmax(0).cpu().numpy()
+    labels = teacher_labels(bundle, images, preset)
+    for i, label, y, region in zip(ids, labels, masks, regions, strict=True):
+        pred = label.numpy()
         if region is not None:
             pred, y = pred * region, y * region
         per_image.append({"id": i, **segmentation_metrics(pred, y, bundle.spec.num_classes)})

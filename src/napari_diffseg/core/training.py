@@ -572,15 +572,21 @@ def _teacher_loss(
     return _sup_loss(logits, y)
 
 
+def teacher_check_config(preset: Preset) -> SamplerConfig:
+    """How a validation check samples the teacher: as a first pseudo-label refresh samples
+    (``refresh_ddim_steps`` DDIM steps, ``refresh_samples`` samples), one round."""
+    return SamplerConfig(steps=preset.refresh_ddim_steps, samples=preset.refresh_samples, rounds=1)
+
+
 @torch.no_grad()
-def teacher_val_dice(bundle: ModelBundle, val: ValSet, preset: Preset) -> float:
-    """The teacher's mean Dice on the validation images, sampled as a first pseudo-label refresh samples
-    (``refresh_ddim_steps`` DDIM steps, ``refresh_samples`` samples, one round) with a fixed seed per image,
-    so that two checks differ by the teacher's weights alone."""
-    cfg = SamplerConfig(steps=preset.refresh_ddim_steps, samples=preset.refresh_samples, rounds=1)
+def teacher_labels(bundle: ModelBundle, images: Sequence[torch.Tensor], preset: Preset) -> list[torch.Tensor]:
+    """The teacher's label map of each (C, H, W) image, sampled as a validation check samples it
+    (:func:`teacher_check_config`) with a fixed seed per image (its position), so that two checks differ by
+    the teacher's weights alone."""
+    cfg = teacher_check_config(preset)
     diff = bundle.diffusion()
     labels = []
-    for i, x in enumerate(val.images):
+    for i, x in enumerate(images):
         prop = propose(
             bundle.mask_net,
             diff,
@@ -592,7 +598,12 @@ def teacher_val_dice(bundle: ModelBundle, val: ValSet, preset: Preset) -> float:
             sw_batch=preset.sw_batch_size,
         )
         labels.append(prop.probs[0].argmax(0).cpu())
-    return mean_dice(labels, val, bundle.spec.num_classes)
+    return labels
+
+
+def teacher_val_dice(bundle: ModelBundle, val: ValSet, preset: Preset) -> float:
+    """The teacher's mean Dice on the validation images (:func:`teacher_labels`)."""
+    return mean_dice(teacher_labels(bundle, val.images, preset), val, bundle.spec.num_classes)
 
 
 def _teacher_validator(bundle: ModelBundle, data: TrainData, preset: Preset, loop: _Loop) -> Validator | None:
