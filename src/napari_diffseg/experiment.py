@@ -245,9 +245,9 @@ def teacher_on_test(
 ) -> dict:
     """The teacher's own segmentation of the test images, for reporting (``--teacher-test``).
 
-    Sampled as the co-training's validation checks sample it (:func:`~napari_diffseg.core.training.
-    teacher_val_dice`: ``refresh_ddim_steps`` DDIM steps, ``refresh_samples`` samples, one round, a fixed
-    seed per image), with the teacher's weights at the end of the run, and scored like the deployed
+    Sampled as the co-training's validation checks sample it
+    (:func:`~napari_diffseg.core.training.teacher_labels`: ``refresh_ddim_steps`` DDIM steps,
+    ``refresh_samples`` samples, one round, a fixed seed per image), with the teacher's weights at the end of the run, and scored like the deployed
     networks (per-image Dice inside ``regions``). ``val_dice`` is the same teacher on the validation
     images, the figure a rule "deploy the teacher where it validates best" would compare with the deployed
     networks' best validation Dice; None without validation images."""
