@@ -128,6 +128,11 @@ ARMS: dict[str, tuple[str, dict]] = {
     # the teacher validated during Stage B: up to 1,000 steps, its best check kept, stopped after 3 checks
     # without a gain (T1000 helps GlaS but overfits DSB nuclei's one or two labeled images)
     "diffseg-Tval": ("diffseg", TVAL),
+    # diffseg-Tval whose teacher keeps its best-validated weights through co-training: scored on the
+    # validation images before each pseudo-label refresh and at the end, it labels and ends with its best
+    # weights (on DRIVE 10 % the validated teacher validates above its twins and CPS, yet fell during
+    # co-training on seed 2)
+    "diffseg-Tkeep": ("diffseg", {**TVAL, "teacher_keep_best": True}),
     # the default with label-free Stage A first, its one-step mask pulled towards a threshold's split on
     # dark-field images (the split anchor, on by default since issue 14): does a nuclei-aware label-free
     # start help where the labels are fewest (DSB nuclei 5 %: two labeled images)?
@@ -162,6 +167,7 @@ ABLATES: dict[str, tuple[str, ...]] = {
     "diffseg-trust": ("diffseg-fb",),  # what trusting the teacher sooner adds to the default
     "diffseg-T1000": ("diffseg-fb",),  # what a longer-trained teacher adds to the default
     "diffseg-Tval": ("diffseg-fb", "diffseg-T1000"),  # a validated teacher against fixed 300 / 1,000 steps
+    "diffseg-Tkeep": ("diffseg-Tval",),  # what keeping the teacher's best weights in co-training adds
     "diffseg-As": ("diffseg-fb", "diffseg"),  # the anchored Stage A first, against none and the paper's
     "supervised-x2": ("supervised",),
     "supervised-converged": ("supervised",),
@@ -185,6 +191,7 @@ ARM_NOTES = {
     "diffseg-trust": "diffseg-fb with the teacher's pseudo-labels unramped and CPS filling the gate",
     "diffseg-T1000": "diffseg-fb with the teacher trained 1,000 steps before co-training, not 300",
     "diffseg-Tval": "diffseg-fb with the teacher's best validation check in up to 1,000 steps",
+    "diffseg-Tkeep": "diffseg-Tval whose teacher keeps its best-validated weights through co-training",
     "diffseg-As": "diffseg-fb with label-free Stage A first, anchored to a threshold's split on fluorescence",
     "supervised-x2": "two supervised students deployed as their mean",
     **{
@@ -209,6 +216,7 @@ COMPARED = (
     "diffseg-trust",
     "diffseg-T1000",
     "diffseg-Tval",
+    "diffseg-Tkeep",
     "diffseg-As",
 )
 

@@ -29,6 +29,7 @@ def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
         "diffseg-T1000",
         "diffseg-Tval",
         "diffseg-Tval-long",
+        "diffseg-Tkeep",
         "diffseg-As",
     )
     for name, (method, overrides) in arms.items():
@@ -69,6 +70,9 @@ def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
     for m in ("supervised", "cps", "mean-teacher"):
         assert arms[f"{m}-long"] == (m, long_rule)
     assert arms["diffseg-Tval-long"] == ("diffseg", {**arms["diffseg-Tval"][1], **long_rule})
+    # diffseg-Tkeep is diffseg-Tval whose teacher keeps its best-validated weights in co-training
+    assert arms["diffseg-Tkeep"] == ("diffseg", {**arms["diffseg-Tval"][1], "teacher_keep_best": True})
+    assert sweep.ABLATES["diffseg-Tkeep"] == ("diffseg-Tval",)
     assert sweep.ABLATES["diffseg-Tval-long"] == (
         "diffseg-Tval",
         "supervised-long",

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import napari_diffseg.core.training
 from napari_diffseg.base.errors import ConfigError
 from napari_diffseg.base.events import Ticker
 from napari_diffseg.base.presets import get_preset
@@ -552,3 +553,86 @@ def test_teacher_val_dice_scores_the_teachers_samples() -> None:
     first = teacher_val_dice(trained, val, pr)
     assert first == teacher_val_dice(trained, val, pr)
     assert first > 0.3  # a trained teacher finds the squares it was trained on
+
+
+def _keep_best_run(monkeypatch, script: list[float], **overrides):
+    """Co-training with ``teacher_keep_best`` and a scripted teacher score; returns the bundle, its events,
+    the teacher's weights at each check and at each refresh of the unlabeled images."""
+    scores = iter(script)
+    b = _bundle()
+    teacher = b.nets["teacher_mask"]
+    at_check: list[dict[str, torch.Tensor]] = []
+    at_refresh: list[dict[str, torch.Tensor]] = []
+
+    def scripted(bundle, val, preset) -> float:
+        at_check.append(copy.deepcopy(teacher.state_dict()))
+        return next(scores)
+
+    real_refresh = napari_diffseg.core.training.refresh_pseudo_labels
+
+    def watched(bundle, images, preset, cache, **kw):
+        if not kw.get("prefix"):
+            at_refresh.append(copy.deepcopy(teacher.state_dict()))
+        yield from real_refresh(bundle, images, preset, cache, **kw)
+
+    monkeypatch.setattr("napari_diffseg.core.training.teacher_val_dice", scripted)
+    monkeypatch.setattr("napari_diffseg.core.training.refresh_pseudo_labels", watched)
+    pr = get_preset("tiny").with_overrides(
+        cotrain_steps=12, refresh_every=4, val_every=4, lr=3e-3, teacher_keep_best=True, **overrides
+    )
+    imgs, masks = _blobs(7)
+    data = TrainData(imgs[:2], masks[:2], unlabeled_images=imgs[2:5], val=ValSet(imgs[5:], masks[5:]))
+    events = list(cotrain(b, data, pr, generator=torch.Generator().manual_seed(0), seed=0, device=CPU))
+    return b, events, at_check, at_refresh
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_teacher_that_falls_in_cotrain_labels_and_ends_with_its_best_weights(monkeypatch) -> None:
+    """teacher_keep_best: the teacher is scored before each refresh (steps 0, 4, 8) and at the end (12);
+    below its best it takes that check's weights back before it labels, and it ends with its best."""
+    b, events, at_check, at_refresh = _keep_best_run(monkeypatch, [0.6, 0.5, 0.7, 0.4])
+    checks = [e for e in events if e.kind == "progress" and "teacher_val_dice" in e.losses]
+    assert [e.step for e in checks] == [0, 4, 8, 12]
+    assert [e.losses["teacher_val_best"] for e in checks] == [0.6, 0.6, 0.7, 0.7]
+    assert len(at_check) == 4 and len(at_refresh) == 3
+    assert not _same(at_check[1], at_check[0])  # co-training moved the teacher ...
+    assert _same(at_refresh[1], at_check[0])  # ... and, below its best, it labelled with the best weights
+    assert _same(at_refresh[2], at_check[2])  # a new best labels with its own weights
+    assert not _same(at_check[3], at_check[2])
+    assert _same(b.nets["teacher_mask"].state_dict(), at_check[2])  # the run ends with the best
+    kept = [e.message for e in events if e.kind == "log" and e.message.startswith("kept the teacher")]
+    assert kept == [
+        "kept the teacher's weights of step 0 (validation Dice 0.600 against 0.500 at step 4): it labels "
+        "the next pseudo-labels with them",
+        "kept the teacher's weights of step 8 (validation Dice 0.700 against 0.400 at step 12)",
+    ]
+
+
+def test_a_teacher_that_keeps_improving_is_left_alone(monkeypatch) -> None:
+    """A teacher that scores its best at every check keeps training as without teacher_keep_best: the
+    students' weights are those of the same run with the flag off."""
+    b, events, at_check, _ = _keep_best_run(monkeypatch, [0.5, 0.6, 0.7, 0.8])
+    assert not any(e.kind == "log" and e.message.startswith("kept the teacher") for e in events)
+    assert _same(b.nets["teacher_mask"].state_dict(), at_check[3])
+    off = _bundle()
+    pr = get_preset("tiny").with_overrides(cotrain_steps=12, refresh_every=4, val_every=4, lr=3e-3)
+    imgs, masks = _blobs(7)
+    data = TrainData(imgs[:2], masks[:2], unlabeled_images=imgs[2:5], val=ValSet(imgs[5:], masks[5:]))
+    list(cotrain(off, data, pr, generator=torch.Generator().manual_seed(0), seed=0, device=CPU))
+    for name in ("student_a", "student_b", "teacher_mask"):
+        assert _same(b.nets[name].state_dict(), off.nets[name].state_dict())
+
+
+def test_teacher_keep_best_needs_validation_images(monkeypatch) -> None:
+    """Without validation images there is nothing to keep the teacher's best by: no check, no restore."""
+    monkeypatch.setattr("napari_diffseg.core.training.teacher_val_dice", lambda *a: pytest.fail("scored"))
+    pr = get_preset("tiny").with_overrides(cotrain_steps=6, refresh_every=2, teacher_keep_best=True)
+    imgs, masks = _blobs(5)
+    data = TrainData(imgs[:2], masks[:2], unlabeled_images=imgs[2:5])
+    events = list(
+        cotrain(_bundle(), data, pr, generator=torch.Generator().manual_seed(0), seed=0, device=CPU)
+    )
+    assert not any("teacher_val_dice" in e.losses for e in events) and events[-1].kind == "done"

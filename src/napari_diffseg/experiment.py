@@ -247,8 +247,9 @@ def teacher_on_test(
 
     Sampled as the co-training's validation checks sample it
     (:func:`~napari_diffseg.core.training.teacher_labels`: ``refresh_ddim_steps`` DDIM steps,
-    ``refresh_samples`` samples, one round, a fixed seed per image), with the teacher's weights at the end of the run, and scored like the deployed
-    networks (per-image Dice inside ``regions``). ``val_dice`` is the same teacher on the validation
+    ``refresh_samples`` samples, one round, a fixed seed per image), with the teacher's weights at the end of
+    the run (its best-validated weights with ``teacher_keep_best``), and scored like the deployed networks
+    (per-image Dice inside ``regions``). ``val_dice`` is the same teacher on the validation
     images, the figure a rule "deploy the teacher where it validates best" would compare with the deployed
     networks' best validation Dice; None without validation images."""
     from .core.training import teacher_check_config, teacher_labels, teacher_val_dice
@@ -266,7 +267,9 @@ def teacher_on_test(
         "per_image": per_image,
         "val_dice": None if val is None else teacher_val_dice(bundle, val, preset),
         "sampler": {"ddim_steps": cfg.steps, "samples": cfg.samples, "rounds": cfg.rounds},
-        "note": "reporting only: the teacher at the end of the run; nothing was chosen on the test images",
+        "note": "reporting only: the teacher at the end of the run"
+        + (" (its best-validated weights: teacher_keep_best)" if preset.teacher_keep_best else "")
+        + "; nothing was chosen on the test images",
     }
 
 
@@ -955,7 +958,7 @@ def run_experiment(
             phase_seconds[ev.phase] = max(phase_seconds.get(ev.phase, 0.0), ev.elapsed)
         if ev.losses and ("val_dice" in ev.losses or "teacher_val_dice" in ev.losses):
             validation.append({"phase": ev.phase, "step": ev.step, **ev.losses})
-        if ev.kind == "log" and ev.message.startswith("kept the weights"):
+        if ev.kind == "log" and ev.message.startswith(("kept the weights", "kept the teacher")):
             validation.append({"phase": ev.phase, "message": ev.message, **ev.losses})
         if report is not None:
             report(ev)

@@ -219,11 +219,13 @@ def _validator(
     every: int | None = None,
     patience: int | None = None,
     scorer: Callable[[], float] | None = None,
+    prefix: str = "val:",
 ) -> Validator:
     """The validator of a loop's deployed networks (call after ``loop.resume()``: it keeps its state in
     the loop's checkpoint tensors); ``reference``: the labels-only student of the reference gate and of the
     fallback. ``nets`` / ``every`` / ``patience`` / ``scorer`` replace the deployed networks, the preset's
-    ``val_every`` and ``val_patience``, and their scoring (Stage B's teacher: `_teacher_validator`)."""
+    ``val_every`` and ``val_patience``, and their scoring (Stage B's teacher: `_teacher_validator`);
+    ``prefix`` keeps its state apart from another validator's in the same loop."""
     return Validator(
         {name: bundle.nets[name] for name in bundle.deploy} if nets is None else nets,
         data.val,
@@ -239,6 +241,7 @@ def _validator(
         reference_gate=preset.pseudo_gate_reference,
         fallback=preset.reference_fallback and reference is not None,
         scorer=scorer,
+        prefix=prefix,
     )
 
 
@@ -624,6 +627,53 @@ def _teacher_validator(bundle: ModelBundle, data: TrainData, preset: Preset, loo
     )
 
 
+def _teacher_keeper(
+    bundle: ModelBundle, data: TrainData, preset: Preset, loop: _Loop, teacher: nn.Module
+) -> Validator | None:
+    """Co-training's teacher validator (``preset.teacher_keep_best`` and validation images): it scores the
+    teacher's samples (:func:`teacher_val_dice`) before each pseudo-label refresh and at the end, and keeps
+    its best weights (state under ``tval:`` in the loop's checkpoint tensors); None otherwise."""
+    if not preset.teacher_keep_best or data.val is None or len(data.val) == 0:
+        return None
+    return _validator(
+        bundle,
+        data,
+        preset,
+        loop,
+        nets={"teacher_mask": teacher},
+        every=max(1, preset.refresh_every),
+        patience=0,
+        scorer=functools.partial(teacher_val_dice, bundle, data.val, preset),
+        prefix="tval:",
+    )
+
+
+def _keep_teacher(
+    keeper: Validator, step: int, total: int, elapsed: float, *, final: bool
+) -> Iterator[Event]:
+    """Score the teacher after ``step`` co-training steps; where it scores below its best check, give it
+    that check's weights back (before a refresh: so that it labels with them; ``final``: the run ends
+    with them). Yields the check as a progress event and any restore as a log event."""
+    checked = keeper.check(step)
+    losses = {"teacher_val_dice": checked["val_dice"], "teacher_val_best": checked["val_best"]}
+    yield Event("progress", "cotrain", step, total, losses=losses, elapsed=elapsed)
+    if checked["val_dice"] < keeper.best_dice:
+        best = keeper.restore_best()
+        yield Event(
+            "log",
+            "cotrain",
+            step,
+            total,
+            losses=losses,
+            elapsed=elapsed,
+            message=(
+                f"kept the teacher's weights of step {best} (validation Dice {keeper.best_dice:.3f} against "
+                f"{checked['val_dice']:.3f} at step {step})"
+                + ("" if final else ": it labels the next pseudo-labels with them")
+            ),
+        )
+
+
 def train_teacher(
     bundle: ModelBundle,
     data: TrainData,
@@ -909,6 +959,7 @@ def cotrain(
     start = loop.resume()
     cache = loop.tensors  # pseudo-labels persist in the checkpoint
     validator = _validator(bundle, data, preset, loop, module.reference)
+    keeper = _teacher_keeper(bundle, data, preset, loop, module.teacher) if validated else None
     if wanted and module.reference is None:
         yield Event(
             "log",
@@ -924,9 +975,12 @@ def cotrain(
     module.train()
     b, p, diff = preset.batch_size, preset.patch_size, module.diff
     every = max(1, preset.refresh_every)
+    done = start  # steps completed (a stalled run stops before loop.total)
     for step in range(start, loop.total):
         yield from loop.check_cancel(step)
         if step % every == 0 or "pl_probs_0" not in cache:
+            if keeper is not None:  # the teacher labels with its best-validated weights
+                yield from _keep_teacher(keeper, step, loop.total, loop.ticker.elapsed, final=False)
             refresh = functools.partial(
                 refresh_pseudo_labels,
                 refresh=step // every,
@@ -984,9 +1038,12 @@ def cotrain(
             losses |= validator.check(step + 1)
             module.train()
         yield from loop.after_step(step + 1, losses, force="val_dice" in losses)
+        done = step + 1
         if validator.stalled(step + 1):
             yield _stop_event(validator, "cotrain", step + 1, loop)
             break
+    if keeper is not None:  # the saved teacher (the next proposals, the next round) is its best
+        yield from _keep_teacher(keeper, done, loop.total, loop.ticker.elapsed, final=True)
     yield from _finish(validator, "cotrain", loop.total, loop.ticker.elapsed)
     _check_weights("cotrain", loop.total, preset, loop.modules)
     yield Event("done", "cotrain", loop.total, loop.total, elapsed=loop.ticker.elapsed)

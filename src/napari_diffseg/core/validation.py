@@ -142,6 +142,8 @@ class Validator:
         fallback: Keep the reference's best weights and deploy them when they beat the students' best.
         scorer: Scores the deployed networks instead of their mean softmax (e.g. the teacher, whose
             prediction is a diffusion sampler's: `core.training.teacher_val_dice`).
+        prefix: Where in ``tensors`` its state lives, so that two validators can share one loop
+            (co-training's students and, with ``preset.teacher_keep_best``, its teacher).
     """
 
     def __init__(
@@ -161,6 +163,7 @@ class Validator:
         reference_gate: bool = True,
         fallback: bool = False,
         scorer: Callable[[], float] | None = None,
+        prefix: str = _PREFIX,
     ) -> None:
         if fallback and reference is None:
             raise ConfigError("the fallback to labels alone needs the labels-only reference network")
@@ -176,6 +179,7 @@ class Validator:
         self.margin = margin
         self.patience = patience
         self.scorer = scorer
+        self.prefix = prefix
 
     @property
     def enabled(self) -> bool:
@@ -183,11 +187,11 @@ class Validator:
 
     # -- scalar state kept in the checkpoint tensors ------------------------------------------------
     def _get(self, name: str, default: float = float("nan")) -> float:
-        t = self.tensors.get(_PREFIX + name)
+        t = self.tensors.get(self.prefix + name)
         return float(t.item()) if t is not None else default
 
     def _set(self, name: str, value: float) -> None:
-        self.tensors[_PREFIX + name] = torch.tensor([value], dtype=torch.float64)
+        self.tensors[self.prefix + name] = torch.tensor([value], dtype=torch.float64)
 
     @property
     def best_dice(self) -> float:
@@ -290,10 +294,10 @@ class Validator:
 
     def _store(self, prefix: str, net: nn.Module) -> None:
         for key, value in net.state_dict().items():
-            self.tensors[_PREFIX + prefix + key.replace(".", ":")] = value.detach().cpu().clone()
+            self.tensors[self.prefix + prefix + key.replace(".", ":")] = value.detach().cpu().clone()
 
     def _stored(self, prefix: str) -> dict[str, torch.Tensor]:
-        full = _PREFIX + prefix
+        full = self.prefix + prefix
         return {k[len(full) :].replace(":", "."): v for k, v in self.tensors.items() if k.startswith(full)}
 
     def stalled(self, step: int) -> bool:
