@@ -122,6 +122,15 @@ def test_plans_follow_the_project_and_the_preset() -> None:
     assert t_checked.seconds > t_fixed.seconds and "10 validation checks" in t_checked.label
     no_val = job_plan("cotrain", cpu.with_overrides(teacher_steps=1000, teacher_val_every=100), images)
     assert next(p for p in no_val.phases if p.key == "teacher").seconds == pytest.approx(t_fixed.seconds)
+    # teacher_keep_best: one teacher check a refresh and one at the end, in co-training's phase
+    v_img = Img("v", "v", 584, 565, "ground_truth", "val")
+    kept = job_plan("cotrain", cpu.with_overrides(teacher_keep_best=True), [*images, v_img], warm_start=True)
+    c_kept, c_plain = (next(p for p in plan.phases if p.key == "cotrain") for plan in (kept, with_val))
+    t_check = t_checked.seconds - t_fixed.seconds  # ten checks of the same validation image
+    assert c_kept.seconds - c_plain.seconds == pytest.approx((passes + 1) * t_check / 10)
+    assert f"{passes + 1} teacher checks" in c_kept.label
+    kept_no_val = job_plan("cotrain", cpu.with_overrides(teacher_keep_best=True), images, warm_start=True)
+    assert kept_no_val.seconds == pytest.approx(job_plan("cotrain", "cpu", images, warm_start=True).seconds)
     # a propose job: the unreviewed non-test images by default, the ids given otherwise
     propose = job_plan("propose", "cpu", images)
     assert propose.phases[-1].units == 4 and propose.images == 4

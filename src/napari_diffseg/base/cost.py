@@ -400,6 +400,12 @@ def job_plan(
         val_area * eval_s["teacher"] * sampling_evaluations(pr.refresh_ddim_steps, pr.refresh_samples, 1)
     )
     t_seconds = pr.teacher_steps * step_s["teacher"] + t_checks * t_check_s
+    # teacher_keep_best: the same check before each refresh and when co-training ends
+    k_checks = passes + 1 if val and pr.teacher_keep_best else 0
+    c_what = ", ".join(
+        ([f"{checks} validation checks"] if checks else [])
+        + ([f"{k_checks} teacher checks"] if k_checks else [])
+    )
     t_what = f"teacher (at most; {t_checks} validation checks)" if t_checks else "teacher"
     for r in range(1, max(1, rounds) + 1):
         phases.append(Phase("teacher", r, pr.teacher_steps, t_seconds, t_what))
@@ -427,8 +433,8 @@ def job_plan(
                 "cotrain",
                 r,
                 pr.cotrain_steps,
-                pr.cotrain_steps * step_s["cotrain"] + checks * val_seconds,
-                "co-training" + (f" ({checks} validation checks)" if checks else ""),
+                pr.cotrain_steps * step_s["cotrain"] + checks * val_seconds + k_checks * t_check_s,
+                "co-training" + (f" ({c_what})" if c_what else ""),
             )
         )
         phases.append(Phase("validation", r, 1, val_seconds + 1.0, "validation and saving"))
