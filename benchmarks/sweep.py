@@ -471,7 +471,8 @@ def _teacher_test_section(by: dict[tuple[str, float], dict[int, dict]]) -> list[
             lines = [
                 "",
                 "The teacher on the test images (`--teacher-test`; reporting only): its masks sampled as its "
-                "validation checks sample it, at the end of the run; *rule*: the teacher where its validation "
+                "validation checks sample it, at the end of the run (diffseg-Tkeep: its best-validated weights); "
+                "*rule*: the teacher where its validation "
                 "Dice beats the deployed networks' best check, else what the run deployed:",
                 "",
                 "| arm | fraction | seed | deployed | teacher | teacher validation | deployed's best validation "
