@@ -49,3 +49,24 @@ def test_teacher_on_test_scores_the_teacher_as_its_validation_checks_sample_it()
     inside = teacher_on_test(bundle, None, images, spoiled, ids, [region] * 3, pr)
     whole = teacher_on_test(bundle, None, images, spoiled, ids, [None] * 3, pr)
     assert inside["dice_mean"] == pytest.approx(1.0) and whole["dice_mean"] < 0.9
+
+
+def test_the_experiment_records_each_teacher_check_once_and_what_it_kept(monkeypatch, synth_dataset) -> None:
+    """With teacher_keep_best the result's `validation` has each co-training teacher check once, and the
+    restores as messages; a scripted teacher that falls after step 0 is given its step-0 weights back."""
+    from napari_diffseg.experiment import run_experiment
+
+    script = iter([0.6, 0.5, 0.4])  # co-training's checks at steps 0, 4 and the end (8)
+    monkeypatch.setattr("napari_diffseg.core.training.teacher_val_dice", lambda *a: next(script))
+    r = run_experiment(
+        synth_dataset,
+        labeled_fraction=0.5,
+        method="diffseg",
+        preset="tiny",
+        overrides={"cotrain_steps": 8, "refresh_every": 4, "val_every": 4, "teacher_keep_best": True},
+    )
+    cot = [v for v in r["validation"] if v["phase"] == "cotrain"]
+    checks = [(v["step"], v["teacher_val_dice"]) for v in cot if "teacher_val_dice" in v and "message" not in v]
+    assert checks == [(0, 0.6), (4, 0.5), (8, 0.4)]
+    kept = [v["message"] for v in cot if v.get("message", "").startswith("kept the teacher")]
+    assert len(kept) == 2 and all(m.startswith("kept the teacher's weights of step 0") for m in kept)

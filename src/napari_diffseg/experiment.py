@@ -956,7 +956,8 @@ def run_experiment(
                 phase_seconds[key] = phase_seconds.get(key, 0.0) + ev.elapsed
         elif ev.kind in ("done", "progress"):  # cotrain's own time includes its refreshes
             phase_seconds[ev.phase] = max(phase_seconds.get(ev.phase, 0.0), ev.elapsed)
-        if ev.losses and ("val_dice" in ev.losses or "teacher_val_dice" in ev.losses):
+        # each check once: a log event that repeats a check's figures is recorded by its message below
+        if ev.kind != "log" and ev.losses and ("val_dice" in ev.losses or "teacher_val_dice" in ev.losses):
             validation.append({"phase": ev.phase, "step": ev.step, **ev.losses})
         if ev.kind == "log" and ev.message.startswith(("kept the weights", "kept the teacher")):
             validation.append({"phase": ev.phase, "message": ev.message, **ev.losses})
