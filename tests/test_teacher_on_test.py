@@ -66,7 +66,9 @@ def test_the_experiment_records_each_teacher_check_once_and_what_it_kept(monkeyp
         overrides={"cotrain_steps": 8, "refresh_every": 4, "val_every": 4, "teacher_keep_best": True},
     )
     cot = [v for v in r["validation"] if v["phase"] == "cotrain"]
-    checks = [(v["step"], v["teacher_val_dice"]) for v in cot if "teacher_val_dice" in v and "message" not in v]
+    checks = [
+        (v["step"], v["teacher_val_dice"]) for v in cot if "teacher_val_dice" in v and "message" not in v
+    ]
     assert checks == [(0, 0.6), (4, 0.5), (8, 0.4)]
     kept = [v["message"] for v in cot if v.get("message", "").startswith("kept the teacher")]
     assert len(kept) == 2 and all(m.startswith("kept the teacher's weights of step 0") for m in kept)
