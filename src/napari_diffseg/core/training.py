@@ -609,11 +609,23 @@ def teacher_val_dice(bundle: ModelBundle, val: ValSet, preset: Preset) -> float:
     return mean_dice(teacher_labels(bundle, val.images, preset), val, bundle.spec.num_classes)
 
 
-def _teacher_validator(bundle: ModelBundle, data: TrainData, preset: Preset, loop: _Loop) -> Validator | None:
-    """Stage B's validator (``preset.teacher_val_every`` > 0 and validation images): it scores the teacher's
-    samples on the validation images, keeps its best weights, and stops the stage after
-    ``preset.teacher_val_patience`` checks without improvement; None otherwise (fixed steps)."""
-    if preset.teacher_val_every <= 0 or data.val is None or len(data.val) == 0:
+def _teacher_validator(
+    bundle: ModelBundle,
+    data: TrainData,
+    preset: Preset,
+    loop: _Loop,
+    *,
+    every: int,
+    patience: int = 0,
+    prefix: str = "val:",
+) -> Validator | None:
+    """A validator of the teacher's samples on the validation images (:func:`teacher_val_dice`) every
+    ``every`` steps, keeping its best weights; None without validation images or with ``every`` 0.
+
+    Stage B's (``preset.teacher_val_every``) also stops the stage after ``preset.teacher_val_patience``
+    checks without improvement; co-training's (``preset.teacher_keep_best``, every refresh) keeps its
+    state under ``tval:`` in the loop's checkpoint tensors, apart from the students' validator."""
+    if every <= 0 or data.val is None or len(data.val) == 0:
         return None
     return _validator(
         bundle,
@@ -621,30 +633,10 @@ def _teacher_validator(bundle: ModelBundle, data: TrainData, preset: Preset, loo
         preset,
         loop,
         nets={"teacher_mask": bundle.nets["teacher_mask"]},
-        every=preset.teacher_val_every,
-        patience=preset.teacher_val_patience,
+        every=every,
+        patience=patience,
         scorer=functools.partial(teacher_val_dice, bundle, data.val, preset),
-    )
-
-
-def _teacher_keeper(
-    bundle: ModelBundle, data: TrainData, preset: Preset, loop: _Loop, teacher: nn.Module
-) -> Validator | None:
-    """Co-training's teacher validator (``preset.teacher_keep_best`` and validation images): it scores the
-    teacher's samples (:func:`teacher_val_dice`) before each pseudo-label refresh and at the end, and keeps
-    its best weights (state under ``tval:`` in the loop's checkpoint tensors); None otherwise."""
-    if not preset.teacher_keep_best or data.val is None or len(data.val) == 0:
-        return None
-    return _validator(
-        bundle,
-        data,
-        preset,
-        loop,
-        nets={"teacher_mask": teacher},
-        every=max(1, preset.refresh_every),
-        patience=0,
-        scorer=functools.partial(teacher_val_dice, bundle, data.val, preset),
-        prefix="tval:",
+        prefix=prefix,
     )
 
 
@@ -708,7 +700,9 @@ def train_teacher(
         checkpoint_every=preset.checkpoint_every,
     )
     start = loop.resume()
-    validator = _teacher_validator(bundle, data, preset, loop)
+    validator = _teacher_validator(
+        bundle, data, preset, loop, every=preset.teacher_val_every, patience=preset.teacher_val_patience
+    )
     f.train()
     b, p = preset.batch_size, preset.patch_size
     for step in range(start, loop.total):
@@ -959,7 +953,11 @@ def cotrain(
     start = loop.resume()
     cache = loop.tensors  # pseudo-labels persist in the checkpoint
     validator = _validator(bundle, data, preset, loop, module.reference)
-    keeper = _teacher_keeper(bundle, data, preset, loop, module.teacher) if validated else None
+    keeper = (  # preset.teacher_keep_best: the teacher labels, and ends, with its best-validated weights
+        _teacher_validator(bundle, data, preset, loop, every=max(1, preset.refresh_every), prefix="tval:")
+        if validated and preset.teacher_keep_best
+        else None
+    )
     if wanted and module.reference is None:
         yield Event(
             "log",
