@@ -555,7 +555,7 @@ def test_teacher_val_dice_scores_the_teachers_samples() -> None:
     assert first > 0.3  # a trained teacher finds the squares it was trained on
 
 
-def _keep_best_run(monkeypatch, script: list[float], **overrides):
+def _keep_best_run(monkeypatch, script: list[float]):
     """Co-training with ``teacher_keep_best`` and a scripted teacher score; returns the bundle, its events,
     the teacher's weights at each check and at each refresh of the unlabeled images."""
     scores = iter(script)
@@ -578,7 +578,7 @@ def _keep_best_run(monkeypatch, script: list[float], **overrides):
     monkeypatch.setattr("napari_diffseg.core.training.teacher_val_dice", scripted)
     monkeypatch.setattr("napari_diffseg.core.training.refresh_pseudo_labels", watched)
     pr = get_preset("tiny").with_overrides(
-        cotrain_steps=12, refresh_every=4, val_every=4, lr=3e-3, teacher_keep_best=True, **overrides
+        cotrain_steps=12, refresh_every=4, val_every=4, lr=3e-3, teacher_keep_best=True
     )
     imgs, masks = _blobs(7)
     data = TrainData(imgs[:2], masks[:2], unlabeled_images=imgs[2:5], val=ValSet(imgs[5:], masks[5:]))
