@@ -133,6 +133,11 @@ ARMS: dict[str, tuple[str, dict]] = {
     # weights (on DRIVE 10 % the validated teacher validates above its twins and CPS, yet fell during
     # co-training on seed 2)
     "diffseg-Tkeep": ("diffseg", {**TVAL, "teacher_keep_best": True}),
+    # diffseg-Tkeep deploying the teacher where its best check scores the validation images above the
+    # students (deploy_best): on DRIVE 10 % the kept teacher validated, and tested, above its students.
+    # Its training is diffseg-Tkeep's step for step, so a diffseg-Tkeep run with --teacher-test also gives
+    # this arm's result (:func:`derive_tbest`; tests/test_deploy_best.py checks the identity)
+    "diffseg-Tbest": ("diffseg", {**TVAL, "teacher_keep_best": True, "deploy_best": True}),
     # the default with label-free Stage A first, its one-step mask pulled towards a threshold's split on
     # dark-field images (the split anchor, on by default since issue 14): does a nuclei-aware label-free
     # start help where the labels are fewest (DSB nuclei 5 %: two labeled images)?
@@ -168,6 +173,7 @@ ABLATES: dict[str, tuple[str, ...]] = {
     "diffseg-T1000": ("diffseg-fb",),  # what a longer-trained teacher adds to the default
     "diffseg-Tval": ("diffseg-fb", "diffseg-T1000"),  # a validated teacher against fixed 300 / 1,000 steps
     "diffseg-Tkeep": ("diffseg-Tval",),  # what keeping the teacher's best weights in co-training adds
+    "diffseg-Tbest": ("diffseg-Tkeep",),  # what deploying the teacher where it validates best adds
     "diffseg-As": ("diffseg-fb", "diffseg"),  # the anchored Stage A first, against none and the paper's
     "supervised-x2": ("supervised",),
     "supervised-converged": ("supervised",),
@@ -192,6 +198,8 @@ ARM_NOTES = {
     "diffseg-T1000": "diffseg-fb with the teacher trained 1,000 steps before co-training, not 300",
     "diffseg-Tval": "diffseg-fb with the teacher's best validation check in up to 1,000 steps",
     "diffseg-Tkeep": "diffseg-Tval whose teacher keeps its best-validated weights through co-training",
+    "diffseg-Tbest": "diffseg-Tkeep deploying the teacher where it validates above the students; runs "
+    "without their own JSON are their diffseg-Tkeep run's figures under the same rule",
     "diffseg-As": "diffseg-fb with label-free Stage A first, anchored to a threshold's split on fluorescence",
     "supervised-x2": "two supervised students deployed as their mean",
     **{
@@ -217,6 +225,7 @@ COMPARED = (
     "diffseg-T1000",
     "diffseg-Tval",
     "diffseg-Tkeep",
+    "diffseg-Tbest",
     "diffseg-As",
 )
 
@@ -464,7 +473,7 @@ def _teacher_test_section(by: dict[tuple[str, float], dict[int, dict]]) -> list[
     best check" would have scored (reporting only: no run deployed it), paired with CPS where it ran."""
     lines: list[str] = []
     for (a, f), rs in sorted(by.items()):
-        runs = {s: r for s, r in sorted(rs.items()) if r.get("test_teacher")}
+        runs = {s: r for s, r in sorted(rs.items()) if r.get("test_teacher") and not r.get("derived_from")}
         if not runs:
             continue
         if not lines:
@@ -483,8 +492,7 @@ def _teacher_test_section(by: dict[tuple[str, float], dict[int, dict]]) -> list[
         for s, r in runs.items():
             # the deployed networks' best check: the twins', or the labels-only student's where the
             # fallback deployed it (it deploys whichever validated better)
-            refs = [float(v["val_reference"]) for v in r.get("validation", []) if "val_reference" in v]
-            tt, bv = r["test_teacher"], max([x for x in (best_val(r), *refs) if x is not None], default=None)
+            tt, bv = r["test_teacher"], deployed_best_val(r)
             dep[s], tea[s] = float(r["test"]["dice_mean"]), float(tt["dice_mean"])
             pick = tt.get("val_dice") is not None and bv is not None and tt["val_dice"] > bv
             rule[s] = tea[s] if pick else dep[s]
@@ -708,12 +716,52 @@ def _glas_parts_section(
 
 
 def load(out: Path) -> dict[tuple[str, float], dict[int, dict]]:
+    """Every result JSON under ``out`` by (arm, fraction) and seed, plus the diffseg-Tbest results that
+    diffseg-Tkeep runs with ``--teacher-test`` give (:func:`derive_tbest`) where no diffseg-Tbest run of
+    the same fraction and seed exists."""
     by: dict[tuple[str, float], dict[int, dict]] = {}
     for p in sorted(out.glob("*.json")):
         arm = p.stem.rsplit("_f", 1)[0]
         r = json.loads(p.read_text())
+        r["_file"] = p.name
         by.setdefault((arm, r["labeled_fraction"]), {})[r["seed"]] = r
+    for (arm, f), rs in list(by.items()):
+        if arm != "diffseg-Tkeep":
+            continue
+        for s, r in rs.items():
+            derived = derive_tbest(r)
+            if derived is not None:
+                by.setdefault(("diffseg-Tbest", f), {}).setdefault(s, derived)
     return by
+
+
+def deployed_best_val(r: dict) -> float | None:
+    """The validation Dice of what a run deployed: the twins' best check, or the labels-only student's
+    where the fallback deployed it (it deploys whichever validated better)."""
+    refs = [float(v["val_reference"]) for v in r.get("validation", []) if "val_reference" in v]
+    return max([x for x in (best_val(r), *refs) if x is not None], default=None)
+
+
+def derive_tbest(r: dict) -> dict | None:
+    """The diffseg-Tbest result of a diffseg-Tkeep run made with ``--teacher-test``: the same training step
+    for step (``deploy_best`` decides only when co-training ends and draws no random number), then the
+    rule of ``core.training._deploy_best`` on the run's own figures — the teacher's best-validated weights
+    (``test_teacher.val_dice``) against the deployed networks' best check (:func:`deployed_best_val`) —
+    and the test Dice of what it picks: ``test_teacher`` (scored exactly as a deployed teacher is) or the
+    run's ``test``. None for a run without those figures."""
+    tt = r.get("test_teacher")
+    students = deployed_best_val(r)
+    if not tt or tt.get("val_dice") is None or students is None or r.get("derived_from"):
+        return None
+    teacher = tt["val_dice"] > students
+    test = {k: v for k, v in tt.items() if k not in ("val_dice", "sampler", "note")} if teacher else r["test"]
+    return {
+        **{k: v for k, v in r.items() if k not in ("test_teacher", "test_one_student", "_file")},
+        "overrides": {**r.get("overrides", {}), "deploy_best": True},
+        "test": test,
+        "deployed": "teacher" if teacher else "students",
+        "derived_from": r.get("_file", "a diffseg-Tkeep run"),
+    }
 
 
 def _main_table(

@@ -215,6 +215,33 @@ def test_multiclass_model_exports(tmp_path: Path) -> None:
     assert [str(c) for c in descr.outputs[0].axes[1].channel_names] == ["bg", "nucleus", "membrane"]
 
 
+def test_a_model_that_deploys_its_teacher_exports_its_students_and_says_so(tmp_path: Path) -> None:
+    """deploy_best: `diffseg predict` samples the teacher, but a bioimage.io package holds one feed-forward
+    network: the students, tested against the students' own prediction, with a note in its README and in
+    the report."""
+    from napari_diffseg.base.presets import get_preset
+    from napari_diffseg.core.models import save_bundle
+    from napari_diffseg.core.training import teacher_check_config
+    from napari_diffseg.export.bioimageio import export_bioimageio, package_prediction
+    from napari_diffseg.predict import load_model, predict_image
+
+    bundle, config = _random_bundle(k=2, channels=1)
+    bundle.teacher_sampler = teacher_check_config(get_preset("tiny"))
+    model = save_bundle(bundle, tmp_path / "mt", extra=config)
+    img = (np.random.default_rng(4).random((40, 72)) * 255).astype(np.uint8)
+    iio.imwrite(tmp_path / "grey.png", img)
+    report = export_bioimageio(model, tmp_path / "mt.zip", test_image=tmp_path / "grey.png", authors=["Z"])
+    assert report.test_status == "passed"
+    assert any("the package holds the students" in d for d in report.details)
+    got = package_prediction(tmp_path / "mt.zip", img[None], "torchscript")
+    b2, cfg2 = load_model(model, "cpu")
+    assert b2.deploys_teacher  # the model folder is left as it was
+    b2.teacher_sampler = None
+    np.testing.assert_allclose(got["probabilities"], predict_image(b2, cfg2, img[None]), atol=1e-5)
+    with zipfile.ZipFile(tmp_path / "mt.zip") as zf:
+        assert "Not what napari-diffseg predicts with" in zf.read("README.md").decode()
+
+
 def test_two_channel_fluorescence_model_exports(tmp_path: Path) -> None:
     """A model of a 2-channel project: the package's input has 2 named channels and reproduces predict."""
     from napari_diffseg.core.models import save_bundle

@@ -326,6 +326,40 @@ def test_predict_ome_zarr_tile_by_tile_equals_in_memory(
     np.testing.assert_array_equal(open_ome_zarr(src / "labels" / "cells").read()[0], ref.argmax(0))
 
 
+def test_a_model_that_deploys_its_teacher_says_so_when_a_slide_is_predicted_tile_by_tile(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """deploy_best's teacher samples whole images; a slide too large for memory goes row by row through the
+    students, and the outcome says so (in memory, the teacher predicts as ``predict_image`` does)."""
+    import napari_diffseg.predict as predict_mod
+    from napari_diffseg.base.presets import get_preset
+    from napari_diffseg.core.models import ModelBundle, ModelSpec, save_bundle
+    from napari_diffseg.core.training import teacher_check_config
+    from napari_diffseg.predict import load_model, predict_image
+
+    pr = get_preset("tiny")
+    bundle = ModelBundle(
+        ModelSpec("diffseg", 3, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim), seed=2
+    )
+    bundle.teacher_sampler = teacher_check_config(pr)
+    model = save_bundle(bundle, tmp_path / "model", extra={"preset": pr.to_dict()})
+    img = _rgb(100, 140, seed=5)
+    src = write_ome_zarr(tmp_path / "slide.ome.zarr", img, levels=1, chunk=64)
+    rc, _, err = _run(capsys, "predict", str(model), str(src), "--out", str(tmp_path / "mem"), "-q")
+    assert rc == 0, err
+    assert "deploys its teacher" not in err
+    b, config = load_model(model, "cpu")
+    got = open_ome_zarr(tmp_path / "mem" / "slide.ome.zarr" / "labels" / "diffseg").read()[0]
+    np.testing.assert_array_equal(got, predict_image(b, config, img).argmax(0))  # the teacher's labels
+    monkeypatch.setattr(predict_mod, "IN_MEMORY_PIXELS", 1000)  # force the tiled path
+    rc, _, err = _run(capsys, "predict", str(model), str(src), "--out", str(tmp_path / "rows"), "-q")
+    assert rc == 0, err
+    assert "this model deploys its teacher" in err and "row by row with its students" in err
+    b.teacher_sampler = None
+    rows = open_ome_zarr(tmp_path / "rows" / "slide.ome.zarr" / "labels" / "diffseg").read()[0]
+    np.testing.assert_array_equal(rows, predict_image(b, config, img).argmax(0))  # the students' labels
+
+
 def test_predict_refuses_bad_ome_zarr_with_one_line(tmp_path: Path, model: Path, capsys) -> None:
     bad = _handmade(
         tmp_path / "bad.zarr",

@@ -30,6 +30,7 @@ def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
         "diffseg-Tval",
         "diffseg-Tval-long",
         "diffseg-Tkeep",
+        "diffseg-Tbest",
         "diffseg-As",
     )
     for name, (method, overrides) in arms.items():
@@ -73,6 +74,9 @@ def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
     # diffseg-Tkeep is diffseg-Tval whose teacher keeps its best-validated weights in co-training
     assert arms["diffseg-Tkeep"] == ("diffseg", {**arms["diffseg-Tval"][1], "teacher_keep_best": True})
     assert sweep.ABLATES["diffseg-Tkeep"] == ("diffseg-Tval",)
+    # diffseg-Tbest is diffseg-Tkeep deploying the teacher where it validates best
+    assert arms["diffseg-Tbest"] == ("diffseg", {**arms["diffseg-Tkeep"][1], "deploy_best": True})
+    assert sweep.ABLATES["diffseg-Tbest"] == ("diffseg-Tkeep",)
     assert sweep.ABLATES["diffseg-Tval-long"] == (
         "diffseg-Tval",
         "supervised-long",
@@ -652,3 +656,48 @@ def test_teacher_test_section_applies_the_rule_on_validation_only() -> None:
     assert "rule − deployed +0.027 [" in rows["paired (n)"] and "rule − cps +0.040 [" in rows["paired (n)"]
     assert "teacher − deployed +0.037 [" in rows["paired (n)"]
     assert sweep._teacher_test_section({("cps", 0.1): by[("cps", 0.1)]}) == []
+
+
+def test_a_tkeep_run_with_the_teacher_test_gives_the_tbest_result_and_a_real_run_wins(tmp_path: Path) -> None:
+    """load(): a diffseg-Tkeep run made with --teacher-test also gives diffseg-Tbest's result at its fraction
+    and seed (the same training; the rule on its validation figures), unless a diffseg-Tbest JSON exists."""
+
+    def run(seed: int, dep: float, teacher: float, t_val: float, twins: list[float], **extra) -> dict:
+        checks = [{"phase": "cotrain", "step": 50 * (i + 1), "val_dice": v} for i, v in enumerate(twins)]
+        return {
+            "labeled_fraction": 0.1,
+            "seed": seed,
+            "overrides": {"teacher_keep_best": True},
+            "test": {"dice_mean": dep, "per_image": [{"id": "a", "dice": dep}]},
+            "test_teacher": {
+                "dice_mean": teacher,
+                "per_image": [{"id": "a", "dice": teacher}],
+                "val_dice": t_val,
+                "sampler": {},
+                "note": "",
+            },
+            "validation": checks,
+            **extra,
+        }
+
+    runs = {
+        "diffseg-Tkeep_f0.1_s0.json": run(0, 0.70, 0.78, 0.74, [0.60, 0.72]),  # the teacher validates above
+        "diffseg-Tkeep_f0.1_s1.json": run(1, 0.75, 0.60, 0.70, [0.71, 0.69]),  # below: the students stay
+        "diffseg-Tkeep_f0.1_s2.json": run(2, 0.72, 0.90, 0.80, [0.70]),
+        "diffseg-Tbest_f0.1_s2.json": {**run(2, 0.66, 0.90, 0.80, [0.70]), "deployed": "students"},
+    }
+    del runs["diffseg-Tbest_f0.1_s2.json"]["test_teacher"]
+    for name, r in runs.items():
+        (tmp_path / name).write_text(json.dumps(r))
+    by = sweep.load(tmp_path)
+    best = by[("diffseg-Tbest", 0.1)]
+    assert best[0]["deployed"] == "teacher" and sweep.score(best[0]) == 0.78
+    assert best[0]["test"]["per_image"] == [{"id": "a", "dice": 0.78}]
+    assert best[0]["derived_from"] == "diffseg-Tkeep_f0.1_s0.json"
+    assert best[0]["overrides"] == {"teacher_keep_best": True, "deploy_best": True}
+    assert best[1]["deployed"] == "students" and sweep.score(best[1]) == 0.75
+    assert sweep.score(best[2]) == 0.66 and "derived_from" not in best[2]  # its own run, not the derivation
+    assert sweep.score(by[("diffseg-Tkeep", 0.1)][0]) == 0.70  # the source run is unchanged
+    # the teacher-test section lists the Tkeep runs, not the derived ones
+    rows = [ln for ln in sweep._teacher_test_section(by) if ln.startswith("| diffseg-")]
+    assert {ln.split(" | ")[0] for ln in rows} == {"| diffseg-Tkeep"}

@@ -488,6 +488,9 @@ def export(
         f"{' + '.join(report.weight_formats)}; bioimageio.core test {report.test_status}, largest difference "
         f"from `diffseg predict` {report.max_abs_difference:.1e}"
     )
+    for detail in report.details:
+        if "deploy_best" in detail:  # the package's students are not what `diffseg predict` samples
+            typer.echo(f"note: {detail}", err=True)
 
 
 @app.command()

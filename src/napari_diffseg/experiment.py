@@ -59,7 +59,7 @@ from .core.metrics import (
     segmentation_metrics,
     summarize,
 )
-from .core.models import METHODS, ModelBundle, ModelSpec, preprocess, save_bundle
+from .core.models import METHODS, ModelBundle, ModelSpec, deployed_probs, preprocess, save_bundle
 from .core.pipeline import run_stages
 from .core.training import TrainData
 from .core.validation import ValSet
@@ -218,12 +218,9 @@ def evaluate_bundle(
     """Per-image Dice / IoU / HD95 of the deployed networks (inside ``regions`` where given), plus their
     summary; each predicted label map is appended to ``preds`` when given."""
     per_image: list[dict[str, Any]] = []
-    nets = bundle.deployed()
     regs = regions if regions is not None else [None] * len(ids)
-    for i, x, y, region in zip(ids, images, masks, regs, strict=True):
-        probs = predict_probs(
-            nets, x[None], multiple=bundle.spec.multiple, roi=preset.roi_size, sw_batch=preset.sw_batch_size
-        )
+    for j, (i, x, y, region) in enumerate(zip(ids, images, masks, regs, strict=True)):
+        probs = deployed_probs(bundle, x[None], roi=preset.roi_size, sw_batch=preset.sw_batch_size, index=j)
         pred = probs.argmax(1)[0].cpu().numpy()
         if region is not None:
             pred, y = pred * region, y * region
@@ -420,12 +417,9 @@ def evaluate_instances(
     class (:func:`~napari_diffseg.core.instance_metrics.summarize_classes`)."""
     rows: list[dict[str, Any]] = []
     objects: list[dict[str, Any]] = []
-    nets = bundle.deployed()
     per_image_classes = true_classes if true_classes is not None else [None] * len(ids)
-    for i, x, truth, classes in zip(ids, images, instances, per_image_classes, strict=True):
-        probs = predict_probs(
-            nets, x[None], multiple=bundle.spec.multiple, roi=preset.roi_size, sw_batch=preset.sw_batch_size
-        )
+    for j, (i, x, truth, classes) in enumerate(zip(ids, images, instances, per_image_classes, strict=True)):
+        probs = deployed_probs(bundle, x[None], roi=preset.roi_size, sw_batch=preset.sw_batch_size, index=j)
         pixel, obj = _instance_row(probs[0].float().cpu().numpy(), truth, object_metrics, classes, params)
         rows.append({"id": i, **pixel})
         objects.append(obj)
@@ -450,12 +444,9 @@ def evaluate_instance_stacks(
     planes' real distance where the file gives it). One row per stack. Objects of several classes:
     ``true_classes`` (each stack's ``{id: class}``) and ``class_names`` add the per-class figures, each
     predicted object classed over all its voxels."""
-    nets = bundle.deployed()
     probs_by: dict[str, list[np.ndarray]] = {}
-    for pid, x in zip(plane_ids, images, strict=True):
-        probs = predict_probs(
-            nets, x[None], multiple=bundle.spec.multiple, roi=preset.roi_size, sw_batch=preset.sw_batch_size
-        )
+    for j, (pid, x) in enumerate(zip(plane_ids, images, strict=True)):
+        probs = deployed_probs(bundle, x[None], roi=preset.roi_size, sw_batch=preset.sw_batch_size, index=j)
         probs_by.setdefault(StackPlanes.split_id(pid)[0], []).append(probs[0].float().cpu().numpy())
     rows: list[dict[str, Any]] = []
     objects: list[dict[str, Any]] = []
@@ -532,15 +523,12 @@ def tune_on_validation(
 ) -> Tuning:
     """The deployed networks' probabilities on the validation ``images`` (normalised ``(C, H, W)``), then the
     watershed parameters that give them the best mean AP@0.5 against ``truths`` (their object ids)."""
-    nets = bundle.deployed()
     probs = [
-        predict_probs(
-            nets, x[None], multiple=bundle.spec.multiple, roi=preset.roi_size, sw_batch=preset.sw_batch_size
-        )[0]
+        deployed_probs(bundle, x[None], roi=preset.roi_size, sw_batch=preset.sw_batch_size, index=j)[0]
         .float()
         .cpu()
         .numpy()
-        for x in images
+        for j, x in enumerate(images)
     ]
     return tune_watershed(probs, truths)
 
@@ -959,7 +947,9 @@ def run_experiment(
         # each check once: a log event that repeats a check's figures is recorded by its message below
         if ev.kind != "log" and ev.losses and ("val_dice" in ev.losses or "teacher_val_dice" in ev.losses):
             validation.append({"phase": ev.phase, "step": ev.step, **ev.losses})
-        if ev.kind == "log" and ev.message.startswith(("kept the weights", "kept the teacher")):
+        if ev.kind == "log" and ev.message.startswith(
+            ("kept the weights", "kept the teacher", "deploys the")
+        ):
             validation.append({"phase": ev.phase, "message": ev.message, **ev.losses})
         if report is not None:
             report(ev)
@@ -1033,6 +1023,8 @@ def run_experiment(
         "phase_seconds": phase_seconds,
         "dataset": str(Path(dataset).resolve().name),
         "test": test,
+        # what `test` scored: the students, or the teacher where deploy_best chose it on validation images
+        "deployed": "teacher" if bundle.deploys_teacher else "students",
         "train_seconds": train_seconds,
         "device": str(dev),
         "world_size": dist_info.world,

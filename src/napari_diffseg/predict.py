@@ -26,10 +26,9 @@ from .base.fileio import atomic_write_bytes
 from .base.formats import IMAGE_EXTENSIONS
 from .base.presets import Preset
 from .core.device import choose_device
-from .core.inference import predict_probs
 from .core.instance_bands import CONTEXT_ROWS
 from .core.metrics import segmentation_metrics, summarize
-from .core.models import ModelBundle, load_bundle
+from .core.models import ModelBundle, deployed_probs, load_bundle
 from .data.dataset import DatasetFolder
 from .data.io import read_image, write_tiff
 
@@ -112,11 +111,12 @@ def _roi(config: dict) -> tuple[int, int]:
 
 
 def predict_image(bundle: ModelBundle, config: dict, image: np.ndarray) -> np.ndarray:
-    """Raw (C, H, W) image → (K, H, W) probabilities of the deployed networks."""
+    """Raw (C, H, W) image → (K, H, W) probabilities of what the model deploys: its students' mean or, for a
+    model that deploys its teacher (``deploy_best``), the teacher's mean sample
+    (:func:`~napari_diffseg.core.models.deployed_probs`)."""
     x = bundle.preprocess(image)
     roi, swb = _roi(config)
-    probs = predict_probs(bundle.deployed(), x[None], multiple=bundle.spec.multiple, roi=roi, sw_batch=swb)
-    return probs[0].cpu().numpy()
+    return deployed_probs(bundle, x[None], roi=roi, sw_batch=swb)[0].cpu().numpy()
 
 
 def _labels(bundle: ModelBundle, config: dict, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -611,11 +611,17 @@ def predict_ome_zarr(
             objects(y0, probs)
         bands(y0, probs)
 
+    students_note = None
     if small:
         sink(0, predict_image(bundle, config, src.read()))
         if progress is not None:
             progress(src.height, src.height)
     else:
+        if bundle.deploys_teacher:  # the teacher samples a whole image at once; rows take the students
+            students_note = (
+                "this model deploys its teacher, which samples a whole image at once; an image too large "
+                "for memory is predicted row by row with its students, which validated below the teacher"
+            )
         chunk_rows = src.chunk_rows()
         if bundle.normalization is not None:  # the model's own statistics: nothing to stream
             stats = ChannelStats.of_model(bundle.normalization)
@@ -648,6 +654,8 @@ def predict_ome_zarr(
                 f"{labels.chunk} rows is post-processed with, and may be cut in two: objects this tall need "
                 f"--object-rows {2 * object_rows}"
             )
+    if students_note is not None:
+        note = students_note if note is None else f"{note}; {students_note}"
     prob_path = None if prob_writer is None else prob_writer.close()
     classes_path = None if class_labels is None else class_labels.close()
     if objects_file is not None and objects is not None:

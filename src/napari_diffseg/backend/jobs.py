@@ -37,13 +37,13 @@ from ..base.presets import Preset
 from ..core.device import choose_device
 from ..core.diffusion import SamplerConfig
 from ..core.distributed import DistInfo
-from ..core.inference import predict_probs, propose
+from ..core.inference import propose
 from ..core.instance_metrics import class_matching, instance_metrics, summarize_instances
 from ..core.instance_tuning import tune_watershed
 from ..core.instances import Watershed, classify_objects, instances_to_target, probs_to_instances
 from ..core.label_free import anchor_applies, fit_temperature, is_dark_field
 from ..core.metrics import dice_per_class, mean_per_class, segmentation_metrics, summarize
-from ..core.models import ModelBundle, ModelSpec, load_bundle, preprocess, save_bundle
+from ..core.models import ModelBundle, ModelSpec, deployed_probs, load_bundle, preprocess, save_bundle
 from ..core.pipeline import run_stages
 from ..core.training import TrainData, nonfinite_weights, pretrain_teacher
 from ..core.validation import ValSet
@@ -656,8 +656,7 @@ def _val_metrics(
         for x, plane, ids in zip(xs, planes, raw, strict=True):  # a z-stack: its annotated planes, each 2D
             if plane is None or ids is None:
                 continue
-            net = bundle.deployed()
-            batch = predict_probs(net, x[None], multiple=bundle.spec.multiple, roi=preset.roi_size)
+            batch = deployed_probs(bundle, x[None], roi=preset.roi_size, sw_batch=preset.sw_batch_size)
             probs = batch[0].cpu().numpy()
             per.append(segmentation_metrics(probs.argmax(0), plane, k))
             if kind == "multiclass":

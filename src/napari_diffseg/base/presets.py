@@ -181,6 +181,14 @@ class Preset:
     # (DRIVE 10 %, seed 2: the teacher fell from 0.723 to 0.643 during co-training). Needs validation
     # images; one teacher pass over them per refresh.
     teacher_keep_best: bool = False
+    # Opt-in (issue 14, arm `diffseg-Tbest`; needs `teacher_keep_best`): when co-training ends, a teacher
+    # whose best check scored the validation images above what the run would otherwise deploy (the twins'
+    # best check, or the labels-only student the fallback chose) is what the model predicts with: its mean
+    # sample as a check draws it (`refresh_ddim_steps` DDIM steps, `refresh_samples` samples), about
+    # `refresh_ddim_steps * refresh_samples / 2` times the students' cost per image. DRIVE 10 %: the kept
+    # teacher validated above the students on all five seeds and scored 0.752 on the test images against
+    # the students' 0.735 (docs/method.md).
+    deploy_best: bool = False
     recycle_prob: float = 0.5  # share of teacher samples that start from its own estimate (refinement)
     # Stage C: co-training (and the baselines, which get the same number of student iterations).
     cotrain_steps: int = 600
@@ -252,6 +260,11 @@ class Preset:
             raise ConfigError(
                 f"patch_size {self.patch_size} must be divisible by 2**levels of the networks "
                 f"({2 ** len(self.student_channels)})"
+            )
+        if self.deploy_best and not self.teacher_keep_best:
+            raise ConfigError(
+                "deploy_best compares the teacher's best-validated weights with the students: "
+                "set teacher_keep_best=true too (or deploy_best=false)"
             )
         if self.reference_gate_cps and not self.pseudo_gate_reference:
             raise ConfigError(

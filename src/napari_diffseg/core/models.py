@@ -2,7 +2,9 @@
 
 A bundle is a dict of named networks plus a ``ModelSpec`` that says how to rebuild them. Every method
 (diffseg and the baselines) produces one; ``deploy`` names the networks whose mean softmax is the
-prediction that ``predict`` and ``evaluate`` use.
+prediction that ``predict`` and ``evaluate`` use — unless the bundle deploys its diffusion teacher
+(``teacher_sampler``, set by co-training's opt-in ``deploy_best`` where the teacher scored the validation
+images better than the students): then :func:`deployed_probs` is the teacher's mean sample.
 """
 
 from __future__ import annotations
@@ -18,13 +20,25 @@ from torch import nn
 
 from ..base.errors import CheckpointError, ConfigError
 from ..base.preprocessing import PER_IMAGE_CONFIG, Normalization, match_channels, normalize_image
-from .diffusion import MaskDiffusion
+from .diffusion import MaskDiffusion, SamplerConfig
+from .inference import predict_probs, propose
 from .networks import CondUNet, NetConfig, StudentNet, build_image_denoiser, build_mask_denoiser
 
-__all__ = ["METHODS", "ModelBundle", "ModelSpec", "preprocess"]
+__all__ = [
+    "METHODS",
+    "TEACHER_SEED",
+    "ModelBundle",
+    "ModelSpec",
+    "deployed_probs",
+    "preprocess",
+    "teacher_probs",
+]
 
 T = TypeVar("T")
 METHODS = ("diffseg", "supervised", "mean-teacher", "cps")
+#: the teacher's samples of the ``i``-th image of a list start from this seed + ``i`` (one image: this seed),
+#: so that its validation checks, its test score and its deployed predictions are the same numbers
+TEACHER_SEED = 7_919
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,8 @@ class ModelBundle:
                 f"the normalisation has {normalization.channels} channel(s), the networks take {spec.in_channels}"
             )
         self.normalization = normalization
+        # set where the bundle deploys its teacher (co-training's ``deploy_best``): how it samples
+        self.teacher_sampler: SamplerConfig | None = None
         s = spec
         student_cfg = NetConfig(s.in_channels, s.num_classes, s.student_channels)
         self.nets: dict[str, nn.Module] = {}
@@ -170,7 +186,55 @@ class ModelBundle:
         return self
 
     def deployed(self) -> list[nn.Module]:
+        """The students (the ``deploy`` networks); what a prediction is: :func:`deployed_probs`."""
         return [self.nets[n] for n in self.deploy]
+
+    @property
+    def deploys_teacher(self) -> bool:
+        return self.teacher_sampler is not None
+
+
+def teacher_probs(
+    bundle: ModelBundle,
+    x: torch.Tensor,
+    config: SamplerConfig,
+    *,
+    roi: int,
+    sw_batch: int,
+    index: int = 0,
+) -> torch.Tensor:
+    """The teacher's mean sample of a ``(C, H, W)`` image → ``(K, H, W)`` probabilities: DDIM with
+    ``config``, its denoiser on sliding windows of ``roi`` pixels at every step, seeded with
+    ``TEACHER_SEED + index`` (``index``: the image's place in a list, 0 for one image)."""
+    prop = propose(
+        bundle.mask_net,
+        bundle.diffusion(),
+        x[None],
+        config,
+        torch.Generator().manual_seed(TEACHER_SEED + index),
+        multiple=bundle.spec.multiple,
+        roi=roi,
+        sw_batch=sw_batch,
+    )
+    return prop.probs[0]
+
+
+def deployed_probs(
+    bundle: ModelBundle, x: torch.Tensor, *, roi: int, sw_batch: int = 4, index: int = 0
+) -> torch.Tensor:
+    """What the bundle predicts for normalised ``(B, C, H, W)`` images → ``(B, K, H, W)`` probabilities:
+    the mean softmax of its students on sliding windows or, where it deploys its teacher
+    (``teacher_sampler``), the teacher's mean sample of each image (:func:`teacher_probs`; image ``b`` of
+    the batch seeded as the ``index + b``-th of a list)."""
+    if bundle.teacher_sampler is None:
+        return predict_probs(bundle.deployed(), x, multiple=bundle.spec.multiple, roi=roi, sw_batch=sw_batch)
+    with torch.no_grad():
+        return torch.stack(
+            [
+                teacher_probs(bundle, xb, bundle.teacher_sampler, roi=roi, sw_batch=sw_batch, index=index + b)
+                for b, xb in enumerate(x)
+            ]
+        )
 
 
 def save_bundle(
@@ -182,6 +246,9 @@ def save_bundle(
 
     norm = bundle.normalization.to_dict() if bundle.normalization is not None else dict(PER_IMAGE_CONFIG)
     config = {"spec": bundle.spec.to_dict(), "deploy": bundle.deploy, "normalization": norm, **(extra or {})}
+    if bundle.teacher_sampler is not None:  # predictions are the teacher's samples (deploy_best)
+        t = bundle.teacher_sampler
+        config["deploy_teacher"] = {"ddim_steps": t.steps, "samples": t.samples, "rounds": t.rounds}
     return save_model(directory, bundle.nets, config, metrics)
 
 
@@ -200,6 +267,7 @@ def load_bundle(directory: str | Path, device: torch.device | None = None) -> tu
     except ConfigError as exc:
         raise CheckpointError(f"{directory}: {exc}") from exc
     bundle = ModelBundle(ModelSpec.from_dict(config["spec"]), normalization=norm)
+    bundle.teacher_sampler = _teacher_sampler(config, directory)
     missing = set(bundle.nets) - set(states)
     if missing:
         raise CheckpointError(
@@ -212,3 +280,22 @@ def load_bundle(directory: str | Path, device: torch.device | None = None) -> tu
     for net in bundle.nets.values():
         net.eval()
     return bundle, config, metrics
+
+
+def _teacher_sampler(config: dict, directory: str | Path) -> SamplerConfig | None:
+    """A saved ``deploy_teacher`` entry → how the deployed teacher samples (None: the students deploy)."""
+    entry = config.get("deploy_teacher")
+    if entry is None:
+        return None
+    try:
+        sampler = SamplerConfig(
+            steps=int(entry["ddim_steps"]), samples=int(entry["samples"]), rounds=int(entry["rounds"])
+        )
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise CheckpointError(
+            f"{directory}: config.json's deploy_teacher must hold ddim_steps, samples and rounds "
+            f"(integers >= 1), got {entry!r} ({exc}); delete the entry to deploy the students"
+        ) from exc
+    if config.get("spec", {}).get("method") != "diffseg":
+        raise CheckpointError(f"{directory}: config.json says deploy_teacher, but the model has no teacher")
+    return sampler

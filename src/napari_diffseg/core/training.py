@@ -39,7 +39,7 @@ from .device import autocast
 from .diffusion import MaskDiffusion, SamplerConfig, normalized_entropy
 from .inference import propose
 from .label_free import anchor_applies, anchor_split
-from .models import ModelBundle
+from .models import ModelBundle, teacher_probs
 from .validation import Validator, ValSet, mean_dice
 
 __all__ = [
@@ -584,24 +584,16 @@ def teacher_check_config(preset: Preset) -> SamplerConfig:
 @torch.no_grad()
 def teacher_labels(bundle: ModelBundle, images: Sequence[torch.Tensor], preset: Preset) -> list[torch.Tensor]:
     """The teacher's label map of each (C, H, W) image, sampled as a validation check samples it
-    (:func:`teacher_check_config`) with a fixed seed per image (its position), so that two checks differ by
-    the teacher's weights alone."""
+    (:func:`teacher_check_config`) with a fixed seed per image (its position:
+    :func:`~napari_diffseg.core.models.teacher_probs`), so that two checks differ by the teacher's weights
+    alone and a bundle that deploys its teacher (``deploy_best``) predicts these very labels."""
     cfg = teacher_check_config(preset)
-    diff = bundle.diffusion()
-    labels = []
-    for i, x in enumerate(images):
-        prop = propose(
-            bundle.mask_net,
-            diff,
-            x[None],
-            cfg,
-            torch.Generator().manual_seed(7_919 + i),
-            multiple=bundle.spec.multiple,
-            roi=preset.roi_size,
-            sw_batch=preset.sw_batch_size,
-        )
-        labels.append(prop.probs[0].argmax(0).cpu())
-    return labels
+    return [
+        teacher_probs(bundle, x, cfg, roi=preset.roi_size, sw_batch=preset.sw_batch_size, index=i)
+        .argmax(0)
+        .cpu()
+        for i, x in enumerate(images)
+    ]
 
 
 def teacher_val_dice(bundle: ModelBundle, val: ValSet, preset: Preset) -> float:
@@ -664,6 +656,35 @@ def _keep_teacher(
                 + ("" if final else ": it labels the next pseudo-labels with them")
             ),
         )
+
+
+def _deploy_best(
+    bundle: ModelBundle, preset: Preset, validator: Validator, keeper: Validator, total: int, elapsed: float
+) -> Event:
+    """``preset.deploy_best``, once the students and the teacher hold their best weights: the teacher is
+    what the bundle predicts with (``bundle.teacher_sampler``) when its best check scored the validation
+    images above what the students deploy (their best check, or the labels-only student the fallback
+    chose); a tie keeps the cheaper students. A log event says which, with both figures."""
+    students = validator.best_reference_dice if validator.deployed_reference else validator.best_dice
+    teacher = keeper.best_dice
+    if teacher > students:  # not where either was never scored (nan): the students stay
+        bundle.teacher_sampler = teacher_check_config(preset)
+        message = (
+            f"deploys the teacher: validation Dice {teacher:.3f} against the students' {students:.3f}; "
+            f"predictions are its mean sample ({preset.refresh_ddim_steps} DDIM steps, "
+            f"{preset.refresh_samples} samples)"
+        )
+    else:
+        message = f"deploys the students: validation Dice {students:.3f} against the teacher's {teacher:.3f}"
+    return Event(
+        "log",
+        "cotrain",
+        total,
+        total,
+        losses={"deploy_teacher": float(bundle.deploys_teacher), "teacher_val_best": teacher},
+        elapsed=elapsed,
+        message=message,
+    )
 
 
 def train_teacher(
@@ -916,6 +937,7 @@ def cotrain(
     """
     if not data.labeled_images:
         raise ConfigError("co-training needs at least one labeled or corrected image")
+    bundle.teacher_sampler = None  # the students deploy unless this round's end says otherwise (deploy_best)
     unl = (
         data.unlabeled_images or data.labeled_images
     )  # with nothing unlabeled, consistency on labeled images
@@ -1043,6 +1065,8 @@ def cotrain(
     if keeper is not None:  # the saved teacher (the next proposals, the next round) is its best
         yield from _keep_teacher(keeper, done, loop.total, loop.ticker.elapsed, final=True)
     yield from _finish(validator, "cotrain", loop.total, loop.ticker.elapsed)
+    if keeper is not None and preset.deploy_best:
+        yield _deploy_best(bundle, preset, validator, keeper, loop.total, loop.ticker.elapsed)
     _check_weights("cotrain", loop.total, preset, loop.modules)
     yield Event("done", "cotrain", loop.total, loop.total, elapsed=loop.ticker.elapsed)
 

@@ -160,6 +160,16 @@ def readme(src: Source, bundle: Any, names: list[str], task: str, roi: int, name
         "This package holds the **deployed students**: the mean softmax of "
         f"{len(bundle.deploy)} MONAI UNet(s) (channels {list(spec.student_channels)}, instance norm), as "
         "`diffseg predict` runs them.",
+        *(
+            [
+                "",
+                "**Not what napari-diffseg predicts with**: on its validation images this model's diffusion "
+                "teacher scored above its students (`deploy_best`), so `diffseg predict` samples the teacher; "
+                "a bioimage.io package holds one feed-forward network, the students, which validated lower.",
+            ]
+            if bundle.deploys_teacher
+            else []
+        ),
         "",
         "## Inputs and outputs",
         "",

@@ -232,7 +232,11 @@ def _descr(
     from ..predict import predict_image
 
     image = src.test_image.astype(np.float32)
-    probs = predict_image(bundle, cfg, src.test_image).astype(np.float32)
+    sampler, bundle.teacher_sampler = bundle.teacher_sampler, None  # the package holds the students
+    try:
+        probs = predict_image(bundle, cfg, src.test_image).astype(np.float32)
+    finally:
+        bundle.teacher_sampler = sampler
     labels = probs.argmax(0).astype(np.uint8)
     np.save(work / "test_input.npy", image[None])
     np.save(work / "test_output_probabilities.npy", probs[None])
@@ -584,5 +588,16 @@ def export_bioimageio(
         max_abs_difference=worst,
         test_image=src.test_image_name,
         size_bytes=out.stat().st_size,
-        details=[*notes, f"exported {date.today().isoformat()}"],
+        details=[
+            *notes,
+            *(
+                [
+                    "the package holds the students: `diffseg predict` samples this model's teacher, "
+                    "which scored its validation images higher (deploy_best)"
+                ]
+                if bundle.deploys_teacher
+                else []
+            ),
+            f"exported {date.today().isoformat()}",
+        ],
     )
