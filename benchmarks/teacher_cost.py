@@ -6,7 +6,11 @@
 Prints (1) seconds per training step of the student, the teacher (Stage B) and a co-training step at
 the `cpu` preset (128×128 patches, batch 8), measured in one process so the ratios are comparable;
 (2) seconds per 256×256 proposal with E = 4 samples for S ∈ {1, 5, 10, 20, 50} and, with a trained
-model, the teacher's Dice on 256×256 crops of every 8th test image.
+model, the teacher's Dice on 256×256 crops of every 8th test image; (3) seconds per prediction of a
+DRIVE-sized (584×565) and a GlaS-sized (522×775) RGB image at the `cpu` preset by the students and by a
+teacher deployed with ``deploy_best`` (``core.models.deployed_probs``), and their ratio.
+
+    python benchmarks/teacher_cost.py --deploy-only          # (3) alone
 """
 
 from __future__ import annotations
@@ -23,8 +27,14 @@ from napari_diffseg.base.presets import get_preset
 from napari_diffseg.core.diffusion import SamplerConfig
 from napari_diffseg.core.inference import propose
 from napari_diffseg.core.metrics import segmentation_metrics
-from napari_diffseg.core.models import ModelBundle, ModelSpec, load_bundle
-from napari_diffseg.core.training import TrainData, cotrain, train_baseline, train_teacher
+from napari_diffseg.core.models import ModelBundle, ModelSpec, deployed_probs, load_bundle
+from napari_diffseg.core.training import (
+    TrainData,
+    cotrain,
+    teacher_check_config,
+    train_baseline,
+    train_teacher,
+)
 
 CPU = torch.device("cpu")
 
@@ -132,14 +142,53 @@ def ddim_sweep(
     return rows
 
 
+def deploy_costs(repeats: int = 3) -> list[dict]:
+    """Seconds per prediction (median of ``repeats``) of the students and of the deployed teacher."""
+    pr = get_preset("cpu")
+    bundle = ModelBundle(ModelSpec("diffseg", 3, 2, pr.student_channels, pr.teacher_channels, pr.emb_dim))
+    for net in bundle.nets.values():
+        net.eval()
+    rows = []
+    for name, (h, w) in (("DRIVE-sized", (584, 565)), ("GlaS-sized", (522, 775))):
+        x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+        secs = {}
+        for who, sampler in (("students", None), ("teacher", teacher_check_config(pr))):
+            bundle.teacher_sampler = sampler
+            deployed_probs(bundle, x, roi=pr.roi_size, sw_batch=pr.sw_batch_size)  # warm-up
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    deployed_probs(bundle, x, roi=pr.roi_size, sw_batch=pr.sw_batch_size)
+                times.append(time.perf_counter() - t0)
+            secs[who] = float(np.median(times))
+        rows.append({"image": f"{name} {h}×{w}", **secs, "ratio": secs["teacher"] / secs["students"]})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path)
     ap.add_argument("--dataset", type=Path)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--deploy-only", action="store_true", help="only the prediction costs (3)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    deploy = deploy_costs()
+    pr = get_preset("cpu")
+    print(
+        f"prediction at the `cpu` preset (threads={torch.get_num_threads()}; teacher: "
+        f"{pr.refresh_ddim_steps} DDIM steps × {pr.refresh_samples} samples)"
+    )
+    print("| image | students s | teacher s | teacher / students |")
+    print("|---|---|---|---|")
+    for r in deploy:
+        print(f"| {r['image']} | {r['students']:.2f} | {r['teacher']:.2f} | {r['ratio']:.1f} |")
+    if args.deploy_only:
+        if args.json:
+            args.json.write_text(json.dumps({"deploy": deploy}, indent=2))
+        return
     costs = step_costs()
     print(f"threads={torch.get_num_threads()}")
     for k, v in costs.items():
@@ -151,7 +200,7 @@ def main() -> None:
         d = "—" if r["dice"] is None else f"{r['dice']:.3f}"
         print(f"| {r['S']} | {r['E']} | {r['seconds_per_256px_image']:.2f} | {d} |")
     if args.json:
-        args.json.write_text(json.dumps({"costs": costs, "ddim": rows}, indent=2))
+        args.json.write_text(json.dumps({"costs": costs, "ddim": rows, "deploy": deploy}, indent=2))
 
 
 if __name__ == "__main__":

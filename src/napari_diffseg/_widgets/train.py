@@ -907,6 +907,9 @@ class TrainWidget(QWidget):
                 f"Saved model {model_id} as a bioimage.io package to {report['path']} (bioimageio.core test "
                 f"{report['test_status']}; same prediction as `diffseg predict` within "
                 f"{report['max_abs_difference']:.0e})."
+                + "".join(
+                    f" Note: {d}." for d in report.get("details", []) if "deploy_best" in d
+                )  # a model that deploys its teacher exports its students
             )
 
         run_in_thread(run_export, project, model_id, str(dest), on_done=done)

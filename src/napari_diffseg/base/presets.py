@@ -184,8 +184,8 @@ class Preset:
     # Opt-in (issue 14, arm `diffseg-Tbest`; needs `teacher_keep_best`): when co-training ends, a teacher
     # whose best check scored the validation images above what the run would otherwise deploy (the twins'
     # best check, or the labels-only student the fallback chose) is what the model predicts with: its mean
-    # sample as a check draws it (`refresh_ddim_steps` DDIM steps, `refresh_samples` samples), about
-    # `refresh_ddim_steps * refresh_samples / 2` times the students' cost per image. DRIVE 10 %: the kept
+    # sample as a check draws it (`refresh_ddim_steps` DDIM steps, `refresh_samples` samples): at `cpu`
+    # 11-13 times the students' time per image (benchmarks/teacher_cost.py). DRIVE 10 %: the kept
     # teacher validated above the students on all five seeds and scored 0.752 on the test images against
     # the students' 0.735 (docs/method.md).
     deploy_best: bool = False
