@@ -102,6 +102,20 @@ def test_without_deploy_best_the_students_stay_whatever_the_teacher_scores(monke
     assert b.teacher_sampler is None and not _deploy_logs(events)
 
 
+def test_without_validation_images_the_students_deploy_and_the_log_says_why(monkeypatch) -> None:
+    monkeypatch.setattr("napari_diffseg.core.training.teacher_val_dice", lambda *a: pytest.fail("scored"))
+    pr = get_preset("tiny").with_overrides(
+        cotrain_steps=4, refresh_every=2, teacher_keep_best=True, deploy_best=True
+    )
+    imgs, masks = _blobs(5)
+    b = _bundle()
+    data = TrainData(imgs[:2], masks[:2], unlabeled_images=imgs[2:5])
+    events = list(cotrain(b, data, pr, generator=torch.Generator().manual_seed(0), seed=0, device=CPU))
+    assert b.teacher_sampler is None
+    (msg,) = _deploy_logs(events)
+    assert "this round has none" in msg
+
+
 def test_deploy_best_needs_teacher_keep_best() -> None:
     with pytest.raises(ConfigError, match="set teacher_keep_best=true too"):
         get_preset("tiny").with_overrides(deploy_best=True)

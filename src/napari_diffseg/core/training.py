@@ -659,12 +659,28 @@ def _keep_teacher(
 
 
 def _deploy_best(
-    bundle: ModelBundle, preset: Preset, validator: Validator, keeper: Validator, total: int, elapsed: float
+    bundle: ModelBundle,
+    preset: Preset,
+    validator: Validator,
+    keeper: Validator | None,
+    total: int,
+    elapsed: float,
 ) -> Event:
     """``preset.deploy_best``, once the students and the teacher hold their best weights: the teacher is
     what the bundle predicts with (``bundle.teacher_sampler``) when its best check scored the validation
     images above what the students deploy (their best check, or the labels-only student the fallback
-    chose); a tie keeps the cheaper students. A log event says which, with both figures."""
+    chose); a tie keeps the cheaper students, and so does a round without validation images (``keeper``
+    None). A log event says which, with both figures."""
+    if keeper is None:
+        return Event(
+            "log",
+            "cotrain",
+            total,
+            total,
+            elapsed=elapsed,
+            message="deploys the students: deploy_best compares them with the teacher on validation images, "
+            "and this round has none (annotate images of the val split)",
+        )
     students = validator.best_reference_dice if validator.deployed_reference else validator.best_dice
     teacher = keeper.best_dice
     if teacher > students:  # not where either was never scored (nan): the students stay
@@ -1065,7 +1081,7 @@ def cotrain(
     if keeper is not None:  # the saved teacher (the next proposals, the next round) is its best
         yield from _keep_teacher(keeper, done, loop.total, loop.ticker.elapsed, final=True)
     yield from _finish(validator, "cotrain", loop.total, loop.ticker.elapsed)
-    if keeper is not None and preset.deploy_best:
+    if preset.deploy_best:
         yield _deploy_best(bundle, preset, validator, keeper, loop.total, loop.ticker.elapsed)
     _check_weights("cotrain", loop.total, preset, loop.modules)
     yield Event("done", "cotrain", loop.total, loop.total, elapsed=loop.ticker.elapsed)
