@@ -900,7 +900,7 @@ def report(out: Path) -> str:
     fractions = sorted({f for _, f in by})
     arms = [a for a in ARMS if any((a, f) in by for f in fractions)]
     some = next(iter(next(iter(by.values())).values()))
-    runs = [r for rs in by.values() for r in rs.values()]
+    runs = [r for rs in by.values() for r in rs.values() if not r.get("derived_from")]
     commits = sorted({str(r.get("provenance", {}).get("commit"))[:10] for r in runs})
     dirty = sum(bool(r.get("provenance", {}).get("dirty")) for r in runs)
     what = {"ap_50": "test AP@0.5 (objects, mean over the test images)"}.get(main_key(some), "test Dice")
@@ -1162,12 +1162,16 @@ def readme_block(out: Path, readme_dir: Path) -> str:
         raise SystemExit(f"{out}: no result JSONs for its README block")
     fractions = sorted({f for _, f in by})
     arms = [a for a in ARMS if any((a, f) in by for f in fractions)]
-    runs = [r for rs in by.values() for r in rs.values()]
+    runs = [r for rs in by.values() for r in rs.values() if not r.get("derived_from")]
+    derived = sum(1 for rs in by.values() for r in rs.values() if r.get("derived_from"))
     some = runs[0]
     commits = sorted({str(r.get("provenance", {}).get("commit"))[:7] for r in runs})
     what = "test AP@0.5" if main_key(some) == "ap_50" else "test Dice"
+    made = f"{len(runs)} result JSONs" + (
+        f" (and {derived} diffseg-Tbest results derived from diffseg-Tkeep runs)" if derived else ""
+    )
     lines = [
-        f"*Made from the {len(runs)} result JSONs of [`{out.name}/`]({os.path.relpath(out, readme_dir)}/) by "
+        f"*Made from the {made} of [`{out.name}/`]({os.path.relpath(out, readme_dir)}/) by "
         "`python benchmarks/sweep.py --report-all --readme README.md` (do not edit by hand).* "
         f"{what[0].upper() + what[1:]}, {some['test']['n']} test images"
         + (" scored inside the field of view" if some.get("scored_in_fov") else "")
