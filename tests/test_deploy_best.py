@@ -200,3 +200,39 @@ def test_the_experiment_scores_the_deployed_teacher_as_teacher_on_test_does(
         synth_dataset, labeled_fraction=0.5, method="diffseg", preset="tiny", overrides=overrides
     )
     assert r0["deployed"] == "students"
+
+
+def test_a_project_round_takes_the_keys_from_the_command_line(monkeypatch, tmp_path: Path, capsys) -> None:
+    """`diffseg cotrain --set teacher_keep_best=true --set deploy_best=true`: the round's model deploys its
+    teacher where it validates above the students (here: a teacher scored 1.0), `diffseg predict` runs it,
+    and `--set deploy_best=true` alone is refused in one line before any job is recorded."""
+    from napari_diffseg.cli import main
+    from napari_diffseg.data.synthetic import make_sample_dataset
+    from napari_diffseg.project import Project
+
+    ds = make_sample_dataset(tmp_path / "ds", n_train=5, n_test=1, size=(48, 48), seed=2)
+    lines = (ds / "split.csv").read_text().splitlines()
+    lines = [
+        lines[0],
+        *(ln.replace(",train", ",val") if ln.startswith("train_000") else ln for ln in lines[1:]),
+    ]
+    (ds / "split.csv").write_text("\n".join(lines) + "\n")
+    proj = tmp_path / "proj"
+    assert main(["init", str(proj), "--images", str(ds), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["cotrain", str(proj), "--preset", "tiny", "-q", "--set", "deploy_best=true"]) == 2
+    err = capsys.readouterr().err
+    assert "set teacher_keep_best=true too" in err and err.count("\n") == 1
+    with Project.open(proj) as p:
+        assert p.active_model() is None and not p.jobs()
+    monkeypatch.setattr("napari_diffseg.core.training.teacher_val_dice", lambda *a: 1.0)
+    argv = ["cotrain", str(proj), "--preset", "tiny", "-q", "--json", "--threads", "1"]
+    assert main([*argv, "--set", "teacher_keep_best=true", "--set", "deploy_best=true"]) == 0
+    with Project.open(proj) as p:
+        model = p.model_dir(p.active_model().id)
+    config = json.loads((model / "config.json").read_text())["config"]
+    assert config["deploy_teacher"]["samples"] == get_preset("tiny").refresh_samples
+    assert config["preset"]["deploy_best"] is True
+    capsys.readouterr()
+    assert main(["predict", str(proj), str(ds / "images"), "--out", str(tmp_path / "out"), "-q"]) == 0
+    assert len(list((tmp_path / "out").glob("*.tif"))) == 6

@@ -1223,12 +1223,25 @@ def cotrain(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     nproc: Annotated[int, typer.Option(help="processes under torchrun (DDP): one per GPU")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="override a preset field (repeatable), e.g. teacher_keep_best=true deploy_best=true",
+        ),
+    ] = None,
 ) -> None:
     """Co-training round(s): teacher + twin students on annotations, unlabeled images and pseudo-labels.
 
     ``--nproc N`` runs the round on N processes under torchrun with DDP (one per GPU; gloo on CPU).
+    ``--set KEY=VALUE`` turns on an opt-in part of the method for this round (docs/method.md), e.g.
+    ``--set teacher_keep_best=true --set deploy_best=true``: the model predicts with its teacher where the
+    teacher scores the project's annotated val images above the students.
     """
     params = {"rounds": rounds, "preset": preset, "seed": seed, "device": device, "nproc": nproc}
+    if set_:
+        params["overrides"] = _parse_set(set_)
     _run_job(project, "cotrain", params, quiet, as_json, threads)
 
 
