@@ -332,7 +332,7 @@ def test_validation_reports_the_share_of_matched_objects_with_the_right_class(
     wrong = {**CLASSES, 2: 3}
     monkeypatch.setattr(
         jobs_mod,
-        "predict_probs",
+        "deployed_probs",
         lambda *a, **k: torch.from_numpy(_onehot(instances_to_target(ids, classes=wrong), 5))[None],
     )
     with Project.open(root) as proj:
