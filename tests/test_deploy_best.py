@@ -209,14 +209,9 @@ def test_a_project_round_takes_the_keys_from_the_command_line(monkeypatch, tmp_p
     from napari_diffseg.cli import main
     from napari_diffseg.data.synthetic import make_sample_dataset
     from napari_diffseg.project import Project
+    from sample_data import move_to_val
 
-    ds = make_sample_dataset(tmp_path / "ds", n_train=5, n_test=1, size=(48, 48), seed=2)
-    lines = (ds / "split.csv").read_text().splitlines()
-    lines = [
-        lines[0],
-        *(ln.replace(",train", ",val") if ln.startswith("train_000") else ln for ln in lines[1:]),
-    ]
-    (ds / "split.csv").write_text("\n".join(lines) + "\n")
+    ds = move_to_val(make_sample_dataset(tmp_path / "ds", n_train=5, n_test=1, size=(48, 48), seed=2))
     proj = tmp_path / "proj"
     assert main(["init", str(proj), "--images", str(ds), "--json"]) == 0
     capsys.readouterr()

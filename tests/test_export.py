@@ -30,15 +30,10 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny project with one co-trained model (seconds) and a val image with ground truth."""
     from napari_diffseg.data.synthetic import make_sample_dataset
+    from sample_data import move_to_val
 
     root = tmp_path_factory.mktemp("export")
-    ds = make_sample_dataset(root / "ds", n_train=6, n_test=2, size=(64, 64), seed=5)
-    split = (ds / "split.csv").read_text().splitlines()
-    split = [
-        split[0],
-        *(line.replace(",train", ",val") if line.startswith("train_000") else line for line in split[1:]),
-    ]
-    (ds / "split.csv").write_text("\n".join(split) + "\n")
+    ds = move_to_val(make_sample_dataset(root / "ds", n_train=6, n_test=2, size=(64, 64), seed=5))
     proj = root / "proj"
     assert main(["init", str(proj), "--images", str(ds), "--json"]) == 0
     assert main(["cotrain", str(proj), "--preset", "tiny", "-q", "--json", "--threads", "1"]) == 0
