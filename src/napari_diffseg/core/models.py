@@ -267,7 +267,7 @@ def load_bundle(directory: str | Path, device: torch.device | None = None) -> tu
     except ConfigError as exc:
         raise CheckpointError(f"{directory}: {exc}") from exc
     bundle = ModelBundle(ModelSpec.from_dict(config["spec"]), normalization=norm)
-    bundle.teacher_sampler = _teacher_sampler(config, directory)
+    bundle.teacher_sampler = _teacher_sampler(config, directory, bundle.has_teacher)
     missing = set(bundle.nets) - set(states)
     if missing:
         raise CheckpointError(
@@ -282,7 +282,7 @@ def load_bundle(directory: str | Path, device: torch.device | None = None) -> tu
     return bundle, config, metrics
 
 
-def _teacher_sampler(config: dict, directory: str | Path) -> SamplerConfig | None:
+def _teacher_sampler(config: dict, directory: str | Path, has_teacher: bool) -> SamplerConfig | None:
     """A saved ``deploy_teacher`` entry → how the deployed teacher samples (None: the students deploy)."""
     entry = config.get("deploy_teacher")
     if entry is None:
@@ -296,6 +296,6 @@ def _teacher_sampler(config: dict, directory: str | Path) -> SamplerConfig | Non
             f"{directory}: config.json's deploy_teacher must hold ddim_steps, samples and rounds "
             f"(integers >= 1), got {entry!r} ({exc}); delete the entry to deploy the students"
         ) from exc
-    if config.get("spec", {}).get("method") != "diffseg":
+    if not has_teacher:
         raise CheckpointError(f"{directory}: config.json says deploy_teacher, but the model has no teacher")
     return sampler
