@@ -107,6 +107,11 @@ def test_experiment_json_contract(trained, synth_dataset) -> None:
     assert tt["dice_mean"] == pytest.approx(np.mean([p["dice"] for p in tt["per_image"]]))
     assert 0.0 <= tt["val_dice"] <= 1.0 and tt["sampler"]["rounds"] == 1
     assert [p["dice"] for p in tt["per_image"]] != [p["dice"] for p in t["per_image"]]
+    ens = tt["ensemble"]  # the teacher-student mean, a third candidate, scored on the same images
+    assert [p["id"] for p in ens["per_image"]] == [p["id"] for p in t["per_image"]]
+    assert 0.0 <= ens["val_dice"] <= 1.0 and ens["dice_mean"] == pytest.approx(
+        np.mean([p["dice"] for p in ens["per_image"]])
+    )
 
 
 def test_labeled_subset_is_seeded_and_saved(trained) -> None:

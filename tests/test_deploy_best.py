@@ -202,6 +202,51 @@ def test_the_experiment_scores_the_deployed_teacher_as_teacher_on_test_does(
     assert r0["deployed"] == "students"
 
 
+def test_teacher_on_test_scores_the_teacher_and_its_mean_with_the_students() -> None:
+    """`--teacher-test` scores two candidates a deploy rule could weigh against the students: the teacher
+    (its labels exactly teacher_labels', so a deploying run's test Dice equals them) and the mean of its
+    probabilities and the students', on the test images and on the validation images. A region restricts
+    the scoring (DRIVE's field of view)."""
+    from napari_diffseg.core.inference import predict_probs
+    from napari_diffseg.core.metrics import segmentation_metrics
+    from napari_diffseg.core.models import teacher_probs
+    from napari_diffseg.core.validation import mean_dice
+    from napari_diffseg.experiment import teacher_on_test
+
+    b, pr = _bundle(3), get_preset("tiny")
+    imgs, masks = _blobs(5)
+    region = np.zeros((32, 32), dtype=bool)
+    region[:, :20] = True
+    test_x, test_y, regions = imgs[:3], [m.numpy() for m in masks[:3]], [None, region, None]
+    val = ValSet(imgs[3:], masks[3:])
+    r = teacher_on_test(b, val, test_x, test_y, ["a", "b", "c"], regions, pr)
+    cfg = teacher_check_config(pr)
+
+    def means(xs):
+        out = []
+        for i, x in enumerate(xs):
+            t = teacher_probs(b, x, cfg, roi=pr.roi_size, sw_batch=pr.sw_batch_size, index=i)
+            s = predict_probs(b.deployed(), x[None], multiple=b.spec.multiple, roi=pr.roi_size)[0]
+            out.append(((t + s) / 2).argmax(0))
+        return out
+
+    own = teacher_labels(b, test_x, pr)
+    for j, (label, y, reg) in enumerate(zip(own, test_y, regions, strict=True)):
+        pred = label.numpy() if reg is None else label.numpy() * reg
+        assert r["per_image"][j]["dice"] == segmentation_metrics(pred, y if reg is None else y * reg)["dice"]
+    for j, (label, y, reg) in enumerate(zip(means(test_x), test_y, regions, strict=True)):
+        pred = label.numpy() if reg is None else label.numpy() * reg
+        expect = segmentation_metrics(pred, y if reg is None else y * reg)["dice"]
+        assert r["ensemble"]["per_image"][j]["dice"] == pytest.approx(expect)
+    assert r["val_dice"] == mean_dice(teacher_labels(b, val.images, pr), val, 2)
+    assert r["ensemble"]["val_dice"] == pytest.approx(mean_dice(means(val.images), val, 2))
+    # an untrained teacher and untrained students disagree: the mean is a candidate of its own
+    assert [p["dice"] for p in r["ensemble"]["per_image"]] != [p["dice"] for p in r["per_image"]]
+    assert (
+        teacher_on_test(b, None, test_x, test_y, ["a", "b", "c"], regions, pr)["ensemble"]["val_dice"] is None
+    )
+
+
 def test_a_project_round_takes_the_keys_from_the_command_line(monkeypatch, tmp_path: Path, capsys) -> None:
     """`diffseg cotrain --set teacher_keep_best=true --set deploy_best=true`: the round's model deploys its
     teacher where it validates above the students (here: a teacher scored 1.0), `diffseg predict` runs it,

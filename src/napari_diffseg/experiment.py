@@ -62,7 +62,7 @@ from .core.metrics import (
 from .core.models import METHODS, ModelBundle, ModelSpec, deployed_probs, preprocess, save_bundle
 from .core.pipeline import run_stages
 from .core.training import TrainData
-from .core.validation import ValSet
+from .core.validation import ValSet, mean_dice
 from .data.dataset import DatasetFolder, StackPlanes
 
 __all__ = [
@@ -248,25 +248,56 @@ def teacher_on_test(
     the run (its best-validated weights with ``teacher_keep_best``), and scored like the deployed networks
     (per-image Dice inside ``regions``). ``val_dice`` is the same teacher on the validation
     images, the figure a rule "deploy the teacher where it validates best" would compare with the deployed
-    networks' best validation Dice; None without validation images."""
-    from .core.training import teacher_check_config, teacher_labels, teacher_val_dice
+    networks' best validation Dice; None without validation images.
+
+    ``ensemble`` scores a third candidate the same way, for the same rule to weigh: the mean of the
+    teacher's probabilities and the students' (the students' whatever the bundle deploys), on the test
+    images (``per_image``, ``dice_mean``) and on the validation images (``val_dice``). It reuses the
+    teacher's samples above; the students' part costs one student pass per image."""
+    from .core.models import teacher_probs
+    from .core.training import teacher_check_config
 
     cfg = teacher_check_config(preset)
-    per_image: list[dict[str, Any]] = []
-    labels = teacher_labels(bundle, images, preset)
-    for i, label, y, region in zip(ids, labels, masks, regions, strict=True):
-        pred = label.numpy()
-        if region is not None:
-            pred, y = pred * region, y * region
-        per_image.append({"id": i, **segmentation_metrics(pred, y, bundle.spec.num_classes)})
+    roi, sw = preset.roi_size, preset.sw_batch_size
+
+    def candidates(xs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The teacher's and the teacher-student mean's label maps (as teacher_labels seeds them)."""
+        teacher, mean = [], []
+        with torch.no_grad():
+            for i, x in enumerate(xs):
+                t = teacher_probs(bundle, x, cfg, roi=roi, sw_batch=sw, index=i).cpu()
+                s = predict_probs(
+                    bundle.deployed(), x[None], multiple=bundle.spec.multiple, roi=roi, sw_batch=sw
+                )
+                teacher.append(t.argmax(0))
+                mean.append(((t + s[0].cpu()) / 2).argmax(0))
+        return teacher, mean
+
+    def scored(labels: list[torch.Tensor]) -> list[dict[str, Any]]:
+        rows = []
+        for i, label, y, region in zip(ids, labels, masks, regions, strict=True):
+            pred = label.numpy()
+            if region is not None:
+                pred, y = pred * region, y * region
+            rows.append({"id": i, **segmentation_metrics(pred, y, bundle.spec.num_classes)})
+        return rows
+
+    test_teacher, test_mean = candidates(images)
+    per_image, per_image_mean = scored(test_teacher), scored(test_mean)
+    val_teacher = val_mean = None
+    if val is not None:
+        labels_t, labels_m = candidates(val.images)
+        val_teacher = mean_dice(labels_t, val, bundle.spec.num_classes)
+        val_mean = mean_dice(labels_m, val, bundle.spec.num_classes)
     return {
         **summarize(per_image),
         "per_image": per_image,
-        "val_dice": None if val is None else teacher_val_dice(bundle, val, preset),
+        "val_dice": val_teacher,
         "sampler": {"ddim_steps": cfg.steps, "samples": cfg.samples, "rounds": cfg.rounds},
+        "ensemble": {**summarize(per_image_mean), "per_image": per_image_mean, "val_dice": val_mean},
         "note": "reporting only: the teacher at the end of the run"
         + (" (its best-validated weights: teacher_keep_best)" if preset.teacher_keep_best else "")
-        + "; nothing was chosen on the test images",
+        + "; ensemble: the mean of its probabilities and the students'; nothing was chosen on the test images",
     }
 
 
