@@ -136,8 +136,16 @@ ARMS: dict[str, tuple[str, dict]] = {
     # diffseg-Tkeep deploying the teacher where its best check scores the validation images above the
     # students (deploy_best): on DRIVE 10 % the kept teacher validated, and tested, above its students.
     # Its training is diffseg-Tkeep's step for step, so a diffseg-Tkeep run with --teacher-test also gives
-    # this arm's result (:func:`derive_tbest`; tests/test_deploy_best.py checks the identity)
+    # this arm's result (:func:`derive_deployed`; tests/test_deploy_best.py checks the identity)
     "diffseg-Tbest": ("diffseg", {**TVAL, "teacher_keep_best": True, "deploy_best": True}),
+    # diffseg-Tbest with a third candidate, the mean of the teacher's probabilities and the students'
+    # (deploy_mean): teacher and students disagree image by image (GlaS: per-image Dice differences of sd
+    # 0.04-0.11 around a mean near 0). Also derived from diffseg-Tkeep runs whose --teacher-test scored
+    # the mean (test_teacher.ensemble, since 576cb06)
+    "diffseg-Tmean": (
+        "diffseg",
+        {**TVAL, "teacher_keep_best": True, "deploy_best": True, "deploy_mean": True},
+    ),
     # the default with label-free Stage A first, its one-step mask pulled towards a threshold's split on
     # dark-field images (the split anchor, on by default since issue 14): does a nuclei-aware label-free
     # start help where the labels are fewest (DSB nuclei 5 %: two labeled images)?
@@ -174,6 +182,7 @@ ABLATES: dict[str, tuple[str, ...]] = {
     "diffseg-Tval": ("diffseg-fb", "diffseg-T1000"),  # a validated teacher against fixed 300 / 1,000 steps
     "diffseg-Tkeep": ("diffseg-Tval",),  # what keeping the teacher's best weights in co-training adds
     "diffseg-Tbest": ("diffseg-Tkeep",),  # what deploying the teacher where it validates best adds
+    "diffseg-Tmean": ("diffseg-Tbest",),  # what the teacher-student mean adds as a third candidate
     "diffseg-As": ("diffseg-fb", "diffseg"),  # the anchored Stage A first, against none and the paper's
     "supervised-x2": ("supervised",),
     "supervised-converged": ("supervised",),
@@ -200,6 +209,8 @@ ARM_NOTES = {
     "diffseg-Tkeep": "diffseg-Tval whose teacher keeps its best-validated weights through co-training",
     "diffseg-Tbest": "diffseg-Tkeep deploying the teacher where it validates above the students; runs "
     "without their own JSON are their diffseg-Tkeep run's figures under the same rule",
+    "diffseg-Tmean": "diffseg-Tbest with the mean of teacher and students as a third candidate; derived "
+    "as diffseg-Tbest is",
     "diffseg-As": "diffseg-fb with label-free Stage A first, anchored to a threshold's split on fluorescence",
     "supervised-x2": "two supervised students deployed as their mean",
     **{
@@ -226,6 +237,7 @@ COMPARED = (
     "diffseg-Tval",
     "diffseg-Tkeep",
     "diffseg-Tbest",
+    "diffseg-Tmean",
     "diffseg-As",
 )
 
@@ -715,10 +727,15 @@ def _glas_parts_section(
     ]
 
 
+#: the arms a diffseg-Tkeep run made with ``--teacher-test`` also gives (:func:`derive_deployed`): the same
+#: training step for step, then a deploy rule on the run's own validation figures
+DERIVED_ARMS = ("diffseg-Tbest", "diffseg-Tmean")
+
+
 def load(out: Path) -> dict[tuple[str, float], dict[int, dict]]:
-    """Every result JSON under ``out`` by (arm, fraction) and seed, plus the diffseg-Tbest results that
-    diffseg-Tkeep runs with ``--teacher-test`` give (:func:`derive_tbest`) where no diffseg-Tbest run of
-    the same fraction and seed exists."""
+    """Every result JSON under ``out`` by (arm, fraction) and seed, plus the results of
+    :data:`DERIVED_ARMS` that diffseg-Tkeep runs with ``--teacher-test`` give (:func:`derive_deployed`)
+    where no run of that arm, fraction and seed exists."""
     by: dict[tuple[str, float], dict[int, dict]] = {}
     for p in sorted(out.glob("*.json")):
         arm = p.stem.rsplit("_f", 1)[0]
@@ -729,9 +746,10 @@ def load(out: Path) -> dict[tuple[str, float], dict[int, dict]]:
         if arm != "diffseg-Tkeep":
             continue
         for s, r in rs.items():
-            derived = derive_tbest(r)
-            if derived is not None:
-                by.setdefault(("diffseg-Tbest", f), {}).setdefault(s, derived)
+            for target in DERIVED_ARMS:
+                derived = derive_deployed(r, mean=target == "diffseg-Tmean")
+                if derived is not None:
+                    by.setdefault((target, f), {}).setdefault(s, derived)
     return by
 
 
@@ -742,24 +760,35 @@ def deployed_best_val(r: dict) -> float | None:
     return max([x for x in (best_val(r), *refs) if x is not None], default=None)
 
 
-def derive_tbest(r: dict) -> dict | None:
-    """The diffseg-Tbest result of a diffseg-Tkeep run made with ``--teacher-test``: the same training step
-    for step (``deploy_best`` decides only when co-training ends and draws no random number), then the
-    rule of ``core.training._deploy_best`` on the run's own figures — the teacher's best-validated weights
-    (``test_teacher.val_dice``) against the deployed networks' best check (:func:`deployed_best_val`) —
-    and the test Dice of what it picks: ``test_teacher`` (scored exactly as a deployed teacher is) or the
-    run's ``test``. None for a run without those figures."""
+def derive_deployed(r: dict, *, mean: bool = False) -> dict | None:
+    """The diffseg-Tbest result (``mean``: diffseg-Tmean's) of a diffseg-Tkeep run made with
+    ``--teacher-test``: the same training step for step (``deploy_best`` decides only when co-training
+    ends and draws no random number), then the rule of ``core.training._deploy_best`` on the run's own
+    figures — the teacher's best-validated weights (``test_teacher.val_dice``) and, with ``mean``, the
+    teacher-student mean (``test_teacher.ensemble.val_dice``) against the deployed networks' best check
+    (:func:`deployed_best_val`); the mean only above both, the teacher only above the students — and the
+    test Dice of what it picks: ``test_teacher`` or its ``ensemble`` (scored exactly as a deployed teacher
+    or mean is) or the run's ``test``. None for a run without those figures."""
     tt = r.get("test_teacher")
     students = deployed_best_val(r)
     if not tt or tt.get("val_dice") is None or students is None or r.get("derived_from"):
         return None
-    teacher = tt["val_dice"] > students
-    test = {k: v for k, v in tt.items() if k not in ("val_dice", "sampler", "note")} if teacher else r["test"]
+    ens = tt.get("ensemble")
+    if mean and (not ens or ens.get("val_dice") is None):
+        return None
+    meta = ("val_dice", "sampler", "note", "ensemble")
+    if mean and ens["val_dice"] > max(students, tt["val_dice"]):
+        deployed, test = "teacher+students", {k: v for k, v in ens.items() if k not in meta}
+    elif tt["val_dice"] > students:
+        deployed, test = "teacher", {k: v for k, v in tt.items() if k not in meta}
+    else:
+        deployed, test = "students", r["test"]
+    keys = {"deploy_best": True, **({"deploy_mean": True} if mean else {})}
     return {
         **{k: v for k, v in r.items() if k not in ("test_teacher", "test_one_student", "_file")},
-        "overrides": {**r.get("overrides", {}), "deploy_best": True},
+        "overrides": {**r.get("overrides", {}), **keys},
         "test": test,
-        "deployed": "teacher" if teacher else "students",
+        "deployed": deployed,
         "derived_from": r.get("_file", "a diffseg-Tkeep run"),
     }
 
@@ -1168,7 +1197,9 @@ def readme_block(out: Path, readme_dir: Path) -> str:
     commits = sorted({str(r.get("provenance", {}).get("commit"))[:7] for r in runs})
     what = "test AP@0.5" if main_key(some) == "ap_50" else "test Dice"
     made = f"{len(runs)} result JSONs" + (
-        f" (and {derived} diffseg-Tbest results derived from diffseg-Tkeep runs)" if derived else ""
+        f" (and {derived} {' / '.join(DERIVED_ARMS)} results derived from diffseg-Tkeep runs)"
+        if derived
+        else ""
     )
     lines = [
         f"*Made from the {made} of [`{out.name}/`]({os.path.relpath(out, readme_dir)}/) by "

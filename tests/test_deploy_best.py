@@ -46,9 +46,15 @@ def _blobs(n: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return imgs, masks
 
 
-def _run(monkeypatch, bundle: ModelBundle, teacher_score: float, **overrides):
-    """One co-training round with ``deploy_best`` and a teacher whose every check scores ``teacher_score``."""
+def _run(
+    monkeypatch, bundle: ModelBundle, teacher_score: float, mean_score: float | None = None, **overrides
+):
+    """One co-training round with ``deploy_best`` and a teacher whose every check scores ``teacher_score``
+    (and, given ``mean_score``, ``deploy_mean`` with a teacher-student mean that scores it)."""
     monkeypatch.setattr("napari_diffseg.core.training.teacher_val_dice", lambda *a: teacher_score)
+    if mean_score is not None:
+        monkeypatch.setattr("napari_diffseg.core.training.teacher_mean_val_dice", lambda *a: mean_score)
+        overrides = {"deploy_mean": True, **overrides}
     settings = {"teacher_keep_best": True, "deploy_best": True, **overrides}
     pr = get_preset("tiny").with_overrides(cotrain_steps=8, refresh_every=4, val_every=4, lr=3e-3, **settings)
     imgs, masks = _blobs(7)
@@ -133,6 +139,7 @@ def test_a_model_folder_keeps_the_choice_and_predict_uses_it(tmp_path: Path) -> 
         "ddim_steps": pr.refresh_ddim_steps,
         "samples": pr.refresh_samples,
         "rounds": 1,
+        "weight": 1.0,
     }
     loaded, cfg = load_model(folder, "cpu")
     assert loaded.teacher_sampler == b.teacher_sampler
@@ -152,6 +159,8 @@ def test_a_model_folder_keeps_the_choice_and_predict_uses_it(tmp_path: Path) -> 
         ({"samples": 2}, "diffseg", "deploy_teacher must hold"),
         ("teacher", "diffseg", "deploy_teacher must hold"),
         ({"ddim_steps": 2, "samples": 2, "rounds": 1}, "supervised", "has no teacher"),
+        ({"ddim_steps": 2, "samples": 2, "rounds": 1, "weight": 0}, "diffseg", "optionally weight"),
+        ({"ddim_steps": 2, "samples": 2, "rounds": 1, "weight": "half"}, "diffseg", "optionally weight"),
     ],
 )
 def test_a_bad_deploy_teacher_entry_is_a_clear_error(
@@ -200,6 +209,62 @@ def test_the_experiment_scores_the_deployed_teacher_as_teacher_on_test_does(
         synth_dataset, labeled_fraction=0.5, method="diffseg", preset="tiny", overrides=overrides
     )
     assert r0["deployed"] == "students"
+    # deploy_mean choosing the mean: the run's test Dice is --teacher-test's ensemble, image by image (the
+    # figure diffseg-Tmean's derivation takes)
+    monkeypatch.setattr("napari_diffseg.core.training.teacher_mean_val_dice", lambda *a: 1.0)
+    rm = run_experiment(
+        synth_dataset,
+        labeled_fraction=0.5,
+        method="diffseg",
+        preset="tiny",
+        overrides={**overrides, "deploy_mean": True},
+        teacher_test=True,
+    )
+    assert rm["deployed"] == "teacher+students"
+    ens = rm["test_teacher"]["ensemble"]["per_image"]
+    assert [p["dice"] for p in rm["test"]["per_image"]] == [p["dice"] for p in ens]
+
+
+def test_deploy_mean_deploys_the_teacher_student_mean_only_above_both(monkeypatch, tmp_path: Path) -> None:
+    """``deploy_mean``: the mean of the teacher's probabilities and the students' is deployed where it
+    validates above both; predictions are that mean, a model folder keeps it, and a mean that ties the
+    teacher leaves the (cheaper) teacher deployed."""
+    from napari_diffseg.core.inference import predict_probs
+    from napari_diffseg.core.models import teacher_probs
+
+    b = _bundle()
+    pr, events, imgs = _run(monkeypatch, b, 0.9, mean_score=0.95)
+    assert b.teacher_sampler == teacher_check_config(pr) and b.teacher_weight == 0.5
+    assert b.deployed_name == "teacher+students"
+    (msg,) = _deploy_logs(events)
+    assert msg.startswith("deploys the mean of the teacher and the students: validation Dice 0.950 against ")
+    done = [e for e in events if e.kind == "log" and "deploy_teacher" in e.losses]
+    assert done[-1].losses["deploy_teacher"] == 0.5 and done[-1].losses["mean_val"] == 0.95
+    for j, x in enumerate(imgs[:3]):
+        got = deployed_probs(b, x[None], roi=pr.roi_size, sw_batch=pr.sw_batch_size, index=j)
+        t = teacher_probs(b, x, b.teacher_sampler, roi=pr.roi_size, sw_batch=pr.sw_batch_size, index=j)
+        s = predict_probs(b.deployed(), x[None], multiple=b.spec.multiple, roi=pr.roi_size)
+        assert torch.allclose(got, 0.5 * t[None] + 0.5 * s, atol=1e-6)
+    folder = save_bundle(b, tmp_path / "m")
+    assert json.loads((folder / "config.json").read_text())["config"]["deploy_teacher"]["weight"] == 0.5
+    loaded, _, _ = load_bundle(folder)
+    assert loaded.teacher_weight == 0.5 and loaded.deployed_name == "teacher+students"
+    again = deployed_probs(loaded, imgs[0][None], roi=pr.roi_size, sw_batch=pr.sw_batch_size)
+    assert torch.allclose(again, deployed_probs(b, imgs[0][None], roi=pr.roi_size, sw_batch=pr.sw_batch_size))
+    # the next round: a mean that only ties the teacher leaves the teacher alone deployed
+    pr, events, _ = _run(monkeypatch, b, 0.9, mean_score=0.9)
+    assert b.teacher_weight == 1.0 and b.deployed_name == "teacher"
+    (msg,) = _deploy_logs(events)
+    assert msg.startswith("deploys the teacher: validation Dice 0.900 against the students' ")
+    assert "the mean of both 0.900" in msg
+    # and one below the students leaves the students
+    _run(monkeypatch, b, 0.0, mean_score=0.0)
+    assert b.deployed_name == "students"
+
+
+def test_deploy_mean_needs_deploy_best() -> None:
+    with pytest.raises(ConfigError, match="set deploy_best=true and teacher_keep_best=true too"):
+        get_preset("tiny").with_overrides(deploy_mean=True, teacher_keep_best=True)
 
 
 def test_teacher_on_test_scores_the_teacher_and_its_mean_with_the_students() -> None:

@@ -31,6 +31,7 @@ def test_arms_are_the_issue_ablations_and_valid_overrides() -> None:
         "diffseg-Tval-long",
         "diffseg-Tkeep",
         "diffseg-Tbest",
+        "diffseg-Tmean",
         "diffseg-As",
     )
     for name, (method, overrides) in arms.items():
@@ -698,6 +699,48 @@ def test_a_tkeep_run_with_the_teacher_test_gives_the_tbest_result_and_a_real_run
     assert best[1]["deployed"] == "students" and sweep.score(best[1]) == 0.75
     assert sweep.score(best[2]) == 0.66 and "derived_from" not in best[2]  # its own run, not the derivation
     assert sweep.score(by[("diffseg-Tkeep", 0.1)][0]) == 0.70  # the source run is unchanged
+    assert ("diffseg-Tmean", 0.1) not in by  # no run scored the teacher-student mean
     # the teacher-test section lists the Tkeep runs, not the derived ones
     rows = [ln for ln in sweep._teacher_test_section(by) if ln.startswith("| diffseg-")]
     assert {ln.split(" | ")[0] for ln in rows} == {"| diffseg-Tkeep"}
+
+
+def test_a_tkeep_run_that_scored_the_mean_gives_the_tmean_result(tmp_path: Path) -> None:
+    """diffseg-Tmean's rule on a diffseg-Tkeep run's --teacher-test figures: the teacher-student mean only
+    where it validates above both the students and the teacher, else diffseg-Tbest's choice."""
+
+    def run(seed: int, twins: float, t_val: float, m_val: float) -> dict:
+        return {
+            "labeled_fraction": 0.05,
+            "seed": seed,
+            "overrides": {"teacher_keep_best": True},
+            "test": {"dice_mean": 0.70},
+            "test_teacher": {
+                "dice_mean": 0.72,
+                "val_dice": t_val,
+                "ensemble": {"dice_mean": 0.74, "per_image": [{"id": "a", "dice": 0.74}], "val_dice": m_val},
+            },
+            "validation": [{"phase": "cotrain", "step": 50, "val_dice": twins}],
+        }
+
+    cases = {
+        0: run(0, 0.80, 0.81, 0.82),  # the mean validates best: deployed
+        1: run(1, 0.80, 0.81, 0.81),  # the mean ties the teacher: the cheaper teacher
+        2: run(2, 0.80, 0.79, 0.80),  # the mean ties the students: the students
+        3: run(3, 0.80, 0.79, 0.83),  # the mean above both, the teacher below the students
+    }
+    for s, r in cases.items():
+        (tmp_path / f"diffseg-Tkeep_f0.05_s{s}.json").write_text(json.dumps(r))
+    by = sweep.load(tmp_path)
+    mean, best = by[("diffseg-Tmean", 0.05)], by[("diffseg-Tbest", 0.05)]
+    assert [mean[s]["deployed"] for s in range(4)] == [
+        "teacher+students",
+        "teacher",
+        "students",
+        "teacher+students",
+    ]
+    assert [sweep.score(mean[s]) for s in range(4)] == [0.74, 0.72, 0.70, 0.74]
+    assert mean[0]["test"] == {"dice_mean": 0.74, "per_image": [{"id": "a", "dice": 0.74}]}
+    assert mean[0]["overrides"] == {"teacher_keep_best": True, "deploy_best": True, "deploy_mean": True}
+    assert [best[s]["deployed"] for s in range(4)] == ["teacher", "teacher", "students", "students"]
+    assert "ensemble" not in best[1]["test"]

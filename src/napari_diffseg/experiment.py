@@ -251,27 +251,13 @@ def teacher_on_test(
     networks' best validation Dice; None without validation images.
 
     ``ensemble`` scores a third candidate the same way, for the same rule to weigh: the mean of the
-    teacher's probabilities and the students' (the students' whatever the bundle deploys), on the test
-    images (``per_image``, ``dice_mean``) and on the validation images (``val_dice``). It reuses the
-    teacher's samples above; the students' part costs one student pass per image."""
-    from .core.models import teacher_probs
-    from .core.training import teacher_check_config
+    teacher's probabilities and the students' (the students' whatever the bundle deploys: ``deploy_mean``'s
+    candidate), on the test images (``per_image``, ``dice_mean``) and on the validation images
+    (``val_dice``). It reuses the teacher's samples above; the students' part costs one student pass per
+    image."""
+    from .core.training import teacher_and_mean_labels, teacher_check_config
 
     cfg = teacher_check_config(preset)
-    roi, sw = preset.roi_size, preset.sw_batch_size
-
-    def candidates(xs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The teacher's and the teacher-student mean's label maps (as teacher_labels seeds them)."""
-        teacher, mean = [], []
-        with torch.no_grad():
-            for i, x in enumerate(xs):
-                t = teacher_probs(bundle, x, cfg, roi=roi, sw_batch=sw, index=i).cpu()
-                s = predict_probs(
-                    bundle.deployed(), x[None], multiple=bundle.spec.multiple, roi=roi, sw_batch=sw
-                )
-                teacher.append(t.argmax(0))
-                mean.append(((t + s[0].cpu()) / 2).argmax(0))
-        return teacher, mean
 
     def scored(labels: list[torch.Tensor]) -> list[dict[str, Any]]:
         rows = []
@@ -282,11 +268,11 @@ def teacher_on_test(
             rows.append({"id": i, **segmentation_metrics(pred, y, bundle.spec.num_classes)})
         return rows
 
-    test_teacher, test_mean = candidates(images)
+    test_teacher, test_mean = teacher_and_mean_labels(bundle, images, preset)
     per_image, per_image_mean = scored(test_teacher), scored(test_mean)
     val_teacher = val_mean = None
     if val is not None:
-        labels_t, labels_m = candidates(val.images)
+        labels_t, labels_m = teacher_and_mean_labels(bundle, val.images, preset)
         val_teacher = mean_dice(labels_t, val, bundle.spec.num_classes)
         val_mean = mean_dice(labels_m, val, bundle.spec.num_classes)
     return {
@@ -1055,7 +1041,7 @@ def run_experiment(
         "dataset": str(Path(dataset).resolve().name),
         "test": test,
         # what `test` scored: the students, or the teacher where deploy_best chose it on validation images
-        "deployed": "teacher" if bundle.deploys_teacher else "students",
+        "deployed": bundle.deployed_name,
         "train_seconds": train_seconds,
         "device": str(dev),
         "world_size": dist_info.world,

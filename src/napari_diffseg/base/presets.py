@@ -189,6 +189,12 @@ class Preset:
     # teacher validated above the students on all five seeds and scored 0.752 on the test images against
     # the students' 0.735 (docs/method.md).
     deploy_best: bool = False
+    # Opt-in (issue 14, arm `diffseg-Tmean`; needs `deploy_best`): a third candidate for deploy_best, the
+    # mean of the teacher's probabilities (its check's sample) and the students'. Chosen only where it
+    # scores the validation images above both (a tie goes to the cheaper: students, then the teacher); it
+    # costs the teacher's time plus the students' per image, and one more teacher pass over the validation
+    # images when co-training ends.
+    deploy_mean: bool = False
     recycle_prob: float = 0.5  # share of teacher samples that start from its own estimate (refinement)
     # Stage C: co-training (and the baselines, which get the same number of student iterations).
     cotrain_steps: int = 600
@@ -265,6 +271,11 @@ class Preset:
             raise ConfigError(
                 "deploy_best compares the teacher's best-validated weights with the students: "
                 "set teacher_keep_best=true too (or deploy_best=false)"
+            )
+        if self.deploy_mean and not self.deploy_best:
+            raise ConfigError(
+                "deploy_mean adds the teacher-student mean to deploy_best's candidates: "
+                "set deploy_best=true and teacher_keep_best=true too (or deploy_mean=false)"
             )
         if self.reference_gate_cps and not self.pseudo_gate_reference:
             raise ConfigError(

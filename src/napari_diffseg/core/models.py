@@ -4,7 +4,8 @@ A bundle is a dict of named networks plus a ``ModelSpec`` that says how to rebui
 (diffseg and the baselines) produces one; ``deploy`` names the networks whose mean softmax is the
 prediction that ``predict`` and ``evaluate`` use — unless the bundle deploys its diffusion teacher
 (``teacher_sampler``, set by co-training's opt-in ``deploy_best`` where the teacher scored the validation
-images better than the students): then :func:`deployed_probs` is the teacher's mean sample.
+images better than the students): then :func:`deployed_probs` is the teacher's mean sample, or with
+``teacher_weight`` below 1 (``deploy_mean``) that sample blended with the students' mean softmax.
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ class ModelBundle:
         self.normalization = normalization
         # set where the bundle deploys its teacher (co-training's ``deploy_best``): how it samples
         self.teacher_sampler: SamplerConfig | None = None
+        # the teacher's share of a deployed prediction (the rest: the students'): 1 the teacher alone,
+        # 0.5 their mean (``deploy_mean``); read only where ``teacher_sampler`` is set
+        self.teacher_weight: float = 1.0
         s = spec
         student_cfg = NetConfig(s.in_channels, s.num_classes, s.student_channels)
         self.nets: dict[str, nn.Module] = {}
@@ -191,7 +195,15 @@ class ModelBundle:
 
     @property
     def deploys_teacher(self) -> bool:
+        """Whether predictions sample the teacher (alone, or blended with the students)."""
         return self.teacher_sampler is not None
+
+    @property
+    def deployed_name(self) -> str:
+        """What predicts: ``students``, ``teacher`` or ``teacher+students`` (their mean: ``deploy_mean``)."""
+        if self.teacher_sampler is None:
+            return "students"
+        return "teacher" if self.teacher_weight >= 1.0 else "teacher+students"
 
 
 def teacher_probs(
@@ -225,16 +237,27 @@ def deployed_probs(
     """What the bundle predicts for normalised ``(B, C, H, W)`` images → ``(B, K, H, W)`` probabilities:
     the mean softmax of its students on sliding windows or, where it deploys its teacher
     (``teacher_sampler``), the teacher's mean sample of each image (:func:`teacher_probs`; image ``b`` of
-    the batch seeded as the ``index + b``-th of a list)."""
+    the batch seeded as the ``index + b``-th of a list), blended with the students' as
+    ``teacher_weight`` says (1: the teacher alone)."""
+    students = None
+    if bundle.teacher_sampler is None or bundle.teacher_weight < 1.0:
+        students = predict_probs(
+            bundle.deployed(), x, multiple=bundle.spec.multiple, roi=roi, sw_batch=sw_batch
+        )
     if bundle.teacher_sampler is None:
-        return predict_probs(bundle.deployed(), x, multiple=bundle.spec.multiple, roi=roi, sw_batch=sw_batch)
+        assert students is not None
+        return students
     with torch.no_grad():
-        return torch.stack(
+        teacher = torch.stack(
             [
                 teacher_probs(bundle, xb, bundle.teacher_sampler, roi=roi, sw_batch=sw_batch, index=index + b)
                 for b, xb in enumerate(x)
             ]
         )
+    if students is None:
+        return teacher
+    w = bundle.teacher_weight
+    return w * teacher.to(students.device) + (1.0 - w) * students
 
 
 def save_bundle(
@@ -248,7 +271,12 @@ def save_bundle(
     config = {"spec": bundle.spec.to_dict(), "deploy": bundle.deploy, "normalization": norm, **(extra or {})}
     if bundle.teacher_sampler is not None:  # predictions are the teacher's samples (deploy_best)
         t = bundle.teacher_sampler
-        config["deploy_teacher"] = {"ddim_steps": t.steps, "samples": t.samples, "rounds": t.rounds}
+        config["deploy_teacher"] = {
+            "ddim_steps": t.steps,
+            "samples": t.samples,
+            "rounds": t.rounds,
+            "weight": bundle.teacher_weight,
+        }
     return save_model(directory, bundle.nets, config, metrics)
 
 
@@ -267,7 +295,7 @@ def load_bundle(directory: str | Path, device: torch.device | None = None) -> tu
     except ConfigError as exc:
         raise CheckpointError(f"{directory}: {exc}") from exc
     bundle = ModelBundle(ModelSpec.from_dict(config["spec"]), normalization=norm)
-    bundle.teacher_sampler = _teacher_sampler(config, directory, bundle.has_teacher)
+    bundle.teacher_sampler, bundle.teacher_weight = _teacher_sampler(config, directory, bundle.has_teacher)
     missing = set(bundle.nets) - set(states)
     if missing:
         raise CheckpointError(
@@ -282,20 +310,27 @@ def load_bundle(directory: str | Path, device: torch.device | None = None) -> tu
     return bundle, config, metrics
 
 
-def _teacher_sampler(config: dict, directory: str | Path, has_teacher: bool) -> SamplerConfig | None:
-    """A saved ``deploy_teacher`` entry → how the deployed teacher samples (None: the students deploy)."""
+def _teacher_sampler(
+    config: dict, directory: str | Path, has_teacher: bool
+) -> tuple[SamplerConfig | None, float]:
+    """A saved ``deploy_teacher`` entry → how the deployed teacher samples (None: the students deploy) and
+    its share of the prediction (``weight``, 1 where the entry has none: models saved before it existed)."""
     entry = config.get("deploy_teacher")
     if entry is None:
-        return None
+        return None, 1.0
     try:
         sampler = SamplerConfig(
             steps=int(entry["ddim_steps"]), samples=int(entry["samples"]), rounds=int(entry["rounds"])
         )
-    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        weight = float(entry.get("weight", 1.0))
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"weight {weight} is not in (0, 1]")
+    except (AttributeError, KeyError, TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(
             f"{directory}: config.json's deploy_teacher must hold ddim_steps, samples and rounds "
-            f"(integers >= 1), got {entry!r} ({exc}); delete the entry to deploy the students"
+            f"(integers >= 1) and optionally weight (in (0, 1]), got {entry!r} ({exc}); delete the entry "
+            "to deploy the students"
         ) from exc
     if not has_teacher:
         raise CheckpointError(f"{directory}: config.json says deploy_teacher, but the model has no teacher")
-    return sampler
+    return sampler, weight

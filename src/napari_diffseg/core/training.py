@@ -37,7 +37,7 @@ from .augment import intensity_jitter, sample_patches
 from .checkpoint import load_training_state, save_training_state, saved_module_names
 from .device import autocast
 from .diffusion import MaskDiffusion, SamplerConfig, normalized_entropy
-from .inference import propose
+from .inference import predict_probs, propose
 from .label_free import anchor_applies, anchor_split
 from .models import ModelBundle, teacher_probs
 from .validation import Validator, ValSet, mean_dice
@@ -596,9 +596,34 @@ def teacher_labels(bundle: ModelBundle, images: Sequence[torch.Tensor], preset: 
     ]
 
 
+def teacher_and_mean_labels(
+    bundle: ModelBundle, images: Sequence[torch.Tensor], preset: Preset
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Two candidates' label maps of each (C, H, W) image from one teacher sample: the teacher's
+    (exactly :func:`teacher_labels`') and the mean of its probabilities and the students' mean softmax
+    (``deploy_mean``'s candidate: what a bundle with ``teacher_weight`` 0.5 predicts)."""
+    cfg = teacher_check_config(preset)
+    roi, sw = preset.roi_size, preset.sw_batch_size
+    teacher, mean = [], []
+    with torch.no_grad():
+        for i, x in enumerate(images):
+            t = teacher_probs(bundle, x, cfg, roi=roi, sw_batch=sw, index=i)
+            s = predict_probs(
+                bundle.deployed(), x[None], multiple=bundle.spec.multiple, roi=roi, sw_batch=sw
+            )[0]
+            teacher.append(t.argmax(0).cpu())
+            mean.append((0.5 * t + 0.5 * s.to(t.device)).argmax(0).cpu())
+    return teacher, mean
+
+
 def teacher_val_dice(bundle: ModelBundle, val: ValSet, preset: Preset) -> float:
     """The teacher's mean Dice on the validation images (:func:`teacher_labels`)."""
     return mean_dice(teacher_labels(bundle, val.images, preset), val, bundle.spec.num_classes)
+
+
+def teacher_mean_val_dice(bundle: ModelBundle, val: ValSet, preset: Preset) -> float:
+    """The teacher-student mean's Dice on the validation images (:func:`teacher_and_mean_labels`)."""
+    return mean_dice(teacher_and_mean_labels(bundle, val.images, preset)[1], val, bundle.spec.num_classes)
 
 
 def _teacher_validator(
@@ -663,6 +688,7 @@ def _deploy_best(
     preset: Preset,
     validator: Validator,
     keeper: Validator | None,
+    val: ValSet | None,
     total: int,
     elapsed: float,
 ) -> Event:
@@ -670,7 +696,9 @@ def _deploy_best(
     what the bundle predicts with (``bundle.teacher_sampler``) when its best check scored the validation
     images above what the students deploy (their best check, or the labels-only student the fallback
     chose); a tie keeps the cheaper students, and so does a round without validation images (``keeper``
-    None). A log event says which, with both figures."""
+    None). With ``preset.deploy_mean`` the mean of the teacher's probabilities and the students' is a third
+    candidate, scored on the same images (one more teacher pass) and chosen only above both (a tie goes to
+    the cheaper). A log event says which, with the figures."""
     if keeper is None:
         return Event(
             "log",
@@ -683,24 +711,34 @@ def _deploy_best(
         )
     students = validator.best_reference_dice if validator.deployed_reference else validator.best_dice
     teacher = keeper.best_dice
-    if teacher > students:  # not where either was never scored (nan): the students stay
-        bundle.teacher_sampler = teacher_check_config(preset)
+    mean = float("nan")
+    if preset.deploy_mean and val is not None and len(val):
+        mean = teacher_mean_val_dice(bundle, val, preset)
+    sampler = f"{preset.refresh_ddim_steps} DDIM steps, {preset.refresh_samples} samples"  # how the teacher predicts
+    also = "" if mean != mean else f", the mean of both {mean:.3f}"
+    losses = {"teacher_val_best": teacher}
+    if mean == mean:
+        losses["mean_val"] = mean
+    scored = all(v == v for v in (students, teacher, mean))  # nan: never scored
+    if scored and mean > max(students, teacher):
+        bundle.teacher_sampler, bundle.teacher_weight = teacher_check_config(preset), 0.5
         message = (
-            f"deploys the teacher: validation Dice {teacher:.3f} against the students' {students:.3f}; "
-            f"predictions are its mean sample ({preset.refresh_ddim_steps} DDIM steps, "
-            f"{preset.refresh_samples} samples)"
+            f"deploys the mean of the teacher and the students: validation Dice {mean:.3f} against the "
+            f"teacher's {teacher:.3f} and the students' {students:.3f}; predictions average the teacher's "
+            f"mean sample ({sampler}) with the students'"
+        )
+    elif teacher > students:  # not where either was never scored (nan): the students stay
+        bundle.teacher_sampler, bundle.teacher_weight = teacher_check_config(preset), 1.0
+        message = (
+            f"deploys the teacher: validation Dice {teacher:.3f} against the students' {students:.3f}{also}; "
+            f"predictions are its mean sample ({sampler})"
         )
     else:
-        message = f"deploys the students: validation Dice {students:.3f} against the teacher's {teacher:.3f}"
-    return Event(
-        "log",
-        "cotrain",
-        total,
-        total,
-        losses={"deploy_teacher": float(bundle.deploys_teacher), "teacher_val_best": teacher},
-        elapsed=elapsed,
-        message=message,
-    )
+        message = (
+            f"deploys the students: validation Dice {students:.3f} against the teacher's {teacher:.3f}{also}"
+        )
+    losses["deploy_teacher"] = bundle.teacher_weight if bundle.deploys_teacher else 0.0
+    return Event("log", "cotrain", total, total, losses=losses, elapsed=elapsed, message=message)
 
 
 def train_teacher(
@@ -953,7 +991,8 @@ def cotrain(
     """
     if not data.labeled_images:
         raise ConfigError("co-training needs at least one labeled or corrected image")
-    bundle.teacher_sampler = None  # the students deploy unless this round's end says otherwise (deploy_best)
+    # the students deploy unless this round's end says otherwise (deploy_best)
+    bundle.teacher_sampler, bundle.teacher_weight = None, 1.0
     unl = (
         data.unlabeled_images or data.labeled_images
     )  # with nothing unlabeled, consistency on labeled images
@@ -1082,7 +1121,7 @@ def cotrain(
         yield from _keep_teacher(keeper, done, loop.total, loop.ticker.elapsed, final=True)
     yield from _finish(validator, "cotrain", loop.total, loop.ticker.elapsed)
     if preset.deploy_best:
-        yield _deploy_best(bundle, preset, validator, keeper, loop.total, loop.ticker.elapsed)
+        yield _deploy_best(bundle, preset, validator, keeper, data.val, loop.total, loop.ticker.elapsed)
     _check_weights("cotrain", loop.total, preset, loop.modules)
     yield Event("done", "cotrain", loop.total, loop.total, elapsed=loop.ticker.elapsed)
 

@@ -164,7 +164,8 @@ def readme(src: Source, bundle: Any, names: list[str], task: str, roi: int, name
             [
                 "",
                 "**Not what napari-diffseg predicts with**: on its validation images this model's diffusion "
-                "teacher scored above its students (`deploy_best`), so `diffseg predict` samples the teacher; "
+                "teacher scored above its students (`deploy_best`), so `diffseg predict` samples the teacher "
+                "(alone, or averaged with the students: `deploy_mean`); "
                 "a bioimage.io package holds one feed-forward network, the students, which validated lower.",
             ]
             if bundle.deploys_teacher

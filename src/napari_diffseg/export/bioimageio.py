@@ -592,8 +592,9 @@ def export_bioimageio(
             *notes,
             *(
                 [
-                    "the package holds the students: `diffseg predict` samples this model's teacher, "
-                    "which scored its validation images higher (deploy_best)"
+                    "the package holds the students: `diffseg predict` samples this model's teacher "
+                    "(alone, or averaged with the students: deploy_mean), which scored its validation "
+                    "images higher (deploy_best)"
                 ]
                 if bundle.deploys_teacher
                 else []
