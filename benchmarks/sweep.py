@@ -494,13 +494,15 @@ def _teacher_test_section(by: dict[tuple[str, float], dict[int, dict]]) -> list[
                 "The teacher on the test images (`--teacher-test`; reporting only): its masks sampled as its "
                 "validation checks sample it, at the end of the run (diffseg-Tkeep: its best-validated weights); "
                 "*rule*: the teacher where its validation "
-                "Dice beats the deployed networks' best check, else what the run deployed:",
+                "Dice beats the deployed networks' best check, else what the run deployed; *mean*: the mean "
+                "of the teacher's probabilities and the students' (diffseg-Tmean's third candidate; runs "
+                "made since it is scored):",
                 "",
-                "| arm | fraction | seed | deployed | teacher | teacher validation | deployed's best validation "
-                "| rule |",
-                "|---|---|---|---|---|---|---|---|",
+                "| arm | fraction | seed | deployed | teacher | teacher validation | mean | mean validation "
+                "| deployed's best validation | rule |",
+                "|---|---|---|---|---|---|---|---|---|---|",
             ]
-        dep, tea, rule = {}, {}, {}
+        dep, tea, rule, mean = {}, {}, {}, {}
         for s, r in runs.items():
             # the deployed networks' best check: the twins', or the labels-only student's where the
             # fallback deployed it (it deploys whichever validated better)
@@ -510,14 +512,20 @@ def _teacher_test_section(by: dict[tuple[str, float], dict[int, dict]]) -> list[
             rule[s] = tea[s] if pick else dep[s]
             tv = "—" if tt.get("val_dice") is None else f"{tt['val_dice']:.3f}"
             bvs = "—" if bv is None else f"{bv:.3f}"
+            ens = tt.get("ensemble") or {}
+            mv = "—" if ens.get("val_dice") is None else f"{ens['val_dice']:.3f}"
+            if "dice_mean" in ens:
+                mean[s] = float(ens["dice_mean"])
+            ms = f"{mean[s]:.3f}" if s in mean else "—"
             lines.append(
-                f"| {a} | {f:.0%} | {s} | {dep[s]:.3f} | {tea[s]:.3f} | {tv} | {bvs} | "
+                f"| {a} | {f:.0%} | {s} | {dep[s]:.3f} | {tea[s]:.3f} | {tv} | {ms} | {mv} | {bvs} | "
                 f"{rule[s]:.3f}{' (teacher)' if pick else ''} |"
             )
         cps = {s: score(r) for s, r in by.get(("cps", f), {}).items()}
         lines.append(
-            f"| {a} | {f:.0%} | paired (n) | | teacher − deployed {_paired_cell(tea, dep)} | | | "
-            f"rule − deployed {_paired_cell(rule, dep)}"
+            f"| {a} | {f:.0%} | paired (n) | | teacher − deployed {_paired_cell(tea, dep)} | | "
+            + (f"mean − deployed {_paired_cell(mean, dep)}" if mean else "")
+            + f" | | | rule − deployed {_paired_cell(rule, dep)}"
             + (f"; rule − cps {_paired_cell(rule, cps)}" if cps else "")
             + " |"
         )

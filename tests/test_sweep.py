@@ -744,3 +744,9 @@ def test_a_tkeep_run_that_scored_the_mean_gives_the_tmean_result(tmp_path: Path)
     assert mean[0]["overrides"] == {"teacher_keep_best": True, "deploy_best": True, "deploy_mean": True}
     assert [best[s]["deployed"] for s in range(4)] == ["teacher", "teacher", "students", "students"]
     assert "ensemble" not in best[1]["test"]
+    # the teacher-test section shows the mean and its validation Dice beside the teacher's
+    rows = {
+        ln.split(" | ")[2]: ln for ln in sweep._teacher_test_section(by) if ln.startswith("| diffseg-Tkeep")
+    }
+    assert "| 0.720 | 0.810 | 0.740 | 0.820 | 0.800 |" in rows["0"]
+    assert "mean − deployed +0.040 [" in rows["paired (n)"]
