@@ -619,8 +619,9 @@ def predict_ome_zarr(
     else:
         if bundle.deploys_teacher:  # the teacher samples a whole image at once; rows take the students
             students_note = (
-                "this model deploys its teacher, which samples a whole image at once; an image too large "
-                "for memory is predicted row by row with its students, which validated below the teacher"
+                "this model deploys its teacher (alone or averaged with its students), which samples a whole "
+                "image at once; an image too large for memory is predicted row by row with its students, "
+                "which validated below what the model deploys"
             )
         chunk_rows = src.chunk_rows()
         if bundle.normalization is not None:  # the model's own statistics: nothing to stream
