@@ -239,14 +239,12 @@ def deployed_probs(
     (``teacher_sampler``), the teacher's mean sample of each image (:func:`teacher_probs`; image ``b`` of
     the batch seeded as the ``index + b``-th of a list), blended with the students' as
     ``teacher_weight`` says (1: the teacher alone)."""
-    students = None
-    if bundle.teacher_sampler is None or bundle.teacher_weight < 1.0:
-        students = predict_probs(
-            bundle.deployed(), x, multiple=bundle.spec.multiple, roi=roi, sw_batch=sw_batch
-        )
+
+    def students() -> torch.Tensor:
+        return predict_probs(bundle.deployed(), x, multiple=bundle.spec.multiple, roi=roi, sw_batch=sw_batch)
+
     if bundle.teacher_sampler is None:
-        assert students is not None
-        return students
+        return students()
     with torch.no_grad():
         teacher = torch.stack(
             [
@@ -254,10 +252,11 @@ def deployed_probs(
                 for b, xb in enumerate(x)
             ]
         )
-    if students is None:
-        return teacher
     w = bundle.teacher_weight
-    return w * teacher.to(students.device) + (1.0 - w) * students
+    if w >= 1.0:
+        return teacher
+    s = students()
+    return w * teacher.to(s.device) + (1.0 - w) * s
 
 
 def save_bundle(
