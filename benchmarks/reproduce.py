@@ -74,7 +74,14 @@ def rerun(spec: str, data: Path, views: Path, threads: int, out_root: Path = OUT
     if not target.exists():
         ds = dataset_for(folder, data, views)
         rc = sweep.run_one(
-            ds, out, m["arm"], float(m["fraction"]), int(m["seed"]), original.get("preset", "cpu"), threads
+            ds,
+            out,
+            m["arm"],
+            float(m["fraction"]),
+            int(m["seed"]),
+            original.get("preset", "cpu"),
+            threads,
+            teacher_test="test_teacher" in original,  # scored with --teacher-test: so is the re-run
         )
         if rc != 0 or not target.exists():
             raise SystemExit(f"{spec}: the re-run failed (exit {rc}); see {target.with_suffix('.log')}")
@@ -98,6 +105,20 @@ def deployed(r: dict) -> str:
     return "labels-only" if kept[-1]["deployed_reference"] else "twins"
 
 
+def _teacher(r: dict) -> str:
+    """The ``--teacher-test`` figures of a run: the teacher's and the teacher-student mean's test Dice, and
+    what the run deployed ("" for a run scored without it)."""
+    t = r.get("test_teacher")
+    if not t:
+        return ""
+    mean = t.get("ensemble", {}).get("dice_mean")
+    return (
+        f"{t['dice_mean']:.6f} / "
+        + (f"{mean:.6f}" if mean is not None else "-")
+        + f" / {r.get('deployed', '?')}"
+    )
+
+
 def compare(original: dict, again: dict) -> dict:
     a = {p["id"]: p["dice"] for p in original["test"]["per_image"]}
     b = {p["id"]: p["dice"] for p in again["test"]["per_image"]}
@@ -117,6 +138,8 @@ def compare(original: dict, again: dict) -> dict:
         "n_checks": len(checks),
         "deployed": deployed(original),
         "deployed_again": deployed(again),
+        "teacher": _teacher(original),
+        "teacher_again": _teacher(again),
     }
 
 
@@ -125,8 +148,8 @@ def report(out_root: Path = OUT) -> str:
         "## Evidence JSONs re-run with later code (`benchmarks/reproduce.py`)",
         "",
         "| result | made at | on | re-run at | on | test Dice | again | largest per-image difference "
-        "| same validation checks | deployed (fallback runs) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| same validation checks | deployed (fallback runs) | teacher / mean / deployed (--teacher-test runs) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in sorted(out_root.glob("*/*.json")):
         c = compare(
@@ -137,6 +160,11 @@ def report(out_root: Path = OUT) -> str:
             f"{c['processor_again']} | {c['dice']:.6f} | {c['dice_again']:.6f} | {c['max_image_diff']:.1e} | "
             f"{'yes' if c['same_checks'] else 'no'} ({c['n_checks']}) | "
             + (f"{c['deployed']} / {c['deployed_again']} |" if c["deployed"] or c["deployed_again"] else "|")
+            + (
+                f" {c['teacher']}; again {c['teacher_again']} |"
+                if c["teacher"] or c["teacher_again"]
+                else " |"
+            )
         )
     return "\n".join(lines)
 

@@ -55,6 +55,40 @@ def test_compare_tells_identical_runs_from_drifted_ones() -> None:
         reproduce.compare(a, _run([0.8, 0.6], [0.5, 0.6]))
 
 
+def test_teacher_test_runs_are_re_run_with_it_and_compared_on_the_teacher_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result scored with --teacher-test (the diffseg-Tkeep runs diffseg-Tbest and diffseg-Tmean derive
+    from) is re-run with it, and the report shows the teacher's and the mean's test Dice and what each run
+    deployed; a run without it is re-run without it."""
+    import json
+
+    calls: list[bool] = []
+
+    def fake_run_one(ds, out, arm, fraction, seed, preset, threads, teacher_test=False):
+        calls.append(teacher_test)
+        return 1  # fails: rerun must say so, having passed the flag
+
+    monkeypatch.setattr(reproduce.sweep, "run_one", fake_run_one)
+    monkeypatch.setattr(reproduce, "dataset_for", lambda folder, data, views: tmp_path)
+    for spec in ("glas/diffseg-Tkeep_f0.05_s0", "glas/supervised_f0.05_s0"):
+        with pytest.raises(SystemExit, match="re-run failed"):
+            reproduce.rerun(spec, tmp_path, tmp_path, 1, tmp_path / "out")
+    assert calls == [True, False]
+
+    a = _run([0.8, 0.6], [0.5, 0.6]) | {
+        "deployed": "teacher",
+        "test_teacher": {"dice_mean": 0.75, "ensemble": {"dice_mean": 0.77}},
+    }
+    b = copy.deepcopy(a)
+    b["test_teacher"]["dice_mean"], b["deployed"] = 0.7, "students"
+    c = reproduce.compare(a, b)
+    assert c["teacher"] == "0.750000 / 0.770000 / teacher"
+    assert c["teacher_again"] == "0.700000 / 0.770000 / students"
+    assert reproduce.compare(_run([0.8], [0.5]), _run([0.8], [0.5]))["teacher"] == ""
+    assert json.dumps(c)  # the figures stay plain JSON
+
+
 def test_dataset_for_finds_the_dataset_or_makes_the_split_view(tmp_path: Path) -> None:
     data = tmp_path / "data"
     (data / "glas" / "images").mkdir(parents=True)
